@@ -1,0 +1,104 @@
+/**
+ * Puts a connection's bytes back in order by their position in the stream.
+ *
+ * BPF copies a large read in several chunk events, each carrying its byte position on the connection
+ * (running count of bytes read on the socket). Chunks of one read arrive in order, but reads from two
+ * CPUs may interleave in the ring; a chunk lost to a full ring leaves a gap. The assembler releases bytes
+ * only when contiguous, holds a bounded amount out of order, and skips a gap when it stays unfilled
+ * (counted, so the parser above can resynchronise).
+ */
+export interface AssemblerStats {
+  /** Bytes delivered in order. */
+  delivered: number;
+  /** Bytes skipped over because a gap never filled (lost chunks). */
+  skipped: number;
+  /** Gaps skipped. */
+  gaps: number;
+  /** Duplicate or overlapping bytes ignored. */
+  duplicate: number;
+}
+
+export class StreamAssembler {
+  /** Position of the next byte to deliver; undefined until the first chunk fixes it. */
+  next: number | undefined;
+  private pending = new Map<number, Uint8Array>();
+  private pendingBytes = 0;
+  readonly stats: AssemblerStats = { delivered: 0, skipped: 0, gaps: 0, duplicate: 0 };
+
+  constructor(private readonly maxPending = 64 * 1024) {}
+
+  /**
+   * Adds the bytes at `pos`; returns the bytes that became contiguous (possibly several pieces),
+   * and whether a gap was skipped before them (the consumer should resynchronise).
+   */
+  push(pos: number, bytes: Uint8Array): { out: Uint8Array[]; gap: boolean } {
+    const out: Uint8Array[] = [];
+    let gap = false;
+    if (this.next === undefined) this.next = pos;
+    if (pos + bytes.length <= this.next) {
+      this.stats.duplicate += bytes.length;
+      return { out, gap };
+    }
+    if (pos < this.next) {
+      this.stats.duplicate += this.next - pos;
+      bytes = bytes.subarray(this.next - pos);
+      pos = this.next;
+    }
+    if (pos === this.next) {
+      out.push(bytes);
+      this.next += bytes.length;
+      this.stats.delivered += bytes.length;
+      this.drain(out);
+      return { out, gap };
+    }
+    // Ahead of the next expected byte: keep it, unless that would exceed the bound.
+    const held = this.pending.get(pos);
+    if (!held || held.length < bytes.length) {
+      if (held) this.pendingBytes -= held.length;
+      this.pending.set(pos, bytes);
+      this.pendingBytes += bytes.length;
+    }
+    if (this.pendingBytes > this.maxPending) {
+      gap = this.skipGap(out);
+    }
+    return { out, gap };
+  }
+
+  /** Gives up on the current gap: jumps to the earliest held chunk. Returns true if it skipped. */
+  skipGap(out: Uint8Array[] = []): boolean {
+    if (this.pending.size === 0 || this.next === undefined) return false;
+    const first = Math.min(...this.pending.keys());
+    this.stats.gaps++;
+    this.stats.skipped += first - this.next;
+    this.next = first;
+    this.drain(out);
+    return true;
+  }
+
+  /** Bytes held out of order. */
+  get held(): number {
+    return this.pendingBytes;
+  }
+
+  private drain(out: Uint8Array[]): void {
+    for (;;) {
+      let progressed = false;
+      for (const [p, b] of this.pending) {
+        if (p > this.next!) continue;
+        this.pending.delete(p);
+        this.pendingBytes -= b.length;
+        if (p + b.length > this.next!) {
+          const piece = b.subarray(this.next! - p);
+          this.stats.duplicate += b.length - piece.length;
+          out.push(piece);
+          this.next! += piece.length;
+          this.stats.delivered += piece.length;
+        } else {
+          this.stats.duplicate += b.length;
+        }
+        progressed = true;
+      }
+      if (!progressed) return;
+    }
+  }
+}
