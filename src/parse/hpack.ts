@@ -1,0 +1,420 @@
+/**
+ * HPACK (RFC 7541) header block decoder: static + per-connection dynamic table, integer and string
+ * literals, Huffman. One `HpackDecoder` per HTTP/2 connection direction.
+ *
+ * Errors are returned, never thrown. Any error leaves the dynamic table out of sync with the peer's
+ * encoder, so the decoder marks itself `broken` and refuses every later block: the caller must drop
+ * the connection's state.
+ */
+import { HUFFMAN_CODES, HUFFMAN_EOS, HUFFMAN_LENGTHS } from "./huffman.ts";
+import { fail, ok, type Parsed } from "./errors.ts";
+
+/** One decoded header field, in wire order: [name, value]. */
+export type HeaderField = [name: string, value: string];
+
+/** RFC 7541 Appendix A. Index 1..61. */
+export const STATIC_TABLE: readonly HeaderField[] = [
+  [":authority", ""],
+  [":method", "GET"],
+  [":method", "POST"],
+  [":path", "/"],
+  [":path", "/index.html"],
+  [":scheme", "http"],
+  [":scheme", "https"],
+  [":status", "200"],
+  [":status", "204"],
+  [":status", "206"],
+  [":status", "304"],
+  [":status", "400"],
+  [":status", "404"],
+  [":status", "500"],
+  ["accept-charset", ""],
+  ["accept-encoding", "gzip, deflate"],
+  ["accept-language", ""],
+  ["accept-ranges", ""],
+  ["accept", ""],
+  ["access-control-allow-origin", ""],
+  ["age", ""],
+  ["allow", ""],
+  ["authorization", ""],
+  ["cache-control", ""],
+  ["content-disposition", ""],
+  ["content-encoding", ""],
+  ["content-language", ""],
+  ["content-length", ""],
+  ["content-location", ""],
+  ["content-range", ""],
+  ["content-type", ""],
+  ["cookie", ""],
+  ["date", ""],
+  ["etag", ""],
+  ["expect", ""],
+  ["expires", ""],
+  ["from", ""],
+  ["host", ""],
+  ["if-match", ""],
+  ["if-modified-since", ""],
+  ["if-none-match", ""],
+  ["if-range", ""],
+  ["if-unmodified-since", ""],
+  ["last-modified", ""],
+  ["link", ""],
+  ["location", ""],
+  ["max-forwards", ""],
+  ["proxy-authenticate", ""],
+  ["proxy-authorization", ""],
+  ["range", ""],
+  ["referer", ""],
+  ["refresh", ""],
+  ["retry-after", ""],
+  ["server", ""],
+  ["set-cookie", ""],
+  ["strict-transport-security", ""],
+  ["transfer-encoding", ""],
+  ["user-agent", ""],
+  ["vary", ""],
+  ["via", ""],
+  ["www-authenticate", ""],
+];
+
+export interface HpackLimits {
+  /**
+   * Ceiling for dynamic table size updates (the decoding side's SETTINGS_HEADER_TABLE_SIZE). A passive
+   * observer rarely sees the server's value, so the default is lenient: 64 KiB.
+   */
+  maxTableSize?: number;
+  /**
+   * Table size limit in effect before any size update: the SETTINGS_HEADER_TABLE_SIZE the decoding
+   * side advertised (RFC 7541 4.2). Default 4096.
+   */
+  initialTableSize?: number;
+  /** Cap on the decoded list, counted as RFC 7540 does (name + value + 32 per field). Default 64 KiB. */
+  maxHeaderListSize?: number;
+}
+
+export const DEFAULT_HPACK_TABLE_SIZE = 4096;
+export const DEFAULT_MAX_TABLE_SIZE = 65536;
+export const DEFAULT_MAX_HEADER_LIST_SIZE = 65536;
+
+interface Entry {
+  name: string;
+  value: string;
+  /** RFC 7541 4.1 entry size: name octets + value octets + 32. */
+  size: number;
+  nameOctets: number;
+}
+
+// Huffman decode tree: node n has children tree[2n] (bit 0) and tree[2n+1] (bit 1); a child value
+// >= 0 is a node index, < 0 is a leaf holding ~symbol. Built once from the RFC table.
+const HUFF_TREE: Int32Array = (() => {
+  const tree = new Int32Array(2 * 600).fill(0);
+  let nodes = 1;
+  for (let sym = 0; sym <= HUFFMAN_EOS; sym++) {
+    const code = HUFFMAN_CODES[sym], len = HUFFMAN_LENGTHS[sym];
+    let node = 0;
+    for (let i = len - 1; i >= 0; i--) {
+      const bit = Math.floor(code / 2 ** i) & 1; // codes are up to 30 bits: stay out of sign trouble
+      const slot = 2 * node + bit;
+      if (i === 0) tree[slot] = ~sym;
+      else {
+        if (tree[slot] === 0) tree[slot] = nodes++;
+        node = tree[slot];
+      }
+    }
+  }
+  return tree;
+})();
+
+const utf8 = new TextDecoder("utf-8");
+
+/** Decodes a Huffman-coded string (RFC 7541 5.2). Returns null on EOS, over-long or non-EOS padding. */
+export function huffmanDecode(src: Uint8Array): Uint8Array | null {
+  // Shortest code is 5 bits, so output is at most 8/5 of the input.
+  const out = new Uint8Array(Math.ceil((src.length * 8) / 5));
+  let n = 0, node = 0, pendingBits = 0, allOnes = true;
+  for (let i = 0; i < src.length; i++) {
+    const byte = src[i];
+    for (let b = 7; b >= 0; b--) {
+      const bit = (byte >> b) & 1;
+      const next = HUFF_TREE[2 * node + bit];
+      pendingBits++;
+      if (bit === 0) allOnes = false;
+      if (next < 0) {
+        const sym = ~next;
+        if (sym === HUFFMAN_EOS) return null;
+        out[n++] = sym;
+        node = 0;
+        pendingBits = 0;
+        allOnes = true;
+      } else {
+        node = next;
+      }
+    }
+  }
+  // Padding must be a prefix of EOS (all ones) and strictly shorter than 8 bits.
+  if (pendingBits > 7 || !allOnes) return null;
+  return out.subarray(0, n);
+}
+
+/** Huffman-encodes bytes (used by the encoder below and by tests). */
+export function huffmanEncode(src: Uint8Array): Uint8Array {
+  const out: number[] = [];
+  let acc = 0, accBits = 0;
+  for (const byte of src) {
+    const code = HUFFMAN_CODES[byte], len = HUFFMAN_LENGTHS[byte];
+    for (let i = len - 1; i >= 0; i--) {
+      acc = (acc << 1) | (Math.floor(code / 2 ** i) & 1);
+      if (++accBits === 8) {
+        out.push(acc);
+        acc = 0;
+        accBits = 0;
+      }
+    }
+  }
+  if (accBits > 0) out.push(((acc << (8 - accBits)) | (0xff >> accBits)) & 0xff);
+  return Uint8Array.from(out);
+}
+
+/** Result of reading an HPACK integer: value and the offset after it, or null when invalid/truncated. */
+function readInt(buf: Uint8Array, pos: number, prefixBits: number): [number, number] | null {
+  if (pos >= buf.length) return null;
+  const max = (1 << prefixBits) - 1;
+  let v = buf[pos++] & max;
+  if (v < max) return [v, pos];
+  let shift = 0;
+  for (;;) {
+    if (pos >= buf.length) return null;
+    const b = buf[pos++];
+    v += (b & 0x7f) * 2 ** shift;
+    shift += 7;
+    // Nothing legitimate needs more than 2^28; refusing larger stops overflow games.
+    if (v > 0x0fffffff) return null;
+    if ((b & 0x80) === 0) return [v, pos];
+  }
+}
+
+export class HpackDecoder {
+  readonly maxTableSize: number;
+  readonly maxHeaderListSize: number;
+  /** Current table size limit, as last set by a dynamic table size update (starts at 4096). */
+  private limit: number;
+  /** Dynamic table, oldest first; `start` skips evicted entries until compaction. */
+  private entries: Entry[] = [];
+  private start = 0;
+  private used = 0;
+  private brokenReason: string | undefined;
+
+  constructor(limits: HpackLimits = {}) {
+    this.maxTableSize = limits.maxTableSize ?? DEFAULT_MAX_TABLE_SIZE;
+    this.maxHeaderListSize = limits.maxHeaderListSize ?? DEFAULT_MAX_HEADER_LIST_SIZE;
+    this.limit = Math.min(limits.initialTableSize ?? DEFAULT_HPACK_TABLE_SIZE, this.maxTableSize);
+  }
+
+  /** True after any error: the table no longer matches the peer's, so every later block fails. */
+  get broken(): boolean {
+    return this.brokenReason !== undefined;
+  }
+
+  /** Current dynamic table size in octets (RFC 7541 4.1). */
+  get tableSize(): number {
+    return this.used;
+  }
+
+  /** Current dynamic table size limit. */
+  get tableLimit(): number {
+    return this.limit;
+  }
+
+  /** The dynamic table, newest first (index 62 first), for inspection and tests. */
+  dynamicTable(): HeaderField[] {
+    const out: HeaderField[] = [];
+    for (let i = this.entries.length - 1; i >= this.start; i--) {
+      out.push([this.entries[i].name, this.entries[i].value]);
+    }
+    return out;
+  }
+
+  /** Decodes one complete header block (HEADERS + CONTINUATION payloads joined). */
+  decode(block: Uint8Array): Parsed<HeaderField[]> {
+    if (this.brokenReason !== undefined) {
+      return fail("malformed", `hpack state dropped after earlier error: ${this.brokenReason}`);
+    }
+    const r = this.decodeInner(block);
+    if (!r.ok) this.brokenReason = r.error.message;
+    return r;
+  }
+
+  private decodeInner(buf: Uint8Array): Parsed<HeaderField[]> {
+    const out: HeaderField[] = [];
+    let listSize = 0;
+    let pos = 0;
+    let sawField = false;
+    while (pos < buf.length) {
+      const b = buf[pos];
+      const at = pos;
+      if (b & 0x80) {
+        // 6.1 Indexed header field.
+        const r = readInt(buf, pos, 7);
+        if (!r) return fail("malformed", "bad integer in indexed field", at);
+        pos = r[1];
+        const e = this.lookup(r[0]);
+        if (!e) return fail("malformed", `index ${r[0]} out of range`, at);
+        out.push([e[0], e[1]]);
+        listSize += e[2];
+        sawField = true;
+      } else if ((b & 0xe0) === 0x20) {
+        // 6.3 Dynamic table size update: only before the first field of a block.
+        const r = readInt(buf, pos, 5);
+        if (!r) return fail("malformed", "bad integer in table size update", at);
+        pos = r[1];
+        if (sawField) return fail("malformed", "table size update after a header field", at);
+        if (r[0] > this.maxTableSize) {
+          return fail("oversize", `table size update ${r[0]} > ${this.maxTableSize}`, at);
+        }
+        this.limit = r[0];
+        this.evict(0);
+      } else {
+        // 6.2 Literal: with incremental indexing (01xxxxxx, 6-bit index), without indexing (0000xxxx)
+        // or never indexed (0001xxxx), both with a 4-bit index.
+        const incremental = (b & 0xc0) === 0x40;
+        const r = readInt(buf, pos, incremental ? 6 : 4);
+        if (!r) return fail("malformed", "bad integer in literal field", at);
+        pos = r[1];
+        let name: string, nameLen: number;
+        if (r[0] === 0) {
+          const s = this.readString(buf, pos);
+          if (!s.ok) return s;
+          [name, nameLen, pos] = s.value;
+        } else {
+          const e = this.lookup(r[0]);
+          if (!e) return fail("malformed", `name index ${r[0]} out of range`, at);
+          name = e[0];
+          nameLen = e[2] - 32 - e[3];
+        }
+        const v = this.readString(buf, pos);
+        if (!v.ok) return v;
+        const [value, valueLen, next] = v.value;
+        pos = next;
+        out.push([name, value]);
+        const size = nameLen + valueLen + 32;
+        listSize += size;
+        if (incremental) this.insert({ name, value, size, nameOctets: nameLen });
+        sawField = true;
+      }
+      if (listSize > this.maxHeaderListSize) {
+        return fail("oversize", `header list over ${this.maxHeaderListSize} octets`, at);
+      }
+    }
+    return ok(out);
+  }
+
+  /** [name, value, entrySize, valueOctets] for a 1-based index, or null. */
+  private lookup(index: number): [string, string, number, number] | null {
+    if (index === 0) return null;
+    if (index <= STATIC_TABLE.length) {
+      const [n, v] = STATIC_TABLE[index - 1];
+      // Static table strings are ASCII: length == octets.
+      return [n, v, n.length + v.length + 32, v.length];
+    }
+    const i = this.entries.length - 1 - (index - STATIC_TABLE.length - 1);
+    if (i < this.start) return null;
+    const e = this.entries[i];
+    return [e.name, e.value, e.size, e.size - 32 - e.nameOctets];
+  }
+
+  private readString(buf: Uint8Array, pos: number): Parsed<[string, number, number]> {
+    if (pos >= buf.length) return fail("malformed", "string literal missing", pos);
+    const huff = (buf[pos] & 0x80) !== 0;
+    const r = readInt(buf, pos, 7);
+    if (!r) return fail("malformed", "bad string length", pos);
+    const [len, start] = r;
+    if (start + len > buf.length) return fail("malformed", "string literal past end of block", pos);
+    // A single string can't exceed the list cap: refuse before Huffman-decoding it.
+    if (len > this.maxHeaderListSize) return fail("oversize", "string literal over header list cap", pos);
+    let raw = buf.subarray(start, start + len);
+    if (huff) {
+      const d = huffmanDecode(raw);
+      if (!d) return fail("malformed", "invalid Huffman string", pos);
+      raw = d;
+    }
+    return ok([utf8.decode(raw), raw.length, start + len]);
+  }
+
+  private insert(e: Entry): void {
+    // 4.4: an entry larger than the table empties it and is not added.
+    this.evict(e.size);
+    if (e.size <= this.limit) {
+      this.entries.push(e);
+      this.used += e.size;
+    }
+  }
+
+  /** Evicts oldest entries until `room` more octets fit under the limit. */
+  private evict(room: number): void {
+    while (this.used + room > this.limit && this.start < this.entries.length) {
+      this.used -= this.entries[this.start++].size;
+    }
+    if (this.start > 64 && this.start * 2 > this.entries.length) {
+      this.entries = this.entries.slice(this.start);
+      this.start = 0;
+    }
+  }
+}
+
+const utf8e = new TextEncoder();
+
+// --- Encoder: small, used by tests and fixtures to produce valid blocks. ---
+
+function writeInt(out: number[], first: number, prefixBits: number, v: number): void {
+  const max = (1 << prefixBits) - 1;
+  if (v < max) {
+    out.push(first | v);
+    return;
+  }
+  out.push(first | max);
+  v -= max;
+  while (v >= 128) {
+    out.push((v % 128) | 0x80);
+    v = Math.floor(v / 128);
+  }
+  out.push(v);
+}
+
+function writeString(out: number[], s: string, huffman: boolean): void {
+  let bytes: Uint8Array = utf8e.encode(s);
+  if (huffman) bytes = huffmanEncode(bytes);
+  writeInt(out, huffman ? 0x80 : 0, 7, bytes.length);
+  for (const b of bytes) out.push(b);
+}
+
+export interface HpackEncodeOptions {
+  huffman?: boolean;
+  /** "incremental" adds each field to the encoder's (and so the decoder's) dynamic table. */
+  indexing?: "incremental" | "without" | "never";
+  /** Emit a dynamic table size update first. */
+  tableSizeUpdate?: number;
+}
+
+/**
+ * Encodes a header list as literals with literal names, using static-table indexed fields for exact
+ * matches. It keeps no dynamic table of its own, so "incremental" output is still decodable by any
+ * decoder whose table is in step.
+ */
+export function hpackEncode(headers: readonly HeaderField[], opts: HpackEncodeOptions = {}): Uint8Array {
+  const out: number[] = [];
+  if (opts.tableSizeUpdate !== undefined) writeInt(out, 0x20, 5, opts.tableSizeUpdate);
+  for (const [name, value] of headers) {
+    const idx = STATIC_TABLE.findIndex(([n, v]) => n === name && v === value);
+    if (idx >= 0) {
+      writeInt(out, 0x80, 7, idx + 1);
+      continue;
+    }
+    const nameIdx = STATIC_TABLE.findIndex(([n]) => n === name) + 1;
+    const mode = opts.indexing ?? "without";
+    if (mode === "incremental") writeInt(out, 0x40, 6, nameIdx);
+    else writeInt(out, mode === "never" ? 0x10 : 0, 4, nameIdx);
+    if (nameIdx === 0) writeString(out, name, opts.huffman ?? false);
+    writeString(out, value, opts.huffman ?? false);
+  }
+  return Uint8Array.from(out);
+}
