@@ -22,6 +22,8 @@ export class StreamAssembler {
   /** Position of the next byte to deliver; undefined until the first chunk fixes it. */
   next: number | undefined;
   private pending = new Map<number, Uint8Array>();
+  /** Known holes ahead of `next` (from → to), skipped silently when reached. */
+  private lost = new Map<number, number>();
   private pendingBytes = 0;
   readonly stats: AssemblerStats = { delivered: 0, skipped: 0, gaps: 0, duplicate: 0 };
 
@@ -75,6 +77,23 @@ export class StreamAssembler {
     return true;
   }
 
+  /**
+   * Bytes [from, to) were read by the server but not copied (capture limit). Returns true when they
+   * sit right at the next expected position, i.e. the stream being parsed has a hole now.
+   */
+  markLost(from: number, to: number): boolean {
+    if (this.next === undefined) this.next = from;
+    if (to <= this.next) return false;
+    if (from <= this.next) {
+      this.stats.gaps++;
+      this.stats.skipped += to - this.next;
+      this.next = to;
+      return true;
+    }
+    this.lost.set(from, to);
+    return false;
+  }
+
   /** Bytes held out of order. */
   get held(): number {
     return this.pendingBytes;
@@ -83,6 +102,16 @@ export class StreamAssembler {
   private drain(out: Uint8Array[]): void {
     for (;;) {
       let progressed = false;
+      for (const [from, to] of this.lost) {
+        if (from > this.next!) continue;
+        this.lost.delete(from);
+        if (to > this.next!) {
+          this.stats.gaps++;
+          this.stats.skipped += to - this.next!;
+          this.next = to;
+        }
+        progressed = true;
+      }
       for (const [p, b] of this.pending) {
         if (p > this.next!) continue;
         this.pending.delete(p);

@@ -37,3 +37,16 @@ Deno.test("StreamAssembler skips a gap that never fills, and counts it", () => {
   assertEquals(a.stats.gaps, 1);
   assertEquals(a.stats.skipped, 6);
 });
+
+Deno.test("StreamAssembler markLost jumps over bytes the capture did not copy", () => {
+  const a = new StreamAssembler();
+  a.push(0, enc.encode("head"));
+  assertEquals(a.markLost(4, 20), true);
+  assertEquals(join(a.push(20, enc.encode("next")).out), "next");
+  assertEquals(a.stats.skipped, 16);
+  // A hole announced ahead of time is skipped when reached.
+  assertEquals(a.markLost(30, 40), false);
+  assertEquals(join(a.push(24, enc.encode("012345")).out), "012345");
+  assertEquals(join(a.push(40, enc.encode("x")).out), "x");
+  assertEquals(a.stats.gaps, 2);
+});

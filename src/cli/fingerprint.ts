@@ -1,9 +1,105 @@
-import { parseFlags } from "./args.ts";
+/** `ja4ebpf fingerprint --pcap FILE`: JA4+ of every TCP stream of a capture, one JSON object per line. */
+import { parseFlags, UsageError } from "./args.ts";
+import { CaptureFormatError, openCapture } from "../parse/pcap.ts";
+import { fingerprintCapture, type OfflineStats } from "../offline/fingerprint_capture.ts";
+import type { AbsentConvention } from "../fingerprint/ja4t.ts";
+import { log } from "../log.ts";
 
-const USAGE = "Usage: ja4ebpf fingerprint (not built yet)";
+const USAGE = `Usage: ja4ebpf fingerprint --pcap FILE [--json] [--with-raw] [--ja4t-absent foxio|rust]
+  Reads a pcap or pcapng capture and prints one JSON object per TCP stream (JSON lines on stdout), with the
+  field names and stream numbers of FoxIO's ja4 tool: stream, transport, src, dst, src_port, dst_port,
+  tls_server_name, ja4, ja4s, ja4t, ja4ts, ja4l_c, ja4l_s, http: [{ja4h, method, path}].
+  A summary of skipped and malformed packets goes to stderr.
 
-export function main(args: string[]): Promise<number> {
-  const { help } = parseFlags(args, {}, USAGE);
-  if (help) console.log(USAGE);
-  return Promise.resolve(help ? 0 : 1);
+  --pcap FILE           capture to read (required)
+  --json                JSON lines output (the default and only format)
+  --with-raw            add the raw and original-order forms: ja4_r, ja4_o, ja4_ro, ja4s_r, ja4h_r, ja4h_o,
+                        ja4h_ro (ja4h_r/ja4h_ro contain cookie values in the clear)
+  --ja4t-absent MODE    how JA4T/JA4TS print an absent option list, MSS or window scale:
+                        foxio (default, "00" as in FoxIO's database and Wireshark) or rust ("", "0", "0")
+
+Exit status: 0 success, 1 unexpected failure, 2 bad usage or a file that is not a capture.`;
+
+export async function main(args: string[]): Promise<number> {
+  const { values, help } = parseFlags(args, {
+    pcap: { type: "string" },
+    json: { type: "boolean" },
+    "with-raw": { type: "boolean" },
+    "ja4t-absent": { type: "string" },
+  }, USAGE);
+  if (help) {
+    console.log(USAGE);
+    return 0;
+  }
+  const path = values.pcap;
+  if (typeof path !== "string" || path === "") throw new UsageError("--pcap FILE is required", USAGE);
+  const absent = values["ja4t-absent"] ?? "foxio";
+  if (absent !== "foxio" && absent !== "rust") {
+    throw new UsageError(`--ja4t-absent must be foxio or rust, not ${JSON.stringify(absent)}`, USAGE);
+  }
+  let opened;
+  try {
+    opened = openCapture(path);
+  } catch (e) {
+    if (e instanceof CaptureFormatError) {
+      console.error(`ja4ebpf fingerprint: ${path}: ${e.message}`);
+      return 2;
+    }
+    if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.PermissionDenied) {
+      console.error(`ja4ebpf fingerprint: cannot open ${path}: ${e.message}`);
+      return 2;
+    }
+    throw e;
+  }
+  const { reader, file } = opened;
+  let result;
+  try {
+    result = fingerprintCapture(reader, {
+      withRaw: values["with-raw"] === true,
+      ja4tAbsent: absent as AbsentConvention,
+    });
+  } finally {
+    file.close();
+  }
+  await writeLines(result.records.map((r) => JSON.stringify(r)));
+  report(result.stats);
+  return 0;
+}
+
+async function writeLines(lines: string[]): Promise<void> {
+  const enc = new TextEncoder();
+  // Batched: one write per ~64 KiB instead of one per stream.
+  let chunk = "";
+  for (const l of lines) {
+    chunk += l + "\n";
+    if (chunk.length > 65536) {
+      await writeAll(enc.encode(chunk));
+      chunk = "";
+    }
+  }
+  if (chunk) await writeAll(enc.encode(chunk));
+}
+
+async function writeAll(b: Uint8Array): Promise<void> {
+  let off = 0;
+  while (off < b.length) off += await Deno.stdout.write(b.subarray(off));
+}
+
+function report(s: OfflineStats): void {
+  const malformed = Object.values(s.malformed).reduce((x, y) => x + y, 0);
+  const skipped = Object.values(s.skipped).reduce((x, y) => x + y, 0);
+  log.info("capture read", {
+    packets: s.packets,
+    tcp_packets: s.tcpPackets,
+    streams: s.streams,
+    records: s.records,
+    skipped,
+    malformed,
+  });
+  if (malformed > 0) log.warn("malformed packets", { by_reason: s.malformed });
+  if (skipped > 0) log.info("non-TCP packets skipped", { by_reason: s.skipped });
+  if (s.tlsErrors > 0 || s.httpErrors > 0 || s.gaps > 0) {
+    log.warn("stream problems", { tls_errors: s.tlsErrors, http_errors: s.httpErrors, gaps: s.gaps });
+  }
+  for (const w of s.warnings) log.warn("capture file", { warning: w });
 }

@@ -1,0 +1,412 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/* Config variables, maps and the helpers every hook shares. */
+#ifndef JA4_COMMON_BPF_H
+#define JA4_COMMON_BPF_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+#include "ja4ebpf.h"
+#include "core_fixes.bpf.h"
+
+#define JA4_S_IFMT 0170000
+#define JA4_S_IFSOCK 0140000
+#define JA4_SOCK_STREAM 1
+#define JA4_TC_ACT_OK 0
+#define JA4_ETH_P_IP 0x0800
+#define JA4_ETH_P_IPV6 0x86DD
+#define JA4_IPPROTO_TCP 6
+
+/* ---- config (.rodata): set by user space between open and load ---- */
+
+/* The agent's own tgid: never traced. */
+const volatile __u32 self_tgid = 0;
+/* true: events go to the `events` ring buffer; false: to `events_perf`. */
+const volatile bool use_ringbuf = true;
+/* true when bpf_get_current_task_btf() exists (>= 5.11). */
+const volatile bool has_task_btf = true;
+/* Syscall numbers for raw_tp/tp_btf filtering (x86-64 defaults). */
+const volatile __u32 nr_recvfrom = 45;
+const volatile __u32 nr_read = 0;
+/* true: raw_tp/tp_btf programs also capture read() (not only recvfrom). */
+const volatile bool raw_tp_reads = false;
+/* Offset of `int socketdes` in APR's apr_socket_t (pool pointer first). */
+const volatile __u32 apr_socketdes_off = 8;
+/* Bytes copied per call, at most JA4_CAPTURE_MAX. */
+const volatile __u32 max_capture = JA4_CAPTURE_MAX;
+/* Client->server bytes copied per new connection by tc, at most JA4_PKT_MAX. */
+const volatile __u32 tc_capture_bytes = JA4_PKT_MAX;
+
+/* ---- maps ---- */
+
+/* Ring buffer; user space sets max_entries (power of two, page multiple) before load,
+ * or autocreate=false where the kernel has no ring buffers. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} events SEC(".maps");
+
+/* Perf buffer fallback: same event bytes. max_entries 0 = number of CPUs (libbpf). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+} events_perf SEC(".maps");
+
+union ja4_scratch_u {
+	struct ja4_data_event data;
+	struct ja4_syn_event syn;
+	struct ja4_pkt_event pkt;
+	struct ja4_close_event close;
+};
+
+/* Events are built here and sent with *_output (variable length: only the bytes read).
+ * Slot 0: syscall/uprobe programs; slot 1: tc (softirq may interrupt slot 0's user). */
+enum { SCRATCH_TASK = 0, SCRATCH_TC = 1 };
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, union ja4_scratch_u);
+} scratch SEC(".maps");
+
+/* Per-CPU counters indexed by enum ja4_drop_reason: user space sums the CPUs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, JA4_DROP_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} drops SEC(".maps");
+
+/* tgid -> enum ja4_server_kind, filled by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, __u32);
+} traced_pids SEC(".maps");
+
+/* Server TCP ports (host byte order) that tc watches. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u16);
+	__type(value, __u8);
+} listen_ports SEC(".maps");
+
+/* Entry -> exit state of a syscall (recvfrom/read/readv), keyed by pid_tgid. */
+struct sys_stash {
+	__u64 buf;   /* buffer, or struct iovec * for readv */
+	__s32 fd;
+	__u32 hook;  /* enum ja4_hook */
+	__u32 iovcnt;
+	__u32 is_iov; /* readv: buf is a struct iovec array */
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct sys_stash);
+} sys_stash SEC(".maps");
+
+/* Entry -> return state of apr_socket_recv, keyed by pid_tgid. */
+struct apr_stash {
+	__u64 sock;
+	__u64 buf;
+	__u64 lenp;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct apr_stash);
+} apr_stash SEC(".maps");
+
+/* Entry -> return state of SSL_read/SSL_read_ex/SSL_do_handshake, keyed by pid_tgid.
+ * fd is learned from a read()/recvfrom() entered on the same thread meanwhile. */
+struct ssl_stash {
+	__u64 ssl;
+	__u64 buf;
+	__u64 readbytes; /* size_t * of SSL_read_ex, 0 otherwise */
+	__s32 fd;        /* -1 until learned */
+	__u32 hook;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct ssl_stash);
+} ssl_stash SEC(".maps");
+
+/* (tgid, SSL *) -> fd, remembered for calls served from OpenSSL's buffer. */
+struct ssl_key {
+	__u64 ssl;
+	__u32 tgid;
+	__u32 _pad0;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ssl_key);
+	__type(value, __s32);
+} ssl_fds SEC(".maps");
+
+/* (tgid, fd, stream) -> bytes read so far: the `pos` of the next event. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ja4_conn_key);
+	__type(value, __u64);
+} conn_pos SEC(".maps");
+
+/* Puts the enums into the object's BTF for scripts/gen-layout.ts; never read. */
+struct ja4_btf_enums {
+	enum ja4_event_kind kind;
+	enum ja4_hook hook;
+	enum ja4_event_flags flags;
+	enum ja4_server_kind server;
+	enum ja4_stream stream;
+	enum ja4_drop_reason drop;
+	enum ja4_limits limits;
+	enum ja4_family family;
+};
+struct ja4_btf_enums *ja4_btf_anchor __attribute__((unused));
+
+/* ---- helpers ---- */
+
+static __always_inline void count_drop(__u32 reason)
+{
+	__u64 *c = bpf_map_lookup_elem(&drops, &reason);
+	if (c)
+		*c += 1; /* per-CPU slot: no atomic needed */
+}
+
+/* Sends `size` bytes of `ev`; size must be verifier-bounded by the caller. */
+static __always_inline int ja4_output(void *ctx, void *ev, __u64 size)
+{
+	long err;
+	if (use_ringbuf) {
+		err = bpf_ringbuf_output(&events, ev, size, 0);
+		if (err)
+			count_drop(JA4_DROP_RINGBUF);
+	} else {
+		err = bpf_perf_event_output(ctx, &events_perf, BPF_F_CURRENT_CPU, ev, size);
+		if (err)
+			count_drop(JA4_DROP_PERFBUF);
+	}
+	return err ? -1 : 0;
+}
+
+static __always_inline void *scratch_get(__u32 slot)
+{
+	void *p = bpf_map_lookup_elem(&scratch, &slot);
+	if (!p)
+		count_drop(JA4_DROP_SCRATCH);
+	return p;
+}
+
+/* Whether this tgid is one the agent traces. */
+static __always_inline bool is_traced(__u32 tgid)
+{
+	if (tgid == self_tgid)
+		return false;
+	return bpf_map_lookup_elem(&traced_pids, &tgid) != NULL;
+}
+
+static __always_inline struct task_struct *ja4_current_task(void)
+{
+	if (has_task_btf)
+		return bpf_get_current_task_btf();
+	return (struct task_struct *)bpf_get_current_task();
+}
+
+/*
+ * fd -> 4-tuple. Returns 0 and fills family/addresses/ports for a TCP socket
+ * (IPv4 or IPv6), 1 when fd is not a TCP socket, -1 on a read failure.
+ * Orientation: saddr/sport = peer (client), daddr/dport = local (server).
+ */
+static __always_inline int fd_tuple(__s32 fd, struct ja4_event_hdr *h)
+{
+	struct task_struct *task = ja4_current_task();
+	struct files_struct *files;
+	struct fdtable *fdt;
+	struct file **fds;
+	struct file *f = NULL;
+	struct socket *sock;
+	struct sock *sk;
+	unsigned int max_fds;
+	umode_t mode;
+	__u16 family;
+
+	if (fd < 0)
+		return 1;
+	files = BPF_CORE_READ(task, files);
+	if (!files)
+		return -1;
+	fdt = BPF_CORE_READ(files, fdt);
+	max_fds = BPF_CORE_READ(fdt, max_fds);
+	if ((unsigned int)fd >= max_fds)
+		return 1;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+		return -1;
+	mode = BPF_CORE_READ(f, f_inode, i_mode);
+	if ((mode & JA4_S_IFMT) != JA4_S_IFSOCK)
+		return 1;
+	sock = BPF_CORE_READ(f, private_data);
+	if (!sock)
+		return -1;
+	sk = BPF_CORE_READ(sock, sk);
+	if (!sk)
+		return -1;
+	if (ja4_sk_type(sk) != JA4_SOCK_STREAM)
+		return 1;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family == JA4_AF_INET) {
+		__u32 peer = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		__u32 local = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__builtin_memset(h->saddr, 0, sizeof(h->saddr));
+		__builtin_memset(h->daddr, 0, sizeof(h->daddr));
+		__builtin_memcpy(h->saddr, &peer, 4);
+		__builtin_memcpy(h->daddr, &local, 4);
+	} else if (family == JA4_AF_INET6) {
+		BPF_CORE_READ_INTO(h->saddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(h->daddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+	} else {
+		return 1;
+	}
+	h->family = (__u8)family;
+	h->sport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	h->dport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	return 0;
+}
+
+/* Fills the task part of the header; returns fd_tuple()'s result. */
+static __always_inline int fill_task_hdr(struct ja4_event_hdr *h, __u8 kind, __u8 hook, __s32 fd)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	int r;
+
+	h->kind = kind;
+	h->hook = hook;
+	h->flags = 0;
+	h->pid = id >> 32;
+	h->tid = (__u32)id;
+	h->fd = fd;
+	h->ts_ns = bpf_ktime_get_ns();
+	bpf_get_current_comm(h->comm, sizeof(h->comm));
+	h->family = 0;
+	h->sport = 0;
+	h->dport = 0;
+	h->data_len = 0;
+	h->total = 0;
+	h->offset = 0;
+	r = fd_tuple(fd, h);
+	if (r < 0) {
+		count_drop(JA4_DROP_READ_KERNEL);
+		__builtin_memset(h->saddr, 0, sizeof(h->saddr));
+		__builtin_memset(h->daddr, 0, sizeof(h->daddr));
+		h->family = 0;
+		h->flags |= JA4_F_NO_TUPLE;
+	}
+	return r;
+}
+
+/* Reserves `n` stream bytes on (tgid, fd, stream); returns the position before them. */
+static __always_inline __u64 advance_pos(__u32 tgid, __s32 fd, __u32 stream, __u64 n)
+{
+	struct ja4_conn_key k = {.tgid = tgid, .fd = fd, .stream = stream};
+	__u64 *p = bpf_map_lookup_elem(&conn_pos, &k);
+	__u64 pos = 0;
+
+	if (p) {
+		pos = *p;
+		__sync_fetch_and_add(p, n);
+	} else {
+		__u64 v = n;
+		bpf_map_update_elem(&conn_pos, &k, &v, BPF_ANY);
+	}
+	return pos;
+}
+
+/*
+ * Copies up to `len` bytes at user `buf` as JA4_EV_DATA chunks. `ev->hdr` is
+ * filled (kind/hook/task/tuple/total); `base` is the offset of buf within the
+ * call's bytes (readv), `budget` how many bytes may still be copied for the call.
+ * Returns the bytes copied.
+ */
+static __always_inline __u32 emit_chunks(void *ctx, struct ja4_data_event *ev, __u64 pos0,
+					 const void *buf, __u64 len, __u32 base, __u32 budget)
+{
+	__u32 copied = 0;
+	__u64 cap = len < budget ? len : budget;
+
+#pragma unroll
+	for (int i = 0; i < JA4_CHUNKS_MAX; i++) {
+		__u32 off = i * JA4_CHUNK_MAX;
+		__u64 n;
+
+		if (off >= cap)
+			break;
+		n = cap - off;
+		if (n > JA4_CHUNK_MAX)
+			n = JA4_CHUNK_MAX;
+		/* keep the bound visible to the verifier */
+		asm volatile("%[n] &= 0x1fff" : [n] "+r"(n));
+		if (n > JA4_CHUNK_MAX || n == 0)
+			break;
+		ev->hdr.offset = base + off;
+		ev->pos = pos0 + base + off;
+		ev->hdr.flags &= ~(JA4_F_LAST_CHUNK | JA4_F_READ_FAILED);
+		if (bpf_probe_read_user(ev->data, n, (const char *)buf + off)) {
+			count_drop(JA4_DROP_READ_USER);
+			ev->hdr.flags |= JA4_F_READ_FAILED;
+			ev->hdr.data_len = 0;
+			ja4_output(ctx, ev, offsetof(struct ja4_data_event, data));
+			break;
+		}
+		/* last: the call's bytes are done, or the capture budget is */
+		if (base + off + n >= ev->hdr.total || (off + n >= cap && cap == budget))
+			ev->hdr.flags |= JA4_F_LAST_CHUNK;
+		ev->hdr.data_len = n;
+		ja4_output(ctx, ev, offsetof(struct ja4_data_event, data) + n);
+		copied += n;
+	}
+	return copied;
+}
+
+/*
+ * The shared body of every "bytes were read" hook: filters to TCP sockets,
+ * builds the header, advances the stream position and sends the chunks.
+ */
+static __always_inline void handle_read(void *ctx, __u8 hook, __s32 fd, const void *buf, __u64 total,
+					__u32 stream)
+{
+	struct ja4_data_event *ev;
+	__u64 pos0;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u32 budget = max_capture;
+
+	if (total == 0)
+		return;
+	ev = scratch_get(SCRATCH_TASK);
+	if (!ev)
+		return;
+	if (fill_task_hdr(&ev->hdr, JA4_EV_DATA, hook, fd) > 0)
+		return; /* not a TCP socket */
+	if (budget > JA4_CAPTURE_MAX)
+		budget = JA4_CAPTURE_MAX;
+	ev->hdr.total = total > 0xffffffffULL ? 0xffffffff : (__u32)total;
+	if (stream == JA4_STREAM_PLAINTEXT)
+		ev->hdr.flags |= JA4_F_PLAINTEXT;
+	if (total > budget) {
+		ev->hdr.flags |= JA4_F_TRUNCATED;
+		count_drop(JA4_DROP_TRUNCATED);
+	}
+	pos0 = advance_pos(tgid, fd, stream, total);
+	emit_chunks(ctx, ev, pos0, buf, total, 0, budget);
+}
+
+#endif

@@ -1,0 +1,286 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * Bytes read by traced servers through syscalls: recvfrom (nginx, plain HTTP),
+ * read/readv (Apache without uprobes, nginx with TLS), close.
+ * Every recvfrom variant shares one entry body (stash_enter) and one return
+ * body (stash_exit); only the way arguments are fetched differs.
+ */
+
+/* Remembers (fd, buf) of a syscall a traced thread entered. */
+static __always_inline void stash_enter(__u8 hook, __s32 fd, __u64 buf, __u32 iovcnt, bool is_iov)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	struct sys_stash st = {.buf = buf, .fd = fd, .hook = hook, .iovcnt = iovcnt, .is_iov = is_iov};
+	struct ssl_stash *ss;
+
+	if (!is_traced(tgid))
+		return;
+	/* Inside SSL_read/SSL_do_handshake: this is the fd of that SSL *. */
+	ss = bpf_map_lookup_elem(&ssl_stash, &id);
+	if (ss) {
+		struct ssl_key k = {.ssl = ss->ssl, .tgid = tgid};
+		ss->fd = fd;
+		bpf_map_update_elem(&ssl_fds, &k, &fd, BPF_ANY);
+	}
+	/* Inside apr_socket_recv: the uprobe pair reports these bytes. */
+	if (bpf_map_lookup_elem(&apr_stash, &id))
+		return;
+	if (bpf_map_update_elem(&sys_stash, &id, &st, BPF_ANY))
+		count_drop(JA4_DROP_STASH_FULL);
+}
+
+/*
+ * readv: the first JA4_IOV_MAX iovecs, at most one chunk (JA4_CHUNK_MAX bytes)
+ * of each; the rest is flagged truncated (positions stay exact). Kept small:
+ * the full chunk loop per iovec is too complex for the verifier.
+ */
+static __always_inline void handle_readv(void *ctx, __u8 hook, __s32 fd, const struct iovec *iov,
+					 __u32 iovcnt, __u64 total)
+{
+	struct ja4_data_event *ev;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u64 budget = max_capture;
+	__u64 base = 0, pos0;
+
+	ev = scratch_get(SCRATCH_TASK);
+	if (!ev)
+		return;
+	if (fill_task_hdr(&ev->hdr, JA4_EV_DATA, hook, fd) > 0)
+		return;
+	if (budget > JA4_CAPTURE_MAX)
+		budget = JA4_CAPTURE_MAX;
+	ev->hdr.total = total > 0xffffffffULL ? 0xffffffff : (__u32)total;
+	pos0 = advance_pos(tgid, fd, JA4_STREAM_RAW, total);
+#pragma unroll
+	for (int i = 0; i < JA4_IOV_MAX; i++) {
+		struct iovec v;
+		__u64 seg, n;
+
+		if (i >= iovcnt || base >= total || budget == 0)
+			break;
+		if (bpf_probe_read_user(&v, sizeof(v), &iov[i])) {
+			count_drop(JA4_DROP_READ_USER);
+			break;
+		}
+		seg = v.iov_len;
+		if (seg > total - base)
+			seg = total - base;
+		n = seg;
+		if (n > budget)
+			n = budget;
+		if (n > JA4_CHUNK_MAX)
+			n = JA4_CHUNK_MAX;
+		asm volatile("" : "+r"(n));
+		if (n == 0 || n > JA4_CHUNK_MAX)
+			break;
+		if (n < seg)
+			ev->hdr.flags |= JA4_F_TRUNCATED;
+		if (bpf_probe_read_user(ev->data, n, v.iov_base)) {
+			count_drop(JA4_DROP_READ_USER);
+			break;
+		}
+		ev->hdr.offset = base;
+		ev->pos = pos0 + base;
+		ev->hdr.data_len = n;
+		if (base + seg >= total)
+			ev->hdr.flags |= JA4_F_LAST_CHUNK;
+		ja4_output(ctx, ev, offsetof(struct ja4_data_event, data) + n);
+		base += seg;
+		budget -= n;
+	}
+	if (base < total) {
+		ev->hdr.flags |= JA4_F_TRUNCATED;
+		count_drop(JA4_DROP_TRUNCATED);
+	}
+}
+
+/* Reports the bytes of the syscall this thread stashed at entry. `iov` is a
+ * compile-time constant: only readv programs carry the (large) readv body. */
+static __always_inline void stash_exit(void *ctx, long ret, const bool iov)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct sys_stash *p = bpf_map_lookup_elem(&sys_stash, &id);
+	struct sys_stash st;
+
+	if (!p)
+		return;
+	st = *p;
+	bpf_map_delete_elem(&sys_stash, &id);
+	if (ret <= 0)
+		return;
+	if (iov) {
+		if (st.is_iov)
+			handle_readv(ctx, st.hook, st.fd, (const struct iovec *)st.buf, st.iovcnt, ret);
+	} else if (!st.is_iov) {
+		handle_read(ctx, st.hook, st.fd, (const void *)st.buf, ret, JA4_STREAM_RAW);
+	}
+}
+
+/* ---- recvfrom: syscall tracepoints (the default) ---- */
+
+SEC("tracepoint/syscalls/sys_enter_recvfrom")
+int tp_sys_enter_recvfrom(struct syscall_trace_enter___ja4 *ctx)
+{
+	stash_enter(JA4_HOOK_TP_RECVFROM, (__s32)ctx->args[0], ctx->args[1], 0, false);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_recvfrom")
+int tp_sys_exit_recvfrom(struct syscall_trace_exit___ja4 *ctx)
+{
+	stash_exit(ctx, ctx->ret, false);
+	return 0;
+}
+
+/* ---- recvfrom: kprobes on the syscall wrapper (libbpf picks __x64_sys_recvfrom) ---- */
+
+SEC("ksyscall/recvfrom")
+int BPF_KSYSCALL(kprobe_recvfrom, int fd, void *buf)
+{
+	stash_enter(JA4_HOOK_KSYSCALL_RECVFROM, fd, (__u64)buf, 0, false);
+	return 0;
+}
+
+SEC("kretsyscall/recvfrom")
+int BPF_KRETPROBE(kretprobe_recvfrom, long ret)
+{
+	stash_exit(ctx, ret, false);
+	return 0;
+}
+
+/* ---- recvfrom: fexit trampoline (no stash: arguments and return together) ---- */
+
+SEC("fexit/__sys_recvfrom")
+int BPF_PROG(fexit_recvfrom, int fd, void *ubuf, size_t size, unsigned int flags, struct sockaddr *addr,
+	     int *addr_len, int ret)
+{
+	if (ret <= 0 || !is_traced(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	handle_read(ctx, JA4_HOOK_FEXIT_RECVFROM, fd, ubuf, ret, JA4_STREAM_RAW);
+	return 0;
+}
+
+/* ---- raw_tp / tp_btf on sys_enter/sys_exit: every syscall, filtered by nr first ---- */
+
+static __always_inline bool raw_nr_wanted(long nr)
+{
+	if (nr == nr_recvfrom)
+		return true;
+	return raw_tp_reads && nr == nr_read;
+}
+
+static __always_inline void raw_enter(__u8 hook, struct pt_regs *regs, long nr)
+{
+	__s32 fd = (__s32)PT_REGS_PARM1_CORE_SYSCALL(regs);
+	__u64 buf = PT_REGS_PARM2_CORE_SYSCALL(regs);
+
+	stash_enter(hook, fd, buf, 0, false);
+}
+
+SEC("raw_tp/sys_enter")
+int raw_tp_sys_enter(struct bpf_raw_tracepoint_args *ctx)
+{
+	long nr = (long)ctx->args[1];
+
+	if (!raw_nr_wanted(nr))
+		return 0;
+	raw_enter(JA4_HOOK_RAW_TP, (struct pt_regs *)ctx->args[0], nr);
+	return 0;
+}
+
+SEC("raw_tp/sys_exit")
+int raw_tp_sys_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	if (!raw_nr_wanted(ja4_regs_syscall_nr((struct pt_regs *)ctx->args[0])))
+		return 0;
+	stash_exit(ctx, (long)ctx->args[1], false);
+	return 0;
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(tp_btf_sys_enter, struct pt_regs *regs, long id)
+{
+	if (!raw_nr_wanted(id))
+		return 0;
+	raw_enter(JA4_HOOK_TP_BTF, regs, id);
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(tp_btf_sys_exit, struct pt_regs *regs, long ret)
+{
+	if (!raw_nr_wanted(ja4_regs_syscall_nr(regs)))
+		return 0;
+	stash_exit(ctx, ret, false);
+	return 0;
+}
+
+/* ---- read / readv tracepoints: Apache without uprobes, nginx with TLS ---- */
+
+SEC("tracepoint/syscalls/sys_enter_read")
+int tp_enter_read(struct syscall_trace_enter___ja4 *ctx)
+{
+	stash_enter(JA4_HOOK_TP_READ, (__s32)ctx->args[0], ctx->args[1], 0, false);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_read")
+int tp_exit_read(struct syscall_trace_exit___ja4 *ctx)
+{
+	stash_exit(ctx, ctx->ret, false);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_readv")
+int tp_enter_readv(struct syscall_trace_enter___ja4 *ctx)
+{
+	stash_enter(JA4_HOOK_TP_READV, (__s32)ctx->args[0], ctx->args[1], (__u32)ctx->args[2], true);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_readv")
+int tp_exit_readv(struct syscall_trace_exit___ja4 *ctx)
+{
+	stash_exit(ctx, ctx->ret, true);
+	return 0;
+}
+
+/* ---- close: end of a connection's streams ---- */
+
+SEC("tracepoint/syscalls/sys_enter_close")
+int tp_enter_close(struct syscall_trace_enter___ja4 *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__s32 fd = (__s32)ctx->args[0];
+	struct ja4_conn_key kr = {.tgid = tgid, .fd = fd, .stream = JA4_STREAM_RAW};
+	struct ja4_conn_key kp = {.tgid = tgid, .fd = fd, .stream = JA4_STREAM_PLAINTEXT};
+	struct ja4_close_event *ev;
+	__u64 *p, pos_raw = 0, pos_pt = 0;
+	bool seen = false;
+
+	if (!is_traced(tgid))
+		return 0;
+	p = bpf_map_lookup_elem(&conn_pos, &kr);
+	if (p) {
+		pos_raw = *p;
+		seen = true;
+	}
+	p = bpf_map_lookup_elem(&conn_pos, &kp);
+	if (p) {
+		pos_pt = *p;
+		seen = true;
+	}
+	if (!seen)
+		return 0; /* never read from: not a connection we reported */
+	ev = scratch_get(SCRATCH_TASK);
+	if (!ev)
+		return 0;
+	fill_task_hdr(&ev->hdr, JA4_EV_CLOSE, JA4_HOOK_TP_CLOSE, fd);
+	ev->pos_raw = pos_raw;
+	ev->pos_plaintext = pos_pt;
+	bpf_map_delete_elem(&conn_pos, &kr);
+	bpf_map_delete_elem(&conn_pos, &kp);
+	ja4_output(ctx, ev, sizeof(*ev));
+	return 0;
+}

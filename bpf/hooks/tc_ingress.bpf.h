@@ -1,0 +1,222 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * tc clsact ingress: client SYNs (JA4T inputs) and the first client->server
+ * bytes of new connections (ClientHello, possibly over several segments) for
+ * TCP ports in listen_ports. Headers are read relative to the network header,
+ * so the L2 type does not matter. IPv6 extension headers are not walked.
+ * Always TC_ACT_OK: the program only observes.
+ */
+
+/* Plain wire layouts (no CO-RE: these are protocol formats, not kernel structs). */
+struct tc_iph {
+	__u8 ver_ihl;
+	__u8 tos;
+	__u16 tot_len;
+	__u16 id;
+	__u16 frag_off;
+	__u8 ttl;
+	__u8 protocol;
+	__u16 check;
+	__u32 saddr;
+	__u32 daddr;
+};
+
+struct tc_ip6h {
+	__u32 ver_tc_flow;
+	__u16 payload_len;
+	__u8 nexthdr;
+	__u8 hop_limit;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+struct tc_tcph {
+	__u16 source;
+	__u16 dest;
+	__u32 seq;
+	__u32 ack_seq;
+	__u8 doff_res;
+	__u8 flags;
+	__u16 window;
+	__u16 check;
+	__u16 urg_ptr;
+};
+
+#define TC_FIN 0x01
+#define TC_SYN 0x02
+#define TC_RST 0x04
+#define TC_ACK 0x10
+
+/* A client->server flow whose SYN was seen. */
+struct flow_key {
+	__u8 family;
+	__u8 _pad0;
+	__u16 sport;
+	__u16 dport;
+	__u16 _pad1;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+struct flow_val {
+	__u32 isn;
+	__u32 _pad0;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct flow_key);
+	__type(value, struct flow_val);
+} flows SEC(".maps");
+
+static __always_inline void tc_fill_hdr(struct ja4_event_hdr *h, __u8 kind, const struct flow_key *fk)
+{
+	h->kind = kind;
+	h->hook = JA4_HOOK_TC;
+	h->family = fk->family;
+	h->flags = 0;
+	h->pid = 0;
+	h->tid = 0;
+	h->fd = -1;
+	h->ts_ns = bpf_ktime_get_ns();
+	__builtin_memset(h->comm, 0, sizeof(h->comm));
+	__builtin_memcpy(h->saddr, fk->saddr, 16);
+	__builtin_memcpy(h->daddr, fk->daddr, 16);
+	h->sport = fk->sport;
+	h->dport = fk->dport;
+	h->data_len = 0;
+	h->total = 0;
+	h->offset = 0;
+}
+
+SEC("tc")
+int tc_ingress(struct __sk_buff *skb)
+{
+	struct flow_key fk = {};
+	struct tc_tcph th;
+	struct flow_val *fv;
+	__u32 ip_hlen, doff, payload, off, budget = tc_capture_bytes;
+	__u64 n;
+	__u16 proto = bpf_ntohs((__u16)skb->protocol);
+	__u16 ip_len;
+	__u8 ttl, ip_flags = 0;
+
+	if (proto == JA4_ETH_P_IP) {
+		struct tc_iph ip;
+		if (bpf_skb_load_bytes_relative(skb, 0, &ip, sizeof(ip), BPF_HDR_START_NET))
+			return JA4_TC_ACT_OK;
+		if (ip.protocol != JA4_IPPROTO_TCP || (bpf_ntohs(ip.frag_off) & 0x1fff))
+			return JA4_TC_ACT_OK;
+		ip_hlen = (ip.ver_ihl & 0x0f) * 4;
+		if (ip_hlen < sizeof(ip))
+			return JA4_TC_ACT_OK;
+		fk.family = JA4_AF_INET;
+		__builtin_memcpy(fk.saddr, &ip.saddr, 4);
+		__builtin_memcpy(fk.daddr, &ip.daddr, 4);
+		ttl = ip.ttl;
+		ip_len = bpf_ntohs(ip.tot_len);
+		ip_flags = bpf_ntohs(ip.frag_off) >> 13;
+		payload = ip_len;
+		if (payload < ip_hlen)
+			return JA4_TC_ACT_OK;
+		payload -= ip_hlen;
+	} else if (proto == JA4_ETH_P_IPV6) {
+		struct tc_ip6h ip6;
+		if (bpf_skb_load_bytes_relative(skb, 0, &ip6, sizeof(ip6), BPF_HDR_START_NET))
+			return JA4_TC_ACT_OK;
+		if (ip6.nexthdr != JA4_IPPROTO_TCP)
+			return JA4_TC_ACT_OK;
+		ip_hlen = sizeof(ip6);
+		fk.family = JA4_AF_INET6;
+		__builtin_memcpy(fk.saddr, ip6.saddr, 16);
+		__builtin_memcpy(fk.daddr, ip6.daddr, 16);
+		ttl = ip6.hop_limit;
+		ip_len = bpf_ntohs(ip6.payload_len);
+		payload = ip_len;
+	} else {
+		return JA4_TC_ACT_OK;
+	}
+	if (bpf_skb_load_bytes_relative(skb, ip_hlen, &th, sizeof(th), BPF_HDR_START_NET))
+		return JA4_TC_ACT_OK;
+	fk.dport = bpf_ntohs(th.dest);
+	if (!bpf_map_lookup_elem(&listen_ports, &fk.dport))
+		return JA4_TC_ACT_OK;
+	fk.sport = bpf_ntohs(th.source);
+	doff = (th.doff_res >> 4) * 4;
+	if (doff < sizeof(th) || payload < doff)
+		return JA4_TC_ACT_OK;
+	payload -= doff;
+
+	if ((th.flags & (TC_SYN | TC_ACK)) == TC_SYN) {
+		struct ja4_syn_event *ev = scratch_get(SCRATCH_TC);
+		struct flow_val nv = {.isn = bpf_ntohl(th.seq)};
+		__u32 opt_len = doff - sizeof(th);
+
+		if (bpf_map_update_elem(&flows, &fk, &nv, BPF_ANY))
+			count_drop(JA4_DROP_FLOW_FULL);
+		if (!ev)
+			return JA4_TC_ACT_OK;
+		tc_fill_hdr(&ev->hdr, JA4_EV_SYN, &fk);
+		ev->seq = nv.isn;
+		ev->window = bpf_ntohs(th.window);
+		ev->ttl = ttl;
+		ev->ip_len = ip_len;
+		ev->ip_flags = ip_flags;
+		ev->tcp_flags = th.flags;
+		ev->_pad0 = 0;
+		ev->opt_len = 0;
+		__builtin_memset(ev->options, 0, sizeof(ev->options));
+		if (opt_len > 0 && opt_len <= JA4_TCP_OPT_MAX) {
+			if (bpf_skb_load_bytes_relative(skb, ip_hlen + sizeof(th), ev->options, opt_len,
+							BPF_HDR_START_NET))
+				count_drop(JA4_DROP_SKB_LOAD);
+			else
+				ev->opt_len = opt_len;
+		}
+		ja4_output(skb, ev, sizeof(*ev));
+		return JA4_TC_ACT_OK;
+	}
+
+	fv = bpf_map_lookup_elem(&flows, &fk);
+	if (!fv)
+		return JA4_TC_ACT_OK;
+	if (payload > 0) {
+		struct ja4_pkt_event *ev;
+		__u32 seq = bpf_ntohl(th.seq);
+
+		if (budget > JA4_PKT_MAX)
+			budget = JA4_PKT_MAX;
+		off = seq - (fv->isn + 1); /* wraps to huge for data before the ISN: skipped */
+		if (off < budget) {
+			n = payload;
+			if (n > budget - off)
+				n = budget - off;
+			/* hide what the compiler knows so the checks the verifier needs stay */
+			asm volatile("" : "+r"(n));
+			ev = scratch_get(SCRATCH_TC);
+			if (ev && n > 0 && n <= JA4_PKT_MAX) {
+				tc_fill_hdr(&ev->hdr, JA4_EV_PKT, &fk);
+				ev->seq = seq;
+				ev->_pad0 = 0;
+				ev->hdr.total = payload;
+				ev->hdr.offset = off;
+				if (n < payload)
+					ev->hdr.flags |= JA4_F_TRUNCATED;
+				/* Payload often sits in page frags (loopback, GRO) and the _relative load reads
+				 * only the linear part: linearise just what is copied (+64 for any L2 header). */
+				__u32 want = ip_hlen + doff + n + 64;
+				if (want > skb->len)
+					want = skb->len;
+				bpf_skb_pull_data(skb, want);
+				if (bpf_skb_load_bytes_relative(skb, ip_hlen + doff, ev->data, n, BPF_HDR_START_NET)) {
+					count_drop(JA4_DROP_SKB_LOAD);
+				} else {
+					ev->hdr.data_len = n;
+					ja4_output(skb, ev, offsetof(struct ja4_pkt_event, data) + n);
+				}
+			}
+		}
+	}
+	if (th.flags & (TC_FIN | TC_RST))
+		bpf_map_delete_elem(&flows, &fk);
+	return JA4_TC_ACT_OK;
+}

@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# Builds dist/ja4ebpf, one executable file (`deno task build`):
+#   1. scripts/build-bpf.sh: the BPF object and src/bpf/object.gen.ts that embeds it;
+#   2. a copy of src/ with BUILD_KIND rewritten (the source file is never edited);
+#   3. either `deno compile` (when a denort runtime is given in DENORT_BIN: `deno compile` would otherwise
+#      download one, which needs network access), or a self-extracting executable: a small sh launcher
+#      followed by a tar.gz of the deno binary and the `deno bundle` output. Its first start unpacks into a
+#      cache directory keyed by the payload hash; later starts reuse it; no network is needed at any point.
+#
+#   scripts/build.sh            build dist/ja4ebpf
+#   scripts/build.sh --rpm      also build the RPM (dist/rpm/*.rpm) from it
+#   scripts/build.sh --rpm-only build the RPM from an existing dist/ja4ebpf
+#
+# Environment: DENO (deno binary), DENORT_BIN (denort runtime → compiled build), BUILD_KIND_FORCE
+# (self-extracting|compiled), SKIP_BPF=1 (do not run build-bpf.sh; the build log says so).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+log() { echo "build: $*" >&2; }
+die() {
+  echo "build: error: $*" >&2
+  exit 1
+}
+
+want_bin=1
+want_rpm=0
+case "${1:-}" in
+"") ;;
+--rpm) want_rpm=1 ;;
+--rpm-only)
+  want_bin=0
+  want_rpm=1
+  ;;
+*) die "unknown argument '$1' (use --rpm or --rpm-only)" ;;
+esac
+
+if [ -z "${DENO:-}" ]; then
+  if [ -x "$ROOT/.tools/deno/node_modules/deno/deno" ]; then
+    DENO="$ROOT/.tools/deno/node_modules/deno/deno"
+  else
+    DENO=$(command -v deno) || die "no deno: run scripts/setup.sh or set DENO"
+  fi
+fi
+export DENO DENO_NO_UPDATE_CHECK=1 NO_COLOR=1
+VERSION=$(sed -n 's/^export const VERSION = "\(.*\)";$/\1/p' src/version.ts)
+[ -n "$VERSION" ] || die "cannot read VERSION from src/version.ts"
+OUT=dist/ja4ebpf
+WORK=dist/.build
+
+# Permissions of the running agent (both kinds). FFI is unscoped because libbpf is driven through pointers
+# (UnsafePointer/UnsafeCallback need it); the OS boundary is the user, the capabilities and systemd.
+# Read/write are unscoped because the config names the files (config, pcap, spool, file sink, key).
+# Not granted: running subprocesses, remote imports.
+PERMS=(--allow-read --allow-write --allow-net --allow-env --allow-sys --allow-ffi)
+V8FLAGS=--v8-flags=--max-old-space-size=320
+
+build_bin() {
+  if [ "${SKIP_BPF:-0}" = 1 ]; then
+    log "WARNING: SKIP_BPF=1: the BPF object was not rebuilt"
+  elif [ -f scripts/build-bpf.sh ]; then
+    log "building the BPF object (scripts/build-bpf.sh)"
+    bash scripts/build-bpf.sh >&2 || die "scripts/build-bpf.sh failed"
+  else
+    log "WARNING: scripts/build-bpf.sh is missing: the executable carries no fresh BPF object"
+  fi
+
+  local kind
+  if [ -n "${BUILD_KIND_FORCE:-}" ]; then
+    kind=$BUILD_KIND_FORCE
+  elif [ -n "${DENORT_BIN:-}" ]; then
+    kind=compiled
+  else
+    kind=self-extracting
+  fi
+  case $kind in
+  compiled) [ -n "${DENORT_BIN:-}" ] && [ -x "$DENORT_BIN" ] ||
+    die "a compiled build needs DENORT_BIN=<denort runtime> (deno compile cannot download one here)" ;;
+  self-extracting) ;;
+  *) die "BUILD_KIND_FORCE must be self-extracting or compiled" ;;
+  esac
+  log "kind: $kind (version $VERSION, deno $("$DENO" --version | head -1 | cut -d' ' -f2))"
+
+  rm -rf "$WORK"
+  mkdir -p "$WORK/tree"
+  cp -r src deno.json "$WORK/tree/"
+  [ -f deno.lock ] && cp deno.lock "$WORK/tree/"
+  sed -i "s/^export const BUILD_KIND: string = \"source\";$/export const BUILD_KIND: string = \"$kind\";/" \
+    "$WORK/tree/src/version.ts"
+  grep -q "BUILD_KIND: string = \"$kind\"" "$WORK/tree/src/version.ts" ||
+    die "could not set BUILD_KIND in the build copy of src/version.ts"
+
+  rm -f "$OUT"
+  if [ "$kind" = compiled ]; then
+    # DENORT_BIN makes deno compile use that runtime instead of downloading one; the timeout turns an
+    # unexpected download attempt on an offline machine into an error instead of a hang.
+    timeout 600 "$DENO" compile --quiet --no-check=remote --config "$WORK/tree/deno.json" "${PERMS[@]}" \
+      "$V8FLAGS" --output "$OUT" "$WORK/tree/src/main.ts" || die "deno compile failed"
+  else
+    mkdir -p "$WORK/payload"
+    # deno bundle (esbuild, fetched from npm on first use) inlines npm packages and dynamic imports.
+    timeout 300 "$DENO" bundle --quiet --platform deno --packages bundle --config "$WORK/tree/deno.json" \
+      -o "$WORK/payload/ja4ebpf.js" "$WORK/tree/src/main.ts" || die "deno bundle failed"
+    grep -q "\"$kind\"" "$WORK/payload/ja4ebpf.js" || die "the bundle lacks the build kind"
+    cp "$DENO" "$WORK/payload/deno"
+    chmod 0755 "$WORK/payload/deno"
+    tar --owner=0 --group=0 --numeric-owner -C "$WORK/payload" -cf - deno ja4ebpf.js | gzip -6 -n >"$WORK/payload.tgz"
+    local hash
+    hash=$(sha256sum "$WORK/payload.tgz" | cut -c1-24)
+    write_launcher "$hash" "$WORK/launcher"
+    # The offset is a fixed-width field (padded with spaces, as leading zeros would read as octal), so
+    # substituting it does not change the launcher's size.
+    local size
+    size=$(stat -c %s "$WORK/launcher")
+    sed -i "s/^OFFSET=0000000000\$/OFFSET=$(printf %-10s "$size")/" "$WORK/launcher"
+    [ "$(stat -c %s "$WORK/launcher")" = "$size" ] || die "launcher size changed"
+    cat "$WORK/launcher" "$WORK/payload.tgz" >"$OUT.tmp"
+    chmod 0755 "$OUT.tmp"
+    mv "$OUT.tmp" "$OUT"
+  fi
+  chmod 0755 "$OUT"
+  local bytes
+  bytes=$(stat -c %s "$OUT")
+  log "built $OUT: $kind build, $((bytes / 1048576)) MiB ($bytes bytes)"
+  echo "$kind" >dist/BUILD_KIND
+  rm -rf "$WORK"
+}
+
+write_launcher() { # hash, file
+  local hash=$1 file=$2
+  {
+    cat <<EOF
+#!/bin/sh
+# ja4ebpf $VERSION, self-extracting build: this launcher is followed by a tar.gz of the Deno runtime and
+# the bundled agent. The first start unpacks it into a cache directory keyed by the payload hash; later
+# starts reuse it. Nothing is fetched from the network.
+set -eu
+HASH=$hash
+OFFSET=0000000000
+PERMS="${PERMS[*]} $V8FLAGS"
+EOF
+    cat <<'EOF'
+self=$0
+case $self in */*) ;; *) self=$(command -v -- "$self") ;; esac
+[ -r "$self" ] || { echo "ja4ebpf: cannot read my own file ($self)" >&2; exit 1; }
+uid=$(id -u)
+umask 077
+# systemd's CacheDirectory=/StateDirectory=, then the XDG cache or ~/.cache, then /var/cache (root) or
+# TMPDIR: the first that exists or can be created, is ours and is writable. Someone else's directory could
+# hold a planted runtime.
+pick() {
+  for cand in "$@"; do
+    [ -n "$cand" ] || continue
+    if mkdir -p "$cand" 2>/dev/null && [ -O "$cand" ] && [ -w "$cand" ]; then
+      echo "$cand"
+      return 0
+    fi
+  done
+  return 1
+}
+home_cache=
+[ -n "${HOME:-}" ] && [ "$HOME" != / ] && home_cache=$HOME/.cache/ja4ebpf
+xdg_cache=
+[ -n "${XDG_CACHE_HOME:-}" ] && xdg_cache=$XDG_CACHE_HOME/ja4ebpf
+state_cache=
+[ -n "${STATE_DIRECTORY:-}" ] && state_cache=${STATE_DIRECTORY%%:*}/runtime
+var_cache=
+[ "$uid" = 0 ] && var_cache=/var/cache/ja4ebpf
+systemd_cache=${CACHE_DIRECTORY:-}
+base=$(pick "${JA4EBPF_CACHE_DIR:-}" "${systemd_cache%%:*}" "$state_cache" "$xdg_cache" "$home_cache" \
+  "$var_cache" "${TMPDIR:-/tmp}/ja4ebpf-$uid") ||
+  { echo "ja4ebpf: no usable cache directory (set JA4EBPF_CACHE_DIR)" >&2; exit 1; }
+dir=$base/$HASH
+if [ ! -f "$dir/.complete" ]; then
+  tmp=$(mktemp -d "$base/.unpack.XXXXXX")
+  if ! tail -c +$((OFFSET + 1)) "$self" | gzip -dc | tar -xf - -C "$tmp"; then
+    rm -rf "$tmp"
+    echo "ja4ebpf: unpacking into $base failed (disk full? truncated file?)" >&2
+    exit 1
+  fi
+  : >"$tmp/.complete"
+  # Atomic; if a concurrent start won the race, keep its copy.
+  mv -T "$tmp" "$dir" 2>/dev/null || rm -rf "$tmp"
+  [ -f "$dir/.complete" ] || { echo "ja4ebpf: $dir is incomplete; remove it" >&2; exit 1; }
+  # Older versions' runtimes (about 100 MB each).
+  for old in "$base"/*; do
+    [ "$old" = "$dir" ] || [ ! -f "$old/.complete" ] || rm -rf "$old"
+  done
+fi
+DENO_DIR=$dir/deno-dir DENO_NO_UPDATE_CHECK=1 DENO_NO_PROMPT=1
+export DENO_DIR DENO_NO_UPDATE_CHECK DENO_NO_PROMPT
+# shellcheck disable=SC2086 # PERMS is a list of flags
+exec "$dir/deno" run --cached-only --no-config --no-lock --no-remote --no-npm $PERMS "$dir/ja4ebpf.js" "$@"
+EOF
+  } >"$file"
+}
+
+build_rpm() {
+  [ -x "$OUT" ] || die "$OUT is missing: build it first"
+  command -v rpmbuild >/dev/null || die "rpmbuild is missing (Debian: apt-get install rpm)"
+  local top
+  top=$(mktemp -d)
+  trap 'rm -rf "$top"' RETURN
+  mkdir -p "$top/SOURCES" "$top/BUILD" "$top/RPMS" "$top/SRPMS" "$top/SPECS" "$top/tmp"
+  cp "$OUT" rpm/ja4ebpf.service rpm/el8-capabilities.conf rpm/config.yaml NOTICE "$top/SOURCES/"
+  cp LICENSES/*.txt "$top/SOURCES/"
+  [ -f docs/operations.md ] && cp docs/operations.md "$top/SOURCES/" || : >"$top/SOURCES/operations.md"
+  local kind
+  kind=$(cat dist/BUILD_KIND 2>/dev/null || echo unknown)
+  log "rpmbuild: ja4ebpf $VERSION ($kind build)"
+  rpmbuild -bb --quiet \
+    --define "_topdir $top" --define "_tmppath $top/tmp" \
+    --define "ja4ebpf_version $VERSION" --define "ja4ebpf_build_kind $kind" \
+    rpm/ja4ebpf.spec >&2 || die "rpmbuild failed"
+  mkdir -p dist/rpm
+  rm -f dist/rpm/*.rpm
+  find "$top/RPMS" -name '*.rpm' -exec cp {} dist/rpm/ \;
+  local f
+  for f in dist/rpm/*.rpm; do log "built $f ($(($(stat -c %s "$f") / 1048576)) MiB)"; done
+}
+
+[ $want_bin = 1 ] && build_bin
+[ $want_rpm = 1 ] && build_rpm
+exit 0

@@ -1,0 +1,354 @@
+/**
+ * The attach plan: for each hook, the capture method this kernel really accepts. Each candidate is
+ * probed by loading the object with only its programs enabled and attaching them (never by comparing
+ * kernel versions); the first that works in order wins, or the method forced by the configuration.
+ * Every refusal is kept with its errno text for --validate. The final load enables only chosen programs.
+ */
+import { BpfError, MapType, pageSize, quietLibbpf } from "./ffi.ts";
+import { type AttachHandle, BpfObject, type GlobalValue } from "./object.ts";
+import type { LibaprInfo } from "./probes.ts";
+
+export type NginxMethod = "tracepoint" | "raw_tp" | "fexit" | "kretprobe";
+export type ApacheMethod = "uprobe" | "read_tracepoint";
+export type PacketMethod = "tc";
+export type HookName = "nginx" | "apache" | "packets" | "close";
+
+/** How one program attaches. */
+export type AttachSpec =
+  | { kind: "auto" }
+  | { kind: "uprobe"; library: "libapr"; symbol: string; retprobe: boolean }
+  | { kind: "tc"; direction: "ingress" | "egress" };
+
+export interface ProgramAttach {
+  program: string;
+  attach: AttachSpec;
+}
+
+export interface MethodSpec {
+  method: string;
+  /** Alternative program sets (e.g. raw_tp, then tp_btf): the first that loads and attaches wins. */
+  variants: ProgramAttach[][];
+}
+
+export interface HookSpec {
+  hook: HookName;
+  /** In `auto` order. */
+  methods: MethodSpec[];
+}
+
+const auto = (...programs: string[]): ProgramAttach[] =>
+  programs.map((program) => ({ program, attach: { kind: "auto" } }));
+
+/**
+ * The real object's programs (docs/bpf.md). Default nginx order: tracepoint (stable ABI, fires only for
+ * recvfrom), raw_tp (fires on every syscall: costs all processes), fexit (cheapest, but trampolines are
+ * often locked down), kretprobe (misses returns while other processes hold instances).
+ */
+export const DEFAULT_HOOKS: HookSpec[] = [
+  {
+    hook: "nginx",
+    methods: [
+      { method: "tracepoint", variants: [auto("tp_sys_enter_recvfrom", "tp_sys_exit_recvfrom")] },
+      {
+        method: "raw_tp",
+        variants: [auto("raw_tp_sys_enter", "raw_tp_sys_exit"), auto("tp_btf_sys_enter", "tp_btf_sys_exit")],
+      },
+      { method: "fexit", variants: [auto("fexit_recvfrom")] },
+      { method: "kretprobe", variants: [auto("kprobe_recvfrom", "kretprobe_recvfrom")] },
+    ],
+  },
+  {
+    hook: "apache",
+    methods: [
+      {
+        method: "uprobe",
+        variants: [[
+          {
+            program: "uprobe_apr_socket_recv_entry",
+            attach: { kind: "uprobe", library: "libapr", symbol: "apr_socket_recv", retprobe: false },
+          },
+          {
+            program: "uretprobe_apr_socket_recv",
+            attach: { kind: "uprobe", library: "libapr", symbol: "apr_socket_recv", retprobe: true },
+          },
+        ]],
+      },
+      {
+        method: "read_tracepoint",
+        variants: [auto("tp_enter_read", "tp_exit_read", "tp_enter_readv", "tp_exit_readv")],
+      },
+    ],
+  },
+  {
+    hook: "packets",
+    methods: [{
+      method: "tc",
+      variants: [[{ program: "tc_ingress", attach: { kind: "tc", direction: "ingress" } }]],
+    }],
+  },
+  { hook: "close", methods: [{ method: "tracepoint", variants: [auto("tp_enter_close")] }] },
+];
+
+export interface PlanConfig {
+  /** "auto", a method name, or "off". Missing hooks default to "auto". */
+  methods?: Partial<Record<HookName, string>>;
+  /** Interfaces for tc; the probe uses the first (default "lo"). */
+  tcInterfaces?: string[];
+  /** Our own tc filter handle/priority. */
+  tcHandle?: number;
+  tcPriority?: number;
+  libapr?: LibaprInfo;
+  /** Probe every method even after one worked (--validate: name every refusal). */
+  exhaustive?: boolean;
+  /** Whether the kernel has ring buffers: if not, ring buffer maps are not created. */
+  ringbuf?: boolean;
+  hooks?: HookSpec[];
+}
+
+export interface MethodAttempt {
+  method: string;
+  ok: boolean;
+  /** Where it failed: the object lacks the programs, a precondition, the load, or the attach. */
+  stage?: "object" | "precondition" | "load" | "attach";
+  /** "EPERM: Operation not permitted" */
+  error?: string;
+  errno?: number;
+  /** The program set that was tried (the winning one when ok). */
+  programs: string[];
+}
+
+export interface HookPlan {
+  hook: HookName;
+  requested: string;
+  /** The method that will be used, or null. */
+  method: string | null;
+  /** Programs (with how they attach) that will be enabled for this hook. */
+  programs: ProgramAttach[];
+  attempts: MethodAttempt[];
+  /** In words, when method is null. */
+  reason?: string;
+}
+
+export interface AttachPlan {
+  hooks: HookPlan[];
+  ringbuf: boolean;
+  /** Programs of the object left out of the final load. */
+  disabled: string[];
+  /** What the attach steps need again at the final load (library offset, tc settings). */
+  context: Pick<PlanConfig, "libapr" | "tcInterfaces" | "tcHandle" | "tcPriority">;
+}
+
+function errText(e: unknown): { error: string; errno?: number } {
+  if (e instanceof BpfError) return { error: `${e.errnoText} (${e.op})`, errno: e.errno };
+  return { error: e instanceof Error ? e.message : String(e) };
+}
+
+function attachOne(o: BpfObject, pa: ProgramAttach, cfg: PlanConfig, ifaces: string[]): AttachHandle[] {
+  const prog = o.program(pa.program);
+  const a = pa.attach;
+  switch (a.kind) {
+    case "auto":
+      return [prog.attach()];
+    case "uprobe": {
+      const lib = cfg.libapr;
+      if (!lib?.path || lib.offset === undefined) throw new Error(lib?.error ?? "libapr not located");
+      return [prog.attachUprobe({ path: lib.path, offset: lib.offset, retprobe: a.retprobe })];
+    }
+    case "tc":
+      return ifaces.map((iface) =>
+        prog.attachTc({ iface, direction: a.direction, handle: cfg.tcHandle, priority: cfg.tcPriority })
+      );
+  }
+}
+
+function preconditions(variant: ProgramAttach[], cfg: PlanConfig): string | undefined {
+  for (const pa of variant) {
+    if (pa.attach.kind === "uprobe" && (!cfg.libapr?.path || cfg.libapr.offset === undefined)) {
+      return cfg.libapr?.error ?? "libapr-1.so.0 not located";
+    }
+  }
+  return undefined;
+}
+
+/** Opens the object with only `enabled` programs loaded; ring buffers small (probe) or as configured. */
+function openWith(
+  bytes: Uint8Array,
+  enabled: Set<string>,
+  cfg: PlanConfig,
+  probe: boolean,
+  globals?: Record<string, GlobalValue>,
+  ringBytes?: number,
+): BpfObject {
+  const o = BpfObject.openMem(bytes);
+  try {
+    for (const p of o.programs()) p.autoload = enabled.has(p.name);
+    for (const m of o.maps()) {
+      if (m.type !== MapType.RINGBUF) continue;
+      if (cfg.ringbuf === false) m.setAutocreate(false);
+      else if (probe) m.setMaxEntries(Math.max(pageSize(), 4096));
+      else if (ringBytes) m.setMaxEntries(ringBytes);
+    }
+    if (globals && Object.keys(globals).length) o.setGlobals(globals);
+  } catch (e) {
+    o.close();
+    throw e;
+  }
+  return o;
+}
+
+/** Loads and attaches one program set in a throw-away object; everything is closed before returning. */
+export function probeVariant(
+  bytes: Uint8Array,
+  variant: ProgramAttach[],
+  cfg: PlanConfig,
+): Omit<MethodAttempt, "method"> {
+  const programs = variant.map((p) => p.program);
+  const pre = preconditions(variant, cfg);
+  if (pre) return { ok: false, stage: "precondition", error: pre, programs };
+  const o = BpfObject.openMem(bytes);
+  try {
+    const missing = programs.filter((p) => !o.hasProgram(p));
+    if (missing.length) {
+      return { ok: false, stage: "object", error: `not in the BPF object: ${missing.join(", ")}`, programs };
+    }
+  } finally {
+    o.close();
+  }
+  let obj: BpfObject;
+  try {
+    obj = openWith(bytes, new Set(programs), cfg, true);
+  } catch (e) {
+    return { ok: false, stage: "load", ...errText(e), programs };
+  }
+  try {
+    try {
+      obj.load();
+    } catch (e) {
+      return { ok: false, stage: "load", ...errText(e), programs };
+    }
+    try {
+      for (const pa of variant) attachOne(obj, pa, cfg, (cfg.tcInterfaces ?? ["lo"]).slice(0, 1));
+    } catch (e) {
+      return { ok: false, stage: "attach", ...errText(e), programs };
+    }
+    return { ok: true, programs };
+  } finally {
+    obj.close();
+  }
+}
+
+/** Probes the hooks' methods on this kernel and picks one per hook. */
+export function makePlan(bytes: Uint8Array, cfg: PlanConfig = {}): AttachPlan {
+  return quietLibbpf(() => makePlanLoud(bytes, cfg));
+}
+
+function makePlanLoud(bytes: Uint8Array, cfg: PlanConfig): AttachPlan {
+  const hooks: HookPlan[] = [];
+  const all = new Set<string>();
+  {
+    using o = BpfObject.openMem(bytes);
+    for (const p of o.programs()) all.add(p.name);
+  }
+  for (const spec of cfg.hooks ?? DEFAULT_HOOKS) {
+    const requested = cfg.methods?.[spec.hook] ?? "auto";
+    const hp: HookPlan = { hook: spec.hook, requested, method: null, programs: [], attempts: [] };
+    hooks.push(hp);
+    if (requested === "off") {
+      hp.reason = "disabled by configuration";
+      continue;
+    }
+    const candidates = requested === "auto"
+      ? spec.methods
+      : spec.methods.filter((m) => m.method === requested);
+    if (!candidates.length) {
+      hp.reason = `unknown method '${requested}' for ${spec.hook} (one of: auto, off, ${
+        spec.methods.map((m) => m.method).join(", ")
+      })`;
+      continue;
+    }
+    for (const m of candidates) {
+      if (hp.method && !cfg.exhaustive) break;
+      let attempt: MethodAttempt | undefined;
+      for (const variant of m.variants) {
+        attempt = { method: m.method, ...probeVariant(bytes, variant, cfg) };
+        if (attempt.ok) {
+          if (!hp.method) {
+            hp.method = m.method;
+            hp.programs = variant;
+          }
+          break;
+        }
+      }
+      if (attempt) hp.attempts.push(attempt);
+    }
+    if (!hp.method) {
+      hp.reason = hp.attempts.map((a) => `${a.method}: ${a.error}`).join("; ");
+    }
+  }
+  const chosen = new Set(hooks.flatMap((h) => h.programs.map((p) => p.program)));
+  return {
+    hooks,
+    ringbuf: cfg.ringbuf !== false,
+    disabled: [...all].filter((p) => !chosen.has(p)).sort(),
+    context: {
+      libapr: cfg.libapr,
+      tcInterfaces: cfg.tcInterfaces,
+      tcHandle: cfg.tcHandle,
+      tcPriority: cfg.tcPriority,
+    },
+  };
+}
+
+export interface PlannedObject extends Disposable {
+  obj: BpfObject;
+  links: AttachHandle[];
+  close(): void;
+}
+
+/**
+ * The final load: only the plan's programs enabled, config globals set (`self_tgid` and `use_ringbuf`
+ * are filled in when the object declares them), then every chosen program attached.
+ */
+export function openPlanned(
+  bytes: Uint8Array,
+  plan: AttachPlan,
+  cfg: PlanConfig = {},
+  opts: { globals?: Record<string, GlobalValue>; ringBytes?: number } = {},
+): PlannedObject {
+  cfg = { ...plan.context, ...cfg };
+  const chosen = plan.hooks.flatMap((h) => h.programs);
+  const globals: Record<string, GlobalValue> = {};
+  {
+    using probe = BpfObject.openMem(bytes);
+    const names = new Set(probe.globals().map((g) => g.name));
+    if (names.has("self_tgid")) globals.self_tgid = Deno.pid;
+    if (names.has("use_ringbuf")) globals.use_ringbuf = plan.ringbuf;
+  }
+  Object.assign(globals, opts.globals);
+  const obj = openWith(
+    bytes,
+    new Set(chosen.map((p) => p.program)),
+    { ...cfg, ringbuf: plan.ringbuf },
+    false,
+    globals,
+    opts.ringBytes,
+  );
+  const links: AttachHandle[] = [];
+  try {
+    obj.load();
+    for (const pa of chosen) links.push(...attachOne(obj, pa, cfg, cfg.tcInterfaces ?? ["lo"]));
+  } catch (e) {
+    obj.close();
+    throw e;
+  }
+  return {
+    obj,
+    links,
+    close() {
+      obj.close();
+    },
+    [Symbol.dispose]() {
+      obj.close();
+    },
+  };
+}

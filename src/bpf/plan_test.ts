@@ -1,0 +1,109 @@
+import { assert, assertEquals, assertMatch } from "../testing/asserts.ts";
+import { type HookSpec, makePlan, openPlanned } from "./plan.ts";
+import { probeLibapr } from "./probes.ts";
+import { u32Key } from "./object.ts";
+import { probeTestObject, requireRoot } from "../../tests/fixtures/bpf/fixture.ts";
+import { getppidTimes, loadedProgramNames } from "../../tests/fixtures/bpf/trigger.ts";
+
+const auto = (program: string) => [{ program, attach: { kind: "auto" as const } }];
+
+// The fixture's programs in the shape of the real hooks (same methods, same order).
+const FIXTURE_HOOKS: HookSpec[] = [
+  {
+    hook: "nginx",
+    methods: [
+      { method: "tracepoint", variants: [auto("pt_tp_getppid")] },
+      { method: "raw_tp", variants: [auto("pt_rawtp_exit")] },
+      { method: "fexit", variants: [auto("pt_fexit")] },
+      { method: "kretprobe", variants: [auto("pt_kret")] },
+    ],
+  },
+  {
+    hook: "apache",
+    methods: [{
+      method: "uprobe",
+      variants: [[{
+        program: "pt_uprobe",
+        attach: { kind: "uprobe", library: "libapr", symbol: "apr_socket_recv", retprobe: false },
+      }]],
+    }],
+  },
+  {
+    hook: "packets",
+    methods: [{
+      method: "tc",
+      variants: [[{ program: "pt_tc", attach: { kind: "tc", direction: "ingress" } }]],
+    }],
+  },
+];
+
+Deno.test("plan: probes every method for real on this kernel", async (t) => {
+  requireRoot();
+  const bytes = await probeTestObject();
+  const libapr = await probeLibapr();
+  assert(libapr.offset !== undefined, `libapr located: ${libapr.error}`);
+
+  await t.step("exhaustive auto: tracepoint chosen; fexit EPERM at load, kretprobe ENOENT at attach", () => {
+    const plan = makePlan(bytes, { hooks: FIXTURE_HOOKS, libapr, exhaustive: true });
+    const nginx = plan.hooks.find((h) => h.hook === "nginx")!;
+    assertEquals(nginx.method, "tracepoint");
+    const by = Object.fromEntries(nginx.attempts.map((a) => [a.method, a]));
+    assertEquals([by.tracepoint.ok, by.raw_tp.ok, by.fexit.ok, by.kretprobe.ok], [true, true, false, false]);
+    assertEquals([by.fexit.stage, by.fexit.errno], ["load", 1]);
+    assertMatch(by.fexit.error!, /^EPERM: Operation not permitted/);
+    assertEquals([by.kretprobe.stage, by.kretprobe.errno], ["attach", 2]);
+    assertMatch(by.kretprobe.error!, /^ENOENT: No such file or directory/);
+    assertEquals(plan.hooks.find((h) => h.hook === "apache")!.method, "uprobe");
+    assertEquals(plan.hooks.find((h) => h.hook === "packets")!.method, "tc");
+    assertEquals(plan.disabled, ["pt_fexit", "pt_kret", "pt_rawtp_exit"]);
+  });
+
+  await t.step("auto stops at the first method that works", () => {
+    const plan = makePlan(bytes, { hooks: FIXTURE_HOOKS, libapr });
+    assertEquals(plan.hooks[0].attempts.map((a) => a.method), ["tracepoint"]);
+  });
+
+  await t.step("forced methods: no fallback, the refusal is the reason", () => {
+    const cases: [string, string | null, RegExp][] = [
+      ["fexit", null, /fexit: EPERM/],
+      ["kretprobe", null, /kretprobe: ENOENT/],
+      ["raw_tp", "raw_tp", /^$/],
+      ["bogus", null, /unknown method 'bogus'/],
+      ["off", null, /disabled/],
+    ];
+    for (const [forced, method, reason] of cases) {
+      const plan = makePlan(bytes, {
+        hooks: FIXTURE_HOOKS,
+        libapr,
+        methods: { nginx: forced, apache: "off", packets: "off" },
+      });
+      assertEquals(plan.hooks[0].method, method, forced);
+      assertMatch(plan.hooks[0].reason ?? "", reason);
+    }
+  });
+
+  await t.step("a missing library is a precondition failure, not a crash", () => {
+    const plan = makePlan(bytes, {
+      hooks: FIXTURE_HOOKS,
+      libapr: { path: null, symbol: "apr_socket_recv", error: "libapr-1.so.0 not found" },
+      methods: { nginx: "off", packets: "off" },
+    });
+    assertEquals(plan.hooks[1].attempts[0].stage, "precondition");
+    assertEquals(plan.hooks[1].reason, "uprobe: libapr-1.so.0 not found");
+  });
+
+  await t.step("openPlanned loads only the chosen programs; they fire; close leaves nothing", async () => {
+    const plan = makePlan(bytes, { hooks: FIXTURE_HOOKS, libapr, methods: { packets: "off" } });
+    const planned = openPlanned(bytes, plan, {}, { globals: { target_tgid: Deno.pid } });
+    try {
+      assertEquals(planned.links.length, 2);
+      getppidTimes(10);
+      assertEquals(planned.obj.map("counters").sumU64(u32Key(1)), 10n);
+      const names = await loadedProgramNames();
+      assert(names.includes("pt_tp_getppid") && !names.includes("pt_rawtp_exit"));
+    } finally {
+      planned.close();
+    }
+    assertEquals((await loadedProgramNames()).filter((n) => n.startsWith("pt_")), []);
+  });
+});

@@ -1,0 +1,174 @@
+/**
+ * What the kernel and this process offer, probed rather than inferred from a version: BTF, tracefs
+ * (mounted if allowed), kallsyms symbols, kprobe PMU, ring buffers, capabilities, libbpf, libapr.
+ */
+import { cstr, errno, errnoName, libbpfVersion, libc, strerror } from "./ffi.ts";
+import { probeRingbuf } from "./object.ts";
+import { findLibrary, symbolOffset } from "./elf.ts";
+
+export const CAPS = {
+  CAP_NET_ADMIN: 12,
+  CAP_SYS_PTRACE: 19,
+  CAP_SYS_ADMIN: 21,
+  CAP_PERFMON: 38,
+  CAP_BPF: 39,
+} as const;
+export type CapName = keyof typeof CAPS;
+
+/** Effective capabilities from a /proc/PID/status text. */
+export function parseCapEff(status: string): Record<CapName, boolean> & { raw: string } {
+  const m = status.match(/^CapEff:\s*([0-9a-fA-F]+)/m);
+  const v = m ? BigInt("0x" + m[1]) : 0n;
+  const out = { raw: m ? m[1] : "" } as Record<CapName, boolean> & { raw: string };
+  for (const [name, bit] of Object.entries(CAPS)) out[name as CapName] = ((v >> BigInt(bit)) & 1n) === 1n;
+  return out;
+}
+
+export interface TracefsState {
+  path: string | null;
+  /** We mounted it during this probe. */
+  mounted: boolean;
+  error?: string;
+}
+
+async function isDir(p: string): Promise<boolean> {
+  try {
+    return (await Deno.stat(p)).isDirectory;
+  } catch {
+    return false;
+  }
+}
+
+/** Finds tracefs (needed to attach tracepoints by name); mounts it at /sys/kernel/tracing if allowed. */
+export async function probeTracefs(mountIfMissing = true): Promise<TracefsState> {
+  for (const p of ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]) {
+    if (await isDir(`${p}/events`)) return { path: p, mounted: false };
+  }
+  if (!mountIfMissing) return { path: null, mounted: false, error: "tracefs not mounted" };
+  const rc = libc().mount(cstr("tracefs"), cstr("/sys/kernel/tracing"), cstr("tracefs"), 0n, null);
+  if (rc === 0 && await isDir("/sys/kernel/tracing/events")) {
+    return { path: "/sys/kernel/tracing", mounted: true };
+  }
+  const e = errno();
+  return { path: null, mounted: false, error: `mount tracefs: ${errnoName(e)}: ${strerror(e)}` };
+}
+
+/** Reads a procfs file in 1 MiB reads (readTextFile on /proc/kallsyms took seconds: size 0, tiny reads). */
+async function readProcFile(path: string): Promise<string> {
+  using f = await Deno.open(path);
+  const chunks: Uint8Array[] = [];
+  for (;;) {
+    const buf = new Uint8Array(1 << 20);
+    const n = await f.read(buf);
+    if (n === null) break;
+    chunks.push(buf.subarray(0, n));
+  }
+  const all = new Uint8Array(chunks.reduce((a, c) => a + c.length, 0));
+  let o = 0;
+  for (const c of chunks) {
+    all.set(c, o);
+    o += c.length;
+  }
+  return new TextDecoder().decode(all);
+}
+
+/** Which of `names` /proc/kallsyms lists (names stay visible even when addresses are hidden). */
+export async function probeKallsyms(names: string[]): Promise<Record<string, boolean>> {
+  const out: Record<string, boolean> = Object.fromEntries(names.map((n) => [n, false]));
+  let text = "";
+  try {
+    text = await readProcFile("/proc/kallsyms");
+  } catch {
+    return out;
+  }
+  const want = new Set(names);
+  let i = 0;
+  while (i < text.length) {
+    let nl = text.indexOf("\n", i);
+    if (nl < 0) nl = text.length;
+    // "ffffffff81e31730 T __x64_sys_recvfrom" (+ optional " [module]")
+    const sp2 = text.indexOf(" ", text.indexOf(" ", i) + 1);
+    if (sp2 > 0 && sp2 < nl) {
+      let end = text.indexOf("\t", sp2 + 1);
+      if (end < 0 || end > nl) end = nl;
+      const name = text.slice(sp2 + 1, end);
+      if (want.has(name)) out[name] = true;
+    }
+    i = nl + 1;
+  }
+  return out;
+}
+
+export function syscallPrefix(): string {
+  return Deno.build.arch === "x86_64" ? "__x64_sys_" : "__arm64_sys_";
+}
+
+export interface LibaprInfo {
+  path: string | null;
+  source?: string;
+  symbol: string;
+  offset?: number;
+  error?: string;
+}
+
+export async function probeLibapr(override?: string): Promise<LibaprInfo> {
+  const symbol = "apr_socket_recv";
+  const loc = override ? { path: override, source: "config" } : await findLibrary("libapr-1.so.0");
+  if (!loc) {
+    return {
+      path: null,
+      symbol,
+      error: "libapr-1.so.0 not found (process maps, ld.so.cache, /lib, /usr/lib)",
+    };
+  }
+  try {
+    const s = await symbolOffset(loc.path, symbol);
+    return { path: loc.path, source: loc.source, symbol, offset: s.offset };
+  } catch (e) {
+    return { path: loc.path, source: loc.source, symbol, error: e instanceof Error ? e.message : String(e) };
+  }
+}
+
+export interface Environment {
+  kernel: string;
+  arch: string;
+  btf: boolean;
+  tracefs: TracefsState;
+  kprobePmu: boolean;
+  kallsyms: Record<string, boolean>;
+  ringbuf: boolean;
+  libbpf: { version: string; soname: string };
+  capabilities: Record<CapName, boolean> & { raw: string };
+  /** Loading BPF needs CAP_BPF (+CAP_PERFMON for tracing) or CAP_SYS_ADMIN. */
+  canLoad: boolean;
+  libapr: LibaprInfo;
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await Deno.stat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export async function probeEnvironment(
+  opts: { mountTracefs?: boolean; libaprPath?: string } = {},
+): Promise<Environment> {
+  const pre = syscallPrefix();
+  const caps = parseCapEff(await Deno.readTextFile("/proc/self/status"));
+  return {
+    kernel: Deno.osRelease(),
+    arch: Deno.build.arch,
+    btf: await exists("/sys/kernel/btf/vmlinux"),
+    tracefs: await probeTracefs(opts.mountTracefs ?? true),
+    kprobePmu: await exists("/sys/bus/event_source/devices/kprobe"),
+    kallsyms: await probeKallsyms([`${pre}recvfrom`, "__sys_recvfrom", `${pre}read`, "tcp_recvmsg"]),
+    ringbuf: probeRingbuf(),
+    libbpf: libbpfVersion(),
+    capabilities: caps,
+    canLoad: caps.CAP_SYS_ADMIN || (caps.CAP_BPF && caps.CAP_PERFMON),
+    libapr: await probeLibapr(opts.libaprPath),
+  };
+}

@@ -1,0 +1,609 @@
+/**
+ * Joins packet-side facts (JA4T from the client SYN, JA4 from the ClientHello) with request-side facts
+ * (one per HTTP request) per connection, and turns every request into a Row carrying all of them.
+ *
+ * Pure: no I/O, no timers. Time comes in through the `ts`/`now` arguments (milliseconds since the epoch),
+ * so tests drive it with a fake clock. State is bounded: connections live in an LRU map capped at
+ * `maxConnections` with an idle TTL; held rows are capped at `maxHeldRows`. Nothing is ever dropped:
+ * eviction and overflow release rows early (without the missing facts) and count why.
+ */
+import { emptyRow, type Row } from "../sink/row.ts";
+
+/** A TCP connection as seen from the server: client (src) ↔ server (dst). */
+export interface Tuple {
+  src: string;
+  srcPort: number;
+  dst: string;
+  dstPort: number;
+}
+
+/** Fingerprints of a ClientHello, computed upstream. */
+export interface HelloFacts {
+  ja4: string;
+  ja4_r: string;
+  tls_server_name: string;
+}
+
+/** What the request side knows about one HTTP request (fingerprints computed upstream). */
+export interface RequestFacts {
+  server: string;
+  capture: string;
+  method: string;
+  path: string;
+  http_version: string;
+  host_header: string;
+  user_agent: string;
+  ja4h: string;
+  ja4h_r?: string;
+  ja4h_o?: string;
+  ja4h_ro?: string;
+  truncated?: boolean;
+  /**
+   * Whether the connection carries TLS. `false` (plain HTTP) means no ClientHello will come, so the row
+   * does not wait for one; `true` or unknown waits for it (up to the hold time).
+   */
+  tls?: boolean;
+}
+
+export interface CorrelatorOptions {
+  /** Value of Row.host (this machine's name). */
+  host: string;
+  /** How long a request waits for missing packet facts before it ships without them (ms). */
+  holdMs: number;
+  /** Whether SYNs are captured at all; when false rows never wait for JA4T. */
+  expectJa4t: boolean;
+  /** Whether ClientHellos are captured at all; when false rows never wait for JA4. */
+  expectJa4: boolean;
+  /** LRU cap on tracked connections. */
+  maxConnections: number;
+  /** Idle time after which a connection is forgotten (ms). */
+  idleTtlMs: number;
+  /** How long a closed connection is kept for late request events (ms); at least holdMs. */
+  closeLingerMs: number;
+  /** Cap on rows held at once; beyond it the oldest is released early. */
+  maxHeldRows: number;
+}
+
+export const DEFAULT_CORRELATOR_OPTIONS: CorrelatorOptions = {
+  host: "",
+  holdMs: 2_000,
+  expectJa4t: true,
+  expectJa4: true,
+  maxConnections: 65_536,
+  idleTtlMs: 120_000,
+  closeLingerMs: 5_000,
+  maxHeldRows: 50_000,
+};
+
+/** Counters; all monotonic except the three gauges (connections, bindings, held). */
+export interface CorrelatorStats {
+  /** Gauges. */
+  connections: number;
+  bindings: number;
+  held: number;
+  /** Inputs. */
+  syns: number;
+  hellos: number;
+  requests: number;
+  closes: number;
+  /** Inputs ignored because a field was malformed (bad port, empty address…). */
+  invalid_input: number;
+  /** Requests with no usable tuple and no (pid, fd) binding: their rows carry an empty tuple. */
+  requests_without_tuple: number;
+  /** Rows out; emitted = immediate + released_facts + released_timeout + released_evicted + released_overflow. */
+  rows_emitted: number;
+  /** Shipped at once: every expected fact was already there (or known to be missing). */
+  rows_immediate: number;
+  /** Held, then released early when the missing facts arrived. */
+  rows_released_facts: number;
+  /** Held for holdMs, released without some facts. */
+  rows_released_timeout: number;
+  /** Released because their connection was evicted or flushed. */
+  rows_released_evicted: number;
+  /** Released because maxHeldRows was reached. */
+  rows_released_overflow: number;
+  /** Emitted rows lacking JA4T / lacking JA4 although they were expected. */
+  rows_missing_ja4t: number;
+  rows_missing_ja4: number;
+  /** Connections forgotten, by reason. */
+  evicted_lru: number;
+  evicted_ttl: number;
+  evicted_closed: number;
+  /** A SYN on a tuple already in use: the old connection's facts were replaced (port reuse). */
+  tuple_reused: number;
+}
+
+/** A connection's state. */
+interface Conn {
+  key: string;
+  tuple: Tuple | null;
+  pidfd: string | null;
+  ja4t: string;
+  hello: HelloFacts | null;
+  /** Upstream said the first payload was not TLS. */
+  plaintext: boolean;
+  /** A row on it already timed out waiting: later rows on it do not wait again. */
+  gaveUp: boolean;
+  requests: number;
+  lastSeen: number;
+  closedAt: number;
+  /** Held rows of this connection, oldest first. */
+  held: Held[];
+}
+
+interface Held {
+  conn: Conn;
+  pid: number;
+  req: RequestFacts;
+  ts: number;
+  deadline: number;
+  done: boolean;
+}
+
+const ZERO_STATS = (): CorrelatorStats => ({
+  connections: 0,
+  bindings: 0,
+  held: 0,
+  syns: 0,
+  hellos: 0,
+  requests: 0,
+  closes: 0,
+  invalid_input: 0,
+  requests_without_tuple: 0,
+  rows_emitted: 0,
+  rows_immediate: 0,
+  rows_released_facts: 0,
+  rows_released_timeout: 0,
+  rows_released_evicted: 0,
+  rows_released_overflow: 0,
+  rows_missing_ja4t: 0,
+  rows_missing_ja4: 0,
+  evicted_lru: 0,
+  evicted_ttl: 0,
+  evicted_closed: 0,
+  tuple_reused: 0,
+});
+
+/** "::ffff:1.2.3.4" and "1.2.3.4" are the same client. */
+function normAddr(a: string): string {
+  return a.startsWith("::ffff:") && a.includes(".") ? a.slice(7) : a.toLowerCase();
+}
+
+function validPort(p: unknown): p is number {
+  return typeof p === "number" && Number.isInteger(p) && p >= 0 && p <= 65535;
+}
+
+function validTuple(t: Tuple | null | undefined): t is Tuple {
+  return !!t && typeof t.src === "string" && t.src !== "" && typeof t.dst === "string" && t.dst !== "" &&
+    validPort(t.srcPort) && validPort(t.dstPort);
+}
+
+export function tupleKey(t: Tuple): string {
+  return `${normAddr(t.src)}|${t.srcPort}|${normAddr(t.dst)}|${t.dstPort}`;
+}
+
+export class Correlator {
+  readonly opts: CorrelatorOptions;
+  /** LRU order: Map iteration order is insertion order, and every touch re-inserts. */
+  #conns = new Map<string, Conn>();
+  /** (pid, fd) → connection key. */
+  #bindings = new Map<string, string>();
+  /** Held rows, in deadline order (holdMs is constant and the clock is made monotonic). */
+  #heldQueue: Held[] = [];
+  #heldHead = 0;
+  #held = 0;
+  /** Closed connections, in close order, to forget after closeLingerMs. */
+  #closing: { conn: Conn; at: number }[] = [];
+  #closingHead = 0;
+  /** Rows released since the last tick. */
+  #ready: Row[] = [];
+  #now = 0;
+  #s = ZERO_STATS();
+
+  constructor(opts: Partial<CorrelatorOptions> = {}) {
+    this.opts = { ...DEFAULT_CORRELATOR_OPTIONS, ...opts };
+    if (this.opts.closeLingerMs < this.opts.holdMs) this.opts.closeLingerMs = this.opts.holdMs;
+    if (!(this.opts.maxConnections >= 1)) throw new RangeError("maxConnections must be ≥ 1");
+    if (!(this.opts.maxHeldRows >= 1)) throw new RangeError("maxHeldRows must be ≥ 1");
+    if (!(this.opts.holdMs >= 0)) throw new RangeError("holdMs must be ≥ 0");
+  }
+
+  #clock(ts: number): number {
+    if (Number.isFinite(ts) && ts > this.#now) this.#now = ts;
+    return this.#now;
+  }
+
+  #touch(c: Conn, now: number): void {
+    c.lastSeen = now;
+    this.#conns.delete(c.key);
+    this.#conns.set(c.key, c);
+  }
+
+  #newConn(key: string, tuple: Tuple | null, now: number): Conn {
+    const c: Conn = {
+      key,
+      tuple,
+      pidfd: null,
+      ja4t: "",
+      hello: null,
+      plaintext: false,
+      gaveUp: false,
+      requests: 0,
+      lastSeen: now,
+      closedAt: 0,
+      held: [],
+    };
+    this.#conns.set(key, c);
+    while (this.#conns.size > this.opts.maxConnections) {
+      const oldest = this.#conns.values().next().value!;
+      this.#evict(oldest);
+      this.#s.evicted_lru++;
+    }
+    return c;
+  }
+
+  #connForTuple(t: Tuple, now: number): Conn {
+    const key = tupleKey(t);
+    const c = this.#conns.get(key);
+    if (c) {
+      this.#touch(c, now);
+      return c;
+    }
+    return this.#newConn(key, { ...t, src: normAddr(t.src), dst: normAddr(t.dst) }, now);
+  }
+
+  /** Forgets a connection; its held rows are released at once (never lost). */
+  #evict(c: Conn): void {
+    this.#conns.delete(c.key);
+    if (c.pidfd !== null && this.#bindings.get(c.pidfd) === c.key) this.#bindings.delete(c.pidfd);
+    for (const h of c.held) {
+      if (h.done) continue;
+      this.#release(h);
+      this.#s.rows_released_evicted++;
+    }
+    c.held = [];
+  }
+
+  #waitingFor(c: Conn, req: RequestFacts): { ja4t: boolean; ja4: boolean } {
+    if (c.gaveUp) return { ja4t: false, ja4: false };
+    return {
+      ja4t: this.opts.expectJa4t && c.ja4t === "",
+      ja4: this.opts.expectJa4 && req.tls !== false && !c.plaintext && c.hello === null,
+    };
+  }
+
+  #complete(c: Conn, req: RequestFacts): boolean {
+    const w = this.#waitingFor(c, req);
+    return !w.ja4t && !w.ja4;
+  }
+
+  #buildRow(c: Conn, pid: number, req: RequestFacts, ts: number): Row {
+    const r = emptyRow();
+    r.ts = new Date(Number.isFinite(ts) ? ts : 0).toISOString();
+    r.host = this.opts.host;
+    r.server = req.server;
+    r.pid = pid;
+    r.capture = req.capture;
+    if (c.tuple) {
+      r.src = c.tuple.src;
+      r.src_port = c.tuple.srcPort;
+      r.dst = c.tuple.dst;
+      r.dst_port = c.tuple.dstPort;
+    }
+    r.method = req.method;
+    r.path = req.path;
+    r.http_version = req.http_version;
+    r.host_header = req.host_header;
+    r.user_agent = req.user_agent;
+    r.ja4h = req.ja4h;
+    r.ja4h_r = req.ja4h_r ?? "";
+    r.ja4h_o = req.ja4h_o ?? "";
+    r.ja4h_ro = req.ja4h_ro ?? "";
+    r.truncated = req.truncated === true;
+    r.ja4t = c.ja4t;
+    if (c.hello) {
+      r.ja4 = c.hello.ja4;
+      r.ja4_r = c.hello.ja4_r;
+      r.tls_server_name = c.hello.tls_server_name;
+    }
+    return r;
+  }
+
+  #emit(c: Conn, pid: number, req: RequestFacts, ts: number): void {
+    const w = {
+      ja4t: this.opts.expectJa4t && c.ja4t === "",
+      ja4: this.opts.expectJa4 && req.tls !== false && !c.plaintext && c.hello === null,
+    };
+    if (w.ja4t) this.#s.rows_missing_ja4t++;
+    if (w.ja4) this.#s.rows_missing_ja4++;
+    this.#s.rows_emitted++;
+    this.#ready.push(this.#buildRow(c, pid, req, ts));
+  }
+
+  #release(h: Held): void {
+    h.done = true;
+    this.#held--;
+    this.#emit(h.conn, h.pid, h.req, h.ts);
+  }
+
+  /** Releases a connection's held rows whose facts are now complete (in order). */
+  #recheck(c: Conn): void {
+    if (c.held.length === 0) return;
+    const keep: Held[] = [];
+    for (const h of c.held) {
+      if (h.done) continue;
+      if (this.#complete(c, h.req)) {
+        this.#release(h);
+        this.#s.rows_released_facts++;
+      } else keep.push(h);
+    }
+    c.held = keep;
+  }
+
+  /** JA4T of the client's SYN. A SYN on a tuple with history starts a new connection (port reuse). */
+  onSyn(tuple: Tuple, ja4t: string, ts: number): void {
+    const now = this.#clock(ts);
+    if (!validTuple(tuple) || typeof ja4t !== "string") {
+      this.#s.invalid_input++;
+      return;
+    }
+    this.#s.syns++;
+    let c = this.#conns.get(tupleKey(tuple));
+    if (
+      c &&
+      (c.ja4t !== "" && (c.hello !== null || c.requests > 0 || c.closedAt > 0) || c.hello !== null ||
+        c.plaintext)
+    ) {
+      // On the packet side a SYN precedes the ClientHello, and a retransmitted SYN precedes any request:
+      // packet facts already there mean the port was reused. Requests alone mean the SYN came late.
+      this.#s.tuple_reused++;
+      this.#evict(c);
+      c = undefined;
+    }
+    c ??= this.#connForTuple(tuple, now);
+    this.#touch(c, now);
+    c.ja4t = ja4t;
+    this.#recheck(c);
+  }
+
+  /** JA4 facts of the connection's ClientHello. */
+  onClientHello(tuple: Tuple, fp: HelloFacts, ts: number): void {
+    const now = this.#clock(ts);
+    if (!validTuple(tuple) || !fp || typeof fp.ja4 !== "string") {
+      this.#s.invalid_input++;
+      return;
+    }
+    this.#s.hellos++;
+    const c = this.#connForTuple(tuple, now);
+    c.hello = { ja4: fp.ja4, ja4_r: fp.ja4_r ?? "", tls_server_name: fp.tls_server_name ?? "" };
+    c.plaintext = false;
+    this.#recheck(c);
+  }
+
+  /** The packet side saw the connection's first client payload and it was not a TLS handshake. */
+  onPlaintext(tuple: Tuple, ts: number): void {
+    const now = this.#clock(ts);
+    if (!validTuple(tuple)) {
+      this.#s.invalid_input++;
+      return;
+    }
+    const c = this.#connForTuple(tuple, now);
+    if (c.hello === null) c.plaintext = true;
+    this.#recheck(c);
+  }
+
+  /** Associates a process's socket with its tuple (e.g. from accept): later requests may omit the tuple. */
+  bind(tuple: Tuple, pid: number, fd: number, ts: number): void {
+    const now = this.#clock(ts);
+    if (!validTuple(tuple) || !Number.isInteger(pid) || !Number.isInteger(fd)) {
+      this.#s.invalid_input++;
+      return;
+    }
+    const c = this.#connForTuple(tuple, now);
+    this.#bindTo(c, `${pid}:${fd}`);
+  }
+
+  #bindTo(c: Conn, pidfd: string): void {
+    const prevKey = this.#bindings.get(pidfd);
+    if (prevKey === c.key) return;
+    if (prevKey !== undefined) {
+      const prev = this.#conns.get(prevKey);
+      if (prev && prev.tuple === null) {
+        // Requests seen before the tuple was known: adopt them.
+        for (const h of prev.held) if (!h.done) h.conn = c;
+        c.held.push(...prev.held.filter((h) => !h.done));
+        c.requests += prev.requests;
+        prev.held = [];
+        this.#conns.delete(prev.key);
+      } else if (prev && prev.pidfd === pidfd) prev.pidfd = null;
+    }
+    if (c.pidfd !== null && c.pidfd !== pidfd && this.#bindings.get(c.pidfd) === c.key) {
+      this.#bindings.delete(c.pidfd);
+    }
+    c.pidfd = pidfd;
+    this.#bindings.set(pidfd, c.key);
+    this.#recheck(c);
+  }
+
+  /**
+   * One HTTP request. `tuple` may be null when the request side only knows (pid, fd); the connection is
+   * then found through an earlier bind() or request with a tuple on the same (pid, fd).
+   */
+  onRequest(tuple: Tuple | null, pid: number, fd: number, req: RequestFacts, ts: number): void {
+    const now = this.#clock(ts);
+    if (!req || typeof req !== "object") {
+      this.#s.invalid_input++;
+      return;
+    }
+    this.#s.requests++;
+    const pidfd = Number.isInteger(pid) && Number.isInteger(fd) && fd >= 0 ? `${pid}:${fd}` : null;
+    let c: Conn | undefined;
+    if (tuple !== null && validTuple(tuple)) {
+      c = this.#connForTuple(tuple, now);
+      if (pidfd !== null) this.#bindTo(c, pidfd);
+    } else {
+      if (tuple !== null) this.#s.invalid_input++;
+      const key = pidfd !== null ? this.#bindings.get(pidfd) : undefined;
+      c = key !== undefined ? this.#conns.get(key) : undefined;
+      if (c) this.#touch(c, now);
+      else if (pidfd !== null) {
+        // No tuple yet: track under the (pid, fd) key until bind() supplies it.
+        const k = `fd:${pidfd}`;
+        c = this.#conns.get(k) ?? this.#newConn(k, null, now);
+        this.#touch(c, now);
+        c.pidfd = pidfd;
+        this.#bindings.set(pidfd, k);
+      } else {
+        // Neither tuple nor (pid, fd): nothing can ever join it, ship it as it is.
+        this.#s.requests_without_tuple++;
+        this.#s.rows_immediate++;
+        const lone: Conn = {
+          key: "",
+          tuple: null,
+          pidfd: null,
+          ja4t: "",
+          hello: null,
+          plaintext: false,
+          gaveUp: true,
+          requests: 1,
+          lastSeen: now,
+          closedAt: 0,
+          held: [],
+        };
+        this.#emit(lone, Number.isInteger(pid) ? pid : 0, req, ts);
+        return;
+      }
+      if (c.tuple === null) this.#s.requests_without_tuple++;
+    }
+    c.requests++;
+    const safePid = Number.isInteger(pid) ? pid : 0;
+    // Keep per-connection order: a request never overtakes an earlier held one.
+    if (c.held.length === 0 && (this.#complete(c, req) || this.opts.holdMs === 0)) {
+      this.#s.rows_immediate++;
+      this.#emit(c, safePid, req, ts);
+      return;
+    }
+    const h: Held = { conn: c, pid: safePid, req, ts, deadline: now + this.opts.holdMs, done: false };
+    c.held.push(h);
+    this.#heldQueue.push(h);
+    this.#held++;
+    while (this.#held > this.opts.maxHeldRows) this.#releaseOldest();
+  }
+
+  #releaseOldest(): void {
+    while (this.#heldHead < this.#heldQueue.length) {
+      const h = this.#heldQueue[this.#heldHead++];
+      if (h.done) continue;
+      this.#release(h);
+      h.conn.held = h.conn.held.filter((x) => !x.done);
+      this.#s.rows_released_overflow++;
+      return;
+    }
+  }
+
+  /**
+   * The socket was closed (by pid/fd, by tuple, or both). The (pid, fd) binding goes at once (fds are
+   * reused); the connection lingers for late events, then is forgotten.
+   */
+  onClose(tuple: Tuple | null, pid: number, fd: number, ts: number): void {
+    const now = this.#clock(ts);
+    this.#s.closes++;
+    let c: Conn | undefined;
+    if (tuple !== null && validTuple(tuple)) c = this.#conns.get(tupleKey(tuple));
+    const pidfd = Number.isInteger(pid) && Number.isInteger(fd) ? `${pid}:${fd}` : null;
+    if (pidfd !== null) {
+      const key = this.#bindings.get(pidfd);
+      if (key !== undefined) {
+        c ??= this.#conns.get(key);
+        this.#bindings.delete(pidfd);
+      }
+    }
+    if (!c) return;
+    if (c.pidfd === pidfd) c.pidfd = null;
+    if (c.closedAt === 0) {
+      c.closedAt = now;
+      this.#closing.push({ conn: c, at: now });
+    }
+  }
+
+  /** Advances time: releases rows whose hold expired and forgets idle/closed connections. */
+  tick(now: number): Row[] {
+    now = this.#clock(now);
+    // Held rows past their deadline ship without the missing facts.
+    while (this.#heldHead < this.#heldQueue.length) {
+      const h = this.#heldQueue[this.#heldHead];
+      if (!h.done) {
+        if (h.deadline > now) break;
+        this.#release(h);
+        h.conn.gaveUp = true;
+        h.conn.held = h.conn.held.filter((x) => !x.done);
+        this.#s.rows_released_timeout++;
+      }
+      this.#heldHead++;
+    }
+    this.#compactQueues();
+    // Closed connections past their linger.
+    while (this.#closingHead < this.#closing.length) {
+      const { conn, at } = this.#closing[this.#closingHead];
+      if (at + this.opts.closeLingerMs > now) break;
+      this.#closingHead++;
+      if (this.#conns.get(conn.key) === conn) {
+        this.#evict(conn);
+        this.#s.evicted_closed++;
+      }
+    }
+    // Idle connections: the LRU head is the least recently seen.
+    for (const c of this.#conns.values()) {
+      if (c.lastSeen + this.opts.idleTtlMs > now) break;
+      this.#evict(c);
+      this.#s.evicted_ttl++;
+    }
+    const out = this.#ready;
+    this.#ready = [];
+    return out;
+  }
+
+  #compactQueues(): void {
+    if (this.#heldHead > 1024 && this.#heldHead * 2 > this.#heldQueue.length) {
+      this.#heldQueue = this.#heldQueue.slice(this.#heldHead);
+      this.#heldHead = 0;
+    }
+    if (this.#closingHead > 1024 && this.#closingHead * 2 > this.#closing.length) {
+      this.#closing = this.#closing.slice(this.#closingHead);
+      this.#closingHead = 0;
+    }
+  }
+
+  /** Releases every held row now (shutdown); returns all rows not yet returned. */
+  flush(): Row[] {
+    while (this.#heldHead < this.#heldQueue.length) {
+      const h = this.#heldQueue[this.#heldHead++];
+      if (h.done) continue;
+      this.#release(h);
+      h.conn.held = [];
+      this.#s.rows_released_evicted++;
+    }
+    this.#heldQueue = [];
+    this.#heldHead = 0;
+    const out = this.#ready;
+    this.#ready = [];
+    return out;
+  }
+
+  /** Tracked state: connections plus (pid, fd) bindings plus held rows plus internal queue lengths. */
+  stateSize(): number {
+    return this.#conns.size + this.#bindings.size + this.#held;
+  }
+
+  /** Internal queue lengths (tests check they stay bounded). */
+  queueLengths(): { held: number; closing: number } {
+    return {
+      held: this.#heldQueue.length - this.#heldHead,
+      closing: this.#closing.length - this.#closingHead,
+    };
+  }
+
+  stats(): CorrelatorStats {
+    return { ...this.#s, connections: this.#conns.size, bindings: this.#bindings.size, held: this.#held };
+  }
+}

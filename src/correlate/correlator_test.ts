@@ -1,0 +1,302 @@
+import { assert, assertEquals, assertGreater } from "../testing/asserts.ts";
+import { Correlator, type HelloFacts, type RequestFacts, type Tuple, tupleKey } from "./correlator.ts";
+import type { Row } from "../sink/row.ts";
+
+const T0 = Date.UTC(2025, 0, 2, 3, 4, 5, 678);
+
+function tup(n: number, dstPort = 443): Tuple {
+  return {
+    src: `10.${(n >> 16) & 255}.${(n >> 8) & 255}.${n & 255}`,
+    srcPort: 1024 + (n % 60000),
+    dst: "10.0.0.1",
+    dstPort,
+  };
+}
+function hello(n: number): HelloFacts {
+  return { ja4: `t13d_ja4_${n}`, ja4_r: `raw_${n}`, tls_server_name: `h${n}.example` };
+}
+function req(path: string, extra: Partial<RequestFacts> = {}): RequestFacts {
+  return {
+    server: "nginx",
+    capture: "uprobe",
+    method: "GET",
+    path,
+    http_version: "11",
+    host_header: "example",
+    user_agent: "ua",
+    ja4h: "ge11nn_x",
+    ...extra,
+  };
+}
+
+/** Checks that the emitted-row counters partition rows_emitted and that requests = emitted + held. */
+function assertBalanced(c: Correlator): void {
+  const s = c.stats();
+  assertEquals(
+    s.rows_immediate + s.rows_released_facts + s.rows_released_timeout + s.rows_released_evicted +
+      s.rows_released_overflow,
+    s.rows_emitted,
+    "release reasons sum to emitted",
+  );
+  assertEquals(s.requests, s.rows_emitted + s.held, "requests = emitted + held");
+}
+
+Deno.test("correlator joins per connection", async (t) => {
+  await t.step("facts first: the row ships at once with JA4T, JA4 and the tuple", () => {
+    const c = new Correlator({ host: "web1" });
+    c.onSyn(tup(1), "64240_2-4-8-1-3_1460_7", T0);
+    c.onClientHello(tup(1), hello(1), T0 + 1);
+    c.onRequest(tup(1), 100, 7, req("/a"), T0 + 2);
+    const rows = c.tick(T0 + 2);
+    assertEquals(rows.length, 1);
+    const r = rows[0];
+    assertEquals(
+      [
+        r.ts,
+        r.host,
+        r.src,
+        r.src_port,
+        r.dst,
+        r.dst_port,
+        r.pid,
+        r.path,
+        r.ja4t,
+        r.ja4,
+        r.ja4_r,
+        r.tls_server_name,
+      ],
+      [
+        new Date(T0 + 2).toISOString(),
+        "web1",
+        "10.0.0.1",
+        1025,
+        "10.0.0.1",
+        443,
+        100,
+        "/a",
+        "64240_2-4-8-1-3_1460_7",
+        "t13d_ja4_1",
+        "raw_1",
+        "h1.example",
+      ],
+    );
+    assertEquals(c.stats().rows_immediate, 1);
+    assertBalanced(c);
+  });
+
+  await t.step("request first: held, then released early when the facts arrive", () => {
+    const c = new Correlator({ holdMs: 2000 });
+    c.onRequest(tup(2), 1, 3, req("/early"), T0);
+    assertEquals(c.tick(T0 + 100).length, 0, "held while JA4T and JA4 are missing");
+    c.onSyn(tup(2), "syn2", T0 + 150);
+    assertEquals(c.tick(T0 + 160).length, 0, "still waiting for JA4");
+    c.onClientHello(tup(2), hello(2), T0 + 170);
+    const rows = c.tick(T0 + 171);
+    assertEquals(rows.map((r) => [r.path, r.ja4t, r.ja4]), [["/early", "syn2", "t13d_ja4_2"]]);
+    assertEquals(c.stats().rows_released_facts, 1);
+    assertEquals(c.stats().rows_released_timeout, 0);
+    assertBalanced(c);
+  });
+
+  await t.step("facts never come: released after the hold, counted; later requests do not wait", () => {
+    const c = new Correlator({ holdMs: 1500 });
+    c.onRequest(tup(3), 1, 3, req("/1"), T0);
+    assertEquals(c.tick(T0 + 1499).length, 0);
+    const rows = c.tick(T0 + 1500);
+    assertEquals(rows.map((r) => [r.path, r.ja4t, r.ja4]), [["/1", "", ""]]);
+    c.onRequest(tup(3), 1, 3, req("/2"), T0 + 1600);
+    assertEquals(c.tick(T0 + 1600).map((r) => r.path), ["/2"], "no second wait on the same connection");
+    const s = c.stats();
+    assertEquals([s.rows_released_timeout, s.rows_immediate, s.rows_missing_ja4t, s.rows_missing_ja4], [
+      1,
+      1,
+      2,
+      2,
+    ]);
+    assertBalanced(c);
+  });
+
+  await t.step("keep-alive and pipelining: every request carries the facts, in order", () => {
+    const c = new Correlator();
+    c.onRequest(tup(4), 9, 5, req("/p1"), T0);
+    c.onRequest(tup(4), 9, 5, req("/p2"), T0 + 1);
+    c.onSyn(tup(4), "syn4", T0 + 2);
+    c.onRequest(tup(4), 9, 5, req("/p3"), T0 + 3);
+    c.onClientHello(tup(4), hello(4), T0 + 4);
+    c.onRequest(tup(4), 9, 5, req("/p4"), T0 + 5);
+    const rows = c.tick(T0 + 6);
+    assertEquals(rows.map((r) => r.path), ["/p1", "/p2", "/p3", "/p4"]);
+    assert(rows.every((r) => r.ja4t === "syn4" && r.ja4 === "t13d_ja4_4"));
+    assertEquals(c.stats().rows_released_facts, 3);
+    assertBalanced(c);
+  });
+
+  await t.step("plain HTTP does not wait for a ClientHello", () => {
+    const c = new Correlator();
+    c.onSyn(tup(5, 80), "syn5", T0);
+    c.onRequest(tup(5, 80), 1, 4, req("/plain", { tls: false }), T0 + 1);
+    assertEquals(c.tick(T0 + 1).map((r) => [r.path, r.ja4t, r.ja4]), [["/plain", "syn5", ""]]);
+    assertEquals(c.stats().rows_missing_ja4, 0, "JA4 was not expected");
+    // Upstream can also say so from the packet side.
+    c.onSyn(tup(6, 80), "syn6", T0);
+    c.onRequest(tup(6, 80), 1, 5, req("/unknown"), T0 + 1);
+    assertEquals(c.tick(T0 + 2).length, 0);
+    c.onPlaintext(tup(6, 80), T0 + 3);
+    assertEquals(c.tick(T0 + 3).map((r) => r.path), ["/unknown"]);
+  });
+
+  await t.step(
+    "(pid, fd) keying: requests without a tuple find the connection; fd reuse starts afresh",
+    () => {
+      const c = new Correlator();
+      c.onSyn(tup(7), "syn7", T0);
+      c.onClientHello(tup(7), hello(7), T0);
+      c.bind(tup(7), 50, 12, T0);
+      c.onRequest(null, 50, 12, req("/by-fd"), T0 + 1);
+      assertEquals(c.tick(T0 + 1).map((r) => [r.path, r.src_port, r.ja4]), [[
+        "/by-fd",
+        tup(7).srcPort,
+        "t13d_ja4_7",
+      ]]);
+      c.onClose(null, 50, 12, T0 + 2);
+      // The fd number is reused for another connection that we have not bound yet.
+      c.onRequest(null, 50, 12, req("/reused"), T0 + 3);
+      c.bind(tup(8), 50, 12, T0 + 4);
+      c.onSyn(tup(8), "syn8", T0 + 5);
+      c.onClientHello(tup(8), hello(8), T0 + 6);
+      const rows = c.tick(T0 + 7);
+      assertEquals(rows.map((r) => [r.path, r.src_port, r.ja4t, r.ja4]), [
+        ["/reused", tup(8).srcPort, "syn8", "t13d_ja4_8"],
+      ]);
+      assertBalanced(c);
+    },
+  );
+
+  await t.step("a new SYN on a used tuple replaces the old facts", () => {
+    const c = new Correlator();
+    c.onSyn(tup(9), "old", T0);
+    c.onClientHello(tup(9), hello(1), T0);
+    c.onRequest(tup(9), 1, 1, req("/old"), T0);
+    c.onClose(tup(9), 1, 1, T0 + 1);
+    c.onSyn(tup(9), "new", T0 + 2);
+    c.onRequest(tup(9), 1, 1, req("/new", { tls: false }), T0 + 3);
+    assertEquals(c.tick(T0 + 3).map((r) => [r.path, r.ja4t, r.ja4]), [["/old", "old", "t13d_ja4_1"], [
+      "/new",
+      "new",
+      "",
+    ]]);
+    assertEquals(c.stats().tuple_reused, 1);
+  });
+
+  await t.step("IPv4-mapped addresses are the same client", () => {
+    const c = new Correlator();
+    c.onSyn({ ...tup(10), src: "::ffff:10.0.0.10" }, "syn10", T0);
+    c.onRequest(tup(10), 1, 1, req("/m", { tls: false }), T0);
+    assertEquals(c.tick(T0).map((r) => [r.src, r.ja4t]), [["10.0.0.10", "syn10"]]);
+    assertEquals(tupleKey({ ...tup(10), src: "::ffff:10.0.0.10" }), tupleKey(tup(10)));
+  });
+
+  await t.step("LRU eviction releases held rows instead of losing them", () => {
+    const c = new Correlator({ maxConnections: 2 });
+    c.onRequest(tup(11), 1, 1, req("/a"), T0);
+    c.onRequest(tup(12), 1, 2, req("/b"), T0);
+    c.onRequest(tup(13), 1, 3, req("/c"), T0);
+    const s = c.stats();
+    assertEquals([s.connections, s.evicted_lru, s.rows_released_evicted], [2, 1, 1]);
+    assertEquals(c.tick(T0).map((r) => r.path), ["/a"]);
+    assertBalanced(c);
+  });
+
+  await t.step("held-row cap releases the oldest early", () => {
+    const c = new Correlator({ maxHeldRows: 3 });
+    for (let i = 0; i < 5; i++) c.onRequest(tup(20 + i), 1, i, req(`/${i}`), T0);
+    assertEquals(c.stats().held, 3);
+    assertEquals(c.stats().rows_released_overflow, 2);
+    assertEquals(c.tick(T0).map((r) => r.path), ["/0", "/1"]);
+    assertEquals(c.flush().map((r) => r.path), ["/2", "/3", "/4"]);
+    assertBalanced(c);
+  });
+
+  await t.step("bad input is counted, never thrown", () => {
+    const c = new Correlator();
+    c.onSyn({ src: "", srcPort: 1, dst: "x", dstPort: 2 }, "s", T0);
+    c.onClientHello({ src: "a", srcPort: 70000, dst: "x", dstPort: 2 }, hello(1), T0);
+    c.onSyn({ src: "a", srcPort: NaN, dst: "x", dstPort: 2 }, "s", T0);
+    c.onRequest({ src: "a", srcPort: -1, dst: "x", dstPort: 2 }, NaN, NaN, req("/bad"), T0);
+    c.onClose(null, NaN, NaN, T0);
+    const s = c.stats();
+    assertEquals(s.invalid_input, 4);
+    assertEquals(c.tick(T0).map((r) => [r.path, r.src]), [["/bad", ""]], "the request still becomes a row");
+    assertBalanced(c);
+  });
+});
+
+Deno.test("correlator: 120k connections of churn in one fake minute stay bounded and add up", () => {
+  const cap = 8192;
+  const c = new Correlator({ maxConnections: cap, holdMs: 2000, idleTtlMs: 30_000, closeLingerMs: 3000 });
+  const N = 120_000;
+  const perMs = 2; // 120k connections over 60 s of fake time
+  let requests = 0;
+  const rows: Row[] = [];
+  let maxState = 0;
+  let maxQueues = 0;
+  let rnd = 12345;
+  const rand = () => ((rnd = (rnd * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff);
+  const late: { at: number; fn: () => void }[] = [];
+  for (let i = 0; i < N; i++) {
+    const now = T0 + Math.floor(i / perMs);
+    const tu = tup(i);
+    const fd = 3 + (i % 500);
+    const pid = 1000 + (i % 4);
+    const nreq = 1 + (i % 3);
+    const packetsLate = rand() < 0.1; // requests overtake the packet events
+    const synMissed = rand() < 0.02; // connection predates the agent
+    const neverClosed = rand() < 0.05; // close event lost: TTL must clean it up
+    const packets = () => {
+      if (!synMissed) c.onSyn(tu, `syn${i}`, now);
+      c.onClientHello(tu, hello(i), now);
+    };
+    if (!packetsLate) packets();
+    for (let k = 0; k < nreq; k++) {
+      c.onRequest(tu, pid, fd, req(`/c${i}/r${k}`), now);
+      requests++;
+    }
+    if (packetsLate) late.push({ at: now + 5, fn: packets });
+    if (!neverClosed) c.onClose(tu, pid, fd, now + 1);
+    while (late.length && late[0].at <= now) late.shift()!.fn();
+    if (i % 64 === 0) {
+      for (const r of c.tick(now)) rows.push(r);
+      maxState = Math.max(maxState, c.stats().connections);
+      const q = c.queueLengths();
+      maxQueues = Math.max(maxQueues, q.held + q.closing);
+    }
+  }
+  for (const l of late) l.fn();
+  const end = T0 + N / perMs + 60_000;
+  rows.push(...c.tick(end));
+  rows.push(...c.flush());
+  const s = c.stats();
+  assertEquals(rows.length, requests, "every request became exactly one row");
+  assertEquals(s.rows_emitted, requests);
+  assertBalanced(c);
+  assert(maxState <= cap, `connections ${maxState} ≤ cap ${cap}`);
+  assertEquals(c.stats().connections, 0, "all connections forgotten after TTL");
+  assertEquals(c.stats().bindings, 0);
+  assert(maxQueues < 20_000, `internal queues bounded (${maxQueues})`);
+  assertEquals(s.syns + (N - s.syns), N);
+  assertGreater(s.rows_released_facts, 0);
+  assertGreater(s.evicted_closed, 100_000);
+  assertGreater(s.evicted_ttl + s.evicted_lru, 0);
+  // Every fact that ended up on a row belongs to that row's connection.
+  let withJa4 = 0;
+  for (const r of rows) {
+    const i = Number(r.path.slice(2, r.path.indexOf("/", 1)));
+    if (r.ja4 !== "") {
+      withJa4++;
+      assertEquals(r.ja4, `t13d_ja4_${i}`);
+    }
+    if (r.ja4t !== "") assertEquals(r.ja4t, `syn${i}`);
+  }
+  assertGreater(withJa4 / rows.length, 0.97);
+  assertEquals(s.rows_missing_ja4, rows.length - withJa4);
+});

@@ -1,0 +1,75 @@
+/**
+ * JA4: TLS client fingerprint from a ClientHello (spec §1). JA4 is BSD 3-Clause (FoxIO).
+ */
+import type { ClientHello } from "../parse/tls.ts";
+import { alpnCode, type AlpnRule, count2, hex4, isGrease, tlsVersionCode } from "./common.ts";
+import { EMPTY12, hash12 } from "./sha.ts";
+
+export type Transport = "t" | "q" | "d";
+
+export interface Ja4 {
+  ja4: string;
+  ja4_r: string;
+  ja4_o: string;
+  ja4_ro: string;
+}
+
+export interface Ja4Options {
+  alpnRule?: AlpnRule;
+}
+
+const EXT_SNI = 0x0000;
+const EXT_ALPN = 0x0010;
+
+/** Version code: highest non-GREASE supported_versions entry, else legacy_version (never the record version). */
+export function ja4Version(ch: ClientHello): string {
+  if (ch.supportedVersions !== undefined) {
+    let max = -1;
+    for (const v of ch.supportedVersions) if (!isGrease(v) && v > max) max = v;
+    // Only GREASE listed: the version is unknown (spec §1.3 edge case).
+    return max < 0 ? "00" : tlsVersionCode(max);
+  }
+  return tlsVersionCode(ch.legacyVersion);
+}
+
+function join(codes: number[]): string {
+  let s = "";
+  for (let i = 0; i < codes.length; i++) s += i === 0 ? hex4(codes[i]) : "," + hex4(codes[i]);
+  return s;
+}
+
+/** Computes all four JA4 variants. */
+export function ja4(ch: ClientHello, transport: Transport = "t", opts: Ja4Options = {}): Ja4 {
+  const ciphers: number[] = [];
+  for (const c of ch.cipherSuites) if (!isGrease(c)) ciphers.push(c);
+  const exts: number[] = [];
+  let sni = false;
+  for (const e of ch.extensions) {
+    if (isGrease(e)) continue;
+    exts.push(e);
+    if (e === EXT_SNI) sni = true;
+  }
+  const sigs: number[] = [];
+  for (const s of ch.signatureAlgorithms) if (!isGrease(s)) sigs.push(s);
+
+  const a = transport + ja4Version(ch) + (sni ? "d" : "i") + count2(ciphers.length) + count2(exts.length) +
+    alpnCode(ch.alpn[0], opts.alpnRule);
+
+  const cipherWire = join(ciphers);
+  const cipherSorted = join(ciphers.slice().sort((x, y) => x - y));
+  const extFiltered: number[] = [];
+  for (const e of exts) if (e !== EXT_SNI && e !== EXT_ALPN) extFiltered.push(e);
+  const S = join(sigs);
+  const withSigs = (E: string) => (S.length > 0 ? E + "_" + S : E);
+  const cSorted = withSigs(join(extFiltered.sort((x, y) => x - y)));
+  const cWire = withSigs(join(exts));
+
+  return {
+    ja4: a + "_" + hash12(cipherSorted) + "_" + hash12(cSorted),
+    ja4_r: a + "_" + cipherSorted + "_" + cSorted,
+    // FoxIO's output (vector https3-301-get: SNI is the only extension) keeps c all zeros in the original-order
+    // form too when nothing but SNI/ALPN is present, although its raw form lists them.
+    ja4_o: a + "_" + hash12(cipherWire) + "_" + (extFiltered.length === 0 ? EMPTY12 : hash12(cWire)),
+    ja4_ro: a + "_" + cipherWire + "_" + cWire,
+  };
+}

@@ -1,0 +1,103 @@
+/**
+ * JA4H: HTTP client fingerprint from one request head (spec §3). FoxIO License 1.1 (patent pending).
+ * Works on an HTTP/1.x head and on an HTTP/2 (or /3) header list in wire order; pseudo-headers (`:method`,
+ * `:path`, …) are left out as Python and Wireshark do (Rust counts them).
+ */
+import { count2 } from "./common.ts";
+import { hash12 } from "./sha.ts";
+
+/** The input of ja4h: method, version code and header lines in wire order, names as sent. */
+export interface HttpRequestHead {
+  method: string;
+  /** "10", "11", "20" (HTTP/2), "30" (HTTP/3); "HTTP/1.1" is accepted too. */
+  version: "10" | "11" | "20" | "30" | string;
+  headers: [name: string, value: string][];
+}
+
+export interface Ja4h {
+  ja4h: string;
+  ja4h_r: string;
+  ja4h_o: string;
+  ja4h_ro: string;
+}
+
+/** SHA-256("") truncated: what Python and Wireshark print for b when a request has no header lines (§3.5). */
+export const EMPTY_HEADERS_HASH = "e3b0c44298fc";
+
+/** Method code: the first two characters of the method, lower-cased (Python's rule, §3.2); "0"-padded. */
+export function methodCode(method: string): string {
+  const m = method.slice(0, 2).toLowerCase();
+  return m.length === 2 ? m : (m + "00").slice(0, 2);
+}
+
+/** Version code: "HTTP/1.1" → "11" (Python deletes the dot), a bare code is kept. */
+export function httpVersionCode(v: string): string {
+  let s = v.startsWith("HTTP/") ? v.slice(5) : v;
+  s = s.replace(".", "");
+  return s.length === 2 ? s : (s + "00").slice(0, 2);
+}
+
+/** Primary Accept-Language code (§3.4): cut at `,` and `;`, drop `-`, lower-case, 4 chars, "0"-padded. */
+export function acceptLanguageCode(value: string | undefined): string {
+  if (value === undefined) return "0000";
+  let v = value.trimStart();
+  const comma = v.indexOf(",");
+  if (comma >= 0) v = v.slice(0, comma);
+  const semi = v.indexOf(";");
+  if (semi >= 0) v = v.slice(0, semi);
+  v = v.replaceAll("-", "").toLowerCase().slice(0, 4);
+  return (v + "0000").slice(0, 4);
+}
+
+interface Cookie {
+  name: string;
+  pair: string;
+}
+
+function byName(x: Cookie, y: Cookie): number {
+  // Byte order (A-Z < _ < a-z); Array.prototype.sort is stable, so equal names keep wire order like Python.
+  return x.name < y.name ? -1 : x.name > y.name ? 1 : 0;
+}
+
+export function ja4h(req: HttpRequestHead): Ja4h {
+  const names: string[] = [];
+  const cookies: Cookie[] = [];
+  let hasCookie = false;
+  let hasReferer = false;
+  let lang: string | undefined;
+  for (const [name, value] of req.headers) {
+    if (name.length > 0 && name.charCodeAt(0) === 0x3a) continue; // HTTP/2 pseudo-header
+    const lower = name.toLowerCase();
+    if (lower === "cookie") {
+      hasCookie = true;
+      for (const piece of value.split(";")) {
+        const p = piece.trim();
+        if (p.length === 0) continue;
+        const eq = p.indexOf("=");
+        cookies.push({ name: eq >= 0 ? p.slice(0, eq) : p, pair: p });
+      }
+      continue;
+    }
+    if (lower === "referer") {
+      hasReferer = true;
+      continue;
+    }
+    if (lang === undefined && lower === "accept-language") lang = value;
+    names.push(name);
+  }
+  const a = methodCode(req.method) + httpVersionCode(req.version) + (hasCookie ? "c" : "n") +
+    (hasReferer ? "r" : "n") + count2(names.length) + acceptLanguageCode(lang);
+  const rawNames = names.join(",");
+  const b = names.length === 0 ? EMPTY_HEADERS_HASH : hash12(rawNames);
+  const origNames = cookies.map((c) => c.name).join(",");
+  const origPairs = cookies.map((c) => c.pair).join(",");
+  const sorted = cookies.length > 1 ? cookies.slice().sort(byName) : cookies;
+  const sortedNames = sorted.map((c) => c.name).join(",");
+  const sortedPairs = sorted.map((c) => c.pair).join(",");
+  return {
+    ja4h: a + "_" + b + "_" + hash12(sortedNames) + "_" + hash12(sortedPairs),
+    ja4h_r: a + "_" + rawNames + "_" + sortedNames + "_" + sortedPairs,
+    ja4h_o: a + "_" + b + "_" + hash12(origNames) + "_" + hash12(origPairs),
+    ja4h_ro: a + "_" + rawNames + "_" + origNames + "_" + origPairs,
+  };
+}

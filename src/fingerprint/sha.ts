@@ -1,0 +1,215 @@
+/**
+ * hash12: the first 12 lower-case hex digits of SHA-256 over the UTF-8 bytes of a string, with the JA4+
+ * rule that the empty string gives "000000000000".
+ *
+ * Measured on the target machine with `deno bench` (bench/fingerprint_bench.ts, "hash12" groups): the small
+ * pure-TS SHA-256 below takes ~0.4–0.6 µs for a one-block input and ~0.7 µs for two blocks (typical JA4
+ * lists), node:crypto's createHash ~0.7 µs and ~1.9 µs (its per-call object set-up dominates). So the pure
+ * version is used; node:crypto stays as the cross-check in tests and the benchmark. Both are synchronous.
+ */
+import { createHash } from "node:crypto";
+
+const K = new Int32Array([
+  0x428a2f98,
+  0x71374491,
+  0xb5c0fbcf,
+  0xe9b5dba5,
+  0x3956c25b,
+  0x59f111f1,
+  0x923f82a4,
+  0xab1c5ed5,
+  0xd807aa98,
+  0x12835b01,
+  0x243185be,
+  0x550c7dc3,
+  0x72be5d74,
+  0x80deb1fe,
+  0x9bdc06a7,
+  0xc19bf174,
+  0xe49b69c1,
+  0xefbe4786,
+  0x0fc19dc6,
+  0x240ca1cc,
+  0x2de92c6f,
+  0x4a7484aa,
+  0x5cb0a9dc,
+  0x76f988da,
+  0x983e5152,
+  0xa831c66d,
+  0xb00327c8,
+  0xbf597fc7,
+  0xc6e00bf3,
+  0xd5a79147,
+  0x06ca6351,
+  0x14292967,
+  0x27b70a85,
+  0x2e1b2138,
+  0x4d2c6dfc,
+  0x53380d13,
+  0x650a7354,
+  0x766a0abb,
+  0x81c2c92e,
+  0x92722c85,
+  0xa2bfe8a1,
+  0xa81a664b,
+  0xc24b8b70,
+  0xc76c51a3,
+  0xd192e819,
+  0xd6990624,
+  0xf40e3585,
+  0x106aa070,
+  0x19a4c116,
+  0x1e376c08,
+  0x2748774c,
+  0x34b0bcb5,
+  0x391c0cb3,
+  0x4ed8aa4a,
+  0x5b9cca4f,
+  0x682e6ff3,
+  0x748f82ee,
+  0x78a5636f,
+  0x84c87814,
+  0x8cc70208,
+  0x90befffa,
+  0xa4506ceb,
+  0xbef9a3f7,
+  0xc67178f2,
+]);
+
+const W = new Int32Array(64);
+const H = new Int32Array(8);
+let block = new Uint8Array(1024);
+const encoder = new TextEncoder();
+
+function compress(m: Uint8Array, off: number): void {
+  let a = H[0], b = H[1], c = H[2], d = H[3], e = H[4], f = H[5], g = H[6], h = H[7];
+  for (let i = 0; i < 64; i++) {
+    let w: number;
+    if (i < 16) {
+      const j = off + (i << 2);
+      w = (m[j] << 24) | (m[j + 1] << 16) | (m[j + 2] << 8) | m[j + 3];
+    } else {
+      const x = W[i - 15], y = W[i - 2];
+      w = (W[i - 16] + (((x >>> 7) | (x << 25)) ^ ((x >>> 18) | (x << 14)) ^ (x >>> 3)) + W[i - 7] +
+        (((y >>> 17) | (y << 15)) ^ ((y >>> 19) | (y << 13)) ^ (y >>> 10))) | 0;
+    }
+    W[i] = w;
+    const t1 = (h + (((e >>> 6) | (e << 26)) ^ ((e >>> 11) | (e << 21)) ^ ((e >>> 25) | (e << 7))) +
+      (g ^ (e & (f ^ g))) + K[i] + w) | 0;
+    const t2 = ((((a >>> 2) | (a << 30)) ^ ((a >>> 13) | (a << 19)) ^ ((a >>> 22) | (a << 10))) +
+      ((a & b) | (c & (a | b)))) | 0;
+    h = g;
+    g = f;
+    f = e;
+    e = (d + t1) | 0;
+    d = c;
+    c = b;
+    b = a;
+    a = (t1 + t2) | 0;
+  }
+  H[0] = (H[0] + a) | 0;
+  H[1] = (H[1] + b) | 0;
+  H[2] = (H[2] + c) | 0;
+  H[3] = (H[3] + d) | 0;
+  H[4] = (H[4] + e) | 0;
+  H[5] = (H[5] + f) | 0;
+  H[6] = (H[6] + g) | 0;
+  H[7] = (H[7] + h) | 0;
+}
+
+/** SHA-256 of bytes; returns the 8 state words (shared buffer: copy if you keep it). */
+function sha256Words(msg: Uint8Array, len: number): Int32Array {
+  H[0] = 0x6a09e667;
+  H[1] = 0xbb67ae85 | 0;
+  H[2] = 0x3c6ef372;
+  H[3] = 0xa54ff53a | 0;
+  H[4] = 0x510e527f;
+  H[5] = 0x9b05688c | 0;
+  H[6] = 0x1f83d9ab;
+  H[7] = 0x5be0cd19;
+  // msg has room for padding (callers pass our scratch `block`).
+  const total = (((len + 8) >> 6) + 1) << 6;
+  msg[len] = 0x80;
+  msg.fill(0, len + 1, total);
+  const bits = len * 8;
+  msg[total - 4] = (bits >>> 24) & 0xff;
+  msg[total - 3] = (bits >>> 16) & 0xff;
+  msg[total - 2] = (bits >>> 8) & 0xff;
+  msg[total - 1] = bits & 0xff;
+  msg[total - 5] = Math.floor(bits / 0x100000000) & 0xff;
+  for (let off = 0; off < total; off += 64) compress(msg, off);
+  return H;
+}
+
+function ensure(n: number): void {
+  if (block.length < n) block = new Uint8Array(Math.max(n, block.length * 2));
+}
+
+/** Loads the UTF-8 bytes of `s` into the scratch block; returns the byte length. */
+function load(s: string): number {
+  const n = s.length;
+  ensure(n + 72);
+  let ascii = true;
+  for (let i = 0; i < n; i++) {
+    const c = s.charCodeAt(i);
+    if (c > 0x7f) {
+      ascii = false;
+      break;
+    }
+    block[i] = c;
+  }
+  if (ascii) return n;
+  const bytes = encoder.encode(s);
+  ensure(bytes.length + 72);
+  block.set(bytes, 0);
+  return bytes.length;
+}
+
+const HEX = "0123456789abcdef";
+function hex32(v: number, digits: number): string {
+  let s = "";
+  for (let i = 7; i >= 8 - digits; i--) s += HEX[(v >>> (i * 4)) & 0xf];
+  return s;
+}
+
+/** Full SHA-256 of a string's UTF-8 bytes as 64 lower-case hex digits. */
+export function sha256Hex(s: string): string {
+  const len = load(s);
+  const h = sha256Words(block, len);
+  let out = "";
+  for (let i = 0; i < 8; i++) out += hex32(h[i], 8);
+  return out;
+}
+
+/** First 12 hex digits of SHA-256 of the bytes (no empty-string special case). */
+export function sha256Hex12Bytes(b: Uint8Array): string {
+  ensure(b.length + 72);
+  block.set(b, 0);
+  const h = sha256Words(block, b.length);
+  return hex32(h[0], 8) + hex32(h[1], 4);
+}
+
+/** JA4+ hash12: "000000000000" for the empty string, else the first 12 hex digits of SHA-256. */
+export function hash12(s: string): string {
+  if (s.length === 0) return EMPTY12;
+  const len = load(s);
+  const h = sha256Words(block, len);
+  return hex32(h[0], 8) + hex32(h[1], 4);
+}
+
+export const EMPTY12 = "000000000000";
+
+
+/** hash12 always through the pure-TS SHA-256 (for tests and the benchmark). */
+export function hash12Pure(s: string): string {
+  if (s.length === 0) return EMPTY12;
+  const len = load(s);
+  const h = sha256Words(block, len);
+  return hex32(h[0], 8) + hex32(h[1], 4);
+}
+
+/** hash12 always through node:crypto (for tests and the benchmark). */
+export function hash12Node(s: string): string {
+  if (s.length === 0) return EMPTY12;
+  return createHash("sha256").update(s).digest("hex").slice(0, 12);
+}

@@ -1,0 +1,143 @@
+/**
+ * Every metric the agent exports, in one place (docs/operations.md lists them). Modules receive the
+ * AgentMetrics object and bump what concerns them; nothing here does I/O.
+ */
+import { BUILD_KIND, VERSION } from "../version.ts";
+import type { CorrelatorStats } from "../correlate/correlator.ts";
+import { Health, type HealthOptions } from "./health.ts";
+import { RowLedger } from "./ledger.ts";
+import { type Counter, type Gauge, type Histogram, Registry } from "./registry.ts";
+
+/** Seconds; ClickHouse inserts of 10k–100k rows take 15–250 ms on loopback. */
+export const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+
+export class AgentMetrics {
+  readonly registry = new Registry();
+  readonly rows: RowLedger;
+  readonly health: Health;
+  /** Events read from the ring buffer, by BPF hook (e.g. nginx_recv, tc_ingress). */
+  readonly events: Counter;
+  /** Kernel-side drops read from the BPF counters map, by reason (ringbuf_full, chunk_cap, …). */
+  readonly bpfDrops: Counter;
+  /** Parser failures, by parser (tls, http1, http2, tcp_options) and kind (invalid, oversize, …). */
+  readonly parseErrors: Counter;
+  readonly clickhouseErrors: Counter;
+  readonly clickhouseLatency: Histogram;
+  readonly correlationConnections: Gauge;
+  readonly correlationHeld: Gauge;
+  readonly correlationRows: Counter;
+  readonly correlationEvictions: Counter;
+  readonly correlationInvalid: Counter;
+  readonly rss: Gauge;
+  readonly heap: Gauge;
+  readonly healthy: Gauge;
+  readonly sinkLastSuccess: Gauge;
+  #correlator?: () => CorrelatorStats;
+
+  constructor(healthOpts: Partial<HealthOptions> = {}, readonly clock: () => number = Date.now) {
+    const r = this.registry;
+    r.gauge("ja4ebpf_build_info", "version and build kind of the running agent", ["version", "build"])
+      .set({ version: VERSION, build: BUILD_KIND }, 1);
+    r.gauge("process_start_time_seconds", "start time of the process since the epoch")
+      .set(undefined, Math.floor((clock() - performance.now()) / 1000));
+    this.rss = r.gauge("process_resident_memory_bytes", "resident set size")
+      .onCollect(() => this.rss.set(undefined, Deno.memoryUsage().rss));
+    this.heap = r.gauge("ja4ebpf_heap_used_bytes", "V8 heap in use")
+      .onCollect(() => this.heap.set(undefined, Deno.memoryUsage().heapUsed));
+    this.events = r.counter("ja4ebpf_events_total", "events read from the BPF ring buffer, by hook", [
+      "hook",
+    ]);
+    this.bpfDrops = r.counter(
+      "ja4ebpf_bpf_drops_total",
+      "events the kernel side could not deliver, by reason",
+      [
+        "reason",
+      ],
+    );
+    this.parseErrors = r.counter("ja4ebpf_parse_errors_total", "inputs a parser rejected", [
+      "parser",
+      "kind",
+    ]);
+    this.rows = new RowLedger(r);
+    this.clickhouseErrors = r.counter(
+      "ja4ebpf_clickhouse_errors_total",
+      "failed ClickHouse inserts, by class (retry, quarantine, auth, network, timeout)",
+      ["class"],
+    );
+    this.clickhouseLatency = r.histogram(
+      "ja4ebpf_clickhouse_insert_duration_seconds",
+      "ClickHouse insert latency, by outcome",
+      ["outcome"],
+      LATENCY_BUCKETS,
+    );
+    this.sinkLastSuccess = r.gauge(
+      "ja4ebpf_sink_last_success_timestamp_seconds",
+      "time of the last successful write, by sink",
+      ["sink"],
+    );
+    this.correlationConnections = r.gauge("ja4ebpf_correlation_connections", "connections tracked")
+      .onCollect(() => this.correlationConnections.set(undefined, this.#correlator?.().connections ?? 0));
+    this.correlationHeld = r.gauge("ja4ebpf_correlation_held_rows", "rows waiting for packet facts")
+      .onCollect(() => this.correlationHeld.set(undefined, this.#correlator?.().held ?? 0));
+    this.correlationRows = r.counter(
+      "ja4ebpf_correlation_rows_total",
+      "rows out of the correlator, by how they left (immediate, facts, timeout, evicted, overflow)",
+      ["outcome"],
+    );
+    this.correlationEvictions = r.counter(
+      "ja4ebpf_correlation_evictions_total",
+      "connections forgotten, by reason (closed, ttl, lru)",
+      ["reason"],
+    );
+    this.correlationInvalid = r.counter(
+      "ja4ebpf_correlation_invalid_inputs_total",
+      "malformed correlator inputs",
+    );
+    this.health = new Health(
+      healthOpts,
+      () => ({ captured: this.rows.captured.get(), dropped: this.rows.dropped.sum() }),
+    );
+    this.healthy = r.gauge("ja4ebpf_healthy", "1 when /healthz reports healthy")
+      .onCollect(() => this.healthy.set(undefined, this.health.check(this.clock()).healthy ? 1 : 0));
+    r.onCollect(() => this.#syncCorrelator());
+  }
+
+  /** Mirrors a correlator's counters at every scrape. */
+  watchCorrelator(stats: () => CorrelatorStats): void {
+    this.#correlator = stats;
+  }
+
+  #syncCorrelator(): void {
+    const s = this.#correlator?.();
+    if (!s) return;
+    const rows: [string, number][] = [
+      ["immediate", s.rows_immediate],
+      ["facts", s.rows_released_facts],
+      ["timeout", s.rows_released_timeout],
+      ["evicted", s.rows_released_evicted],
+      ["overflow", s.rows_released_overflow],
+    ];
+    for (const [outcome, v] of rows) this.correlationRows.setTotal({ outcome }, v);
+    this.correlationEvictions.setTotal({ reason: "closed" }, s.evicted_closed);
+    this.correlationEvictions.setTotal({ reason: "ttl" }, s.evicted_ttl);
+    this.correlationEvictions.setTotal({ reason: "lru" }, s.evicted_lru);
+    this.correlationInvalid.setTotal(undefined, s.invalid_input);
+  }
+
+  /** Records an insert: latency by outcome, failing streak for health, last success time. */
+  observeInsert(sink: string, seconds: number, ok: boolean, errorClass?: string): void {
+    const now = this.clock();
+    this.clickhouseLatency.observe({ outcome: ok ? "ok" : "error" }, seconds);
+    if (ok) {
+      this.health.sinkOk(sink, now);
+      this.sinkLastSuccess.set({ sink }, now / 1000);
+    } else {
+      this.clickhouseErrors.inc({ class: errorClass ?? "retry" });
+      this.health.sinkFailed(sink, now);
+    }
+  }
+
+  render(): string {
+    return this.registry.render();
+  }
+}

@@ -1,0 +1,347 @@
+/**
+ * HTTP/1.x request heads (RFC 9112): request line + header lines up to the empty line.
+ * Header order and name case are kept as sent (JA4H needs both); bare LF line ends are accepted.
+ * `Http1RequestStream` follows one client→server byte stream: heads split across reads, pipelined requests,
+ * request bodies skipped (Content-Length and chunked), garbage and oversize heads counted and skipped.
+ */
+import {
+  type ErrorCounts,
+  fail,
+  NEED_MORE,
+  newErrorCounts,
+  ok,
+  type ParseErrorCode,
+  type Streamed,
+} from "./errors.ts";
+import type { HttpRequestHead } from "../fingerprint/ja4h.ts";
+
+/** Largest request head accepted, terminator included. */
+export const MAX_HEAD = 64 * 1024;
+
+export interface RequestHead extends HttpRequestHead {
+  method: string;
+  /** Request target as sent (origin form, absolute form, `*`, or authority form for CONNECT). */
+  target: string;
+  /** JA4H version code: "10", "11" (from `HTTP/1.0`, `HTTP/1.1`). */
+  version: string;
+  /** The version token as sent, e.g. `HTTP/1.1`. */
+  versionText: string;
+  /** Header lines in wire order; names exactly as sent, values with surrounding spaces/tabs trimmed. */
+  headers: [name: string, value: string][];
+  /** Bytes of the head including the final empty line. */
+  headLength: number;
+}
+
+const LF = 0x0a;
+const CR = 0x0d;
+const decoder = new TextDecoder();
+
+/** Offset just past the empty line that ends a head starting at `from`, or -1 if not there yet. */
+function headEnd(b: Uint8Array, from: number, limit: number): number {
+  const n = Math.min(b.length, limit);
+  let i = b.indexOf(LF, from);
+  while (i >= 0 && i < n) {
+    const j = i + 1;
+    if (j < b.length && b[j] === LF) return j + 1;
+    if (j + 1 < b.length && b[j] === CR && b[j + 1] === LF) return j + 2;
+    i = b.indexOf(LF, j);
+  }
+  return -1;
+}
+
+function isTokenChar(c: number): boolean {
+  // RFC 9110 tchar
+  return (c >= 0x61 && c <= 0x7a) || (c >= 0x41 && c <= 0x5a) || (c >= 0x30 && c <= 0x39) ||
+    (c !== 0x22 && c !== 0x28 && c !== 0x29 && c !== 0x2c && c !== 0x2f && c !== 0x3a && c !== 0x3b &&
+      c !== 0x3c && c !== 0x3d && c !== 0x3e && c !== 0x3f && c !== 0x40 && c !== 0x5b && c !== 0x5c &&
+      c !== 0x5d && c !== 0x7b && c !== 0x7d && c > 0x20 && c < 0x7f);
+}
+
+const VERSION_RE = /^HTTP\/(\d)\.(\d)$/;
+
+function trimOws(s: string): string {
+  let a = 0;
+  let b = s.length;
+  while (a < b && (s.charCodeAt(a) === 0x20 || s.charCodeAt(a) === 0x09)) a++;
+  while (b > a && (s.charCodeAt(b - 1) === 0x20 || s.charCodeAt(b - 1) === 0x09)) b--;
+  return a === 0 && b === s.length ? s : s.slice(a, b);
+}
+
+/**
+ * Parses one request head at the start of `buf`. NeedMore when the terminating empty line has not arrived
+ * (and the buffer is still under the cap); "oversize" past the cap; "malformed" for a bad request line or
+ * header line. Leading empty lines are not skipped here (the stream does that).
+ */
+export function parseRequestHead(buf: Uint8Array, maxHead = MAX_HEAD): Streamed<RequestHead> {
+  const end = headEnd(buf, 0, maxHead);
+  if (end < 0) {
+    return buf.length >= maxHead ? fail("oversize", `no end of head in ${maxHead} bytes`) : NEED_MORE;
+  }
+  if (end > maxHead) return fail("oversize", `head of ${end} bytes`);
+  const text = decoder.decode(buf.subarray(0, end));
+  const lines = text.split("\n");
+  // lines ends with "", "" (or "\r" variants) from the empty line.
+  const rl = lines[0].endsWith("\r") ? lines[0].slice(0, -1) : lines[0];
+  const sp1 = rl.indexOf(" ");
+  const sp2 = rl.lastIndexOf(" ");
+  if (sp1 <= 0 || sp2 === sp1) return fail("malformed", "request line without method, target and version", 0);
+  const method = rl.slice(0, sp1);
+  for (let i = 0; i < method.length; i++) {
+    if (!isTokenChar(method.charCodeAt(i))) return fail("malformed", "method is not a token", i);
+  }
+  const versionText = rl.slice(sp2 + 1);
+  const vm = VERSION_RE.exec(versionText);
+  if (!vm) return fail("malformed", `bad HTTP version ${JSON.stringify(versionText.slice(0, 16))}`, sp2 + 1);
+  if (vm[1] !== "1") return fail("unsupported", `HTTP/${vm[1]}.${vm[2]} head`, sp2 + 1);
+  const target = rl.slice(sp1 + 1, sp2).trim();
+  if (target.length === 0) return fail("malformed", "empty request target", sp1);
+  const headers: [string, string][] = [];
+  for (let i = 1; i < lines.length; i++) {
+    let line = lines[i];
+    if (line.endsWith("\r")) line = line.slice(0, -1);
+    if (line.length === 0) break;
+    const c0 = line.charCodeAt(0);
+    if (c0 === 0x20 || c0 === 0x09) {
+      // Obsolete line folding: continue the previous value.
+      if (headers.length === 0) return fail("malformed", "continuation line before any header");
+      const last = headers[headers.length - 1];
+      last[1] = last[1] + " " + trimOws(line);
+      continue;
+    }
+    const colon = line.indexOf(":");
+    if (colon <= 0) {
+      return fail("malformed", `header line without a name: ${JSON.stringify(line.slice(0, 32))}`);
+    }
+    headers.push([line.slice(0, colon), trimOws(line.slice(colon + 1))]);
+  }
+  return ok({
+    method,
+    target,
+    version: vm[1] + vm[2],
+    versionText,
+    headers,
+    headLength: end,
+  });
+}
+
+/** Does the line starting at `p` look like a request line ("TOKEN SP ... HTTP/1.x")? undefined = line incomplete. */
+function looksLikeRequestLine(b: Uint8Array, p: number): boolean | undefined {
+  const lf = b.indexOf(LF, p);
+  if (lf < 0) return b.length - p > 8192 ? false : undefined;
+  let i = p;
+  while (i < lf && b[i] >= 0x41 && b[i] <= 0x5a) i++;
+  if (i === p || b[i] !== 0x20) return false;
+  let e = lf;
+  if (e > p && b[e - 1] === CR) e--;
+  // ends in "HTTP/1.x"
+  return e - 8 > i && b[e - 8] === 0x48 && b[e - 7] === 0x54 && b[e - 6] === 0x54 && b[e - 5] === 0x50 &&
+    b[e - 4] === 0x2f && b[e - 3] === 0x31 && b[e - 2] === 0x2e;
+}
+
+type BodyState =
+  | { kind: "none" }
+  | { kind: "skip"; left: number; chunked: boolean } // a Content-Length body or one chunk's data
+  | { kind: "chunk-size" }
+  | { kind: "chunk-data-end" }
+  | { kind: "trailers" };
+
+export interface Http1StreamOptions {
+  maxHead?: number;
+}
+
+/**
+ * One direction (client → server) of an HTTP/1.x connection. `push` returns the request heads completed by
+ * these bytes, in order. Errors are counted in `errors` (by code) and the stream resynchronises on the next
+ * line that looks like a request line, so one bad request does not lose the rest of the connection.
+ */
+export class Http1RequestStream {
+  readonly errors: ErrorCounts = newErrorCounts();
+  /** Heads returned so far. */
+  requests = 0;
+  /** Body bytes skipped so far. */
+  bodyBytes = 0;
+  private buf: Uint8Array = new Uint8Array(0);
+  private body: BodyState = { kind: "none" };
+  private resync = false;
+  private readonly maxHead: number;
+
+  constructor(opts: Http1StreamOptions = {}) {
+    this.maxHead = opts.maxHead ?? MAX_HEAD;
+  }
+
+  /** Bytes currently buffered (at most about maxHead). */
+  get buffered(): number {
+    return this.buf.length;
+  }
+
+  private count(code: ParseErrorCode): void {
+    this.errors[code]++;
+  }
+
+  push(bytes: Uint8Array): RequestHead[] {
+    const out: RequestHead[] = [];
+    if (bytes.length === 0) return out;
+    let b: Uint8Array;
+    if (this.buf.length === 0) b = bytes;
+    else {
+      b = new Uint8Array(this.buf.length + bytes.length);
+      b.set(this.buf, 0);
+      b.set(bytes, this.buf.length);
+    }
+    let p = 0;
+    for (;;) {
+      const st = this.body;
+      if (st.kind === "skip") {
+        const n = Math.min(st.left, b.length - p);
+        st.left -= n;
+        p += n;
+        this.bodyBytes += n;
+        if (st.left > 0) break;
+        this.body = st.chunked ? { kind: "chunk-data-end" } : { kind: "none" };
+        continue;
+      }
+      if (st.kind === "chunk-size") {
+        const lf = b.indexOf(LF, p);
+        if (lf < 0) {
+          if (b.length - p > 4096) p = this.bodyError("malformed", b.length);
+          break;
+        }
+        const line = decoder.decode(b.subarray(p, lf)).replace(/\r$/, "");
+        const m = /^([0-9a-fA-F]{1,8})[ \t]*(;.*)?$/.exec(line);
+        if (!m) {
+          p = this.bodyError("malformed", lf + 1);
+          continue;
+        }
+        const size = parseInt(m[1], 16);
+        p = lf + 1;
+        this.body = size === 0 ? { kind: "trailers" } : { kind: "skip", left: size, chunked: true };
+        continue;
+      }
+      if (st.kind === "chunk-data-end") {
+        if (b.length - p < 1) break;
+        if (b[p] === LF) p += 1;
+        else if (b[p] === CR) {
+          if (b.length - p < 2) break;
+          if (b[p + 1] !== LF) {
+            p = this.bodyError("malformed", p);
+            continue;
+          }
+          p += 2;
+        } else {
+          p = this.bodyError("malformed", p);
+          continue;
+        }
+        this.body = { kind: "chunk-size" };
+        continue;
+      }
+      if (st.kind === "trailers") {
+        // Trailer lines end with an empty line; the common case is just CRLF.
+        if (b.length - p < 1) break;
+        if (b[p] === LF || (b[p] === CR && b.length - p >= 2 && b[p + 1] === LF)) {
+          p += b[p] === LF ? 1 : 2;
+          this.body = { kind: "none" };
+          continue;
+        }
+        if (b[p] === CR) break;
+        const e = headEnd(b, p, p + this.maxHead);
+        if (e < 0) {
+          if (b.length - p >= this.maxHead) p = this.bodyError("oversize", b.length);
+          break;
+        }
+        p = e;
+        this.body = { kind: "none" };
+        continue;
+      }
+      // Expecting a request head.
+      if (this.resync) {
+        const r = this.findRequestLine(b, p);
+        if (r < 0) {
+          // Keep only an incomplete last line; a request line may continue in the next push.
+          const lf = b.lastIndexOf(LF);
+          p = lf >= p ? lf + 1 : p;
+          if (b.length - p > 8192) p = b.length;
+          break;
+        }
+        p = r;
+        this.resync = false;
+      }
+      // RFC 9112 §2.2: ignore empty lines before a request line.
+      while (p < b.length && (b[p] === LF || (b[p] === CR && p + 1 < b.length && b[p + 1] === LF))) {
+        p += b[p] === LF ? 1 : 2;
+      }
+      if (p >= b.length) break;
+      const view = b.subarray(p);
+      const r = parseRequestHead(view, this.maxHead);
+      if (!r.ok) {
+        if (r.needMore) break;
+        this.count(r.error.code);
+        this.resync = true;
+        // Drop the bad line (or everything, when oversize) before looking for the next request line.
+        if (r.error.code === "oversize") p = b.length;
+        else {
+          const lf = b.indexOf(LF, p);
+          p = lf < 0 ? b.length : lf + 1;
+        }
+        continue;
+      }
+      const head = r.value;
+      p += head.headLength;
+      this.requests++;
+      out.push(head);
+      const framing = bodyFraming(head);
+      if (framing === "malformed") {
+        this.count("malformed");
+        this.resync = true;
+      } else if (framing === "chunked") this.body = { kind: "chunk-size" };
+      else if (framing > 0) this.body = { kind: "skip", left: framing, chunked: false };
+    }
+    // Keep the unconsumed tail (copied so the caller may reuse its buffer).
+    this.buf = p >= b.length ? new Uint8Array(0) : b.slice(p);
+    return out;
+  }
+
+  /** Counts a body framing error and switches to resynchronisation from `p`. */
+  private bodyError(code: ParseErrorCode, p: number): number {
+    this.count(code);
+    this.body = { kind: "none" };
+    this.resync = true;
+    return p;
+  }
+
+  /** Offset of the next line start (at or after p, at a line start) that looks like a request line; -1 if none. */
+  private findRequestLine(b: Uint8Array, p: number): number {
+    let q = p;
+    while (q < b.length) {
+      const r = looksLikeRequestLine(b, q);
+      if (r === true) return q;
+      if (r === undefined) return -1;
+      const lf = b.indexOf(LF, q);
+      if (lf < 0) return -1;
+      q = lf + 1;
+    }
+    return -1;
+  }
+}
+
+/** Body length of a request: bytes to skip, "chunked", or "malformed" (conflicting/invalid Content-Length). */
+export function bodyFraming(head: RequestHead): number | "chunked" | "malformed" {
+  let cl: number | undefined;
+  let chunked = false;
+  for (const [name, value] of head.headers) {
+    const l = name.toLowerCase();
+    if (l === "transfer-encoding") {
+      const codings = value.toLowerCase().split(",");
+      chunked = codings[codings.length - 1].trim() === "chunked";
+    } else if (l === "content-length") {
+      for (const part of value.split(",")) {
+        const v = part.trim();
+        if (!/^\d{1,15}$/.test(v)) return "malformed";
+        const n = Number(v);
+        if (cl !== undefined && cl !== n) return "malformed";
+        cl = n;
+      }
+    }
+  }
+  if (chunked) return "chunked";
+  return cl ?? 0;
+}

@@ -1,0 +1,130 @@
+import { assert, assertEquals } from "../testing/asserts.ts";
+import { bodyFraming, Http1RequestStream, parseRequestHead } from "./http1.ts";
+
+const enc = (s: string) => new TextEncoder().encode(s);
+
+Deno.test("parseRequestHead", async (t) => {
+  await t.step("method, target, version, header order and case, head length", () => {
+    const s = "GET /a?b=1 HTTP/1.1\r\nHost: x\r\nuser-AGENT:  curl \r\nX-Dup: 1\r\nX-Dup: 2\r\n\r\nBODY";
+    const r = parseRequestHead(enc(s));
+    assert(r.ok);
+    assertEquals(r.value.method, "GET");
+    assertEquals(r.value.target, "/a?b=1");
+    assertEquals(r.value.version, "11");
+    assertEquals(r.value.versionText, "HTTP/1.1");
+    assertEquals(r.value.headers, [["Host", "x"], ["user-AGENT", "curl"], ["X-Dup", "1"], ["X-Dup", "2"]]);
+    assertEquals(r.value.headLength, s.length - 4);
+  });
+  await t.step("bare LF and empty value (http-empty-useragent.pcap case)", () => {
+    const r = parseRequestHead(enc("GET / HTTP/1.0\nUser-Agent:\n\n"));
+    assert(r.ok);
+    assertEquals(r.value.version, "10");
+    assertEquals(r.value.headers, [["User-Agent", ""]]);
+  });
+  for (
+    const m of [
+      "GET",
+      "POST",
+      "PUT",
+      "HEAD",
+      "OPTIONS",
+      "DELETE",
+      "PATCH",
+      "CONNECT",
+      "TRACE",
+      "PROPFIND",
+      "M-SEARCH",
+    ]
+  ) {
+    await t.step(`method ${m}`, () => {
+      const r = parseRequestHead(enc(`${m} * HTTP/1.1\r\n\r\n`));
+      assert(r.ok && r.value.method === m);
+    });
+  }
+  const bad: [string, string, string][] = [
+    ["HTTP/0.9 style", "GET /\r\n\r\n", "malformed"],
+    ["HTTP/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "unsupported"],
+    ["no colon", "GET / HTTP/1.1\r\nfoo\r\n\r\n", "malformed"],
+    ["bad method", "G(T / HTTP/1.1\r\n\r\n", "malformed"],
+    ["binary", "\x16\x03\x01\x02\x00\x01\r\n\r\n", "malformed"],
+  ];
+  for (const [name, s, code] of bad) {
+    await t.step(`error: ${name}`, () => {
+      const r = parseRequestHead(enc(s));
+      assert(!r.ok && !r.needMore);
+      assertEquals(r.error.code, code);
+    });
+  }
+  await t.step("incomplete → NeedMore; over the cap → oversize", () => {
+    const r = parseRequestHead(enc("GET / HTTP/1.1\r\nHost: x\r\n"));
+    assert(!r.ok && r.needMore);
+    const big = "GET / HTTP/1.1\r\nX: " + "a".repeat(70000) + "\r\n\r\n";
+    const o = parseRequestHead(enc(big));
+    assert(!o.ok && !o.needMore && o.error.code === "oversize");
+  });
+  await t.step("obs-fold continues the previous value", () => {
+    const r = parseRequestHead(enc("GET / HTTP/1.1\r\nX: a\r\n  b\r\n\r\n"));
+    assert(r.ok);
+    assertEquals(r.value.headers, [["X", "a b"]]);
+  });
+});
+
+Deno.test("Http1RequestStream", async (t) => {
+  const req = (path: string, extra = "") => `GET ${path} HTTP/1.1\r\nHost: h\r\n${extra}\r\n`;
+  await t.step("pipelined requests in one buffer", () => {
+    const s = new Http1RequestStream();
+    const heads = s.push(enc(req("/1") + req("/2") + req("/3")));
+    assertEquals(heads.map((h) => h.target), ["/1", "/2", "/3"]);
+  });
+  await t.step("a head split at every byte position", () => {
+    const all = enc(req("/a") + req("/b"));
+    for (let cut = 1; cut < all.length; cut++) {
+      const s = new Http1RequestStream();
+      const heads = [...s.push(all.subarray(0, cut)), ...s.push(all.subarray(cut))];
+      assertEquals(heads.map((h) => h.target), ["/a", "/b"], `cut ${cut}`);
+    }
+  });
+  await t.step("Content-Length body skipped, even when it looks like a request", () => {
+    const body = req("/fake");
+    const s = new Http1RequestStream();
+    const bytes = enc(`POST /p HTTP/1.1\r\nContent-Length: ${body.length}\r\n\r\n${body}` + req("/next"));
+    const heads: string[] = [];
+    for (let i = 0; i < bytes.length; i += 5) {
+      heads.push(...s.push(bytes.subarray(i, i + 5)).map((h) => h.target));
+    }
+    assertEquals(heads, ["/p", "/next"]);
+    assertEquals(s.bodyBytes, body.length);
+  });
+  await t.step("chunked body with extensions and trailers skipped", () => {
+    const s = new Http1RequestStream();
+    const chunked = "POST /c HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n" +
+      "5;ext=1\r\nhello\r\n1A\r\n" + "GET /x HTTP/1.1\r\nHost: y\r\n" + "\r\n0\r\nTrailer: t\r\n\r\n";
+    const heads = s.push(enc(chunked + req("/after")));
+    assertEquals(heads.map((h) => h.target), ["/c", "/after"]);
+    assertEquals(s.errors.malformed, 0);
+  });
+  await t.step("garbage is counted once and the stream resynchronises", () => {
+    const s = new Http1RequestStream();
+    const heads = s.push(enc("\x00\x01garbage line\r\nmore junk\r\n" + req("/ok")));
+    assertEquals(heads.map((h) => h.target), ["/ok"]);
+    assertEquals(s.errors.malformed, 1);
+  });
+  await t.step("oversize head counted, next request still found", () => {
+    const s = new Http1RequestStream();
+    const big = enc("GET /big HTTP/1.1\r\nX: " + "a".repeat(70000));
+    const heads = [...s.push(big), ...s.push(enc("\r\n\r\n" + req("/small")))];
+    assertEquals(heads.map((h) => h.target), ["/small"]);
+    assertEquals(s.errors.oversize, 1);
+    assert(s.buffered < 70000);
+  });
+  await t.step("conflicting Content-Length is malformed", () => {
+    const r = parseRequestHead(enc("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"));
+    assert(r.ok);
+    assertEquals(bodyFraming(r.value), "malformed");
+  });
+  await t.step("leading empty lines before a request are ignored", () => {
+    const s = new Http1RequestStream();
+    assertEquals(s.push(enc("\r\n\r\n" + req("/e"))).map((h) => h.target), ["/e"]);
+    assertEquals(s.errors.malformed, 0);
+  });
+});

@@ -1,0 +1,166 @@
+import { assert, assertEquals, assertMatch, assertNotEquals } from "../testing/asserts.ts";
+import { DEFAULT_CONFIG } from "../config/config.ts";
+import { classify, columns, ddl, decodeRow, encodeRow, errorCode, parseVersion } from "./ch_schema.ts";
+import { gunzip, gzip } from "./clickhouse.ts";
+import { FileSink } from "./file.ts";
+import { openOutputs } from "./mod.ts";
+import { hmacIp, loadIpKey, Redactor, stripQuery } from "./redact.ts";
+import { emptyRow, type Row } from "./row.ts";
+import { Spool } from "./spool.ts";
+import { StdoutSink } from "./stdout.ts";
+
+function row(over: Partial<Row> = {}): Row {
+  return { ...emptyRow(), ts: "2026-03-04T05:06:07.089Z", server: "nginx", src: "192.0.2.7", ...over };
+}
+
+Deno.test("redactor: raw JA4H blanked, query stripped, IP hashed — each switchable", async (t) => {
+  const r = row({ path: "/a/b?token=x&u=1#frag", ja4h_r: "raw", ja4h_o: "o", ja4h_ro: "ro", ja4h: "h" });
+  const P = DEFAULT_CONFIG.privacy;
+  await t.step("defaults", () => {
+    const o = new Redactor(P).apply(r);
+    assertEquals([o.path, o.ja4h, o.ja4h_r, o.ja4h_o, o.ja4h_ro, o.src], ["/a/b", "h", "", "", "", "192.0.2.7"]);
+    assertEquals(r.path, "/a/b?token=x&u=1#frag", "input untouched");
+  });
+  await t.step("ship_raw_ja4h and strip_query off", () => {
+    const o = new Redactor({ ...P, ship_raw_ja4h: true, strip_query: false }).apply(r);
+    assertEquals([o.path, o.ja4h_r, o.ja4h_ro], [r.path, "raw", "ro"]);
+  });
+  await t.step("anonymize_ip: keyed, stable, IPv6-shaped in fd00::/8", () => {
+    const k1 = new Uint8Array(32).fill(1);
+    const k2 = new Uint8Array(32).fill(2);
+    const a = new Redactor({ ...P, anonymize_ip: true }, k1).apply(r).src;
+    assertEquals(a, hmacIp(k1, "192.0.2.7"));
+    assertNotEquals(a, hmacIp(k2, "192.0.2.7"));
+    assertNotEquals(a, hmacIp(k1, "192.0.2.8"));
+    assertMatch(a, /^fd[0-9a-f]{0,2}(:[0-9a-f]{1,4}){7}$/);
+  });
+  await t.step("stripQuery", () => {
+    for (const [i, o] of [["/", "/"], ["/x?", "/x"], ["/x#y?z", "/x"], ["", ""]]) assertEquals(stripQuery(i), o);
+  });
+});
+
+Deno.test("loadIpKey creates a 0600 key once and reuses it", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const a = await loadIpKey(`${dir}/ip.key`);
+    assertEquals((Deno.statSync(`${dir}/ip.key`).mode! & 0o777), 0o600);
+    assertEquals(await loadIpKey(`${dir}/ip.key`), a);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("stdout sink writes JSON lines and counts", () => {
+  const chunks: Uint8Array[] = [];
+  const s = new StdoutSink({ writeSync: (p) => (chunks.push(p.slice()), p.length) });
+  s.write([row({ pid: 1 }), row({ pid: 2 })]);
+  const lines = new TextDecoder().decode(chunks[0]).trim().split("\n").map((l) => JSON.parse(l));
+  assertEquals(lines.map((l) => l.pid), [1, 2]);
+  assertEquals([s.stats().emitted, s.stats().shipped], [2, 2]);
+  const broken = new StdoutSink({ writeSync: () => { throw new Deno.errors.BrokenPipe("closed"); } });
+  broken.write([row()]);
+  assertEquals(broken.stats().dropped, { write_error: 1 });
+});
+
+Deno.test("file sink: mode 0600, size rotation keeps N files", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/rows.jsonl`;
+    const f = new FileSink({ path, maxSizeBytes: 2000, maxFiles: 2 });
+    for (let i = 0; i < 40; i++) f.write([row({ pid: i })]);
+    await f.close();
+    const names = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+    assertEquals(names, ["rows.jsonl", "rows.jsonl.1", "rows.jsonl.2"]);
+    for (const n of names) {
+      assertEquals(Deno.statSync(`${dir}/${n}`).mode! & 0o777, 0o600, n);
+      assert(Deno.statSync(`${dir}/${n}`).size <= 2000, n);
+    }
+    const last = Deno.readTextFileSync(path).trim().split("\n").map((l) => JSON.parse(l).pid);
+    assertEquals(last.at(-1), 39);
+    assertEquals(f.stats().shipped, 40);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("spool: atomic files listed in order after reopen; cap refuses; quarantine moves", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const s = await Spool.open(`${dir}/spool`, 100);
+    assertEquals((Deno.statSync(`${dir}/spool`).mode! & 0o777), 0o700);
+    const a = await s.put("legacy", "2026-01-01", 3, "a".repeat(32), new Uint8Array(40));
+    const b = await s.put("legacy", "2026-01-02", 2, "b".repeat(32), new Uint8Array(40));
+    assert(a && b);
+    assertEquals(await s.put("legacy", "2026-01-02", 9, "c".repeat(32), new Uint8Array(40)), undefined, "over cap");
+    Deno.writeFileSync(`${dir}/spool/.tmp-partial`, new Uint8Array(5));
+    const r = await Spool.open(`${dir}/spool`, 100);
+    assertEquals(r.entries().map((e) => [e.id[0], e.rows, e.date]), [["a", 3, "2026-01-01"], ["b", 2, "2026-01-02"]]);
+    assertEquals([r.rows, r.bytes], [5, 80]);
+    assert(![...Deno.readDirSync(`${dir}/spool`)].some((e) => e.name.startsWith(".tmp-")), "partial write removed");
+    await r.quarantine(r.head()!, "Code: 27");
+    await r.remove(r.head()!);
+    assertEquals([r.length, r.rows, r.bytes], [0, 0, 0]);
+    assertEquals([...Deno.readDirSync(`${dir}/spool/dead`)].length, 2);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("clickhouse schema: encode/decode round trip per generation; DDL per version", async (t) => {
+  const r = row({ src: "2001:db8::1", dst: "10.1.2.3", truncated: true, user_agent: "ü\"\\" });
+  for (const gen of ["legacy", "modern"] as const) {
+    await t.step(gen, () => {
+      const o = encodeRow(r, gen);
+      assertEquals(Object.keys(o).sort(), columns(gen).map(([n]) => n).filter((n) => n !== "batch_id").sort());
+      assertEquals(decodeRow(JSON.parse(JSON.stringify(o))), r);
+    });
+  }
+  assertEquals(encodeRow(r, "legacy").date, "2026-03-04");
+  assertEquals(encodeRow(r, "modern").dst, "::ffff:10.1.2.3");
+  const old = ddl({ database: "d", table: "t", onCluster: "c", distributedTable: "dt", ttlDays: 7, version: parseVersion("18.16.1") });
+  assertEquals(old.length, 2);
+  assert(old[1].includes("PARTITION BY date") && !old[1].includes("TTL") && !old[1].includes("ON CLUSTER"));
+  const cur = ddl({ database: "d", table: "t", onCluster: "c", distributedTable: "dt", ttlDays: 7, version: parseVersion("24.3.2.1") });
+  assertEquals(cur.length, 3);
+  assert(cur[1].includes("DateTime64(3, 'UTC')") && cur[1].includes("LowCardinality") && cur[1].includes("IPv6"));
+  assert(cur[1].includes("TTL toDateTime(ts) + INTERVAL 7 DAY") && cur[1].includes("ON CLUSTER c"));
+  assert(cur[2].includes("ENGINE = Distributed(c, d, t, rand())"));
+});
+
+Deno.test("clickhouse error classification", async (t) => {
+  const cases: [number, string, Record<string, string>, string][] = [
+    [500, "Code: 27, e.displayText() = DB::Exception: Cannot parse input", {}, "data"],
+    [500, "Code: 117, e.displayText() = Unknown field", {}, "data"],
+    [401, "Code: 193, e.displayText() = Wrong password", {}, "auth"],
+    [401, "", {}, "auth"],
+    [404, "Code: 60, e.displayText() = Table doesn't exist", {}, "config"],
+    [500, "Code: 252, Too many parts", {}, "transient"],
+    [500, "boom", { "X-ClickHouse-Exception-Code": "241" }, "transient"],
+    [400, "", { "X-ClickHouse-Exception-Code": "62" }, "data"],
+    [503, "", {}, "transient"],
+  ];
+  for (const [status, body, h, cls] of cases) {
+    await t.step(`${status} ${body.slice(0, 12)} ${JSON.stringify(h)}`, () => {
+      assertEquals(classify(status, errorCode(new Headers(h), body)), cls);
+    });
+  }
+});
+
+Deno.test("gzip round trip", async () => {
+  const s = "x".repeat(10000) + "ü";
+  const z = await gzip(s);
+  assert(z.length < 200);
+  assertEquals(await gunzip(z), s);
+});
+
+Deno.test("openOutputs: default config = stdout only, privacy filter in front", async () => {
+  const chunks: Uint8Array[] = [];
+  const out = await openOutputs(structuredClone(DEFAULT_CONFIG) as typeof DEFAULT_CONFIG, {
+    stdout: { writeSync: (p) => (chunks.push(p.slice()), p.length) },
+  });
+  out.write([row({ path: "/p?q=1", ja4h_r: "secret-cookie" })]);
+  await out.close();
+  const text = new TextDecoder().decode(chunks[0]);
+  assert(!text.includes("secret-cookie") && text.includes('"path":"/p"'), text);
+  assertEquals(out.allStats().map((s) => s.name), ["stdout"]);
+});

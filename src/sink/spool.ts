@@ -1,0 +1,153 @@
+/**
+ * The on-disk queue of batches not yet acknowledged: one gzip file per batch, written to a temporary name,
+ * fsynced and renamed (so a crash leaves either the whole batch or nothing), the directory fsynced, removed
+ * only after the destination acknowledged it. Files are named so that a restart can list them in order
+ * without reading them:  <seq>-<generation>-<date>-<rows>-<batch id>.jsonl.gz
+ * Bad-data batches move to dead/ with a .reason file next to them.
+ */
+export interface SpoolEntry {
+  seq: number;
+  gen: string;
+  date: string;
+  rows: number;
+  id: string;
+  bytes: number;
+  path: string;
+}
+
+const NAME = /^(\d{12})-([a-z]+)-(\d{4}-\d{2}-\d{2})-(\d+)-([0-9a-f]{16,64})\.jsonl\.gz$/;
+
+export class Spool {
+  readonly dir: string;
+  readonly deadDir: string;
+  readonly maxBytes: number;
+  #entries: SpoolEntry[] = [];
+  #bytes = 0;
+  #rows = 0;
+  #seq = 0;
+
+  private constructor(dir: string, maxBytes: number) {
+    this.dir = dir;
+    this.deadDir = `${dir}/dead`;
+    this.maxBytes = maxBytes;
+  }
+
+  /** Opens (creating, mode 0700) the spool and lists the batches left by an earlier process, oldest first. */
+  static async open(dir: string, maxBytes: number): Promise<Spool> {
+    const s = new Spool(dir, maxBytes);
+    await Deno.mkdir(s.deadDir, { recursive: true, mode: 0o700 });
+    await Deno.chmod(dir, 0o700);
+    for await (const e of Deno.readDir(dir)) {
+      if (!e.isFile) continue;
+      if (e.name.startsWith(".tmp-")) {
+        // A batch whose write did not finish: it was never acknowledged to anyone, nothing to keep.
+        await Deno.remove(`${dir}/${e.name}`).catch(() => {});
+        continue;
+      }
+      const m = NAME.exec(e.name);
+      if (!m) continue;
+      const path = `${dir}/${e.name}`;
+      const st = await Deno.stat(path);
+      s.#entries.push({
+        seq: Number(m[1]),
+        gen: m[2],
+        date: m[3],
+        rows: Number(m[4]),
+        id: m[5],
+        bytes: st.size,
+        path,
+      });
+    }
+    s.#entries.sort((a, b) => a.seq - b.seq);
+    for (const e of s.#entries) {
+      s.#bytes += e.bytes;
+      s.#rows += e.rows;
+      s.#seq = Math.max(s.#seq, e.seq);
+    }
+    return s;
+  }
+
+  get bytes(): number {
+    return this.#bytes;
+  }
+  get rows(): number {
+    return this.#rows;
+  }
+  get length(): number {
+    return this.#entries.length;
+  }
+  /** Oldest batch, or undefined when empty. */
+  head(): SpoolEntry | undefined {
+    return this.#entries[0];
+  }
+  entries(): readonly SpoolEntry[] {
+    return this.#entries;
+  }
+
+  /** Durably stores a batch. Returns undefined (nothing written) when it would pass the cap. */
+  async put(gen: string, date: string, rows: number, id: string, body: Uint8Array): Promise<SpoolEntry | undefined> {
+    if (this.#bytes + body.length > this.maxBytes) return undefined;
+    const seq = ++this.#seq;
+    const name = `${String(seq).padStart(12, "0")}-${gen}-${date}-${rows}-${id}.jsonl.gz`;
+    const tmp = `${this.dir}/.tmp-${name}`;
+    const f = await Deno.open(tmp, { write: true, create: true, truncate: true, mode: 0o600 });
+    try {
+      let off = 0;
+      while (off < body.length) off += await f.write(body.subarray(off));
+      await f.syncData();
+    } finally {
+      f.close();
+    }
+    const path = `${this.dir}/${name}`;
+    await Deno.rename(tmp, path);
+    await syncDir(this.dir);
+    const e: SpoolEntry = { seq, gen, date, rows, id, bytes: body.length, path };
+    this.#entries.push(e);
+    this.#bytes += e.bytes;
+    this.#rows += e.rows;
+    return e;
+  }
+
+  async read(e: SpoolEntry): Promise<Uint8Array> {
+    return await Deno.readFile(e.path);
+  }
+
+  /** The batch was acknowledged. */
+  async remove(e: SpoolEntry): Promise<void> {
+    await Deno.remove(e.path).catch((err) => {
+      if (!(err instanceof Deno.errors.NotFound)) throw err;
+    });
+    this.#forget(e);
+  }
+
+  /** Moves a batch the destination refused as bad data to dead/, with the reason beside it. */
+  async quarantine(e: SpoolEntry, reason: string): Promise<string> {
+    const name = e.path.slice(e.path.lastIndexOf("/") + 1);
+    const dest = `${this.deadDir}/${name}`;
+    await Deno.rename(e.path, dest);
+    await Deno.writeTextFile(`${dest}.reason`, reason.slice(0, 4000) + "\n", { mode: 0o600 });
+    await syncDir(this.dir);
+    this.#forget(e);
+    return dest;
+  }
+
+  #forget(e: SpoolEntry): void {
+    const i = this.#entries.indexOf(e);
+    if (i < 0) return;
+    this.#entries.splice(i, 1);
+    this.#bytes -= e.bytes;
+    this.#rows -= e.rows;
+  }
+}
+
+async function syncDir(dir: string): Promise<void> {
+  // The rename is durable only once the directory entry is; not every filesystem allows fsync on a directory.
+  try {
+    const d = await Deno.open(dir, { read: true });
+    try {
+      await d.sync();
+    } finally {
+      d.close();
+    }
+  } catch { /* best effort */ }
+}
