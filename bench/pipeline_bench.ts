@@ -20,14 +20,19 @@ export async function endToEnd(total: number): Promise<string> {
   const prev = setLogSink(() => {});
   try {
     const sink = await ClickHouseSink.open({
-      config: { ...DEFAULT_CONFIG.output.clickhouse, url: ch.url, table: "bench", spool_dir: spool, batch_rows: 50_000 },
+      config: {
+        ...DEFAULT_CONFIG.output.clickhouse,
+        url: ch.url,
+        table: "bench",
+        spool_dir: spool,
+        batch_rows: 50_000,
+      },
     });
     // Warm up (JIT, table creation) outside the measurement.
     sink.write(sample.slice(0, 2000));
     await sink.drain(30_000);
     const rss0 = Deno.memoryUsage().rss;
     let rssMax = rss0;
-    const cpu0 = Deno.osUptime ? performance.now() : 0;
     const t0 = performance.now();
     for (let i = 0; i < total; i += 10_000) {
       // Fresh timestamps per block: identical rows would be identical batches.
@@ -41,7 +46,6 @@ export async function endToEnd(total: number): Promise<string> {
     await sink.close();
     const landed = Number((await ch.query("SELECT count() FROM ja4ebpf.bench")).trim()) - 2000;
     const rate = landed / secs;
-    void cpu0;
     return [
       `end-to-end: ${landed} rows in ${secs.toFixed(2)} s = ${Math.round(rate)} rows/s ` +
       `(${(rate / GOAL).toFixed(2)}× the ${GOAL / 1000}k goal)${ok ? "" : " [drain timed out]"}`,

@@ -45,7 +45,14 @@ function notCovered(t: Tally, what: string): void {
  * Places where the Rust snapshot is not what the spec tells us to print (spec §6.2, §8). Each entry is
  * asserted: our value must be exactly `ours`.
  */
-const DIVERGENCES: { capture: string; stream: number; field: string; rust: string; ours: string; why: string }[] = [
+const DIVERGENCES: {
+  capture: string;
+  stream: number;
+  field: string;
+  rust: string;
+  ours: string;
+  why: string;
+}[] = [
   {
     capture: "CVE-2018-6794.pcap",
     stream: 0,
@@ -55,8 +62,22 @@ const DIVERGENCES: { capture: string; stream: number; field: string; rust: strin
     why: "spec §6.2: C is the client's ACK; Rust takes the server's early data packet",
   },
   // Same capture, same server behaviour on the two later connections (tshark: C−B = 548 µs and 296 µs).
-  { capture: "CVE-2018-6794.pcap", stream: 1, field: "ja4l_c", rust: "0_128", ours: "274_128", why: "spec §6.2" },
-  { capture: "CVE-2018-6794.pcap", stream: 2, field: "ja4l_c", rust: "0_128", ours: "148_128", why: "spec §6.2" },
+  {
+    capture: "CVE-2018-6794.pcap",
+    stream: 1,
+    field: "ja4l_c",
+    rust: "0_128",
+    ours: "274_128",
+    why: "spec §6.2",
+  },
+  {
+    capture: "CVE-2018-6794.pcap",
+    stream: 2,
+    field: "ja4l_c",
+    rust: "0_128",
+    ours: "148_128",
+    why: "spec §6.2",
+  },
 ];
 
 /** Fields of a Rust record this mode produces; a record with none of them (SSH-only) is not covered. */
@@ -153,7 +174,9 @@ function goldenCapture(name: string, t: Tally): void {
         assertEquals(r[f], div.rust, `${at}: the divergence table is stale`);
       } else check(t, `${at} ${f}`, o[f], r[f]);
     }
-    if (r.ja4t !== undefined) check(t, `${at} ja4t (spec §4.3 form)`, o.ja4t, rustJa4tToFoxio(String(r.ja4t)));
+    if (r.ja4t !== undefined) {
+      check(t, `${at} ja4t (spec §4.3 form)`, o.ja4t, rustJa4tToFoxio(String(r.ja4t)));
+    }
     if (Array.isArray(r.http)) {
       const want = (r.http as Rec[]).map((h) => String(h.ja4h));
       const http1 = want.filter((h) => !/^..(20|30)/.test(h));
@@ -179,7 +202,9 @@ function goldenCapture(name: string, t: Tally): void {
       check(t, `${at} ja4_ro`, o?.ja4_ro, p["JA4_ro.1"]);
       if (p["JA4.2"] !== undefined) notCovered(t, "second ClientHello after HRR (spec §8: first only)");
     }
-    if (p.JA4S_r !== undefined && !String(p.JA4S).startsWith("q")) check(t, `${at} ja4s_r`, o?.ja4s_r, p.JA4S_r);
+    if (p.JA4S_r !== undefined && !String(p.JA4S).startsWith("q")) {
+      check(t, `${at} ja4s_r`, o?.ja4s_r, p.JA4S_r);
+    }
     for (const k of Object.keys(p)) if (k.startsWith("JA4SSH")) notCovered(t, "ja4ssh");
   }
 
@@ -260,18 +285,29 @@ Deno.test("golden: local nginx captures", async (ctx) => {
       for (const p of readJson(new URL(`${name}.json`, LOCAL))) {
         const o = find(String(p.src), Number(p.srcport), String(p.dst), Number(p.dstport));
         const at = `${name} ${p.srcport}->${p.dstport}`;
-        for (const [k, f] of [["JA4.1", "ja4"], ["JA4_r.1", "ja4_r"], ["JA4_o.1", "ja4_o"], ["JA4_ro.1", "ja4_ro"], [
-          "JA4S",
-          "ja4s",
-        ], ["JA4S_r", "ja4s_r"], ["domain", "tls_server_name"]] as const) {
+        for (
+          const [k, f] of [
+            ["JA4.1", "ja4"],
+            ["JA4_r.1", "ja4_r"],
+            ["JA4_o.1", "ja4_o"],
+            ["JA4_ro.1", "ja4_ro"],
+            [
+              "JA4S",
+              "ja4s",
+            ],
+            ["JA4S_r", "ja4s_r"],
+            ["domain", "tls_server_name"],
+          ] as const
+        ) {
           if (p[k] !== undefined) check(t, `${at} ${f}`, o?.[f], p[k]);
         }
         if (p["JA4L-S"] !== undefined) check(t, `${at} ja4l_s`, o?.ja4l_s, p["JA4L-S"]);
         if (p["JA4L-C"] !== undefined) notCovered(t, "Python JA4L-C (not a reference, spec §6.2)");
         if (p.JA4H !== undefined) {
           // Plain HTTP is ours to parse; inside TLS it needs the key log (decryption is not in this mode).
-          if (o?.ja4 !== undefined || o?.dst_port === 18443) notCovered(t, "JA4H inside TLS (needs --keylog)");
-          else check(t, `${at} ja4h`, o?.http?.some((h) => h.ja4h === p.JA4H), true);
+          if (o?.ja4 !== undefined || o?.dst_port === 18443) {
+            notCovered(t, "JA4H inside TLS (needs --keylog)");
+          } else check(t, `${at} ja4h`, o?.http?.some((h) => h.ja4h === p.JA4H), true);
         }
         if (p["JA4X.1"] !== undefined) notCovered(t, "ja4x (X.509)");
       }

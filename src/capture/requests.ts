@@ -11,8 +11,8 @@ import { StreamAssembler } from "./assembler.ts";
 import { Http1RequestStream, type RequestHead } from "../parse/http1.ts";
 import { H2_PREFACE, Http2RequestStream } from "../parse/http2.ts";
 import { HS_CLIENT_HELLO, parseClientHello, TlsHandshakeReader } from "../parse/tls.ts";
-import { ja4h, type Ja4h } from "../fingerprint/ja4h.ts";
-import { ja4, type Ja4 } from "../fingerprint/ja4.ts";
+import { type Ja4h, ja4h } from "../fingerprint/ja4h.ts";
+import { type Ja4, ja4 } from "../fingerprint/ja4.ts";
 import type { ClientHello } from "../parse/tls.ts";
 
 export interface Tuple {
@@ -147,7 +147,9 @@ export class RequestTracker {
     const hellos: CapturedHello[] = [];
     const key = `${c.pid}:${c.fd}:${c.plaintext ? 1 : 0}`;
     let st = this.streams.get(key);
-    if (st && (st.tuple.src_port !== c.src_port || st.tuple.src !== c.src || c.pos < (st.asm.next ?? 0) - 65536)) {
+    if (
+      st && (st.tuple.src_port !== c.src_port || st.tuple.src !== c.src || c.pos < (st.asm.next ?? 0) - 65536)
+    ) {
       // The fd was reused for another connection without a close event reaching us.
       this.streams.delete(key);
       st = undefined;

@@ -228,6 +228,8 @@ export class TcpConnection {
   baseSeqB: number | undefined;
   /** For the consumer's own state. */
   user: unknown;
+  /** onClose has run: the connection is only kept so later packets of it get the same stream number. */
+  finalized = false;
 
   constructor(
     readonly stream: number,
@@ -340,17 +342,31 @@ function facts(seg: TcpSegment, ts: number, frame: number): SynFacts {
   };
 }
 
+/** What is left of a connection after onClose: enough to give its late packets the same stream number. */
+export interface ClosedConnection {
+  readonly stream: number;
+  readonly finalized: true;
+  a: Endpoint;
+  baseSeqA: number | undefined;
+  baseSeqB: number | undefined;
+  lastSeen: number;
+}
+
 /**
  * All connections of a capture. Stream numbers follow Wireshark's tcp.stream: a new number for each new
  * address/port pair, and again when a SYN reuses the pair with a different sequence number than the first
  * one seen in that direction (port reuse).
  */
 export class TcpConnectionTable {
-  private byKey = new Map<string, TcpConnection>();
+  private byKey = new Map<string, TcpConnection | ClosedConnection>();
   private nextStream = 0;
   /** Called when a connection is created, before its first segment is processed (attach consumers here). */
   onOpen: ((c: TcpConnection) => void) | null = null;
-  /** Called when a connection leaves the table (replaced by port reuse, evicted, or at finish()). */
+  /**
+   * Called once per connection: when it closes (FIN both ways, or RST), or else when it leaves the table
+   * (replaced by port reuse, evicted, or at finish()). A closed connection stays in the table for
+   * `closedMicros` so that its late packets keep its stream number.
+   */
   onClose: ((c: TcpConnection) => void) | null = null;
 
   constructor(private limits: ReassemblyLimits = DEFAULT_LIMITS) {}
@@ -364,8 +380,11 @@ export class TcpConnectionTable {
     return this.byKey.size;
   }
 
-  /** Processes one decoded segment and returns its connection. */
-  handle(seg: TcpSegment, tsMicros: number, frame: number): TcpConnection {
+  /**
+   * Processes one decoded segment and returns its connection (or, for a late packet of a closed one, the
+   * small record left of it).
+   */
+  handle(seg: TcpSegment, tsMicros: number, frame: number): TcpConnection | ClosedConnection {
     const key = flowKey(seg.src, seg.srcPort, seg.dst, seg.dstPort);
     let c = this.byKey.get(key);
     if (c && !seg.icmpError) {
@@ -373,8 +392,14 @@ export class TcpConnectionTable {
       const base = fromA ? c.baseSeqA : c.baseSeqB;
       if ((seg.flags & (TCP_SYN | TCP_ACK)) === TCP_SYN && base !== undefined && base !== seg.seq) {
         this.byKey.delete(key);
-        this.close(c);
+        if (c instanceof TcpConnection) this.close(c);
         c = undefined;
+      } else if (!(c instanceof TcpConnection)) {
+        // A closed connection's straggler: keep its number, note the side's first sequence number.
+        if (fromA) c.baseSeqA ??= seg.seq;
+        else c.baseSeqB ??= seg.seq;
+        c.lastSeen = tsMicros;
+        return c;
       }
     }
     if (!c) {
@@ -382,8 +407,20 @@ export class TcpConnectionTable {
       this.byKey.set(key, c);
       this.onOpen?.(c);
     }
-    if (seg.icmpError) return c;
+    if (seg.icmpError || !(c instanceof TcpConnection)) return c;
     c.update(seg, c.a.port === seg.srcPort && c.a.addr === seg.src, tsMicros, frame);
+    if (c.closed && !c.finalized) {
+      this.close(c);
+      // Keep only what stream numbering needs; the connection's state can be collected.
+      this.byKey.set(key, {
+        stream: c.stream,
+        finalized: true,
+        a: c.a,
+        baseSeqA: c.baseSeqA,
+        baseSeqB: c.baseSeqB,
+        lastSeen: c.lastSeen,
+      });
+    }
     return c;
   }
 
@@ -394,20 +431,23 @@ export class TcpConnectionTable {
   evict(nowMicros: number, closedMicros = 120e6, idleMicros = 600e6): void {
     for (const [k, c] of this.byKey) {
       const age = nowMicros - c.lastSeen;
-      if ((c.closed && age > closedMicros) || age > idleMicros) {
+      const closed = !(c instanceof TcpConnection) || c.closed;
+      if ((closed && age > closedMicros) || age > idleMicros) {
         this.byKey.delete(k);
-        this.close(c);
+        if (c instanceof TcpConnection) this.close(c);
       }
     }
   }
 
   /** End of input: flushes and closes every remaining connection. */
   finish(): void {
-    for (const c of this.byKey.values()) this.close(c);
+    for (const c of this.byKey.values()) if (c instanceof TcpConnection) this.close(c);
     this.byKey.clear();
   }
 
   private close(c: TcpConnection): void {
+    if (c.finalized) return;
+    c.finalized = true;
     c.fromA.flush();
     c.fromB.flush();
     this.onClose?.(c);

@@ -1,5 +1,11 @@
 import { assert, assertEquals } from "../testing/asserts.ts";
-import { type ReassemblyLimits, TcpConnectionTable, TcpDirection } from "./tcp_reassembly.ts";
+import {
+  type ClosedConnection,
+  type ReassemblyLimits,
+  TcpConnection,
+  TcpConnectionTable,
+  TcpDirection,
+} from "./tcp_reassembly.ts";
 import { TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, type TcpSegment } from "../parse/packet.ts";
 
 const enc = new TextEncoder();
@@ -15,6 +21,11 @@ function collect(limits?: ReassemblyLimits) {
 }
 
 const P = TCP_PSH | TCP_ACK;
+
+function live(c: TcpConnection | ClosedConnection): TcpConnection {
+  assert(c instanceof TcpConnection, "expected an open connection");
+  return c;
+}
 
 Deno.test("TcpDirection: in-order delivery, out-of-order, retransmission, overlap", async (t) => {
   await t.step("after a SYN, in order", () => {
@@ -149,13 +160,13 @@ Deno.test("TcpConnectionTable: stream numbers, roles, SYN facts and JA4L marks",
     const closed: number[] = [];
     table.onClose = (c) => closed.push(c.stream);
     const C = "10.0.0.1", S = "10.0.0.2";
-    const c = table.handle(seg(C, 5000, S, 80, TCP_SYN, 100, "", { ttl: 128, window: 64240 }), 1000, 1);
+    const c = live(table.handle(seg(C, 5000, S, 80, TCP_SYN, 100, "", { ttl: 128, window: 64240 }), 1000, 1));
     table.handle(seg(S, 80, C, 5000, TCP_SYN | TCP_ACK, 900, "", { ttl: 57, window: 65535 }), 3000, 2);
     table.handle(seg(C, 5000, S, 80, TCP_ACK, 101), 3100, 3);
     table.handle(seg(C, 5000, S, 80, P, 101, "GET /"), 3200, 4);
     table.handle(seg(S, 80, C, 5000, P, 901, "HTTP/1.1 200"), 5000, 5);
     table.handle(seg(C, 5000, S, 80, P, 106, "more"), 5300, 6);
-    const again = table.handle(seg(S, 80, C, 5000, TCP_FIN | TCP_ACK, 913), 6000, 7);
+    const again = live(table.handle(seg(S, 80, C, 5000, TCP_FIN | TCP_ACK, 913), 6000, 7));
     assertEquals(again, c);
     assertEquals(c.stream, 0);
     assertEquals(c.client, { addr: C, port: 5000 });
@@ -163,39 +174,65 @@ Deno.test("TcpConnectionTable: stream numbers, roles, SYN facts and JA4L marks",
     assertEquals(c.roleFrom, "syn");
     assertEquals([c.syn?.window, c.syn?.ttl, Array.from(c.syn!.options)], [64240, 128, [2, 4, 5, 0xb4]]);
     assertEquals([c.synAck?.window, c.synAck?.ttl], [65535, 57]);
-    assertEquals(c.times, { a: 1000, b: 3000, c: 3100, d: 3200, e: 5000, f: 5300, clientTtl: 128, serverTtl: 57 });
+    assertEquals(c.times, {
+      a: 1000,
+      b: 3000,
+      c: 3100,
+      d: 3200,
+      e: 5000,
+      f: 5300,
+      clientTtl: 128,
+      serverTtl: 57,
+    });
     table.finish();
     assertEquals(closed, [0]);
   });
   await t.step("roles from a SYN-ACK when the SYN was not captured", () => {
     const table = new TcpConnectionTable();
-    const c = table.handle(seg("10.0.0.2", 443, "10.0.0.1", 6000, TCP_SYN | TCP_ACK, 5), 0, 1);
+    const c = live(table.handle(seg("10.0.0.2", 443, "10.0.0.1", 6000, TCP_SYN | TCP_ACK, 5), 0, 1));
     assertEquals([c.client.port, c.server.port, c.roleFrom], [6000, 443, "syn-ack"]);
     assert(c.syn === undefined);
   });
   await t.step("mid-stream: first-packet guess, then fixed by the consumer", () => {
     const table = new TcpConnectionTable();
-    const c = table.handle(seg("10.0.0.2", 443, "10.0.0.1", 6000, TCP_ACK, 5), 0, 1);
+    const c = live(table.handle(seg("10.0.0.2", 443, "10.0.0.1", 6000, TCP_ACK, 5), 0, 1));
     assertEquals(c.client.port, 443);
     c.setClient(false);
     assertEquals([c.client.port, c.roleFrom], [6000, "payload"]);
   });
   await t.step("new numbers per pair, and on port reuse (SYN with another sequence number)", () => {
     const table = new TcpConnectionTable();
-    const a = table.handle(seg("1.1.1.1", 1000, "2.2.2.2", 80, TCP_SYN, 10), 0, 1);
-    const b = table.handle(seg("1.1.1.1", 1001, "2.2.2.2", 80, TCP_SYN, 10), 0, 2);
-    const aRetx = table.handle(seg("1.1.1.1", 1000, "2.2.2.2", 80, TCP_SYN, 10), 0, 3);
-    const aBack = table.handle(seg("2.2.2.2", 80, "1.1.1.1", 1000, TCP_RST | TCP_ACK, 0), 0, 4);
-    const reuse = table.handle(seg("1.1.1.1", 1000, "2.2.2.2", 80, TCP_SYN, 99999), 0, 5);
+    const a = live(table.handle(seg("1.1.1.1", 1000, "2.2.2.2", 80, TCP_SYN, 10), 0, 1));
+    const b = live(table.handle(seg("1.1.1.1", 1001, "2.2.2.2", 80, TCP_SYN, 10), 0, 2));
+    const aRetx = live(table.handle(seg("1.1.1.1", 1000, "2.2.2.2", 80, TCP_SYN, 10), 0, 3));
+    const aBack = live(table.handle(seg("2.2.2.2", 80, "1.1.1.1", 1000, TCP_RST | TCP_ACK, 0), 0, 4));
+    const reuse = live(table.handle(seg("1.1.1.1", 1000, "2.2.2.2", 80, TCP_SYN, 99999), 0, 5));
     assertEquals([a.stream, b.stream, aRetx.stream, aBack.stream, reuse.stream], [0, 1, 0, 0, 2]);
     assertEquals(a.synCount, 2);
     assertEquals(table.reserveStream(), 3);
     assertEquals(table.handle(seg("3.3.3.3", 1, "2.2.2.2", 80, TCP_SYN, 1), 0, 6).stream, 4);
   });
+  await t.step("a closed connection keeps its number for stragglers, and is collected", () => {
+    const table = new TcpConnectionTable();
+    let closed = 0;
+    table.onClose = () => closed++;
+    table.handle(seg("1.1.1.1", 1000, "2.2.2.2", 80, TCP_SYN, 10), 0, 1);
+    table.handle(seg("2.2.2.2", 80, "1.1.1.1", 1000, TCP_SYN | TCP_ACK, 50), 0, 2);
+    table.handle(seg("1.1.1.1", 1000, "2.2.2.2", 80, TCP_FIN | TCP_ACK, 11), 0, 3);
+    table.handle(seg("2.2.2.2", 80, "1.1.1.1", 1000, TCP_FIN | TCP_ACK, 51), 0, 4);
+    assertEquals(closed, 1);
+    const late = table.handle(seg("1.1.1.1", 1000, "2.2.2.2", 80, TCP_ACK, 12), 0, 5);
+    assert(!(late instanceof TcpConnection));
+    assertEquals([late.stream, closed], [0, 1]);
+    const reuse = table.handle(seg("1.1.1.1", 1000, "2.2.2.2", 80, TCP_SYN, 777), 0, 6);
+    assertEquals(reuse.stream, 1);
+    table.finish();
+    assertEquals(closed, 2);
+  });
   await t.step("an ICMP-quoted header finds its connection but is not traffic", () => {
     const table = new TcpConnectionTable();
-    const c = table.handle(seg("1.1.1.1", 1000, "2.2.2.2", 80, TCP_SYN, 10), 0, 1);
-    const q = table.handle(seg("1.1.1.1", 1000, "2.2.2.2", 80, 0, 10, "", { icmpError: true }), 0, 2);
+    const c = live(table.handle(seg("1.1.1.1", 1000, "2.2.2.2", 80, TCP_SYN, 10), 0, 1));
+    const q = live(table.handle(seg("1.1.1.1", 1000, "2.2.2.2", 80, 0, 10, "", { icmpError: true }), 0, 2));
     assertEquals(q, c);
     assertEquals(c.packets, 1);
   });

@@ -20,7 +20,15 @@ const USAGE = `Usage: ja4ebpf fingerprint --pcap FILE [--json] [--with-raw] [--j
 
 Exit status: 0 success, 1 unexpected failure, 2 bad usage or a file that is not a capture.`;
 
-export async function main(args: string[]): Promise<number> {
+export function main(args: string[]): Promise<number> {
+  try {
+    return Promise.resolve(run(args));
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}
+
+function run(args: string[]): number {
   const { values, help } = parseFlags(args, {
     pcap: { type: "string" },
     json: { type: "boolean" },
@@ -52,37 +60,36 @@ export async function main(args: string[]): Promise<number> {
     throw e;
   }
   const { reader, file } = opened;
-  let result;
+  const out = new LineWriter();
+  let stats: OfflineStats;
   try {
-    result = fingerprintCapture(reader, {
+    stats = fingerprintCapture(reader, {
       withRaw: values["with-raw"] === true,
       ja4tAbsent: absent as AbsentConvention,
-    });
+      emit: (r) => out.line(JSON.stringify(r)),
+    }).stats;
   } finally {
     file.close();
   }
-  await writeLines(result.records.map((r) => JSON.stringify(r)));
-  report(result.stats);
+  out.flush();
+  report(stats);
   return 0;
 }
 
-async function writeLines(lines: string[]): Promise<void> {
-  const enc = new TextEncoder();
-  // Batched: one write per ~64 KiB instead of one per stream.
-  let chunk = "";
-  for (const l of lines) {
-    chunk += l + "\n";
-    if (chunk.length > 65536) {
-      await writeAll(enc.encode(chunk));
-      chunk = "";
-    }
+/** JSON lines to stdout in ~64 KiB writes, as records become final (memory stays flat on big captures). */
+class LineWriter {
+  private chunk = "";
+  private enc = new TextEncoder();
+  line(s: string): void {
+    this.chunk += s + "\n";
+    if (this.chunk.length > 65536) this.flush();
   }
-  if (chunk) await writeAll(enc.encode(chunk));
-}
-
-async function writeAll(b: Uint8Array): Promise<void> {
-  let off = 0;
-  while (off < b.length) off += await Deno.stdout.write(b.subarray(off));
+  flush(): void {
+    const b = this.enc.encode(this.chunk);
+    this.chunk = "";
+    let off = 0;
+    while (off < b.length) off += Deno.stdout.writeSync(b.subarray(off));
+  }
 }
 
 function report(s: OfflineStats): void {

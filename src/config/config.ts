@@ -78,20 +78,26 @@ interface Group {
 const isSpec = (s: Spec | Group): s is Spec => typeof (s as Spec).t === "string";
 
 const identifier = (v: string) =>
-  v === "" || /^[A-Za-z_][A-Za-z0-9_]*$/.test(v) ? undefined : "must be an identifier ([A-Za-z_][A-Za-z0-9_]*)";
+  v === "" || /^[A-Za-z_][A-Za-z0-9_]*$/.test(v)
+    ? undefined
+    : "must be an identifier ([A-Za-z_][A-Za-z0-9_]*)";
 const nonEmptyIdentifier = (v: string) => v === "" ? "must not be empty" : identifier(v);
 const listenAddr = (v: string) =>
   /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(v) && Number(v.slice(v.lastIndexOf(":") + 1)) <= 65535
     ? undefined
     : "must be HOST:PORT (e.g. 127.0.0.1:9435)";
 const ifname = (v: string) =>
-  /^[A-Za-z0-9_.:@-]{1,15}$/.test(v) ? undefined : "must be an interface name or \"auto\"";
+  /^[A-Za-z0-9_.:@-]{1,15}$/.test(v) ? undefined : 'must be an interface name or "auto"';
 const envName = (v: string) =>
   v === "" || /^[A-Za-z_][A-Za-z0-9_]*$/.test(v) ? undefined : "must be an environment variable name";
 
 export const SCHEMA = {
   uprobes: {
-    enabled: { t: "bool", def: true, doc: "attach user-space probes (nginx/Apache functions, TLS libraries)" },
+    enabled: {
+      t: "bool",
+      def: true,
+      doc: "attach user-space probes (nginx/Apache functions, TLS libraries)",
+    },
     servers: {
       t: "strs",
       def: ["nginx", "apache"],
@@ -126,7 +132,13 @@ export const SCHEMA = {
       values: ["auto", "ringbuf", "perfbuf"],
       doc: "kernel→agent channel (BPF ring buffer ≥ 5.8, else perf buffer)",
     },
-    ring_size_mb: { t: "int", def: 16, min: 1, max: 1024, doc: "ring buffer size (MiB, rounded to a power of 2)" },
+    ring_size_mb: {
+      t: "int",
+      def: 16,
+      min: 1,
+      max: 1024,
+      doc: "ring buffer size (MiB, rounded to a power of 2)",
+    },
     max_head_bytes: {
       t: "int",
       def: 16384,
@@ -138,7 +150,8 @@ export const SCHEMA = {
       t: "strs",
       def: ["auto"],
       check: ifname,
-      doc: "interfaces for the TCP/TLS packet hooks (\"auto\" = those with the servers' addresses; lo allowed)",
+      doc:
+        'interfaces for the TCP/TLS packet hooks ("auto" = those with the servers\' addresses; lo allowed)',
     },
     ports: {
       t: "ints",
@@ -166,8 +179,14 @@ export const SCHEMA = {
   output: {
     stdout: { t: "bool", def: true, doc: "write rows as JSON lines to stdout" },
     file: {
-      path: { t: "str", def: "", doc: "JSON lines file (mode 0600); \"\" = off" },
-      max_size_mb: { t: "int", def: 100, min: 1, max: 1048576, doc: "rotate when the file reaches this size" },
+      path: { t: "str", def: "", doc: 'JSON lines file (mode 0600); "" = off' },
+      max_size_mb: {
+        t: "int",
+        def: 100,
+        min: 1,
+        max: 1048576,
+        doc: "rotate when the file reaches this size",
+      },
       max_files: { t: "int", def: 5, min: 1, max: 1000, doc: "rotated files kept (path.1 … path.N)" },
     },
     clickhouse: {
@@ -189,7 +208,7 @@ export const SCHEMA = {
           if (u.search || u.hash) return "must not carry a query string or fragment";
           return undefined;
         },
-        doc: "ClickHouse HTTP(S) endpoint, e.g. http://127.0.0.1:8123; \"\" = no ClickHouse",
+        doc: 'ClickHouse HTTP(S) endpoint, e.g. http://127.0.0.1:8123; "" = no ClickHouse',
       },
       database: { t: "str", def: "ja4ebpf", check: nonEmptyIdentifier, doc: "database" },
       table: { t: "str", def: "requests", check: nonEmptyIdentifier, doc: "table the agent inserts into" },
@@ -207,7 +226,12 @@ export const SCHEMA = {
       },
       ca_file: { t: "str", def: "", doc: "PEM CA bundle for https (added to the system roots)" },
       create: { t: "bool", def: true, doc: "create the database and table when missing" },
-      on_cluster: { t: "str", def: "", check: identifier, doc: "cluster for ON CLUSTER DDL (current servers)" },
+      on_cluster: {
+        t: "str",
+        def: "",
+        check: identifier,
+        doc: "cluster for ON CLUSTER DDL (current servers)",
+      },
       distributed_table: {
         t: "str",
         def: "",
@@ -272,7 +296,8 @@ export const SCHEMA = {
       t: "str",
       def: "",
       reload: true,
-      doc: "key for anonymize_ip (32 random bytes created, mode 0600, when missing); \"\" = /var/lib/ja4ebpf/ip.key",
+      doc:
+        'key for anonymize_ip (32 random bytes created, mode 0600, when missing); "" = /var/lib/ja4ebpf/ip.key',
     },
   },
   metrics: {
@@ -280,8 +305,20 @@ export const SCHEMA = {
     listen: { t: "str", def: "127.0.0.1:9435", check: listenAddr, doc: "address of the metrics endpoint" },
   },
   log: {
-    level: { t: "enum", def: "info", values: ["debug", "info", "warn", "error"], reload: true, doc: "log level" },
-    format: { t: "enum", def: "plain", values: ["plain", "json"], reload: true, doc: "log line format (stderr)" },
+    level: {
+      t: "enum",
+      def: "info",
+      values: ["debug", "info", "warn", "error"],
+      reload: true,
+      doc: "log level",
+    },
+    format: {
+      t: "enum",
+      def: "plain",
+      values: ["plain", "json"],
+      reload: true,
+      doc: "log line format (stderr)",
+    },
   },
 } satisfies Group;
 
@@ -294,10 +331,18 @@ function walk(g: Group, prefix: string, fn: (key: string, s: Spec) => void): voi
 }
 
 /** Every key, dotted, with its spec (for docs and `--help`). */
-export function schemaKeys(): { key: string; type: string; default: unknown; reloadable: boolean; doc: string }[] {
+export function schemaKeys(): {
+  key: string;
+  type: string;
+  default: unknown;
+  reloadable: boolean;
+  doc: string;
+}[] {
   const out: { key: string; type: string; default: unknown; reloadable: boolean; doc: string }[] = [];
   walk(SCHEMA as Group, "", (key, s) => {
-    const type = s.t === "enum" ? s.values.join(" \\| ") : s.t === "strs"
+    const type = s.t === "enum"
+      ? s.values.join(" \\| ")
+      : s.t === "strs"
       ? "list of strings"
       : s.t === "ints"
       ? "list of integers"
@@ -460,11 +505,15 @@ function readLeaf(node: YamlNode | null, s: Spec): unknown {
   switch (s.t) {
     case "bool": {
       const v = scalar(node);
-      return typeof v === "boolean" ? v : new LeafError(`must be true or false, got ${fmt(v ?? "a collection")}`);
+      return typeof v === "boolean"
+        ? v
+        : new LeafError(`must be true or false, got ${fmt(v ?? "a collection")}`);
     }
     case "int": {
       const v = scalar(node);
-      if (typeof v !== "number" || !Number.isInteger(v)) return new LeafError(`must be an integer, got ${fmt(v)}`);
+      if (typeof v !== "number" || !Number.isInteger(v)) {
+        return new LeafError(`must be an integer, got ${fmt(v)}`);
+      }
       if (v < s.min || v > s.max) return new LeafError(`must be between ${s.min} and ${s.max}, got ${v}`);
       return v;
     }
@@ -477,9 +526,9 @@ function readLeaf(node: YamlNode | null, s: Spec): unknown {
     }
     case "enum": {
       const v = scalar(node);
-      return typeof v === "string" && s.values.includes(v)
-        ? v
-        : new LeafError(`must be one of ${s.values.join(", ")}, got ${fmt(v)}${suggest(String(v), [...s.values])}`);
+      return typeof v === "string" && s.values.includes(v) ? v : new LeafError(
+        `must be one of ${s.values.join(", ")}, got ${fmt(v)}${suggest(String(v), [...s.values])}`,
+      );
     }
     case "strs":
     case "ints": {
@@ -564,7 +613,9 @@ export async function loadConfig(path?: string): Promise<Config> {
   try {
     text = await Deno.readTextFile(file);
   } catch (e) {
-    if (path === undefined && e instanceof Deno.errors.NotFound) return structuredClone(DEFAULT_CONFIG) as Config;
+    if (path === undefined && e instanceof Deno.errors.NotFound) {
+      return structuredClone(DEFAULT_CONFIG) as Config;
+    }
     throw new ConfigError([{ file, line: 0, key: "", message: `cannot read: ${(e as Error).message}` }]);
   }
   const cfg = parseConfig(text, file);

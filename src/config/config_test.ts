@@ -1,4 +1,10 @@
-import { assert, assertEquals, assertRejects, assertStringIncludes, assertThrows } from "../testing/asserts.ts";
+import {
+  assert,
+  assertEquals,
+  assertRejects,
+  assertStringIncludes,
+  assertThrows,
+} from "../testing/asserts.ts";
 import {
   changedKeys,
   ConfigError,
@@ -61,20 +67,52 @@ log:
 
 Deno.test("invalid configs name file, line and key", async (t) => {
   const cases: [string, string, string][] = [
-    ["typo with suggestion", "output:\n  clickhouse:\n    urll: http://x\n", "c.yaml:3: output.clickhouse.urll: unknown key (did you mean url?)"],
-    ["unknown top-level key", "metric:\n  enabled: false\n", "c.yaml:1: metric: unknown key (did you mean metrics?)"],
+    [
+      "typo with suggestion",
+      "output:\n  clickhouse:\n    urll: http://x\n",
+      "c.yaml:3: output.clickhouse.urll: unknown key (did you mean url?)",
+    ],
+    [
+      "unknown top-level key",
+      "metric:\n  enabled: false\n",
+      "c.yaml:1: metric: unknown key (did you mean metrics?)",
+    ],
     ["unknown key, no suggestion", "log:\n  colour: red\n", "c.yaml:2: log.colour: unknown key"],
     ["bad enum", "log:\n  level: verbose\n", "c.yaml:2: log.level: must be one of debug, info, warn, error"],
     ["bool as yes", "uprobes:\n  enabled: yes\n", "c.yaml:2: uprobes.enabled: must be true or false"],
-    ["int range", "\ncapture:\n  ring_size_mb: 0\n", "c.yaml:3: capture.ring_size_mb: must be between 1 and 1024"],
+    [
+      "int range",
+      "\ncapture:\n  ring_size_mb: 0\n",
+      "c.yaml:3: capture.ring_size_mb: must be between 1 and 1024",
+    ],
     ["int type", "capture:\n  hold_ms: 2s\n", "c.yaml:2: capture.hold_ms: must be an integer"],
-    ["list item", "capture:\n  ports: [80, 70000]\n", "c.yaml:2: capture.ports: item 1: must be an integer 1–65535"],
+    [
+      "list item",
+      "capture:\n  ports: [80, 70000]\n",
+      "c.yaml:2: capture.ports: item 1: must be an integer 1–65535",
+    ],
     ["group as scalar", "output: yes\n", "c.yaml:1: output: must be a mapping of keys"],
-    ["url credentials", "output:\n  clickhouse:\n    url: http://u:hunter2@h:8123\n", "c.yaml:3: output.clickhouse.url: credentials in the URL are not allowed"],
-    ["url scheme", "output:\n  clickhouse:\n    url: ftp://h\n", "output.clickhouse.url: must be http:// or https://"],
-    ["bad identifier", "output:\n  clickhouse:\n    table: 'x; DROP'\n", "c.yaml:3: output.clickhouse.table: must be an identifier"],
+    [
+      "url credentials",
+      "output:\n  clickhouse:\n    url: http://u:hunter2@h:8123\n",
+      "c.yaml:3: output.clickhouse.url: credentials in the URL are not allowed",
+    ],
+    [
+      "url scheme",
+      "output:\n  clickhouse:\n    url: ftp://h\n",
+      "output.clickhouse.url: must be http:// or https://",
+    ],
+    [
+      "bad identifier",
+      "output:\n  clickhouse:\n    table: 'x; DROP'\n",
+      "c.yaml:3: output.clickhouse.table: must be an identifier",
+    ],
     ["listen", "metrics:\n  listen: 9435\n", "c.yaml:2: metrics.listen: must be a string"],
-    ["cross-key", "output:\n  clickhouse:\n    distributed_table: d\n", "c.yaml:3: output.clickhouse.distributed_table: needs output.clickhouse.on_cluster"],
+    [
+      "cross-key",
+      "output:\n  clickhouse:\n    distributed_table: d\n",
+      "c.yaml:3: output.clickhouse.distributed_table: needs output.clickhouse.on_cluster",
+    ],
     ["yaml syntax", "log:\n  level: [info\n", "c.yaml:"],
     ["duplicate key", "log:\n  level: info\n  level: warn\n", "c.yaml:"],
   ];
@@ -88,7 +126,10 @@ Deno.test("invalid configs name file, line and key", async (t) => {
 });
 
 Deno.test("several errors are reported together", () => {
-  const e = assertThrows(() => parseConfig("log:\n  levl: info\n  format: xml\n", "c.yaml"), ConfigError) as ConfigError;
+  const e = assertThrows(
+    () => parseConfig("log:\n  levl: info\n  format: xml\n", "c.yaml"),
+    ConfigError,
+  ) as ConfigError;
   assertEquals(e.issues.map((i) => [i.line, i.key]), [[2, "log.levl"], [3, "log.format"]]);
 });
 
@@ -119,7 +160,11 @@ Deno.test("password file: refused when group/world-readable, read when 0600", as
       `${p}: mode 0644 is group/world-readable`,
     );
     await Deno.chmod(p, 0o640);
-    await assertRejects(() => readClickHousePassword({ password_file: p, password_env: "" }), ConfigError, "0640");
+    await assertRejects(
+      () => readClickHousePassword({ password_file: p, password_env: "" }),
+      ConfigError,
+      "0640",
+    );
     await Deno.chmod(p, 0o600);
     const s = await readClickHousePassword({ password_file: p, password_env: "" });
     assertEquals(s?.reveal(), "s3cret");
@@ -139,7 +184,10 @@ Deno.test("password from env var and from $CREDENTIALS_DIRECTORY", async () => {
   const dir = await Deno.makeTempDir();
   try {
     Deno.env.set("JA4EBPF_TEST_PW", "from-env");
-    assertEquals((await readClickHousePassword({ password_file: "", password_env: "JA4EBPF_TEST_PW" }))?.reveal(), "from-env");
+    assertEquals(
+      (await readClickHousePassword({ password_file: "", password_env: "JA4EBPF_TEST_PW" }))?.reveal(),
+      "from-env",
+    );
     await assertRejects(
       () => readClickHousePassword({ password_file: "", password_env: "JA4EBPF_TEST_UNSET" }),
       ConfigError,
@@ -148,7 +196,10 @@ Deno.test("password from env var and from $CREDENTIALS_DIRECTORY", async () => {
     Deno.env.set("CREDENTIALS_DIRECTORY", dir);
     assertEquals(await readClickHousePassword({ password_file: "", password_env: "" }), undefined);
     await Deno.writeTextFile(`${dir}/clickhouse-password`, "from-systemd", { mode: 0o600 });
-    assertEquals((await readClickHousePassword({ password_file: "", password_env: "" }))?.reveal(), "from-systemd");
+    assertEquals(
+      (await readClickHousePassword({ password_file: "", password_env: "" }))?.reveal(),
+      "from-systemd",
+    );
   } finally {
     Deno.env.delete("JA4EBPF_TEST_PW");
     Deno.env.delete("CREDENTIALS_DIRECTORY");

@@ -6,9 +6,19 @@ export function isGrease(v: number): boolean {
 }
 
 const HEX = "0123456789abcdef";
-/** Four lower-case hex digits. */
+const HEX4: string[] = new Array(65536);
+
+/** Four lower-case hex digits (memoised: the same few hundred codes recur in every hello). */
 export function hex4(v: number): string {
-  return HEX[(v >> 12) & 0xf] + HEX[(v >> 8) & 0xf] + HEX[(v >> 4) & 0xf] + HEX[v & 0xf];
+  v &= 0xffff;
+  return HEX4[v] ??= HEX[v >> 12] + HEX[(v >> 8) & 0xf] + HEX[(v >> 4) & 0xf] + HEX[v & 0xf];
+}
+
+/** Codes as 4-digit hex joined with ",". */
+export function joinHex(codes: readonly number[]): string {
+  const parts = new Array<string>(codes.length);
+  for (let i = 0; i < codes.length; i++) parts[i] = hex4(codes[i]);
+  return parts.join(",");
 }
 
 /** Two-digit decimal count, capped at 99. */

@@ -2,7 +2,7 @@
  * JA4: TLS client fingerprint from a ClientHello (spec §1). JA4 is BSD 3-Clause (FoxIO).
  */
 import type { ClientHello } from "../parse/tls.ts";
-import { alpnCode, type AlpnRule, count2, hex4, isGrease, tlsVersionCode } from "./common.ts";
+import { alpnCode, type AlpnRule, count2, isGrease, joinHex, tlsVersionCode } from "./common.ts";
 import { EMPTY12, hash12 } from "./sha.ts";
 
 export type Transport = "t" | "q" | "d";
@@ -32,12 +32,6 @@ export function ja4Version(ch: ClientHello): string {
   return tlsVersionCode(ch.legacyVersion);
 }
 
-function join(codes: number[]): string {
-  let s = "";
-  for (let i = 0; i < codes.length; i++) s += i === 0 ? hex4(codes[i]) : "," + hex4(codes[i]);
-  return s;
-}
-
 /** Computes all four JA4 variants. */
 export function ja4(ch: ClientHello, transport: Transport = "t", opts: Ja4Options = {}): Ja4 {
   const ciphers: number[] = [];
@@ -55,14 +49,14 @@ export function ja4(ch: ClientHello, transport: Transport = "t", opts: Ja4Option
   const a = transport + ja4Version(ch) + (sni ? "d" : "i") + count2(ciphers.length) + count2(exts.length) +
     alpnCode(ch.alpn[0], opts.alpnRule);
 
-  const cipherWire = join(ciphers);
-  const cipherSorted = join(ciphers.slice().sort((x, y) => x - y));
+  const cipherWire = joinHex(ciphers);
+  const cipherSorted = joinHex(ciphers.slice().sort((x, y) => x - y));
   const extFiltered: number[] = [];
   for (const e of exts) if (e !== EXT_SNI && e !== EXT_ALPN) extFiltered.push(e);
-  const S = join(sigs);
+  const S = joinHex(sigs);
   const withSigs = (E: string) => (S.length > 0 ? E + "_" + S : E);
-  const cSorted = withSigs(join(extFiltered.sort((x, y) => x - y)));
-  const cWire = withSigs(join(exts));
+  const cSorted = withSigs(joinHex(extFiltered.sort((x, y) => x - y)));
+  const cWire = withSigs(joinHex(exts));
 
   return {
     ja4: a + "_" + hash12(cipherSorted) + "_" + hash12(cSorted),

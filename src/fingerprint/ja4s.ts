@@ -2,7 +2,7 @@
  * JA4S: TLS server fingerprint from a ServerHello (spec §2). FoxIO License 1.1 (patent pending).
  */
 import type { ServerHello } from "../parse/tls.ts";
-import { alpnCode, type AlpnRule, count2, hex4, tlsVersionCode } from "./common.ts";
+import { alpnCode, type AlpnRule, count2, hex4, joinHex, tlsVersionCode } from "./common.ts";
 import { hash12 } from "./sha.ts";
 import type { Transport } from "./ja4.ts";
 
@@ -16,6 +16,6 @@ export function ja4s(sh: ServerHello, transport: Transport = "t", opts: { alpnRu
   const version = tlsVersionCode(sh.supportedVersion ?? sh.legacyVersion);
   const a = transport + version + count2(sh.extensions.length) + alpnCode(sh.alpn, opts.alpnRule);
   const b = hex4(sh.cipherSuite);
-  const raw = sh.extensions.map(hex4).join(",");
+  const raw = joinHex(sh.extensions);
   return { ja4s: a + "_" + b + "_" + hash12(raw), ja4s_r: a + "_" + b + "_" + raw };
 }

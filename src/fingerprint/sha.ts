@@ -199,7 +199,6 @@ export function hash12(s: string): string {
 
 export const EMPTY12 = "000000000000";
 
-
 /** hash12 always through the pure-TS SHA-256 (for tests and the benchmark). */
 export function hash12Pure(s: string): string {
   if (s.length === 0) return EMPTY12;

@@ -8,7 +8,7 @@
  * that direction's reassembly at once. The side that sends a ClientHello or a request is the client when no
  * SYN or SYN-ACK told us (captures that start mid-connection).
  */
-import { type CapturedPacket, CaptureReader, tsMicros } from "../parse/pcap.ts";
+import { type CapturedPacket, type CaptureReader, tsMicros } from "../parse/pcap.ts";
 import { decodePacket, type TcpSegment } from "../parse/packet.ts";
 import {
   DEFAULT_LIMITS,
@@ -74,6 +74,11 @@ export interface OfflineOptions {
   limits?: ReassemblyLimits;
   /** Called with each TCP frame's stream number (tests compare the numbering with Wireshark's). */
   onSegment?: (frame: number, stream: number) => void;
+  /**
+   * Receives records as soon as they are final, in stream order (a stream still open holds back the higher
+   * numbers). Without it, finish() returns them all.
+   */
+  emit?: (r: StreamRecord) => void;
 }
 
 export interface OfflineStats {
@@ -181,7 +186,10 @@ export class OfflineFingerprinter {
     warnings: [],
   };
   private table: TcpConnectionTable;
-  private records: StreamRecord[] = [];
+  /** Finished streams waiting for a lower-numbered one (null: nothing to print for that number). */
+  private ready = new Map<number, StreamRecord | null>();
+  private nextOut = 0;
+  private readonly emit: OfflineOptions["emit"];
   private lastEvict = 0;
   private readonly withRaw: boolean;
   private readonly absent: AbsentConvention;
@@ -191,6 +199,7 @@ export class OfflineFingerprinter {
     this.withRaw = opts.withRaw ?? false;
     this.absent = opts.ja4tAbsent ?? "foxio";
     this.onSegment = opts.onSegment;
+    this.emit = opts.emit;
     this.table = new TcpConnectionTable(opts.limits ?? DEFAULT_LIMITS);
     this.table.onOpen = (c) => this.open(c);
     this.table.onClose = (c) => this.close(c);
@@ -221,11 +230,28 @@ export class OfflineFingerprinter {
     this.onSegment?.(frame, c.stream);
   }
 
-  /** Ends the input; returns every record, sorted by stream number. */
+  /** Ends the input; returns the records not handed to `emit` (all of them without it), by stream number. */
   finish(): StreamRecord[] {
     this.table.finish();
-    this.records.sort((x, y) => x.stream - y.stream);
-    return this.records;
+    const rest = [...this.ready.values()].filter((r): r is StreamRecord => r !== null);
+    this.ready.clear();
+    rest.sort((x, y) => x.stream - y.stream);
+    if (this.emit) {
+      for (const r of rest) this.emit(r);
+      return [];
+    }
+    return rest;
+  }
+
+  private done(stream: number, rec: StreamRecord | null): void {
+    if (rec) this.stats.records++;
+    this.ready.set(stream, rec);
+    if (!this.emit) return;
+    while (this.ready.has(this.nextOut)) {
+      const r = this.ready.get(this.nextOut)!;
+      this.ready.delete(this.nextOut++);
+      if (r) this.emit(r);
+    }
   }
 
   private open(c: TcpConnection): void {
@@ -491,6 +517,10 @@ export class OfflineFingerprinter {
   private close(c: TcpConnection): void {
     const st = c.user as ConnState;
     c.user = undefined;
+    if (st) {
+      this.detach(st.a);
+      this.detach(st.b);
+    }
     const rec: StreamRecord = {
       stream: c.stream,
       transport: "tcp",
@@ -539,9 +569,7 @@ export class OfflineFingerprinter {
       rec.http = st.http;
       any = true;
     }
-    if (!any) return;
-    this.stats.records++;
-    this.records.push(rec);
+    this.done(c.stream, any ? rec : null);
   }
 }
 

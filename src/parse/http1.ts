@@ -300,6 +300,29 @@ export class Http1RequestStream {
     return out;
   }
 
+  /**
+   * For a byte gap in the stream (lost capture data): returns the buffered, incomplete head parsed as far as its
+   * last complete line (undefined if there is none or it does not parse), and resets the stream so it
+   * resynchronises on the next request line. `headLength` is the number of bytes that were buffered.
+   */
+  takePartial(): RequestHead | undefined {
+    const b = this.buf;
+    const wasHead = this.body.kind === "none" && !this.resync;
+    this.buf = new Uint8Array(0);
+    this.body = { kind: "none" };
+    this.resync = true;
+    if (!wasHead || b.length === 0) return undefined;
+    const lf = b.lastIndexOf(LF);
+    if (lf < 0) return undefined;
+    const head = new Uint8Array(lf + 3);
+    head.set(b.subarray(0, lf + 1));
+    head.set([CR, LF], lf + 1);
+    const r = parseRequestHead(head, Math.max(this.maxHead, head.length + 1));
+    if (!r.ok) return undefined;
+    r.value.headLength = b.length;
+    return r.value;
+  }
+
   /** Counts a body framing error and switches to resynchronisation from `p`. */
   private bodyError(code: ParseErrorCode, p: number): number {
     this.count(code);

@@ -127,4 +127,14 @@ Deno.test("Http1RequestStream", async (t) => {
     assertEquals(s.push(enc("\r\n\r\n" + req("/e"))).map((h) => h.target), ["/e"]);
     assertEquals(s.errors.malformed, 0);
   });
+  await t.step("takePartial after a gap: the lines seen so far, then resynchronise", () => {
+    const s = new Http1RequestStream();
+    assertEquals(s.push(enc("GET /cut HTTP/1.1\r\nHost: h\r\nUser-Ag")).length, 0);
+    const p = s.takePartial();
+    assert(p !== undefined);
+    assertEquals(p.target, "/cut");
+    assertEquals(p.headers, [["Host", "h"]]);
+    assertEquals(s.push(enc("ent: x\r\n\r\n" + req("/next"))).map((h) => h.target), ["/next"]);
+    assertEquals(s.takePartial(), undefined);
+  });
 });

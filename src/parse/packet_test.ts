@@ -14,18 +14,51 @@ const be32 = (v: number) => [v >>> 24, (v >> 16) & 0xff, (v >> 8) & 0xff, v & 0x
 
 function tcp(sport: number, dport: number, flags: number, payload: number[] = [], options: number[] = []) {
   const doff = (20 + options.length) / 4;
-  return b(be16(sport), be16(dport), be32(1000), be32(0), doff << 4, flags, be16(64240), 0, 0, 0, 0, options, payload);
+  return b(
+    be16(sport),
+    be16(dport),
+    be32(1000),
+    be32(0),
+    doff << 4,
+    flags,
+    be16(64240),
+    0,
+    0,
+    0,
+    0,
+    options,
+    payload,
+  );
 }
 
-function ipv4(proto: number, payload: Uint8Array, opts: { ttl?: number; frag?: number; options?: number[] } = {}) {
+function ipv4(
+  proto: number,
+  payload: Uint8Array,
+  opts: { ttl?: number; frag?: number; options?: number[] } = {},
+) {
   const o = opts.options ?? [];
   const total = 20 + o.length + payload.length;
-  return b(0x45 + o.length / 4, 0, be16(total), 0, 1, be16(opts.frag ?? 0), opts.ttl ?? 64, proto, 0, 0, [
-    10,
+  return b(
+    0x45 + o.length / 4,
     0,
+    be16(total),
     0,
     1,
-  ], [10, 0, 0, 2], o, payload);
+    be16(opts.frag ?? 0),
+    opts.ttl ?? 64,
+    proto,
+    0,
+    0,
+    [
+      10,
+      0,
+      0,
+      1,
+    ],
+    [10, 0, 0, 2],
+    o,
+    payload,
+  );
 }
 
 const V6_SRC = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
@@ -80,23 +113,45 @@ Deno.test("packet: link layers and tunnels down to TCP", async (t) => {
       eth(0x0800, ipv4(47, b(0x10, 0, be16(0x22eb), be32(1), new Array(12).fill(0), eth(0x86dd, V6)))),
       6,
     ],
-    ["VXLAN", 1, eth(0x0800, ipv4(17, b(be16(5555), be16(4789), be16(0), 0, 0, 8, 0, 0, 0, 0, 0, 1, 0, eth(0x0800, V4)))), 4],
+    [
+      "VXLAN",
+      1,
+      eth(
+        0x0800,
+        ipv4(17, b(be16(5555), be16(4789), be16(0), 0, 0, 8, 0, 0, 0, 0, 0, 1, 0, eth(0x0800, V4))),
+      ),
+      4,
+    ],
     [
       "VXLAN on the source port only",
       1,
-      eth(0x0800, ipv4(17, b(be16(4789), be16(4790), be16(0), 0, 0, 8, 0, 0, 0, 0, 0, 1, 0, eth(0x0800, V4)))),
+      eth(
+        0x0800,
+        ipv4(17, b(be16(4789), be16(4790), be16(0), 0, 0, 8, 0, 0, 0, 0, 0, 1, 0, eth(0x0800, V4))),
+      ),
       4,
     ],
     [
       "Geneve with options, Ethernet payload",
       1,
-      eth(0x0800, ipv4(17, b(be16(1), be16(6081), be16(0), 0, 0, 1, 0, be16(0x6558), 0, 0, 1, 0, be32(0), eth(0x0800, V4)))),
+      eth(
+        0x0800,
+        ipv4(
+          17,
+          b(be16(1), be16(6081), be16(0), 0, 0, 1, 0, be16(0x6558), 0, 0, 1, 0, be32(0), eth(0x0800, V4)),
+        ),
+      ),
       4,
     ],
     ["IPv6 in IPv4", 1, eth(0x0800, ipv4(41, V6)), 6],
     ["IPv4 options", 1, eth(0x0800, ipv4(6, T, { options: [1, 1, 1, 0] })), 4],
     ["IPv4 first fragment", 1, eth(0x0800, ipv4(6, T, { frag: 0x2000 })), 4],
-    ["IPv6 hop-by-hop + destination options", 1, eth(0x86dd, ipv6(0, b(60, 0, 1, 4, 0, 0, 0, 0, 6, 0, 1, 4, 0, 0, 0, 0, T))), 6],
+    [
+      "IPv6 hop-by-hop + destination options",
+      1,
+      eth(0x86dd, ipv6(0, b(60, 0, 1, 4, 0, 0, 0, 0, 6, 0, 1, 4, 0, 0, 0, 0, T))),
+      6,
+    ],
     ["IPv6 first fragment", 1, eth(0x86dd, ipv6(44, b(6, 0, 0, 1, be32(9), T))), 6],
   ];
   for (const [name, lt, data, ver] of cases) {
@@ -137,15 +192,39 @@ Deno.test("packet: non-TCP and bad frames are typed results, never exceptions", 
     ["ARP", 1, eth(0x0806, new Uint8Array(28)), "unsupported", "ethertype 0x0806"],
     ["UDP", 1, eth(0x0800, ipv4(17, b(be16(53), be16(53), be16(8), 0, 0))), "unsupported", "udp"],
     ["ICMP echo", 1, eth(0x0800, ipv4(1, b(8, 0, 0, 0, 0, 0, 0, 0))), "unsupported", "icmp"],
-    ["IPv4 non-first fragment", 1, eth(0x0800, ipv4(6, T, { frag: 0x0010 })), "unsupported", "ipv4 non-first fragment"],
-    ["IPv6 non-first fragment", 1, eth(0x86dd, ipv6(44, b(6, 0, 0, 0x18, be32(9), T))), "unsupported", "ipv6 non-first fragment"],
+    [
+      "IPv4 non-first fragment",
+      1,
+      eth(0x0800, ipv4(6, T, { frag: 0x0010 })),
+      "unsupported",
+      "ipv4 non-first fragment",
+    ],
+    [
+      "IPv6 non-first fragment",
+      1,
+      eth(0x86dd, ipv6(44, b(6, 0, 0, 0x18, be32(9), T))),
+      "unsupported",
+      "ipv6 non-first fragment",
+    ],
     ["unknown link type", 147, V4, "unsupported", "link type 147"],
     ["short Ethernet", 1, b(1, 2, 3), "truncated", "ethernet header"],
     ["short IPv4", 1, eth(0x0800, b(0x45, 0, 0)), "truncated", "ipv4 header"],
     ["bad IHL", 1, eth(0x0800, b(0x42, new Array(30).fill(0))), "malformed", "ipv4 header length"],
     ["short TCP", 1, eth(0x0800, ipv4(6, T.subarray(0, 12))), "truncated", "tcp header"],
-    ["TCP data offset < 5", 1, eth(0x0800, ipv4(6, b(T.subarray(0, 12), 0x30, T.subarray(13)))), "malformed", "tcp data offset"],
-    ["TCP options past the end", 1, eth(0x0800, ipv4(6, b(T.subarray(0, 12), 0xf0, T.subarray(13)))), "truncated", "tcp options"],
+    [
+      "TCP data offset < 5",
+      1,
+      eth(0x0800, ipv4(6, b(T.subarray(0, 12), 0x30, T.subarray(13)))),
+      "malformed",
+      "tcp data offset",
+    ],
+    [
+      "TCP options past the end",
+      1,
+      eth(0x0800, ipv4(6, b(T.subarray(0, 12), 0xf0, T.subarray(13)))),
+      "truncated",
+      "tcp options",
+    ],
     ["empty frame", 0, new Uint8Array(0), "truncated", "null/loopback header"],
   ];
   for (const [name, lt, data, code, msg] of cases) {

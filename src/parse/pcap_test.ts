@@ -1,5 +1,12 @@
 import { assert, assertEquals, assertThrows } from "../testing/asserts.ts";
-import { type ByteSource, bytesSource, CaptureFormatError, CaptureReader, openCapture, tsMicros } from "./pcap.ts";
+import {
+  type ByteSource,
+  bytesSource,
+  CaptureFormatError,
+  CaptureReader,
+  openCapture,
+  tsMicros,
+} from "./pcap.ts";
 
 class Bytes {
   private parts: number[] = [];
@@ -26,8 +33,15 @@ class Bytes {
   }
 }
 
-function pcap(le: boolean, nsec: boolean, linkType: number, recs: [number, number, Uint8Array][]): Uint8Array {
-  const b = new Bytes(le).u32(nsec ? 0xa1b23c4d : 0xa1b2c3d4).u16(2).u16(4).u32(0).u32(0).u32(65535).u32(linkType);
+function pcap(
+  le: boolean,
+  nsec: boolean,
+  linkType: number,
+  recs: [number, number, Uint8Array][],
+): Uint8Array {
+  const b = new Bytes(le).u32(nsec ? 0xa1b23c4d : 0xa1b2c3d4).u16(2).u16(4).u32(0).u32(0).u32(65535).u32(
+    linkType,
+  );
   for (const [s, f, d] of recs) b.u32(s).u32(f).u32(d.length).u32(d.length + 4).raw(d);
   return b.done();
 }
@@ -39,7 +53,11 @@ function ngBlock(le: boolean, type: number, body: Uint8Array): Uint8Array {
 }
 
 function shb(le: boolean): Uint8Array {
-  return ngBlock(le, 0x0a0d0d0a, new Bytes(le).u32(0x1a2b3c4d).u16(1).u16(0).u32(0xffffffff).u32(0xffffffff).done());
+  return ngBlock(
+    le,
+    0x0a0d0d0a,
+    new Bytes(le).u32(0x1a2b3c4d).u16(1).u16(0).u32(0xffffffff).u32(0xffffffff).done(),
+  );
 }
 
 function idb(le: boolean, linkType: number, tsresol?: number): Uint8Array {
@@ -49,7 +67,9 @@ function idb(le: boolean, linkType: number, tsresol?: number): Uint8Array {
 }
 
 function epb(le: boolean, ifId: number, units: bigint, data: Uint8Array): Uint8Array {
-  const b = new Bytes(le).u32(ifId).u32(Number(units >> 32n)).u32(Number(units & 0xffffffffn)).u32(data.length)
+  const b = new Bytes(le).u32(ifId).u32(Number(units >> 32n)).u32(Number(units & 0xffffffffn)).u32(
+    data.length,
+  )
     .u32(data.length).raw(data);
   const pad = (4 - (data.length % 4)) % 4;
   return ngBlock(le, 6, b.raw(new Uint8Array(pad)).done());
@@ -154,12 +174,23 @@ Deno.test("pcapng: interfaces, if_tsresol, EPB/SPB, unknown blocks, both endians
   }
   await t.step("a second section with the other byte order resets interfaces", () => {
     const d = new Uint8Array([1]);
-    const bytes = cat(shb(true), idb(true, 1), epb(true, 0, 1n, d), shb(false), idb(false, 101), epb(false, 0, 2n, d));
+    const bytes = cat(
+      shb(true),
+      idb(true, 1),
+      epb(true, 0, 1n, d),
+      shb(false),
+      idb(false, 101),
+      epb(false, 0, 2n, d),
+    );
     const pk = readAll(new CaptureReader(bytesSource(bytes)));
     assertEquals(pk.map((p) => p.linkType), [1, 101]);
   });
   await t.step("binary if_tsresol (2^-10)", () => {
-    const bytes = cat(shb(true), idb(true, 1, 0x80 | 10), epb(true, 0, 1024n * 5n + 512n, new Uint8Array([1])));
+    const bytes = cat(
+      shb(true),
+      idb(true, 1, 0x80 | 10),
+      epb(true, 0, 1024n * 5n + 512n, new Uint8Array([1])),
+    );
     const [p] = readAll(new CaptureReader(bytesSource(bytes)));
     assertEquals([p.tsSec, p.tsNsec], [5, 500000000]);
   });
@@ -170,7 +201,12 @@ Deno.test("pcapng: interfaces, if_tsresol, EPB/SPB, unknown blocks, both endians
     assert(r.warnings[0].includes("interface 0"));
   });
   await t.step("truncated last block", () => {
-    const bytes = cat(shb(true), idb(true, 1), epb(true, 0, 1n, new Uint8Array(20)), epb(true, 0, 2n, new Uint8Array(20)));
+    const bytes = cat(
+      shb(true),
+      idb(true, 1),
+      epb(true, 0, 1n, new Uint8Array(20)),
+      epb(true, 0, 2n, new Uint8Array(20)),
+    );
     const r = new CaptureReader(bytesSource(bytes.subarray(0, bytes.length - 3)));
     assertEquals(readAll(r).length, 1);
     assert(r.warnings[0].includes("truncated"), r.warnings[0]);
@@ -179,7 +215,9 @@ Deno.test("pcapng: interfaces, if_tsresol, EPB/SPB, unknown blocks, both endians
 
 Deno.test("pcap: a record larger than the read window", () => {
   const big = new Uint8Array(3 << 20).map((_, i) => i & 0xff);
-  const r = new CaptureReader(trickle(pcap(true, false, 1, [[0, 0, big], [1, 0, new Uint8Array([7])]]), 1 << 16));
+  const r = new CaptureReader(
+    trickle(pcap(true, false, 1, [[0, 0, big], [1, 0, new Uint8Array([7])]]), 1 << 16),
+  );
   const a = r.next()!;
   assertEquals(a.data.length, big.length);
   assertEquals(a.data[12345], 12345 & 0xff);

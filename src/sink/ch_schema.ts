@@ -218,3 +218,32 @@ export function errorCode(headers: Headers, body: string): number | undefined {
   const m = /Code: (\d+)/.exec(body.slice(0, 200));
   return m ? Number(m[1]) : undefined;
 }
+
+const ISO_MS = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
+
+/**
+ * encodeRow + JSON.stringify in one pass, without the closing brace (the caller appends batch_id): the hot
+ * path of the sink (~2× faster than building the object). Same output as JSON.stringify(encodeRow(r, gen)).
+ */
+export function encodeLineOpen(r: Row, gen: Generation): string {
+  const q = JSON.stringify;
+  let ts: string;
+  if (ISO_MS.test(r.ts)) {
+    const day = r.ts.slice(0, 10);
+    ts = gen === "modern"
+      ? `{"ts":"${day} ${r.ts.slice(11, 23)}"`
+      : `{"date":"${day}","ts":"${day} ${r.ts.slice(11, 19)}","ts_ms":${Number(r.ts.slice(20, 23))}`;
+  } else {
+    ts = q(encodeRow({ ...r, ts: r.ts }, gen)).slice(0, -1);
+    ts = ts.slice(0, ts.indexOf(',"host":'));
+  }
+  const src = gen === "modern" ? toV6(r.src) : r.src;
+  const dst = gen === "modern" ? toV6(r.dst) : r.dst;
+  return `${ts},"host":${q(r.host)},"server":${q(r.server)},"pid":${q(r.pid)},"capture":${q(r.capture)}` +
+    `,"src":${q(src)},"src_port":${q(r.src_port)},"dst":${q(dst)},"dst_port":${q(r.dst_port)}` +
+    `,"method":${q(r.method)},"path":${q(r.path)},"http_version":${q(r.http_version)}` +
+    `,"host_header":${q(r.host_header)},"user_agent":${q(r.user_agent)},"ja4h":${q(r.ja4h)}` +
+    `,"ja4h_r":${q(r.ja4h_r)},"ja4h_o":${q(r.ja4h_o)},"ja4h_ro":${q(r.ja4h_ro)},"ja4":${q(r.ja4)}` +
+    `,"ja4_r":${q(r.ja4_r)},"ja4t":${q(r.ja4t)},"tls_server_name":${q(r.tls_server_name)}` +
+    `,"truncated":${r.truncated ? 1 : 0}`;
+}

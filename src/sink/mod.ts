@@ -47,8 +47,14 @@ export async function openOutputs(cfg: Config, o: { stdout?: SyncWriter } = {}):
   const sinks: Sink[] = [];
   if (cfg.output.stdout) sinks.push(new StdoutSink(o.stdout));
   const f = cfg.output.file;
-  if (f.path) sinks.push(new FileSink({ path: f.path, maxSizeBytes: f.max_size_mb * 1024 * 1024, maxFiles: f.max_files }));
+  if (f.path) {
+    sinks.push(
+      new FileSink({ path: f.path, maxSizeBytes: f.max_size_mb * 1024 * 1024, maxFiles: f.max_files }),
+    );
+  }
   const ch = cfg.output.clickhouse;
-  if (ch.url) sinks.push(await ClickHouseSink.open({ config: ch, password: await readClickHousePassword(ch) }));
+  if (ch.url) {
+    sinks.push(await ClickHouseSink.open({ config: ch, password: await readClickHousePassword(ch) }));
+  }
   return new OutputSink(await makeRedactor(cfg.privacy), sinks);
 }

@@ -1,6 +1,15 @@
 import { assert, assertEquals, assertMatch, assertNotEquals } from "../testing/asserts.ts";
 import { DEFAULT_CONFIG } from "../config/config.ts";
-import { classify, columns, ddl, decodeRow, encodeRow, errorCode, parseVersion } from "./ch_schema.ts";
+import {
+  classify,
+  columns,
+  ddl,
+  decodeRow,
+  encodeLineOpen,
+  encodeRow,
+  errorCode,
+  parseVersion,
+} from "./ch_schema.ts";
 import { gunzip, gzip } from "./clickhouse.ts";
 import { FileSink } from "./file.ts";
 import { openOutputs } from "./mod.ts";
@@ -18,7 +27,14 @@ Deno.test("redactor: raw JA4H blanked, query stripped, IP hashed — each switch
   const P = DEFAULT_CONFIG.privacy;
   await t.step("defaults", () => {
     const o = new Redactor(P).apply(r);
-    assertEquals([o.path, o.ja4h, o.ja4h_r, o.ja4h_o, o.ja4h_ro, o.src], ["/a/b", "h", "", "", "", "192.0.2.7"]);
+    assertEquals([o.path, o.ja4h, o.ja4h_r, o.ja4h_o, o.ja4h_ro, o.src], [
+      "/a/b",
+      "h",
+      "",
+      "",
+      "",
+      "192.0.2.7",
+    ]);
     assertEquals(r.path, "/a/b?token=x&u=1#frag", "input untouched");
   });
   await t.step("ship_raw_ja4h and strip_query off", () => {
@@ -35,7 +51,9 @@ Deno.test("redactor: raw JA4H blanked, query stripped, IP hashed — each switch
     assertMatch(a, /^fd[0-9a-f]{0,2}(:[0-9a-f]{1,4}){7}$/);
   });
   await t.step("stripQuery", () => {
-    for (const [i, o] of [["/", "/"], ["/x?", "/x"], ["/x#y?z", "/x"], ["", ""]]) assertEquals(stripQuery(i), o);
+    for (const [i, o] of [["/", "/"], ["/x?", "/x"], ["/x#y?z", "/x"], ["", ""]]) {
+      assertEquals(stripQuery(i), o);
+    }
   });
 });
 
@@ -43,7 +61,7 @@ Deno.test("loadIpKey creates a 0600 key once and reuses it", async () => {
   const dir = await Deno.makeTempDir();
   try {
     const a = await loadIpKey(`${dir}/ip.key`);
-    assertEquals((Deno.statSync(`${dir}/ip.key`).mode! & 0o777), 0o600);
+    assertEquals(Deno.statSync(`${dir}/ip.key`).mode! & 0o777, 0o600);
     assertEquals(await loadIpKey(`${dir}/ip.key`), a);
   } finally {
     await Deno.remove(dir, { recursive: true });
@@ -57,7 +75,11 @@ Deno.test("stdout sink writes JSON lines and counts", () => {
   const lines = new TextDecoder().decode(chunks[0]).trim().split("\n").map((l) => JSON.parse(l));
   assertEquals(lines.map((l) => l.pid), [1, 2]);
   assertEquals([s.stats().emitted, s.stats().shipped], [2, 2]);
-  const broken = new StdoutSink({ writeSync: () => { throw new Deno.errors.BrokenPipe("closed"); } });
+  const broken = new StdoutSink({
+    writeSync: () => {
+      throw new Deno.errors.BrokenPipe("closed");
+    },
+  });
   broken.write([row()]);
   assertEquals(broken.stats().dropped, { write_error: 1 });
 });
@@ -87,16 +109,27 @@ Deno.test("spool: atomic files listed in order after reopen; cap refuses; quaran
   const dir = await Deno.makeTempDir();
   try {
     const s = await Spool.open(`${dir}/spool`, 100);
-    assertEquals((Deno.statSync(`${dir}/spool`).mode! & 0o777), 0o700);
+    assertEquals(Deno.statSync(`${dir}/spool`).mode! & 0o777, 0o700);
     const a = await s.put("legacy", "2026-01-01", 3, "a".repeat(32), new Uint8Array(40));
     const b = await s.put("legacy", "2026-01-02", 2, "b".repeat(32), new Uint8Array(40));
     assert(a && b);
-    assertEquals(await s.put("legacy", "2026-01-02", 9, "c".repeat(32), new Uint8Array(40)), undefined, "over cap");
+    assertEquals(
+      await s.put("legacy", "2026-01-02", 9, "c".repeat(32), new Uint8Array(40)),
+      undefined,
+      "over cap",
+    );
     Deno.writeFileSync(`${dir}/spool/.tmp-partial`, new Uint8Array(5));
     const r = await Spool.open(`${dir}/spool`, 100);
-    assertEquals(r.entries().map((e) => [e.id[0], e.rows, e.date]), [["a", 3, "2026-01-01"], ["b", 2, "2026-01-02"]]);
+    assertEquals(r.entries().map((e) => [e.id[0], e.rows, e.date]), [["a", 3, "2026-01-01"], [
+      "b",
+      2,
+      "2026-01-02",
+    ]]);
     assertEquals([r.rows, r.bytes], [5, 80]);
-    assert(![...Deno.readDirSync(`${dir}/spool`)].some((e) => e.name.startsWith(".tmp-")), "partial write removed");
+    assert(
+      ![...Deno.readDirSync(`${dir}/spool`)].some((e) => e.name.startsWith(".tmp-")),
+      "partial write removed",
+    );
     await r.quarantine(r.head()!, "Code: 27");
     await r.remove(r.head()!);
     assertEquals([r.length, r.rows, r.bytes], [0, 0, 0]);
@@ -107,22 +140,44 @@ Deno.test("spool: atomic files listed in order after reopen; cap refuses; quaran
 });
 
 Deno.test("clickhouse schema: encode/decode round trip per generation; DDL per version", async (t) => {
-  const r = row({ src: "2001:db8::1", dst: "10.1.2.3", truncated: true, user_agent: "ü\"\\" });
+  const r = row({ src: "2001:db8::1", dst: "10.1.2.3", truncated: true, user_agent: 'ü"\\' });
   for (const gen of ["legacy", "modern"] as const) {
     await t.step(gen, () => {
       const o = encodeRow(r, gen);
-      assertEquals(Object.keys(o).sort(), columns(gen).map(([n]) => n).filter((n) => n !== "batch_id").sort());
+      assertEquals(
+        Object.keys(o).sort(),
+        columns(gen).map(([n]) => n).filter((n) => n !== "batch_id").sort(),
+      );
       assertEquals(decodeRow(JSON.parse(JSON.stringify(o))), r);
+      assertEquals(encodeLineOpen(r, gen) + "}", JSON.stringify(o), "fast path = reference");
+      const odd = { ...r, ts: "2026-03-04T05:06:07Z", pid: 7 };
+      assertEquals(encodeLineOpen(odd, gen) + "}", JSON.stringify(encodeRow(odd, gen)), "non-canonical ts");
     });
   }
   assertEquals(encodeRow(r, "legacy").date, "2026-03-04");
   assertEquals(encodeRow(r, "modern").dst, "::ffff:10.1.2.3");
-  const old = ddl({ database: "d", table: "t", onCluster: "c", distributedTable: "dt", ttlDays: 7, version: parseVersion("18.16.1") });
+  const old = ddl({
+    database: "d",
+    table: "t",
+    onCluster: "c",
+    distributedTable: "dt",
+    ttlDays: 7,
+    version: parseVersion("18.16.1"),
+  });
   assertEquals(old.length, 2);
   assert(old[1].includes("PARTITION BY date") && !old[1].includes("TTL") && !old[1].includes("ON CLUSTER"));
-  const cur = ddl({ database: "d", table: "t", onCluster: "c", distributedTable: "dt", ttlDays: 7, version: parseVersion("24.3.2.1") });
+  const cur = ddl({
+    database: "d",
+    table: "t",
+    onCluster: "c",
+    distributedTable: "dt",
+    ttlDays: 7,
+    version: parseVersion("24.3.2.1"),
+  });
   assertEquals(cur.length, 3);
-  assert(cur[1].includes("DateTime64(3, 'UTC')") && cur[1].includes("LowCardinality") && cur[1].includes("IPv6"));
+  assert(
+    cur[1].includes("DateTime64(3, 'UTC')") && cur[1].includes("LowCardinality") && cur[1].includes("IPv6"),
+  );
   assert(cur[1].includes("TTL toDateTime(ts) + INTERVAL 7 DAY") && cur[1].includes("ON CLUSTER c"));
   assert(cur[2].includes("ENGINE = Distributed(c, d, t, rand())"));
 });

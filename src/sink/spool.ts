@@ -85,7 +85,13 @@ export class Spool {
   }
 
   /** Durably stores a batch. Returns undefined (nothing written) when it would pass the cap. */
-  async put(gen: string, date: string, rows: number, id: string, body: Uint8Array): Promise<SpoolEntry | undefined> {
+  async put(
+    gen: string,
+    date: string,
+    rows: number,
+    id: string,
+    body: Uint8Array,
+  ): Promise<SpoolEntry | undefined> {
     if (this.#bytes + body.length > this.maxBytes) return undefined;
     const seq = ++this.#seq;
     const name = `${String(seq).padStart(12, "0")}-${gen}-${date}-${rows}-${id}.jsonl.gz`;

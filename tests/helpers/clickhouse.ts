@@ -76,7 +76,7 @@ function usersXml(users: ClickHouseUser[]): string {
 `;
 }
 
-async function portFree(port: number): Promise<boolean> {
+function portFree(port: number): boolean {
   try {
     const l = Deno.listen({ hostname: "127.0.0.1", port });
     l.close();
@@ -89,10 +89,14 @@ async function portFree(port: number): Promise<boolean> {
 export async function startClickHouse(opts: { users?: ClickHouseUser[] } = {}): Promise<ClickHouseServer> {
   const bin = which("clickhouse-server");
   if (!bin) {
-    throw new Error("clickhouse-server not found: install Debian's clickhouse-server (apt-get install clickhouse-server)");
+    throw new Error(
+      "clickhouse-server not found: install Debian's clickhouse-server (apt-get install clickhouse-server)",
+    );
   }
   for (const p of [CH_HTTP_PORT, CH_TCP_PORT, CH_INTERSERVER_PORT]) {
-    if (!(await portFree(p))) throw new Error(`port ${p} is busy: another ClickHouse test server still running?`);
+    if (!portFree(p)) {
+      throw new Error(`port ${p} is busy: another ClickHouse test server still running?`);
+    }
   }
   const dir = await Deno.makeTempDir({ prefix: "ja4ebpf-ch-" });
   await Deno.mkdir(`${dir}/log`);

@@ -9,7 +9,14 @@ import { testRow } from "./rows.ts";
 
 const [spool_dir, url, table, tag] = Deno.args;
 const sink = await ClickHouseSink.open({
-  config: { ...DEFAULT_CONFIG.output.clickhouse, url, table, spool_dir, batch_rows: 300, flush_interval_ms: 100 },
+  config: {
+    ...DEFAULT_CONFIG.output.clickhouse,
+    url,
+    table,
+    spool_dir,
+    batch_rows: 300,
+    flush_interval_ms: 100,
+  },
   retryMinMs: 20,
   retryMaxMs: 200,
 });

@@ -29,7 +29,12 @@ function faultProxy(upstreamPort: number, faults: number) {
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const st = { left: faults, afterCommit: 0, beforeSend: 0 };
   const conns = new Set<Deno.Conn>();
-  const pipe = async (from: Deno.Conn, to: Deno.Conn, onChunk: (b: Uint8Array) => boolean, done: () => void) => {
+  const pipe = async (
+    from: Deno.Conn,
+    to: Deno.Conn,
+    onChunk: (b: Uint8Array) => boolean,
+    done: () => void,
+  ) => {
     const buf = new Uint8Array(65536);
     try {
       while (true) {
@@ -127,8 +132,27 @@ Deno.test({
         for (const r of rows) assertEquals(byPath.get(r.path), r, r.path);
         const s = sink.stats();
         assertEquals([s.emitted, s.shipped, s.spooled, s.buffered, s.quarantined], [1501, 1501, 0, 0, 0]);
-        const parts = await ch.query("SELECT count(DISTINCT batch_id), count(DISTINCT date) FROM ja4ebpf.rt FORMAT TSV");
+        const parts = await ch.query(
+          "SELECT count(DISTINCT batch_id), count(DISTINCT date) FROM ja4ebpf.rt FORMAT TSV",
+        );
         assertEquals(parts.trim().split("\t")[1], "2");
+      });
+
+      await t.step("docs/clickhouse.md example queries run on this server", async () => {
+        const doc = await Deno.readTextFile(new URL("../../docs/clickhouse.md", import.meta.url));
+        const queries = [...doc.slice(doc.indexOf("## Example queries")).matchAll(/```sql\n([\s\S]*?)```/g)]
+          .map((m) => m[1]);
+        assertEquals(queries.length, 4);
+        for (const q of queries) {
+          // Over all dates (the test rows are from 2026-01-15): the filters still parse and run.
+          const sql = q.replaceAll("ja4ebpf.requests", "ja4ebpf.rt").replace(
+            /today\(\) - \d+/,
+            "toDate('2000-01-01')",
+          )
+            .replace("now() - 3600", "toDateTime('2000-01-01 00:00:00')");
+          const out = await ch.query(sql + " FORMAT JSONEachRow");
+          assert(out.trim().length > 0 || /tls_stacks > 3|'0000'/.test(q), `rows from:\n${q}`);
+        }
       });
 
       await t.step("poison batch is quarantined after one attempt; the next batch lands", async () => {
@@ -161,7 +185,11 @@ Deno.test({
         await ch.query(
           "CREATE TABLE ja4ebpf.auth AS ja4ebpf.rt",
         );
-        const bad = await ClickHouseSink.open({ config, password: new Secret("wrong-" + PASSWORD), retryMinMs: 50 });
+        const bad = await ClickHouseSink.open({
+          config,
+          password: new Secret("wrong-" + PASSWORD),
+          retryMinMs: 50,
+        });
         bad.write(Array.from({ length: 200 }, (_, i) => testRow(i, "auth")));
         await bad.persist();
         const deadline = Date.now() + 5000;
@@ -215,45 +243,48 @@ Deno.test({
         assertEquals(await counts(ch, "crash"), { n: 3000, uniq: 3000 });
       });
 
-      await t.step("SIGKILL of a process running the sink: the spool is replayed, no loss, no duplicate", async () => {
-        const dir = `${tmp}/kill`;
-        const child = new Deno.Command(Deno.execPath(), {
-          args: [
-            "run",
-            "-A",
-            new URL("../helpers/sink_child.ts", import.meta.url).pathname,
-            dir,
-            ch.url,
-            "killed",
-            "k",
-          ],
-          stdout: "piped",
-          stderr: "null",
-        }).spawn();
-        let durable = 0;
-        const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-        let pending = "";
-        while (durable < 4000) {
-          const { value, done } = await lines.read();
-          if (done) break;
-          pending += value;
-          for (const m of pending.matchAll(/durable (\d+)\n/g)) durable = Number(m[1]);
-          pending = pending.slice(pending.lastIndexOf("\n") + 1);
-        }
-        child.kill("SIGKILL");
-        await child.status;
-        await lines.cancel();
-        assert(durable >= 4000, `child reported ${durable} durable rows`);
-        const s = await ClickHouseSink.open({ config: chConfig(ch, dir, { table: "killed" }) });
-        assert(await s.drain(20_000), "drained");
-        await s.close();
-        const { n, uniq } = await counts(ch, "killed");
-        assertEquals(n, uniq, "no duplicates");
-        const missing = await ch.query(
-          `SELECT ${durable} - countIf(toUInt32(splitByChar('/', path)[4]) < ${durable}) FROM ja4ebpf.killed FORMAT TSV`,
-        );
-        assertEquals(missing.trim(), "0", "every row reported durable is in the table");
-      });
+      await t.step(
+        "SIGKILL of a process running the sink: the spool is replayed, no loss, no duplicate",
+        async () => {
+          const dir = `${tmp}/kill`;
+          const child = new Deno.Command(Deno.execPath(), {
+            args: [
+              "run",
+              "-A",
+              new URL("../helpers/sink_child.ts", import.meta.url).pathname,
+              dir,
+              ch.url,
+              "killed",
+              "k",
+            ],
+            stdout: "piped",
+            stderr: "null",
+          }).spawn();
+          let durable = 0;
+          const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+          let pending = "";
+          while (durable < 4000) {
+            const { value, done } = await lines.read();
+            if (done) break;
+            pending += value;
+            for (const m of pending.matchAll(/durable (\d+)\n/g)) durable = Number(m[1]);
+            pending = pending.slice(pending.lastIndexOf("\n") + 1);
+          }
+          child.kill("SIGKILL");
+          await child.status;
+          await lines.cancel();
+          assert(durable >= 4000, `child reported ${durable} durable rows`);
+          const s = await ClickHouseSink.open({ config: chConfig(ch, dir, { table: "killed" }) });
+          assert(await s.drain(20_000), "drained");
+          await s.close();
+          const { n, uniq } = await counts(ch, "killed");
+          assertEquals(n, uniq, "no duplicates");
+          const missing = await ch.query(
+            `SELECT ${durable} - countIf(toUInt32(splitByChar('/', path)[4]) < ${durable}) FROM ja4ebpf.killed FORMAT TSV`,
+          );
+          assertEquals(missing.trim(), "0", "every row reported durable is in the table");
+        },
+      );
 
       await t.step("100 committed-then-reset faults: zero duplicates, zero loss", async () => {
         const proxy = faultProxy(18123, 100);

@@ -1,0 +1,159 @@
+import { assert, assertEquals, assertThrows } from "../testing/asserts.ts";
+import { decodeEvent, EventDecodeError, EventDecoder, formatIpv6 } from "./events.ts";
+import {
+  CLOSE_EVENT,
+  DATA_EVENT,
+  EVENT_HDR,
+  EventFlags,
+  EventKind,
+  Family,
+  type FieldLayout,
+  Hook,
+  SYN_EVENT,
+} from "./layout.gen.ts";
+
+// Records are built from the same generated layout the decoder reads, so a layout change moves both.
+function put(dv: DataView, f: FieldLayout, v: number | bigint | Uint8Array): void {
+  if (v instanceof Uint8Array) return new Uint8Array(dv.buffer).set(v, f.offset);
+  const n = Number(v);
+  ({
+    u8: () => dv.setUint8(f.offset, n),
+    u16: () => dv.setUint16(f.offset, n, true),
+    u32: () => dv.setUint32(f.offset, n, true),
+    s32: () => dv.setInt32(f.offset, n, true),
+    u64: () => dv.setBigUint64(f.offset, BigInt(v), true),
+  } as Record<string, () => void>)[f.kind]();
+}
+
+function record(
+  size: number,
+  hdr: Record<string, number | bigint | Uint8Array>,
+  body: [FieldLayout, number | Uint8Array][] = [],
+) {
+  const b = new Uint8Array(size);
+  const dv = new DataView(b.buffer);
+  for (const [k, v] of Object.entries(hdr)) put(dv, EVENT_HDR.fields[k as keyof typeof EVENT_HDR.fields], v);
+  for (const [f, v] of body) put(dv, f, v);
+  return b;
+}
+
+const v4 = (a: number[]) => Uint8Array.from([...a, ...new Array(12).fill(0)]);
+const HTTP = new TextEncoder().encode("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+
+Deno.test("events: decode each kind from generated offsets", async (t) => {
+  await t.step("data, IPv4, truncated", () => {
+    const rec = record(DATA_EVENT.fields.data.offset + HTTP.length, {
+      kind: EventKind.DATA,
+      hook: Hook.TP_RECVFROM,
+      family: Family.INET,
+      flags: EventFlags.TRUNCATED | EventFlags.LAST_CHUNK,
+      pid: 1234,
+      tid: 1235,
+      fd: 7,
+      ts_ns: 99n,
+      comm: new TextEncoder().encode("nginx"),
+      saddr: v4([127, 0, 0, 2]),
+      daddr: v4([127, 0, 0, 1]),
+      sport: 40000,
+      dport: 19080,
+      data_len: HTTP.length,
+      total: 20000,
+      offset: 0,
+    }, [[DATA_EVENT.fields.pos, 4096]]);
+    rec.set(HTTP, DATA_EVENT.fields.data.offset);
+    const e = decodeEvent(rec);
+    assert(e.type === "data");
+    assertEquals(
+      [
+        e.hook,
+        e.pid,
+        e.tid,
+        e.fd,
+        e.comm,
+        e.tsNs,
+        e.srcAddr,
+        e.srcPort,
+        e.dstAddr,
+        e.dstPort,
+        e.total,
+        e.pos,
+      ],
+      ["tracepoint", 1234, 1235, 7, "nginx", 99n, "127.0.0.2", 40000, "127.0.0.1", 19080, 20000, 4096],
+    );
+    assertEquals([e.truncated, e.lastChunk, e.plaintext], [true, true, false]);
+    assertEquals(new TextDecoder().decode(e.bytes), "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+  });
+  await t.step("syn, IPv6, options", () => {
+    const opts = Uint8Array.from([2, 4, 5, 0xb4, 1, 3, 3, 7]);
+    const saddr = new Uint8Array(16);
+    saddr[15] = 1;
+    const rec = record(SYN_EVENT.size, {
+      kind: EventKind.SYN,
+      hook: Hook.TC,
+      family: Family.INET6,
+      fd: -1,
+      saddr,
+      daddr: Uint8Array.from([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1]),
+      sport: 5555,
+      dport: 443,
+    }, [[SYN_EVENT.fields.seq, 0xdeadbeef], [SYN_EVENT.fields.window, 65535], [SYN_EVENT.fields.ttl, 64], [
+      SYN_EVENT.fields.opt_len,
+      opts.length,
+    ], [SYN_EVENT.fields.options, opts]]);
+    const e = decodeEvent(rec);
+    assert(e.type === "syn");
+    assertEquals([e.hook, e.fd, e.srcAddr, e.dstAddr, e.seq, e.window, e.ttl], [
+      "tc",
+      -1,
+      "::1",
+      "2001:db8::1:0:0:1",
+      0xdeadbeef,
+      65535,
+      64,
+    ]);
+    assertEquals(e.options, opts);
+  });
+  await t.step("close", () => {
+    const rec = record(CLOSE_EVENT.size, { kind: EventKind.CLOSE, hook: Hook.TP_CLOSE, fd: 9 }, [
+      [CLOSE_EVENT.fields.pos_raw, 517],
+      [CLOSE_EVENT.fields.pos_plaintext, 77],
+    ]);
+    const e = decodeEvent(rec);
+    assert(e.type === "close");
+    assertEquals([e.fd, e.posRaw, e.posPlaintext, e.family, e.srcAddr], [9, 517, 77, "unknown", ""]);
+  });
+});
+
+Deno.test("events: malformed records are typed errors and counted", async (t) => {
+  const cases: [string, Uint8Array, EventDecodeError["reason"]][] = [
+    ["empty", new Uint8Array(0), "short"],
+    ["header only, kind 0", new Uint8Array(EVENT_HDR.size), "kind"],
+    [
+      "data_len past the end",
+      record(DATA_EVENT.fields.data.offset + 10, { kind: EventKind.DATA, data_len: 11 }),
+      "length",
+    ],
+    ["syn cut short", record(SYN_EVENT.size - 1, { kind: EventKind.SYN }), "short"],
+  ];
+  const d = new EventDecoder();
+  for (const [name, rec, reason] of cases) {
+    await t.step(name, () => {
+      const e = assertThrows(() => decodeEvent(rec), EventDecodeError) as EventDecodeError;
+      assertEquals(e.reason, reason);
+      assertEquals(d.decode(rec), undefined);
+    });
+  }
+  assertEquals(d.malformed, { short: 2, kind: 1, length: 1 });
+});
+
+Deno.test("events: IPv6 text form (RFC 5952)", () => {
+  const h = (s: string) => Uint8Array.from(s.match(/../g)!.map((x) => parseInt(x, 16)));
+  const cases: [string, string][] = [
+    ["00000000000000000000000000000000", "::"],
+    ["20010db8000000000001000000000001", "2001:db8::1:0:0:1"],
+    ["00000000000000000000ffff7f000001", "::ffff:127.0.0.1"],
+    ["fe800000000000000202b3fffe1e8329", "fe80::202:b3ff:fe1e:8329"],
+    ["20010db8000100000001000100010001", "2001:db8:1:0:1:1:1:1"],
+  ];
+  for (const [hex, text] of cases) assertEquals(formatIpv6(h(hex)), text);
+});

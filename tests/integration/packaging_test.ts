@@ -1,0 +1,353 @@
+/**
+ * Packaging end to end: builds dist/ja4ebpf and the RPM once (scripts/build.sh --rpm), then checks the
+ * executable offline with an empty HOME/DENO_DIR, the systemd unit with systemd-analyze, the RPM's files,
+ * modes and scriptlets, and the capabilities of the executable run as an unprivileged user under the
+ * unit's capability set. Needs root (unshare, setpriv), rpmbuild, systemd-analyze and setpriv.
+ */
+import {
+  assert,
+  assertEquals,
+  assertGreater,
+  assertMatch,
+  assertStringIncludes,
+} from "../../src/testing/asserts.ts";
+import { VERSION } from "../../src/version.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+const BIN = `${ROOT}dist/ja4ebpf`;
+const UNIT = `${ROOT}rpm/ja4ebpf.service`;
+const DROPIN = `${ROOT}rpm/el8-capabilities.conf`;
+const NOBODY = 65534;
+
+interface Out {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+async function sh(cmd: string, args: string[], opts: Deno.CommandOptions = {}): Promise<Out> {
+  const o = await new Deno.Command(cmd, { stdout: "piped", stderr: "piped", ...opts, args }).output();
+  const d = new TextDecoder();
+  return { code: o.code, stdout: d.decode(o.stdout), stderr: d.decode(o.stderr) };
+}
+
+async function need(tool: string): Promise<void> {
+  const r = await sh("sh", ["-c", `command -v ${tool}`]);
+  if (r.code !== 0) throw new Error(`packaging test needs '${tool}' (run scripts/setup.sh --test)`);
+}
+
+/** Capability names of a unit line such as `AmbientCapabilities=CAP_BPF CAP_PERFMON`. */
+function unitCaps(unit: string, key: string): string[] {
+  const lines = unit.split("\n").filter((l) => l.startsWith(`${key}=`));
+  assertEquals(lines.length, 1, `exactly one ${key}= line`);
+  return lines[0].slice(key.length + 1).trim().split(/\s+/);
+}
+
+const CAP_NUMBERS: Record<string, number> = {
+  CAP_NET_ADMIN: 12,
+  CAP_SYS_PTRACE: 19,
+  CAP_SYS_ADMIN: 21,
+  CAP_PERFMON: 38,
+  CAP_BPF: 39,
+};
+
+Deno.test("packaging: single executable, systemd unit, RPM, capabilities", async (t) => {
+  if (Deno.uid() !== 0) throw new Error("packaging test needs root (unshare -n, setpriv, chown)");
+  for (
+    const tool of [
+      "rpmbuild",
+      "rpm",
+      "rpm2archive",
+      "systemd-analyze",
+      "setpriv",
+      "unshare",
+      "tar",
+      "gzip",
+    ]
+  ) {
+    await need(tool);
+  }
+  const tmp = await Deno.makeTempDir({ prefix: "ja4ebpf-pkg-" });
+  await Deno.chmod(tmp, 0o755);
+  try {
+    let kind = "";
+    await t.step("build: scripts/build.sh --rpm names the build kind", async () => {
+      const t0 = performance.now();
+      const r = await sh("bash", [`${ROOT}scripts/build.sh`, "--rpm"], { cwd: ROOT });
+      assertEquals(r.code, 0, `build failed:\n${r.stderr}`);
+      const m = /build: kind: (self-extracting|compiled) /.exec(r.stderr);
+      assert(m, `build log names the kind:\n${r.stderr}`);
+      kind = m[1];
+      assertMatch(r.stderr, new RegExp(`built dist/ja4ebpf: ${kind} build, \\d+ MiB`));
+      console.log(`build: ${kind}, ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    });
+
+    await t.step("the executable is real: launcher + gzip payload, or an ELF", async () => {
+      const st = await Deno.stat(BIN);
+      assertEquals(st.mode! & 0o777, 0o755);
+      assertGreater(st.size, 20 * 1024 * 1024, "carries a whole runtime");
+      const head = new Uint8Array(4096);
+      const f = await Deno.open(BIN);
+      await f.read(head);
+      f.close();
+      const text = new TextDecoder().decode(head);
+      if (kind === "self-extracting") {
+        assert(text.startsWith("#!/bin/sh\n"), "sh launcher");
+        const off = Number(/^OFFSET=(\d+)/m.exec(text)?.[1]);
+        const all = await Deno.readFile(BIN);
+        assertEquals([all[off], all[off + 1]], [0x1f, 0x8b], "a gzip stream starts at OFFSET");
+        // The payload is a tar of the deno binary and the bundle.
+        const list = await sh("sh", ["-c", `tail -c +${off + 1} '${BIN}' | gzip -dc | tar -tvf -`]);
+        assertEquals(list.code, 0, list.stderr);
+        assertMatch(list.stdout, /\bdeno\n/);
+        assertMatch(list.stdout, /\bja4ebpf\.js\n/);
+        console.log(`executable: ${(st.size / 1048576).toFixed(1)} MiB`);
+      } else {
+        assertEquals([...head.slice(0, 4)], [0x7f, 0x45, 0x4c, 0x46], "ELF");
+      }
+    });
+
+    await t.step("offline, empty HOME and DENO_DIR: version names the kind; --help works", async () => {
+      const home = `${tmp}/home`;
+      const dd = `${tmp}/deno-dir`;
+      await Deno.mkdir(home);
+      await Deno.mkdir(dd);
+      const env = ["env", "-i", `HOME=${home}`, `DENO_DIR=${dd}`, "PATH=/usr/bin:/bin"];
+      const times: number[] = [];
+      for (let i = 0; i < 2; i++) {
+        const t0 = performance.now();
+        const v = await sh("unshare", ["-n", ...env, BIN, "version"]);
+        times.push(performance.now() - t0);
+        assertEquals(v.code, 0, v.stderr);
+        assertEquals(v.stdout.trim(), `ja4ebpf ${VERSION} (${kind} build, deno ${Deno.version.deno})`);
+      }
+      const j = await sh("unshare", ["-n", ...env, BIN, "version", "--json"]);
+      assertEquals(JSON.parse(j.stdout).build, kind);
+      const h = await sh("unshare", ["-n", ...env, BIN, "--help"]);
+      assertEquals(h.code, 0, h.stderr);
+      assertStringIncludes(h.stdout, "Usage:");
+      assertStringIncludes(h.stdout, "ja4ebpf version");
+      assertEquals([...Deno.readDirSync(dd)].length, 0, "DENO_DIR untouched");
+      if (kind === "self-extracting") {
+        const cache = [...Deno.readDirSync(`${home}/.cache/ja4ebpf`)].filter((e) => !e.name.startsWith("."));
+        assertEquals(cache.length, 1, "one hash-keyed runtime directory");
+        assertEquals(
+          (await Deno.stat(`${home}/.cache/ja4ebpf/${cache[0].name}`)).mode! & 0o077,
+          0,
+          "private",
+        );
+        assert(times[1] < times[0], `second start reuses the cache (${times.map(Math.round)} ms)`);
+        console.log(`start: first ${Math.round(times[0])} ms (unpack), then ${Math.round(times[1])} ms`);
+      }
+    });
+
+    await t.step("systemd unit: hardening as specified, systemd-analyze verify is silent", async () => {
+      const unit = await Deno.readTextFile(UNIT);
+      const caps = ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_SYS_PTRACE"];
+      assertEquals(unitCaps(unit, "AmbientCapabilities"), caps);
+      assertEquals(unitCaps(unit, "CapabilityBoundingSet"), caps);
+      for (
+        const line of [
+          "User=ja4ebpf",
+          "NoNewPrivileges=yes",
+          "ProtectProc=default",
+          "StateDirectory=ja4ebpf",
+          "LoadCredential=clickhouse-password:/etc/ja4ebpf/clickhouse.password",
+          "ProtectSystem=strict",
+          "LimitMEMLOCK=infinity",
+          "Restart=on-failure",
+        ]
+      ) assert(unit.split("\n").includes(line), `unit has ${line}`);
+      for (
+        const bad of ["MemoryDenyWriteExecute", "ProtectProc=invisible", "ProcSubset=pid", "PrivateNetwork"]
+      ) {
+        assert(!unit.split("\n").some((l) => l.startsWith(bad)), `unit must not set ${bad}`);
+      }
+      // A copy whose ExecStart points at the built executable, with the EL8 drop-in beside it.
+      const dir = `${tmp}/unit`;
+      await Deno.mkdir(`${dir}/ja4ebpf.service.d`, { recursive: true });
+      await Deno.copyFile(BIN, `${dir}/ja4ebpf`);
+      await Deno.writeTextFile(
+        `${dir}/ja4ebpf.service`,
+        unit.replace(/^ExecStart=\/usr\/bin\/ja4ebpf /m, `ExecStart=${dir}/ja4ebpf `),
+      );
+      for (const [name, withDropin] of [["base", false], ["el8 drop-in", true]] as const) {
+        if (withDropin) await Deno.copyFile(DROPIN, `${dir}/ja4ebpf.service.d/10-el8-capabilities.conf`);
+        const v = await sh("systemd-analyze", ["verify", "--man=no", `${dir}/ja4ebpf.service`]);
+        assertEquals([v.code, v.stdout + v.stderr], [0, ""], `${name}: systemd-analyze verify`);
+      }
+      // The drop-in really replaces the capability set (an empty assignment resets the list).
+      const dropin = await Deno.readTextFile(DROPIN);
+      assertEquals(dropin.match(/^AmbientCapabilities=.*$/gm), [
+        "AmbientCapabilities=",
+        "AmbientCapabilities=CAP_SYS_ADMIN CAP_NET_ADMIN CAP_SYS_PTRACE",
+      ]);
+      assertStringIncludes(dropin, "\nLimitMEMLOCK=infinity\n");
+      const sec = await sh("systemd-analyze", ["security", "--offline=yes", `${dir}/ja4ebpf.service`]);
+      const exposure = /Overall exposure level for ja4ebpf\.service: ([\d.]+)/.exec(sec.stdout);
+      assert(exposure, `systemd-analyze security printed an exposure level:\n${sec.stdout}${sec.stderr}`);
+      console.log(`systemd-analyze security exposure: ${exposure[1]}`);
+      assert(Number(exposure[1]) <= 4, "exposure stays in systemd's OK range");
+    });
+
+    await t.step("RPM: files, modes, licences, scriptlets, payload identical to dist/ja4ebpf", async () => {
+      const rpms = [...Deno.readDirSync(`${ROOT}dist/rpm`)].filter((e) => e.name.endsWith(".rpm"));
+      assertEquals(rpms.length, 1);
+      const rpm = `${ROOT}dist/rpm/${rpms[0].name}`;
+      assertMatch(rpms[0].name, new RegExp(`^ja4ebpf-${VERSION.replaceAll(".", "\\.")}-1\\.\\w+\\.rpm$`));
+      const ql = await sh("rpm", ["-qlp", rpm]);
+      assertEquals(ql.code, 0, ql.stderr);
+      const files = ql.stdout.trim().split("\n").sort();
+      assertEquals(files, [
+        "/etc/ja4ebpf",
+        "/etc/ja4ebpf/clickhouse.password",
+        "/etc/ja4ebpf/config.yaml",
+        "/usr/bin/ja4ebpf",
+        "/usr/lib/systemd/system/ja4ebpf.service",
+        "/usr/share/doc/ja4ebpf",
+        "/usr/share/doc/ja4ebpf/operations.md",
+        "/usr/share/ja4ebpf",
+        "/usr/share/ja4ebpf/el8-capabilities.conf",
+        "/usr/share/licenses/ja4ebpf",
+        "/usr/share/licenses/ja4ebpf/Deno-MIT.txt",
+        "/usr/share/licenses/ja4ebpf/FoxIO-License-1.1.txt",
+        "/usr/share/licenses/ja4ebpf/JA4-BSD-3-Clause.txt",
+        "/usr/share/licenses/ja4ebpf/NOTICE",
+        "/var/cache/ja4ebpf",
+        "/var/lib/ja4ebpf",
+        "/var/log/ja4ebpf",
+      ]);
+      const q = await sh("rpm", [
+        "-qp",
+        "--qf",
+        "[%{FILEMODES:perms} %{FILEUSERNAME} %{FILEGROUPNAME} %{FILEFLAGS:fflags} %{FILENAMES}\n]",
+        rpm,
+      ]);
+      const attrs = new Map(
+        q.stdout.trim().split("\n").map((l) => {
+          const [perms, user, group, flags, name] = l.split(" ");
+          return [name, `${perms} ${user}:${group} ${flags}`];
+        }),
+      );
+      const expect: [string, string][] = [
+        ["/usr/bin/ja4ebpf", "-rwxr-xr-x root:root "],
+        ["/usr/lib/systemd/system/ja4ebpf.service", "-rw-r--r-- root:root "],
+        ["/etc/ja4ebpf", "drwxr-x--- root:ja4ebpf "],
+        ["/etc/ja4ebpf/config.yaml", "-rw-r----- root:ja4ebpf cn"],
+        ["/etc/ja4ebpf/clickhouse.password", "-rw------- root:root cn"],
+        ["/var/lib/ja4ebpf", "drwx------ ja4ebpf:ja4ebpf "],
+        ["/var/cache/ja4ebpf", "drwx------ ja4ebpf:ja4ebpf "],
+        ["/usr/share/licenses/ja4ebpf/FoxIO-License-1.1.txt", "-rw-r--r-- root:root l"],
+        ["/usr/share/licenses/ja4ebpf/NOTICE", "-rw-r--r-- root:root l"],
+        ["/usr/share/doc/ja4ebpf/operations.md", "-rw-r--r-- root:root d"],
+      ];
+      for (const [f, a] of expect) assertEquals(attrs.get(f), a, f);
+      const scripts = await sh("rpm", ["-qp", "--scripts", rpm]);
+      const s = scripts.stdout;
+      for (
+        const [what, re] of [
+          ["preinstall creates the group", /preinstall scriptlet[\s\S]*groupadd -r ja4ebpf/],
+          [
+            "preinstall creates the system user",
+            /useradd -r -g ja4ebpf -d \/var\/lib\/ja4ebpf -s \/sbin\/nologin/,
+          ],
+          ["postinstall installs the EL8 drop-in when CAP_BPF is missing", /cap_last_cap[\s\S]*-lt 39/],
+          ["postinstall presets the unit on first install", /systemctl preset ja4ebpf\.service/],
+          ["preuninstall stops and disables on erase", /disable --now ja4ebpf\.service/],
+          ["postuninstall restarts on upgrade", /try-restart ja4ebpf\.service/],
+        ] as const
+      ) assertMatch(s, re, what);
+      // The packaged files are the built ones.
+      const x = `${tmp}/rpmroot`;
+      await Deno.mkdir(x);
+      const ex = await sh("sh", ["-c", `rpm2archive - <'${rpm}' | tar -xzf -`], { cwd: x });
+      assertEquals(ex.code, 0, ex.stderr);
+      const [a, b] = await Promise.all([
+        sh("sha256sum", [`${x}/usr/bin/ja4ebpf`]),
+        sh("sha256sum", [BIN]),
+      ]);
+      assertEquals(a.stdout.split(" ")[0], b.stdout.split(" ")[0], "packaged executable = dist/ja4ebpf");
+      assertEquals(
+        await Deno.readTextFile(`${x}/etc/ja4ebpf/config.yaml`),
+        await Deno.readTextFile(`${ROOT}rpm/config.yaml`),
+      );
+      assertStringIncludes(
+        await Deno.readTextFile(`${x}/usr/share/licenses/ja4ebpf/NOTICE`),
+        "FoxIO License 1.1",
+      );
+      console.log(`rpm: ${((await Deno.stat(rpm)).size / 1048576).toFixed(1)} MiB`);
+    });
+
+    await t.step("capabilities: run as nobody with the unit's set, CapEff is exactly that set", async () => {
+      const unit = await Deno.readTextFile(UNIT);
+      const caps = unitCaps(unit, "AmbientCapabilities");
+      const names = caps.map((c) => "+" + c.slice(4).toLowerCase()).join(",");
+      const mask = caps.reduce((m, c) => m | (1n << BigInt(CAP_NUMBERS[c])), 0n);
+      const dir = `${tmp}/caps`;
+      await Deno.mkdir(`${dir}/home`, { recursive: true });
+      await Deno.chmod(dir, 0o755);
+      await Deno.copyFile(BIN, `${dir}/ja4ebpf`);
+      await Deno.chmod(`${dir}/ja4ebpf`, 0o755);
+      await Deno.chown(`${dir}/home`, NOBODY, NOBODY);
+      await Deno.writeTextFile(
+        `${dir}/config.yaml`,
+        "output:\n  stdout: false\nmetrics:\n  listen: 127.0.0.1:19435\n",
+      );
+      const setpriv = [
+        `--reuid=${NOBODY}`,
+        `--regid=${NOBODY}`,
+        "--clear-groups",
+        `--inh-caps=-all,${names}`,
+        `--ambient-caps=-all,${names}`,
+        `--bounding-set=-all,${names}`,
+        "env",
+        "-i",
+        `HOME=${dir}/home`,
+        "PATH=/usr/bin:/bin",
+        `${dir}/ja4ebpf`,
+      ];
+      // First start as nobody unpacks the runtime into nobody's cache.
+      const v = await sh("setpriv", [...setpriv, "version"]);
+      assertEquals(v.code, 0, v.stderr);
+      assertStringIncludes(v.stdout, `(${kind} build`);
+      // Then the agent itself: read its status while the Deno process (after the launcher's exec) runs.
+      const child = new Deno.Command("setpriv", {
+        args: [...setpriv, "run", "--config", `${dir}/config.yaml`],
+        stdout: "null",
+        stderr: "piped",
+      }).spawn();
+      let status = "";
+      const deadline = performance.now() + 15_000;
+      while (performance.now() < deadline) {
+        try {
+          const s = Deno.readTextFileSync(`/proc/${child.pid}/status`);
+          if (/^Name:\s+deno$/m.test(s)) {
+            status = s;
+            break;
+          }
+          if (/^State:\s+Z/m.test(s)) break;
+        } catch {
+          break; // gone
+        }
+      }
+      try {
+        child.kill("SIGTERM");
+      } catch { /* already exited */ }
+      const res = await child.output();
+      assert(
+        status,
+        `saw the agent's Deno process (exit ${res.code}): ${new TextDecoder().decode(res.stderr)}`,
+      );
+      const field = (k: string) =>
+        /^(\w+):\s+(.*)$/m.exec(status.split("\n").find((l) => l.startsWith(k + ":"))!)![2];
+      assertEquals(field("Uid").split(/\s+/), Array(4).fill(String(NOBODY)), "runs as nobody");
+      for (const k of ["CapEff", "CapPrm", "CapAmb"]) {
+        assertEquals(BigInt("0x" + field(k)), mask, `${k} = the unit's set (${caps.join(" ")})`);
+      }
+      assertEquals(BigInt("0x" + field("CapBnd")), mask, "bounding set = the unit's set");
+      assertEquals(field("NoNewPrivs"), "0", "setpriv does not set it; systemd's NoNewPrivileges=yes does");
+    });
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
