@@ -10,9 +10,22 @@ int BPF_KPROBE(uprobe_apr_socket_recv_entry, void *sock, char *buf, __u64 *lenp)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct apr_stash st = {.sock = (__u64)sock, .buf = (__u64)buf, .lenp = (__u64)lenp};
+	struct ssl_stash *ss;
 
 	if (!is_traced(id >> 32))
 		return 0;
+	/* mod_ssl: SSL_read reads through this call; learn the SSL *'s fd here too,
+	 * so the plaintext works without the read tracepoints. */
+	ss = bpf_map_lookup_elem(&ssl_stash, &id);
+	if (ss) {
+		__s32 fd = -1;
+		struct ssl_key k = {.ssl = ss->ssl, .tgid = id >> 32};
+
+		if (!bpf_probe_read_user(&fd, sizeof(fd), (char *)sock + apr_socketdes_off) && fd >= 0) {
+			ss->fd = fd;
+			bpf_map_update_elem(&ssl_fds, &k, &fd, BPF_ANY);
+		}
+	}
 	if (bpf_map_update_elem(&apr_stash, &id, &st, BPF_ANY))
 		count_drop(JA4_DROP_STASH_FULL);
 	return 0;

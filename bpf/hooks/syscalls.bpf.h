@@ -119,9 +119,16 @@ static __always_inline void stash_exit(void *ctx, long ret, const bool iov)
 
 /* ---- recvfrom: syscall tracepoints (the default) ---- */
 
+/* MSG_PEEK leaves the bytes in the socket: the next read returns them again.
+ * nginx peeks 1 byte of every TLS connection (ngx_http_ssl_handshake): reporting
+ * it would put a duplicate 0x16 at position 0 of the raw stream. */
+#define JA4_MSG_PEEK 2
+
 SEC("tracepoint/syscalls/sys_enter_recvfrom")
 int tp_sys_enter_recvfrom(struct syscall_trace_enter___ja4 *ctx)
 {
+	if (ctx->args[3] & JA4_MSG_PEEK)
+		return 0;
 	stash_enter(JA4_HOOK_TP_RECVFROM, (__s32)ctx->args[0], ctx->args[1], 0, false);
 	return 0;
 }
@@ -136,8 +143,10 @@ int tp_sys_exit_recvfrom(struct syscall_trace_exit___ja4 *ctx)
 /* ---- recvfrom: kprobes on the syscall wrapper (libbpf picks __x64_sys_recvfrom) ---- */
 
 SEC("ksyscall/recvfrom")
-int BPF_KSYSCALL(kprobe_recvfrom, int fd, void *buf)
+int BPF_KSYSCALL(kprobe_recvfrom, int fd, void *buf, __u64 len, unsigned int flags)
 {
+	if (flags & JA4_MSG_PEEK)
+		return 0;
 	stash_enter(JA4_HOOK_KSYSCALL_RECVFROM, fd, (__u64)buf, 0, false);
 	return 0;
 }
@@ -155,7 +164,7 @@ SEC("fexit/__sys_recvfrom")
 int BPF_PROG(fexit_recvfrom, int fd, void *ubuf, size_t size, unsigned int flags, struct sockaddr *addr,
 	     int *addr_len, int ret)
 {
-	if (ret <= 0 || !is_traced(bpf_get_current_pid_tgid() >> 32))
+	if (ret <= 0 || (flags & JA4_MSG_PEEK) || !is_traced(bpf_get_current_pid_tgid() >> 32))
 		return 0;
 	handle_read(ctx, JA4_HOOK_FEXIT_RECVFROM, fd, ubuf, ret, JA4_STREAM_RAW);
 	return 0;
@@ -175,6 +184,8 @@ static __always_inline void raw_enter(__u8 hook, struct pt_regs *regs, long nr)
 	__s32 fd = (__s32)PT_REGS_PARM1_CORE_SYSCALL(regs);
 	__u64 buf = PT_REGS_PARM2_CORE_SYSCALL(regs);
 
+	if (nr == nr_recvfrom && (PT_REGS_PARM4_CORE_SYSCALL(regs) & JA4_MSG_PEEK))
+		return;
 	stash_enter(hook, fd, buf, 0, false);
 }
 

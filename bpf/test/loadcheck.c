@@ -9,7 +9,7 @@
  *     OPTS: --global NAME=VALUE   set a .rodata config variable (repeatable)
  *           --perf                use_ringbuf=0, `events` not created, read events_perf (perf_buffer)
  *           --dummy-ring          with --perf: give `events` a stand-in ARRAY fd instead (libbpf < 1.3)
- *           --ring BYTES          events max_entries
+ *           --ring BYTES          events max_entries (with --perf: per-CPU perf buffer size)
  *           --ssl LIB --apr LIB   binaries for the SSL_* / apr_socket_recv uprobes
  *           --hex N --quiet       bytes of hex per event / no event lines
  * Build: cc -O1 -o loadcheck loadcheck.c -lbpf   (src/bpf/layout_test.ts does this in a temp dir)
@@ -282,7 +282,7 @@ static int run(const char *path, int secs, const char *pids, unsigned short port
 			bpf_map__set_autocreate(ev, false);
 		}
 	}
-	if (ro->ring_bytes)
+	if (ro->ring_bytes && !ro->perf)
 		bpf_map__set_max_entries(bpf_object__find_map_by_name(o, "events"), ro->ring_bytes);
 	if ((err = bpf_object__load(o))) {
 		printf("load: %s\n", strerror(-err));
@@ -331,7 +331,8 @@ static int run(const char *path, int secs, const char *pids, unsigned short port
 			attached++;
 	}
 	if (ro->perf)
-		pb = perf_buffer__new(bpf_object__find_map_fd_by_name(o, "events_perf"), 64, on_perf, on_perf_lost,
+		pb = perf_buffer__new(bpf_object__find_map_fd_by_name(o, "events_perf"),
+				      ro->ring_bytes ? ro->ring_bytes / 4096 : 64, on_perf, on_perf_lost,
 				      NULL, NULL);
 	else
 		rb = ring_buffer__new(bpf_object__find_map_fd_by_name(o, "events"), on_event, NULL, NULL);

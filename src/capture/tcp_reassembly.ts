@@ -4,7 +4,8 @@
  *
  * Caps (fingerprints need the first few KB of each direction plus HTTP request heads, never a whole transfer):
  * - a direction delivers at most `maxStreamBytes` (default 1 MiB) in order, then stops: HTTP requests that
- *   start after the first MiB a client sent on one keep-alive connection are not seen;
+ *   start after the first MiB a client sent on one keep-alive connection are not seen. A consumer that
+ *   streams without buffering (TLS decryption) may raise one direction's `cap`;
  * - out-of-order data waiting for a hole is held up to `maxPendingBytes` (64 KiB) / `maxPendingSegments` (64);
  *   beyond that the hole is declared lost (a gap: the consumer is told and the stream jumps forward);
  * - a consumer that has what it needs detaches (`onData = null`), after which segments are not copied at all.
@@ -54,19 +55,23 @@ export class TcpDirection {
   };
   /** Bytes delivered so far. */
   delivered = 0;
+  /** Bytes this direction delivers at most (starts at maxStreamBytes; a streaming consumer may raise it). */
+  cap: number;
   /** Sequence number of the next byte expected (undefined until the first SYN or data). */
   private next: number | undefined;
   private pending: { seq: number; data: Uint8Array; ts: number }[] = [];
   private pendingBytes = 0;
 
-  constructor(private limits: ReassemblyLimits = DEFAULT_LIMITS) {}
+  constructor(private limits: ReassemblyLimits = DEFAULT_LIMITS) {
+    this.cap = limits.maxStreamBytes;
+  }
 
   /** The initial sequence number when the SYN was seen. */
   isn: number | undefined;
 
   /** True once nothing more will be delivered (consumer detached or cap reached). */
   get closed(): boolean {
-    return this.onData === null || this.delivered >= this.limits.maxStreamBytes;
+    return this.onData === null || this.delivered >= this.cap;
   }
 
   /** Feeds one segment of this direction. */
@@ -111,7 +116,7 @@ export class TcpDirection {
   }
 
   private deliver(bytes: Uint8Array, ts: number): void {
-    const room = this.limits.maxStreamBytes - this.delivered;
+    const room = this.cap - this.delivered;
     if (bytes.length > room) bytes = bytes.subarray(0, room);
     this.next = (this.next! + bytes.length) >>> 0;
     this.delivered += bytes.length;

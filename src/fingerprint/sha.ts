@@ -82,20 +82,20 @@ let block = new Uint8Array(1024);
 const encoder = new TextEncoder();
 
 function compress(m: Uint8Array, off: number): void {
+  // Message schedule first, then the rounds: no per-round branch in the hot loop.
+  for (let i = 0; i < 16; i++) {
+    const j = off + (i << 2);
+    W[i] = (m[j] << 24) | (m[j + 1] << 16) | (m[j + 2] << 8) | m[j + 3];
+  }
+  for (let i = 16; i < 64; i++) {
+    const x = W[i - 15], y = W[i - 2];
+    W[i] = (W[i - 16] + (((x >>> 7) | (x << 25)) ^ ((x >>> 18) | (x << 14)) ^ (x >>> 3)) + W[i - 7] +
+      (((y >>> 17) | (y << 15)) ^ ((y >>> 19) | (y << 13)) ^ (y >>> 10))) | 0;
+  }
   let a = H[0], b = H[1], c = H[2], d = H[3], e = H[4], f = H[5], g = H[6], h = H[7];
   for (let i = 0; i < 64; i++) {
-    let w: number;
-    if (i < 16) {
-      const j = off + (i << 2);
-      w = (m[j] << 24) | (m[j + 1] << 16) | (m[j + 2] << 8) | m[j + 3];
-    } else {
-      const x = W[i - 15], y = W[i - 2];
-      w = (W[i - 16] + (((x >>> 7) | (x << 25)) ^ ((x >>> 18) | (x << 14)) ^ (x >>> 3)) + W[i - 7] +
-        (((y >>> 17) | (y << 15)) ^ ((y >>> 19) | (y << 13)) ^ (y >>> 10))) | 0;
-    }
-    W[i] = w;
     const t1 = (h + (((e >>> 6) | (e << 26)) ^ ((e >>> 11) | (e << 21)) ^ ((e >>> 25) | (e << 7))) +
-      (g ^ (e & (f ^ g))) + K[i] + w) | 0;
+      (g ^ (e & (f ^ g))) + K[i] + W[i]) | 0;
     const t2 = ((((a >>> 2) | (a << 30)) ^ ((a >>> 13) | (a << 19)) ^ ((a >>> 22) | (a << 10))) +
       ((a & b) | (c & (a | b)))) | 0;
     h = g;
@@ -166,10 +166,20 @@ function load(s: string): number {
 }
 
 const HEX = "0123456789abcdef";
+/** Byte → two hex digits. */
+const HEX2: string[] = [];
+for (let i = 0; i < 256; i++) HEX2.push(HEX[i >> 4] + HEX[i & 0xf]);
+
 function hex32(v: number, digits: number): string {
   let s = "";
   for (let i = 7; i >= 8 - digits; i--) s += HEX[(v >>> (i * 4)) & 0xf];
   return s;
+}
+
+/** First 12 hex digits of the digest from the state words h0, h1. */
+function hex12(h0: number, h1: number): string {
+  return HEX2[h0 >>> 24] + HEX2[(h0 >>> 16) & 0xff] + HEX2[(h0 >>> 8) & 0xff] + HEX2[h0 & 0xff] +
+    HEX2[h1 >>> 24] + HEX2[(h1 >>> 16) & 0xff];
 }
 
 /** Full SHA-256 of a string's UTF-8 bytes as 64 lower-case hex digits. */
@@ -186,7 +196,7 @@ export function sha256Hex12Bytes(b: Uint8Array): string {
   ensure(b.length + 72);
   block.set(b, 0);
   const h = sha256Words(block, b.length);
-  return hex32(h[0], 8) + hex32(h[1], 4);
+  return hex12(h[0], h[1]);
 }
 
 /** JA4+ hash12: "000000000000" for the empty string, else the first 12 hex digits of SHA-256. */
@@ -194,7 +204,7 @@ export function hash12(s: string): string {
   if (s.length === 0) return EMPTY12;
   const len = load(s);
   const h = sha256Words(block, len);
-  return hex32(h[0], 8) + hex32(h[1], 4);
+  return hex12(h[0], h[1]);
 }
 
 export const EMPTY12 = "000000000000";
@@ -204,7 +214,7 @@ export function hash12Pure(s: string): string {
   if (s.length === 0) return EMPTY12;
   const len = load(s);
   const h = sha256Words(block, len);
-  return hex32(h[0], 8) + hex32(h[1], 4);
+  return hex12(h[0], h[1]);
 }
 
 /** hash12 always through node:crypto (for tests and the benchmark). */

@@ -1,7 +1,8 @@
 /**
  * Streaming reader for capture files: classic pcap (both byte orders, µs and ns timestamps) and pcapng
  * (sections of either byte order, one link type and timestamp resolution per interface, EPB/SPB/OPB,
- * unknown blocks skipped). Reads through a fixed-size window, so a capture of any size costs the same memory.
+ * Decryption Secrets Blocks handed to `onDecryptionSecrets`, unknown blocks skipped). Reads through a fixed-size
+ * window, so a capture of any size costs the same memory.
  */
 
 /** The input is not a capture file, or its headers are inconsistent. */
@@ -34,10 +35,21 @@ export interface ByteSource {
 
 export type CaptureFormat = "pcap" | "pcapng";
 
+/** One pcapng Decryption Secrets Block (block type 0x0000000A). */
+export interface DecryptionSecrets {
+  /** e.g. 0x544c534b "TLSK" (an NSS key log), 0x57474b4c "WGKL". */
+  secretsType: number;
+  /** The secrets (a copy). */
+  data: Uint8Array;
+  /** Frames read before the block: the secrets apply to the packets that follow. */
+  afterFrame: number;
+}
+
 const PCAP_MAGIC_US = 0xa1b2c3d4;
 const PCAP_MAGIC_NS = 0xa1b23c4d;
 const NG_SHB = 0x0a0d0d0a;
 const NG_BOM = 0x1a2b3c4d;
+const NG_DSB = 0x0000000a;
 /** Records above this are corrupt, not big: no link layer carries 256 MiB frames. */
 const MAX_RECORD = 256 * 1024 * 1024;
 
@@ -123,6 +135,13 @@ interface NgInterface {
 export class CaptureReader {
   readonly format: CaptureFormat;
   readonly warnings: string[] = [];
+  /**
+   * Called with each Decryption Secrets Block, before the packets that follow it are returned. Blocks read
+   * while it is null are dropped (only counted in `decryptionSecretsBlocks`).
+   */
+  onDecryptionSecrets: ((s: DecryptionSecrets) => void) | null = null;
+  /** Decryption Secrets Blocks seen so far. */
+  decryptionSecretsBlocks = 0;
   /** Packets of link types the caller could not use are still counted here. */
   private frame = 0;
   private w: Window;
@@ -287,7 +306,7 @@ export class CaptureReader {
           `corrupt block (type 0x${type.toString(16)}, length ${len}) after frame ${this.frame}`,
         );
       }
-      if (type !== 1 && type !== 6 && type !== 3 && type !== 2) {
+      if (type !== 1 && type !== 6 && type !== 3 && type !== 2 && type !== NG_DSB) {
         if (!this.w.skipLong(len)) return this.stop(`truncated last block (type 0x${type.toString(16)})`);
         continue;
       }
@@ -302,6 +321,22 @@ export class CaptureReader {
       const raw = this.w.peek(len);
       if (type === 1) {
         if (bodyLen >= 8) this.readIdb(body, bodyLen);
+        this.w.skip(len);
+        continue;
+      }
+      if (type === NG_DSB) {
+        // secrets type(4) secrets length(4) data, padded to 32 bits; options after it are ignored.
+        const dataLen = bodyLen >= 8 ? body.getUint32(4, this.le) : -1;
+        if (dataLen < 0 || 8 + dataLen > bodyLen) {
+          this.warnings.push(`malformed decryption secrets block after frame ${this.frame}`);
+        } else {
+          this.decryptionSecretsBlocks++;
+          this.onDecryptionSecrets?.({
+            secretsType: body.getUint32(0, this.le),
+            data: raw.slice(16, 16 + dataLen),
+            afterFrame: this.frame,
+          });
+        }
         this.w.skip(len);
         continue;
       }

@@ -155,7 +155,8 @@ export function parseClientHello(body: Uint8Array): Parsed<ClientHello> {
   if (p + 1 > n) return fail("truncated", "no compression_methods length", p);
   const cmLen = body[p++];
   if (p + cmLen > n) return fail("truncated", "compression_methods overrun", p);
-  const compressionMethods = Array.from(body.subarray(p, p + cmLen));
+  const compressionMethods: number[] = [];
+  for (let i = p; i < p + cmLen; i++) compressionMethods.push(body[i]);
   p += cmLen;
   const hello: ClientHello = {
     legacyVersion,
@@ -281,9 +282,12 @@ function plaintextClientHello(r: Uint8Array, rl: number): boolean {
   return len >= 38 && len <= MAX_HANDSHAKE && r[9] === 3;
 }
 
+// Shared, never written: a fresh Uint8Array(0) per queue reset costs more than the rest of a small parse.
+const EMPTY = new Uint8Array(0);
+
 /** A growable byte queue that keeps a pushed chunk by reference until it must be merged. */
 class ByteQueue {
-  private buf: Uint8Array = new Uint8Array(0);
+  private buf: Uint8Array = EMPTY;
   private start = 0;
   private end = 0;
   get length(): number {
@@ -312,12 +316,12 @@ class ByteQueue {
   consume(n: number): void {
     this.start += n;
     if (this.start >= this.end) {
-      this.buf = new Uint8Array(0);
+      this.buf = EMPTY;
       this.start = this.end = 0;
     }
   }
   clear(): void {
-    this.buf = new Uint8Array(0);
+    this.buf = EMPTY;
     this.start = this.end = 0;
   }
 }
@@ -430,6 +434,15 @@ export class TlsHandshakeReader {
  * ClientHello, NeedMore if the bytes are an incomplete prefix, or a typed error.
  */
 export function readClientHello(bytes: Uint8Array): Streamed<ClientHello> {
+  // Fast path (almost every hello): one handshake record holding exactly one whole ClientHello. Parsed in
+  // place — parseClientHello copies what it keeps — which skips the reader's set-up and the body copy.
+  if (bytes.length >= 9 && bytes[0] === CONTENT_HANDSHAKE && bytes[1] === 3 && bytes[5] === HS_CLIENT_HELLO) {
+    const rl = u16(bytes, 3);
+    const hl = (bytes[6] << 16) | (bytes[7] << 8) | bytes[8];
+    if (rl <= MAX_RECORD && 5 + rl <= bytes.length && 4 + hl === rl) {
+      return parseClientHello(bytes.subarray(9, 5 + rl));
+    }
+  }
   const r = new TlsHandshakeReader();
   r.push(bytes);
   const m = r.next();

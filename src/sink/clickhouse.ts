@@ -307,6 +307,15 @@ export class ClickHouseSink implements Sink {
       let n: number;
       try {
         const where = gen === "legacy" ? `date = '${e.date}'` : `toDate(ts) = '${e.date}'`;
+        // An insert of this batch may still be running on the server (its client crashed or timed out after
+        // sending the body): it carries query_id = batch id; wait for it to end before counting.
+        // In this order: "not running" first, then the count, so an insert ending in between is counted.
+        const p = await this.#query(`SELECT count() FROM system.processes WHERE query_id = '${e.id}'`);
+        if (!p.ok) return this.#failedBatch(e, p, false);
+        if (Number(p.text.trim()) > 0) {
+          countInto(this.#stats.errors, "in_flight");
+          return false;
+        }
         const r = await this.#query(
           `SELECT count() FROM ${this.#target} WHERE ${where} AND batch_id = '${e.id}'`,
         );
@@ -332,7 +341,12 @@ export class ClickHouseSink implements Sink {
     }
     let body = await this.#spool.read(e);
     if (e.gen !== gen || this.#transform) body = await this.#reencode(body, e, gen);
-    const params = new URLSearchParams({ query: `INSERT INTO ${this.#target} FORMAT JSONEachRow` });
+    // query_id = batch id: the server refuses a second copy while the first still runs (Code 216), and a
+    // read-back can see whether it is still running.
+    const params = new URLSearchParams({
+      query: `INSERT INTO ${this.#target} FORMAT JSONEachRow`,
+      query_id: e.id,
+    });
     if (gen === "modern") params.set("insert_deduplication_token", e.id);
     if (this.#c.distributed_table) params.set("insert_distributed_sync", "1");
     if (this.#missing.length) params.set("input_format_skip_unknown_fields", "1");

@@ -2,7 +2,7 @@
  * tcpdump for a test: packet-buffered (-U), full packets (-s 0), started only once it really captures
  * ("listening on" on stderr), stopped with SIGINT so the pcap is complete.
  */
-import { HarnessError, makeTempDir, nsArgv, requireRoot, requireTool, stopChild } from "./proc.ts";
+import { HarnessError, makeTempDir, nsArgv, requireRoot, requireTool, runOk, stopChild } from "./proc.ts";
 import type { NsRef } from "./clients.ts";
 
 export interface TcpdumpOptions {
@@ -122,4 +122,34 @@ export async function startTcpdump(opts: TcpdumpOptions): Promise<Tcpdump> {
     [Symbol.asyncDispose]: () => cap.close(),
   };
   return cap;
+}
+
+/**
+ * Fields of the packets matching a display filter, read with tshark: one array per packet, one string per
+ * field ("" when absent; several occurrences joined with ","). `options` are tshark -o settings, e.g.
+ * ["tls.keylog_file:KEYS"] to decrypt TLS.
+ */
+export async function tsharkFields(
+  pcap: string,
+  displayFilter: string,
+  fields: string[],
+  options: string[] = [],
+): Promise<string[][]> {
+  const tshark = requireTool("tshark", "tshark");
+  const out = await runOk([
+    tshark,
+    "-n",
+    "-r",
+    pcap,
+    ...options.flatMap((o) => ["-o", o]),
+    ...(displayFilter ? ["-Y", displayFilter] : []),
+    "-T",
+    "fields",
+    "-E",
+    "occurrence=a",
+    "-E",
+    "aggregator=,",
+    ...fields.flatMap((f) => ["-e", f]),
+  ], { timeoutMs: 60_000 });
+  return out.split("\n").filter((l) => l !== "").map((l) => l.split("\t"));
 }

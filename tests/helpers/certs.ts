@@ -25,12 +25,12 @@ export interface CertOptions {
 
 export async function makeCert(opts: CertOptions = {}): Promise<TlsCert> {
   const openssl = requireTool("openssl", "openssl");
+  const cn = opts.commonName ?? "localhost";
+  if (!/^[A-Za-z0-9.*-]+$/.test(cn)) throw new HarnessError(`bad commonName ${JSON.stringify(cn)}`);
   const own = opts.dir === undefined;
   const dir = opts.dir ?? await makeTempDir("ja4ebpf-cert-");
   const certPath = `${dir}/cert.pem`;
   const keyPath = `${dir}/key.pem`;
-  const cn = opts.commonName ?? "localhost";
-  if (!/^[A-Za-z0-9.*-]+$/.test(cn)) throw new HarnessError(`bad commonName ${JSON.stringify(cn)}`);
   const san = (opts.altNames ?? ["DNS:localhost", "IP:127.0.0.1"]).join(",");
   const key = opts.keyType === "rsa"
     ? ["-newkey", "rsa:2048"]

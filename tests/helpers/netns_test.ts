@@ -6,9 +6,9 @@
 import { assert, assertEquals, assertGreater, assertStringIncludes } from "../../src/testing/asserts.ts";
 import { createNetns } from "./netns.ts";
 import { startNginx } from "./servers.ts";
-import { startTcpdump } from "./capture.ts";
+import { startTcpdump, tsharkFields } from "./capture.ts";
 import { chromium, curl, smallMssClient } from "./clients.ts";
-import { makeTempDir, requireTool, runOk } from "./proc.ts";
+import { makeTempDir, runOk } from "./proc.ts";
 
 const HTTP = 20080;
 const TLS = 20443;
@@ -22,29 +22,19 @@ interface Hello {
 
 /** ClientHellos in a pcap: source port, how many TCP segments carried it, its length, its client random. */
 async function clientHellos(pcap: string): Promise<Hello[]> {
-  const tshark = requireTool("tshark", "tshark");
-  const out = await runOk([
-    tshark,
-    "-r",
-    pcap,
-    "-Y",
-    "tls.handshake.type==1",
-    "-T",
-    "fields",
-    "-e",
+  const rows = await tsharkFields(pcap, "tls.handshake.type==1", [
     "tcp.srcport",
-    "-e",
     "tcp.segment.count",
-    "-e",
     "tls.record.length",
-    "-e",
     "tls.handshake.random",
   ]);
-  return out.trim().split("\n").filter(Boolean).map((l) => {
-    const [p, n, len, r] = l.split("\t");
-    // A ClientHello in one segment has no reassembly fields.
-    return { srcPort: Number(p), segments: n ? Number(n) : 1, length: Number(len.split(",")[0]), random: r };
-  });
+  // A ClientHello in one segment has no reassembly fields.
+  return rows.map(([p, n, len, r]) => ({
+    srcPort: Number(p),
+    segments: n ? Number(n) : 1,
+    length: Number(len.split(",")[0]),
+    random: r,
+  }));
 }
 
 Deno.test("netns + veth: curl, Chromium and a small-MSS client from the namespace; tcpdump on the veth", async (t) => {
@@ -115,25 +105,13 @@ Deno.test("netns + veth: curl, Chromium and a small-MSS client from the namespac
         assert(h.segments >= 2, `Chromium ClientHello (${h.length} bytes) in ${h.segments} segments`);
       }
       // No segment exceeds what MTU 1500 allows: no GSO/GRO super-packets.
-      const lens =
-        (await runOk([requireTool("tshark", "tshark"), "-r", cap.file, "-T", "fields", "-e", "tcp.len"]))
-          .trim().split("\n").map(Number);
+      const lens = (await tsharkFields(cap.file, "", ["tcp.len"])).map(([l]) => Number(l));
       assert(Math.max(...lens) <= 1460, `largest TCP payload ${Math.max(...lens)}`);
       // The small-MSS client advertises 200 in its SYN and never sends more than 200 bytes per segment.
-      const syn = await runOk([
-        requireTool("tshark", "tshark"),
-        "-r",
-        cap.file,
-        "-Y",
-        `tcp.srcport==${mssPort}`,
-        "-T",
-        "fields",
-        "-e",
+      const rows = await tsharkFields(cap.file, `tcp.srcport==${mssPort}`, [
         "tcp.options.mss_val",
-        "-e",
         "tcp.len",
       ]);
-      const rows = syn.trim().split("\n").map((l) => l.split("\t"));
       assertEquals(rows[0][0], "200", "MSS option of the SYN");
       assert(rows.every((r) => Number(r[1]) <= 200), "segments of at most 200 bytes");
       console.log(

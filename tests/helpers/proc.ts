@@ -252,14 +252,20 @@ export async function stopChild(
   return st;
 }
 
-/** Polls cond until true or the deadline; throws with msg on timeout. */
-export async function waitUntil(cond: () => boolean | Promise<boolean>, timeoutMs: number, msg: string) {
+/** Polls cond until true or the deadline; throws with msg (and why()'s context, e.g. a log tail) on timeout. */
+export async function waitUntil(
+  cond: () => boolean | Promise<boolean>,
+  timeoutMs: number,
+  msg: string,
+  why?: () => Promise<string>,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (await cond()) return;
     await delay(50);
   }
-  throw new HarnessError(`timed out after ${timeoutMs} ms: ${msg}`);
+  const ctx = why ? await why().catch(() => "") : "";
+  throw new HarnessError(`timed out after ${timeoutMs} ms: ${msg}${ctx ? `\n${ctx}` : ""}`);
 }
 
 export async function tail(path: string, chars = 2000): Promise<string> {

@@ -280,7 +280,8 @@ export async function startNginx(opts: ServerOptions): Promise<WebServer> {
             return now.length === workers && now.every((p) => !old.has(p));
           },
           15_000,
-          `nginx reload: new workers replacing ${[...old].join(",")}\n${await why()}`,
+          `nginx reload: new workers replacing ${[...old].join(",")}`,
+          why,
         );
         return now;
       },
@@ -476,7 +477,8 @@ export async function startApache(opts: ServerOptions): Promise<WebServer> {
             return now.length >= 1 && now.every((p) => !old.has(p));
           },
           20_000,
-          `apache graceful restart: new children replacing ${[...old].join(",")}\n${await why()}`,
+          `apache graceful restart: new children replacing ${[...old].join(",")}`,
+          why,
         );
         return now;
       },

@@ -136,6 +136,14 @@ Deno.test("apache: HTTP and HTTPS (h2) answer curl; real workers; close cleans u
       assertEquals(log[0].serverPort, APACHE_HTTP);
     });
 
+    await t.step("graceful restart (SIGUSR1) replaces the children and keeps serving", async () => {
+      const old = srv.pids().workers;
+      const fresh = await srv.reload();
+      for (const p of fresh) assert(!old.includes(p), `child ${p} is new`);
+      assertEquals((await curl(["-f", srv.url])).stdout, "apache ok\n");
+      pids = srv.pids();
+    });
+
     await t.step("a 12 KiB header line gets 400 (LimitRequestFieldSize 8190)", async () => {
       const big = await rawHttp(srv.host, APACHE_HTTP, httpRequest({ headers: [bigHeader(12 * 1024)] }));
       assertEquals(big.responses[0]?.status, 400, big.text.slice(0, 200));

@@ -85,6 +85,7 @@ Deno.test("metrics endpoint: identity holds at every scrape under load", async (
       m.rows.move("correlate", "memory", rest.length);
       m.rows.ship("memory", m.rows.inStage("memory"));
       m.rows.ship("spool", m.rows.inStage("spool"));
+      m.observeInsert("clickhouse", 0.001, true);
     })();
 
     let lastCaptured = -1;
@@ -109,6 +110,7 @@ Deno.test("metrics endpoint: identity holds at every scrape under load", async (
     const id = identityFromScrape(text);
     assertEquals(id.resolved, id.captured, "identity after drain");
     assertEquals(s.get("ja4ebpf_rows_spooled"), 0, "nothing pending after drain");
+    console.log(`${scrapes} scrapes over ${id.captured} captured rows, identity held at each`);
     assertGreater(scrapes, 30, "scrape loop ran");
     assertGreater(id.captured, 10_000, "load ran");
     assert(sawPending, "some scrapes saw rows in flight (the identity was tested mid-flow)");

@@ -1,0 +1,482 @@
+/**
+ * The running agent: attach plan → BPF object → ring-buffer reader → request/packet trackers →
+ * correlator → sinks, plus the timers that follow server processes, read kernel drop counters and flush.
+ *
+ * Everything that can fail at start-up fails before the `ready` log line; everything after it is counted.
+ */
+import { changedKeys, type Config, loadConfig, RELOADABLE } from "../config/config.ts";
+import { configureLog, log } from "../log.ts";
+import { embeddedObject } from "../bpf/embedded.ts";
+import { type AttachPlan, makePlan, openPlanned, type PlannedObject } from "../bpf/plan.ts";
+import { probeLibapr } from "../bpf/probes.ts";
+import { probeRingbuf } from "../bpf/object.ts";
+import type { AttachHandle, BpfMap } from "../bpf/object.ts";
+import { type CaptureEvent, EventDecoder } from "../bpf/events.ts";
+import { type EventReader, PerfReader, RingReader } from "../bpf/ringbuf.ts";
+import { DropReason, ServerKind } from "../bpf/layout.gen.ts";
+import { type CapturedRequest, RequestTracker, type Tuple } from "../capture/requests.ts";
+import { PacketTracker } from "../capture/packets.ts";
+import {
+  findServerProcesses,
+  listeningPorts,
+  processSockets,
+  type ServerKind as Server,
+} from "../capture/procfs.ts";
+import { Correlator, type Tuple as CTuple } from "../correlate/correlator.ts";
+import { makeRedactor, openOutputs, type OutputSink } from "../sink/mod.ts";
+import type { SyncWriter } from "../sink/stdout.ts";
+import type { Row } from "../sink/row.ts";
+import { AgentMetrics } from "../metrics/agent.ts";
+import { type MetricsServer, startMetricsServer } from "../metrics/server.ts";
+
+export interface AgentOptions {
+  stdout?: SyncWriter;
+  /** Where rows go instead of the configured sinks (tests). */
+  rowHook?: (rows: Row[]) => void;
+}
+
+const DROP_NAMES: Record<number, string> = Object.fromEntries(
+  Object.entries(DropReason).map(([k, v]) => [v, k.toLowerCase()]),
+);
+
+function u32(n: number): Uint8Array<ArrayBuffer> {
+  const b = new Uint8Array(4);
+  new DataView(b.buffer).setUint32(0, n, true);
+  return b;
+}
+
+function u16(n: number): Uint8Array<ArrayBuffer> {
+  const b = new Uint8Array(2);
+  new DataView(b.buffer).setUint16(0, n, true);
+  return b;
+}
+
+const toC = (t: Tuple): CTuple => ({ src: t.src, srcPort: t.src_port, dst: t.dst, dstPort: t.dst_port });
+
+export class Agent {
+  readonly metrics: AgentMetrics;
+  readonly requests: RequestTracker;
+  readonly packets = new PacketTracker();
+  readonly correlator: Correlator;
+  plan!: AttachPlan;
+  private planned?: PlannedObject;
+  private reader?: EventReader;
+  private outputs?: OutputSink;
+  private metricsServer?: MetricsServer;
+  private readonly decoder = new EventDecoder();
+  private timers: ReturnType<typeof setInterval>[] = [];
+  /** tgid → server, as written into the BPF process filter. */
+  private traced = new Map<number, Server>();
+  private ports = new Set<number>();
+  private extraLinks: AttachHandle[] = [];
+  /** Wall-clock ms minus monotonic ms, estimated from events (smallest difference seen). */
+  private clockOffsetMs: number | undefined;
+  private aprRetries = 0;
+  private stopped = false;
+  readonly kernelDrops = new Map<string, bigint>();
+  private hostname = Deno.hostname();
+
+  constructor(readonly cfg: Config, private readonly opts: AgentOptions = {}) {
+    this.metrics = new AgentMetrics();
+    this.requests = new RequestTracker({ maxStreams: cfg.capture.max_connections, maxHead: 64 * 1024 });
+    this.correlator = new Correlator({
+      host: this.hostname,
+      holdMs: cfg.capture.hold_ms,
+      maxConnections: cfg.capture.max_connections,
+    });
+    this.metrics.watchCorrelator(() => this.correlator.stats());
+  }
+
+  /** Plans, loads and attaches; resolves once every hook is attached ("ready"). */
+  async start(): Promise<void> {
+    const cfg = this.cfg;
+    if (cfg.metrics.enabled) {
+      this.metricsServer = startMetricsServer(this.metrics, cfg.metrics) ?? undefined;
+      log.info("metrics listening", { listen: cfg.metrics.listen });
+    }
+    this.outputs = await openOutputs(cfg, { stdout: this.opts.stdout });
+
+    const servers = cfg.uprobes.servers as Server[];
+    const bytes = embeddedObject();
+    const ringbuf = cfg.capture.ringbuf === "perfbuf"
+      ? false
+      : cfg.capture.ringbuf === "ringbuf"
+      ? true
+      : probeRingbuf();
+    const libapr = cfg.uprobes.enabled && servers.includes("apache") ? await probeLibapr() : undefined;
+    const ifaces = await this.interfaces();
+    this.plan = makePlan(bytes, {
+      methods: {
+        nginx: servers.includes("nginx") ? cfg.capture.nginx : "off",
+        apache: !servers.includes("apache")
+          ? "off"
+          : cfg.capture.apache === "auto" && !cfg.uprobes.enabled
+          ? "read_tracepoint"
+          : cfg.capture.apache,
+      },
+      tcInterfaces: ifaces,
+      libapr,
+      ringbuf,
+    });
+    for (const h of this.plan.hooks) {
+      const refused = h.attempts.filter((a) => !a.ok).map((a) => `${a.method}: ${a.error ?? a.stage}`);
+      if (h.method) {
+        log.info("hook attached", { hook: h.hook, method: h.method, refused: refused.join("; ") });
+      } else log.warn("hook unavailable", { hook: h.hook, reason: h.reason ?? refused.join("; ") });
+    }
+    if (!this.plan.hooks.some((h) => (h.hook === "nginx" || h.hook === "apache") && h.method)) {
+      throw new Error("no capture method works for nginx or apache on this kernel (see ja4ebpf --validate)");
+    }
+    this.planned = openPlanned(bytes, this.plan, {}, {
+      ringBytes: cfg.capture.ring_size_mb * 1024 * 1024,
+      globals: { max_capture: Math.min(cfg.capture.max_head_bytes, 16384) },
+    });
+    this.refreshProcesses();
+    this.seedConnections();
+
+    const events = this.planned.obj.map(ringbuf ? "events" : "events_perf");
+    const onRecord = (rec: Uint8Array) => this.onRecord(rec);
+    this.reader = ringbuf ? new RingReader(events, { onRecord }) : new PerfReader(events, { onRecord });
+    this.reader.start();
+
+    this.timers.push(setInterval(() => this.tick(), 100));
+    this.timers.push(setInterval(() => this.slowTick(), 1000));
+    const apache = this.plan.hooks.find((h) => h.hook === "apache");
+    if (apache && !apache.method && cfg.uprobes.enabled) this.scheduleAprRetry();
+    log.info("ready", {
+      capture: this.plan.hooks.filter((h) => h.method).map((h) => `${h.hook}=${h.method}`).join(" "),
+      buffer: ringbuf ? "ringbuf" : "perfbuf",
+      interfaces: ifaces.join(","),
+      ports: [...this.ports].join(","),
+    });
+  }
+
+  /** Method name put on rows: the hook's chosen method. */
+  private methodOf(server: string): string {
+    return this.plan.hooks.find((h) => h.hook === server)?.method ?? "";
+  }
+
+  private async interfaces(): Promise<string[]> {
+    const want = this.cfg.capture.interfaces;
+    if (!(want.length === 0 || want.includes("auto"))) return want;
+    const out: string[] = [];
+    for (const e of Deno.readDirSync("/sys/class/net")) {
+      try {
+        const state = (await Deno.readTextFile(`/sys/class/net/${e.name}/operstate`)).trim();
+        const flags = parseInt((await Deno.readTextFile(`/sys/class/net/${e.name}/flags`)).trim(), 16);
+        if (e.name === "lo" || state === "up" || (flags & 1) === 1) out.push(e.name);
+      } catch { /* interface vanished */ }
+    }
+    return out.sort();
+  }
+
+  private map(name: string): BpfMap | undefined {
+    const o = this.planned?.obj;
+    return o && o.hasMap(name) ? o.map(name) : undefined;
+  }
+
+  /** Follows server processes (new workers after reloads and restarts) into the BPF filter and ports. */
+  refreshProcesses(): void {
+    const procs = findServerProcesses(this.cfg.uprobes.servers as Server[]);
+    const now = new Map(procs.map((p) => [p.pid, p.server] as const));
+    const pids = this.map("traced_pids");
+    for (const [pid, server] of now) {
+      if (this.traced.get(pid) === server) continue;
+      pids?.update(u32(pid), u32(server === "nginx" ? ServerKind.NGINX : ServerKind.APACHE));
+      this.traced.set(pid, server);
+    }
+    for (const pid of [...this.traced.keys()]) {
+      if (now.has(pid)) continue;
+      pids?.delete(u32(pid));
+      this.traced.delete(pid);
+    }
+    const ports = this.cfg.capture.ports.length ? this.cfg.capture.ports : listeningPorts([...now.keys()]);
+    const lp = this.map("listen_ports");
+    for (const p of ports) {
+      if (this.ports.has(p)) continue;
+      lp?.update(u16(p), new Uint8Array([1]));
+      this.ports.add(p);
+    }
+    if (!this.cfg.capture.ports.length) {
+      for (const p of [...this.ports]) {
+        if (ports.includes(p)) continue;
+        lp?.delete(u16(p));
+        this.ports.delete(p);
+      }
+    }
+  }
+
+  /** Keep-alive connections accepted before the agent started: bind (pid, fd) to their 4-tuple. */
+  private seedConnections(): void {
+    const now = Date.now();
+    let n = 0;
+    for (const s of processSockets([...this.traced.keys()])) {
+      if (s.state !== 1) continue;
+      this.correlator.bind(
+        { src: s.remote, srcPort: s.remotePort, dst: s.local, dstPort: s.localPort },
+        s.pid,
+        s.fd,
+        now,
+      );
+      n++;
+    }
+    if (n) log.info("seeded existing connections", { connections: n });
+  }
+
+  private wallMs(tsNs: bigint): number {
+    const mono = Number(tsNs / 1000n) / 1000;
+    const diff = Date.now() - mono;
+    if (this.clockOffsetMs === undefined || diff < this.clockOffsetMs) this.clockOffsetMs = diff;
+    return mono + this.clockOffsetMs;
+  }
+
+  onRecord(rec: Uint8Array): void {
+    const ev = this.decoder.decode(rec);
+    if (!ev) {
+      this.metrics.parseErrors.inc({ parser: "event", kind: "malformed" });
+      return;
+    }
+    this.metrics.events.inc({ hook: ev.hook });
+    try {
+      this.dispatch(ev);
+    } catch (e) {
+      // A bug in one event's handling must not stop the capture: count and log (rate-limited).
+      this.metrics.parseErrors.inc({ parser: "agent", kind: "exception" });
+      log.error("event handling failed", { error: e instanceof Error ? e.message : String(e) });
+    }
+  }
+
+  private dispatch(ev: CaptureEvent): void {
+    const tuple: Tuple = { src: ev.srcAddr, src_port: ev.srcPort, dst: ev.dstAddr, dst_port: ev.dstPort };
+    switch (ev.type) {
+      case "data": {
+        if (ev.readFailed) return;
+        const server = this.traced.get(ev.pid) ?? (ev.comm === "nginx" ? "nginx" : "apache");
+        const out = this.requests.push({
+          ...tuple,
+          pid: ev.pid,
+          fd: ev.fd,
+          tsNs: ev.tsNs,
+          server,
+          capture: ev.plaintext ? "ssl_uprobe" : this.methodOf(server),
+          plaintext: ev.plaintext,
+          pos: ev.pos,
+          data: ev.bytes,
+          lostTo: ev.truncated && ev.lastChunk ? ev.pos - ev.offset + ev.total : undefined,
+        });
+        for (const r of out.requests) this.onRequest(r);
+        for (const h of out.hellos) {
+          this.correlator.onClientHello(
+            toC(h),
+            { ja4: h.fp.ja4, ja4_r: h.fp.ja4_r, tls_server_name: h.hello.serverName ?? "" },
+            this.wallMs(h.tsNs),
+          );
+        }
+        return;
+      }
+      case "syn": {
+        const j = this.packets.syn({
+          ...tuple,
+          tsNs: ev.tsNs,
+          seq: ev.seq,
+          window: ev.window,
+          options: ev.options,
+        });
+        this.correlator.onSyn(toC(tuple), j, this.wallMs(ev.tsNs));
+        return;
+      }
+      case "pkt": {
+        const h = this.packets.segment({ ...tuple, tsNs: ev.tsNs, seq: ev.seq, bytes: ev.bytes });
+        if (h) {
+          this.correlator.onClientHello(
+            toC(h),
+            { ja4: h.fp.ja4, ja4_r: h.fp.ja4_r, tls_server_name: h.hello.serverName ?? "" },
+            this.wallMs(h.tsNs),
+          );
+        }
+        return;
+      }
+      case "close":
+        this.requests.close(ev.pid, ev.fd);
+        this.correlator.onClose(ev.srcPort ? toC(tuple) : null, ev.pid, ev.fd, this.wallMs(ev.tsNs));
+        return;
+    }
+  }
+
+  private onRequest(r: CapturedRequest): void {
+    this.metrics.rows.capture(1);
+    const hasTuple = r.src_port !== 0;
+    this.correlator.onRequest(hasTuple ? toC(r) : null, r.pid, r.fd, {
+      server: r.server,
+      capture: r.capture,
+      method: r.method,
+      path: r.path,
+      http_version: r.http_version,
+      host_header: r.host_header,
+      user_agent: r.user_agent,
+      ja4h: r.fp.ja4h,
+      ja4h_r: r.fp.ja4h_r,
+      ja4h_o: r.fp.ja4h_o,
+      ja4h_ro: r.fp.ja4h_ro,
+      truncated: r.truncated,
+      // Plain HTTP on a port TC does not see as TLS: the row need not wait for a hello.
+      tls: r.tls ? true : undefined,
+    }, this.wallMs(r.tsNs));
+  }
+
+  private tick(): void {
+    const rows = this.correlator.tick(Date.now());
+    if (rows.length) this.emit(rows);
+  }
+
+  private emit(rows: Row[]): void {
+    for (const r of rows) r.pid = r.pid || 0;
+    if (this.opts.rowHook) this.opts.rowHook(rows);
+    this.metrics.rows.move("correlate", "memory", rows.length);
+    this.outputs?.write(rows);
+    this.syncLedger();
+  }
+
+  private sinkSeen = {
+    errors: 0,
+    replayed: 0,
+    shipped: 0,
+    quarantined: 0,
+    dropped: {} as Record<string, number>,
+  };
+
+  /**
+   * Moves rows through the ledger as the primary sink reports them delivered, quarantined or dropped, so
+   * captured = shipped + spooled + quarantined + dropped holds at every scrape.
+   */
+  syncLedger(): void {
+    const all = this.outputs?.allStats() ?? [];
+    const st = all.find((s) => s.name === "clickhouse") ?? all.find((s) => s.name === "file") ?? all[0];
+    if (!st) return;
+    const led = this.metrics.rows;
+    const seen = this.sinkSeen;
+    if (st.replayed > seen.replayed) led.capture(st.replayed - seen.replayed, "spool");
+    seen.replayed = st.replayed;
+    const errs = Object.values(st.errors).reduce((a, b) => a + b, 0);
+    if (st.alarm || errs > seen.errors) this.metrics.health.sinkFailed(st.name, Date.now());
+    else if (st.shipped > seen.shipped) this.metrics.health.sinkOk(st.name);
+    seen.errors = errs;
+    if (st.shipped > seen.shipped) led.ship("memory", st.shipped - seen.shipped);
+    seen.shipped = st.shipped;
+    if (st.quarantined > seen.quarantined) led.quarantine("memory", st.quarantined - seen.quarantined);
+    seen.quarantined = st.quarantined;
+    for (const [reason, n] of Object.entries(st.dropped)) {
+      const d = n - (seen.dropped[reason] ?? 0);
+      if (d > 0) led.drop(reason, "memory", d);
+      seen.dropped[reason] = n;
+    }
+  }
+
+  private slowTick(): void {
+    try {
+      this.refreshProcesses();
+    } catch (e) {
+      log.warn("process refresh failed", { error: e instanceof Error ? e.message : String(e) });
+    }
+    const nowNs = BigInt(Math.round((Date.now() - (this.clockOffsetMs ?? 0)) * 1e6));
+    this.requests.expire(nowNs);
+    this.packets.expire(nowNs);
+    this.readKernelDrops();
+    this.syncLedger();
+  }
+
+  /** Sums the per-CPU drop counters of the BPF side into metrics. */
+  readKernelDrops(): void {
+    const drops = this.map("drops");
+    if (!drops) return;
+    for (const [code, name] of Object.entries(DROP_NAMES)) {
+      const v = drops.sumU64(u32(Number(code)));
+      const prev = this.kernelDrops.get(name) ?? 0n;
+      if (v > prev) this.metrics.bpfDrops.inc({ reason: name }, Number(v - prev));
+      this.kernelDrops.set(name, v);
+    }
+    for (const l of this.planned?.links ?? []) {
+      const missed = (l as { nmissed?: () => number | undefined }).nmissed?.();
+      if (missed) {
+        const prev = this.kernelDrops.get("kretprobe_missed") ?? 0n;
+        if (BigInt(missed) > prev) {
+          this.metrics.bpfDrops.inc({ reason: "kretprobe_missed" }, missed - Number(prev));
+          this.kernelDrops.set("kretprobe_missed", BigInt(missed));
+        }
+      }
+    }
+  }
+
+  /** Apache or libapr not there yet: look again every retry_interval_sec, max_retries times. */
+  private scheduleAprRetry(): void {
+    const { max_retries, retry_interval_sec } = this.cfg.uprobes;
+    const t = setInterval(async () => {
+      if (this.stopped) return clearInterval(t);
+      this.aprRetries++;
+      const info = await probeLibapr();
+      if (info.path && info.offset !== undefined && this.planned) {
+        try {
+          const o = this.planned.obj;
+          for (
+            const [prog, ret] of [["uprobe_apr_socket_recv_entry", false], [
+              "uretprobe_apr_socket_recv",
+              true,
+            ]] as const
+          ) {
+            this.extraLinks.push(
+              o.program(prog).attachUprobe({ path: info.path, offset: info.offset, retprobe: ret }),
+            );
+          }
+          log.info("apache uprobes attached after retry", { attempt: this.aprRetries, library: info.path });
+          clearInterval(t);
+          return;
+        } catch (e) {
+          log.warn("apache uprobe attach failed", { error: e instanceof Error ? e.message : String(e) });
+        }
+      }
+      if (this.aprRetries >= max_retries) {
+        log.warn("apache: giving up on uprobes", { retries: this.aprRetries, reason: info.error ?? "" });
+        clearInterval(t);
+      }
+    }, retry_interval_sec * 1000);
+    this.timers.push(t);
+  }
+
+  /**
+   * SIGHUP: re-reads the configuration and applies what can change without a restart (log, privacy);
+   * other changed keys are named in a warning. Counters and held rows are untouched.
+   */
+  async reload(path?: string): Promise<void> {
+    const next = await loadConfig(path);
+    const changed = changedKeys(this.cfg, next);
+    const now = changed.filter((k) => RELOADABLE.has(k));
+    const later = changed.filter((k) => !RELOADABLE.has(k));
+    if (now.some((k) => k.startsWith("log."))) {
+      configureLog({ level: next.log.level, format: next.log.format });
+    }
+    if (now.some((k) => k.startsWith("privacy.")) && this.outputs) {
+      this.outputs.setRedactor(await makeRedactor(next.privacy));
+    }
+    this.cfg.log = next.log;
+    this.cfg.privacy = next.privacy;
+    log.info("configuration reloaded", { applied: now.join(",") || "none", needs_restart: later.join(",") });
+  }
+
+  /** Detaches everything, flushes held rows and sinks. */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    for (const t of this.timers) clearInterval(t);
+    try {
+      this.reader?.drain();
+    } catch { /* closing anyway */ }
+    await this.reader?.close();
+    for (const l of this.extraLinks) l.close();
+    this.planned?.close();
+    this.emit(this.correlator.flush());
+    await this.outputs?.flush();
+    await this.outputs?.close();
+    await this.metricsServer?.close();
+    log.info("stopped", { rows: this.correlator.stats().rows_emitted });
+  }
+}
