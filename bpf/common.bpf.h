@@ -63,11 +63,14 @@ union ja4_scratch_u {
 };
 
 /* Events are built here and sent with *_output (variable length: only the bytes read).
- * Slot 0: syscall/uprobe programs; slot 1: tc (softirq may interrupt slot 0's user). */
-enum { SCRATCH_TASK = 0, SCRATCH_TC = 1 };
+ * Slot 0: syscall tracepoint programs (run with preemption off); slot 1: tc (softirq may
+ * interrupt slot 0's user); slot 2: uprobe programs, which run preemptible (migrate_disable
+ * only): another task's uprobe program on the same CPU may reuse the slot meanwhile, which
+ * emit_chunks detects (tid changed) and counts as JA4_DROP_SCRATCH. */
+enum { SCRATCH_TASK = 0, SCRATCH_TC = 1, SCRATCH_UPROBE = 2 };
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 3);
 	__type(key, __u32);
 	__type(value, union ja4_scratch_u);
 } scratch SEC(".maps");
@@ -280,6 +283,10 @@ static __always_inline int fd_tuple(__s32 fd, struct ja4_event_hdr *h)
 	h->family = (__u8)family;
 	h->sport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	h->dport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	/* A socket gone to TCP_CLOSE (peer's RST, or at close()) has skc_num zeroed by
+	 * inet_put_port; inet_sport keeps the local port. */
+	if (!h->dport)
+		h->dport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 	return 0;
 }
 
@@ -367,6 +374,11 @@ static __always_inline __u32 emit_chunks(void *ctx, struct ja4_data_event *ev, _
 			ja4_output(ctx, ev, offsetof(struct ja4_data_event, data));
 			break;
 		}
+		/* the slot is per CPU: a preempted uprobe program finds another task's event here */
+		if (ev->hdr.tid != (__u32)bpf_get_current_pid_tgid()) {
+			count_drop(JA4_DROP_SCRATCH);
+			break;
+		}
 		/* last: the call's bytes are done, or the capture budget is */
 		if (base + off + n >= ev->hdr.total || (off + n >= cap && cap == budget))
 			ev->hdr.flags |= JA4_F_LAST_CHUNK;
@@ -391,7 +403,9 @@ static __always_inline void handle_read(void *ctx, __u8 hook, __s32 fd, const vo
 
 	if (total == 0)
 		return;
-	ev = scratch_get(SCRATCH_TASK);
+	ev = scratch_get(hook == JA4_HOOK_APR_RECV || hook == JA4_HOOK_SSL_READ || hook == JA4_HOOK_SSL_READ_EX
+				 ? SCRATCH_UPROBE
+				 : SCRATCH_TASK);
 	if (!ev)
 		return;
 	if (fill_task_hdr(&ev->hdr, JA4_EV_DATA, hook, fd) > 0)

@@ -21,6 +21,7 @@ import {
   listeningPorts,
   processSockets,
   type ServerKind as Server,
+  serverOfComm,
 } from "../capture/procfs.ts";
 import { Correlator, type Tuple as CTuple } from "../correlate/correlator.ts";
 import { makeRedactor, openOutputs, type OutputSink } from "../sink/mod.ts";
@@ -324,7 +325,40 @@ export class Agent {
     }, this.wallMs(r.tsNs));
   }
 
+  /**
+   * Workers forked by a traced master (nginx reload, Apache replacing children) read requests at once; the
+   * full /proc scan runs only once a second, so look at the masters' children on every tick (cheap: one file
+   * per traced process) to shrink the window in which their reads are filtered out.
+   */
+  followChildren(): void {
+    const pids = this.map("traced_pids");
+    for (const [pid, server] of [...this.traced]) {
+      let text: string;
+      try {
+        text = Deno.readTextFileSync(`/proc/${pid}/task/${pid}/children`);
+      } catch {
+        continue; // gone, or a kernel without CONFIG_PROC_CHILDREN: the slow scan covers it
+      }
+      for (const c of text.split(" ")) {
+        const child = Number(c);
+        if (!child || this.traced.has(child)) continue;
+        let comm = "";
+        try {
+          comm = Deno.readTextFileSync(`/proc/${child}/comm`).trim();
+        } catch { /* exited */ }
+        if (serverOfComm(comm) !== server) continue;
+        pids?.update(u32(child), u32(server === "nginx" ? ServerKind.NGINX : ServerKind.APACHE));
+        this.traced.set(child, server);
+      }
+    }
+  }
+
   private tick(): void {
+    try {
+      this.followChildren();
+    } catch (e) {
+      log.warn("following server children failed", { error: e instanceof Error ? e.message : String(e) });
+    }
     const rows = this.correlator.tick(Date.now());
     if (rows.length) this.emit(rows);
   }

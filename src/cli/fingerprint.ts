@@ -3,15 +3,23 @@ import { parseFlags, UsageError } from "./args.ts";
 import { CaptureFormatError, openCapture } from "../parse/pcap.ts";
 import { fingerprintCapture, type OfflineStats } from "../offline/fingerprint_capture.ts";
 import type { AbsentConvention } from "../fingerprint/ja4t.ts";
+import { parseKeyLog, type TlsKeyLog } from "../parse/tls_decrypt.ts";
 import { log } from "../log.ts";
 
-const USAGE = `Usage: ja4ebpf fingerprint --pcap FILE [--json] [--with-raw] [--ja4t-absent foxio|rust]
+const USAGE =
+  `Usage: ja4ebpf fingerprint --pcap FILE [--keylog FILE] [--json] [--with-raw] [--ja4t-absent foxio|rust]
   Reads a pcap or pcapng capture and prints one JSON object per TCP stream (JSON lines on stdout), with the
   field names and stream numbers of FoxIO's ja4 tool: stream, transport, src, dst, src_port, dst_port,
   tls_server_name, ja4, ja4s, ja4t, ja4ts, ja4l_c, ja4l_s, http: [{ja4h, method, path}].
   A summary of skipped and malformed packets goes to stderr.
 
+  TLS streams are decrypted when their secrets are known: from --keylog and from the TLS key logs embedded
+  in the capture (pcapng Decryption Secrets Blocks, read automatically). Their HTTP/1.1 and HTTP/2 requests
+  are listed under http like those of plain HTTP (HTTP/2: JA4H without the pseudo-headers). A TLS stream
+  whose secrets are missing or wrong keeps its ja4/ja4s, has no http, and is counted as undecryptable.
+
   --pcap FILE           capture to read (required)
+  --keylog FILE         TLS secrets in NSS key-log format (SSLKEYLOGFILE), merged with any in the capture
   --json                JSON lines output (the default and only format)
   --with-raw            add the raw and original-order forms: ja4_r, ja4_o, ja4_ro, ja4s_r, ja4h_r, ja4h_o,
                         ja4h_ro (ja4h_r/ja4h_ro contain cookie values in the clear)
@@ -31,6 +39,7 @@ export function main(args: string[]): Promise<number> {
 function run(args: string[]): number {
   const { values, help } = parseFlags(args, {
     pcap: { type: "string" },
+    keylog: { type: "string" },
     json: { type: "boolean" },
     "with-raw": { type: "boolean" },
     "ja4t-absent": { type: "string" },
@@ -44,6 +53,27 @@ function run(args: string[]): number {
   const absent = values["ja4t-absent"] ?? "foxio";
   if (absent !== "foxio" && absent !== "rust") {
     throw new UsageError(`--ja4t-absent must be foxio or rust, not ${JSON.stringify(absent)}`, USAGE);
+  }
+  let keyLog: TlsKeyLog | undefined;
+  const keyPath = values.keylog;
+  if (keyPath !== undefined) {
+    if (typeof keyPath !== "string" || keyPath === "") throw new UsageError("--keylog needs a FILE", USAGE);
+    let text: string;
+    try {
+      text = Deno.readTextFileSync(keyPath);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.PermissionDenied) {
+        console.error(`ja4ebpf fingerprint: cannot open ${keyPath}: ${e.message}`);
+        return 2;
+      }
+      throw e;
+    }
+    keyLog = parseKeyLog(text);
+    if (keyLog.size === 0) {
+      console.error(`ja4ebpf fingerprint: ${keyPath}: no key-log lines (LABEL <client random> <secret>)`);
+      return 2;
+    }
+    if (keyLog.badLines > 0) log.warn("key log lines skipped", { file: keyPath, lines: keyLog.badLines });
   }
   let opened;
   try {
@@ -66,6 +96,7 @@ function run(args: string[]): number {
     stats = fingerprintCapture(reader, {
       withRaw: values["with-raw"] === true,
       ja4tAbsent: absent as AbsentConvention,
+      keyLog,
       emit: (r) => out.line(JSON.stringify(r)),
     }).stats;
   } finally {
@@ -105,6 +136,10 @@ function report(s: OfflineStats): void {
   });
   if (malformed > 0) log.warn("malformed packets", { by_reason: s.malformed });
   if (skipped > 0) log.info("non-TCP packets skipped", { by_reason: s.skipped });
+  if (s.decrypted > 0 || s.undecryptable > 0) {
+    log.info("tls decryption", { decrypted: s.decrypted, undecryptable: s.undecryptable });
+  }
+  if (s.undecryptable > 0) log.warn("tls streams not decrypted", { by_reason: s.undecryptableBy });
   if (s.tlsErrors > 0 || s.httpErrors > 0 || s.gaps > 0) {
     log.warn("stream problems", { tls_errors: s.tlsErrors, http_errors: s.httpErrors, gaps: s.gaps });
   }

@@ -102,3 +102,56 @@ Deno.test("fingerprint: usage and input errors exit 2 with a clear message", asy
     await Deno.remove(truncated);
   }
 });
+
+Deno.test("fingerprint --keylog: TLS streams decrypted, their requests listed under http", async (t) => {
+  const LOCAL = new URL("../../tests/fixtures/local/", import.meta.url);
+  const keys = new URL("keys.log", LOCAL).pathname;
+  const wrong = await Deno.makeTempFile({ suffix: ".log" });
+  const empty = await Deno.makeTempFile({ suffix: ".log" });
+  try {
+    // Same sessions, other secrets: every record fails authentication.
+    await Deno.writeTextFile(
+      wrong,
+      (await Deno.readTextFile(keys)).replace(/[0-9a-f]$/gm, (d) => d === "0" ? "1" : "0"),
+    );
+    await Deno.writeTextFile(empty, "# nothing\n");
+    await t.step("HTTP/2 inside TLS 1.2 with --keylog", async () => {
+      const r = await cli("--pcap", new URL("dev_curl_https_h2.pcap", LOCAL).pathname, "--keylog", keys);
+      assertEquals(r.code, 0, r.err);
+      const [rec] = r.out.trim().split("\n").map((l) => JSON.parse(l));
+      assertEquals(rec.http, [{
+        ja4h: "ge20nr03ptbr_dc308f3700d9_000000000000_000000000000",
+        method: "GET",
+        path: "/dev2", // tshark with the same key log: http2.headers.path
+      }]);
+      assertStringIncludes(r.err, "decrypted=1 undecryptable=0");
+    });
+    await t.step("TLS 1.3 with the key log embedded in the pcapng, no --keylog", async () => {
+      const r = await cli("--pcap", new URL("http2-with-cookies.pcapng", FIX).pathname);
+      assertEquals(r.code, 0, r.err);
+      const [rec] = r.out.trim().split("\n").map((l) => JSON.parse(l));
+      assertEquals(rec.http.length, 15);
+      assertEquals(rec.http[0].ja4h, "ge20cn19enus_cb83bf27b7a9_c7713052b7e4_348cad68b6fb");
+    });
+    await t.step("wrong secrets: JA4 kept, no http, counted", async () => {
+      const r = await cli("--pcap", new URL("dev_curl_https_h11.pcap", LOCAL).pathname, "--keylog", wrong);
+      assertEquals(r.code, 0, r.err);
+      const [rec] = r.out.trim().split("\n").map((l) => JSON.parse(l));
+      assert(rec.ja4 !== undefined && rec.http === undefined, JSON.stringify(rec));
+      assertStringIncludes(r.err, "undecryptable=1");
+      assertStringIncludes(r.err, `"auth-failed":1`);
+    });
+    await t.step("a key log with no key lines, or none at all: exit 2", async () => {
+      const pcap = new URL("dev_curl_https_h11.pcap", LOCAL).pathname;
+      const a = await cli("--pcap", pcap, "--keylog", empty);
+      assertEquals(a.code, 2);
+      assertStringIncludes(a.err, "no key-log lines");
+      const b = await cli("--pcap", pcap, "--keylog", empty + ".missing");
+      assertEquals(b.code, 2);
+      assertStringIncludes(b.err, "cannot open");
+    });
+  } finally {
+    await Deno.remove(wrong);
+    await Deno.remove(empty);
+  }
+});

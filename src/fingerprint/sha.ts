@@ -6,6 +6,7 @@
  * pure-TS SHA-256 below takes ~0.4–0.6 µs for a one-block input and ~0.7 µs for two blocks (typical JA4
  * lists), node:crypto's createHash ~0.7 µs and ~1.9 µs (its per-call object set-up dominates). So the pure
  * version is used; node:crypto stays as the cross-check in tests and the benchmark. Both are synchronous.
+ * hash12 also memoises (see below): the same lists recur across clients, and a hit skips SHA-256 entirely.
  */
 import { createHash } from "node:crypto";
 
@@ -199,12 +200,28 @@ export function sha256Hex12Bytes(b: Uint8Array): string {
   return hex12(h[0], h[1]);
 }
 
+// Real traffic repeats a small set of cipher/extension lists, so hash12 results are memoised. Bounded: the
+// map is emptied when full (a cheap, allocation-free policy; a refill costs one SHA-256 per distinct list).
+const CACHE_MAX = 4096;
+const cache = new Map<string, string>();
+
+/** Empties the hash12 memo (the benchmark uses it to measure the uncached path). */
+export function clearHash12Cache(): void {
+  cache.clear();
+}
+
 /** JA4+ hash12: "000000000000" for the empty string, else the first 12 hex digits of SHA-256. */
 export function hash12(s: string): string {
   if (s.length === 0) return EMPTY12;
-  const len = load(s);
-  const h = sha256Words(block, len);
-  return hex12(h[0], h[1]);
+  let v = cache.get(s);
+  if (v === undefined) {
+    const len = load(s);
+    const h = sha256Words(block, len);
+    v = hex12(h[0], h[1]);
+    if (cache.size >= CACHE_MAX) cache.clear();
+    cache.set(s, v);
+  }
+  return v;
 }
 
 export const EMPTY12 = "000000000000";

@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { assertEquals } from "../testing/asserts.ts";
-import { hash12, hash12Node, hash12Pure, sha256Hex } from "./sha.ts";
+import { clearHash12Cache, hash12, hash12Node, hash12Pure, sha256Hex } from "./sha.ts";
 
 Deno.test("sha256 / hash12", async (t) => {
   await t.step("empty string is all zeros (JA4+ rule)", () => assertEquals(hash12(""), "000000000000"));
@@ -32,4 +32,16 @@ Deno.test("sha256 / hash12", async (t) => {
       assertEquals(hash12(s), want.slice(0, 12));
     });
   }
+  await t.step("memo: hits, overflow past the bound and clearing keep results exact", () => {
+    clearHash12Cache();
+    for (let round = 0; round < 2; round++) {
+      // 5000 distinct inputs overflow the 4096-entry memo once; the second round mixes hits and misses.
+      for (let i = 0; i < 5000; i += 7) {
+        const s = `${i.toString(16).padStart(4, "0")},1301,1302`;
+        assertEquals(hash12(s), hash12Node(s));
+      }
+    }
+    clearHash12Cache();
+    assertEquals(hash12("abc"), hash12Node("abc"));
+  });
 });

@@ -7,6 +7,13 @@
  * FoxIO's vectors put in front of TLS: an HTTP CONNECT and a SOCKS 4/5 negotiation. Anything else stops
  * that direction's reassembly at once. The side that sends a ClientHello or a request is the client when no
  * SYN or SYN-ACK told us (captures that start mid-connection).
+ *
+ * With TLS secrets (an NSS key log, or pcapng Decryption Secrets Blocks as they are read), each TLS
+ * connection is also decrypted: both directions go through a TlsDecryptor until the server's first
+ * application data (the handshake is then over and responses are not needed), the client's plaintext goes to
+ * the HTTP/2 parser (ALPN h2 or the connection preface) or the HTTP/1 parser, and its requests become
+ * `http` entries like those of plain streams. Decryption and parsing stream (only a record, a frame or a
+ * request head is ever buffered), so the client direction's reassembly cap is raised for decrypted streams.
  */
 import { type CapturedPacket, type CaptureReader, tsMicros } from "../parse/pcap.ts";
 import { decodePacket, type TcpSegment } from "../parse/packet.ts";
@@ -27,6 +34,13 @@ import {
   TlsHandshakeReader,
 } from "../parse/tls.ts";
 import { Http1RequestStream, parseRequestHead, type RequestHead } from "../parse/http1.ts";
+import { H2_PREFACE, type H2Request, Http2RequestStream } from "../parse/http2.ts";
+import {
+  keyLogFromDecryptionSecrets,
+  TlsDecryptor,
+  type TlsDir,
+  type TlsKeyLog,
+} from "../parse/tls_decrypt.ts";
 import { ja4 } from "../fingerprint/ja4.ts";
 import { ja4s } from "../fingerprint/ja4s.ts";
 import { ja4h } from "../fingerprint/ja4h.ts";
@@ -75,6 +89,17 @@ export interface OfflineOptions {
   /** Called with each TCP frame's stream number (tests compare the numbering with Wireshark's). */
   onSegment?: (frame: number, stream: number) => void;
   /**
+   * TLS secrets (NSS key log). With it, or once the capture yields a Decryption Secrets Block (see
+   * addDecryptionSecrets), TLS streams are decrypted and their HTTP/1.1 and HTTP/2 requests fingerprinted.
+   */
+  keyLog?: TlsKeyLog;
+  /**
+   * Client bytes a decrypted TLS stream may deliver (replaces `limits.maxStreamBytes` for that direction).
+   * Default 1 GiB: decryption keeps no more than a record and the parsers skip bodies, so requests late in a
+   * long HTTP/2 connection are still seen at no memory cost.
+   */
+  maxDecryptedStreamBytes?: number;
+  /**
    * Receives records as soon as they are final, in stream order (a stream still open holds back the higher
    * numbers). Without it, finish() returns them all.
    */
@@ -95,13 +120,23 @@ export interface OfflineStats {
   httpErrors: number;
   /** Holes in a direction's byte stream that were never filled (lost packets). */
   gaps: number;
+  /** TLS streams whose client application data was decrypted (at least one byte). */
+  decrypted: number;
+  /**
+   * TLS streams that secrets were available for (a key log given or a Decryption Secrets Block read) but
+   * that yielded no client plaintext: they keep their JA4/JA4S but have no `http` entries.
+   */
+  undecryptable: number;
+  /** `undecryptable` by reason: no-keys, auth-failed, unsupported-suite, malformed, oversize, gap,
+   * no-client-hello. A decrypted stream that stops later is counted in tlsErrors instead. */
+  undecryptableBy: Record<string, number>;
   warnings: string[];
 }
 
 /** Sniffing/parsing state of one direction of one connection. */
 type Mode =
   | { kind: "sniff" }
-  | { kind: "tls"; reader: TlsHandshakeReader }
+  | { kind: "tls"; reader: TlsHandshakeReader; helloDone: boolean }
   | { kind: "http"; first: boolean; stream?: Http1RequestStream }
   | { kind: "http-response" }
   | { kind: "socks-client"; version: 4 | 5; step: number }
@@ -126,10 +161,32 @@ interface ConnState {
   /** The client asked for a tunnel (CONNECT or SOCKS): the server's reply head is skipped, then sniffed. */
   connectSeen: boolean;
   socks?: 4 | 5;
+  tlsDec?: DecryptState;
+}
+
+/** Decryption of one TLS connection. */
+interface DecryptState {
+  /** Created once the ClientHello tells which side is the client. */
+  dec: TlsDecryptor | null;
+  /** TLS bytes of each side (A, B) held until then. */
+  held: [Uint8Array[], Uint8Array[]];
+  heldBytes: number;
+  app?: { kind: "h2"; s: Http2RequestStream } | { kind: "h1"; s: Http1RequestStream };
+  /** Client plaintext read before the protocol is known (shorter than the HTTP/2 preface). */
+  pre: Uint8Array;
+  plaintext: number;
+  /** Why decryption ended early, once it has. */
+  ended?: string;
 }
 
 /** Bytes a sniffing/tunnel state may hold before giving up on a direction. */
 const SNIFF_CAP = 8192;
+/** TLS bytes held per connection while waiting for the ClientHello (a hello is a few KB). */
+const HOLD_CAP = 256 * 1024;
+const DEFAULT_DECRYPTED_STREAM_BYTES = 1 << 30;
+/** Key-log labels that mean "secrets for this session" (TLS 1.2 master secret, TLS 1.3 traffic secrets). */
+const SESSION_LABELS = ["CLIENT_RANDOM", "CLIENT_HANDSHAKE_TRAFFIC_SECRET", "CLIENT_TRAFFIC_SECRET_0"];
+const EMPTY = new Uint8Array(0);
 const WIRESHARK_SOCKS_PORT = 1080;
 const td = new TextDecoder();
 
@@ -183,6 +240,9 @@ export class OfflineFingerprinter {
     tlsErrors: 0,
     httpErrors: 0,
     gaps: 0,
+    decrypted: 0,
+    undecryptable: 0,
+    undecryptableBy: {},
     warnings: [],
   };
   private table: TcpConnectionTable;
@@ -194,8 +254,13 @@ export class OfflineFingerprinter {
   private readonly withRaw: boolean;
   private readonly absent: AbsentConvention;
   private readonly onSegment: OfflineOptions["onSegment"];
+  /** Secrets in effect; null: TLS streams are not decrypted. */
+  private keyLog: TlsKeyLog | null;
+  private readonly maxDecrypted: number;
 
   constructor(opts: OfflineOptions = {}) {
+    this.keyLog = opts.keyLog ?? null;
+    this.maxDecrypted = opts.maxDecryptedStreamBytes ?? DEFAULT_DECRYPTED_STREAM_BYTES;
     this.withRaw = opts.withRaw ?? false;
     this.absent = opts.ja4tAbsent ?? "foxio";
     this.onSegment = opts.onSegment;
@@ -203,6 +268,18 @@ export class OfflineFingerprinter {
     this.table = new TcpConnectionTable(opts.limits ?? DEFAULT_LIMITS);
     this.table.onOpen = (c) => this.open(c);
     this.table.onClose = (c) => this.close(c);
+  }
+
+  /**
+   * Adds the secrets of a pcapng Decryption Secrets Block; TLS connections whose ClientHello comes later can
+   * be decrypted. Returns false for a secrets type other than a TLS key log.
+   */
+  addDecryptionSecrets(secretsType: number, data: Uint8Array): boolean {
+    const kl = keyLogFromDecryptionSecrets(secretsType, data);
+    if (!kl) return false;
+    if (this.keyLog) this.keyLog.merge(kl);
+    else this.keyLog = kl;
+    return true;
   }
 
   /** Processes one captured frame. Never throws on bad bytes: they are counted. */
@@ -269,6 +346,8 @@ export class OfflineFingerprinter {
         this.stats.gaps++;
         // Parsing across a hole would misread bytes; HTTP resynchronises on its own, everything else stops.
         if (side.mode.kind !== "http") this.detach(side);
+        // TLS records can't be found again after a hole.
+        if (side.mode.kind === "tls") this.decryptEnd(st, "gap");
       };
     }
   }
@@ -288,7 +367,7 @@ export class OfflineFingerprinter {
     let input = bytes;
     for (let guard = 0; guard < 8 && side.dir.onData !== null; guard++) {
       const m = side.mode;
-      if (m.kind === "tls") return this.tls(c, st, side, m.reader, input);
+      if (m.kind === "tls") return this.tls(c, st, side, m, input);
       if (m.kind === "http") return this.http(c, st, side, m, input);
       const b = concat(side.buf, input);
       input = new Uint8Array(0);
@@ -297,7 +376,7 @@ export class OfflineFingerprinter {
       if (m.kind === "sniff") {
         if (b[0] === 0x16 && (b.length < 2 || b[1] === 0x03)) {
           if (b.length < 2) return;
-          side.mode = { kind: "tls", reader: new TlsHandshakeReader() };
+          side.mode = { kind: "tls", reader: new TlsHandshakeReader(), helloDone: false };
         } else if (startsWith(b, "HTTP/")) {
           if (!st.connectSeen) return this.detach(side); // plain responses carry nothing we fingerprint
           side.mode = { kind: "http-response" };
@@ -425,9 +504,34 @@ export class OfflineFingerprinter {
     c: TcpConnection,
     st: ConnState,
     side: Side,
-    reader: TlsHandshakeReader,
+    m: { kind: "tls"; reader: TlsHandshakeReader; helloDone: boolean },
     bytes: Uint8Array,
   ): void {
+    if (!m.helloDone) {
+      this.tlsHandshake(c, st, side, m, bytes);
+      if (side.dir.onData === null) {
+        // The handshake could not be read: there is nothing to decrypt with either.
+        if (st.tlsDec) this.decryptEnd(st, st.clientHello ? "malformed" : "no-client-hello");
+        return;
+      }
+    }
+    if (st.tlsDec === undefined && this.keyLog !== null) {
+      st.tlsDec = { dec: null, held: [[], []], heldBytes: 0, pre: EMPTY, plaintext: 0 };
+    }
+    const d = st.tlsDec;
+    if (d && d.ended === undefined) this.decryptPush(c, st, d, side, bytes);
+    else if (m.helloDone) this.detach(side);
+  }
+
+  /** Reads handshake messages until this side's first ClientHello or ServerHello (then helloDone). */
+  private tlsHandshake(
+    c: TcpConnection,
+    st: ConnState,
+    side: Side,
+    m: { reader: TlsHandshakeReader; helloDone: boolean },
+    bytes: Uint8Array,
+  ): void {
+    const reader = m.reader;
     reader.push(bytes);
     for (;;) {
       const r = reader.next();
@@ -448,7 +552,8 @@ export class OfflineFingerprinter {
         }
         st.clientHello = ch.value;
         this.setClient(c, st, side.isA);
-        return this.detach(side); // the Rust tool fingerprints the first ClientHello only
+        m.helloDone = true; // the Rust tool fingerprints the first ClientHello only
+        return;
       }
       if (msg.type === HS_SERVER_HELLO && !st.serverHello) {
         const sh = parseServerHello(msg.body);
@@ -458,8 +563,108 @@ export class OfflineFingerprinter {
         }
         st.serverHello = sh.value;
         this.setClient(c, st, !side.isA);
-        return this.detach(side);
+        m.helloDone = true;
+        return;
       }
+    }
+  }
+
+  /** Hands one side's TLS bytes to the decryptor (held until the ClientHello says who is the client). */
+  private decryptPush(c: TcpConnection, st: ConnState, d: DecryptState, side: Side, bytes: Uint8Array): void {
+    if (d.dec) return this.decryptFeed(c, st, d, side.isA === st.clientSideA ? "client" : "server", bytes);
+    d.held[side.isA ? 0 : 1].push(bytes);
+    d.heldBytes += bytes.length;
+    if (!st.clientHello) {
+      // A ServerHello without a ClientHello (capture started mid-handshake): no client random, no keys.
+      if (st.clientSideA !== undefined || d.heldBytes > HOLD_CAP) this.decryptEnd(st, "no-client-hello");
+      return;
+    }
+    d.dec = new TlsDecryptor(this.keyLog!);
+    const clientIdx = st.clientSideA ? 0 : 1;
+    const held = d.held;
+    d.held = [[], []];
+    d.heldBytes = 0;
+    for (const b of held[clientIdx]) this.decryptFeed(c, st, d, "client", b);
+    const cr = d.dec?.info.clientRandom;
+    if (d.ended === undefined && cr && !SESSION_LABELS.some((l) => this.keyLog!.get(l, cr))) {
+      return this.decryptEnd(st, "no-keys"); // checked early so that nothing is held for nothing
+    }
+    const client = st.clientSideA ? st.a : st.b;
+    client.dir.cap = Math.max(client.dir.cap, this.maxDecrypted);
+    for (const b of held[1 - clientIdx]) this.decryptFeed(c, st, d, "server", b);
+  }
+
+  private decryptFeed(
+    c: TcpConnection,
+    st: ConnState,
+    d: DecryptState,
+    dir: TlsDir,
+    bytes: Uint8Array,
+  ): void {
+    const dec = d.dec;
+    if (!dec || d.ended !== undefined) return;
+    dec.push(dir, bytes);
+    if (dec.take("server").length > 0) {
+      // The server sends application data only after its Finished: nothing more to learn from it.
+      this.detach(st.clientSideA ? st.b : st.a);
+    }
+    const pt = dec.take("client");
+    if (pt.length > 0) this.appData(c, st, d, pt);
+    const stop = dec.stopped("client") ?? (d.plaintext === 0 ? dec.stopped("server") : undefined);
+    if (stop !== undefined) this.decryptEnd(st, stop);
+  }
+
+  /** Client plaintext: HTTP/2 (ALPN h2 or the connection preface) or HTTP/1. */
+  private appData(c: TcpConnection, st: ConnState, d: DecryptState, bytes: Uint8Array): void {
+    if (d.plaintext === 0) this.stats.decrypted++;
+    d.plaintext += bytes.length;
+    const client = st.clientSideA ? st.a : st.b;
+    if (!d.app) {
+      if (d.dec?.info.alpn === "h2") d.app = { kind: "h2", s: new Http2RequestStream() };
+      else {
+        bytes = concat(d.pre, bytes);
+        d.pre = EMPTY;
+        let i = 0;
+        while (i < bytes.length && i < H2_PREFACE.length && bytes[i] === H2_PREFACE[i]) i++;
+        if (i === bytes.length && i < H2_PREFACE.length) {
+          d.pre = bytes; // a prefix of the preface: wait for more
+          return;
+        }
+        d.app = i === H2_PREFACE.length
+          ? { kind: "h2", s: new Http2RequestStream() }
+          : { kind: "h1", s: new Http1RequestStream() };
+      }
+    }
+    const app = d.app;
+    const errs = sumErrors(app.s.errors);
+    if (app.kind === "h2") {
+      for (const q of app.s.push(bytes)) this.h2Request(c, st, client, q);
+      if (app.s.dropped) {
+        // HPACK state is lost: later requests can't be decoded, so stop decrypting.
+        this.decryptEnd(st, "http2-dropped");
+      }
+    } else {
+      for (const head of app.s.push(bytes)) this.request(c, st, client, head);
+    }
+    this.stats.httpErrors += sumErrors(app.s.errors) - errs;
+  }
+
+  /** Decryption of this connection is over (a failure, or nothing more to gain). */
+  private decryptEnd(st: ConnState, reason: string): void {
+    const d = st.tlsDec;
+    if (!d || d.ended !== undefined) return;
+    d.ended = reason;
+    d.dec = null;
+    d.held = [[], []];
+    d.heldBytes = 0;
+    d.pre = EMPTY;
+    if (d.plaintext === 0) {
+      this.stats.undecryptable++;
+      this.stats.undecryptableBy[reason] = (this.stats.undecryptableBy[reason] ?? 0) + 1;
+    } else if (reason !== "http2-dropped") this.stats.tlsErrors++;
+    // Sides that stayed attached only for decryption stop; one still looking for its hello carries on.
+    for (const side of [st.a, st.b]) {
+      if (side.mode.kind === "tls" && side.mode.helloDone) this.detach(side);
     }
   }
 
@@ -503,9 +708,26 @@ export class OfflineFingerprinter {
   }
 
   private request(c: TcpConnection, st: ConnState, side: Side, head: RequestHead): void {
+    this.addHttp(c, st, side, head.method, head.target, ja4h(head));
+  }
+
+  /** An HTTP/2 request: JA4H of the regular header fields (pseudo-headers left out, spec §3.3). */
+  private h2Request(c: TcpConnection, st: ConnState, side: Side, q: H2Request): void {
+    const method = q.method ?? "";
+    const h = ja4h({ method, version: "20", headers: q.headers });
+    this.addHttp(c, st, side, method, q.path ?? q.authority ?? "", h);
+  }
+
+  private addHttp(
+    c: TcpConnection,
+    st: ConnState,
+    side: Side,
+    method: string,
+    path: string,
+    h: ReturnType<typeof ja4h>,
+  ): void {
     this.setClient(c, st, side.isA);
-    const h = ja4h(head);
-    const rec: HttpRecord = { ja4h: h.ja4h, method: head.method, path: head.target };
+    const rec: HttpRecord = { ja4h: h.ja4h, method, path };
     if (this.withRaw) {
       rec.ja4h_r = h.ja4h_r;
       rec.ja4h_o = h.ja4h_o;
@@ -520,6 +742,7 @@ export class OfflineFingerprinter {
     if (st) {
       this.detach(st.a);
       this.detach(st.b);
+      st.tlsDec = undefined;
     }
     const rec: StreamRecord = {
       stream: c.stream,
@@ -583,6 +806,11 @@ export function fingerprintCapture(
   opts: OfflineOptions = {},
 ): { records: StreamRecord[]; stats: OfflineStats } {
   const fp = new OfflineFingerprinter(opts);
+  reader.onDecryptionSecrets = (s) => {
+    if (!fp.addDecryptionSecrets(s.secretsType, s.data)) {
+      fp.stats.warnings.push(`decryption secrets of type 0x${s.secretsType.toString(16)} ignored`);
+    }
+  };
   for (let p = reader.next(); p !== null; p = reader.next()) fp.packet(p);
   const records = fp.finish();
   fp.stats.warnings.push(...reader.warnings);

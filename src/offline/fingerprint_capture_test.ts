@@ -1,6 +1,14 @@
-import { assertEquals } from "../testing/asserts.ts";
-import { OfflineFingerprinter, type StreamRecord } from "./fingerprint_capture.ts";
-import type { CapturedPacket } from "../parse/pcap.ts";
+import { assert, assertEquals } from "../testing/asserts.ts";
+import fc from "fast-check";
+import {
+  fingerprintCapture,
+  OfflineFingerprinter,
+  type OfflineOptions,
+  type StreamRecord,
+} from "./fingerprint_capture.ts";
+import { bytesSource, type CapturedPacket, CaptureReader } from "../parse/pcap.ts";
+import { DEFAULT_LIMITS } from "../capture/tcp_reassembly.ts";
+import { keyLogFromPcapng, parseKeyLog, TlsKeyLog } from "../parse/tls_decrypt.ts";
 
 const enc = new TextEncoder();
 const be16 = (v: number) => [v >> 8, v & 0xff];
@@ -111,4 +119,175 @@ Deno.test("offline: mid-stream capture takes roles from the payload; emit stream
   // No header lines: b is the hash of the empty string (spec §3.5, Python's choice).
   assertEquals(recs[0].http?.[0].ja4h, "ge10nn000000_e3b0c44298fc_000000000000_000000000000");
   assertEquals(recs[1].ja4t, "29200_2-1-3_1460_7");
+});
+
+// ---------------------------------------------------------------------------------------------------
+// TLS decryption (key log given, or pcapng Decryption Secrets Blocks)
+
+const FIX = new URL("../../tests/fixtures/", import.meta.url);
+const LOCAL_KEYS = Deno.readTextFileSync(new URL("local/keys.log", FIX));
+
+function runCapture(bytes: Uint8Array, opts: OfflineOptions = {}) {
+  return fingerprintCapture(new CaptureReader(bytesSource(bytes)), { withRaw: true, ...opts });
+}
+
+/** The capture with its Decryption Secrets Blocks turned into an unknown block type (skipped by readers). */
+function withoutSecrets(file: Uint8Array): Uint8Array {
+  const out = file.slice();
+  const dv = new DataView(out.buffer);
+  let le = true;
+  for (let off = 0; off + 12 <= out.length;) {
+    if (dv.getUint32(off, false) === 0x0a0d0d0a) le = dv.getUint32(off + 8, true) === 0x1a2b3c4d;
+    const len = dv.getUint32(off + 4, le);
+    if (dv.getUint32(off, le) === 0x0000000a) dv.setUint32(off, 0x0bad, le);
+    off += len;
+  }
+  return out;
+}
+
+/** Same sessions, every secret changed in its last hex digit. */
+function wrongSecrets(text: string): TlsKeyLog {
+  return parseKeyLog(
+    text.split("\n").map((l) => l.replace(/([0-9a-f])$/i, (d) => ((parseInt(d, 16) + 1) % 16).toString(16)))
+      .join("\n"),
+  );
+}
+
+Deno.test("offline TLS: a missing or wrong key log leaves JA4 without http and counts undecryptable", async (t) => {
+  const h11 = Deno.readFileSync(new URL("local/dev_curl_https_h11.pcap", FIX));
+  const h2Foxio = Deno.readFileSync(new URL("foxio/pcap/http2-with-cookies.pcapng", FIX));
+  const foxioKeys = keyLogFromPcapng(h2Foxio);
+  const stripped = withoutSecrets(h2Foxio);
+  assertEquals(keyLogFromPcapng(stripped).size, 0);
+  const cases: {
+    name: string;
+    capture: Uint8Array;
+    keyLog?: TlsKeyLog;
+    http: number;
+    decrypted: number;
+    undecryptableBy: Record<string, number>;
+  }[] = [
+    {
+      name: "TLS 1.2, right key log (control)",
+      capture: h11,
+      keyLog: parseKeyLog(LOCAL_KEYS),
+      http: 1,
+      decrypted: 1,
+      undecryptableBy: {},
+    },
+    {
+      name: "TLS 1.2, no key log: no decryption attempted",
+      capture: h11,
+      http: 0,
+      decrypted: 0,
+      undecryptableBy: {},
+    },
+    {
+      name: "TLS 1.2, empty key log",
+      capture: h11,
+      keyLog: new TlsKeyLog(),
+      http: 0,
+      decrypted: 0,
+      undecryptableBy: { "no-keys": 1 },
+    },
+    {
+      name: "TLS 1.2, someone else's sessions",
+      capture: h11,
+      keyLog: foxioKeys,
+      http: 0,
+      decrypted: 0,
+      undecryptableBy: { "no-keys": 1 },
+    },
+    {
+      name: "TLS 1.2, wrong master secret",
+      capture: h11,
+      keyLog: wrongSecrets(LOCAL_KEYS),
+      http: 0,
+      decrypted: 0,
+      undecryptableBy: { "auth-failed": 1 },
+    },
+    {
+      name: "TLS 1.3, embedded secrets removed, none given",
+      capture: stripped,
+      http: 0,
+      decrypted: 0,
+      undecryptableBy: {},
+    },
+    {
+      name: "TLS 1.3, embedded secrets removed, wrong traffic secrets",
+      capture: stripped,
+      keyLog: wrongSecrets(new TextDecoder().decode(secretsText(h2Foxio))),
+      http: 0,
+      decrypted: 0,
+      undecryptableBy: { "auth-failed": 1 },
+    },
+    {
+      name: "TLS 1.3, embedded secrets removed, given as a key log",
+      capture: stripped,
+      keyLog: foxioKeys,
+      http: 15,
+      decrypted: 1,
+      undecryptableBy: {},
+    },
+    { name: "TLS 1.3, embedded secrets", capture: h2Foxio, http: 15, decrypted: 1, undecryptableBy: {} },
+  ];
+  for (const c of cases) {
+    await t.step(c.name, () => {
+      const { records, stats } = runCapture(c.capture, { keyLog: c.keyLog });
+      const tls = records.filter((r) => r.ja4 !== undefined);
+      assertEquals(tls.length, 1);
+      assert(tls[0].ja4s !== undefined, "ja4s kept");
+      assertEquals(tls[0].http?.length ?? 0, c.http);
+      assertEquals(stats.decrypted, c.decrypted);
+      assertEquals(stats.undecryptableBy, c.undecryptableBy);
+      assertEquals(stats.undecryptable, Object.values(c.undecryptableBy).reduce((a, b) => a + b, 0));
+      assertEquals(stats.tlsErrors, 0);
+    });
+  }
+});
+
+/** The data of the first Decryption Secrets Block of a pcapng file (little-endian section). */
+function secretsText(file: Uint8Array): Uint8Array {
+  let data: Uint8Array = new Uint8Array(0);
+  const r = new CaptureReader(bytesSource(file));
+  r.onDecryptionSecrets = (s) => (data = s.data);
+  while (r.next());
+  return data;
+}
+
+Deno.test("offline TLS: the client's reassembly cap is raised for decrypted streams", async (t) => {
+  const h2Foxio = Deno.readFileSync(new URL("foxio/pcap/http2-with-cookies.pcapng", FIX));
+  // A 4 KiB cap stands in for the 1 MiB one: the client sends ~8 KiB of TLS on this connection (5 of its
+  // 15 requests fit in the first 4 KiB).
+  const limits = { ...DEFAULT_LIMITS, maxStreamBytes: 4096 };
+  await t.step("raised (default): every request of the connection", () => {
+    const { records } = runCapture(h2Foxio, { limits });
+    assertEquals(records[0].http?.length, 15);
+  });
+  await t.step("not raised: the later requests are lost (what the raise prevents)", () => {
+    const { records } = runCapture(h2Foxio, { limits, maxDecryptedStreamBytes: 4096 });
+    const n = records[0].http?.length ?? 0;
+    assert(n < 15, `${n} requests`);
+  });
+});
+
+Deno.test("offline TLS: corrupted captures with the right keys never throw", () => {
+  const h2 = Deno.readFileSync(new URL("local/dev_curl_https_h2.pcap", FIX));
+  const keyLog = parseKeyLog(LOCAL_KEYS);
+  fc.assert(
+    fc.property(
+      fc.array(fc.tuple(fc.integer({ min: 24, max: h2.length - 1 }), fc.nat({ max: 255 })), {
+        minLength: 1,
+        maxLength: 4,
+      }),
+      (edits) => {
+        const b = h2.slice();
+        for (const [at, v] of edits) b[at] = v;
+        const { records, stats } = runCapture(b, { keyLog });
+        assert(records.length <= 2);
+        assert(stats.decrypted + stats.undecryptable <= 2);
+      },
+    ),
+    { numRuns: 150 },
+  );
 });

@@ -213,6 +213,54 @@ Deno.test("pcapng: interfaces, if_tsresol, EPB/SPB, unknown blocks, both endians
   });
 });
 
+Deno.test("pcapng: Decryption Secrets Blocks are surfaced in file order, both endians", async (t) => {
+  const keys = new TextEncoder().encode(`CLIENT_RANDOM ${"ab".repeat(32)} ${"cd".repeat(48)}\n`);
+  const dsb = (le: boolean, type: number, data: Uint8Array, lenField = data.length) =>
+    ngBlock(le, 10, cat(new Bytes(le).u32(type).u32(lenField).done(), data));
+  for (const le of [true, false]) {
+    await t.step(le ? "little-endian" : "big-endian", () => {
+      const d = new Uint8Array([1]);
+      const bytes = cat(
+        shb(le),
+        idb(le, 1),
+        epb(le, 0, 1n, d),
+        dsb(le, 0x544c534b, keys), // "TLSK", 105 bytes: padded
+        epb(le, 0, 2n, d),
+        dsb(le, 0x57474b4c, new Uint8Array(4)), // "WGKL": surfaced too, the caller decides
+        dsb(le, 0x544c534b, keys, 4096), // length past the block: skipped with a warning
+        epb(le, 0, 3n, d),
+      );
+      const r = new CaptureReader(trickle(bytes, 7));
+      const seen: [string, number, number, number][] = [];
+      r.onDecryptionSecrets = (s) => seen.push(["secrets", s.secretsType, s.data.length, s.afterFrame]);
+      const order: string[] = [];
+      for (let p = r.next(); p; p = r.next()) order.push(`frame ${p.frame} after ${seen.length} secrets`);
+      assertEquals(seen, [["secrets", 0x544c534b, keys.length, 1], ["secrets", 0x57474b4c, 4, 2]]);
+      assertEquals(order, ["frame 1 after 0 secrets", "frame 2 after 1 secrets", "frame 3 after 2 secrets"]);
+      assertEquals(r.decryptionSecretsBlocks, 2);
+      assertEquals(r.warnings.length, 1);
+      assert(r.warnings[0].includes("decryption secrets"), r.warnings[0]);
+    });
+  }
+  await t.step("the FoxIO capture with an embedded key log", () => {
+    const { reader, file } = openCapture(
+      new URL("../../tests/fixtures/foxio/pcap/http2-with-cookies.pcapng", import.meta.url),
+    );
+    try {
+      const texts: string[] = [];
+      reader.onDecryptionSecrets = (s) => texts.push(new TextDecoder().decode(s.data));
+      while (reader.next());
+      assertEquals(texts.length, 1);
+      const lines = texts[0].split("\n").filter((l) => l !== "");
+      // One line per secret of every TLS 1.3 session Chrome opened while recording.
+      assertEquals(lines.filter((l) => l.startsWith("CLIENT_TRAFFIC_SECRET_0 ")).length, 35);
+      assert(lines.every((l) => /^[A-Z_0-9]+ [0-9a-f]{64} [0-9a-f]+$/.test(l)), "key-log lines");
+    } finally {
+      file.close();
+    }
+  });
+});
+
 Deno.test("pcap: a record larger than the read window", () => {
   const big = new Uint8Array(3 << 20).map((_, i) => i & 0xff);
   const r = new CaptureReader(

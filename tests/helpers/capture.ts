@@ -2,7 +2,16 @@
  * tcpdump for a test: packet-buffered (-U), full packets (-s 0), started only once it really captures
  * ("listening on" on stderr), stopped with SIGINT so the pcap is complete.
  */
-import { HarnessError, makeTempDir, nsArgv, requireRoot, requireTool, runOk, stopChild } from "./proc.ts";
+import {
+  delay,
+  HarnessError,
+  makeTempDir,
+  nsArgv,
+  requireRoot,
+  requireTool,
+  runOk,
+  stopChild,
+} from "./proc.ts";
 import type { NsRef } from "./clients.ts";
 
 export interface TcpdumpOptions {
@@ -26,7 +35,10 @@ export interface CaptureStats {
 
 export interface Tcpdump extends AsyncDisposable {
   file: string;
-  /** SIGINT, wait for the exit (the pcap is then flushed); returns the pcap path. Safe to call twice. */
+  /**
+   * Waits until the pcap stops growing (~300 ms quiet, at most 4 s), then SIGINT and waits for the exit;
+   * returns the pcap path. Safe to call twice.
+   */
   stop(): Promise<string>;
   /** tcpdump's own counters, known after stop(). */
   stats?: CaptureStats;
@@ -103,6 +115,15 @@ export async function startTcpdump(opts: TcpdumpOptions): Promise<Tcpdump> {
     file,
     stop() {
       stopped ??= (async () => {
+        // SIGINT ends tcpdump's loop without draining what the kernel still queues for it: wait until the
+        // file (written per packet with -U) stops growing for a moment first.
+        let size = -1;
+        for (let quiet = 0, i = 0; quiet < 3 && i < 40; i++) {
+          await delay(100);
+          const now = await Deno.stat(file).then((st) => st.size, () => 0);
+          quiet = now === size ? quiet + 1 : 0;
+          size = now;
+        }
         await stopChild(child, "SIGINT", 5000);
         await drained;
         const n = (re: RegExp) => Number(re.exec(stderr)?.[1] ?? NaN);

@@ -2,7 +2,7 @@
 # Builds the guest's initramfs (uncompressed newc cpio): busybox, the agent (deno + source tree, or the bundle
 # dist/ja4ebpf), libbpf, the BPF object, nginx, Apache, curl, an idle-recvfrom load generator, and the guest
 # scripts under /guest. Shared libraries are collected with ldd.
-#   tests/kernels/build-initramfs.sh OUT.cpio [ENV_FILE]
+#   [KERNEL_DIR=tests/kernels/cache/VERSION] tests/kernels/build-initramfs.sh OUT.cpio [ENV_FILE]
 # ENV_FILE (optional) becomes /guest/params.env: variables the guest test reads (REQUESTS, METHODS...).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -23,31 +23,47 @@ file /bin/busybox | grep -q 'statically linked' || { echo "initramfs: /bin/busyb
 
 stage=$(mktemp -d "$CACHE/stage.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
+chmod 755 "$stage" # becomes / in the guest: Apache's children (www-data) must traverse it
 mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,tmp,run,root,srv/www,var/log/nginx,var/lib/nginx,guest}
 mkdir -p "$stage"/lib64 "$stage"/lib/x86_64-linux-gnu "$stage"/usr/lib/x86_64-linux-gnu
 chmod 1777 "$stage/tmp"
 
 # Copies a file to the same path in the image, following symlinks.
 put() { mkdir -p "$stage$(dirname "$1")" && cp -L "$1" "$stage$1"; }
-# Copies an ELF file and every shared library ldd resolves for it (plus the dynamic loader).
-put_elf() {
-  put "$1"
+# Copies the shared libraries ldd resolves for an ELF file (plus the dynamic loader).
+put_libs() {
   ldd "$1" 2>/dev/null | awk '/=> \// {print $3} /^[ \t]*\/lib/ {print $1}' | while read -r lib; do
     [ -e "$stage$lib" ] || put "$lib"
   done
 }
+# Copies an ELF file and its libraries.
+put_elf() { put "$1" && put_libs "$1"; }
 
 cp /bin/busybox "$stage/bin/busybox"
 put_elf /usr/sbin/nginx
 put_elf /usr/sbin/apache2
 for m in mpm_event authz_core; do put_elf "/usr/lib/apache2/modules/mod_$m.so"; done
 put_elf /usr/bin/curl
+# glibc dlopens libgcc_s for pthread_cancel (Apache's children abort without it).
+put "$(ldconfig -p | awk '/libgcc_s\.so\.1 .*x86-64/ {print $NF; exit}')"
 libbpf=$(ldconfig -p | awk '/libbpf\.so\.1 .*x86-64/ {print $NF; exit}')
 [ -n "$libbpf" ] || { echo "initramfs: libbpf.so.1 not found (apt-get install libbpf1)" >&2; exit 1; }
 put_elf "$libbpf"
 # bpftool is optional: only for looking around in the guest by hand.
 bpftool=$(command -v bpftool || true)
 [ -n "$bpftool" ] && put_elf "$(readlink -f "$bpftool")" && ln -sf "$(readlink -f "$bpftool")" "$stage/usr/sbin/bpftool"
+
+# Kernel modules for the TC packet hook (built as modules in Debian's cloud kernels), uncompressed so
+# busybox's insmod takes them; init loads every .ko under /lib/modules.
+if [ -n "${KERNEL_DIR:-}" ] && [ -d "$KERNEL_DIR/modules" ]; then
+  mkdir -p "$stage/lib/modules"
+  find "$KERNEL_DIR/modules" \( -name 'sch_ingress.ko*' -o -name 'cls_bpf.ko*' \) | while read -r m; do
+    case $m in
+      *.xz) busybox unxz -c "$m" >"$stage/lib/modules/$(basename "${m%.xz}")" ;;
+      *) cp "$m" "$stage/lib/modules/" ;;
+    esac
+  done
+fi
 
 # The load generator: built static so it needs nothing from the image.
 idle_src=$HERE/guest/idle_recv.c
@@ -56,15 +72,17 @@ if [ ! -x "$CACHE/idle_recv" ] || [ "$idle_src" -nt "$CACHE/idle_recv" ]; then
 fi
 cp "$CACHE/idle_recv" "$stage/usr/bin/idle_recv"
 
-# The agent: the single-file build if there is one, else deno + the source tree with a primed DENO_DIR
-# (the guest has no network).
+# The agent, either deno + the source tree with a primed DENO_DIR (the guest has no network) or the bundle.
 mkdir -p "$stage/agent"
-if [ -x "$ROOT/dist/ja4ebpf" ]; then
+# AGENT=source (default: the tree as it is now) or bundle (dist/ja4ebpf, what ships; its first start unpacks
+# ~100 MB, slow under TCG).
+[ -n "$DENO" ] || { echo "initramfs: no deno (run scripts/setup.sh)" >&2; exit 1; }
+put_libs "$(readlink -f "$DENO")" # also the libraries the bundle's own deno needs
+if [ "${AGENT:-source}" = bundle ]; then
+  need "$ROOT/dist/ja4ebpf" "deno task build"
   cp "$ROOT/dist/ja4ebpf" "$stage/usr/bin/ja4ebpf"
   echo bundle >"$stage/agent/kind"
 else
-  [ -n "$DENO" ] || { echo "initramfs: no deno (run scripts/setup.sh)" >&2; exit 1; }
-  put_elf "$(readlink -f "$DENO")"
   cp "$(readlink -f "$DENO")" "$stage/usr/bin/deno"
   cp -r "$ROOT/src" "$ROOT/deno.json" "$stage/agent/"
   [ -f "$ROOT/deno.lock" ] && cp "$ROOT/deno.lock" "$stage/agent/"
@@ -100,7 +118,7 @@ cp "$HERE"/guest/*.sh "$HERE"/guest/*.conf "$stage/guest/"
 cp "$HERE/guest/init.sh" "$stage/init"
 chmod +x "$stage/init" "$stage"/guest/*.sh
 [ -n "$envfile" ] && cp "$envfile" "$stage/guest/params.env"
-echo "ok" >"$stage/srv/www/index.html"
+echo "ok" >"$stage/srv/www/kt" # the path the guest requests (Apache serves files only here)
 # Lets dlopen("libbpf.so.1") resolve without LD_LIBRARY_PATH.
 printf '/lib/x86_64-linux-gnu\n/usr/lib/x86_64-linux-gnu\n' >"$stage/etc/ld.so.conf"
 ldconfig -r "$stage"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Boots one Debian kernel under QEMU (TCG) with a busybox initramfs and runs the agent's checks inside.
 #   tests/kernels/run.sh VERSION [--requests N] [--methods "tracepoint kretprobe ..."] [--idle N] [--no-perfbuf]
-#                                [--timeout SECONDS] [--mem MiB]
+#                                [--timeout SECONDS] [--mem MiB] [--agent source|bundle]
 # VERSION: 5.10 (Debian 11), 6.1 (Debian 12), 6.12 (Debian 12 backport). Prints the guest's "JA4K" lines
 # without their prefix, then "log: FILE"; exits with the guest's result (124 on timeout, 125 if the guest never
 # reported). The full serial console log stays in tests/kernels/cache/VERSION/console.log.
@@ -20,6 +20,7 @@ while [ $# -gt 0 ]; do
     --no-perfbuf) perfbuf=0; shift ;;
     --timeout) timeout_s=$2; shift 2 ;;
     --mem) mem=$2; shift 2 ;;
+    --agent) export AGENT=$2; shift 2 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -31,7 +32,7 @@ params=$(mktemp)
 trap 'rm -f "$params"' EXIT
 printf 'REQUESTS=%s\nMETHODS="%s"\nIDLE=%s\nPERFBUF=%s\n' "$requests" "$methods" "$idle" "$perfbuf" >"$params"
 t0=$(date +%s.%N)
-bash "$HERE/build-initramfs.sh" "$kdir/initramfs.cpio" "$params"
+KERNEL_DIR=$kdir bash "$HERE/build-initramfs.sh" "$kdir/initramfs.cpio" "$params"
 t1=$(date +%s.%N)
 log=$kdir/console.log
 # KVM hangs on the machines this runs on: TCG always. No network device: the guest has loopback only.

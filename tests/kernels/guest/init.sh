@@ -12,6 +12,7 @@ mount -t debugfs debugfs /sys/kernel/debug
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 mount -t bpf bpf /sys/fs/bpf
 ip link set lo up
+for m in /lib/modules/*.ko; do [ -e "$m" ] && insmod "$m"; done
 echo "JA4K BOOT uptime=$(cut -d' ' -f1 /proc/uptime)"
 set -a
 [ -f /guest/params.env ] && . /guest/params.env

@@ -7,7 +7,7 @@ METHODS=${METHODS:-all}
 IDLE=${IDLE:-64}
 PERFBUF=${PERFBUF:-1}
 failures=0
-out() { echo "JA4K $*"; }
+out() { echo "JA4K $* t=$(cut -d' ' -f1 /proc/uptime)"; }
 fail() { out "FAIL $*"; failures=$((failures + 1)); }
 
 # --- The kernel and what it offers, found without bpftool ---
@@ -59,8 +59,8 @@ wait_http() {
   while [ $i -lt 50 ]; do curl -fsS -m 2 -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.2; i=$((i + 1)); done
   return 1
 }
-wait_http http://127.0.0.1:8080/ || fail nginx does not answer
-wait_http http://127.0.0.1:8081/ || fail apache does not answer: "$(tail -n 3 /tmp/apache-error.log | tr '\n' ' ')"
+wait_http http://127.0.0.1:8080/kt || fail nginx does not answer
+wait_http http://127.0.0.1:8081/kt || fail apache does not answer: "$(tail -n 3 /tmp/apache-error.log | tr '\n' ' ')"
 # A fixed request: the agent's JA4H for it must match the one computed here from the same header names.
 UA="ja4ebpf-kernel-test/1"
 request() { curl -sS -m 5 -o /dev/null -w '%{http_code}\n' -A "$UA" -H 'Accept-Language: en-US,en;q=0.9' "$1"; }

@@ -1,0 +1,479 @@
+/**
+ * Capture overhead: wrk against nginx (keep-alive, full speed) without and with the agent, in interleaved
+ * runs (ABBA order, so a slow drift of the shared machine hits both sides alike), over HTTP and over HTTPS.
+ * Reports nginx req/s and the with/without ratio, rows vs requests (nginx's access log is the ground
+ * truth; every missing row counts as a drop), the agent's own drop counters, agent CPU µs per request and
+ * peak RSS, and nginx's CPU per request (the BPF programs run in nginx's syscalls, so their cost lands there).
+ *
+ *   deno task bench-capture [--duration 30] [--pairs 3] [--https-pairs 3] [--write-doc]
+ *
+ * A script, not a test: root, nginx-light, wrk and openssl required. Ports: 22080 (HTTP), 22443 (TLS),
+ * 22435 (agent metrics). `--write-doc` replaces the "Capture overhead" section of docs/performance.md.
+ */
+import { parseArgs } from "node:util";
+import { startNginx, type WebServer } from "../tests/helpers/servers.ts";
+import { wrk, type WrkResult } from "../tests/helpers/clients.ts";
+import { type RunningAgent, startAgent } from "../tests/helpers/agent.ts";
+import { delay, requirePortsFree, requireRoot, requireTool } from "../tests/helpers/proc.ts";
+
+const HTTP_PORT = 22080;
+const TLS_PORT = 22443;
+const METRICS_PORT = 22435;
+const DOC = new URL("../docs/performance.md", import.meta.url);
+const HEADING = "## Capture overhead (nginx + wrk)";
+
+type Mode = "http" | "https";
+
+interface AgentFigures {
+  /** utime+stime of the agent process over the load window (wrk + drain), µs. */
+  cpuUs: number;
+  /** Rows in the file sink for this run's port. */
+  rows: number;
+  /** Rows carrying a JA4 (TLS) / a JA4H. */
+  rowsJa4: number;
+  rowsJa4h: number;
+  captured: number;
+  bpfDrops: number;
+  rowsDropped: number;
+  peakRssKb: number;
+  readyMs: number;
+  /** The agent's `ready` line (capture methods, ports). */
+  readyLine: string;
+  /** Non-zero counters worth a look when rows go missing (events by hook, drops by reason, parse errors). */
+  counters: Record<string, number>;
+  /** WARN/ERROR lines the agent logged. */
+  warnings: string[];
+}
+
+interface RunFigures {
+  mode: Mode;
+  withAgent: boolean;
+  wrk: WrkResult;
+  /** Requests nginx logged during the run. */
+  logged: number;
+  /** utime+stime of nginx master + workers during the wrk run, µs. */
+  nginxCpuUs: number;
+  agent?: AgentFigures;
+}
+
+const TICK_US = 1e6 / Number(
+  new TextDecoder().decode(
+    new Deno.Command("getconf", { args: ["CLK_TCK"] })
+      .outputSync().stdout,
+  ).trim() || 100,
+);
+
+/** utime + stime of a process (all its threads), µs; 0 once it is gone. */
+function cpuUs(pid: number): number {
+  try {
+    const s = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    // Fields after the parenthesised command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    const f = s.slice(s.lastIndexOf(")") + 2).split(" ");
+    return (Number(f[11]) + Number(f[12])) * TICK_US;
+  } catch {
+    return 0;
+  }
+}
+
+function vmHwmKb(pid: number): number {
+  try {
+    return Number(/VmHWM:\s+(\d+) kB/.exec(Deno.readTextFileSync(`/proc/${pid}/status`))?.[1] ?? 0);
+  } catch {
+    return 0;
+  }
+}
+
+function nginxCpuUs(ng: WebServer): number {
+  const p = ng.pids();
+  return [p.master, ...p.workers].reduce((s, pid) => s + cpuUs(pid), 0);
+}
+
+/** Newlines in a file from byte offset `from` on. */
+async function countLinesFrom(path: string, from: number): Promise<number> {
+  using f = await Deno.open(path);
+  await f.seek(from, Deno.SeekMode.Start);
+  let n = 0;
+  for await (const chunk of f.readable) for (let i = 0; i < chunk.length; i++) if (chunk[i] === 10) n++;
+  return n;
+}
+
+/** Streams the file sink's JSON lines, counting rows for `port` and those with a JA4 / JA4H. */
+async function countRows(path: string, port: number): Promise<{ rows: number; ja4: number; ja4h: number }> {
+  const out = { rows: 0, ja4: 0, ja4h: 0 };
+  let f: Deno.FsFile;
+  try {
+    f = await Deno.open(path);
+  } catch {
+    return out;
+  }
+  const want = `"dst_port":${port},`;
+  const dec = new TextDecoder();
+  let rest = "";
+  const line = (l: string) => {
+    if (!l.includes(want)) return;
+    out.rows++;
+    if (!l.includes(`"ja4":""`)) out.ja4++;
+    if (!l.includes(`"ja4h":""`)) out.ja4h++;
+  };
+  for await (const chunk of f.readable) {
+    const parts = (rest + dec.decode(chunk, { stream: true })).split("\n");
+    rest = parts.pop()!;
+    for (const l of parts) line(l);
+  }
+  if (rest) line(rest);
+  return out;
+}
+
+function sumSeries(m: Map<string, number>, name: string): number {
+  let s = 0;
+  for (const [k, v] of m) if (k === name || k.startsWith(name + "{")) s += v;
+  return s;
+}
+
+/** Waits until the agent holds no unresolved rows and its emitted count stopped moving (hold_ms + flush). */
+async function drain(agent: RunningAgent, timeoutMs = 60_000): Promise<Map<string, number>> {
+  const deadline = Date.now() + timeoutMs;
+  let last = -1, still = 0;
+  let m = await agent.metrics();
+  while (Date.now() < deadline) {
+    const emitted = sumSeries(m, "ja4ebpf_rows_emitted_total");
+    if (sumSeries(m, "ja4ebpf_rows_spooled") === 0 && emitted === last) {
+      if (++still >= 3) break;
+    } else still = 0;
+    last = emitted;
+    await delay(500);
+    m = await agent.metrics();
+  }
+  return m;
+}
+
+async function oneRun(
+  ng: WebServer,
+  mode: Mode,
+  withAgent: boolean,
+  o: { duration: number; threads: number; connections: number },
+): Promise<RunFigures> {
+  const port = mode === "http" ? HTTP_PORT : TLS_PORT;
+  const url = mode === "http" ? ng.url : ng.tlsUrl!;
+  let agent: RunningAgent | undefined;
+  try {
+    let readyMs = 0;
+    if (withAgent) {
+      const t0 = performance.now();
+      agent = await startAgent({
+        metricsPort: METRICS_PORT,
+        // The production defaults over the test harness's quick settings; only this nginx's ports are
+        // watched (other servers on this shared machine stay out of the figures).
+        config: {
+          uprobes: { max_retries: 30, retry_interval_sec: 2 },
+          capture: { hold_ms: 2000, ports: [HTTP_PORT, TLS_PORT] },
+          output: { file: { max_size_mb: 1048576, max_files: 1 }, clickhouse: { spool_dir: "" } },
+          metrics: { enabled: true },
+        },
+        readyTimeoutMs: 90_000,
+      });
+      readyMs = performance.now() - t0;
+    }
+    const logFrom = (await Deno.stat(ng.accessLogPath).catch(() => ({ size: 0 }))).size;
+    const agentCpu0 = agent ? cpuUs(agent.pid) : 0;
+    const ngCpu0 = nginxCpuUs(ng);
+    const w = await wrk({ url, threads: o.threads, connections: o.connections, duration: o.duration });
+    const ngCpu = nginxCpuUs(ng) - ngCpu0;
+    await delay(300); // nginx logs after the response
+    const logged = await countLinesFrom(ng.accessLogPath, logFrom);
+    const fig: RunFigures = { mode, withAgent, wrk: w, logged, nginxCpuUs: ngCpu };
+    if (agent) {
+      const m = await drain(agent);
+      const cpu = cpuUs(agent.pid) - agentCpu0;
+      const peak = vmHwmKb(agent.pid);
+      const exit = await agent.stop("SIGTERM", 30_000);
+      if (exit.code !== 0) console.error(`agent exited ${exit.code}: ${agent.stderr().slice(-2000)}`);
+      const c = await countRows(agent.rowsPath, port);
+      fig.agent = {
+        cpuUs: cpu,
+        rows: c.rows,
+        rowsJa4: c.ja4,
+        rowsJa4h: c.ja4h,
+        captured: sumSeries(m, "ja4ebpf_rows_captured_total"),
+        bpfDrops: sumSeries(m, "ja4ebpf_bpf_drops_total"),
+        rowsDropped: sumSeries(m, "ja4ebpf_rows_dropped_total"),
+        peakRssKb: peak,
+        readyMs,
+        readyLine: agent.readyLine,
+        counters: Object.fromEntries(
+          [...m].filter(([k, v]) =>
+            v !== 0 &&
+            /^ja4ebpf_(events|bpf_drops|rows_dropped|parse_errors|rows_captured|rows_emitted)/.test(k)
+          ),
+        ),
+        warnings: agent.stderr().split("\n").filter((l) => / (WARN|ERROR) /.test(l)).slice(0, 20),
+      };
+    }
+    return fig;
+  } finally {
+    await agent?.close();
+  }
+}
+
+const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(xs.length, 1);
+const fmt = (x: number, d = 0) =>
+  Number.isFinite(x)
+    ? x.toLocaleString("en-US", { minimumFractionDigits: d, maximumFractionDigits: d })
+    : "—";
+const pct = (x: number, d = 2) => Number.isFinite(x) ? `${(x * 100).toFixed(d)} %` : "—";
+
+interface ModeSummary {
+  mode: Mode;
+  runs: RunFigures[];
+  rpsOff: number;
+  rpsOn: number;
+  ratio: number;
+  /** Ratio of each adjacent (off, on) pair. */
+  pairRatios: number[];
+  requestsOn: number;
+  rows: number;
+  misses: number;
+  completeness: number;
+  ja4Share: number;
+  bpfDrops: number;
+  rowsDropped: number;
+  agentUsPerReq: number;
+  peakRssMb: number;
+  nginxUsPerReqOff: number;
+  nginxUsPerReqOn: number;
+}
+
+function summarize(mode: Mode, runs: RunFigures[]): ModeSummary {
+  const off = runs.filter((r) => !r.withAgent), on = runs.filter((r) => r.withAgent);
+  const pairRatios: number[] = [];
+  for (let i = 0; i + 1 < runs.length; i += 2) {
+    const [a, b] = runs[i].withAgent ? [runs[i + 1], runs[i]] : [runs[i], runs[i + 1]];
+    pairRatios.push(b.wrk.requestsPerSec / a.wrk.requestsPerSec);
+  }
+  const requestsOn = on.reduce((s, r) => s + r.logged, 0);
+  const rows = on.reduce((s, r) => s + r.agent!.rows, 0);
+  const rpsOff = mean(off.map((r) => r.wrk.requestsPerSec)),
+    rpsOn = mean(on.map((r) => r.wrk.requestsPerSec));
+  const perReq = (rs: RunFigures[]) =>
+    rs.reduce((s, r) => s + r.nginxCpuUs, 0) / rs.reduce((s, r) => s + r.wrk.requests, 0);
+  return {
+    mode,
+    runs,
+    rpsOff,
+    rpsOn,
+    ratio: rpsOn / rpsOff,
+    pairRatios,
+    requestsOn,
+    rows,
+    misses: Math.max(0, requestsOn - rows),
+    completeness: rows / requestsOn,
+    ja4Share: on.reduce((s, r) => s + r.agent!.rowsJa4, 0) / Math.max(rows, 1),
+    bpfDrops: on.reduce((s, r) => s + r.agent!.bpfDrops, 0),
+    rowsDropped: on.reduce((s, r) => s + r.agent!.rowsDropped, 0),
+    agentUsPerReq: on.reduce((s, r) => s + r.agent!.cpuUs, 0) / requestsOn,
+    peakRssMb: Math.max(...on.map((r) => r.agent!.peakRssKb)) / 1024,
+    nginxUsPerReqOff: perReq(off),
+    nginxUsPerReqOn: perReq(on),
+  };
+}
+
+function runTable(s: ModeSummary): string {
+  const lines = [
+    "| run | agent | wrk requests | nginx req/s | logged | rows | JA4 rows | bpf drops | rows dropped | agent CPU µs/req | agent peak RSS MiB | nginx CPU µs/req |",
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+  ];
+  s.runs.forEach((r, i) => {
+    const a = r.agent;
+    lines.push(
+      `| ${s.mode} ${i + 1} | ${r.withAgent ? "on" : "off"} | ${fmt(r.wrk.requests)} | ${
+        fmt(r.wrk.requestsPerSec)
+      } | ${fmt(r.logged)} | ${a ? fmt(a.rows) : ""} | ${a && s.mode === "https" ? fmt(a.rowsJa4) : ""} | ${
+        a ? fmt(a.bpfDrops) : ""
+      } | ${a ? fmt(a.rowsDropped) : ""} | ${a ? fmt(a.cpuUs / r.logged, 1) : ""} | ${
+        a ? fmt(a.peakRssKb / 1024, 0) : ""
+      } | ${fmt(r.nginxCpuUs / r.wrk.requests, 1)} |`,
+    );
+  });
+  return lines.join("\n");
+}
+
+function summaryTable(ss: ModeSummary[]): string {
+  const lines = [
+    "| | nginx req/s without | with | ratio (goal ≥ 0.95) | pair ratios | rows / requests (goal 100 %) | misses | agent CPU µs/req | agent peak RSS MiB | nginx CPU µs/req without → with |",
+    "|---|---:|---:|---:|---|---:|---:|---:|---:|---|",
+  ];
+  for (const s of ss) {
+    lines.push(
+      `| ${s.mode.toUpperCase()} | ${fmt(s.rpsOff)} | ${fmt(s.rpsOn)} | ${s.ratio.toFixed(3)} | ${
+        s.pairRatios.map((x) => x.toFixed(3)).join(", ")
+      } | ${fmt(s.rows)} / ${fmt(s.requestsOn)} = ${pct(s.completeness, 3)} | ${fmt(s.misses)} | ${
+        fmt(s.agentUsPerReq, 1)
+      } | ${fmt(s.peakRssMb)} | ${fmt(s.nginxUsPerReqOff, 1)} → ${fmt(s.nginxUsPerReqOn, 1)} |`,
+    );
+  }
+  return lines.join("\n");
+}
+
+async function machineFacts(): Promise<string> {
+  const cpu = /model name\s*:\s*(.*)/.exec(await Deno.readTextFile("/proc/cpuinfo"))?.[1] ?? "?";
+  const out = (cmd: string, args: string[]) => {
+    try {
+      const o = new Deno.Command(cmd, { args }).outputSync();
+      return (new TextDecoder().decode(o.stdout) + new TextDecoder().decode(o.stderr)).trim();
+    } catch {
+      return "?";
+    }
+  };
+  const load = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
+  return `${navigator.hardwareConcurrency} vCPU (${cpu}), kernel ${Deno.osRelease()}, ${
+    out("nginx", ["-v"]).replace(/^nginx version: /, "")
+  }, ${
+    out("wrk", ["-v"]).split("\n")[0].split(" [")[0]
+  }, Deno ${Deno.version.deno}; load average at start ${load}`;
+}
+
+function section(
+  date: string,
+  facts: string,
+  o: { duration: number; pairs: number; httpsPairs: number; threads: number; connections: number },
+  ss: ModeSummary[],
+): string {
+  return `${HEADING}
+
+Measured ${date} with \`deno task bench-capture --duration ${o.duration} --pairs ${o.pairs} --https-pairs ${o.httpsPairs}\`
+(bench/capture_overhead.ts). Machine: ${facts}.
+
+Set-up: Debian nginx-light, 2 workers, \`return 200 "ok\\n"\`, keep-alive (keepalive_requests 1000, nginx's
+default), access log on; plain HTTP on :${HTTP_PORT} and TLS 1.3 on :${TLS_PORT} (self-signed P-256 certificate).
+Load: \`wrk -t${o.threads} -c${o.connections} -d${o.duration}s\` at full speed. wrk runs on the same 2 vCPUs as
+nginx and the agent, so the agent's CPU comes straight out of nginx's and wrk's share: on a 2-core box this is a
+worst case, not what a server with spare cores sees. Runs alternate without/with the agent in ABBA order; the
+agent is started fresh for each "with" run (\`run --config\`, file sink, metrics on, production defaults,
+\`capture.ports\` set to these two ports because the machine runs other nginx instances) and stopped after it.
+
+- **ratio**: mean nginx req/s with the agent / without. Pair ratios compare each adjacent pair.
+- **rows / requests**: rows in the agent's file for the port / requests in nginx's access log during the "with"
+  runs (nginx's log is the ground truth; wrk's own count is in the run table). Every missing row is a drop.
+- **bpf drops / rows dropped**: \`ja4ebpf_bpf_drops_total\` and \`ja4ebpf_rows_dropped_total\` from /metrics.
+- **agent CPU µs/req**: utime+stime of the agent process (all threads) from /proc over the load window and the
+  drain that follows, divided by the requests. **Peak RSS**: VmHWM.
+- **nginx CPU µs/req**: utime+stime of nginx's master and workers; the BPF programs run inside nginx's
+  system calls, so the kernel-side cost shows as the difference between without and with.
+
+${summaryTable(ss)}
+
+Runs:
+
+${ss.map(runTable).join("\n\n")}
+`;
+}
+
+async function writeDoc(text: string): Promise<void> {
+  let doc = await Deno.readTextFile(DOC).catch(() => "# Performance\n");
+  const start = doc.indexOf(HEADING + "\n");
+  if (start < 0) {
+    doc = doc.trimEnd() + "\n\n" + text;
+  } else {
+    const next = doc.indexOf("\n## ", start + HEADING.length);
+    doc = doc.slice(0, start) + text + (next < 0 ? "" : "\n" + doc.slice(next + 1));
+  }
+  await Deno.writeTextFile(DOC, doc.trimEnd() + "\n");
+}
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      duration: { type: "string", default: "30" },
+      pairs: { type: "string", default: "3" },
+      "https-pairs": { type: "string" },
+      threads: { type: "string", default: "2" },
+      connections: { type: "string", default: "8" },
+      "write-doc": { type: "boolean", default: false },
+      "no-agent": { type: "boolean", default: false },
+      json: { type: "string" },
+      verbose: { type: "boolean", short: "v", default: false },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    console.log(
+      "Usage: deno task bench-capture [--duration S] [--pairs N] [--https-pairs N] [--threads T]\n" +
+        "  [--connections C] [--write-doc] [--json FILE] [--no-agent (baseline runs only, checks the set-up)]",
+    );
+    return 0;
+  }
+  const int = (k: string, v: string | undefined, min: number) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) throw new Error(`--${k} must be an integer ≥ ${min}`);
+    return n;
+  };
+  const o = {
+    duration: int("duration", values.duration, 1),
+    pairs: int("pairs", values.pairs, 1),
+    httpsPairs: int("https-pairs", values["https-pairs"] ?? values.pairs, 0),
+    threads: int("threads", values.threads, 1),
+    connections: int("connections", values.connections, 1),
+  };
+  requireRoot("the capture benchmark (the agent loads BPF programs)");
+  requireTool("wrk", "wrk");
+  requirePortsFree([METRICS_PORT]);
+  const facts = await machineFacts();
+  const date = new Date().toISOString().slice(0, 16).replace("T", " ") + " UTC";
+  console.error(`machine: ${facts}`);
+
+  await using ng = await startNginx({ port: HTTP_PORT, tlsPort: TLS_PORT, workers: 2, http2: false });
+  const summaries: ModeSummary[] = [];
+  for (const [mode, pairs] of [["http", o.pairs], ["https", o.httpsPairs]] as [Mode, number][]) {
+    if (pairs === 0) continue;
+    // Warm-up (not counted): page cache, TLS session set-up paths, CPU frequency.
+    await wrk({
+      url: mode === "http" ? ng.url : ng.tlsUrl!,
+      threads: o.threads,
+      connections: o.connections,
+      duration: 3,
+    });
+    const runs: RunFigures[] = [];
+    for (let p = 0; p < pairs; p++) {
+      const order = values["no-agent"] ? [false, false] : p % 2 === 0 ? [false, true] : [true, false];
+      for (const on of order) {
+        const r = await oneRun(ng, mode, on, o);
+        runs.push(r);
+        const a = r.agent;
+        console.error(
+          `${mode} pair ${p + 1} agent=${on ? "on " : "off"} ${fmt(r.wrk.requestsPerSec)} req/s, ${
+            fmt(r.wrk.requests)
+          } wrk / ${fmt(r.logged)} logged` +
+            (a
+              ? `, ${fmt(a.rows)} rows (${
+                pct(a.rows / r.logged, 3)
+              }), bpf drops ${a.bpfDrops}, rows dropped ${a.rowsDropped}, agent ${
+                fmt(a.cpuUs / r.logged, 1)
+              } µs/req, RSS ${fmt(a.peakRssKb / 1024)} MiB, ready in ${fmt(a.readyMs)} ms`
+              : ""),
+        );
+        if (a && (values.verbose || a.rows < r.logged)) {
+          console.error(`  ${a.readyLine.trim()}\n  counters ${JSON.stringify(a.counters)}`);
+          for (const w of a.warnings) console.error(`  ${w}`);
+        }
+        if (r.wrk.non2xx || Object.values(r.wrk.socketErrors).some((x) => x > 0)) {
+          console.error(
+            `  wrk: ${r.wrk.non2xx} non-2xx, socket errors ${JSON.stringify(r.wrk.socketErrors)}`,
+          );
+        }
+      }
+    }
+    if (!values["no-agent"]) summaries.push(summarize(mode, runs));
+    else console.log(runs.map((r) => `${mode}: ${fmt(r.wrk.requestsPerSec)} req/s`).join("\n"));
+  }
+  if (values["no-agent"]) return 0;
+  const text = section(date, facts, o, summaries);
+  console.log(text);
+  if (values.json) {
+    await Deno.writeTextFile(values.json, JSON.stringify({ date, facts, o, summaries }, null, 1));
+  }
+  if (values["write-doc"]) await writeDoc(text);
+  return 0;
+}
+
+if (import.meta.main) Deno.exit(await main());

@@ -1,0 +1,270 @@
+/**
+ * The agent as a test runs it in production: `deno run -A src/main.ts run --config FILE` as a subprocess with
+ * a temp config (file sink, own metrics port), `ready` awaited on stderr, rows read back from the file sink,
+ * /metrics scraped, stopped with a signal. The BPF program ids it holds are read from /proc/PID/fdinfo so
+ * tests can tell its programs and tc filters from those of other agents running on the same host.
+ */
+import { stringify } from "yaml";
+import type { Row } from "../../src/sink/row.ts";
+import { parsePrometheusText } from "../../src/metrics/registry.ts";
+import { delay, HarnessError, makeTempDir, requireRoot } from "./proc.ts";
+
+export const MAIN_TS = new URL("../../src/main.ts", import.meta.url).pathname;
+
+/** Nested plain objects, merged key by key into the base config. */
+export type ConfigPatch = { [k: string]: unknown };
+
+export interface AgentStartOptions {
+  /** Merged over the test base config (file sink in the temp dir, stdout off, metrics on metricsPort). */
+  config?: ConfigPatch;
+  /** Metrics port; default 24435. */
+  metricsPort?: number;
+  /** Milliseconds to wait for the `ready` line; default 45000. */
+  readyTimeoutMs?: number;
+  /** Reuse this directory (config, rows file, spool) instead of a new temp dir (restart tests). */
+  dir?: string;
+}
+
+export interface AgentExit {
+  code: number;
+  signal: Deno.Signal | null;
+}
+
+export interface RunningAgent extends AsyncDisposable {
+  pid: number;
+  dir: string;
+  configPath: string;
+  rowsPath: string;
+  metricsUrl: string;
+  /** The `ready` log line. */
+  readyLine: string;
+  /** hook → method from the ready line (`capture=nginx=tracepoint apache=uprobe …`). */
+  capture: Record<string, string>;
+  /** Everything the agent wrote to stderr so far. */
+  stderr(): string;
+  /** Rows in the file sink so far (a partly written last line is skipped). */
+  rows(): Promise<Row[]>;
+  /** Polls rows() until pred holds for at least n of them; returns those. */
+  waitForRows(pred: (r: Row) => boolean, n: number, timeoutMs?: number): Promise<Row[]>;
+  /** Resolves once a stderr line matches re (returns the line). */
+  waitForLog(re: RegExp, timeoutMs?: number): Promise<string>;
+  /** GET /metrics as text. */
+  scrape(): Promise<string>;
+  /** GET /metrics parsed (series → value). */
+  metrics(): Promise<Map<string, number>>;
+  /** Ids of the BPF programs this process holds open (fds and links). */
+  progIds(): number[];
+  signal(sig: Deno.Signal): void;
+  /** Sends sig (default SIGTERM) and waits for the exit (SIGKILL after graceMs). */
+  stop(sig?: Deno.Signal, graceMs?: number): Promise<AgentExit>;
+  /** Exit status once the process ended. */
+  status: Promise<AgentExit>;
+  /** stop() if running, then remove the temp dir (when it was ours). */
+  close(): Promise<void>;
+}
+
+function merge(base: ConfigPatch, patch: ConfigPatch): ConfigPatch {
+  const out: ConfigPatch = { ...base };
+  for (const [k, v] of Object.entries(patch)) {
+    const b = out[k];
+    out[k] =
+      v && typeof v === "object" && !Array.isArray(v) && b && typeof b === "object" && !Array.isArray(b)
+        ? merge(b as ConfigPatch, v as ConfigPatch)
+        : v;
+  }
+  return out;
+}
+
+/** The test base config plus patch, as the agent would read it. */
+export function agentConfig(dir: string, metricsPort: number, patch: ConfigPatch = {}): ConfigPatch {
+  return merge({
+    uprobes: { max_retries: 30, retry_interval_sec: 1 },
+    capture: { hold_ms: 300 },
+    output: {
+      stdout: false,
+      file: { path: `${dir}/rows.jsonl` },
+      clickhouse: { spool_dir: `${dir}/spool` },
+    },
+    metrics: { listen: `127.0.0.1:${metricsPort}` },
+  }, patch);
+}
+
+/** Parses the file sink's JSON lines. */
+export function parseRows(text: string): Row[] {
+  const out: Row[] = [];
+  for (const line of text.split("\n")) {
+    if (!line.trim()) continue;
+    try {
+      out.push(JSON.parse(line) as Row);
+    } catch { /* last line still being written */ }
+  }
+  return out;
+}
+
+/** BPF program ids referenced by a process's fds (program fds and link fds both show `prog_id:`). */
+export function bpfProgIds(pid: number): number[] {
+  const ids = new Set<number>();
+  let entries: Deno.DirEntry[] = [];
+  try {
+    entries = [...Deno.readDirSync(`/proc/${pid}/fdinfo`)];
+  } catch {
+    return [];
+  }
+  for (const e of entries) {
+    try {
+      const t = Deno.readTextFileSync(`/proc/${pid}/fdinfo/${e.name}`);
+      const m = /^prog_id:\s*(\d+)/m.exec(t);
+      if (m) ids.add(Number(m[1]));
+    } catch { /* fd closed meanwhile */ }
+  }
+  return [...ids].sort((a, b) => a - b);
+}
+
+export async function startAgent(opts: AgentStartOptions = {}): Promise<RunningAgent> {
+  requireRoot("the agent");
+  const ownDir = opts.dir === undefined;
+  const dir = opts.dir ?? await makeTempDir("ja4ebpf-agent-");
+  const metricsPort = opts.metricsPort ?? 24435;
+  const configPath = `${dir}/config.yaml`;
+  const cfg = agentConfig(dir, metricsPort, opts.config);
+  await Deno.writeTextFile(configPath, stringify(cfg));
+  const rowsPath = ((cfg.output as ConfigPatch).file as ConfigPatch).path as string;
+
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN_TS, "run", "--config", configPath],
+    env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  let err = "";
+  const waiters: { re: RegExp; resolve: (l: string) => void }[] = [];
+  const check = () => {
+    for (let i = waiters.length - 1; i >= 0; i--) {
+      const line = err.split("\n").find((l) => waiters[i].re.test(l));
+      if (line !== undefined) {
+        waiters[i].resolve(line);
+        waiters.splice(i, 1);
+      }
+    }
+  };
+  const drained = (async () => {
+    const dec = new TextDecoder();
+    for await (const c of child.stderr) {
+      err += dec.decode(c, { stream: true });
+      check();
+    }
+  })().catch(() => {});
+  const status: Promise<AgentExit> = child.status.then(async (s) => {
+    await drained;
+    return { code: s.code, signal: s.signal };
+  });
+  let exited = false;
+  status.then(() => exited = true);
+
+  const waitForLog = async (re: RegExp, timeoutMs = 15_000): Promise<string> => {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const found = new Promise<string>((resolve) => {
+      waiters.push({ re, resolve });
+      check();
+    });
+    const out = await Promise.race([
+      found,
+      status.then((s) => {
+        throw new HarnessError(
+          `agent exited (code ${s.code}) before a log line matching ${re}:\n${err.slice(-3000)}`,
+        );
+      }),
+      new Promise<never>((_, rej) =>
+        timer = setTimeout(
+          () =>
+            rej(
+              new HarnessError(
+                `no agent log line matching ${re} after ${timeoutMs} ms:\n${err.slice(-3000)}`,
+              ),
+            ),
+          timeoutMs,
+        )
+      ),
+    ]).finally(() => clearTimeout(timer));
+    return out;
+  };
+
+  const stop = async (sig: Deno.Signal = "SIGTERM", graceMs = 15_000): Promise<AgentExit> => {
+    if (!exited) {
+      try {
+        child.kill(sig);
+      } catch { /* gone */ }
+    }
+    const t = setTimeout(() => {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* gone */ }
+    }, graceMs);
+    const s = await status;
+    clearTimeout(t);
+    return s;
+  };
+  const close = async () => {
+    await stop();
+    if (ownDir) await Deno.remove(dir, { recursive: true }).catch(() => {});
+  };
+
+  let readyLine: string;
+  try {
+    readyLine = await waitForLog(/ INFO ready |"msg":"ready"/, opts.readyTimeoutMs ?? 45_000);
+  } catch (e) {
+    await close();
+    throw e;
+  }
+  // Plain log lines do not quote values: the capture list ("nginx=tracepoint apache=uprobe …") runs up to
+  // the next field, buffer=.
+  const captureText = readyLine.trimStart().startsWith("{")
+    ? String(JSON.parse(readyLine).capture ?? "")
+    : /capture=(.*?) buffer=/.exec(readyLine)?.[1] ?? "";
+  const capture: Record<string, string> = {};
+  for (const m of captureText.matchAll(/(\w+)=(\w+)/g)) capture[m[1]] = m[2];
+
+  const metricsUrl = `http://127.0.0.1:${metricsPort}/metrics`;
+  const rows = async () => parseRows(await Deno.readTextFile(rowsPath).catch(() => ""));
+  const scrape = async () => {
+    const r = await fetch(metricsUrl);
+    const t = await r.text();
+    if (!r.ok) throw new HarnessError(`GET ${metricsUrl}: ${r.status} ${t.slice(0, 300)}`);
+    return t;
+  };
+  return {
+    pid: child.pid,
+    dir,
+    configPath,
+    rowsPath,
+    metricsUrl,
+    readyLine,
+    capture,
+    stderr: () => err,
+    rows,
+    async waitForRows(pred, n, timeoutMs = 10_000) {
+      const deadline = Date.now() + timeoutMs;
+      let got: Row[] = [];
+      while (Date.now() < deadline) {
+        got = (await rows()).filter(pred);
+        if (got.length >= n) return got;
+        await delay(100);
+      }
+      throw new HarnessError(
+        `${got.length} of ${n} expected rows after ${timeoutMs} ms; agent stderr:\n${err.slice(-3000)}`,
+      );
+    },
+    waitForLog,
+    scrape,
+    metrics: async () => parsePrometheusText(await scrape()),
+    progIds: () => bpfProgIds(child.pid),
+    signal(sig) {
+      child.kill(sig);
+    },
+    stop,
+    status,
+    close,
+    [Symbol.asyncDispose]: close,
+  };
+}

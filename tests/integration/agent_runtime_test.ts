@@ -1,0 +1,410 @@
+/**
+ * The agent's runtime behaviour as a process: clean detach on SIGTERM (and after SIGKILL + restart) without
+ * touching a foreign tc filter, rows into a real ClickHouse equal to the file sink, no secret in any output or
+ * log, the metrics identity at every scrape under wrk load, SIGHUP reload, and config errors at start. Needs
+ * root, nginx, clickhouse-server, wrk, curl, bpftool and tc. Everything is filtered by this file's ports and
+ * by the agent's own BPF program ids: other agents may run on the host at the same time.
+ */
+import { assert, assertEquals, assertGreater, assertMatch } from "../../src/testing/asserts.ts";
+import type { Row } from "../../src/sink/row.ts";
+import { decodeRow } from "../../src/sink/ch_schema.ts";
+import { identityFromScrape } from "../../src/metrics/ledger.ts";
+import { MAIN_TS, type RunningAgent, startAgent } from "../helpers/agent.ts";
+import { startNginx } from "../helpers/servers.ts";
+import { curl, wrk } from "../helpers/clients.ts";
+import { delay, makeTempDir, requireTool, run, runOk, waitUntil } from "../helpers/proc.ts";
+import { stringify } from "yaml";
+
+const NGINX = 24080;
+const CH_HTTP = 24123;
+const CH_TCP = 24900;
+/** A foreign filter on lo's clsact ingress the agent must leave alone (not our priority 0x4a34). */
+const FOREIGN_PRIO = 40123;
+
+function excerpt(agent: RunningAgent): string {
+  return agent.stderr().split("\n").slice(-40).join("\n");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Clean exit
+
+/** Program names the BPF object defines (docs/bpf.md, "Programs" table). */
+async function documentedPrograms(): Promise<Set<string>> {
+  const md = await Deno.readTextFile(new URL("../../docs/bpf.md", import.meta.url));
+  const names = new Set<string>();
+  for (const line of md.split("\n")) {
+    const first = line.split("|")[1] ?? "";
+    for (const m of first.matchAll(/`(\w+)`/g)) names.add(m[1]);
+  }
+  return names;
+}
+
+interface Prog {
+  id: number;
+  name: string;
+}
+
+async function loadedPrograms(): Promise<Prog[]> {
+  const out = await runOk([requireTool("bpftool", "bpftool"), "-j", "prog", "show"]);
+  return (JSON.parse(out) as { id: number; name?: string }[]).map((p) => ({ id: p.id, name: p.name ?? "" }));
+}
+
+async function loIngress(): Promise<string> {
+  return await runOk([requireTool("tc", "iproute2"), "filter", "show", "dev", "lo", "ingress"]);
+}
+
+/** Program ids of the bpf filters on lo ingress. */
+async function tcProgIds(): Promise<number[]> {
+  return [...(await loIngress()).matchAll(/ bpf .*? id (\d+)/g)].map((m) => Number(m[1]));
+}
+
+async function addForeignFilter(): Promise<void> {
+  const tc = requireTool("tc", "iproute2");
+  await run([tc, "qdisc", "add", "dev", "lo", "clsact"]); // EEXIST when another tool put it there: fine
+  await run([tc, "filter", "del", "dev", "lo", "ingress", "prio", String(FOREIGN_PRIO)]);
+  await runOk([
+    tc,
+    "filter",
+    "add",
+    "dev",
+    "lo",
+    "ingress",
+    "prio",
+    String(FOREIGN_PRIO),
+    "u32",
+    "match",
+    "u32",
+    "0",
+    "0",
+    "classid",
+    "1:1",
+  ]);
+}
+
+async function foreignFilterThere(): Promise<boolean> {
+  return new RegExp(`pref ${FOREIGN_PRIO} u32`).test(await loIngress());
+}
+
+/** None of ids is loaded or referenced by a tc filter on lo (program release is asynchronous: poll). */
+async function assertGone(ids: number[], what: string): Promise<void> {
+  let left: number[] = [];
+  let onTc: number[] = [];
+  try {
+    await waitUntil(
+      async () => {
+        const loaded = new Set((await loadedPrograms()).map((p) => p.id));
+        left = ids.filter((id) => loaded.has(id));
+        const tcIds = new Set(await tcProgIds());
+        onTc = ids.filter((id) => tcIds.has(id));
+        return left.length === 0 && onTc.length === 0;
+      },
+      5000,
+      what,
+    );
+  } catch {
+    throw new Error(
+      `${what}: programs still loaded ${left}, still on lo ingress ${onTc}\n${await loIngress()}`,
+    );
+  }
+}
+
+Deno.test("agent runtime: SIGTERM detaches everything; SIGKILL leftovers are cleaned by the next run", async (t) => {
+  const documented = await documentedPrograms();
+  await addForeignFilter();
+  const dir = await makeTempDir("ja4ebpf-agent-exit-");
+  try {
+    await t.step(
+      "SIGTERM: exit 0, no program or tc filter of ours left, foreign filter untouched",
+      async () => {
+        const agent = await startAgent({ dir });
+        const ids = agent.progIds();
+        assertGreater(ids.length, 0, "the agent holds BPF programs");
+        const progs = (await loadedPrograms()).filter((p) => ids.includes(p.id));
+        for (const p of progs) {
+          assert(documented.has(p.name), `program ${p.name} is documented in docs/bpf.md`);
+        }
+        assert(
+          progs.some((p) => p.name === "tc_ingress"),
+          `tc_ingress among ${progs.map((p) => p.name)}`,
+        );
+        const exit = await agent.stop("SIGTERM");
+        assertEquals(exit, { code: 0, signal: null }, `exit after SIGTERM:\n${excerpt(agent)}`);
+        assertMatch(agent.stderr(), / INFO stopped /);
+        await assertGone(ids, "after SIGTERM");
+        assert(await foreignFilterThere(), `foreign u32 filter kept:\n${await loIngress()}`);
+      },
+    );
+
+    await t.step("SIGKILL, restart, SIGTERM: nothing of either run left", async () => {
+      const first = await startAgent({ dir });
+      const ids1 = first.progIds();
+      const tcId = (await loadedPrograms()).find((p) => ids1.includes(p.id) && p.name === "tc_ingress")?.id;
+      assert(tcId, "first run's tc_ingress");
+      assertEquals((await first.stop("SIGKILL")).signal, "SIGKILL");
+      // A classic tc filter keeps its program alive past the process: the next run must replace it.
+      const second = await startAgent({ dir });
+      const ids2 = second.progIds();
+      assertEquals(await second.stop("SIGTERM"), { code: 0, signal: null }, excerpt(second));
+      await assertGone([...ids1, ...ids2], "after SIGKILL + restart + SIGTERM");
+      assert(await foreignFilterThere(), `foreign u32 filter kept:\n${await loIngress()}`);
+    });
+  } finally {
+    await run([
+      requireTool("tc", "iproute2"),
+      "filter",
+      "del",
+      "dev",
+      "lo",
+      "ingress",
+      "prio",
+      String(FOREIGN_PRIO),
+    ]);
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// ClickHouse, privacy, metrics identity, SIGHUP
+
+interface LocalClickHouse {
+  url: string;
+  query(sql: string): Promise<string>;
+  close(): Promise<void>;
+}
+
+/**
+ * clickhouse-server on this file's ports (tests/helpers/clickhouse.ts has fixed ports shared with the sink
+ * tests, which may run at the same time).
+ */
+async function startLocalClickHouse(): Promise<LocalClickHouse> {
+  const bin = requireTool("clickhouse-server", "clickhouse-server");
+  const dir = await Deno.makeTempDir({ prefix: "ja4ebpf-agent-ch-" });
+  await Deno.mkdir(`${dir}/log`);
+  await Deno.writeTextFile(
+    `${dir}/config.xml`,
+    `<?xml version="1.0"?>
+<yandex>
+  <logger><level>warning</level><log>${dir}/log/server.log</log><errorlog>${dir}/log/err.log</errorlog></logger>
+  <http_port>${CH_HTTP}</http_port>
+  <tcp_port>${CH_TCP}</tcp_port>
+  <listen_host>127.0.0.1</listen_host>
+  <path>${dir}/data/</path>
+  <tmp_path>${dir}/tmp/</tmp_path>
+  <user_files_path>${dir}/user_files/</user_files_path>
+  <format_schema_path>${dir}/format_schemas/</format_schema_path>
+  <users_config>${dir}/users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <timezone>UTC</timezone>
+  <mark_cache_size>67108864</mark_cache_size>
+  <uncompressed_cache_size>67108864</uncompressed_cache_size>
+</yandex>
+`,
+  );
+  await Deno.writeTextFile(
+    `${dir}/users.xml`,
+    `<?xml version="1.0"?>
+<yandex>
+  <profiles><default><max_memory_usage>1000000000</max_memory_usage></default></profiles>
+  <users><default><password></password><networks><ip>127.0.0.1</ip></networks><profile>default</profile>
+    <quota>default</quota></default></users>
+  <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors>
+    <result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
+</yandex>
+`,
+  );
+  const child = new Deno.Command(bin, {
+    args: [`--config-file=${dir}/config.xml`],
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  const url = `http://127.0.0.1:${CH_HTTP}`;
+  const close = async () => {
+    try {
+      child.kill("SIGTERM");
+    } catch { /* gone */ }
+    const t = setTimeout(() => {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* gone */ }
+    }, 15_000);
+    await child.status;
+    clearTimeout(t);
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  };
+  let exited = false;
+  child.status.then(() => exited = true);
+  try {
+    await waitUntil(
+      async () => {
+        if (exited) {
+          throw new Error(
+            `clickhouse-server exited:\n${await Deno.readTextFile(`${dir}/log/err.log`).catch(() => "")}`,
+          );
+        }
+        try {
+          const r = await fetch(`${url}/ping`);
+          return r.ok && (await r.text()).startsWith("Ok");
+        } catch {
+          return false;
+        }
+      },
+      30_000,
+      "clickhouse-server /ping",
+    );
+  } catch (e) {
+    await close();
+    throw e;
+  }
+  return {
+    url,
+    async query(sql) {
+      const r = await fetch(`${url}/`, { method: "POST", body: sql });
+      const text = await r.text();
+      if (!r.ok) throw new Error(`ClickHouse ${r.status}: ${text.slice(0, 500)}`);
+      return text;
+    },
+    close,
+  };
+}
+
+const SECRETS = ["S3cretCookieVal", "S3cretCookieTwo", "S3cretBearerTok", "S3cretQueryTok"];
+
+Deno.test("agent runtime: ClickHouse rows equal the file sink, no secret anywhere, identity under load, SIGHUP", async (t) => {
+  await using nginx = await startNginx({ port: NGINX, workers: 2 });
+  const ch = await startLocalClickHouse();
+  try {
+    const agentCfg = {
+      output: {
+        clickhouse: { url: ch.url, database: "ja4e2e", table: "requests", flush_interval_ms: 200 },
+      },
+      log: { level: "info" },
+    };
+    await using agent = await startAgent({ config: agentCfg });
+
+    // Scrape all along: the identity must hold at every single scrape.
+    let scrapes = 0;
+    let stopScraping = false;
+    const bad: string[] = [];
+    const scraper = (async () => {
+      while (!stopScraping) {
+        const id = identityFromScrape(await agent.scrape());
+        scrapes++;
+        if (!(id.captured === id.resolved)) bad.push(`captured ${id.captured} resolved ${id.resolved}`);
+        await delay(50);
+      }
+    })();
+
+    await t.step("SIGHUP with a changed log.level is applied and counters are kept", async () => {
+      await curl(["-o", "/dev/null", `${nginx.url}before-hup`]);
+      await agent.waitForRows((r) => r.path === "/before-hup", 1);
+      const before = (await agent.metrics()).get("ja4ebpf_rows_captured_total") ?? 0;
+      assertGreater(before, 0, "a row captured before the reload");
+      const raw = await Deno.readTextFile(agent.configPath);
+      await Deno.writeTextFile(agent.configPath, raw.replace(/level: info/, "level: debug"));
+      agent.signal("SIGHUP");
+      const line = await agent.waitForLog(/configuration reloaded/);
+      assertMatch(line, /applied=[^ ]*log\.level/);
+      const after = (await agent.metrics()).get("ja4ebpf_rows_captured_total") ?? 0;
+      assert(after >= before, `captured counter not reset: ${before} → ${after}`);
+    });
+
+    await t.step("secrets in cookies, Authorization and the query go nowhere", async () => {
+      const r = await curl([
+        "-o",
+        "/dev/null",
+        "-b",
+        `sid=${SECRETS[0]}; pref=${SECRETS[1]}`,
+        "-H",
+        `Authorization: Bearer ${SECRETS[2]}`,
+        `${nginx.url}private?token=${SECRETS[3]}`,
+      ]);
+      assertEquals(r.code, 0, r.stderr);
+      const [row] = await agent.waitForRows((x) => x.path === "/private", 1);
+      assert(/^ge11cn/.test(row.ja4h), `JA4H with cookie, without referer: ${row.ja4h}`);
+    });
+
+    await t.step("wrk load: identity holds at every scrape", async () => {
+      const w = await wrk({ url: `${nginx.url}load`, connections: 2, duration: 2 });
+      assertGreater(w.requests, 100, "wrk made requests");
+      await delay(1500);
+      assertGreater(scrapes, 10, "scrapes during the load");
+      assertEquals(bad, [], "scrapes where captured != shipped + spooled + quarantined + dropped");
+    });
+    stopScraping = true;
+    await scraper;
+
+    await t.step("SIGHUP to log.level warn silences info lines (the level is really applied)", async () => {
+      const raw = await Deno.readTextFile(agent.configPath);
+      await Deno.writeTextFile(agent.configPath, raw.replace(/level: debug/, "level: warn"));
+      const before = agent.stderr().length;
+      const captured = (await agent.metrics()).get("ja4ebpf_rows_captured_total") ?? 0;
+      agent.signal("SIGHUP");
+      await delay(700);
+      assertEquals(await agent.stop(), { code: 0, signal: null }, `clean exit:\n${excerpt(agent)}`);
+      const later = agent.stderr().slice(before);
+      assertEquals(
+        later.match(/ INFO .*/g) ?? [],
+        [],
+        "no info line (reloaded, stopping, stopped) at level warn",
+      );
+      assertGreater(captured, 100, "rows counted before the second reload");
+    });
+    const fileRows = (await agent.rows()).filter((r) => r.dst_port === NGINX);
+    const chRows = (await ch.query(
+      `SELECT * FROM ja4e2e.requests WHERE dst_port = ${NGINX} FORMAT JSONEachRow`,
+    )).split("\n").filter((l) => l.trim()).map((l) => decodeRow(JSON.parse(l)));
+
+    await t.step("ClickHouse holds exactly the file sink's rows", () => {
+      assertGreater(fileRows.length, 100, "rows in the file sink");
+      const key = (r: Row) => JSON.stringify(Object.entries(r).sort(([a], [b]) => a.localeCompare(b)));
+      const a = fileRows.map(key).sort();
+      const b = chRows.map(key).sort();
+      assertEquals(b.length, a.length, "row count");
+      const diff = a.filter((x, i) => x !== b[i]).slice(0, 3);
+      assertEquals(
+        diff,
+        [],
+        `first differing rows (file side); ClickHouse side: ${b.filter((x, i) => x !== a[i]).slice(0, 3)}`,
+      );
+    });
+
+    await t.step("no secret in ClickHouse, the file sink or the agent's log", async () => {
+      const all = await ch.query("SELECT * FROM ja4e2e.requests FORMAT TSV");
+      const file = await Deno.readTextFile(agent.rowsPath);
+      const private_ = fileRows.find((r) => r.path === "/private");
+      assert(private_, "the request with secrets has a row");
+      for (const s of SECRETS) {
+        assert(!all.includes(s), `${s} in ClickHouse`);
+        assert(!file.includes(s), `${s} in the file sink`);
+        assert(!agent.stderr().includes(s), `${s} in the agent's stderr`);
+      }
+    });
+  } finally {
+    await ch.close();
+  }
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// Config errors
+
+Deno.test("agent runtime: a config typo makes run exit 2 naming file, line and key", async () => {
+  const dir = await makeTempDir("ja4ebpf-agent-cfg-");
+  try {
+    const path = `${dir}/typo.yaml`;
+    const text = stringify({ capture: { hold_ms: 100 }, output: { stdout: false } }) +
+      "metrics:\n  enabled: true\n  lisen: 127.0.0.1:24435\n";
+    await Deno.writeTextFile(path, text);
+    const line = text.split("\n").findIndex((l) => l.includes("lisen")) + 1;
+    const r = await run([Deno.execPath(), "run", "-A", MAIN_TS, "run", "--config", path], {
+      env: { NO_COLOR: "1" },
+      timeoutMs: 30_000,
+    });
+    assertEquals(r.code, 2, `exit code; stderr: ${r.stderr}`);
+    assertMatch(r.stderr, new RegExp(`typo\\.yaml:${line}: metrics\\.lisen: unknown key`));
+    assertMatch(r.stderr, /did you mean listen/);
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+});
