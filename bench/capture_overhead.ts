@@ -14,7 +14,7 @@ import { parseArgs } from "node:util";
 import { startNginx, type WebServer } from "../tests/helpers/servers.ts";
 import { wrk, type WrkResult } from "../tests/helpers/clients.ts";
 import { type RunningAgent, startAgent } from "../tests/helpers/agent.ts";
-import { delay, requirePortsFree, requireRoot, requireTool } from "../tests/helpers/proc.ts";
+import { delay, makeTempDir, requirePortsFree, requireRoot, requireTool } from "../tests/helpers/proc.ts";
 
 const HTTP_PORT = 22080;
 const TLS_PORT = 22443;
@@ -151,16 +151,18 @@ async function oneRun(
   ng: WebServer,
   mode: Mode,
   withAgent: boolean,
-  o: { duration: number; threads: number; connections: number },
+  o: { duration: number; threads: number; connections: number; keep: boolean },
 ): Promise<RunFigures> {
   const port = mode === "http" ? HTTP_PORT : TLS_PORT;
   const url = mode === "http" ? ng.url : ng.tlsUrl!;
   let agent: RunningAgent | undefined;
+  const dir = withAgent ? await makeTempDir("ja4ebpf-capbench-") : "";
   try {
     let readyMs = 0;
     if (withAgent) {
       const t0 = performance.now();
       agent = await startAgent({
+        dir,
         metricsPort: METRICS_PORT,
         // The production defaults over the test harness's quick settings; only this nginx's ports are
         // watched (other servers on this shared machine stay out of the figures).
@@ -212,6 +214,8 @@ async function oneRun(
     return fig;
   } finally {
     await agent?.close();
+    if (dir && !o.keep) await Deno.remove(dir, { recursive: true }).catch(() => {});
+    else if (dir) console.error(`  kept ${dir}`);
   }
 }
 
@@ -332,6 +336,45 @@ async function machineFacts(): Promise<string> {
   }, Deno ${Deno.version.deno}; load average at start ${load}`;
 }
 
+/** Plain-language verdicts against the goals, with the agent's own explanation for missing rows. */
+function findings(ss: ModeSummary[]): string {
+  const out: string[] = [];
+  for (const s of ss) {
+    const M = s.mode.toUpperCase();
+    const on = s.runs.filter((r) => r.agent);
+    const capture = /capture=(.*?) buffer=(\S+)/.exec(on[0]?.agent?.readyLine ?? "");
+    out.push(
+      `- ${M}: throughput ratio ${s.ratio.toFixed(3)} (${
+        s.ratio >= 0.95 ? "meets" : "misses"
+      } the 0.95 goal); ` +
+        `${pct(s.completeness, 2)} of requests became rows (${
+          s.misses === 0 ? "meets" : "misses"
+        } the 100 % goal, ` +
+        `${fmt(s.misses)} missing); agent ${fmt(s.agentUsPerReq, 1)} µs CPU per request, peak RSS ${
+          fmt(s.peakRssMb)
+        } MiB. Capture as reported by the agent: \`${capture?.[1] ?? "?"}\`, buffer \`${
+          capture?.[2] ?? "?"
+        }\`.`,
+    );
+    if (s.misses > 0) {
+      const drops: Record<string, number> = {};
+      for (const r of on) {
+        for (const [k, v] of Object.entries(r.agent!.counters)) {
+          if (/_(bpf_drops|rows_dropped)_total|parse_errors/.test(k)) drops[k] = (drops[k] ?? 0) + v;
+        }
+      }
+      const listed = Object.entries(drops).map(([k, v]) => `\`${k}\` ${fmt(v)}`).join(", ");
+      out.push(
+        `  Where the rows went, from the agent's counters summed over the runs: ${
+          listed || "no drop counted"
+        }.` +
+          (s.rows === 0 ? ` No row at all on this port: this build does not capture this traffic.` : ""),
+      );
+    }
+  }
+  return out.join("\n");
+}
+
 function section(
   date: string,
   facts: string,
@@ -361,6 +404,8 @@ agent is started fresh for each "with" run (\`run --config\`, file sink, metrics
   system calls, so the kernel-side cost shows as the difference between without and with.
 
 ${summaryTable(ss)}
+
+${findings(ss)}
 
 Runs:
 
@@ -393,6 +438,7 @@ async function main(): Promise<number> {
       "no-agent": { type: "boolean", default: false },
       json: { type: "string" },
       verbose: { type: "boolean", short: "v", default: false },
+      "keep-rows": { type: "boolean", default: false },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -414,6 +460,7 @@ async function main(): Promise<number> {
     httpsPairs: int("https-pairs", values["https-pairs"] ?? values.pairs, 0),
     threads: int("threads", values.threads, 1),
     connections: int("connections", values.connections, 1),
+    keep: values["keep-rows"] === true,
   };
   requireRoot("the capture benchmark (the agent loads BPF programs)");
   requireTool("wrk", "wrk");

@@ -1,83 +1,474 @@
 /**
- * How many rows/s the ClickHouse pipeline (encode → JSON → gzip → spool → insert into a real clickhouse-server)
- * sustains, and the RSS at that rate. Goal: ≥ 100k rows/s on one core.
- *   deno bench -A bench/pipeline_bench.ts      (encode and gzip micro-benchmarks + one end-to-end run)
- *   deno run -A bench/pipeline_bench.ts [ROWS] (end-to-end only, prints figures)
+ * The whole row pipeline as the agent runs it, minus the kernel: synthetic BPF ring-buffer records (built
+ * from layout.gen.ts) → Agent.onRecord (decodeEvent → PacketTracker / RequestTracker → JA4T, JA4, JA4H →
+ * Correlator) → Correlator.tick → ClickHouseSink (JSONEachRow → hash → gzip → spool → HTTP insert) → a real
+ * clickhouse-server. Goal: ≥ 100k rows/s on one core, RSS ≤ 150 MB at that rate.
+ *
+ *   deno run -A bench/pipeline_bench.ts [--seconds=15] [--modes=max,10000,50000]
+ *
+ * Each mode runs in its own child process (so one mode's heap does not inflate the next one's RSS) with the
+ * V8 flags the packaged agent uses. Throughput is rows per second of the agent process's CPU time (all its
+ * threads: JS, gzip pool, HTTP client), not wall time: the machine may be shared. Per-stage figures are CPU
+ * time of the JS thread only (/proc/thread-self/schedstat).
  */
+import { Agent } from "../src/agent/agent.ts";
+import type { AttachPlan } from "../src/bpf/plan.ts";
+import {
+  CLOSE_EVENT,
+  DATA_EVENT,
+  EVENT_HDR,
+  EventFlags,
+  EventKind,
+  Family,
+  type FieldLayout,
+  Hook,
+  PKT_EVENT,
+  SYN_EVENT,
+} from "../src/bpf/layout.gen.ts";
 import { DEFAULT_CONFIG } from "../src/config/config.ts";
-import { encodeRow } from "../src/sink/ch_schema.ts";
-import { ClickHouseSink, gzip } from "../src/sink/clickhouse.ts";
+import { encodeLineOpen } from "../src/sink/ch_schema.ts";
+import { ClickHouseSink } from "../src/sink/clickhouse.ts";
+import type { Row } from "../src/sink/row.ts";
 import { setLogSink } from "../src/log.ts";
 import { startClickHouse } from "../tests/helpers/clickhouse.ts";
-import { testRow } from "../tests/helpers/rows.ts";
+import { gzipSync } from "node:zlib";
+import process from "node:process";
 
 const GOAL = 100_000;
-const sample = Array.from({ length: 10_000 }, (_, i) => testRow(i, "bench"));
+const V8_FLAGS = "--v8-flags=--max-old-space-size=320"; // as scripts/build.sh ships the agent
+const REQUESTS_PER_CONN = 4;
+const TLS_SHARE = 0.5; // the other half is plain HTTP (its rows wait hold_ms for a hello that never comes)
 
-export async function endToEnd(total: number): Promise<string> {
-  const ch = await startClickHouse();
-  const spool = await Deno.makeTempDir({ prefix: "ja4ebpf-bench-" });
-  const prev = setLogSink(() => {});
-  try {
-    const sink = await ClickHouseSink.open({
-      config: {
-        ...DEFAULT_CONFIG.output.clickhouse,
-        url: ch.url,
-        table: "bench",
-        spool_dir: spool,
-        batch_rows: 50_000,
-      },
-    });
-    // Warm up (JIT, table creation) outside the measurement.
-    sink.write(sample.slice(0, 2000));
-    await sink.drain(30_000);
-    const rss0 = Deno.memoryUsage().rss;
-    let rssMax = rss0;
-    const t0 = performance.now();
-    for (let i = 0; i < total; i += 10_000) {
-      // Fresh timestamps per block: identical rows would be identical batches.
-      sink.write(sample.map((r, k) => ({ ...r, pid: i + k })));
-      if (i % 50_000 === 0) await sink.persist();
-      rssMax = Math.max(rssMax, Deno.memoryUsage().rss);
-    }
-    const ok = await sink.drain(120_000);
-    const secs = (performance.now() - t0) / 1000;
-    rssMax = Math.max(rssMax, Deno.memoryUsage().rss);
-    await sink.close();
-    const landed = Number((await ch.query("SELECT count() FROM ja4ebpf.bench")).trim()) - 2000;
-    const rate = landed / secs;
-    return [
-      `end-to-end: ${landed} rows in ${secs.toFixed(2)} s = ${Math.round(rate)} rows/s ` +
-      `(${(rate / GOAL).toFixed(2)}× the ${GOAL / 1000}k goal)${ok ? "" : " [drain timed out]"}`,
-      `RSS: ${(rss0 / 2 ** 20).toFixed(0)} MiB before, ${(rssMax / 2 ** 20).toFixed(0)} MiB peak`,
-      `spool: ${sink.stats().shipped} shipped, ${sink.stats().spooled} left`,
-    ].join("\n");
-  } finally {
-    setLogSink(prev);
-    await ch.close();
-    await Deno.remove(spool, { recursive: true }).catch(() => {});
+// ---------------------------------------------------------------------------------------------------------
+// Synthetic records, laid out by the generated BPF layout (a layout change moves them too).
+
+const te = new TextEncoder();
+
+function put(dv: DataView, f: FieldLayout, v: number | bigint | Uint8Array): void {
+  if (v instanceof Uint8Array) {
+    new Uint8Array(dv.buffer, dv.byteOffset).set(v, f.offset);
+    return;
+  }
+  const n = Number(v);
+  switch (f.kind) {
+    case "u8":
+      return dv.setUint8(f.offset, n);
+    case "u16":
+      return dv.setUint16(f.offset, n, true);
+    case "u32":
+      return dv.setUint32(f.offset, n, true);
+    case "s32":
+      return dv.setInt32(f.offset, n, true);
+    case "u64":
+      return dv.setBigUint64(f.offset, BigInt(v), true);
+    default:
+      throw new Error(`cannot put ${f.kind}`);
   }
 }
 
-if (import.meta.main) {
-  const n = Number(Deno.args[0] ?? 500_000);
+const Hd = EVENT_HDR.fields;
+
+function record(
+  size: number,
+  hdr: Partial<Record<keyof typeof Hd, number | bigint | Uint8Array>>,
+  body: [FieldLayout, number | Uint8Array][] = [],
+): Uint8Array {
+  const b = new Uint8Array(size);
+  const dv = new DataView(b.buffer);
+  for (const [k, v] of Object.entries(hdr)) put(dv, Hd[k as keyof typeof Hd], v!);
+  for (const [f, v] of body) put(dv, f, v);
+  return b;
+}
+
+function u16be(n: number): number[] {
+  return [n >> 8, n & 255];
+}
+function vec16(b: number[]): number[] {
+  return [...u16be(b.length), ...b];
+}
+
+/** A TLS 1.3 ClientHello record as a browser sends it (SNI, groups, ALPN h2/http1.1, versions, sigalgs). */
+function clientHello(sni: string): Uint8Array {
+  const ext = (type: number, data: number[]) => [...u16be(type), ...vec16(data)];
+  const name = [...te.encode(sni)];
+  const ciphers = [0x1301, 0x1302, 0x1303, 0xc02b, 0xc02f, 0xc02c, 0xc030, 0xcca9, 0xcca8, 0xc013, 0xc014, 0x009c]
+    .flatMap(u16be);
+  const alpn = [2, ...te.encode("h2"), 8, ...te.encode("http/1.1")];
+  const exts = [
+    ...ext(0, vec16([0, ...vec16(name)])),
+    ...ext(23, []),
+    ...ext(65281, [0]),
+    ...ext(10, vec16([0x001d, 0x0017, 0x0018].flatMap(u16be))),
+    ...ext(11, [1, 0]),
+    ...ext(35, []),
+    ...ext(16, vec16(alpn)),
+    ...ext(5, [1, 0, 0, 0, 0]),
+    ...ext(13, vec16([0x0403, 0x0804, 0x0401, 0x0503, 0x0805, 0x0501, 0x0806, 0x0601].flatMap(u16be))),
+    ...ext(51, vec16([...u16be(0x001d), ...vec16(new Array(32).fill(7))])),
+    ...ext(45, [1, 1]),
+    ...ext(43, [4, ...u16be(0x0304), ...u16be(0x0303)]),
+  ];
+  const body = [
+    3,
+    3,
+    ...new Array(32).fill(1),
+    32,
+    ...new Array(32).fill(2),
+    ...vec16(ciphers),
+    1,
+    0,
+    ...vec16(exts),
+  ];
+  const hs = [1, 0, ...u16be(body.length), ...body];
+  return Uint8Array.from([0x16, 3, 1, ...u16be(hs.length), ...hs]);
+}
+
+const UAS = [
+  "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
+  "Mozilla/5.0 (Macintosh; Intel Mac OS X 14.4; rv:125.0) Gecko/20100101 Firefox/125.0",
+  "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
+  "curl/8.5.0",
+];
+
+/** Request heads as browsers send them (~300–600 bytes). */
+function heads(): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (let i = 0; i < 16; i++) {
+    const ua = UAS[i % UAS.length];
+    const lines = [
+      `${i % 5 === 4 ? "POST" : "GET"} /shop/items/${1000 + i}?ref=home&page=${i} HTTP/1.1`,
+      "Host: www.example.test",
+      "Connection: keep-alive",
+      `User-Agent: ${ua}`,
+      "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8",
+      "Accept-Encoding: gzip, deflate, br",
+      "Accept-Language: en-US,en;q=0.9,de;q=0.7",
+    ];
+    if (i % 2) lines.push(`Cookie: session=${"ab12".repeat(8)}; theme=dark; consent=1`);
+    if (i % 3) lines.push("Referer: https://www.example.test/shop/");
+    if (i % 5 === 4) lines.push("Content-Type: application/x-www-form-urlencoded", "Content-Length: 0");
+    out.push(te.encode(lines.join("\r\n") + "\r\n\r\n"));
+  }
+  return out;
+}
+
+const SYN_OPTS = Uint8Array.from([2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7]);
+
+/**
+ * Generates the events of connection after connection: SYN (TC), first payload (TC: a ClientHello or the
+ * start of an HTTP request), REQUESTS_PER_CONN request reads (SSL_read plaintext or recvfrom), close.
+ * Records are fresh copies, as the ring reader hands them out.
+ */
+class Traffic {
+  readonly heads = heads();
+  readonly hello = clientHello("www.example.test");
+  conn = 0;
+  rows = 0;
+  readonly t0Ns = BigInt(Math.round(performance.now() * 1e6));
+
+  #hdr(kind: number, hook: number, c: number, flags = 0) {
+    return {
+      kind,
+      hook,
+      family: Family.INET,
+      flags,
+      pid: 2000 + (c & 1),
+      tid: 2000 + (c & 1),
+      fd: 10 + (c % 4096),
+      ts_ns: this.t0Ns + BigInt(Math.round(performance.now() * 1e6)),
+      comm: te.encode("nginx"),
+      saddr: Uint8Array.from([10, 1 + (c >> 24 & 63), c >> 16 & 255, c >> 8 & 255, ...new Array(12).fill(0)]),
+      daddr: Uint8Array.from([10, 0, 0, 1, ...new Array(12).fill(0)]),
+      sport: 1024 + (c & 0x7fff),
+      dport: 443,
+    };
+  }
+
+  /** One whole connection's records; returns how many requests (rows) they carry. */
+  connection(out: Uint8Array[]): number {
+    const c = this.conn++;
+    const tls = (c % 100) < TLS_SHARE * 100;
+    const isn = (c * 2654435761) >>> 0;
+    out.push(record(SYN_EVENT.size, this.#hdr(EventKind.SYN, Hook.TC, c), [
+      [SYN_EVENT.fields.seq, isn],
+      [SYN_EVENT.fields.window, 64240],
+      [SYN_EVENT.fields.opt_len, SYN_OPTS.length],
+      [SYN_EVENT.fields.options, SYN_OPTS],
+    ]));
+    const first = tls ? this.hello : this.heads[c % this.heads.length].subarray(0, 64);
+    const pkt = record(PKT_EVENT.fields.data.offset + first.length, {
+      ...this.#hdr(EventKind.PKT, Hook.TC, c),
+      data_len: first.length,
+      total: first.length,
+    }, [[PKT_EVENT.fields.seq, (isn + 1) >>> 0]]);
+    pkt.set(first, PKT_EVENT.fields.data.offset);
+    out.push(pkt);
+    let pos = 0;
+    for (let k = 0; k < REQUESTS_PER_CONN; k++) {
+      const head = this.heads[(c + k) % this.heads.length];
+      const flags = EventFlags.LAST_CHUNK | (tls ? EventFlags.PLAINTEXT : 0);
+      const rec = record(DATA_EVENT.fields.data.offset + head.length, {
+        ...this.#hdr(EventKind.DATA, tls ? Hook.SSL_READ : Hook.TP_RECVFROM, c, flags),
+        data_len: head.length,
+        total: head.length,
+        offset: 0,
+      }, [[DATA_EVENT.fields.pos, pos]]);
+      rec.set(head, DATA_EVENT.fields.data.offset);
+      out.push(rec);
+      pos += head.length;
+    }
+    out.push(record(CLOSE_EVENT.size, this.#hdr(EventKind.CLOSE, Hook.TP_CLOSE, c), [
+      [CLOSE_EVENT.fields.pos_raw, tls ? 0 : pos],
+      [CLOSE_EVENT.fields.pos_plaintext, tls ? pos : 0],
+    ]));
+    this.rows += REQUESTS_PER_CONN;
+    return REQUESTS_PER_CONN;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// One mode, in a child process.
+
+/** CPU ns of the calling (JS) thread. */
+function threadNs(): number {
+  return Number(Deno.readTextFileSync("/proc/thread-self/schedstat").split(" ")[0]);
+}
+
+function processCpuS(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
+}
+
+interface ModeResult {
+  mode: string;
+  rate: number | null;
+  seconds: number;
+  generated: number;
+  emitted: number;
+  landed: number;
+  dropped: Record<string, number>;
+  cpuS: number;
+  wallS: number;
+  rowsPerCpuS: number;
+  rssStartMiB: number;
+  rssPeakMiB: number;
+  rssMedianMiB: number;
+  heapPeakMiB: number;
+  stagesNsPerRow: Record<string, number>;
+  threads: Record<string, number>;
+  correlator: { held_peak: number; released_timeout: number; released_overflow: number };
+  drained: boolean;
+}
+
+function threadCpu(): Record<string, number> {
+  const out: Record<string, number> = {};
+  const tick = 100; // USER_HZ
+  for (const e of Deno.readDirSync("/proc/self/task")) {
+    try {
+      const s = Deno.readTextFileSync(`/proc/self/task/${e.name}/stat`);
+      const comm = s.slice(s.indexOf("(") + 1, s.lastIndexOf(")")).replace(/[-_ ]?\d+$/, "");
+      const f = s.slice(s.lastIndexOf(")") + 2).split(" ");
+      const cpu = (Number(f[11]) + Number(f[12])) / tick;
+      out[comm] = Math.round(((out[comm] ?? 0) + cpu) * 100) / 100;
+    } catch { /* thread ended */ }
+  }
+  return out;
+}
+
+async function runMode(url: string, mode: string, seconds: number): Promise<ModeResult> {
+  const rate = mode === "max" ? null : Number(mode);
+  const table = `bench_${mode}`;
+  const spool = await Deno.makeTempDir({ prefix: "ja4ebpf-bench-" });
+  setLogSink(() => {});
+  const cfg = structuredClone(DEFAULT_CONFIG);
+  const sink = await ClickHouseSink.open({
+    config: { ...cfg.output.clickhouse, url, table, spool_dir: spool },
+  });
+  const agent = new Agent(cfg, { rowHook: () => {} });
+  // Agent.start() would plan real hooks; the dispatch only needs to know which method nginx uses.
+  agent.plan = { hooks: [{ hook: "nginx", method: "tracepoint" }] } as unknown as AttachPlan;
+  const traffic = new Traffic();
+  const stage = { decode_correlate: 0, tick: 0, sink_write: 0 };
+  let emitted = 0;
+  let heldPeak = 0;
+
+  const pump = () => {
+    let t = threadNs();
+    const rows = agent.correlator.tick(Date.now());
+    const t2 = threadNs();
+    stage.tick += t2 - t;
+    heldPeak = Math.max(heldPeak, agent.correlator.stats().held);
+    if (rows.length) {
+      emitted += rows.length;
+      sink.write(rows as Row[]);
+      t = threadNs();
+      stage.sink_write += t - t2;
+    }
+  };
+  const feed = (n: number) => {
+    const recs: Uint8Array[] = [];
+    let rows = 0;
+    while (rows < n) rows += traffic.connection(recs);
+    const t = threadNs();
+    for (const r of recs) agent.onRecord(r);
+    stage.decode_correlate += threadNs() - t;
+  };
+
+  // Warm-up (JIT, connect, table creation) outside the measurement.
+  for (let i = 0; i < 20; i++) feed(1000);
+  await new Promise((r) => setTimeout(r, 2500));
+  pump();
+  if (!(await sink.drain(60_000))) throw new Error("warm-up did not drain: is clickhouse-server up?");
+  const base = await countRows(url, table);
+  traffic.rows = 0;
+  emitted = 0;
+  heldPeak = 0;
+  for (const k of Object.keys(stage) as (keyof typeof stage)[]) stage[k] = 0;
+  const threads0 = threadCpu();
+
+  const rss: number[] = [];
+  let heapPeak = 0;
+  const sampler = setInterval(() => {
+    const m = Deno.memoryUsage();
+    rss.push(m.rss);
+    heapPeak = Math.max(heapPeak, m.heapTotal);
+  }, 200);
+  const rssStart = Deno.memoryUsage().rss;
+  const cpu0 = processCpuS();
   const t0 = performance.now();
-  const lines = sample.map((r) => JSON.stringify(encodeRow(r, "legacy")));
-  const enc = (performance.now() - t0) / 1000;
-  const t1 = performance.now();
-  await gzip(lines.join("\n"));
-  const gz = (performance.now() - t1) / 1000;
-  console.log(`encode (cold): ${Math.round(10_000 / enc)} rows/s; gzip: ${Math.round(10_000 / gz)} rows/s`);
-  console.log(await endToEnd(n));
-} else {
-  Deno.bench("encode 10k rows (JSONEachRow, legacy)", { group: "cpu" }, () => {
-    for (const r of sample) JSON.stringify(encodeRow(r, "legacy"));
-  });
-  const body = sample.map((r) => JSON.stringify(encodeRow(r, "legacy"))).join("\n");
-  Deno.bench("gzip 10k encoded rows", { group: "cpu" }, async () => {
-    await gzip(body);
-  });
-  Deno.bench("end-to-end 300k rows into clickhouse-server", { n: 1, warmup: 0 }, async () => {
-    console.log(await endToEnd(300_000));
-  });
+  const end = t0 + seconds * 1000;
+  let lastPump = t0;
+  while (performance.now() < end) {
+    const now = performance.now();
+    if (rate === null) feed(2000);
+    else {
+      const due = Math.floor((now - t0) / 1000 * rate) - traffic.rows;
+      if (due > 0) feed(due);
+    }
+    // The agent ticks the correlator every 100 ms.
+    if (now - lastPump >= 100) {
+      pump();
+      lastPump = now;
+    }
+    await new Promise((r) => setTimeout(r, rate === null ? 0 : 10));
+  }
+  // Close out: release what the correlator holds, then wait for ClickHouse to acknowledge everything.
+  const rest = agent.correlator.flush();
+  emitted += rest.length;
+  sink.write(rest);
+  const drained = await sink.drain(180_000);
+  const cpuS = processCpuS() - cpu0;
+  const wallS = (performance.now() - t0) / 1000;
+  clearInterval(sampler);
+  const st = sink.stats();
+  await sink.close();
+  const landed = (await countRows(url, table)) - base;
+  const threads1 = threadCpu();
+  const threads: Record<string, number> = {};
+  for (const [k, v] of Object.entries(threads1)) {
+    threads[k] = Math.round((v - (threads0[k] ?? 0)) * 100) / 100;
+  }
+  await Deno.remove(spool, { recursive: true }).catch(() => {});
+  const sorted = [...rss].sort((a, b) => a - b);
+  const cs = agent.correlator.stats();
+  const mib = (b: number) => Math.round(b / 2 ** 20);
+  return {
+    mode,
+    rate,
+    seconds,
+    generated: traffic.rows,
+    emitted,
+    landed,
+    dropped: st.dropped,
+    cpuS: Math.round(cpuS * 100) / 100,
+    wallS: Math.round(wallS * 10) / 10,
+    rowsPerCpuS: Math.round(landed / cpuS),
+    rssStartMiB: mib(rssStart),
+    rssPeakMiB: mib(sorted.at(-1) ?? rssStart),
+    rssMedianMiB: mib(sorted[sorted.length >> 1] ?? rssStart),
+    heapPeakMiB: mib(heapPeak),
+    stagesNsPerRow: Object.fromEntries(
+      Object.entries(stage).map(([k, v]) => [k, Math.round(v / Math.max(1, traffic.rows))]),
+    ),
+    threads,
+    correlator: {
+      held_peak: heldPeak,
+      released_timeout: cs.rows_released_timeout,
+      released_overflow: cs.rows_released_overflow,
+    },
+    drained,
+  };
+}
+
+async function countRows(url: string, table: string): Promise<number> {
+  const r = await fetch(`${url}/?query=${encodeURIComponent(`SELECT count() FROM ja4ebpf.${table}`)}`);
+  const t = await r.text();
+  return r.ok ? Number(t.trim()) : 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Serialization variants, side by side (JS-thread CPU per row; compressed share of the JSON).
+
+function formats(rows: Row[]): string[] {
+  const lines = rows.map((r) => encodeLineOpen(r, "legacy") + `,"batch_id":"${"0".repeat(32)}"}`);
+  const body = te.encode(lines.join("\n") + "\n");
+  const out = [`${rows.length} rows, JSONEachRow ${Math.round(body.length / rows.length)} B/row`];
+  for (const level of [0, 1, 6]) {
+    const t = threadNs();
+    let z: Uint8Array = body;
+    for (let i = 0; i < 3; i++) z = level ? gzipSync(body, { level }) : body;
+    const ns = (threadNs() - t) / 3 / rows.length;
+    out.push(
+      level
+        ? `gzip -${level}: ${(z.length / body.length).toFixed(3)} of the JSON, ${Math.round(ns)} ns/row`
+        : "no compression: 1.000 of the JSON, 0 ns/row",
+    );
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+if (import.meta.main) {
+  const arg = (k: string, d: string) =>
+    Deno.args.find((a) => a.startsWith(`--${k}=`))?.slice(k.length + 3) ?? d;
+  if (Deno.args[0] === "--child") {
+    const r = await runMode(Deno.args[1], Deno.args[2], Number(Deno.args[3]));
+    console.log(JSON.stringify(r));
+    Deno.exit(0);
+  }
+  const seconds = Number(arg("seconds", "15"));
+  const modes = arg("modes", "max,10000,50000").split(",");
+  const ch = await startClickHouse();
+  try {
+    const load = Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
+    console.log(`load average before: ${load}; ${navigator.hardwareConcurrency} CPUs`);
+    const results: ModeResult[] = [];
+    for (const mode of modes) {
+      const p = new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", V8_FLAGS, new URL(import.meta.url).pathname, "--child", ch.url, mode, String(seconds)],
+        stdout: "piped",
+        stderr: "inherit",
+      }).spawn();
+      const out = new TextDecoder().decode((await p.output()).stdout).trim().split("\n").at(-1)!;
+      const r = JSON.parse(out) as ModeResult;
+      results.push(r);
+      const label = r.rate === null ? "unpaced" : `paced ${r.rate / 1000}k/s`;
+      console.log(
+        `${label.padEnd(12)} ${r.landed} rows landed of ${r.generated} in ${r.wallS} s wall, ` +
+          `${r.cpuS} s CPU → ${r.rowsPerCpuS} rows per CPU-second (${(r.rowsPerCpuS / GOAL).toFixed(2)}× goal); ` +
+          `RSS start ${r.rssStartMiB} / median ${r.rssMedianMiB} / peak ${r.rssPeakMiB} MiB ` +
+          `(V8 heap peak ${r.heapPeakMiB}); dropped ${JSON.stringify(r.dropped)}${r.drained ? "" : " [not drained]"}`,
+      );
+      console.log(
+        `${"".padEnd(12)} JS thread ns/row ${JSON.stringify(r.stagesNsPerRow)}; thread CPU s ` +
+          `${JSON.stringify(r.threads)}; correlator ${JSON.stringify(r.correlator)}`,
+      );
+    }
+    const { testRow } = await import("../tests/helpers/rows.ts");
+    for (const l of formats(Array.from({ length: 20_000 }, (_, i) => testRow(i, "fmt")))) console.log(l);
+    console.log(`load average after: ${Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ")}`);
+  } finally {
+    await ch.close();
+  }
 }

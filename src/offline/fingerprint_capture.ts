@@ -576,7 +576,7 @@ export class OfflineFingerprinter {
     d.heldBytes += bytes.length;
     if (!st.clientHello) {
       // A ServerHello without a ClientHello (capture started mid-handshake): no client random, no keys.
-      if (st.clientSideA !== undefined || d.heldBytes > HOLD_CAP) this.decryptEnd(st, "no-client-hello");
+      if (st.serverHello !== undefined || d.heldBytes > HOLD_CAP) this.decryptEnd(st, "no-client-hello");
       return;
     }
     d.dec = new TlsDecryptor(this.keyLog!);

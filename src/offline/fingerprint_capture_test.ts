@@ -8,6 +8,7 @@ import {
 } from "./fingerprint_capture.ts";
 import { bytesSource, type CapturedPacket, CaptureReader } from "../parse/pcap.ts";
 import { DEFAULT_LIMITS } from "../capture/tcp_reassembly.ts";
+import { decodePacket } from "../parse/packet.ts";
 import { keyLogFromPcapng, parseKeyLog, TlsKeyLog } from "../parse/tls_decrypt.ts";
 
 const enc = new TextEncoder();
@@ -21,10 +22,10 @@ function frame(
   dport: number,
   flags: number,
   seq: number,
-  payload = "",
+  payload: string | Uint8Array = "",
   ttl = 64,
 ) {
-  const p = enc.encode(payload);
+  const p = typeof payload === "string" ? enc.encode(payload) : payload;
   const opts = flags & 0x02 ? [2, 4, 5, 0xb4, 1, 3, 3, 7] : [];
   const tcp = [
     ...be16(sport),
@@ -255,6 +256,60 @@ function secretsText(file: Uint8Array): Uint8Array {
   return data;
 }
 
+Deno.test("offline TLS: TLS inside CONNECT and SOCKS tunnels reaches the decryptor", () => {
+  // No secrets for these sessions: each TLS stream must fail for want of keys, i.e. after its ClientHello
+  // was handed over (the tunnel made the client known before the hello, which must not short-cut that).
+  for (const name of ["https-connect.pcap", "socks-https-example.pcap"]) {
+    const { records, stats } = runCapture(Deno.readFileSync(new URL(`foxio/pcap/${name}`, FIX)), {
+      keyLog: new TlsKeyLog(),
+    });
+    const tls = records.filter((r) => r.ja4 !== undefined).length;
+    assert(tls > 0, name);
+    assertEquals(stats.undecryptableBy, { "no-keys": tls }, name);
+  }
+});
+
+Deno.test("offline TLS: a ClientHello split over segments after a CONNECT still reaches the decryptor", () => {
+  // The CONNECT makes the client known before its hello is complete; the held bytes must wait for it.
+  const ch = firstClientRecord(Deno.readFileSync(new URL("local/dev_curl_https_h11.pcap", FIX)));
+  const connect = "CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n";
+  const ok = "HTTP/1.1 200 Connection established\r\n\r\n";
+  let cs = 1001;
+  const frames: [number, Uint8Array][] = [
+    [0, frame(C, 40000, 3128, SYN, 1000)],
+    [100, frame(S, 3128, 40000, SYN | ACK, 5000)],
+    [150, frame(C, 40000, 3128, ACK, 1001)],
+    [200, frame(C, 40000, 3128, PA, cs, connect)],
+    [300, frame(S, 3128, 40000, PA, 5001, ok)],
+    [400, frame(C, 40000, 3128, PA, cs += connect.length, ch.subarray(0, 100))],
+    [410, frame(C, 40000, 3128, PA, cs + 100, ch.subarray(100))],
+  ];
+  for (const keyLog of [new TlsKeyLog(), parseKeyLog(LOCAL_KEYS)]) {
+    const fp = new OfflineFingerprinter({ keyLog });
+    frames.forEach(([us, data], i) =>
+      fp.packet({ frame: i + 1, linkType: 228, tsSec: 0, tsNsec: us * 1000, data, origLen: data.length })
+    );
+    const [rec] = fp.finish();
+    assert(rec.ja4 !== undefined);
+    // No server side at all: with the right keys the session is pending (not undecryptable), without keys
+    // it is known at once to be undecryptable for want of keys (not "no-client-hello").
+    assertEquals(fp.stats.undecryptableBy, keyLog.size === 0 ? { "no-keys": 1 } : {});
+  }
+});
+
+/** The client's first TLS record (its ClientHello) of the first connection of a capture. */
+function firstClientRecord(pcap: Uint8Array): Uint8Array {
+  const r = new CaptureReader(bytesSource(pcap));
+  for (let p = r.next(); p; p = r.next()) {
+    const d = decodePacket(p.linkType, p.data);
+    if (d.ok && d.value.payload.length > 5 && d.value.payload[0] === 0x16) {
+      const len = (d.value.payload[3] << 8) | d.value.payload[4];
+      return d.value.payload.slice(0, 5 + len);
+    }
+  }
+  throw new Error("no ClientHello");
+}
+
 Deno.test("offline TLS: the client's reassembly cap is raised for decrypted streams", async (t) => {
   const h2Foxio = Deno.readFileSync(new URL("foxio/pcap/http2-with-cookies.pcapng", FIX));
   // A 4 KiB cap stands in for the 1 MiB one: the client sends ~8 KiB of TLS on this connection (5 of its
@@ -284,8 +339,9 @@ Deno.test("offline TLS: corrupted captures with the right keys never throw", () 
         const b = h2.slice();
         for (const [at, v] of edits) b[at] = v;
         const { records, stats } = runCapture(b, { keyLog });
-        assert(records.length <= 2);
-        assert(stats.decrypted + stats.undecryptable <= 2);
+        // A corrupted port or flag may split the connection into more streams: counts stay consistent.
+        assert(records.length <= stats.streams);
+        assert(stats.decrypted + stats.undecryptable <= stats.streams);
       },
     ),
     { numRuns: 150 },

@@ -9,6 +9,7 @@ import { assert, assertEquals, assertGreater, assertMatch } from "../../src/test
 import type { Row } from "../../src/sink/row.ts";
 import { decodeRow } from "../../src/sink/ch_schema.ts";
 import { identityFromScrape } from "../../src/metrics/ledger.ts";
+import { parsePrometheusText } from "../../src/metrics/registry.ts";
 import { MAIN_TS, type RunningAgent, startAgent } from "../helpers/agent.ts";
 import { startNginx } from "../helpers/servers.ts";
 import { curl, wrk } from "../helpers/clients.ts";
@@ -285,11 +286,14 @@ Deno.test("agent runtime: ClickHouse rows equal the file sink, no secret anywher
 
     // Scrape all along: the identity must hold at every single scrape.
     let scrapes = 0;
+    let wrkRequests = 0;
+    let lastScrape = "";
     let stopScraping = false;
     const bad: string[] = [];
     const scraper = (async () => {
       while (!stopScraping) {
-        const id = identityFromScrape(await agent.scrape());
+        lastScrape = await agent.scrape();
+        const id = identityFromScrape(lastScrape);
         scrapes++;
         if (!(id.captured === id.resolved)) bad.push(`captured ${id.captured} resolved ${id.resolved}`);
         await delay(50);
@@ -328,6 +332,7 @@ Deno.test("agent runtime: ClickHouse rows equal the file sink, no secret anywher
     await t.step("wrk load: identity holds at every scrape", async () => {
       const w = await wrk({ url: `${nginx.url}load`, connections: 2, duration: 2 });
       assertGreater(w.requests, 100, "wrk made requests");
+      wrkRequests = w.requests;
       await delay(1500);
       assertGreater(scrapes, 10, "scrapes during the load");
       assertEquals(bad, [], "scrapes where captured != shipped + spooled + quarantined + dropped");
@@ -338,11 +343,21 @@ Deno.test("agent runtime: ClickHouse rows equal the file sink, no secret anywher
     await t.step("SIGHUP to log.level warn silences info lines (the level is really applied)", async () => {
       const raw = await Deno.readTextFile(agent.configPath);
       await Deno.writeTextFile(agent.configPath, raw.replace(/level: debug/, "level: warn"));
+      // Let the agent finish the load's backlog first, so the signal is handled promptly.
+      let captured = -1;
+      for (let i = 0; i < 50; i++) {
+        const now = (await agent.metrics()).get("ja4ebpf_rows_captured_total") ?? 0;
+        if (now === captured) break;
+        captured = now;
+        await delay(300);
+      }
       const before = agent.stderr().length;
-      const captured = (await agent.metrics()).get("ja4ebpf_rows_captured_total") ?? 0;
+      const t0 = Date.now();
       agent.signal("SIGHUP");
-      await delay(700);
+      await delay(1000);
+      await agent.scrape(); // the event loop has run past the reload
       assertEquals(await agent.stop(), { code: 0, signal: null }, `clean exit:\n${excerpt(agent)}`);
+      console.log(`stop after SIGHUP took ${Date.now() - t0 - 1000} ms`);
       const later = agent.stderr().slice(before);
       assertEquals(
         later.match(/ INFO .*/g) ?? [],
@@ -355,6 +370,13 @@ Deno.test("agent runtime: ClickHouse rows equal the file sink, no secret anywher
     const chRows = (await ch.query(
       `SELECT * FROM ja4e2e.requests WHERE dst_port = ${NGINX} FORMAT JSONEachRow`,
     )).split("\n").filter((l) => l.trim()).map((l) => decodeRow(JSON.parse(l)));
+
+    const m = parsePrometheusText(lastScrape);
+    const kernelDrops = [...m].filter(([k, v]) => k.startsWith("ja4ebpf_bpf_drops_total") && v > 0);
+    console.log(
+      `wrk: ${wrkRequests} requests, ${fileRows.filter((r) => r.path === "/load").length} /load rows, ` +
+        `kernel drops ${JSON.stringify(kernelDrops)}, ${scrapes} scrapes`,
+    );
 
     await t.step("ClickHouse holds exactly the file sink's rows", () => {
       assertGreater(fileRows.length, 100, "rows in the file sink");

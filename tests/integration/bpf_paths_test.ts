@@ -1,0 +1,316 @@
+/**
+ * The BPF object's delivery paths, read through the product's own user side (BpfObject, RingReader,
+ * PerfReader, decodeEvent) against real nginx and Apache on loopback:
+ *  - every event lost to a full ring buffer is counted in `drops` (received + drops == attempted, the
+ *    attempts counted independently from nginx's access log);
+ *  - the perf buffer fallback and `has_task_btf = 0` deliver byte-identical events to the ring buffer,
+ *    and perf's padded records are cut at `data_len`;
+ *  - the SSL uprobes, attached to the libssl the servers map, give the plaintext of HTTP/1.1 and HTTP/2
+ *    over TLS on the right fd and 4-tuple, beside the raw stream that starts with the ClientHello.
+ * Needs root, nginx, apache2, wrk and curl.
+ */
+import { assert, assertEquals, assertGreater } from "../../src/testing/asserts.ts";
+import type { CaptureEvent, CloseEvent, DataEvent } from "../../src/bpf/events.ts";
+import { CLOSE_EVENT, DATA_EVENT, ServerKind } from "../../src/bpf/layout.gen.ts";
+import { pageSize } from "../../src/bpf/ffi.ts";
+import { eventKey, mappedLibrary, type TestAttach, TestLoader } from "../helpers/bpf.ts";
+import { type AccessEntry, startApache, startNginx, type WebServer } from "../helpers/servers.ts";
+import { bigHeader, curl, httpRequest, rawHttp, wrk } from "../helpers/clients.ts";
+import { delay, HarnessError, requireRoot, waitUntil } from "../helpers/proc.ts";
+
+const NGINX = 25080;
+const NGINX_TLS = 25443;
+const APACHE = 25081;
+const APACHE_TLS = 25444;
+
+const RECVFROM: TestAttach[] = [
+  { program: "tp_sys_enter_recvfrom" },
+  { program: "tp_sys_exit_recvfrom" },
+  { program: "tp_enter_close" },
+];
+
+/** The SSL uprobe pairs on one libssl, each entry before its return probe. */
+function sslPairs(libssl: string): TestAttach[] {
+  const pairs: [string, string, string][] = [
+    ["up_ssl_hshake", "uret_ssl_hshake", "SSL_do_handshake"],
+    ["up_ssl_read", "uret_ssl_read", "SSL_read"],
+    ["up_ssl_read_ex", "uret_ssl_read_ex", "SSL_read_ex"],
+  ];
+  return pairs.flatMap(([entry, ret, func]) => [
+    { program: entry, path: libssl, func, retprobe: false },
+    { program: ret, path: libssl, func, retprobe: true },
+  ]);
+}
+
+const isData = (e: CaptureEvent): e is DataEvent => e.type === "data";
+const isClose = (e: CaptureEvent): e is CloseEvent => e.type === "close";
+const sorted = (xs: string[]) => [...xs].sort();
+
+/** The access log once it stopped growing (lines are written after each response). */
+async function settledLog(srv: WebServer): Promise<AccessEntry[]> {
+  let prev = -1;
+  let log: AccessEntry[] = [];
+  for (let i = 0; i < 50; i++) {
+    log = await srv.accessLog();
+    if (log.length === prev) return log;
+    prev = log.length;
+    await delay(150);
+  }
+  return log;
+}
+
+/** curl over TLS (self-signed: -k); returns the client's local port, i.e. the event's source port. */
+async function tlsCurl(url: string, proto: "--http1.1" | "--http2"): Promise<number> {
+  const r = await curl(["-k", proto, "-o", "/dev/null", "-w", "%{http_code} %{local_port}", url]);
+  const m = /^200 (\d+)$/.exec(r.stdout.trim());
+  if (r.code !== 0 || !m) {
+    throw new HarnessError(`curl ${proto} ${url}: exit ${r.code} ${r.stdout} ${r.stderr}`);
+  }
+  return Number(m[1]);
+}
+
+/** The bytes of one stream in position order; fails on a gap or an overlap (a lost or repeated chunk). */
+function streamBytes(events: DataEvent[], what: string): Uint8Array {
+  const evs = [...events].sort((a, b) => a.pos - b.pos);
+  const out: number[] = [];
+  for (const e of evs) {
+    assertEquals(e.pos, out.length, `${what}: chunk at ${e.pos} after ${out.length} bytes (gap or repeat)`);
+    assert(!e.truncated && !e.readFailed, `${what}: chunk at ${e.pos} truncated or unread`);
+    out.push(...e.bytes);
+  }
+  return new Uint8Array(out);
+}
+
+/**
+ * One TLS connection as the SSL test expects it: raw stream (the given hook) from the ClientHello on,
+ * plaintext on the same fd and tuple starting with the request, both streams gap-free, and a close event
+ * carrying both final positions.
+ */
+function checkTlsConnection(
+  events: CaptureEvent[],
+  o: { clientPort: number; serverPort: number; rawHook: string; plaintextStart: string; what: string },
+): void {
+  const conn = events.filter((e) => e.srcPort === o.clientPort && e.dstPort === o.serverPort);
+  const raw = conn.filter(isData).filter((e) => !e.plaintext);
+  const plain = conn.filter(isData).filter((e) => e.plaintext);
+  assertGreater(raw.length, 0, `${o.what}: no raw events for client port ${o.clientPort}`);
+  assertGreater(plain.length, 0, `${o.what}: no plaintext events for client port ${o.clientPort}`);
+  for (const e of conn) {
+    assertEquals(
+      [e.family, e.srcAddr, e.dstAddr, e.pid, e.fd],
+      ["ipv4", "127.0.0.1", "127.0.0.1", raw[0].pid, raw[0].fd],
+      `${o.what}: ${e.type}/${e.hook} event tuple/fd`,
+    );
+  }
+  for (const e of raw) assertEquals(e.hook, o.rawHook, `${o.what}: raw event hook`);
+  for (const e of plain) {
+    assert(e.hook === "ssl_read" || e.hook === "ssl_read_ex", `${o.what}: plaintext from hook ${e.hook}`);
+  }
+  const rawBytes = streamBytes(raw, `${o.what} raw`);
+  // TLS handshake record (0x16, version 3.x) holding a ClientHello (handshake type 1) at position 0.
+  assertEquals([rawBytes[0], rawBytes[1], rawBytes[5]], [0x16, 0x03, 0x01], `${o.what}: ClientHello at 0`);
+  const text = new TextDecoder("latin1").decode(streamBytes(plain, `${o.what} plaintext`));
+  assert(
+    text.startsWith(o.plaintextStart),
+    `${o.what}: plaintext starts ${JSON.stringify(text.slice(0, 40))}, want ${
+      JSON.stringify(o.plaintextStart)
+    }`,
+  );
+  const closes = conn.filter(isClose);
+  assertEquals(closes.length, 1, `${o.what}: one close event`);
+  assertEquals(
+    [closes[0].posRaw, closes[0].posPlaintext],
+    [rawBytes.length, text.length],
+    `${o.what}: close positions = bytes seen in each stream`,
+  );
+}
+
+Deno.test({
+  name: "BPF delivery paths (ring drops, perf, has_task_btf=0, SSL) through the TypeScript reader",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async (t) => {
+  requireRoot("bpf_paths_test");
+  await using nginx = await startNginx({ port: NGINX, tlsPort: NGINX_TLS, workers: 2 });
+  const workers = nginx.pids().workers;
+
+  await t.step("one-page ring buffer under wrk: received + drops[RINGBUF] == attempted", async () => {
+    const before = (await settledLog(nginx)).length;
+    await using l = TestLoader.open({ attach: RECVFROM, pids: workers, ringBytes: pageSize() });
+    // A slow reader: 16 records every 50 ms while wrk sends ~10-20k requests/s.
+    const timer = setInterval(() => l.reader.drain(16), 50);
+    let sent;
+    try {
+      sent = await wrk({ url: nginx.url, connections: 8, threads: 2, duration: 3 });
+    } finally {
+      clearInterval(timer);
+    }
+    const log = (await settledLog(nginx)).slice(before);
+    // Attempted: one 41-byte single-chunk recvfrom per request, one close per connection.
+    const conns = new Set(log.map((e) => `${e.remoteAddr}:${e.remotePort}`)).size;
+    const attempted = log.length + conns;
+    let received = 0, drops: Record<string, number> = {};
+    // nginx closes the connections as soon as it reads wrk's EOF: wait until the count is complete.
+    await waitUntil(
+      () => {
+        l.drainAll();
+        received = l.received.length;
+        drops = l.drops();
+        return received + (drops.RINGBUF ?? 0) >= attempted;
+      },
+      5000,
+      "received + drops to reach the attempted count",
+    ).catch(() => {});
+    l.detach();
+    l.drainAll();
+    received = l.received.length;
+    drops = l.drops();
+    const evs = l.events;
+    const figures = `wrk ${sent.requests} requests; log ${log.length} requests on ${conns} connections; ` +
+      `received ${received} (${evs.filter(isClose).length} close); drops ${JSON.stringify(drops)}`;
+    console.log(figures);
+    for (const e of evs) assertEquals(e.dstPort, NGINX, `event on port ${e.dstPort}`);
+    for (const e of evs.filter(isData)) {
+      assertEquals([e.total, e.bytes.length, e.pos % 41], [41, 41, 0], `wrk request read: ${figures}`);
+    }
+    assertGreater(drops.RINGBUF ?? 0, 0, `the ring never filled: ${figures}`);
+    assertGreater(received, 0, figures);
+    assertEquals(Object.keys(drops), ["RINGBUF"], `only ring-full drops: ${figures}`);
+    assertEquals(received + drops.RINGBUF, attempted, `every lost event counted: ${figures}`);
+  });
+
+  await t.step("perf buffer and has_task_btf=0 deliver the ring buffer's events", async () => {
+    const before = (await settledLog(nginx)).length;
+    await using ring = TestLoader.open({ attach: RECVFROM, pids: workers });
+    await using perf = TestLoader.open({ attach: RECVFROM, pids: workers, ringbuf: false });
+    await using noBtf = TestLoader.open({
+      attach: RECVFROM,
+      pids: workers,
+      globals: { has_task_btf: false },
+    });
+    for (const l of [ring, perf, noBtf]) l.reader.start();
+    // Keep-alive, HTTP/1.0, pipelining and a header big enough to be read in a 2-chunk recvfrom.
+    const base = `http://127.0.0.1:${NGINX}`;
+    assertEquals((await curl(["-o", "/dev/null", `${base}/a`, `${base}/b?x=1`, `${base}/c`])).code, 0);
+    assertEquals((await curl(["--http1.0", "-o", "/dev/null", `${base}/ten`])).code, 0);
+    const pipelined = Array.from({ length: 20 }, (_, i) => httpRequest({ path: `/p${i}` })).join("");
+    assertEquals((await rawHttp("127.0.0.1", NGINX, pipelined, { responses: 20 })).responses.length, 20);
+    const big = httpRequest({ path: "/big", headers: [bigHeader(7000)] });
+    assertEquals((await rawHttp("127.0.0.1", NGINX, big)).responses[0]?.status, 200);
+    const log = (await settledLog(nginx)).slice(before);
+    assertEquals(log.length, 25, "access log lines");
+    // Every connection closed (4 of them): then nothing more is coming.
+    await waitUntil(() => ring.events.filter(isClose).length >= 4, 5000, "4 close events (ring)");
+    await delay(100);
+    for (const l of [ring, perf, noBtf]) l.detach();
+    for (const l of [ring, perf, noBtf]) await l.reader.close();
+
+    for (const [name, l] of [["ring", ring], ["perf", perf], ["has_task_btf=0", noBtf]] as const) {
+      assertEquals(l.drops(), {}, `${name}: drops`);
+    }
+    const ref = ring.events;
+    const data = ref.filter(isData);
+    assertEquals(ref.filter(isClose).length, 4, "close events");
+    assert(data.some((e) => e.offset > 0), "a multi-chunk call (the big header)");
+    assertGreater(data.length, 6, "data events");
+    const refKeys = sorted(ref.map(eventKey));
+    assertEquals(sorted(perf.events.map(eventKey)), refKeys, "perf buffer events == ring buffer events");
+    assertEquals(sorted(noBtf.events.map(eventKey)), refKeys, "has_task_btf=0 events == ring buffer events");
+
+    // The ring delivers exactly fixed part + data_len; perf rounds the sample up (size + 4 ≡ 0 mod 8)
+    // and the decoder still takes data_len bytes.
+    const fixed = (e: CaptureEvent) => e.type === "data" ? DATA_EVENT.fields.data.offset : CLOSE_EVENT.size;
+    for (const r of ring.received) {
+      const len = fixed(r.event) + (isData(r.event) ? r.event.bytes.length : 0);
+      assertEquals(r.recordLength, len, "ring record length");
+    }
+    let padded = 0;
+    for (const r of perf.received) {
+      const len = fixed(r.event) + (isData(r.event) ? r.event.bytes.length : 0);
+      assert(r.recordLength >= len && r.recordLength < len + 8, `perf record ${r.recordLength} for ${len}`);
+      assertEquals((r.recordLength + 4) % 8, 0, "perf sample size alignment");
+      if (r.recordLength > len) padded++;
+    }
+    assertGreater(padded, 0, "perf padded some records (so data_len is what cut them)");
+  });
+
+  await t.step("nginx HTTPS: SSL_read plaintext and the raw read stream", async () => {
+    const libssl = mappedLibrary(workers[0], /^libssl\.so\.(3|1\.1)(\.\d+)*$/);
+    await using l = TestLoader.open({
+      // The read pair first: the SSL programs learn the fd from the read entered inside SSL_read.
+      attach: [
+        { program: "tp_enter_read" },
+        { program: "tp_exit_read" },
+        { program: "tp_enter_close" },
+        ...sslPairs(libssl),
+      ],
+      pids: workers,
+    });
+    l.reader.start();
+    const h1 = await tlsCurl(`https://127.0.0.1:${NGINX_TLS}/h1`, "--http1.1");
+    const h2 = await tlsCurl(`https://127.0.0.1:${NGINX_TLS}/h2`, "--http2");
+    await waitUntil(
+      () => [h1, h2].every((p) => l.events.some((e) => e.type === "close" && e.srcPort === p)),
+      5000,
+      "close events of both TLS connections",
+    );
+    l.detach();
+    await l.reader.close();
+    assertEquals(l.drops(), {}, "drops (SSL_NO_FD, NO_STASH…)");
+    const common = { serverPort: NGINX_TLS, rawHook: "read_tracepoint" };
+    checkTlsConnection(l.events, {
+      ...common,
+      clientPort: h1,
+      plaintextStart: "GET /h1 HTTP/1.1\r\n",
+      what: "nginx h1",
+    });
+    checkTlsConnection(l.events, {
+      ...common,
+      clientPort: h2,
+      plaintextStart: "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+      what: "nginx h2",
+    });
+  });
+
+  await t.step("Apache HTTPS: APR raw stream + SSL_read plaintext", async () => {
+    await using apache = await startApache({ port: APACHE, tlsPort: APACHE_TLS, workers: 2 });
+    const children = apache.pids().workers;
+    const libssl = mappedLibrary(children[0], /^libssl\.so\.(3|1\.1)(\.\d+)*$/);
+    const libapr = mappedLibrary(children[0], /^libapr-1\.so\.0(\.\d+)*$/);
+    await using l = TestLoader.open({
+      // APR teaches the SSL programs the fd (SSL_read's BIO reads through apr_socket_recv).
+      attach: [
+        { program: "uprobe_apr_socket_recv_entry", path: libapr, func: "apr_socket_recv", retprobe: false },
+        { program: "uretprobe_apr_socket_recv", path: libapr, func: "apr_socket_recv", retprobe: true },
+        { program: "tp_enter_close" },
+        ...sslPairs(libssl),
+      ],
+      pids: children,
+      kind: ServerKind.APACHE,
+    });
+    l.reader.start();
+    const h1 = await tlsCurl(`https://127.0.0.1:${APACHE_TLS}/`, "--http1.1");
+    const h2 = await tlsCurl(`https://127.0.0.1:${APACHE_TLS}/`, "--http2");
+    await waitUntil(
+      () => [h1, h2].every((p) => l.events.some((e) => e.type === "close" && e.srcPort === p)),
+      8000,
+      "close events of both TLS connections (Apache closes after lingering)",
+    );
+    l.detach();
+    await l.reader.close();
+    assertEquals(l.drops(), {}, "drops (SSL_NO_FD, NO_STASH…)");
+    const common = { serverPort: APACHE_TLS, rawHook: "uprobe" };
+    checkTlsConnection(l.events, {
+      ...common,
+      clientPort: h1,
+      plaintextStart: "GET / HTTP/1.1\r\n",
+      what: "apache h1",
+    });
+    checkTlsConnection(l.events, {
+      ...common,
+      clientPort: h2,
+      plaintextStart: "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+      what: "apache h2",
+    });
+  });
+});
