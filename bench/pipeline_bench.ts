@@ -159,7 +159,7 @@ const SYN_OPTS = Uint8Array.from([2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 
  * start of an HTTP request), REQUESTS_PER_CONN request reads (SSL_read plaintext or recvfrom), close.
  * Records are fresh copies, as the ring reader hands them out.
  */
-class Traffic {
+export class Traffic {
   readonly heads = heads();
   readonly hello = clientHello("www.example.test");
   conn = 0;

@@ -47,7 +47,8 @@ export async function measure(rounds = 3): Promise<{ ownNs: number; libbpfNs: nu
       if (drops) throw new Error(`rings overflowed (${drops} drops): lower EVENTS`);
       let t = performance.now();
       let n = 0;
-      while (n < EVENTS) n += own.drain(Infinity);
+      for (let k = 0; n < EVENTS && k < 1000; k++) n += own.drain(Infinity);
+      if (n !== EVENTS) throw new Error(`own reader consumed ${n}, expected ${EVENTS}`);
       own_ns.push(((performance.now() - t) * 1e6) / n);
       t = performance.now();
       const m = l.ring_buffer__consume(rb);

@@ -9,6 +9,7 @@ import { configureLog, log } from "../log.ts";
 import { embeddedObject } from "../bpf/embedded.ts";
 import { type AttachPlan, makePlan, openPlanned, type PlannedObject } from "../bpf/plan.ts";
 import { probeLibapr } from "../bpf/probes.ts";
+import { symbolOffset } from "../bpf/elf.ts";
 import { probeRingbuf } from "../bpf/object.ts";
 import type { AttachHandle, BpfMap } from "../bpf/object.ts";
 import { type CaptureEvent, EventDecoder } from "../bpf/events.ts";
@@ -52,6 +53,32 @@ function u16(n: number): Uint8Array<ArrayBuffer> {
   return b;
 }
 
+/** Entry before return, per function (a return probe without its entry would see no stash). */
+const SSL_PROGRAMS: [string, string, string][] = [
+  ["SSL_do_handshake", "up_ssl_hshake", "uret_ssl_hshake"],
+  ["SSL_read", "up_ssl_read", "uret_ssl_read"],
+  ["SSL_read_ex", "up_ssl_read_ex", "uret_ssl_read_ex"],
+];
+const READ_PROGRAMS = ["tp_enter_read", "tp_exit_read"];
+
+/** libssl files mapped by the given processes: path → inode (a replaced file has a new inode). */
+export function mappedLibssl(pids: Iterable<number>): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const pid of pids) {
+    let maps: string;
+    try {
+      maps = Deno.readTextFileSync(`/proc/${pid}/maps`);
+    } catch {
+      continue;
+    }
+    for (const line of maps.split("\n")) {
+      const m = /\s(\d+)\s+(\/\S*\/libssl\.so[.\d]*)$/.exec(line);
+      if (m) out.set(m[2], Number(m[1]));
+    }
+  }
+  return out;
+}
+
 const toC = (t: Tuple): CTuple => ({ src: t.src, srcPort: t.src_port, dst: t.dst, dstPort: t.dst_port });
 
 export class Agent {
@@ -70,6 +97,9 @@ export class Agent {
   private traced = new Map<number, Server>();
   private ports = new Set<number>();
   private extraLinks: AttachHandle[] = [];
+  private tlsCapture = false;
+  /** libssl path → (inode, links) of the SSL uprobes attached to it. */
+  private sslLinks = new Map<string, { inode: number; links: AttachHandle[] }>();
   /** Wall-clock ms minus monotonic ms, estimated from events (smallest difference seen). */
   private clockOffsetMs: number | undefined;
   private aprRetries = 0;
@@ -128,11 +158,32 @@ export class Agent {
     if (!this.plan.hooks.some((h) => (h.hook === "nginx" || h.hook === "apache") && h.method)) {
       throw new Error("no capture method works for nginx or apache on this kernel (see ja4ebpf --validate)");
     }
-    this.planned = openPlanned(bytes, this.plan, {}, {
-      ringBytes: cfg.capture.ring_size_mb * 1024 * 1024,
-      globals: { max_capture: Math.min(cfg.capture.max_head_bytes, 16384) },
-    });
+    const apacheReads = this.plan.hooks.find((h) => h.hook === "apache")?.method === "read_tracepoint";
+    // HTTPS: SSL_read uprobes give the plaintext; nginx's read() of the socket teaches them the fd and
+    // carries the raw ClientHello. Loaded with the rest, attached once a server maps libssl.
+    const tlsProgs = [...SSL_PROGRAMS.flat(), ...(apacheReads ? [] : READ_PROGRAMS)];
+    const open = (loadOnly: string[]) =>
+      openPlanned(bytes, this.plan, {}, {
+        ringBytes: cfg.capture.ring_size_mb * 1024 * 1024,
+        globals: { max_capture: Math.min(cfg.capture.max_head_bytes, 16384) },
+        loadOnly,
+      });
+    try {
+      this.planned = open(tlsProgs);
+      this.tlsCapture = true;
+    } catch (e) {
+      log.warn("HTTPS plaintext capture unavailable", { error: e instanceof Error ? e.message : String(e) });
+      this.planned = open([]);
+    }
+    if (this.tlsCapture && !apacheReads) {
+      try {
+        for (const p of READ_PROGRAMS) this.extraLinks.push(this.planned.obj.program(p).attach());
+      } catch (e) {
+        log.warn("read tracepoints unavailable: HTTPS fd learning limited", { error: String(e) });
+      }
+    }
     this.refreshProcesses();
+    await this.refreshTls();
     this.seedConnections();
 
     const events = this.planned.obj.map(ringbuf ? "events" : "events_perf");
@@ -147,6 +198,7 @@ export class Agent {
     log.info("ready", {
       capture: this.plan.hooks.filter((h) => h.method).map((h) => `${h.hook}=${h.method}`).join(" "),
       buffer: ringbuf ? "ringbuf" : "perfbuf",
+      https: this.tlsCapture ? [...this.sslLinks.keys()].join(",") || "waiting for libssl" : "off",
       interfaces: ifaces.join(","),
       ports: [...this.ports].join(","),
     });
@@ -203,6 +255,38 @@ export class Agent {
         if (ports.includes(p)) continue;
         lp?.delete(u16(p));
         this.ports.delete(p);
+      }
+    }
+  }
+
+  /** Attaches the SSL uprobes to every libssl the servers map; re-attaches when the file was replaced. */
+  async refreshTls(): Promise<void> {
+    if (!this.tlsCapture || !this.planned) return;
+    const obj = this.planned.obj;
+    for (const [path, inode] of mappedLibssl(this.traced.keys())) {
+      const have = this.sslLinks.get(path);
+      if (have?.inode === inode) continue;
+      if (have) { for (const l of have.links) l.close(); }
+      const links: AttachHandle[] = [];
+      try {
+        for (const [fn, entry, ret] of SSL_PROGRAMS) {
+          let offset: number;
+          try {
+            offset = (await symbolOffset(path, fn)).offset;
+          } catch {
+            continue; // SSL_read_ex is absent from OpenSSL 1.1.0 and older
+          }
+          links.push(obj.program(entry).attachUprobe({ path, offset, retprobe: false }));
+          links.push(obj.program(ret).attachUprobe({ path, offset, retprobe: true }));
+        }
+        this.sslLinks.set(path, { inode, links });
+        log.info("HTTPS plaintext capture attached", { library: path, probes: links.length });
+      } catch (e) {
+        for (const l of links) l.close();
+        log.warn("SSL uprobe attach failed", {
+          library: path,
+          error: e instanceof Error ? e.message : String(e),
+        });
       }
     }
   }
@@ -409,6 +493,7 @@ export class Agent {
   private slowTick(): void {
     try {
       this.refreshProcesses();
+      this.refreshTls().catch((e) => log.warn("TLS refresh failed", { error: String(e) }));
     } catch (e) {
       log.warn("process refresh failed", { error: e instanceof Error ? e.message : String(e) });
     }
@@ -506,6 +591,7 @@ export class Agent {
     } catch { /* closing anyway */ }
     await this.reader?.close();
     for (const l of this.extraLinks) l.close();
+    for (const { links } of this.sslLinks.values()) for (const l of links) l.close();
     this.planned?.close();
     this.emit(this.correlator.flush());
     await this.outputs?.flush();

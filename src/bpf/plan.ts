@@ -313,7 +313,12 @@ export function openPlanned(
   bytes: Uint8Array,
   plan: AttachPlan,
   cfg: PlanConfig = {},
-  opts: { globals?: Record<string, GlobalValue>; ringBytes?: number } = {},
+  opts: {
+    globals?: Record<string, GlobalValue>;
+    ringBytes?: number;
+    /** Programs loaded too but attached later by the caller (uprobes on libraries found at run time). */
+    loadOnly?: string[];
+  } = {},
 ): PlannedObject {
   cfg = { ...plan.context, ...cfg };
   const chosen = plan.hooks.flatMap((h) => h.programs);
@@ -327,7 +332,7 @@ export function openPlanned(
   Object.assign(globals, opts.globals);
   const obj = openWith(
     bytes,
-    new Set(chosen.map((p) => p.program)),
+    new Set([...chosen.map((p) => p.program), ...(opts.loadOnly ?? [])]),
     { ...cfg, ringbuf: plan.ringbuf },
     false,
     globals,
