@@ -16,7 +16,7 @@ const RING = 32 << 20;
 
 export async function measure(rounds = 3): Promise<{ ownNs: number; libbpfNs: number; ratio: number }> {
   const o = BpfObject.openMem(await probeTestObject(), "probe_test");
-  o.setGlobals({ target_tgid: Deno.pid, output_mode: 2 });
+  o.setGlobals({ target_tgid: Deno.pid, output_mode: 3 });
   o.setRingSize("rb", RING);
   o.setRingSize("rb2", RING);
   for (const p of ["pt_fexit", "pt_kret", "pt_uprobe", "pt_tc", "pt_rawtp_exit"]) o.setAutoload(p, false);

@@ -98,6 +98,10 @@ export class Agent {
   private ports = new Set<number>();
   private extraLinks: AttachHandle[] = [];
   private tlsCapture = false;
+  /** Interfaces with our TC filter; interfaces that come up later get one too (capture.interfaces: auto). */
+  private tcIfaces = new Set<string>();
+  private tcLinks = new Map<string, AttachHandle>();
+  private ticks = 0;
   /** libssl path → (inode, links) of the SSL uprobes attached to it. */
   private sslLinks = new Map<string, { inode: number; links: AttachHandle[] }>();
   /** Wall-clock ms minus monotonic ms, estimated from events (smallest difference seen). */
@@ -182,6 +186,7 @@ export class Agent {
         log.warn("read tracepoints unavailable: HTTPS fd learning limited", { error: String(e) });
       }
     }
+    this.tcIfaces = new Set(this.plan.hooks.find((h) => h.hook === "packets")?.method ? ifaces : []);
     this.refreshProcesses();
     await this.refreshTls();
     this.seedConnections();
@@ -256,6 +261,40 @@ export class Agent {
         lp?.delete(u16(p));
         this.ports.delete(p);
       }
+    }
+  }
+
+  /** Follows interfaces that came up (or went away) since start when capture.interfaces is auto. */
+  async refreshInterfaces(): Promise<void> {
+    const want = this.cfg.capture.interfaces;
+    if (!this.planned || this.tcIfaces.size === 0 || !(want.length === 0 || want.includes("auto"))) return;
+    const now = new Set(await this.interfaces());
+    const ctx = this.plan.context;
+    for (const iface of now) {
+      if (this.tcIfaces.has(iface)) continue;
+      try {
+        this.tcLinks.set(
+          iface,
+          this.planned.obj.program("tc_ingress").attachTc({
+            iface,
+            direction: "ingress",
+            handle: ctx.tcHandle,
+            priority: ctx.tcPriority,
+          }),
+        );
+        this.tcIfaces.add(iface);
+        log.info("packet capture attached to new interface", { interface: iface });
+      } catch (e) {
+        log.warn("tc attach failed", { interface: iface, error: e instanceof Error ? e.message : String(e) });
+      }
+    }
+    for (const iface of [...this.tcIfaces]) {
+      if (now.has(iface)) continue;
+      try {
+        this.tcLinks.get(iface)?.close();
+      } catch { /* the interface and its filters are gone already */ }
+      this.tcLinks.delete(iface);
+      this.tcIfaces.delete(iface);
     }
   }
 
@@ -494,6 +533,9 @@ export class Agent {
     try {
       this.refreshProcesses();
       this.refreshTls().catch((e) => log.warn("TLS refresh failed", { error: String(e) }));
+      if (++this.ticks % 5 === 0) {
+        this.refreshInterfaces().catch((e) => log.warn("interface refresh failed", { error: String(e) }));
+      }
     } catch (e) {
       log.warn("process refresh failed", { error: e instanceof Error ? e.message : String(e) });
     }
@@ -592,6 +634,11 @@ export class Agent {
     await this.reader?.close();
     for (const l of this.extraLinks) l.close();
     for (const { links } of this.sslLinks.values()) for (const l of links) l.close();
+    for (const l of this.tcLinks.values()) {
+      try {
+        l.close();
+      } catch { /* interface gone */ }
+    }
     this.planned?.close();
     this.emit(this.correlator.flush());
     await this.outputs?.flush();
