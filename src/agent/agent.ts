@@ -120,6 +120,12 @@ export class Agent {
       maxConnections: cfg.capture.max_connections,
     });
     this.metrics.watchCorrelator(() => this.correlator.stats());
+    // What the trackers' parsers rejected (HTTP/1, HTTP/2 + HPACK, TLS hellos) is counted there: mirror it.
+    this.metrics.registry.onCollect(() => {
+      const pe = this.metrics.parseErrors;
+      pe.setTotal({ parser: "request_stream", kind: "invalid" }, this.requests.stats().parse_errors);
+      pe.setTotal({ parser: "packet_hello", kind: "invalid" }, this.packets.stats().parse_errors);
+    });
   }
 
   /** Plans, loads and attaches; resolves once every hook is attached ("ready"). */

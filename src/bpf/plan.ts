@@ -89,6 +89,10 @@ export const DEFAULT_HOOKS: HookSpec[] = [
   { hook: "close", methods: [{ method: "tracepoint", variants: [auto("tp_enter_close")] }] },
 ];
 
+/** tc filter identity of the probes (the agent's default is 0x4a34/0x4a34, see object.ts). */
+export const PROBE_TC_HANDLE = 0x4a35;
+export const PROBE_TC_PRIORITY = 0x4a35;
+
 export interface PlanConfig {
   /** "auto", a method name, or "off". Missing hooks default to "auto". */
   methods?: Partial<Record<HookName, string>>;
@@ -227,7 +231,10 @@ export function probeVariant(
       return { ok: false, stage: "load", ...errText(e), programs };
     }
     try {
-      for (const pa of variant) attachOne(obj, pa, cfg, (cfg.tcInterfaces ?? ["lo"]).slice(0, 1));
+      // Probe tc filters use their own handle/priority: a probe (--validate) must never replace, then
+      // remove, the filter of an agent already running on this host.
+      const probeCfg = { ...cfg, tcHandle: PROBE_TC_HANDLE, tcPriority: PROBE_TC_PRIORITY };
+      for (const pa of variant) attachOne(obj, pa, probeCfg, (cfg.tcInterfaces ?? ["lo"]).slice(0, 1));
     } catch (e) {
       return { ok: false, stage: "attach", ...errText(e), programs };
     }

@@ -12,6 +12,7 @@ const BUSY = 0x80000000;
 const DISCARD = 0x40000000;
 const LEN_MASK = 0x3fffffff;
 const HDR = 8;
+const STRONG_LOADS = Deno.build.arch === "x86_64";
 
 export interface ReaderStats {
   /** Records handed to onRecord. */
@@ -163,7 +164,9 @@ export class RingReader implements EventReader {
       }
       // cons can pass 2^32: modulo on doubles is exact below 2^53.
       const off = cons % this.size;
-      const hdr = Atomics.load(i32, off >> 2) >>> 0;
+      // Atomics.load on this external (non-shared) buffer cost ~1.3 µs per record here: on x86 (TSO) a
+      // plain load after the acquire read of the producer position is ordered; elsewhere keep Atomics.
+      const hdr = (STRONG_LOADS ? i32[off >> 2] : Atomics.load(i32, off >> 2)) >>> 0;
       if (hdr & BUSY) break; // reserved, not yet committed: stop here, keep order
       const len = hdr & LEN_MASK;
       if (hdr & DISCARD) {

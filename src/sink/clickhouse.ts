@@ -30,11 +30,44 @@ import { Spool, type SpoolEntry } from "./spool.ts";
 import { createHash } from "node:crypto";
 import { gunzip as zGunzip, gzip as zGzip } from "node:zlib";
 
-// Rows are encoded once, in write(), with this slot for the batch id, which is known only when the batch is
-// sealed (it is the hash of the batch); one replaceAll over the body then fills it. JSON.stringify escapes
-// U+0001, so the placeholder cannot occur in row data.
-const ID_PLACEHOLDER = "\u0001".repeat(32);
+// Rows are encoded once, in write(), straight to UTF-8 bytes, with this slot for the batch id, which is known
+// only when the batch is sealed (it is the hash of the batch); the slot offsets are kept and filled in place.
+// JSON.stringify escapes U+0001, so the placeholder cannot occur in row data.
+const ID_LEN = 32;
+const ID_PLACEHOLDER = "\u0001".repeat(ID_LEN);
 const ID_SLOT = `,"batch_id":"${ID_PLACEHOLDER}"}`;
+const utf8 = new TextEncoder();
+
+/**
+ * One partition day's rows as the JSONEachRow body, in one growing byte buffer: no per-row strings kept, no
+ * join, no second UTF-8 copy when sealing (measured: the string-array buffer held ~3× the body's size).
+ */
+class BatchBuf {
+  bytes: Uint8Array;
+  used = 0;
+  /** Offset of each row's batch id placeholder. */
+  readonly slots: number[] = [];
+
+  constructor(initial: number) {
+    this.bytes = new Uint8Array(initial);
+  }
+
+  /** Appends one line (newline added); returns the bytes it took. */
+  append(line: string): number {
+    // UTF-8 needs at most 3 bytes per UTF-16 unit.
+    const need = this.used + line.length * 3 + 1;
+    if (need > this.bytes.length) {
+      const next = new Uint8Array(Math.max(need, this.bytes.length * 2));
+      next.set(this.bytes.subarray(0, this.used));
+      this.bytes = next;
+    }
+    const { written } = utf8.encodeInto(line, this.bytes.subarray(this.used));
+    this.used += written;
+    this.slots.push(this.used - ID_LEN - 2); // the slot ends with `"}`
+    this.bytes[this.used++] = 0x0a;
+    return written + 1;
+  }
+}
 
 export interface ClickHouseSinkOptions {
   config: ClickHouseConfig;
@@ -76,7 +109,7 @@ export class ClickHouseSink implements Sink {
   #server: ServerVersion | undefined;
   #missing: string[] = [];
   /** Rows encoded for the generation in #bufGen, grouped by partition day. */
-  #buf = new Map<string, string[]>();
+  #buf = new Map<string, BatchBuf>();
   #bufGen: Generation;
   #bufRows = 0;
   #bufBytes = 0;
@@ -151,13 +184,11 @@ export class ClickHouseSink implements Sink {
       return;
     }
     for (const r of rows) {
-      const line = encodeLineOpen(r, this.#bufGen) + ID_SLOT;
       const d = rowDate(r);
-      let parts = this.#buf.get(d);
-      if (!parts) this.#buf.set(d, parts = []);
-      parts.push(line);
+      let b = this.#buf.get(d);
+      if (!b) this.#buf.set(d, b = new BatchBuf(Math.min(this.#c.batch_bytes, 256 * 1024)));
+      this.#bufBytes += b.append(encodeLineOpen(r, this.#bufGen) + ID_SLOT);
       this.#bufRows++;
-      this.#bufBytes += line.length + 1;
       if (this.#bufRows >= this.#c.batch_rows || this.#bufBytes >= this.#c.batch_bytes) void this.persist();
     }
   }
@@ -175,26 +206,27 @@ export class ClickHouseSink implements Sink {
     this.#bufBytes = 0;
     this.#sealingRows += n;
     this.#sealChain = this.#sealChain.then(async () => {
-      for (const [date, parts] of buf) await this.#seal(gen, date, parts);
+      for (const [date, b] of buf) {
+        await this.#seal(gen, date, b);
+        buf.delete(date); // let the bytes go as soon as they are on disk
+      }
       this.#sealingRows -= n;
       this.#sealingBytes -= bytes;
     });
     return this.#sealChain;
   }
 
-  async #seal(gen: Generation, date: string, parts: string[]): Promise<void> {
+  async #seal(gen: Generation, date: string, b: BatchBuf): Promise<void> {
+    const rows = b.slots.length;
     try {
-      const body = parts.join("\n") + "\n";
-      const id = createHash("sha256").update(body).digest("hex").slice(0, 32);
-      const e = await this.#spool.put(
-        gen,
-        date,
-        parts.length,
-        id,
-        await gzip(body.replaceAll(ID_PLACEHOLDER, id)),
-      );
+      // The id is the hash of the body with the placeholders, then written into every row's slot.
+      const body = b.bytes.subarray(0, b.used);
+      const id = createHash("sha256").update(body).digest("hex").slice(0, ID_LEN);
+      const idBytes = utf8.encode(id);
+      for (const at of b.slots) body.set(idBytes, at);
+      const e = await this.#spool.put(gen, date, rows, id, await gzip(body));
       if (!e) {
-        countInto(this.#stats.dropped, "spool_full", parts.length);
+        countInto(this.#stats.dropped, "spool_full", rows);
         log.warn("clickhouse: spool full, newest rows dropped", {
           spool_dir: this.#spool.dir,
           spool_bytes: this.#spool.bytes,
@@ -203,7 +235,7 @@ export class ClickHouseSink implements Sink {
       }
       this.#wake?.();
     } catch (err) {
-      countInto(this.#stats.dropped, "spool_error", parts.length);
+      countInto(this.#stats.dropped, "spool_error", rows);
       log.error("clickhouse: cannot write the spool", { spool_dir: this.#spool.dir, error: String(err) });
     }
   }

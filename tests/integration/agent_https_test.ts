@@ -1,0 +1,366 @@
+/**
+ * HTTPS through the running agent: SSL_read plaintext of nginx (TLS + HTTP/2) and Apache (mod_ssl) becomes one
+ * row per request, joined with the JA4 of the connection's ClientHello (read by TC) and its JA4T. Checked
+ * against an independent reading of the same traffic: tcpdump → `fingerprint --pcap --keylog --with-raw`,
+ * connection by connection (matched by client address and port), and against the servers' access logs.
+ * Clients: curl over HTTP/1.1 and HTTP/2 on loopback, and headless Chromium in a network namespace whose
+ * ClientHello crosses a 1500-MTU veth in two segments. Then bad input on the TLS port (garbage, a truncated
+ * and a malformed ClientHello, HTTP/2 with a broken HPACK block) must leave the agent running, counted.
+ *
+ * Needs root, nginx, apache2, tcpdump, tshark, curl, chromium. Rows are filtered by this file's ports: other
+ * agents and servers may run on the host at the same time.
+ */
+import { assert, assertEquals, assertGreater } from "../../src/testing/asserts.ts";
+import type { Row } from "../../src/sink/row.ts";
+import type { StreamRecord } from "../../src/offline/fingerprint_capture.ts";
+import { MAIN_TS, type RunningAgent, startAgent } from "../helpers/agent.ts";
+import { type AccessEntry, startApache, startNginx } from "../helpers/servers.ts";
+import { startTcpdump, tsharkFields } from "../helpers/capture.ts";
+import { chromium, curl } from "../helpers/clients.ts";
+import { createNetns } from "../helpers/netns.ts";
+import { delay, HarnessError, makeTempDir, runOk } from "../helpers/proc.ts";
+
+const NGINX = 26080;
+const NGINX_TLS = 26443;
+const APACHE = 26081;
+const APACHE_TLS = 26444;
+const METRICS = 26435;
+const TLS_PORTS = new Set([NGINX_TLS, APACHE_TLS]);
+
+const connKey = (addr: string, port: number) => `${addr}:${port}`;
+
+/** `fingerprint --pcap F --keylog K --with-raw`: the offline reading, decrypted. */
+async function offline(pcap: string, keylog: string): Promise<StreamRecord[]> {
+  const out = await runOk(
+    [Deno.execPath(), "run", "-A", MAIN_TS, "fingerprint", "--pcap", pcap, "--keylog", keylog, "--with-raw"],
+    { env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" }, timeoutMs: 60_000 },
+  );
+  return out.split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l) as StreamRecord);
+}
+
+/** curl -k with a key log; returns the local port of each transfer. */
+async function curlTls(args: string[], keylog: string): Promise<number[]> {
+  const r = await curl(["-k", "-o", "/dev/null", "-w", "<port=%{local_port}>", ...args], {
+    env: { SSLKEYLOGFILE: keylog },
+  });
+  if (r.code !== 0) throw new HarnessError(`curl ${args.join(" ")}: exit ${r.code} ${r.stderr}`);
+  return [...r.stdout.matchAll(/<port=(\d+)>/g)].map((m) => Number(m[1]));
+}
+
+function excerpt(agent: RunningAgent): string {
+  return agent.stderr().split("\n").filter((l) => !/ DEBUG /.test(l)).slice(-40).join("\n");
+}
+
+/** Sum of every ja4ebpf_parse_errors_total series whose labels include `match`. */
+function parseErrors(m: Map<string, number>, match = ""): number {
+  let n = 0;
+  for (const [k, v] of m) if (k.startsWith("ja4ebpf_parse_errors_total") && k.includes(match)) n += v;
+  return n;
+}
+
+/**
+ * Per connection of `port`: the access log's requests, the agent's rows and the offline record agree —
+ * one row per logged request, and method, path, JA4H, JA4 (+ raw), JA4T, SNI and HTTP version as offline.
+ * Returns the number of rows compared.
+ */
+function compareConnections(
+  port: number,
+  log: AccessEntry[],
+  rows: Row[],
+  streams: StreamRecord[],
+  server: "nginx" | "apache",
+): number {
+  const logged = new Map<string, AccessEntry[]>();
+  for (const e of log.filter((e) => e.serverPort === port)) {
+    const k = connKey(e.remoteAddr, e.remotePort);
+    logged.set(k, [...(logged.get(k) ?? []), e]);
+  }
+  const got = new Map<string, Row[]>();
+  for (const r of rows.filter((r) => r.dst_port === port)) {
+    const k = connKey(r.src, r.src_port);
+    got.set(k, [...(got.get(k) ?? []), r]);
+  }
+  assertEquals(
+    [...got.keys()].sort(),
+    [...logged.keys()].sort(),
+    `${server}:${port}: connections with rows = connections in the access log`,
+  );
+  let n = 0;
+  for (const [k, entries] of logged) {
+    const rs = got.get(k) ?? [];
+    const s = streams.find((s) => s.dst_port === port && connKey(s.src, s.src_port) === k);
+    assert(s, `offline record of ${k}`);
+    assert(s.ja4, `offline JA4 of ${k}`);
+    assertEquals(rs.length, entries.length, `${k}: rows vs access-log requests`);
+    // Both lists in request order; HTTP/2 requests of one connection are sequential here.
+    const want = (s.http ?? []).map((h) => [h.method, h.path.split("?")[0], h.ja4h]).sort();
+    assertEquals(
+      rs.map((r) => [r.method, r.path, r.ja4h]).sort(),
+      want,
+      `${k}: method, path, JA4H as offline`,
+    );
+    const logPaths = entries.map((e) => e.request.split(" ")[1]?.split("?")[0]).sort();
+    assertEquals(rs.map((r) => r.path).sort(), logPaths, `${k}: paths as in the access log`);
+    const h2 = entries[0].request.endsWith("HTTP/2.0");
+    for (const r of rs) {
+      assertEquals(r.capture, "ssl_uprobe", `${k} ${r.path}: capture`);
+      assertEquals(r.server, server, `${k} ${r.path}: server`);
+      assertEquals(r.ja4, s.ja4, `${k} ${r.path}: JA4 of the connection`);
+      assertEquals(r.ja4_r, s.ja4_r ?? "", `${k} ${r.path}: JA4_r`);
+      assertEquals(r.ja4t, s.ja4t ?? "", `${k} ${r.path}: JA4T`);
+      assertEquals(r.tls_server_name, s.tls_server_name ?? "", `${k} ${r.path}: SNI`);
+      assertEquals(r.http_version, h2 ? "20" : "11", `${k} ${r.path}: http_version`);
+      assertEquals(r.truncated, false, `${k} ${r.path}: not truncated`);
+    }
+    n += rs.length;
+  }
+  return n;
+}
+
+/** Reads until the peer closes (or timeoutMs); errors count as a close. */
+async function drain(conn: Deno.Conn, timeoutMs: number): Promise<void> {
+  const timer = setTimeout(() => {
+    try {
+      conn.close();
+    } catch { /* closed */ }
+  }, timeoutMs);
+  const buf = new Uint8Array(16384);
+  try {
+    while ((await conn.read(buf)) !== null) { /* discard */ }
+  } catch { /* reset or closed by the timer */ }
+  clearTimeout(timer);
+  try {
+    conn.close();
+  } catch { /* closed */ }
+}
+
+/** Plain TCP to the TLS port: writes bytes, then reads until nginx gives up on the connection. */
+async function sendRaw(port: number, bytes: Uint8Array, waitMs = 3000): Promise<number> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  const local = (conn.localAddr as Deno.NetAddr).port;
+  await conn.write(bytes).catch(() => 0);
+  await drain(conn, waitMs);
+  return local;
+}
+
+function h2Frame(type: number, flags: number, stream: number, payload: Uint8Array): Uint8Array {
+  const f = new Uint8Array(9 + payload.length);
+  f[0] = payload.length >> 16;
+  f[1] = (payload.length >> 8) & 0xff;
+  f[2] = payload.length & 0xff;
+  f[3] = type;
+  f[4] = flags;
+  new DataView(f.buffer).setUint32(5, stream & 0x7fffffff);
+  f.set(payload, 9);
+  return f;
+}
+
+Deno.test("agent HTTPS: nginx (h1, h2, Chromium over a veth) and Apache rows carry the offline JA4/JA4H/JA4T; bad input is counted", async (t) => {
+  // TC is attached to the interfaces present at start: the veth must exist before the agent.
+  await using ns = await createNetns("ja4https");
+  await using nginx = await startNginx({
+    port: NGINX,
+    tlsPort: NGINX_TLS,
+    hosts: ["127.0.0.1", ns.hostAddr],
+    workers: 2,
+    http2: true,
+  });
+  await using apache = await startApache({ port: APACHE, tlsPort: APACHE_TLS, workers: 2, http2: false });
+  const dir = await makeTempDir("ja4ebpf-https-");
+  try {
+    const curlKeys = `${dir}/curl.keys`;
+    const chromeKeys = `${dir}/chromium.keys`;
+    await using loDump = await startTcpdump({
+      iface: "lo",
+      filter: `tcp port ${NGINX_TLS} or tcp port ${APACHE_TLS}`,
+      file: `${dir}/lo.pcap`,
+    });
+    await using vethDump = await startTcpdump({
+      iface: ns.hostIf,
+      filter: `tcp port ${NGINX_TLS}`,
+      file: `${dir}/veth.pcap`,
+    });
+    await using agent = await startAgent({ metricsPort: METRICS });
+    assertEquals(agent.capture.packets !== undefined, true, `TC capture in the ready line: ${agent.readyLine}`);
+    // The SSL uprobes attach to the libssl the servers map (at start, or at the next 1 s refresh).
+    await agent.waitForLog(/HTTPS plaintext capture attached/, 10_000);
+
+    // --- traffic ---------------------------------------------------------------------------------------
+    const base = `https://127.0.0.1:${NGINX_TLS}`;
+    const h1Ports = await curlTls([
+      "--http1.1",
+      "-H",
+      "Accept-Language: en-US,en;q=0.8",
+      `${base}/h1/a?x=1`,
+      `${base}/h1/b`,
+    ], curlKeys);
+    assertEquals(new Set(h1Ports).size, 1, `curl --http1.1 reused one connection: ${h1Ports}`);
+    const h2Ports = await curlTls([
+      "--http2",
+      "--resolve",
+      `localhost:${NGINX_TLS}:127.0.0.1`,
+      "-b",
+      "session=abc123; theme=dark",
+      "-e",
+      "https://ref.example/page",
+      "-H",
+      "Accept-Language: de-DE,de;q=0.9",
+      `https://localhost:${NGINX_TLS}/h2/a`,
+      `https://localhost:${NGINX_TLS}/h2/b?q=2`,
+      `https://localhost:${NGINX_TLS}/h2/c`,
+    ], curlKeys);
+    assertEquals(new Set(h2Ports).size, 1, `curl --http2 reused one connection: ${h2Ports}`);
+    const chrome = await chromium({
+      url: `https://${ns.hostAddr}:${NGINX_TLS}/chrome?from=ns`,
+      netns: ns,
+      keylogFile: chromeKeys,
+    });
+    assertEquals(chrome.code, 0, `chromium: ${chrome.stderr.slice(-1500)}`);
+    assert(chrome.dom.includes("ok"), `chromium got the page: ${chrome.dom.slice(0, 200)}`);
+    const apPorts = await curlTls([
+      "--http1.1",
+      "-b",
+      "id=7",
+      "-H",
+      "Accept-Language: fr",
+      `https://127.0.0.1:${APACHE_TLS}/`,
+      `https://127.0.0.1:${APACHE_TLS}/index.html?z=1`,
+    ], curlKeys);
+    await curlTls(["--http1.1", `https://127.0.0.1:${APACHE_TLS}/missing`], curlKeys);
+    assertEquals(new Set(apPorts).size, 1, `curl to Apache reused one connection: ${apPorts}`);
+
+    // --- wait for rows, then read the captures offline -----------------------------------------------------
+    const nginxLog = (await nginx.accessLog()).filter((e) => e.serverPort === NGINX_TLS);
+    const apacheLog = await apache.waitForRequests(3);
+    const nNginx = nginxLog.length;
+    assertGreater(nNginx, 5, "nginx logged curl's and Chromium's requests");
+    let rows: Row[] = [];
+    try {
+      await agent.waitForRows((r) => r.dst_port === NGINX_TLS, nNginx, 10_000);
+      await agent.waitForRows((r) => r.dst_port === APACHE_TLS, apacheLog.length, 5_000);
+    } catch (e) {
+      const have = (await agent.rows()).filter((r) => TLS_PORTS.has(r.dst_port))
+        .map((r) => `${r.src}:${r.src_port} ${r.method} ${r.path} ${r.http_version}`);
+      const want = [...nginxLog, ...apacheLog].map((e) => `${e.remoteAddr}:${e.remotePort} ${e.request}`);
+      throw new Error(
+        `${(e as Error).message}\nrows:\n${have.join("\n")}\naccess logs:\n${want.join("\n")}\n${excerpt(agent)}`,
+      );
+    }
+    await delay(800); // duplicates would show up by now
+    rows = (await agent.rows()).filter((r) => TLS_PORTS.has(r.dst_port));
+    await loDump.stop();
+    await vethDump.stop();
+    const loStreams = await offline(loDump.file, curlKeys);
+    const vethStreams = await offline(vethDump.file, chromeKeys);
+    const chromeRows = rows.filter((r) => r.src === ns.nsAddr);
+
+    await t.step("nginx: one row per logged request, each equal to the offline reading", () => {
+      assertEquals(rows.filter((r) => r.dst_port === NGINX_TLS).length, nNginx, "nginx TLS rows vs access log");
+      const n = compareConnections(
+        NGINX_TLS,
+        nginxLog,
+        rows,
+        [...loStreams, ...vethStreams],
+        "nginx",
+      );
+      assertEquals(n, nNginx);
+      const h2Rows = rows.filter((r) => r.src_port === h2Ports[0] && r.src === "127.0.0.1");
+      assertEquals(h2Rows.map((r) => r.http_version), ["20", "20", "20"], "curl --http2 rows are h2");
+      assertEquals(h2Rows.map((r) => r.tls_server_name), ["localhost", "localhost", "localhost"]);
+      assert(
+        h2Rows.every((r) => /^ge20cr\d\dde/.test(r.ja4h)),
+        `h2 JA4H with cookie, referer, de: ${h2Rows.map((r) => r.ja4h)}`,
+      );
+      const h1Rows = rows.filter((r) => r.src_port === h1Ports[0] && r.src === "127.0.0.1");
+      assertEquals(h1Rows.map((r) => r.path), ["/h1/a", "/h1/b"]);
+      assert(chromeRows.length >= 1, "Chromium's requests have rows");
+      assert(chromeRows.some((r) => r.path === "/chrome" && r.http_version === "20"), "Chromium over h2");
+    });
+
+    await t.step("Chromium's ClientHello crossed the veth in more than one segment", async () => {
+      const hellos = await tsharkFields(vethDump.file, "tls.handshake.type == 1", [
+        "tcp.srcport",
+        "tcp.segment.count",
+      ]);
+      assertGreater(hellos.length, 0, "ClientHellos on the veth");
+      for (const [port, segs] of hellos) {
+        assertGreater(Number(segs || 1), 1, `hello of port ${port} spans segments`);
+      }
+    });
+
+    await t.step("Apache mod_ssl: one row per logged request, each equal to the offline reading", () => {
+      assertEquals(
+        rows.filter((r) => r.dst_port === APACHE_TLS).length,
+        apacheLog.length,
+        "apache TLS rows vs access log",
+      );
+      assertEquals(compareConnections(APACHE_TLS, apacheLog, rows, loStreams, "apache"), apacheLog.length);
+    });
+
+    await t.step("bad input on the TLS port: agent keeps running, parse errors counted", async () => {
+      const before = await agent.metrics();
+      const badPorts: number[] = [];
+      // Random bytes.
+      badPorts.push(await sendRaw(NGINX_TLS, crypto.getRandomValues(new Uint8Array(3000))));
+      // A ClientHello cut short: the record promises 512 bytes, 40 arrive, then the client gives up.
+      const cut = new Uint8Array([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03]);
+      const cutHello = new Uint8Array(40);
+      cutHello.set(cut);
+      badPorts.push(await sendRaw(NGINX_TLS, cutHello, 500));
+      // A whole ClientHello record whose body is inconsistent (session id longer than the message).
+      const bad = new Uint8Array(5 + 4 + 60);
+      bad.set([0x16, 0x03, 0x01, 0x00, 64, 0x01, 0x00, 0x00, 60, 0x03, 0x03]);
+      bad[5 + 4 + 2 + 32] = 200; // session id length
+      badPorts.push(await sendRaw(NGINX_TLS, bad));
+      // HTTP/2 over TLS with a HEADERS block that is not valid HPACK (index 63: empty dynamic table).
+      const h2 = await Deno.connectTls({
+        hostname: "127.0.0.1",
+        port: NGINX_TLS,
+        caCerts: [await Deno.readTextFile(nginx.cert!.certPath)],
+        alpnProtocols: ["h2"],
+      });
+      const hs = await h2.handshake();
+      assertEquals(hs.alpnProtocol, "h2", "ALPN h2");
+      badPorts.push((h2.localAddr as Deno.NetAddr).port);
+      const preface = new TextEncoder().encode("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+      await h2.write(preface);
+      await h2.write(h2Frame(0x4, 0, 0, new Uint8Array(0)));
+      await h2.write(h2Frame(0x1, 0x5, 1, new Uint8Array([0xbf, 0x84, 0x87])));
+      await drain(h2, 3000);
+
+      // Later requests still become rows.
+      const after1 = await curlTls(["--http2", `${base}/after-bad-h2`], curlKeys);
+      const after2 = await curlTls(["--http1.1", `${base}/after-bad-h1`], curlKeys);
+      const got = await agent.waitForRows((r) => r.path.startsWith("/after-bad-") && r.dst_port === NGINX_TLS, 2)
+        .catch((e) => {
+          throw new Error(`${e.message}\n${excerpt(agent)}`);
+        });
+      assertEquals(
+        got.map((r) => [r.path, r.http_version, r.src_port]).sort(),
+        [["/after-bad-h1", "11", after2[0]], ["/after-bad-h2", "20", after1[0]]],
+      );
+      for (const r of got) assert(r.ja4.startsWith("t13"), `JA4 joined after bad input: ${r.ja4}`);
+      await delay(500);
+      const all = await agent.rows();
+      assertEquals(
+        all.filter((r) => r.dst_port === NGINX_TLS && r.src === "127.0.0.1" && badPorts.includes(r.src_port)),
+        [],
+        "no rows invented for the bad connections",
+      );
+
+      const after = await agent.metrics();
+      const streamErrs = parseErrors(after, 'parser="request_stream"') -
+        parseErrors(before, 'parser="request_stream"');
+      const helloErrs = parseErrors(after, 'parser="packet_hello"') - parseErrors(before, 'parser="packet_hello"');
+      // The broken HPACK block (SSL_read plaintext) and the malformed hello (raw read) on the request side;
+      // the malformed hello once more on the packet side.
+      assertGreater(streamErrs, 1, `request-stream parse errors counted (+${streamErrs})`);
+      assertGreater(helloErrs, 0, `packet hello parse errors counted (+${helloErrs})`);
+      assertEquals(parseErrors(after, 'parser="agent"'), 0, "no exception in event handling");
+    });
+
+    assertEquals(await agent.stop(), { code: 0, signal: null }, `clean exit:\n${excerpt(agent)}`);
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+});
