@@ -272,3 +272,56 @@ export async function findLibrary(
   }
   return undefined;
 }
+
+/** One file mapping of a process, from /proc/PID/maps. */
+export interface MappedFile {
+  pid: number;
+  /** The path the kernel prints, without the " (deleted)" suffix. */
+  path: string;
+  /** The file was replaced or removed since it was mapped (a package upgrade): the path is another file now. */
+  deleted: boolean;
+  /** st_dev as stat() reports it (glibc makedev of the maps "major:minor"). */
+  dev: number;
+  inode: number;
+  /** "start-end": /proc/PID/map_files/<range> opens the mapped file itself, also a deleted one. */
+  range: string;
+}
+
+/** glibc's makedev(): how stat() encodes st_dev. */
+export function makedev(major: number, minor: number): number {
+  return ((major & 0xfff) << 8) + (minor & 0xff) + (minor & 0xfff00) * 4096 +
+    (major & 0xfffff000) * 2 ** 32;
+}
+
+/** Parses /proc/PID/maps text: one entry per distinct (dev, inode, path) whose basename matches `name`. */
+export function parseMaps(pid: number, text: string, name: RegExp): MappedFile[] {
+  const out: MappedFile[] = [];
+  const seen = new Set<string>();
+  for (const line of text.split("\n")) {
+    // "7f…-7f… r-xp 00002000 fe:00 5595137    /usr/lib/x86_64-linux-gnu/libapr-1.so.0.7.2 (deleted)"
+    const m = /^([0-9a-f]+-[0-9a-f]+)\s+\S+\s+\S+\s+([0-9a-f]+):([0-9a-f]+)\s+(\d+)\s+(\/.*?)( \(deleted\))?$/
+      .exec(line);
+    if (!m || !name.test(m[5].slice(m[5].lastIndexOf("/") + 1))) continue;
+    const dev = makedev(parseInt(m[2], 16), parseInt(m[3], 16));
+    const key = `${dev}:${m[4]}:${m[5]}`;
+    if (seen.has(key)) continue;
+    seen.add(key);
+    out.push({ pid, path: m[5], deleted: m[6] !== undefined, dev, inode: Number(m[4]), range: m[1] });
+  }
+  return out;
+}
+
+/** Files whose basename matches `name` mapped by the given processes (unreadable or exited ones skipped). */
+export function mappedFiles(pids: Iterable<number>, name: RegExp): MappedFile[] {
+  const out: MappedFile[] = [];
+  for (const pid of pids) {
+    let text: string;
+    try {
+      text = Deno.readTextFileSync(`/proc/${pid}/maps`);
+    } catch {
+      continue;
+    }
+    out.push(...parseMaps(pid, text, name));
+  }
+  return out;
+}

@@ -1,5 +1,14 @@
 import { assert, assertEquals, assertRejects, assertThrows } from "../testing/asserts.ts";
-import { ElfError, ElfFile, findLibrary, parseLdSoCache, symbolOffset } from "./elf.ts";
+import {
+  ElfError,
+  ElfFile,
+  findLibrary,
+  makedev,
+  mappedFiles,
+  parseLdSoCache,
+  parseMaps,
+  symbolOffset,
+} from "./elf.ts";
 
 async function run(cmd: string, args: string[]): Promise<string> {
   let out: Deno.CommandOutput;
@@ -88,4 +97,46 @@ Deno.test("elf: ld.so.cache agrees with ldconfig -p", async () => {
   assert(line, "ldconfig lists libapr-1.so.0");
   assertEquals(cache.get("libapr-1.so.0"), [line.split("=> ")[1].trim()]);
   assertEquals(parseLdSoCache(new Uint8Array(100)).size, 0, "garbage gives an empty map");
+});
+
+Deno.test("parseMaps / mappedFiles: path, deleted flag, dev and inode as stat() sees them", async (t) => {
+  await t.step("maps lines", () => {
+    const text = [
+      "7f10-7f20 r--p 00000000 fe:00 5595137                    /usr/lib/x86_64-linux-gnu/libapr-1.so.0.7.2",
+      "7f20-7f30 r-xp 00002000 fe:00 5595137                    /usr/lib/x86_64-linux-gnu/libapr-1.so.0.7.2",
+      "7f40-7f50 r-xp 00002000 103:02 77 /tmp/a b/libapr-1.so.0 (deleted)",
+      "7f60-7f70 r-xp 00002000 fe:00 12 /usr/lib/x86_64-linux-gnu/libaprutil-1.so.0",
+      "7f80-7f90 rw-p 00000000 00:00 0 ",
+      "7fa0-7fb0 r-xp 00000000 00:00 0                          [vdso]",
+    ].join("\n");
+    assertEquals(parseMaps(9, text, /^libapr-1\.so/), [
+      {
+        pid: 9,
+        path: "/usr/lib/x86_64-linux-gnu/libapr-1.so.0.7.2",
+        deleted: false,
+        dev: 0xfe00,
+        inode: 5595137,
+        range: "7f10-7f20",
+      },
+      {
+        pid: 9,
+        path: "/tmp/a b/libapr-1.so.0",
+        deleted: true,
+        dev: makedev(0x103, 2),
+        inode: 77,
+        range: "7f40-7f50",
+      },
+    ]);
+  });
+  await t.step("makedev matches glibc for large majors and minors", () => {
+    assertEquals(makedev(8, 1), 0x801);
+    assertEquals(makedev(259, 0x12345), 0x12310345);
+  });
+  await t.step("this process's libc: same dev and inode as stat()", () => {
+    const m = mappedFiles([Deno.pid], /^libc\.so/);
+    assert(m.length >= 1, "libc mapped by this process");
+    const st = Deno.statSync(m[0].path);
+    assertEquals([m[0].dev, m[0].inode, m[0].deleted], [st.dev, st.ino, false]);
+    assertEquals(mappedFiles([2 ** 30], /^libc\.so/), [], "a missing process is skipped");
+  });
 });

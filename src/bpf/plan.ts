@@ -17,6 +17,8 @@ export type HookName = "nginx" | "apache" | "packets" | "close";
 export type AttachSpec =
   | { kind: "auto" }
   | { kind: "uprobe"; library: "libapr"; symbol: string; retprobe: boolean }
+  /** A uprobe at a known file offset of a given library (libssl for --validate). */
+  | { kind: "uprobe_at"; path: string; offset: number; retprobe: boolean }
   | { kind: "tc"; direction: "ingress" | "egress" };
 
 export interface ProgramAttach {
@@ -158,6 +160,8 @@ function attachOne(o: BpfObject, pa: ProgramAttach, cfg: PlanConfig, ifaces: str
       if (!lib?.path || lib.offset === undefined) throw new Error(lib?.error ?? "libapr not located");
       return [prog.attachUprobe({ path: lib.path, offset: lib.offset, retprobe: a.retprobe })];
     }
+    case "uprobe_at":
+      return [prog.attachUprobe({ path: a.path, offset: a.offset, retprobe: a.retprobe })];
     case "tc":
       return ifaces.map((iface) =>
         prog.attachTc({ iface, direction: a.direction, handle: cfg.tcHandle, priority: cfg.tcPriority })
@@ -309,6 +313,8 @@ function makePlanLoud(bytes: Uint8Array, cfg: PlanConfig): AttachPlan {
 export interface PlannedObject extends Disposable {
   obj: BpfObject;
   links: AttachHandle[];
+  /** The same links by program (the agent re-attaches libapr uprobes when the library is replaced). */
+  programLinks: Map<string, AttachHandle[]>;
   close(): void;
 }
 
@@ -346,9 +352,14 @@ export function openPlanned(
     opts.ringBytes,
   );
   const links: AttachHandle[] = [];
+  const programLinks = new Map<string, AttachHandle[]>();
   try {
     obj.load();
-    for (const pa of chosen) links.push(...attachOne(obj, pa, cfg, cfg.tcInterfaces ?? ["lo"]));
+    for (const pa of chosen) {
+      const l = attachOne(obj, pa, cfg, cfg.tcInterfaces ?? ["lo"]);
+      links.push(...l);
+      programLinks.set(pa.program, [...(programLinks.get(pa.program) ?? []), ...l]);
+    }
   } catch (e) {
     obj.close();
     throw e;
@@ -356,6 +367,7 @@ export function openPlanned(
   return {
     obj,
     links,
+    programLinks,
     close() {
       obj.close();
     },

@@ -40,10 +40,12 @@ export interface Received {
 export class TestLoader implements AsyncDisposable {
   readonly received: Received[] = [];
   readonly links: Link[] = [];
+  /** Records decodeEvent refused (each a message): a test expects none. */
+  readonly decodeErrors: string[] = [];
   reader!: EventReader;
   private constructor(readonly obj: BpfObject, readonly ringbuf: boolean) {}
 
-  /** Opens, configures, loads and attaches; the reader is created but not started (see start()). */
+  /** Opens, configures, loads, creates the reader (not started: drain() or reader.start()), attaches. */
   static open(o: TestLoaderOptions): TestLoader {
     requireRoot("loading BPF programs");
     const ringbuf = o.ringbuf ?? true;
@@ -58,6 +60,18 @@ export class TestLoader implements AsyncDisposable {
       obj.load();
       const pids = obj.map("traced_pids");
       for (const pid of o.pids) pids.update(u32Key(pid), u32Key(o.kind ?? ServerKind.NGINX));
+      // The reader before the programs: a perf sample sent before perf_buffer__new has opened the CPU's
+      // perf event fails (ENOENT) and is counted as a drop.
+      const onRecord = (rec: Uint8Array) => {
+        try {
+          t.received.push({ recordLength: rec.length, event: decodeEvent(rec) });
+        } catch (e) {
+          t.decodeErrors.push(e instanceof Error ? e.message : String(e));
+        }
+      };
+      t.reader = ringbuf
+        ? new RingReader(obj.map("events"), { onRecord })
+        : new PerfReader(obj.map("events_perf"), { onRecord }, o.perfPages ?? 64);
       for (const a of o.attach) {
         const prog = obj.program(a.program);
         t.links.push(
@@ -66,12 +80,8 @@ export class TestLoader implements AsyncDisposable {
             : prog.attach(),
         );
       }
-      const onRecord = (rec: Uint8Array) =>
-        t.received.push({ recordLength: rec.length, event: decodeEvent(rec) });
-      t.reader = ringbuf
-        ? new RingReader(obj.map("events"), { onRecord })
-        : new PerfReader(obj.map("events_perf"), { onRecord }, o.perfPages ?? 64);
     } catch (e) {
+      void t.reader?.close();
       obj.close();
       throw e;
     }

@@ -277,8 +277,10 @@ Deno.test("agent capture: Apache started later, nginx reload, keep-alive connect
         await delay(i < 5 ? 0 : 300);
       }
       await nginx.waitForRequests(sent.length + 3);
-      await delay(1000);
-      const got = (await agent.rows()).filter((r) => r.dst_port === NGINX && r.path.startsWith("/reload-"));
+      // Rows may lag on a busy host (the agent follows every server on it): wait for them, up to 10 s.
+      const isReload = (r: Row) => r.dst_port === NGINX && r.path.startsWith("/reload-");
+      await agent.waitForRows(isReload, sent.length, 10_000).catch(() => {});
+      const got = (await agent.rows()).filter(isReload);
       const missing = sent.filter((p) => !got.some((r) => r.path === p));
       assertEquals(
         missing,

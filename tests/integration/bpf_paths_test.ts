@@ -192,6 +192,7 @@ async function dropAccounting(
   for (const e of closes) {
     assertEquals(e.posRaw, 41 * (perPort.get(e.srcPort) ?? 0), `close of port ${e.srcPort}: ${figures}`);
   }
+  assertEquals(l.decodeErrors, [], "records the decoder refused");
   assertGreater(drops[reason] ?? 0, 0, `the buffer never filled: ${figures}`);
   assertGreater(received, 0, figures);
   assertEquals(Object.keys(drops), [reason], `only buffer-full drops: ${figures}`);
@@ -241,6 +242,7 @@ Deno.test({
 
     for (const [name, l] of [["ring", ring], ["perf", perf], ["has_task_btf=0", noBtf]] as const) {
       assertEquals(l.drops(), {}, `${name}: drops`);
+      assertEquals(l.decodeErrors, [], `${name}: records the decoder refused`);
     }
     const ref = ring.events;
     const data = ref.filter(isData);
@@ -291,6 +293,7 @@ Deno.test({
     l.detach();
     await l.reader.close();
     assertEquals(l.drops(), {}, "drops (SSL_NO_FD, NO_STASH…)");
+    assertEquals(l.decodeErrors, [], "records the decoder refused");
     const common = { serverPort: NGINX_TLS, rawHook: "read_tracepoint" };
     checkTlsConnection(l.events, {
       ...common,
@@ -341,6 +344,7 @@ Deno.test({
     l.detach();
     await l.reader.close();
     assertEquals(l.drops(), {}, "drops (SSL_NO_FD, NO_STASH…)");
+    assertEquals(l.decodeErrors, [], "records the decoder refused");
     const common = { serverPort: APACHE_TLS, rawHook: "uprobe" };
     checkTlsConnection(l.events, {
       ...common,

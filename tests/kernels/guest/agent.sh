@@ -81,11 +81,15 @@ YAML
   if ! grep -q '"msg":"ready"' /tmp/agent.err; then
     kill -TERM $apid 2>/dev/null
     wait $apid 2>/dev/null
+    grep -E '"level":"(warn|error)"' /tmp/agent.err | sed 's/^{"ts":"[^"]*",//; s/^/JA4K AGENTLOG /' | cut -c1-400
     out METHOD method=$m server=all idle=$idle perf=$perf attached=0 \
       error="\"$(grep -v '^{' /tmp/agent.err | tail -c 200 | tr '\n"' " '") $(grep '"level":"error"' /tmp/agent.err | tail -1 | tr '"' "'" | tail -c 300)\""
     fail "agent did not start with nginx=$m"
     return 0
   fi
+  # What the agent decided, for the log: one line per hook.
+  grep -E '"msg":"(hook attached|hook unavailable|ready|apache uprobes attached after retry)"' /tmp/agent.err |
+    sed 's/^{"ts":"[^"]*",//; s/^/JA4K AGENTLOG /' | cut -c1-400
   buffer=$(grep '"msg":"ready"' /tmp/agent.err | grep -o '"buffer":"[a-z]*"' | cut -d'"' -f4)
   for srv in nginx:8080 apache:8081; do
     i=0

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Runs the kernel matrix (every VERSION through run.sh) and rewrites the table section of docs/validation.md
+# (between the "matrix:begin" and "matrix:end" markers) from the guests' results.
+#   tests/kernels/matrix.sh [run.sh options...]          e.g. --requests 50
+#   VERSIONS="6.1 6.12" tests/kernels/matrix.sh          a subset
+# Exits non-zero if any kernel's guest reported failures; the table is written either way.
+set -uo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+CACHE=${KERNELS_CACHE:-$HERE/cache}
+DOC=$ROOT/docs/validation.md
+versions=${VERSIONS:-5.10 6.1 6.12}
+today=$(date -u +%Y-%m-%d)
+status=0
+for v in $versions; do
+  mkdir -p "$CACHE/$v"
+  echo "matrix: kernel $v" >&2
+  bash "$HERE/run.sh" "$v" "$@" >"$CACHE/$v/result.txt" 2>"$CACHE/$v/result.err"
+  rc=$?
+  echo "matrix: kernel $v rc=$rc" >&2
+  [ $rc -eq 0 ] || status=1
+  echo "EXIT rc=$rc" >>"$CACHE/$v/result.txt"
+done
+
+distro() {
+  case $1 in
+    5.10) echo "Debian 11 (bullseye)" ;;
+    6.1) echo "Debian 12 (bookworm)" ;;
+    6.12) echo "Debian 12 (bookworm-security, 6.12 LTS)" ;;
+    *) echo "?" ;;
+  esac
+}
+# kv KEY LINE: the value of KEY=... in a result line (values quoted with "..." may hold spaces).
+kv() { sed -n "s/.*\\b$1=\\(\"[^\"]*\"\\|[^ ]*\\).*/\\1/p" <<<"$2" | tr -d '"'; }
+
+table=$(mktemp)
+{
+  echo "Kernels booted under QEMU (TCG, 2 vCPU, 3 GiB) with a busybox initramfs; nginx and Apache on loopback;"
+  echo "\`ja4ebpf run\` with nginx forced onto each method in turn (Apache on its uprobe; both on \`auto\` in the"
+  echo "\`auto\` rows). *idle* = processes blocked in \`recvfrom\` on UDP sockets during the run (the kretprobe"
+  echo "adversary). *rows* = rows the agent wrote for that server; *JA4H ok* = rows whose JA4H equals the one"
+  echo "computed independently for the request sent; *drops* = the agent's \`ja4ebpf_bpf_drops_total\`;"
+  echo "*missed* = kretprobe misses (\`kretprobe_missed\` reason, readable on ≥ 6.7 only)."
+  echo
+  echo "| kernel | distribution | boot s | \`__x64_sys_recvfrom\` | BTF | validate | initramfs MiB |"
+  echo "|---|---|---|---|---|---|---|"
+  for v in $versions; do
+    f=$CACHE/$v/result.txt
+    [ -f "$f" ] || continue
+    rel=$(kv kernel "$(grep -m1 '^INFO kernel=' "$f")")
+    boot=$(kv uptime "$(grep -m1 '^BOOT ' "$f")")
+    sym=$(kv present "$(grep -m1 '^CHECK symbol=' "$f")")
+    btf=$(grep -q '^CHECK btf=1' "$f" && echo yes || echo no)
+    val=$(grep -m1 '^VALIDATE ' "$f" | grep -o 'rc=[0-9]*' | head -1)
+    [ -n "$val" ] || val=$(grep -q '^SKIP validate' "$f" && echo "not built" || echo "-")
+    size=$(kv initramfs_bytes "$(grep -m1 '^HOST ' "$f")")
+    [ -n "$size" ] && size=$(awk "BEGIN {printf \"%.0f\", $size / 1048576}")
+    [ -n "$rel" ] || rel="$v (did not boot: $(tail -1 "$CACHE/$v/result.err" 2>/dev/null))"
+    echo "| $rel | $(distro "$v") | ${boot:--} | ${sym:-0} | $btf | $val | ${size:--} |"
+  done
+  echo
+  echo "| kernel | method asked | server | idle | buffer | attached | sent | rows | JA4H ok | drops | missed | date |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+  for v in $versions; do
+    f=$CACHE/$v/result.txt
+    [ -f "$f" ] || continue
+    rel=$(kv kernel "$(grep -m1 '^INFO kernel=' "$f")")
+    grep '^METHOD ' "$f" | while read -r line; do
+      att=$(kv attached "$line")
+      [ "$att" = 0 ] && att="no: $(kv refused "$line")$(kv error "$line" | cut -c1-120)"
+      echo "| ${rel:-$v} | $(kv method "$line") | $(kv server "$line") | $(kv idle "$line") |" \
+        "$(kv buffer "$line")$(kv perf "$line" | sed 's/^1$/perfbuf (forced)/; s/^0$//') | $att |" \
+        "$(kv sent "$line") | $(kv rows "$line") | $(kv right_ja4h "$line") | $(kv drops "$line") |" \
+        "$(kv kretprobe_missed "$line") | $today |"
+    done
+  done
+} >"$table"
+
+if ! grep -q '<!-- matrix:begin -->' "$DOC" 2>/dev/null; then
+  echo "matrix: $DOC has no <!-- matrix:begin --> marker; table left in $table" >&2
+  exit 1
+fi
+# Replace what lies between the markers, keep the rest of the document.
+awk -v tf="$table" '
+  /<!-- matrix:begin -->/ { print; while ((getline l < tf) > 0) print l; skip = 1; next }
+  /<!-- matrix:end -->/ { skip = 0 }
+  !skip { print }
+' "$DOC" >"$DOC.tmp" && mv "$DOC.tmp" "$DOC"
+rm -f "$table"
+echo "matrix: table written to docs/validation.md" >&2
+exit $status
