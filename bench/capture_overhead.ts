@@ -242,6 +242,8 @@ interface ModeSummary {
   bpfDrops: number;
   rowsDropped: number;
   agentUsPerReq: number;
+  /** Agent CPU per row it actually captured (what a faster consumer would pay per request). */
+  agentUsPerRow: number;
   peakRssMb: number;
   nginxUsPerReqOff: number;
   nginxUsPerReqOn: number;
@@ -275,6 +277,7 @@ function summarize(mode: Mode, runs: RunFigures[]): ModeSummary {
     bpfDrops: on.reduce((s, r) => s + r.agent!.bpfDrops, 0),
     rowsDropped: on.reduce((s, r) => s + r.agent!.rowsDropped, 0),
     agentUsPerReq: on.reduce((s, r) => s + r.agent!.cpuUs, 0) / requestsOn,
+    agentUsPerRow: on.reduce((s, r) => s + r.agent!.cpuUs, 0) / on.reduce((s, r) => s + r.agent!.captured, 0),
     peakRssMb: Math.max(...on.map((r) => r.agent!.peakRssKb)) / 1024,
     nginxUsPerReqOff: perReq(off),
     nginxUsPerReqOn: perReq(on),
@@ -303,8 +306,8 @@ function runTable(s: ModeSummary): string {
 
 function summaryTable(ss: ModeSummary[]): string {
   const lines = [
-    "| | nginx req/s without | with | ratio (goal ≥ 0.95) | pair ratios | rows / requests (goal 100 %) | misses | agent CPU µs/req | agent peak RSS MiB | nginx CPU µs/req without → with |",
-    "|---|---:|---:|---:|---|---:|---:|---:|---:|---|",
+    "| | nginx req/s without | with | ratio (goal ≥ 0.95) | pair ratios | rows / requests (goal 100 %) | misses | agent CPU µs/req | µs/captured row | agent peak RSS MiB | nginx CPU µs/req without → with |",
+    "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
   ];
   for (const s of ss) {
     lines.push(
@@ -312,10 +315,26 @@ function summaryTable(ss: ModeSummary[]): string {
         s.pairRatios.map((x) => x.toFixed(3)).join(", ")
       } | ${fmt(s.rows)} / ${fmt(s.requestsOn)} = ${pct(s.completeness, 3)} | ${fmt(s.misses)} | ${
         fmt(s.agentUsPerReq, 1)
-      } | ${fmt(s.peakRssMb)} | ${fmt(s.nginxUsPerReqOff, 1)} → ${fmt(s.nginxUsPerReqOn, 1)} |`,
+      } | ${fmt(s.agentUsPerRow, 1)} | ${fmt(s.peakRssMb)} | ${fmt(s.nginxUsPerReqOff, 1)} → ${
+        fmt(s.nginxUsPerReqOn, 1)
+      } |`,
     );
   }
   return lines.join("\n");
+}
+
+/** Agent processes (`main.ts run` / `ja4ebpf run`) on the host. */
+function otherAgents(): number {
+  let n = 0;
+  for (const e of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(e.name)) continue;
+    try {
+      const c = Deno.readTextFileSync(`/proc/${e.name}/cmdline`).split("\0");
+      const i = c.indexOf("run");
+      if (i > 0 && /main\.ts$|ja4ebpf$/.test(c[i - 1])) n++;
+    } catch { /* gone */ }
+  }
+  return n;
 }
 
 async function machineFacts(): Promise<string> {
@@ -329,11 +348,13 @@ async function machineFacts(): Promise<string> {
     }
   };
   const load = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
+  // Other agents on the host matter: their uprobes on the shared libssl fire in this nginx and in wrk too.
+  const others = otherAgents();
   return `${navigator.hardwareConcurrency} vCPU (${cpu}), kernel ${Deno.osRelease()}, ${
     out("nginx", ["-v"]).replace(/^nginx version: /, "")
   }, ${
     out("wrk", ["-v"]).split("\n")[0].split(" [")[0]
-  }, Deno ${Deno.version.deno}; load average at start ${load}`;
+  }, Deno ${Deno.version.deno}; load average at start ${load}, other ja4ebpf agents running at start: ${others}`;
 }
 
 /** Plain-language verdicts against the goals, with the agent's own explanation for missing rows. */
@@ -399,7 +420,8 @@ agent is started fresh for each "with" run (\`run --config\`, file sink, metrics
   runs (nginx's log is the ground truth; wrk's own count is in the run table). Every missing row is a drop.
 - **bpf drops / rows dropped**: \`ja4ebpf_bpf_drops_total\` and \`ja4ebpf_rows_dropped_total\` from /metrics.
 - **agent CPU µs/req**: utime+stime of the agent process (all threads) from /proc over the load window and the
-  drain that follows, divided by the requests. **Peak RSS**: VmHWM.
+  drain that follows, divided by the requests; **µs/captured row** divides the same CPU by the rows the agent
+  received (\`ja4ebpf_rows_captured_total\`), the cost per request once nothing is dropped. **Peak RSS**: VmHWM.
 - **nginx CPU µs/req**: utime+stime of nginx's master and workers; the BPF programs run inside nginx's
   system calls, so the kernel-side cost shows as the difference between without and with.
 
@@ -439,6 +461,7 @@ async function main(): Promise<number> {
       json: { type: "string" },
       verbose: { type: "boolean", short: "v", default: false },
       "keep-rows": { type: "boolean", default: false },
+      "from-json": { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -462,10 +485,19 @@ async function main(): Promise<number> {
     connections: int("connections", values.connections, 1),
     keep: values["keep-rows"] === true,
   };
+  if (values["from-json"]) {
+    // Re-render a saved run (e.g. after a change to the report's layout) without measuring again.
+    const j = JSON.parse(await Deno.readTextFile(values["from-json"]));
+    const ss = (j.summaries as ModeSummary[]).map((s) => summarize(s.mode, s.runs));
+    const text = section(j.date, j.facts, j.o, ss);
+    console.log(text);
+    if (values["write-doc"]) await writeDoc(text);
+    return 0;
+  }
   requireRoot("the capture benchmark (the agent loads BPF programs)");
   requireTool("wrk", "wrk");
   requirePortsFree([METRICS_PORT]);
-  const facts = await machineFacts();
+  let facts = await machineFacts();
   const date = new Date().toISOString().slice(0, 16).replace("T", " ") + " UTC";
   console.error(`machine: ${facts}`);
 
@@ -514,6 +546,8 @@ async function main(): Promise<number> {
     else console.log(runs.map((r) => `${mode}: ${fmt(r.wrk.requestsPerSec)} req/s`).join("\n"));
   }
   if (values["no-agent"]) return 0;
+  const loadEnd = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
+  facts += `; at the end: load average ${loadEnd}, other agents ${otherAgents()}`;
   const text = section(date, facts, o, summaries);
   console.log(text);
   if (values.json) {

@@ -91,7 +91,20 @@ function vec16(b: number[]): number[] {
 function clientHello(sni: string): Uint8Array {
   const ext = (type: number, data: number[]) => [...u16be(type), ...vec16(data)];
   const name = [...te.encode(sni)];
-  const ciphers = [0x1301, 0x1302, 0x1303, 0xc02b, 0xc02f, 0xc02c, 0xc030, 0xcca9, 0xcca8, 0xc013, 0xc014, 0x009c]
+  const ciphers = [
+    0x1301,
+    0x1302,
+    0x1303,
+    0xc02b,
+    0xc02f,
+    0xc02c,
+    0xc030,
+    0xcca9,
+    0xcca8,
+    0xc013,
+    0xc014,
+    0x009c,
+  ]
     .flatMap(u16be);
   const alpn = [2, ...te.encode("h2"), 8, ...te.encode("http/1.1")];
   const exts = [
@@ -366,6 +379,14 @@ async function runMode(url: string, mode: string, seconds: number): Promise<Mode
     const m = Deno.memoryUsage();
     rss.push(m.rss);
     heapPeak = Math.max(heapPeak, m.heapTotal);
+    if (Deno.env.get("BENCH_TRACE") && rss.length % 10 === 0) {
+      const cs = agent.correlator.stats();
+      console.error(
+        `t=${rss.length / 5}s rss=${m.rss >> 20} heapUsed=${m.heapUsed >> 20} rows=${traffic.rows} ` +
+          `held=${cs.held} conns=${cs.connections} flows=${agent.packets.stats().flows} ` +
+          `sink=${JSON.stringify({ b: sink.stats().buffered, s: sink.stats().spooled, d: sink.stats().dropped })}`,
+      );
+    }
   }, 200);
   const rssStart = Deno.memoryUsage().rss;
   const cpu0 = processCpuS();
@@ -481,19 +502,37 @@ if (import.meta.main) {
     const results: ModeResult[] = [];
     for (const mode of modes) {
       const p = new Deno.Command(Deno.execPath(), {
-        args: ["run", "-A", `--v8-flags=${v8}`, new URL(import.meta.url).pathname, "--child", ch.url, mode, String(seconds)],
+        args: [
+          "run",
+          "-A",
+          `--v8-flags=${v8}`,
+          new URL(import.meta.url).pathname,
+          "--child",
+          ch.url,
+          mode,
+          String(seconds),
+        ],
         stdout: "piped",
         stderr: "inherit",
       }).spawn();
-      const out = new TextDecoder().decode((await p.output()).stdout).trim().split("\n").at(-1)!;
+      const o = await p.output();
+      const out = new TextDecoder().decode(o.stdout).trim().split("\n").at(-1) ?? "";
+      if (!o.success || !out.startsWith("{")) {
+        console.log(`${mode}: the child failed (exit ${o.code}${o.signal ? ", " + o.signal : ""})`);
+        continue;
+      }
       const r = JSON.parse(out) as ModeResult;
       results.push(r);
       const label = r.rate === null ? "unpaced" : `paced ${r.rate / 1000}k/s`;
       console.log(
         `${label.padEnd(12)} ${r.landed} rows landed of ${r.generated} in ${r.wallS} s wall, ` +
-          `${r.cpuS} s CPU → ${r.rowsPerCpuS} rows per CPU-second (${(r.rowsPerCpuS / GOAL).toFixed(2)}× goal); ` +
+          `${r.cpuS} s CPU → ${r.rowsPerCpuS} rows per CPU-second (${
+            (r.rowsPerCpuS / GOAL).toFixed(2)
+          }× goal); ` +
           `RSS start ${r.rssStartMiB} / median ${r.rssMedianMiB} / peak ${r.rssPeakMiB} MiB ` +
-          `(V8 heap peak ${r.heapPeakMiB}); dropped ${JSON.stringify(r.dropped)}${r.drained ? "" : " [not drained]"}`,
+          `(V8 heap peak ${r.heapPeakMiB}); dropped ${JSON.stringify(r.dropped)}${
+            r.drained ? "" : " [not drained]"
+          }`,
       );
       console.log(
         `${"".padEnd(12)} JS thread ns/row ${JSON.stringify(r.stagesNsPerRow)}; thread CPU s ` +
@@ -502,7 +541,9 @@ if (import.meta.main) {
     }
     const { testRow } = await import("../tests/helpers/rows.ts");
     for (const l of formats(Array.from({ length: 20_000 }, (_, i) => testRow(i, "fmt")))) console.log(l);
-    console.log(`load average after: ${Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ")}`);
+    console.log(
+      `load average after: ${Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ")}`,
+    );
   } finally {
     await ch.close();
   }

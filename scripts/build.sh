@@ -47,11 +47,11 @@ VERSION=$(sed -n 's/^export const VERSION = "\(.*\)";$/\1/p' src/version.ts)
 OUT=dist/ja4ebpf
 WORK=dist/.build
 
-# Permissions of the running agent (both kinds). FFI is unscoped because libbpf is driven through pointers
-# (UnsafePointer/UnsafeCallback need it); the OS boundary is the user, the capabilities and systemd.
-# Read/write are unscoped because the config names the files (config, pcap, spool, file sink, key).
-# Not granted: running subprocesses, remote imports.
-PERMS=(--allow-read --allow-write --allow-net --allow-env --allow-sys --allow-ffi)
+# Permissions of the running agent (both kinds): all. Deno 2 opens any path under /proc, /sys or /dev only
+# with --allow-all (no --allow-read form reaches them), and the agent reads /proc/PID/maps, /proc/net/tcp and
+# /sys/class/net; FFI (libbpf through pointers) is unscoped anyway. The boundary is the service user, its
+# capabilities and the systemd sandbox. Remote imports stay off (--no-remote --cached-only in the launcher).
+PERMS=(--allow-all)
 V8FLAGS=--v8-flags=--max-old-space-size=320
 
 build_bin() {

@@ -7,9 +7,9 @@
 import { changedKeys, type Config, loadConfig, RELOADABLE } from "../config/config.ts";
 import { configureLog, log } from "../log.ts";
 import { embeddedObject } from "../bpf/embedded.ts";
-import { type AttachPlan, makePlan, openPlanned, type PlannedObject } from "../bpf/plan.ts";
+import { type AttachPlan, makePlan, openPlanned, type PlannedObject, SSL_UPROBES } from "../bpf/plan.ts";
 import { probeLibapr } from "../bpf/probes.ts";
-import { symbolOffset } from "../bpf/elf.ts";
+import { mappedFiles, symbolOffset } from "../bpf/elf.ts";
 import { probeRingbuf } from "../bpf/object.ts";
 import type { AttachHandle, BpfMap } from "../bpf/object.ts";
 import { type CaptureEvent, EventDecoder } from "../bpf/events.ts";
@@ -54,12 +54,13 @@ function u16(n: number): Uint8Array<ArrayBuffer> {
 }
 
 /** Entry before return, per function (a return probe without its entry would see no stash). */
-const SSL_PROGRAMS: [string, string, string][] = [
-  ["SSL_do_handshake", "up_ssl_hshake", "uret_ssl_hshake"],
-  ["SSL_read", "up_ssl_read", "uret_ssl_read"],
-  ["SSL_read_ex", "up_ssl_read_ex", "uret_ssl_read_ex"],
-];
+const SSL_PROGRAMS = SSL_UPROBES;
 const READ_PROGRAMS = ["tp_enter_read", "tp_exit_read"];
+/** Apache's apr_socket_recv uprobes: [program, retprobe], entry first. */
+const APR_PROGRAMS: [string, boolean][] = [
+  ["uprobe_apr_socket_recv_entry", false],
+  ["uretprobe_apr_socket_recv", true],
+];
 
 /** libssl files mapped by the given processes: path → inode (a replaced file has a new inode). */
 export function mappedLibssl(pids: Iterable<number>): Map<string, number> {
@@ -107,6 +108,17 @@ export class Agent {
   /** Wall-clock ms minus monotonic ms, estimated from events (smallest difference seen). */
   private clockOffsetMs: number | undefined;
   private aprRetries = 0;
+  /** The apr_socket_recv programs are loaded (chosen by the plan, or loaded for a later attach). */
+  private aprLoaded = false;
+  /** apr uprobes are in use: follow libapr files (the located one and those Apache maps). */
+  private aprActive = false;
+  /** libapr paths to keep probed, whatever file they name now. */
+  private aprPaths = new Set<string>();
+  /** "dev:inode" of each probed libapr file → its path and links; a replaced file has a new inode. */
+  private aprLinks = new Map<string, { path: string; links: AttachHandle[] }>();
+  /** Files whose attach failed: not retried every second. */
+  private aprFailed = new Set<string>();
+  private aprRefresh?: Promise<void>;
   private stopped = false;
   readonly kernelDrops = new Map<string, bigint>();
   private hostname = Deno.hostname();
@@ -168,22 +180,55 @@ export class Agent {
     if (!this.plan.hooks.some((h) => (h.hook === "nginx" || h.hook === "apache") && h.method)) {
       throw new Error("no capture method works for nginx or apache on this kernel (see ja4ebpf --validate)");
     }
-    const apacheReads = this.plan.hooks.find((h) => h.hook === "apache")?.method === "read_tracepoint";
+    const apacheHook = this.plan.hooks.find((h) => h.hook === "apache");
+    const apacheReads = apacheHook?.method === "read_tracepoint";
     // HTTPS: SSL_read uprobes give the plaintext; nginx's read() of the socket teaches them the fd and
     // carries the raw ClientHello. Loaded with the rest, attached once a server maps libssl.
     const tlsProgs = [...SSL_PROGRAMS.flat(), ...(apacheReads ? [] : READ_PROGRAMS)];
+    // Apache uprobes the plan did not choose (libapr missing at start) may be attached by the retry.
+    const aprProgs = cfg.uprobes.enabled && servers.includes("apache") && apacheHook?.method !== "uprobe"
+      ? APR_PROGRAMS.map(([p]) => p)
+      : [];
     const open = (loadOnly: string[]) =>
       openPlanned(bytes, this.plan, {}, {
         ringBytes: cfg.capture.ring_size_mb * 1024 * 1024,
         globals: { max_capture: Math.min(cfg.capture.max_head_bytes, 16384) },
         loadOnly,
       });
-    try {
-      this.planned = open(tlsProgs);
-      this.tlsCapture = true;
-    } catch (e) {
-      log.warn("HTTPS plaintext capture unavailable", { error: e instanceof Error ? e.message : String(e) });
-      this.planned = open([]);
+    // Optional programs the kernel refuses cost that feature only: retry with fewer, down to none.
+    const errs: { tls?: string; apr?: string } = {};
+    for (const [tls, apr] of [[true, true], [true, false], [false, true], [false, false]]) {
+      if (apr && !aprProgs.length) continue;
+      if (tls && !cfg.uprobes.enabled) continue; // uprobes.enabled covers the TLS libraries too
+      try {
+        this.planned = open([...(tls ? tlsProgs : []), ...(apr ? aprProgs : [])]);
+        this.tlsCapture = tls;
+        this.aprLoaded = apr || apacheHook?.method === "uprobe";
+        break;
+      } catch (e) {
+        if (!tls && !apr) throw e;
+        const msg = e instanceof Error ? e.message : String(e);
+        if (tls) errs.tls = msg;
+        if (apr) errs.apr = msg;
+      }
+    }
+    if (!this.planned) throw new Error("unreachable: the BPF object was not opened");
+    if (!this.tlsCapture && cfg.uprobes.enabled) {
+      log.warn("HTTPS plaintext capture unavailable", { error: errs.tls ?? "" });
+    }
+    if (aprProgs.length && !this.aprLoaded) {
+      log.warn("apache uprobe programs cannot be loaded: no later attach", { error: errs.apr ?? "" });
+    }
+    if (apacheHook?.method === "uprobe" && this.plan.context.libapr?.path) {
+      // The plan attached them: track them per file so a replaced libapr is probed again.
+      const path = this.plan.context.libapr.path;
+      const links = APR_PROGRAMS.flatMap(([p]) => this.planned!.programLinks.get(p) ?? []);
+      try {
+        const st = Deno.statSync(path);
+        this.aprLinks.set(`${st.dev}:${st.ino}`, { path, links });
+      } catch { /* removed meanwhile: refreshApr attaches to what Apache maps */ }
+      this.aprPaths.add(path);
+      this.aprActive = true;
     }
     if (this.tlsCapture && !apacheReads) {
       try {
@@ -195,6 +240,7 @@ export class Agent {
     this.tcIfaces = new Set(this.plan.hooks.find((h) => h.hook === "packets")?.method ? ifaces : []);
     this.refreshProcesses();
     await this.refreshTls();
+    await this.refreshApr();
     this.seedConnections();
 
     const events = this.planned.obj.map(ringbuf ? "events" : "events_perf");
@@ -334,6 +380,91 @@ export class Agent {
         });
       }
     }
+  }
+
+  /**
+   * Keeps the apr_socket_recv uprobes on every libapr file in use: the located one and each one Apache
+   * maps. A replaced file (package upgrade) is probed on its new inode while processes that still map the
+   * old one (deleted; reached through /proc/PID/map_files) keep theirs; a file nobody maps is detached.
+   * Serialized: two overlapping refreshes would probe a file twice (every request read twice).
+   */
+  refreshApr(): Promise<void> {
+    this.aprRefresh ??= this.refreshAprOnce().finally(() => (this.aprRefresh = undefined));
+    return this.aprRefresh;
+  }
+
+  private async refreshAprOnce(): Promise<void> {
+    if (!this.aprActive || !this.planned || this.stopped) return;
+    const apache = [...this.traced].filter(([, s]) => s === "apache").map(([pid]) => pid);
+    const want = new Map<string, { path: string; attachPath: string }>();
+    for (const m of mappedFiles(apache, /^libapr-1\.so/)) {
+      // Also when deleted: the file now at that path is what Apache loads at its next restart.
+      this.aprPaths.add(m.path);
+      const key = `${m.dev}:${m.inode}`;
+      if (want.has(key)) continue;
+      want.set(key, { path: m.path, attachPath: m.deleted ? `/proc/${m.pid}/map_files/${m.range}` : m.path });
+    }
+    for (const path of [...this.aprPaths]) {
+      let st: Deno.FileInfo;
+      try {
+        st = Deno.statSync(path);
+      } catch {
+        if (![...want.values()].some((w) => w.path === path)) this.aprPaths.delete(path);
+        continue;
+      }
+      const key = `${st.dev}:${st.ino}`;
+      if (!want.has(key)) want.set(key, { path, attachPath: path });
+    }
+    for (const [key, { path, attachPath }] of want) {
+      if (this.aprLinks.has(key) || this.aprFailed.has(key)) continue;
+      const replaced = [...this.aprLinks.values()].some((g) => g.path === path);
+      let links: AttachHandle[] = [];
+      try {
+        links = await this.attachApr(attachPath);
+        // Replaced between the offset lookup and the attach: the next refresh probes the new file.
+        const st = Deno.statSync(attachPath);
+        if (`${st.dev}:${st.ino}` !== key || this.stopped) {
+          for (const l of links) l.close();
+          continue;
+        }
+        this.aprLinks.set(key, { path, links });
+        log.info(replaced ? "apache uprobes re-attached: libapr was replaced" : "apache uprobes attached", {
+          library: path,
+          inode: Number(key.split(":")[1]),
+          ...(attachPath !== path ? { via: attachPath } : {}),
+        });
+      } catch (e) {
+        for (const l of links) l.close();
+        this.aprFailed.add(key);
+        log.warn("apache uprobe attach failed", {
+          library: path,
+          error: e instanceof Error ? e.message : String(e),
+        });
+      }
+    }
+    for (const [key, g] of [...this.aprLinks]) {
+      if (want.has(key)) continue;
+      for (const l of g.links) l.close();
+      this.aprLinks.delete(key);
+      log.info("apache uprobes detached: no process maps this libapr any more", {
+        library: g.path,
+        inode: Number(key.split(":")[1]),
+      });
+    }
+  }
+
+  private async attachApr(path: string): Promise<AttachHandle[]> {
+    const { offset } = await symbolOffset(path, "apr_socket_recv");
+    const links: AttachHandle[] = [];
+    try {
+      for (const [prog, retprobe] of APR_PROGRAMS) {
+        links.push(this.planned!.obj.program(prog).attachUprobe({ path, offset, retprobe }));
+      }
+    } catch (e) {
+      for (const l of links) l.close();
+      throw e;
+    }
+    return links;
   }
 
   /** Keep-alive connections accepted before the agent started: bind (pid, fd) to their 4-tuple. */
@@ -539,6 +670,7 @@ export class Agent {
     try {
       this.refreshProcesses();
       this.refreshTls().catch((e) => log.warn("TLS refresh failed", { error: String(e) }));
+      this.refreshApr().catch((e) => log.warn("libapr refresh failed", { error: String(e) }));
       if (++this.ticks % 5 === 0) {
         this.refreshInterfaces().catch((e) => log.warn("interface refresh failed", { error: String(e) }));
       }
@@ -576,30 +708,26 @@ export class Agent {
 
   /** Apache or libapr not there yet: look again every retry_interval_sec, max_retries times. */
   private scheduleAprRetry(): void {
+    if (!this.aprLoaded) return; // warned at start
     const { max_retries, retry_interval_sec } = this.cfg.uprobes;
     const t = setInterval(async () => {
       if (this.stopped) return clearInterval(t);
       this.aprRetries++;
       const info = await probeLibapr();
       if (info.path && info.offset !== undefined && this.planned) {
-        try {
-          const o = this.planned.obj;
-          for (
-            const [prog, ret] of [["uprobe_apr_socket_recv_entry", false], [
-              "uretprobe_apr_socket_recv",
-              true,
-            ]] as const
-          ) {
-            this.extraLinks.push(
-              o.program(prog).attachUprobe({ path: info.path, offset: info.offset, retprobe: ret }),
-            );
-          }
+        // Attached (and later re-attached on replacement) the same way as the plan's.
+        this.aprPaths.add(info.path);
+        this.aprActive = true;
+        await this.refreshApr();
+        if (this.aprLinks.size) {
+          const hook = this.plan.hooks.find((h) => h.hook === "apache");
+          if (hook) hook.method = "uprobe";
           log.info("apache uprobes attached after retry", { attempt: this.aprRetries, library: info.path });
           clearInterval(t);
           return;
-        } catch (e) {
-          log.warn("apache uprobe attach failed", { error: e instanceof Error ? e.message : String(e) });
         }
+        this.aprActive = false;
+        this.aprFailed.clear();
       }
       if (this.aprRetries >= max_retries) {
         log.warn("apache: giving up on uprobes", { retries: this.aprRetries, reason: info.error ?? "" });
@@ -634,17 +762,25 @@ export class Agent {
     if (this.stopped) return;
     this.stopped = true;
     for (const t of this.timers) clearInterval(t);
-    try {
-      this.reader?.drain();
-    } catch { /* closing anyway */ }
-    await this.reader?.close();
+    // Detach before draining: with the hooks still attached, a busy host (every server on it is traced)
+    // refills the ring as fast as it drains and the exit took > 15 s.
+    for (const l of this.planned?.links ?? []) {
+      try {
+        l.close();
+      } catch { /* closed with the object below */ }
+    }
     for (const l of this.extraLinks) l.close();
     for (const { links } of this.sslLinks.values()) for (const l of links) l.close();
+    for (const { links } of this.aprLinks.values()) for (const l of links) l.close();
     for (const l of this.tcLinks.values()) {
       try {
         l.close();
       } catch { /* interface gone */ }
     }
+    try {
+      this.reader?.drain();
+    } catch { /* closing anyway */ }
+    await this.reader?.close();
     this.planned?.close();
     this.emit(this.correlator.flush());
     await this.outputs?.flush();

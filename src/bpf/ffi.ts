@@ -167,6 +167,11 @@ export function libbpfVersion(): { version: string; soname: string } {
 // libbpf print levels: 0 warn, 1 info, 2 debug.
 const printBuf = new Uint8Array(4096);
 const dec = new TextDecoder();
+/**
+ * Warnings libbpf prints for conditions we handle, logged at debug level: bpf_tc_hook_create() asks for an
+ * exclusive clsact qdisc and the kernel's extack says so when one is there already (EEXIST, which is fine).
+ */
+const HARMLESS = [/Exclusivity flag on, cannot modify/];
 /** Lines libbpf printed at warn level since start (tests and --validate read them for context). */
 export const libbpfWarnings: string[] = [];
 
@@ -179,7 +184,7 @@ function installPrint(l: Libbpf): void {
       const n = c.vsnprintf(printBuf, BigInt(printBuf.length), fmt, ap);
       const len = Math.max(0, Math.min(n, printBuf.length - 1));
       const msg = dec.decode(printBuf.subarray(0, len)).trimEnd();
-      if (level === 0) {
+      if (level === 0 && !HARMLESS.some((re) => re.test(msg))) {
         libbpfWarnings.push(msg);
         if (libbpfWarnings.length > 200) libbpfWarnings.shift();
         if (quiet > 0) log.debug(msg.startsWith("libbpf: ") ? msg : "libbpf: " + msg);

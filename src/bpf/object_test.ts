@@ -1,5 +1,6 @@
 import { assert, assertEquals, assertGreater, assertThrows } from "../testing/asserts.ts";
-import { BpfError } from "./ffi.ts";
+import { BpfError, libbpfWarnings } from "./ffi.ts";
+import { configureLog, setLogSink } from "../log.ts";
 import { BpfObject, probeRingbuf, u32Key } from "./object.ts";
 import { probeTestObject, requireRoot } from "../../tests/fixtures/bpf/fixture.ts";
 import { getppidTimes, loadedProgramNames } from "../../tests/fixtures/bpf/trigger.ts";
@@ -74,6 +75,31 @@ Deno.test("BpfObject: open, globals, load, attach, maps, detach, close", async (
     const left = (await loadedProgramNames()).filter((n) => OURS.includes(n));
     assertEquals(left, [], "after close, no program of ours remains");
   });
+
+  await t.step(
+    "tc on an interface that has clsact already: libbpf's extack notice is debug, not warn",
+    () => {
+      const lines: string[] = [];
+      const prevSink = setLogSink((l) => lines.push(l));
+      configureLog({ level: "debug", format: "plain" });
+      const o = BpfObject.openMem(bytes, "probe_test");
+      try {
+        for (const p of o.programs()) p.autoload = p.name === "pt_tc";
+        o.load();
+        // The first attach creates clsact on lo unless something did before; the second finds it for sure.
+        o.program("pt_tc").attachTc({ iface: "lo", handle: 0x7e58, priority: 0x7e58 }).close();
+        o.program("pt_tc").attachTc({ iface: "lo", handle: 0x7e58, priority: 0x7e58 }).close();
+      } finally {
+        o.close();
+        setLogSink(prevSink);
+        configureLog({ level: "info" });
+      }
+      const excl = lines.filter((l) => l.includes("Exclusivity flag on"));
+      assert(excl.length >= 1, `libbpf reported the existing clsact:\n${lines.join("\n")}`);
+      assert(excl.every((l) => / DEBUG libbpf: /.test(l)), excl.join("\n"));
+      assert(!libbpfWarnings.some((w) => w.includes("Exclusivity flag on")), "not kept as a warning");
+    },
+  );
 
   await t.step("ringbuf feature probe", () => {
     assert(probeRingbuf());

@@ -91,6 +91,16 @@ export const DEFAULT_HOOKS: HookSpec[] = [
   { hook: "close", methods: [{ method: "tracepoint", variants: [auto("tp_enter_close")] }] },
 ];
 
+/**
+ * HTTPS plaintext: [function, entry program, return program] attached to each libssl at run time (entry
+ * before return: a return probe without its entry would see no stash). SSL_read_ex is absent before 1.1.1.
+ */
+export const SSL_UPROBES: readonly (readonly [string, string, string])[] = [
+  ["SSL_do_handshake", "up_ssl_hshake", "uret_ssl_hshake"],
+  ["SSL_read", "up_ssl_read", "uret_ssl_read"],
+  ["SSL_read_ex", "up_ssl_read_ex", "uret_ssl_read_ex"],
+];
+
 /** tc filter identity of the probes (the agent's default is 0x4a34/0x4a34, see object.ts). */
 export const PROBE_TC_HANDLE = 0x4a35;
 export const PROBE_TC_PRIORITY = 0x4a35;

@@ -106,4 +106,26 @@ Deno.test("plan: probes every method for real on this kernel", async (t) => {
     }
     assertEquals((await loadedProgramNames()).filter((n) => n.startsWith("pt_")), []);
   });
+
+  await t.step("loadOnly: a uprobe the plan could not use is loaded, not attached, attachable later", () => {
+    const plan = makePlan(bytes, {
+      hooks: FIXTURE_HOOKS,
+      libapr: { path: null, symbol: "apr_socket_recv", error: "libapr-1.so.0 not found" },
+      methods: { packets: "off" },
+    });
+    assertEquals(plan.hooks[1].method, null);
+    const planned = openPlanned(bytes, plan, {}, {
+      globals: { target_tgid: Deno.pid },
+      loadOnly: ["pt_uprobe"],
+    });
+    try {
+      assertEquals([...planned.programLinks.keys()], ["pt_tp_getppid"]);
+      assertEquals(planned.programLinks.get("pt_tp_getppid"), planned.links);
+      const prog = planned.obj.program("pt_uprobe");
+      assert(prog.fd >= 0, "loaded");
+      prog.attachUprobe({ path: libapr.path!, offset: libapr.offset!, retprobe: false }).close();
+    } finally {
+      planned.close();
+    }
+  });
 });

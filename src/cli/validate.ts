@@ -9,7 +9,8 @@ import { type Config, ConfigError, DEFAULT_CONFIG, loadConfig } from "../config/
 const USAGE = `Usage: ja4ebpf --validate [--json] [--config FILE]
 
 Checks the kernel (BTF, tracefs, kallsyms, ring buffers), capabilities, libbpf, libapr and every capture
-method (tracepoint, raw_tp, fexit, kretprobe, uprobe, tc) by loading and attaching it for real.
+method (tracepoint, raw_tp, fexit, kretprobe, uprobe, tc) by loading and attaching it for real, and whether
+HTTPS plaintext capture works (libssl of the running servers, SSL_read uprobes attached for real).
   --json           one JSON document on stdout
   --config FILE    use the capture settings (forced methods, interfaces) of this configuration`;
 
@@ -37,6 +38,28 @@ export interface ValidateReport {
     attempts: { method: string; ok: boolean; stage?: string; error?: string; programs: string[] }[];
   }[];
   disabled_programs: string[];
+  /** HTTPS plaintext capture (SSL_read uprobes on libssl); null when BPF could not be probed at all. */
+  https: HttpsReport | null;
+}
+
+export interface HttpsLibrary {
+  path: string;
+  /** "process": mapped by a running server (the file its uprobes must hit); else the dynamic linker cache. */
+  source: "process" | "ld.so.cache";
+  /** Server processes mapping it (first few). */
+  pids?: number[];
+  /** File offset of each function, null when the library lacks it (SSL_read_ex before OpenSSL 1.1.1). */
+  offsets: Record<string, number | null>;
+  error?: string;
+}
+
+export interface HttpsReport {
+  available: boolean;
+  /** In words: why (not). */
+  reason: string;
+  libraries: HttpsLibrary[];
+  /** The agent's SSL programs loaded and attached to the first usable library, then detached. */
+  uprobes: { ok: boolean; library?: string; stage?: string; error?: string; programs: string[] } | null;
 }
 
 /** Builds the report; never throws for an environment problem (it becomes a reason). */
@@ -58,6 +81,7 @@ export async function validate(cfg: Config): Promise<ValidateReport> {
     bpf_object: null,
     hooks: [],
     disabled_programs: [],
+    https: null,
   };
   // Loaded here, not at the top: a machine without libbpf still gets a report instead of a crash.
   let probes: typeof import("../bpf/probes.ts");
@@ -129,6 +153,7 @@ export async function validate(cfg: Config): Promise<ValidateReport> {
     })),
   }));
   r.disabled_programs = p.disabled;
+  r.https = await probeHttps(cfg, bytes, r.channel === "ringbuf");
   const nginx = p.hooks.find((h) => h.hook === "nginx");
   const apache = p.hooks.find((h) => h.hook === "apache");
   if (!nginx?.method && !apache?.method) {
@@ -138,6 +163,96 @@ export async function validate(cfg: Config): Promise<ValidateReport> {
   }
   r.ok = r.reasons.length === 0;
   return r;
+}
+
+const SSL_PIDS_SHOWN = 8;
+
+/** libssl files the servers map (or the linker would give them), their SSL_* offsets, a real uprobe attach. */
+async function probeHttps(cfg: Config, bytes: Uint8Array, ringbuf: boolean): Promise<HttpsReport> {
+  const { mappedFiles, parseLdSoCache, symbolOffset } = await import("../bpf/elf.ts");
+  const { findServerProcesses } = await import("../capture/procfs.ts");
+  const { probeVariant, SSL_UPROBES } = await import("../bpf/plan.ts");
+  const servers = cfg.uprobes.servers as ("nginx" | "apache")[];
+  const libraries: HttpsLibrary[] = [];
+  const seen = new Set<string>();
+  const real = (p: string) => {
+    try {
+      return Deno.realPathSync(p);
+    } catch {
+      return p;
+    }
+  };
+  // The agent probes the files running servers map; a deleted mapping (upgraded, not restarted) is skipped.
+  for (const m of mappedFiles(findServerProcesses(servers).map((s) => s.pid), /^libssl\.so/)) {
+    if (m.deleted) continue;
+    const lib = libraries.find((l) => l.path === m.path);
+    if (lib) {
+      if (lib.pids!.length < SSL_PIDS_SHOWN && !lib.pids!.includes(m.pid)) lib.pids!.push(m.pid);
+      continue;
+    }
+    libraries.push({ path: m.path, source: "process", pids: [m.pid], offsets: {} });
+    seen.add(real(m.path));
+  }
+  // Servers not running (yet): what the dynamic linker would load.
+  try {
+    for (const [name, paths] of parseLdSoCache(await Deno.readFile("/etc/ld.so.cache"))) {
+      if (!/^libssl\.so\.\d/.test(name)) continue;
+      for (const path of paths) {
+        if (seen.has(real(path))) continue;
+        try {
+          if (!Deno.statSync(path).isFile) continue;
+        } catch {
+          continue;
+        }
+        seen.add(real(path));
+        libraries.push({ path, source: "ld.so.cache", offsets: {} });
+      }
+    }
+  } catch { /* no cache (musl, containers): running servers only */ }
+  for (const lib of libraries) {
+    for (const [fn] of SSL_UPROBES) {
+      try {
+        lib.offsets[fn] = (await symbolOffset(lib.path, fn)).offset;
+      } catch (e) {
+        lib.offsets[fn] = null;
+        if (fn === "SSL_read") lib.error = e instanceof Error ? e.message : String(e);
+      }
+    }
+  }
+  const out: HttpsReport = { available: false, reason: "", libraries, uprobes: null };
+  const usable = libraries.find((l) => l.offsets.SSL_read != null);
+  if (!cfg.uprobes.enabled) {
+    out.reason = "uprobes.enabled is false";
+    return out;
+  }
+  if (!usable) {
+    out.reason = libraries.length
+      ? "no libssl found exports SSL_read"
+      : `no libssl mapped by ${servers.join(" or ")} nor in the dynamic linker cache`;
+    return out;
+  }
+  const variant = SSL_UPROBES.filter(([fn]) => usable.offsets[fn] != null).flatMap(([fn, entry, ret]) =>
+    [[entry, false], [ret, true]].map(([program, retprobe]) => ({
+      program: program as string,
+      attach: {
+        kind: "uprobe_at" as const,
+        path: usable.path,
+        offset: usable.offsets[fn]!,
+        retprobe: retprobe as boolean,
+      },
+    }))
+  );
+  const { quietLibbpf } = await import("../bpf/ffi.ts");
+  const a = quietLibbpf(() => probeVariant(bytes, variant, { ringbuf }));
+  out.uprobes = { ok: a.ok, library: usable.path, stage: a.stage, error: a.error, programs: a.programs };
+  out.available = a.ok;
+  const mapped = libraries.some((l) => l.source === "process");
+  out.reason = a.ok
+    ? mapped
+      ? "SSL_read uprobes attach: HTTPS requests are captured as plaintext"
+      : "SSL_read uprobes attach: HTTPS requests are captured once a server maps libssl"
+    : `SSL uprobes refused at ${a.stage}: ${a.error}`;
+  return out;
 }
 
 const yes = (b: boolean) => (b ? "yes" : "no");
@@ -186,6 +301,24 @@ export function formatReport(r: ValidateReport): string {
     if (!h.method && h.reason && !h.attempts.length) lines.push(`    ${h.reason}`);
   }
   if (r.disabled_programs.length) lines.push(`not loaded    ${r.disabled_programs.join(", ")}`);
+  if (r.https) {
+    const h = r.https;
+    row("HTTPS", `${h.available ? "plaintext capture available" : "NO plaintext capture"}: ${h.reason}`);
+    for (const l of h.libraries) {
+      const where = l.source === "process" ? `mapped by pid ${l.pids!.join(", ")}` : "ld.so.cache";
+      const offs = Object.entries(l.offsets).map(([fn, o]) =>
+        `${fn} ${o === null ? "absent" : "0x" + o.toString(16)}`
+      );
+      lines.push(`  libssl      ${l.path} (${where}): ${offs.join(", ")}${l.error ? ` (${l.error})` : ""}`);
+    }
+    if (h.uprobes) {
+      lines.push(
+        `  uprobes     ${
+          h.uprobes.ok ? "work" : `refused at ${h.uprobes.stage}: ${h.uprobes.error}`
+        } (${h.uprobes.programs.length} programs on ${h.uprobes.library})`,
+      );
+    }
+  }
   lines.push(
     r.ok ? "result        OK: the agent can run here" : `result        CANNOT RUN: ${r.reasons.join("; ")}`,
   );

@@ -251,8 +251,14 @@ export async function startAgent(opts: AgentStartOptions = {}): Promise<RunningA
         if (got.length >= n) return got;
         await delay(100);
       }
+      // Other servers on the host are traced too: a flood there shows up as ring-buffer drops here.
+      const m = await scrape().then(
+        (t) => t.split("\n").filter((l) => /^ja4ebpf_(events_total|bpf_drops_total|rows_captured)/.test(l)),
+        () => [],
+      );
       throw new HarnessError(
-        `${got.length} of ${n} expected rows after ${timeoutMs} ms; agent stderr:\n${err.slice(-3000)}`,
+        `${got.length} of ${n} expected rows after ${timeoutMs} ms; metrics:\n${m.join("\n")}\n` +
+          `agent stderr:\n${err.slice(-3000)}`,
       );
     },
     waitForLog,

@@ -33,14 +33,20 @@ function which(cmd: string): string | undefined {
   return undefined;
 }
 
-function configXml(dir: string): string {
+interface ChPorts {
+  http: number;
+  tcp: number;
+  interserver: number;
+}
+
+function configXml(dir: string, ports: ChPorts): string {
   return `<?xml version="1.0"?>
 <yandex>
   <logger><level>warning</level><log>${dir}/log/server.log</log><errorlog>${dir}/log/err.log</errorlog>
     <size>10M</size><count>1</count></logger>
-  <http_port>${CH_HTTP_PORT}</http_port>
-  <tcp_port>${CH_TCP_PORT}</tcp_port>
-  <interserver_http_port>${CH_INTERSERVER_PORT}</interserver_http_port>
+  <http_port>${ports.http}</http_port>
+  <tcp_port>${ports.tcp}</tcp_port>
+  <interserver_http_port>${ports.interserver}</interserver_http_port>
   <listen_host>127.0.0.1</listen_host>
   <path>${dir}/data/</path>
   <tmp_path>${dir}/tmp/</tmp_path>
@@ -86,23 +92,36 @@ function portFree(port: number): boolean {
   }
 }
 
-export async function startClickHouse(opts: { users?: ClickHouseUser[] } = {}): Promise<ClickHouseServer> {
+export interface ClickHouseOptions {
+  users?: ClickHouseUser[];
+  /** Ports for a test that may run beside the others; default CH_HTTP_PORT, CH_TCP_PORT, CH_INTERSERVER_PORT. */
+  httpPort?: number;
+  tcpPort?: number;
+  interserverPort?: number;
+}
+
+export async function startClickHouse(opts: ClickHouseOptions = {}): Promise<ClickHouseServer> {
   const bin = which("clickhouse-server");
   if (!bin) {
     throw new Error(
       "clickhouse-server not found: install Debian's clickhouse-server (apt-get install clickhouse-server)",
     );
   }
-  for (const p of [CH_HTTP_PORT, CH_TCP_PORT, CH_INTERSERVER_PORT]) {
+  const ports: ChPorts = {
+    http: opts.httpPort ?? CH_HTTP_PORT,
+    tcp: opts.tcpPort ?? CH_TCP_PORT,
+    interserver: opts.interserverPort ?? CH_INTERSERVER_PORT,
+  };
+  for (const p of [ports.http, ports.tcp, ports.interserver]) {
     if (!portFree(p)) {
       throw new Error(`port ${p} is busy: another ClickHouse test server still running?`);
     }
   }
   const dir = await Deno.makeTempDir({ prefix: "ja4ebpf-ch-" });
   await Deno.mkdir(`${dir}/log`);
-  await Deno.writeTextFile(`${dir}/config.xml`, configXml(dir));
+  await Deno.writeTextFile(`${dir}/config.xml`, configXml(dir, ports));
   await Deno.writeTextFile(`${dir}/users.xml`, usersXml(opts.users ?? []));
-  const url = `http://127.0.0.1:${CH_HTTP_PORT}`;
+  const url = `http://127.0.0.1:${ports.http}`;
   let child: Deno.ChildProcess | undefined;
 
   const start = async () => {

@@ -282,6 +282,12 @@ Deno.test("agent capture: Apache started later, nginx reload, keep-alive connect
       await agent.waitForRows(isReload, sent.length, 10_000).catch(() => {});
       const got = (await agent.rows()).filter(isReload);
       const missing = sent.filter((p) => !got.some((r) => r.path === p));
+      if (missing.length) {
+        const m = (await agent.scrape()).split("\n").filter((l) =>
+          /^ja4ebpf_(events|bpf_drops|parse|rows_captured)/.test(l)
+        );
+        console.error(`metrics at failure:\n${m.join("\n")}\nnginx pids now ${JSON.stringify(nginx.pids())}`);
+      }
       assertEquals(
         missing,
         [],

@@ -18,7 +18,7 @@ import { type AccessEntry, startApache, startNginx } from "../helpers/servers.ts
 import { startTcpdump, tsharkFields } from "../helpers/capture.ts";
 import { chromium, curl } from "../helpers/clients.ts";
 import { createNetns } from "../helpers/netns.ts";
-import { delay, HarnessError, makeTempDir, runOk } from "../helpers/proc.ts";
+import { delay, HarnessError, makeTempDir, requireTool, runOk } from "../helpers/proc.ts";
 
 const NGINX = 26080;
 const NGINX_TLS = 26443;
@@ -49,6 +49,22 @@ async function curlTls(args: string[], keylog: string): Promise<number[]> {
 
 function excerpt(agent: RunningAgent): string {
   return agent.stderr().split("\n").filter((l) => !/ DEBUG /.test(l)).slice(-40).join("\n");
+}
+
+/**
+ * Whether the TC ingress filter on iface is still this agent's program. Every agent uses the same filter
+ * handle/priority and replaces what is there, so another agent started on the host meanwhile takes the
+ * packet side (SYNs → JA4T, hellos) away from ours: say so instead of failing on a missing JA4T.
+ */
+async function ownsTc(agent: RunningAgent, iface: string): Promise<string | undefined> {
+  const out = await runOk([requireTool("tc", "iproute2"), "-j", "filter", "show", "dev", iface, "ingress"]);
+  const ids = (JSON.parse(out || "[]") as { options?: { prog?: { id?: number } } }[])
+    .map((f) => f.options?.prog?.id).filter((id): id is number => id !== undefined);
+  const mine = agent.progIds();
+  return ids.some((id) => mine.includes(id))
+    ? undefined
+    : `the tc ingress filter on ${iface} is no longer this agent's (programs ${ids}, ours ${mine}): ` +
+      "another ja4ebpf agent started on this host replaced it";
 }
 
 /** Sum of every ja4ebpf_parse_errors_total series whose labels include `match`. */
@@ -143,6 +159,47 @@ async function sendRaw(port: number, bytes: Uint8Array, waitMs = 3000): Promise<
   return local;
 }
 
+const TLS_SEND_PY = `
+import binascii, json, socket, ssl, sys
+a = json.loads(sys.argv[1])
+s = socket.create_connection(("127.0.0.1", a["port"]), timeout=a["timeout"])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.set_alpn_protocols([a["alpn"]])
+t = ctx.wrap_socket(s, server_hostname="localhost")
+out = {"localPort": t.getsockname()[1], "alpn": t.selected_alpn_protocol(), "received": 0}
+t.sendall(binascii.unhexlify(a["hex"]))
+try:
+    while True:
+        d = t.recv(65536)
+        if not d:
+            break
+        out["received"] += len(d)
+except (socket.timeout, ssl.SSLError, OSError):
+    pass
+print(json.dumps(out))
+`;
+
+/**
+ * TLS client (python's ssl, no certificate check) with one ALPN protocol: sends the bytes after the handshake
+ * and reads until the server closes.
+ */
+async function tlsSend(
+  port: number,
+  alpn: string,
+  parts: Uint8Array[],
+): Promise<{ localPort: number; alpn: string | null; received: number }> {
+  const hex = parts.map((p) => Array.from(p, (b) => b.toString(16).padStart(2, "0")).join("")).join("");
+  const out = await runOk([
+    requireTool("python3", "python3"),
+    "-c",
+    TLS_SEND_PY,
+    JSON.stringify({ port, alpn, hex, timeout: 5 }),
+  ], { timeoutMs: 15_000 });
+  return JSON.parse(out);
+}
+
 function h2Frame(type: number, flags: number, stream: number, payload: Uint8Array): Uint8Array {
   const f = new Uint8Array(9 + payload.length);
   f[0] = payload.length >> 16;
@@ -180,8 +237,17 @@ Deno.test("agent HTTPS: nginx (h1, h2, Chromium over a veth) and Apache rows car
       filter: `tcp port ${NGINX_TLS}`,
       file: `${dir}/veth.pcap`,
     });
-    await using agent = await startAgent({ metricsPort: METRICS });
-    assertEquals(agent.capture.packets !== undefined, true, `TC capture in the ready line: ${agent.readyLine}`);
+    // The agent follows every nginx/Apache on the host (other tests' too, possibly under load): TC only on
+    // this file's ports, and a roomy ring so a burst elsewhere does not crowd our events out.
+    await using agent = await startAgent({
+      metricsPort: METRICS,
+      config: { capture: { ports: [NGINX, NGINX_TLS, APACHE, APACHE_TLS], ring_size_mb: 64 } },
+    });
+    assertEquals(
+      agent.capture.packets !== undefined,
+      true,
+      `TC capture in the ready line: ${agent.readyLine}`,
+    );
     // The SSL uprobes attach to the libssl the servers map (at start, or at the next 1 s refresh).
     await agent.waitForLog(/HTTPS plaintext capture attached/, 10_000);
 
@@ -236,14 +302,16 @@ Deno.test("agent HTTPS: nginx (h1, h2, Chromium over a veth) and Apache rows car
     assertGreater(nNginx, 5, "nginx logged curl's and Chromium's requests");
     let rows: Row[] = [];
     try {
-      await agent.waitForRows((r) => r.dst_port === NGINX_TLS, nNginx, 10_000);
-      await agent.waitForRows((r) => r.dst_port === APACHE_TLS, apacheLog.length, 5_000);
+      await agent.waitForRows((r) => r.dst_port === NGINX_TLS, nNginx, 30_000);
+      await agent.waitForRows((r) => r.dst_port === APACHE_TLS, apacheLog.length, 15_000);
     } catch (e) {
       const have = (await agent.rows()).filter((r) => TLS_PORTS.has(r.dst_port))
         .map((r) => `${r.src}:${r.src_port} ${r.method} ${r.path} ${r.http_version}`);
       const want = [...nginxLog, ...apacheLog].map((e) => `${e.remoteAddr}:${e.remotePort} ${e.request}`);
       throw new Error(
-        `${(e as Error).message}\nrows:\n${have.join("\n")}\naccess logs:\n${want.join("\n")}\n${excerpt(agent)}`,
+        `${(e as Error).message}\nrows:\n${have.join("\n")}\naccess logs:\n${want.join("\n")}\n${
+          excerpt(agent)
+        }`,
       );
     }
     await delay(800); // duplicates would show up by now
@@ -253,9 +321,15 @@ Deno.test("agent HTTPS: nginx (h1, h2, Chromium over a veth) and Apache rows car
     const loStreams = await offline(loDump.file, curlKeys);
     const vethStreams = await offline(vethDump.file, chromeKeys);
     const chromeRows = rows.filter((r) => r.src === ns.nsAddr);
+    const stolen = (await ownsTc(agent, "lo")) ?? (await ownsTc(agent, ns.hostIf));
+    assertEquals(stolen, undefined, "packet capture still ours");
 
     await t.step("nginx: one row per logged request, each equal to the offline reading", () => {
-      assertEquals(rows.filter((r) => r.dst_port === NGINX_TLS).length, nNginx, "nginx TLS rows vs access log");
+      assertEquals(
+        rows.filter((r) => r.dst_port === NGINX_TLS).length,
+        nNginx,
+        "nginx TLS rows vs access log",
+      );
       const n = compareConnections(
         NGINX_TLS,
         nginxLog,
@@ -312,26 +386,24 @@ Deno.test("agent HTTPS: nginx (h1, h2, Chromium over a veth) and Apache rows car
       bad.set([0x16, 0x03, 0x01, 0x00, 64, 0x01, 0x00, 0x00, 60, 0x03, 0x03]);
       bad[5 + 4 + 2 + 32] = 200; // session id length
       badPorts.push(await sendRaw(NGINX_TLS, bad));
-      // HTTP/2 over TLS with a HEADERS block that is not valid HPACK (index 63: empty dynamic table).
-      const h2 = await Deno.connectTls({
-        hostname: "127.0.0.1",
-        port: NGINX_TLS,
-        caCerts: [await Deno.readTextFile(nginx.cert!.certPath)],
-        alpnProtocols: ["h2"],
-      });
-      const hs = await h2.handshake();
-      assertEquals(hs.alpnProtocol, "h2", "ALPN h2");
-      badPorts.push((h2.localAddr as Deno.NetAddr).port);
+      // HTTP/2 over TLS with a HEADERS block that is not valid HPACK (index 63: the dynamic table is empty).
       const preface = new TextEncoder().encode("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-      await h2.write(preface);
-      await h2.write(h2Frame(0x4, 0, 0, new Uint8Array(0)));
-      await h2.write(h2Frame(0x1, 0x5, 1, new Uint8Array([0xbf, 0x84, 0x87])));
-      await drain(h2, 3000);
+      const h2 = await tlsSend(NGINX_TLS, "h2", [
+        preface,
+        h2Frame(0x4, 0, 0, new Uint8Array(0)),
+        h2Frame(0x1, 0x5, 1, new Uint8Array([0xbf, 0x84, 0x87])),
+      ]);
+      assertEquals(h2.alpn, "h2", "ALPN h2");
+      badPorts.push(h2.localPort);
 
       // Later requests still become rows.
       const after1 = await curlTls(["--http2", `${base}/after-bad-h2`], curlKeys);
       const after2 = await curlTls(["--http1.1", `${base}/after-bad-h1`], curlKeys);
-      const got = await agent.waitForRows((r) => r.path.startsWith("/after-bad-") && r.dst_port === NGINX_TLS, 2)
+      const got = await agent.waitForRows(
+        (r) => r.path.startsWith("/after-bad-") && r.dst_port === NGINX_TLS,
+        2,
+        20_000,
+      )
         .catch((e) => {
           throw new Error(`${e.message}\n${excerpt(agent)}`);
         });
@@ -348,10 +420,12 @@ Deno.test("agent HTTPS: nginx (h1, h2, Chromium over a veth) and Apache rows car
         "no rows invented for the bad connections",
       );
 
+      assertEquals(await ownsTc(agent, "lo"), undefined, "packet capture still ours");
       const after = await agent.metrics();
       const streamErrs = parseErrors(after, 'parser="request_stream"') -
         parseErrors(before, 'parser="request_stream"');
-      const helloErrs = parseErrors(after, 'parser="packet_hello"') - parseErrors(before, 'parser="packet_hello"');
+      const helloErrs = parseErrors(after, 'parser="packet_hello"') -
+        parseErrors(before, 'parser="packet_hello"');
       // The broken HPACK block (SSL_read plaintext) and the malformed hello (raw read) on the request side;
       // the malformed hello once more on the packet side.
       assertGreater(streamErrs, 1, `request-stream parse errors counted (+${streamErrs})`);

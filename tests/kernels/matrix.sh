@@ -87,5 +87,9 @@ awk -v tf="$table" '
   !skip { print }
 ' "$DOC" >"$DOC.tmp" && mv "$DOC.tmp" "$DOC"
 rm -f "$table"
+# The suite runs `deno fmt --check`: align the tables the way deno formats Markdown.
+DENO=${DENO:-$ROOT/.tools/deno/node_modules/deno/deno}
+command -v "$DENO" >/dev/null 2>&1 || DENO=$(command -v deno || true)
+[ -n "$DENO" ] && "$DENO" fmt --quiet "$DOC"
 echo "matrix: table written to docs/validation.md" >&2
 exit $status

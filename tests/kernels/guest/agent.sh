@@ -81,7 +81,9 @@ YAML
   if ! grep -q '"msg":"ready"' /tmp/agent.err; then
     kill -TERM $apid 2>/dev/null
     wait $apid 2>/dev/null
-    grep -E '"level":"(warn|error)"' /tmp/agent.err | sed 's/^{"ts":"[^"]*",//; s/^/JA4K AGENTLOG /' | cut -c1-400
+    # The last warnings and errors: libbpf's verifier log ends with the reason a program was refused.
+    grep -E '"level":"(warn|error)"' /tmp/agent.err | tail -n 12 | sed 's/^{"ts":"[^"]*",//; s/^/JA4K AGENTLOG /' |
+      cut -c1-300
     out METHOD method=$m server=all idle=$idle perf=$perf attached=0 \
       error="\"$(grep -v '^{' /tmp/agent.err | tail -c 200 | tr '\n"' " '") $(grep '"level":"error"' /tmp/agent.err | tail -1 | tr '"' "'" | tail -c 300)\""
     fail "agent did not start with nginx=$m"
@@ -106,7 +108,8 @@ YAML
   drops=$(awk '/^ja4ebpf_bpf_drops_total/ {s += $NF} END {print s + 0}' /tmp/metrics.txt)
   kmissed=$(awk '/^ja4ebpf_bpf_drops_total.*kretprobe_missed/ {s += $NF} END {print s + 0}' /tmp/metrics.txt)
   for s in nginx apache; do
-    hook=$(grep '"msg":"hook attached"' /tmp/agent.err | grep "\"hook\":\"$s\"" | grep -o '"method":"[a-z_]*"' | cut -d'"' -f4)
+    # The "ready" line lists what attached: "nginx=kretprobe apache=uprobe close=tracepoint".
+    hook=$(grep '"msg":"ready"' /tmp/agent.err | grep -o "[\" ]$s=[a-z_]*" | cut -d= -f2)
     why=""
     [ -z "$hook" ] && why=$(grep '"msg":"hook unavailable"' /tmp/agent.err | grep "\"hook\":\"$s\"" | grep -o '"reason":"[^"]*"' | cut -d'"' -f4 | tr ' ' '_' | cut -c1-160)
     rows=$(grep -c "\"server\":\"$s\"" /tmp/rows.json)
@@ -115,5 +118,9 @@ YAML
     out METHOD method=$m server=$s idle=$idle buffer=${buffer:-?} attached=${hook:-0} capture="${cap%,}" \
       sent="$REQUESTS" rows="$rows" right_ja4h="$good" drops="$drops" kretprobe_missed="$kmissed" \
       kprobe_profile_missed="${nmissed:-0}" ${why:+refused="$why"}
+    # Without the adversary, a method that attached must see every request with the right JA4H.
+    if [ "$idle" = 0 ] && [ -n "$hook" ] && [ "$good" != "$REQUESTS" ]; then
+      fail "$s via $hook: $good of $REQUESTS rows with the right JA4H"
+    fi
   done
 }

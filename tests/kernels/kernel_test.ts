@@ -1,0 +1,94 @@
+/**
+ * Boots Debian 12's 6.1 kernel under QEMU (TCG) and checks, inside it, that the agent validates and captures
+ * nginx and Apache requests with the right JA4H. The full matrix (5.10, 6.1, 6.12, every method, the idle
+ * recvfrom adversary, perf buffer) is tests/kernels/matrix.sh; this keeps one kernel in the normal test run.
+ * Needs: qemu-system-x86, busybox-static, nginx, apache2, curl, libbpf1, and Debian's mirror on first run.
+ */
+import { assert, assertEquals, assertGreater } from "../../src/testing/asserts.ts";
+import { type GuestLine, parseKernelRun, runKernel } from "./results.ts";
+
+const REQUESTS = 5;
+
+async function requireTools(): Promise<void> {
+  const missing: string[] = [];
+  for (
+    const [tool, pkg] of [
+      ["qemu-system-x86_64", "qemu-system-x86"],
+      ["busybox", "busybox-static"],
+      ["nginx", "nginx-light"],
+      ["apache2", "apache2"],
+      ["curl", "curl"],
+      ["apt-get", "apt"],
+      ["dpkg-deb", "dpkg"],
+    ]
+  ) {
+    const r = await new Deno.Command("bash", { args: ["-c", `command -v ${tool}`], stdout: "null" }).output();
+    if (!r.success) missing.push(`${tool} (apt-get install ${pkg})`);
+  }
+  if (missing.length) throw new Error(`kernel test needs: ${missing.join(", ")}`);
+}
+
+const one = (lines: GuestLine[], kind: string, key: string) =>
+  lines.find((l) => l.kind === kind && key in l.fields);
+
+Deno.test("parseKernelRun reads kinds, quoted values and the VALIDATE JSON", () => {
+  const lines = parseKernelRun(
+    [
+      "initramfs: 125M in x.cpio",
+      'INFO version="Linux version 6.1.0 (x) #1 SMP" t=5.1',
+      'VALIDATE rc=0 json={  "ok": true,  "n": 1} t=9.5',
+      "METHOD method=auto server=nginx sent=5 rows=4 t=20",
+      "log: /tmp/x",
+    ].join("\n"),
+  );
+  assertEquals(lines.map((l) => l.kind), ["INFO", "VALIDATE", "METHOD"]);
+  assertEquals(lines[0].fields.version, "Linux version 6.1.0 (x) #1 SMP");
+  assertEquals(JSON.parse(lines[1].fields.json), { ok: true, n: 1 });
+  assertEquals(lines[2].fields.rows, "4");
+});
+
+Deno.test({
+  name: "Debian 6.1 under QEMU: validate, then nginx and Apache captured with the right JA4H",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await requireTools();
+    const run = await runKernel("6.1", {
+      requests: REQUESTS,
+      methods: ["auto"],
+      idle: 0,
+      perfbuf: false,
+      timeoutSeconds: 115,
+    });
+    const ctx = `\n--- run.sh (${run.seconds.toFixed(0)} s, exit ${run.code}) ---\n${run.stdout}\n${
+      run.stderr.slice(-2000)
+    }`;
+    const L = run.lines;
+    assert(run.code !== 124, `the VM timed out${ctx}`);
+    assert(one(L, "BOOT", "uptime"), `the guest never started its init${ctx}`);
+    assert(one(L, "INFO", "kernel")?.fields.kernel.startsWith("6.1."), `not a 6.1 kernel${ctx}`);
+    assertEquals(one(L, "CHECK", "symbol")?.fields.present, "1", `__x64_sys_recvfrom not in kallsyms${ctx}`);
+    assertEquals(one(L, "CHECK", "btf")?.fields.btf, "1", `no BTF${ctx}`);
+    for (const server of ["nginx", "apache"]) {
+      const s = L.find((l) => l.kind === "CHECK" && l.fields.server === server);
+      assertEquals(s?.fields.ok, String(REQUESTS), `${server} did not answer every request${ctx}`);
+    }
+    assert(!L.some((l) => l.kind === "SKIP"), `an agent command is still a placeholder${ctx}`);
+    const v = one(L, "VALIDATE", "rc");
+    assertEquals(v?.fields.rc, "0", `ja4ebpf --validate failed${ctx}`);
+    assertEquals(JSON.parse(v!.fields.json).ok, true, `--validate --json says not ok${ctx}`);
+    for (const server of ["nginx", "apache"]) {
+      const m = L.find((l) =>
+        l.kind === "METHOD" && l.fields.method === "auto" && l.fields.server === server
+      );
+      assert(m, `no capture result for ${server}${ctx}`);
+      assert(m.fields.attached !== "0", `${server}: no method attached${ctx}`);
+      assertEquals(m.fields.sent, String(REQUESTS));
+      assertEquals(m.fields.rows, String(REQUESTS), `${server}: rows != requests${ctx}`);
+      assertEquals(m.fields.right_ja4h, String(REQUESTS), `${server}: wrong JA4H${ctx}`);
+    }
+    assertEquals(one(L, "SUMMARY", "failures")?.fields.failures, "0", `the guest reported failures${ctx}`);
+    assertEquals(run.code, 0, `run.sh exit code${ctx}`);
+    assertGreater(run.seconds, 0);
+  },
+});
