@@ -14,7 +14,7 @@
 #define JA4_S_IFMT 0170000
 #define JA4_S_IFSOCK 0140000
 #define JA4_SOCK_STREAM 1
-#define JA4_TC_ACT_OK 0
+#define JA4_TC_ACT_UNSPEC -1 /* continue with the next filter; the packet passes if none */
 #define JA4_ETH_P_IP 0x0800
 #define JA4_ETH_P_IPV6 0x86DD
 #define JA4_IPPROTO_TCP 6
@@ -38,6 +38,8 @@ const volatile __u32 apr_socketdes_off = 8;
 const volatile __u32 max_capture = JA4_CAPTURE_MAX;
 /* Client->server bytes copied per new connection by tc, at most JA4_PKT_MAX. */
 const volatile __u32 tc_capture_bytes = JA4_PKT_MAX;
+/* Server kinds the exec follower adds: bit (1 << enum ja4_server_kind). Default nginx and Apache. */
+const volatile __u32 follow_servers = (1u << JA4_SERVER_NGINX) | (1u << JA4_SERVER_APACHE);
 
 /* ---- maps ---- */
 
@@ -83,7 +85,7 @@ struct {
 	__type(value, __u64);
 } drops SEC(".maps");
 
-/* tgid -> enum ja4_server_kind, filled by user space. */
+/* tgid -> enum ja4_server_kind: filled by user space, kept current by the follow programs. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 8192);

@@ -9,5 +9,6 @@
 #include "hooks/apache_apr.bpf.h"
 #include "hooks/tls_ssl.bpf.h"
 #include "hooks/tc_ingress.bpf.h"
+#include "hooks/follow.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

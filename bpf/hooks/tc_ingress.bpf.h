@@ -4,7 +4,8 @@
  * bytes of new connections (ClientHello, possibly over several segments) for
  * TCP ports in listen_ports. Headers are read relative to the network header,
  * so the L2 type does not matter. IPv6 extension headers are not walked.
- * Always TC_ACT_OK: the program only observes.
+ * Always TC_ACT_UNSPEC: the program only observes. TC_ACT_OK would end the
+ * classifier chain, so filters after ours (other tools) would never see packets.
  */
 
 /* Plain wire layouts (no CO-RE: these are protocol formats, not kernel structs). */
@@ -103,12 +104,12 @@ int tc_ingress(struct __sk_buff *skb)
 	if (proto == JA4_ETH_P_IP) {
 		struct tc_iph ip;
 		if (bpf_skb_load_bytes_relative(skb, 0, &ip, sizeof(ip), BPF_HDR_START_NET))
-			return JA4_TC_ACT_OK;
+			return JA4_TC_ACT_UNSPEC;
 		if (ip.protocol != JA4_IPPROTO_TCP || (bpf_ntohs(ip.frag_off) & 0x1fff))
-			return JA4_TC_ACT_OK;
+			return JA4_TC_ACT_UNSPEC;
 		ip_hlen = (ip.ver_ihl & 0x0f) * 4;
 		if (ip_hlen < sizeof(ip))
-			return JA4_TC_ACT_OK;
+			return JA4_TC_ACT_UNSPEC;
 		fk.family = JA4_AF_INET;
 		__builtin_memcpy(fk.saddr, &ip.saddr, 4);
 		__builtin_memcpy(fk.daddr, &ip.daddr, 4);
@@ -117,14 +118,14 @@ int tc_ingress(struct __sk_buff *skb)
 		ip_flags = bpf_ntohs(ip.frag_off) >> 13;
 		payload = ip_len;
 		if (payload < ip_hlen)
-			return JA4_TC_ACT_OK;
+			return JA4_TC_ACT_UNSPEC;
 		payload -= ip_hlen;
 	} else if (proto == JA4_ETH_P_IPV6) {
 		struct tc_ip6h ip6;
 		if (bpf_skb_load_bytes_relative(skb, 0, &ip6, sizeof(ip6), BPF_HDR_START_NET))
-			return JA4_TC_ACT_OK;
+			return JA4_TC_ACT_UNSPEC;
 		if (ip6.nexthdr != JA4_IPPROTO_TCP)
-			return JA4_TC_ACT_OK;
+			return JA4_TC_ACT_UNSPEC;
 		ip_hlen = sizeof(ip6);
 		fk.family = JA4_AF_INET6;
 		__builtin_memcpy(fk.saddr, ip6.saddr, 16);
@@ -133,17 +134,17 @@ int tc_ingress(struct __sk_buff *skb)
 		ip_len = bpf_ntohs(ip6.payload_len);
 		payload = ip_len;
 	} else {
-		return JA4_TC_ACT_OK;
+		return JA4_TC_ACT_UNSPEC;
 	}
 	if (bpf_skb_load_bytes_relative(skb, ip_hlen, &th, sizeof(th), BPF_HDR_START_NET))
-		return JA4_TC_ACT_OK;
+		return JA4_TC_ACT_UNSPEC;
 	fk.dport = bpf_ntohs(th.dest);
 	if (!bpf_map_lookup_elem(&listen_ports, &fk.dport))
-		return JA4_TC_ACT_OK;
+		return JA4_TC_ACT_UNSPEC;
 	fk.sport = bpf_ntohs(th.source);
 	doff = (th.doff_res >> 4) * 4;
 	if (doff < sizeof(th) || payload < doff)
-		return JA4_TC_ACT_OK;
+		return JA4_TC_ACT_UNSPEC;
 	payload -= doff;
 
 	if ((th.flags & (TC_SYN | TC_ACK)) == TC_SYN) {
@@ -154,7 +155,7 @@ int tc_ingress(struct __sk_buff *skb)
 		if (bpf_map_update_elem(&flows, &fk, &nv, BPF_ANY))
 			count_drop(JA4_DROP_FLOW_FULL);
 		if (!ev)
-			return JA4_TC_ACT_OK;
+			return JA4_TC_ACT_UNSPEC;
 		tc_fill_hdr(&ev->hdr, JA4_EV_SYN, &fk);
 		ev->seq = nv.isn;
 		ev->window = bpf_ntohs(th.window);
@@ -173,12 +174,12 @@ int tc_ingress(struct __sk_buff *skb)
 				ev->opt_len = opt_len;
 		}
 		ja4_output(skb, ev, sizeof(*ev));
-		return JA4_TC_ACT_OK;
+		return JA4_TC_ACT_UNSPEC;
 	}
 
 	fv = bpf_map_lookup_elem(&flows, &fk);
 	if (!fv)
-		return JA4_TC_ACT_OK;
+		return JA4_TC_ACT_UNSPEC;
 	if (payload > 0) {
 		struct ja4_pkt_event *ev;
 		__u32 seq = bpf_ntohl(th.seq);
@@ -218,5 +219,5 @@ int tc_ingress(struct __sk_buff *skb)
 	}
 	if (th.flags & (TC_FIN | TC_RST))
 		bpf_map_delete_elem(&flows, &fk);
-	return JA4_TC_ACT_OK;
+	return JA4_TC_ACT_UNSPEC;
 }

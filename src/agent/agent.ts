@@ -9,10 +9,10 @@ import { configureLog, log } from "../log.ts";
 import { embeddedObject } from "../bpf/embedded.ts";
 import { type AttachPlan, makePlan, openPlanned, type PlannedObject, SSL_UPROBES } from "../bpf/plan.ts";
 import { probeLibapr } from "../bpf/probes.ts";
-import { mappedFiles, symbolOffset } from "../bpf/elf.ts";
 import { probeRingbuf } from "../bpf/object.ts";
 import type { AttachHandle, BpfMap } from "../bpf/object.ts";
 import { type CaptureEvent, EventDecoder } from "../bpf/events.ts";
+import { LibraryProbes, type UprobePair } from "./lib_probes.ts";
 import { type EventReader, PerfReader, RingReader } from "../bpf/ringbuf.ts";
 import { DropReason, ServerKind } from "../bpf/layout.gen.ts";
 import { type CapturedRequest, RequestTracker, type Tuple } from "../capture/requests.ts";
@@ -54,31 +54,13 @@ function u16(n: number): Uint8Array<ArrayBuffer> {
 }
 
 /** Entry before return, per function (a return probe without its entry would see no stash). */
-const SSL_PROGRAMS = SSL_UPROBES;
+const SSL_PROGRAMS: readonly UprobePair[] = SSL_UPROBES;
 const READ_PROGRAMS = ["tp_enter_read", "tp_exit_read"];
-/** Apache's apr_socket_recv uprobes: [program, retprobe], entry first. */
-const APR_PROGRAMS: [string, boolean][] = [
-  ["uprobe_apr_socket_recv_entry", false],
-  ["uretprobe_apr_socket_recv", true],
+/** Apache's apr_socket_recv uprobes. */
+const APR_PROGRAMS: readonly UprobePair[] = [
+  ["apr_socket_recv", "uprobe_apr_socket_recv_entry", "uretprobe_apr_socket_recv"],
 ];
-
-/** libssl files mapped by the given processes: path → inode (a replaced file has a new inode). */
-export function mappedLibssl(pids: Iterable<number>): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const pid of pids) {
-    let maps: string;
-    try {
-      maps = Deno.readTextFileSync(`/proc/${pid}/maps`);
-    } catch {
-      continue;
-    }
-    for (const line of maps.split("\n")) {
-      const m = /\s(\d+)\s+(\/\S*\/libssl\.so[.\d]*)$/.exec(line);
-      if (m) out.set(m[2], Number(m[1]));
-    }
-  }
-  return out;
-}
+const programsOf = (pairs: readonly UprobePair[]) => pairs.flatMap(([, entry, ret]) => [entry, ret]);
 
 const toC = (t: Tuple): CTuple => ({ src: t.src, srcPort: t.src_port, dst: t.dst, dstPort: t.dst_port });
 
@@ -101,24 +83,18 @@ export class Agent {
   private tlsCapture = false;
   /** Interfaces with our TC filter; interfaces that come up later get one too (capture.interfaces: auto). */
   private tcIfaces = new Set<string>();
+  private tcEnabled = false;
   private tcLinks = new Map<string, AttachHandle>();
   private ticks = 0;
-  /** libssl path → (inode, links) of the SSL uprobes attached to it. */
-  private sslLinks = new Map<string, { inode: number; links: AttachHandle[] }>();
+  /** The SSL uprobes on every libssl file the servers map (set when the SSL programs are loaded). */
+  private tls?: LibraryProbes;
   /** Wall-clock ms minus monotonic ms, estimated from events (smallest difference seen). */
   private clockOffsetMs: number | undefined;
   private aprRetries = 0;
   /** The apr_socket_recv programs are loaded (chosen by the plan, or loaded for a later attach). */
   private aprLoaded = false;
-  /** apr uprobes are in use: follow libapr files (the located one and those Apache maps). */
-  private aprActive = false;
-  /** libapr paths to keep probed, whatever file they name now. */
-  private aprPaths = new Set<string>();
-  /** "dev:inode" of each probed libapr file → its path and links; a replaced file has a new inode. */
-  private aprLinks = new Map<string, { path: string; links: AttachHandle[] }>();
-  /** Files whose attach failed: not retried every second. */
-  private aprFailed = new Set<string>();
-  private aprRefresh?: Promise<void>;
+  /** The apr uprobes on every libapr file in use (the located one and those Apache maps), once in use. */
+  private apr?: LibraryProbes;
   private stopped = false;
   readonly kernelDrops = new Map<string, bigint>();
   private hostname = Deno.hostname();
@@ -167,7 +143,8 @@ export class Agent {
           ? "read_tracepoint"
           : cfg.capture.apache,
       },
-      tcInterfaces: ifaces,
+      // The probe attaches to the first one: loopback is always there.
+      tcInterfaces: ifaces.includes("lo") ? ["lo", ...ifaces.filter((i) => i !== "lo")] : ifaces,
       libapr,
       ringbuf,
     });
@@ -184,13 +161,14 @@ export class Agent {
     const apacheReads = apacheHook?.method === "read_tracepoint";
     // HTTPS: SSL_read uprobes give the plaintext; nginx's read() of the socket teaches them the fd and
     // carries the raw ClientHello. Loaded with the rest, attached once a server maps libssl.
-    const tlsProgs = [...SSL_PROGRAMS.flat(), ...(apacheReads ? [] : READ_PROGRAMS)];
+    const tlsProgs = [...programsOf(SSL_PROGRAMS), ...(apacheReads ? [] : READ_PROGRAMS)];
     // Apache uprobes the plan did not choose (libapr missing at start) may be attached by the retry.
     const aprProgs = cfg.uprobes.enabled && servers.includes("apache") && apacheHook?.method !== "uprobe"
-      ? APR_PROGRAMS.map(([p]) => p)
+      ? programsOf(APR_PROGRAMS)
       : [];
     const open = (loadOnly: string[]) =>
-      openPlanned(bytes, this.plan, {}, {
+      // TC filters are attached per interface below, so a vanishing interface costs only itself.
+      openPlanned(bytes, this.plan, { tcInterfaces: [] }, {
         ringBytes: cfg.capture.ring_size_mb * 1024 * 1024,
         globals: { max_capture: Math.min(cfg.capture.max_head_bytes, 16384) },
         loadOnly,
@@ -221,15 +199,11 @@ export class Agent {
     }
     if (apacheHook?.method === "uprobe" && this.plan.context.libapr?.path) {
       // The plan attached them: track them per file so a replaced libapr is probed again.
-      const path = this.plan.context.libapr.path;
-      const links = APR_PROGRAMS.flatMap(([p]) => this.planned!.programLinks.get(p) ?? []);
-      try {
-        const st = Deno.statSync(path);
-        this.aprLinks.set(`${st.dev}:${st.ino}`, { path, links });
-      } catch { /* removed meanwhile: refreshApr attaches to what Apache maps */ }
-      this.aprPaths.add(path);
-      this.aprActive = true;
+      const links = programsOf(APR_PROGRAMS).flatMap((p) => this.planned!.programLinks.get(p) ?? []);
+      this.apr = this.aprProbes();
+      this.apr.adopt(this.plan.context.libapr.path, links);
     }
+    if (this.tlsCapture) this.tls = this.tlsProbes();
     if (this.tlsCapture && !apacheReads) {
       try {
         for (const p of READ_PROGRAMS) this.extraLinks.push(this.planned.obj.program(p).attach());
@@ -237,7 +211,8 @@ export class Agent {
         log.warn("read tracepoints unavailable: HTTPS fd learning limited", { error: String(e) });
       }
     }
-    this.tcIfaces = new Set(this.plan.hooks.find((h) => h.hook === "packets")?.method ? ifaces : []);
+    this.tcEnabled = !!this.plan.hooks.find((h) => h.hook === "packets")?.method;
+    await this.refreshInterfaces();
     this.refreshProcesses();
     await this.refreshTls();
     await this.refreshApr();
@@ -255,8 +230,8 @@ export class Agent {
     log.info("ready", {
       capture: this.plan.hooks.filter((h) => h.method).map((h) => `${h.hook}=${h.method}`).join(" "),
       buffer: ringbuf ? "ringbuf" : "perfbuf",
-      https: this.tlsCapture ? [...this.sslLinks.keys()].join(",") || "waiting for libssl" : "off",
-      interfaces: ifaces.join(","),
+      https: this.tls ? this.tls.libraries().join(",") || "waiting for libssl" : "off",
+      interfaces: [...this.tcIfaces].join(","),
       ports: [...this.ports].join(","),
     });
   }
@@ -316,10 +291,15 @@ export class Agent {
     }
   }
 
-  /** Follows interfaces that came up (or went away) since start when capture.interfaces is auto. */
+  /**
+   * Attaches the TC program to every capture interface; with capture.interfaces auto, also to interfaces
+   * that come up later (and forgets those that went away). A failing interface is logged and skipped.
+   */
   async refreshInterfaces(): Promise<void> {
+    if (!this.planned || !this.tcEnabled) return;
     const want = this.cfg.capture.interfaces;
-    if (!this.planned || this.tcIfaces.size === 0 || !(want.length === 0 || want.includes("auto"))) return;
+    const auto = want.length === 0 || want.includes("auto");
+    if (!auto && this.tcIfaces.size) return;
     const now = new Set(await this.interfaces());
     const ctx = this.plan.context;
     for (const iface of now) {
@@ -335,13 +315,13 @@ export class Agent {
           }),
         );
         this.tcIfaces.add(iface);
-        log.info("packet capture attached to new interface", { interface: iface });
+        log.info("packet capture attached", { interface: iface });
       } catch (e) {
         log.warn("tc attach failed", { interface: iface, error: e instanceof Error ? e.message : String(e) });
       }
     }
     for (const iface of [...this.tcIfaces]) {
-      if (now.has(iface)) continue;
+      if (!auto || now.has(iface)) continue;
       try {
         this.tcLinks.get(iface)?.close();
       } catch { /* the interface and its filters are gone already */ }
@@ -350,121 +330,48 @@ export class Agent {
     }
   }
 
-  /** Attaches the SSL uprobes to every libssl the servers map; re-attaches when the file was replaced. */
-  async refreshTls(): Promise<void> {
-    if (!this.tlsCapture || !this.planned) return;
-    const obj = this.planned.obj;
-    for (const [path, inode] of mappedLibssl(this.traced.keys())) {
-      const have = this.sslLinks.get(path);
-      if (have?.inode === inode) continue;
-      if (have) { for (const l of have.links) l.close(); }
-      const links: AttachHandle[] = [];
-      try {
-        for (const [fn, entry, ret] of SSL_PROGRAMS) {
-          let offset: number;
-          try {
-            offset = (await symbolOffset(path, fn)).offset;
-          } catch {
-            continue; // SSL_read_ex is absent from OpenSSL 1.1.0 and older
-          }
-          links.push(obj.program(entry).attachUprobe({ path, offset, retprobe: false }));
-          links.push(obj.program(ret).attachUprobe({ path, offset, retprobe: true }));
-        }
-        this.sslLinks.set(path, { inode, links });
-        log.info("HTTPS plaintext capture attached", { library: path, probes: links.length });
-      } catch (e) {
-        for (const l of links) l.close();
-        log.warn("SSL uprobe attach failed", {
-          library: path,
-          error: e instanceof Error ? e.message : String(e),
-        });
-      }
-    }
+  /** Keeps the SSL uprobes on every libssl file the servers map (see LibraryProbes). */
+  refreshTls(): Promise<void> {
+    return this.stopped || !this.tls ? Promise.resolve() : this.tls.refresh();
   }
 
-  /**
-   * Keeps the apr_socket_recv uprobes on every libapr file in use: the located one and each one Apache
-   * maps. A replaced file (package upgrade) is probed on its new inode while processes that still map the
-   * old one (deleted; reached through /proc/PID/map_files) keep theirs; a file nobody maps is detached.
-   * Serialized: two overlapping refreshes would probe a file twice (every request read twice).
-   */
+  /** Keeps the apr_socket_recv uprobes on every libapr file in use (see LibraryProbes). */
   refreshApr(): Promise<void> {
-    this.aprRefresh ??= this.refreshAprOnce().finally(() => (this.aprRefresh = undefined));
-    return this.aprRefresh;
+    return this.stopped || !this.apr ? Promise.resolve() : this.apr.refresh();
   }
 
-  private async refreshAprOnce(): Promise<void> {
-    if (!this.aprActive || !this.planned || this.stopped) return;
-    const apache = [...this.traced].filter(([, s]) => s === "apache").map(([pid]) => pid);
-    const want = new Map<string, { path: string; attachPath: string }>();
-    for (const m of mappedFiles(apache, /^libapr-1\.so/)) {
-      // Also when deleted: the file now at that path is what Apache loads at its next restart.
-      this.aprPaths.add(m.path);
-      const key = `${m.dev}:${m.inode}`;
-      if (want.has(key)) continue;
-      want.set(key, { path: m.path, attachPath: m.deleted ? `/proc/${m.pid}/map_files/${m.range}` : m.path });
-    }
-    for (const path of [...this.aprPaths]) {
-      let st: Deno.FileInfo;
-      try {
-        st = Deno.statSync(path);
-      } catch {
-        if (![...want.values()].some((w) => w.path === path)) this.aprPaths.delete(path);
-        continue;
-      }
-      const key = `${st.dev}:${st.ino}`;
-      if (!want.has(key)) want.set(key, { path, attachPath: path });
-    }
-    for (const [key, { path, attachPath }] of want) {
-      if (this.aprLinks.has(key) || this.aprFailed.has(key)) continue;
-      const replaced = [...this.aprLinks.values()].some((g) => g.path === path);
-      let links: AttachHandle[] = [];
-      try {
-        links = await this.attachApr(attachPath);
-        // Replaced between the offset lookup and the attach: the next refresh probes the new file.
-        const st = Deno.statSync(attachPath);
-        if (`${st.dev}:${st.ino}` !== key || this.stopped) {
-          for (const l of links) l.close();
-          continue;
-        }
-        this.aprLinks.set(key, { path, links });
-        log.info(replaced ? "apache uprobes re-attached: libapr was replaced" : "apache uprobes attached", {
-          library: path,
-          inode: Number(key.split(":")[1]),
-          ...(attachPath !== path ? { via: attachPath } : {}),
-        });
-      } catch (e) {
-        for (const l of links) l.close();
-        this.aprFailed.add(key);
-        log.warn("apache uprobe attach failed", {
-          library: path,
-          error: e instanceof Error ? e.message : String(e),
-        });
-      }
-    }
-    for (const [key, g] of [...this.aprLinks]) {
-      if (want.has(key)) continue;
-      for (const l of g.links) l.close();
-      this.aprLinks.delete(key);
-      log.info("apache uprobes detached: no process maps this libapr any more", {
-        library: g.path,
-        inode: Number(key.split(":")[1]),
-      });
-    }
+  private libraryProbes(
+    library: RegExp,
+    pairs: readonly UprobePair[],
+    servers: Server[],
+    messages: LibraryProbes["opts"]["messages"],
+  ): LibraryProbes {
+    const obj = this.planned!.obj;
+    return new LibraryProbes({
+      library,
+      pairs,
+      attach: (prog, path, offset, retprobe) => obj.program(prog).attachUprobe({ path, offset, retprobe }),
+      pids: () => [...this.traced].filter(([, s]) => servers.includes(s)).map(([pid]) => pid),
+      messages,
+    });
   }
 
-  private async attachApr(path: string): Promise<AttachHandle[]> {
-    const { offset } = await symbolOffset(path, "apr_socket_recv");
-    const links: AttachHandle[] = [];
-    try {
-      for (const [prog, retprobe] of APR_PROGRAMS) {
-        links.push(this.planned!.obj.program(prog).attachUprobe({ path, offset, retprobe }));
-      }
-    } catch (e) {
-      for (const l of links) l.close();
-      throw e;
-    }
-    return links;
+  private tlsProbes(): LibraryProbes {
+    return this.libraryProbes(/^libssl\.so/, SSL_PROGRAMS, ["nginx", "apache"], {
+      attached: "HTTPS plaintext capture attached",
+      reattached: "HTTPS plaintext capture re-attached: libssl was replaced",
+      detached: "HTTPS plaintext capture detached: no process maps this libssl any more",
+      failed: "SSL uprobe attach failed",
+    });
+  }
+
+  private aprProbes(): LibraryProbes {
+    return this.libraryProbes(/^libapr-1\.so/, APR_PROGRAMS, ["apache"], {
+      attached: "apache uprobes attached",
+      reattached: "apache uprobes re-attached: libapr was replaced",
+      detached: "apache uprobes detached: no process maps this libapr any more",
+      failed: "apache uprobe attach failed",
+    });
   }
 
   /** Keep-alive connections accepted before the agent started: bind (pid, fd) to their 4-tuple. */
@@ -716,18 +623,18 @@ export class Agent {
       const info = await probeLibapr();
       if (info.path && info.offset !== undefined && this.planned) {
         // Attached (and later re-attached on replacement) the same way as the plan's.
-        this.aprPaths.add(info.path);
-        this.aprActive = true;
+        this.apr ??= this.aprProbes();
+        this.apr.paths.add(info.path);
         await this.refreshApr();
-        if (this.aprLinks.size) {
+        if (this.apr.size) {
           const hook = this.plan.hooks.find((h) => h.hook === "apache");
           if (hook) hook.method = "uprobe";
           log.info("apache uprobes attached after retry", { attempt: this.aprRetries, library: info.path });
           clearInterval(t);
           return;
         }
-        this.aprActive = false;
-        this.aprFailed.clear();
+        this.apr.close();
+        this.apr = undefined;
       }
       if (this.aprRetries >= max_retries) {
         log.warn("apache: giving up on uprobes", { retries: this.aprRetries, reason: info.error ?? "" });
@@ -770,8 +677,8 @@ export class Agent {
       } catch { /* closed with the object below */ }
     }
     for (const l of this.extraLinks) l.close();
-    for (const { links } of this.sslLinks.values()) for (const l of links) l.close();
-    for (const { links } of this.aprLinks.values()) for (const l of links) l.close();
+    this.tls?.close();
+    this.apr?.close();
     for (const l of this.tcLinks.values()) {
       try {
         l.close();

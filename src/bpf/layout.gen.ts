@@ -121,7 +121,7 @@ export const STRUCTS: readonly StructLayout[] = [
 /** The .rodata config variables (map `.rodata`): write them into its initial value before load. */
 export const RODATA = {
   name: ".rodata",
-  size: 32,
+  size: 36,
   fields: {
     self_tgid: { offset: 0, size: 4, kind: "u32" },
     use_ringbuf: { offset: 4, size: 1, kind: "u8" },
@@ -132,6 +132,7 @@ export const RODATA = {
     apr_socketdes_off: { offset: 20, size: 4, kind: "u32" },
     max_capture: { offset: 24, size: 4, kind: "u32" },
     tc_capture_bytes: { offset: 28, size: 4, kind: "u32" },
+    follow_servers: { offset: 32, size: 4, kind: "u32" },
   },
 } as const satisfies StructLayout;
 
@@ -148,7 +149,8 @@ export const DropReason = {
   FLOW_FULL: 8,
   NO_STASH: 9,
   SSL_NO_FD: 10,
-  MAX: 11,
+  FOLLOW_FULL: 11,
+  MAX: 12,
 } as const;
 export type DropReason = (typeof DropReason)[keyof typeof DropReason];
 

@@ -72,31 +72,49 @@ if [ ! -x "$CACHE/idle_recv" ] || [ "$idle_src" -nt "$CACHE/idle_recv" ]; then
 fi
 cp "$CACHE/idle_recv" "$stage/usr/bin/idle_recv"
 
-# The agent, either deno + the source tree with a primed DENO_DIR (the guest has no network) or the bundle.
+# The agent. AGENT=js (default): `deno bundle` of the tree as it is now, one JS file, so the guest neither
+# transpiles TypeScript nor resolves npm packages (both slow under TCG). AGENT=source: deno + the source tree
+# with a primed DENO_DIR (the guest has no network). AGENT=bundle: dist/ja4ebpf, the file that ships (its
+# first start unpacks ~100 MB, ~20 s under TCG).
 mkdir -p "$stage/agent"
-# AGENT=source (default: the tree as it is now) or bundle (dist/ja4ebpf, what ships; its first start unpacks
-# ~100 MB, slow under TCG).
 [ -n "$DENO" ] || { echo "initramfs: no deno (run scripts/setup.sh)" >&2; exit 1; }
+export DENO_NO_UPDATE_CHECK=1
 put_libs "$(readlink -f "$DENO")" # also the libraries the bundle's own deno needs
-if [ "${AGENT:-source}" = bundle ]; then
-  need "$ROOT/dist/ja4ebpf" "deno task build"
-  cp "$ROOT/dist/ja4ebpf" "$stage/usr/bin/ja4ebpf"
-  echo bundle >"$stage/agent/kind"
-else
-  cp "$(readlink -f "$DENO")" "$stage/usr/bin/deno"
-  cp -r "$ROOT/src" "$ROOT/deno.json" "$stage/agent/"
-  [ -f "$ROOT/deno.lock" ] && cp "$ROOT/deno.lock" "$stage/agent/"
-  export DENO_DIR=$CACHE/deno_dir DENO_NO_UPDATE_CHECK=1
-  (cd "$ROOT" && "$DENO" cache --quiet src/main.ts >&2)
-  cp -r "$DENO_DIR" "$stage/agent/deno_dir"
-  cat >"$stage/usr/bin/ja4ebpf" <<'SH'
+kind=${AGENT:-js}
+if [ "$kind" = js ] && ! (cd "$ROOT" && timeout 300 "$DENO" bundle --quiet --platform deno --packages bundle \
+  -o "$stage/agent/ja4ebpf.js" src/main.ts >&2); then
+  log "deno bundle failed: using the source tree"
+  kind=source
+fi
+case $kind in
+  bundle)
+    need "$ROOT/dist/ja4ebpf" "deno task build"
+    cp "$ROOT/dist/ja4ebpf" "$stage/usr/bin/ja4ebpf"
+    ;;
+  js)
+    cp "$(readlink -f "$DENO")" "$stage/usr/bin/deno"
+    cat >"$stage/usr/bin/ja4ebpf" <<'SH'
+#!/bin/sh
+export DENO_DIR=/tmp/deno_dir DENO_NO_UPDATE_CHECK=1 NO_COLOR=1
+exec /usr/bin/deno run -A --no-config /agent/ja4ebpf.js "$@"
+SH
+    ;;
+  *)
+    kind=source
+    cp "$(readlink -f "$DENO")" "$stage/usr/bin/deno"
+    cp -r "$ROOT/src" "$ROOT/deno.json" "$stage/agent/"
+    [ -f "$ROOT/deno.lock" ] && cp "$ROOT/deno.lock" "$stage/agent/"
+    (cd "$ROOT" && DENO_DIR=$CACHE/deno_dir "$DENO" cache --quiet src/main.ts >&2)
+    cp -r "$CACHE/deno_dir" "$stage/agent/deno_dir"
+    cat >"$stage/usr/bin/ja4ebpf" <<'SH'
 #!/bin/sh
 export DENO_DIR=/agent/deno_dir DENO_NO_UPDATE_CHECK=1 NO_COLOR=1
 exec /usr/bin/deno run -A --cached-only --config /agent/deno.json /agent/src/main.ts "$@"
 SH
-  chmod +x "$stage/usr/bin/ja4ebpf"
-  echo source >"$stage/agent/kind"
-fi
+    ;;
+esac
+chmod +x "$stage/usr/bin/ja4ebpf"
+echo "$kind" >"$stage/agent/kind"
 if [ -d "$ROOT/dist/bpf" ]; then cp -r "$ROOT/dist/bpf" "$stage/agent/bpf"; fi
 
 # Just enough of /etc for the servers: Apache refuses to serve as root, nginx's workers may.

@@ -10,7 +10,15 @@ agent_checks() {
   vout=$(ja4ebpf --validate --json 2>/tmp/validate.err)
   vrc=$?
   out VALIDATE rc=$vrc json="$(echo "$vout" | tr -d '\n')"
-  [ $vrc -eq 0 ] || fail validate exit $vrc: "$(head -c 300 /tmp/validate.err)"
+  if [ $vrc -ne 0 ]; then
+    fail validate exit $vrc: "$(head -c 300 /tmp/validate.err)"
+    # Again with libbpf's messages: the verifier's last words say why a program was refused.
+    printf 'log:\n  level: debug\n' >/tmp/debug.yaml
+    ja4ebpf --validate --config /tmp/debug.yaml >/dev/null 2>/tmp/validate-debug.err
+    grep -iE 'unknown func|invalid|failed to load|not supported|permission denied|-EINVAL|-EACCES' \
+      /tmp/validate-debug.err | sed 's/^{"ts":"[^"]*",//' | awk '!seen[$0]++' | tail -n 8 | cut -c1-300 |
+      sed 's/^/JA4K VERIFIER /'
+  fi
   if ja4ebpf run --help 2>&1 | grep -q "not built yet"; then
     out SKIP run="not built yet"
     return 0

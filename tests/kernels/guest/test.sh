@@ -41,7 +41,7 @@ fi
 # --- The agent's runtime starts ---
 kind=$(cat /agent/kind)
 t0=$(cut -d' ' -f1 /proc/uptime)
-if [ "$kind" = source ]; then
+if [ "$kind" != bundle ]; then
   v=$(/usr/bin/deno --version 2>&1 | head -1)
 else
   v=$(/usr/bin/ja4ebpf version 2>&1 | head -1)
@@ -49,6 +49,11 @@ fi
 t1=$(cut -d' ' -f1 /proc/uptime)
 out CHECK agent_kind=$kind runtime="\"$v\"" start_s="$(awk "BEGIN {print $t1 - $t0}")"
 case $v in deno* | ja4ebpf*) ;; *) fail runtime did not start: "$v" ;; esac
+# Loading the whole agent (no BPF yet): what every ja4ebpf start costs in this VM.
+t0=$(cut -d' ' -f1 /proc/uptime)
+av=$(ja4ebpf version 2>&1 | head -1)
+t1=$(cut -d' ' -f1 /proc/uptime)
+out CHECK agent_version="\"$av\"" load_s="$(awk "BEGIN {print $t1 - $t0}")"
 
 # --- The servers answer on loopback ---
 nginx -c /guest/nginx.conf -e /tmp/nginx-error.log || fail nginx did not start: "$(cat /tmp/nginx-error.log)"
