@@ -31,7 +31,8 @@ export function setLogSink(fn: (line: string) => void): (line: string) => void {
 function emit(level: Level, msg: string, fields?: Record<string, unknown>): void {
   if (ORDER[level] < ORDER[opts.level]) return;
   const now = Date.now();
-  const key = level + "\0" + msg;
+  // Identical lines (message and fields) are collapsed; lines that differ in a field are not repeats.
+  const key = level + "\0" + msg + (fields ? "\0" + JSON.stringify(fields) : "");
   const r = recent.get(key);
   let suppressed = 0;
   if (r && now - r.at < opts.rateLimitMs) {

@@ -62,6 +62,17 @@ const APR_PROGRAMS: readonly UprobePair[] = [
 ];
 const programsOf = (pairs: readonly UprobePair[]) => pairs.flatMap(([, entry, ret]) => [entry, ret]);
 
+/** The process has exited (no /proc entry, or a zombie / dead task waiting to be reaped). */
+function procGone(pid: number): boolean {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+    return state === "Z" || state === "X";
+  } catch {
+    return true;
+  }
+}
+
 const toC = (t: Tuple): CTuple => ({ src: t.src, srcPort: t.src_port, dst: t.dst, dstPort: t.dst_port });
 
 export class Agent {
@@ -84,6 +95,8 @@ export class Agent {
   /** Interfaces with our TC filter; interfaces that come up later get one too (capture.interfaces: auto). */
   private tcIfaces = new Set<string>();
   private tcEnabled = false;
+  /** The kernel follows forks/execs/exits of servers into traced_pids (plan hook "follow"). */
+  private followActive = false;
   private tcLinks = new Map<string, AttachHandle>();
   private ticks = 0;
   /** The SSL uprobes on every libssl file the servers map (set when the SSL programs are loaded). */
@@ -170,7 +183,12 @@ export class Agent {
       // TC filters are attached per interface below, so a vanishing interface costs only itself.
       openPlanned(bytes, this.plan, { tcInterfaces: [] }, {
         ringBytes: cfg.capture.ring_size_mb * 1024 * 1024,
-        globals: { max_capture: Math.min(cfg.capture.max_head_bytes, 16384) },
+        globals: {
+          max_capture: Math.min(cfg.capture.max_head_bytes, 16384),
+          // The exec follower adds only the configured servers (bit 1 << ServerKind).
+          follow_servers: (servers.includes("nginx") ? 1 << ServerKind.NGINX : 0) |
+            (servers.includes("apache") ? 1 << ServerKind.APACHE : 0),
+        },
         loadOnly,
       });
     // Optional programs the kernel refuses cost that feature only: retry with fewer, down to none.
@@ -212,6 +230,7 @@ export class Agent {
       }
     }
     this.tcEnabled = !!this.plan.hooks.find((h) => h.hook === "packets")?.method;
+    this.followActive = !!this.plan.hooks.find((h) => h.hook === "follow")?.method;
     await this.refreshInterfaces();
     this.refreshProcesses();
     await this.refreshTls();
@@ -265,16 +284,36 @@ export class Agent {
     const procs = findServerProcesses(this.cfg.uprobes.servers as Server[]);
     const now = new Map(procs.map((p) => [p.pid, p.server] as const));
     const pids = this.map("traced_pids");
+    // The map, not this.traced, is the truth: the follow programs add forked/exec'd servers and remove
+    // exited ones in the kernel. Keys first, then changes (deleting while walking restarts the walk).
+    const inMap = new Map<number, number>();
+    if (pids) {
+      for (const k of [...pids.keys()]) {
+        const v = pids.lookup(k);
+        if (v) inMap.set(new DataView(k.buffer).getUint32(0, true), new DataView(v.buffer).getUint32(0, true));
+      }
+    }
+    const traced = new Map<number, Server>();
     for (const [pid, server] of now) {
-      if (this.traced.get(pid) === server) continue;
-      pids?.update(u32(pid), u32(server === "nginx" ? ServerKind.NGINX : ServerKind.APACHE));
-      this.traced.set(pid, server);
+      const kind = server === "nginx" ? ServerKind.NGINX : ServerKind.APACHE;
+      if (pids && inMap.get(pid) !== kind) {
+        // A zombie the exit program already removed must not come back (its pid may be reused).
+        if (inMap.has(pid) || !procGone(pid)) pids.update(u32(pid), u32(kind));
+        else continue;
+      }
+      traced.set(pid, server);
     }
-    for (const pid of [...this.traced.keys()]) {
+    for (const [pid, kind] of inMap) {
       if (now.has(pid)) continue;
+      if (this.followActive && !procGone(pid)) {
+        // Added by the kernel side and still running (a forked worker that renamed itself): keep it.
+        const server = kind === ServerKind.NGINX ? "nginx" : kind === ServerKind.APACHE ? "apache" : undefined;
+        if (server) traced.set(pid, server);
+        continue;
+      }
       pids?.delete(u32(pid));
-      this.traced.delete(pid);
     }
+    this.traced = traced;
     const ports = this.cfg.capture.ports.length ? this.cfg.capture.ports : listeningPorts([...now.keys()]);
     const lp = this.map("listen_ports");
     for (const p of ports) {
@@ -498,6 +537,7 @@ export class Agent {
    * per traced process) to shrink the window in which their reads are filtered out.
    */
   followChildren(): void {
+    if (this.followActive) return; // the kernel adds them at fork
     const pids = this.map("traced_pids");
     for (const [pid, server] of [...this.traced]) {
       let text: string;

@@ -11,7 +11,7 @@ import type { LibaprInfo } from "./probes.ts";
 export type NginxMethod = "tracepoint" | "raw_tp" | "fexit" | "kretprobe";
 export type ApacheMethod = "uprobe" | "read_tracepoint";
 export type PacketMethod = "tc";
-export type HookName = "nginx" | "apache" | "packets" | "close";
+export type HookName = "nginx" | "apache" | "packets" | "close" | "follow";
 
 /** How one program attaches. */
 export type AttachSpec =
@@ -89,6 +89,17 @@ export const DEFAULT_HOOKS: HookSpec[] = [
     }],
   },
   { hook: "close", methods: [{ method: "tracepoint", variants: [auto("tp_enter_close")] }] },
+  /**
+   * traced_pids kept current in the kernel (fork of a traced process, exec of a server binary, exit), so new
+   * workers are traced before their first read. Unavailable: the agent's /proc scans alone fill the map.
+   */
+  {
+    hook: "follow",
+    methods: [
+      { method: "tp_btf", variants: [auto("follow_fork_btf", "follow_exec_btf", "follow_exit_btf")] },
+      { method: "tracepoint", variants: [auto("follow_fork_tp", "follow_exec_tp", "follow_exit_tp")] },
+    ],
+  },
 ];
 
 /**

@@ -1,4 +1,7 @@
 /**
+ * Libraries replaced under running servers (what a package upgrade does), for both uprobe sets the agent
+ * keeps on every mapped copy of a library (keyed by device + inode).
+ *
  * libapr replaced under a running Apache (what a package upgrade does): Apache loads its own copy of Debian's
  * libapr-1.so.0 from a temp dir (LD_LIBRARY_PATH), the agent probes it; the file is then replaced atomically
  * (new inode). The agent must probe the new file (log: re-attached) and keep the probes of the old inode
@@ -6,33 +9,45 @@
  * file and is captured too, after which the old inode's probes are detached. An agent started after an
  * upgrade probes the deleted file Apache still runs. Every request is one row.
  *
- * Needs root and Debian's apache2. Rows are filtered by this file's port: other agents and servers may run
+ * libssl the same way under nginx (TLS, HTTP/1.1 and HTTP/2): `nginx -s reload` forks new workers from the
+ * old master, so they keep the old (deleted) libssl; a fresh nginx maps the new one. Every request over TLS
+ * is exactly one row: none lost, none read twice.
+ *
+ * Needs root, Debian's apache2 and nginx-light, curl. Rows are filtered by this file's port: other agents and servers may run
  * on the host at the same time.
  */
 import { assert, assertEquals } from "../../src/testing/asserts.ts";
 import { findLibrary, mappedFiles } from "../../src/bpf/elf.ts";
 import { type RunningAgent, startAgent } from "../helpers/agent.ts";
-import { startApache, type WebServer } from "../helpers/servers.ts";
+import { startApache, startNginx, type WebServer } from "../helpers/servers.ts";
 import { curl } from "../helpers/clients.ts";
 import { HarnessError, makeTempDir, requireRoot } from "../helpers/proc.ts";
 
 const APACHE = 27081;
 const METRICS = 27082;
+const NGINX = 27080;
+const NGINX_TLS = 27443;
 const LIBAPR = "libapr-1.so.0";
+const LIBSSL = "libssl.so.3";
 
-/** Apache with `dir` first on its library path (its master and children map dir/libapr-1.so.0). */
-async function apacheWith(dir: string): Promise<WebServer> {
+/** A server started with `dir` first on its library path (its master and workers map the copies there). */
+async function withLibraryPath(dir: string, start: () => Promise<WebServer>): Promise<WebServer> {
   const prev = Deno.env.get("LD_LIBRARY_PATH");
   Deno.env.set("LD_LIBRARY_PATH", dir);
   try {
-    return await startApache({ port: APACHE, workers: 2, http2: false });
+    return await start();
   } finally {
     if (prev === undefined) Deno.env.delete("LD_LIBRARY_PATH");
     else Deno.env.set("LD_LIBRARY_PATH", prev);
   }
 }
 
-/** Copies the system libapr to `to` through a temp name and a rename: a new inode, never a half file. */
+const apacheWith = (dir: string) =>
+  withLibraryPath(dir, () => startApache({ port: APACHE, workers: 2, http2: false }));
+const nginxWith = (dir: string) =>
+  withLibraryPath(dir, () => startNginx({ port: NGINX, tlsPort: NGINX_TLS, workers: 2 }));
+
+/** Copies the system library to `to` through a temp name and a rename: a new inode, never a half file. */
 async function installCopy(system: string, to: string): Promise<number> {
   await Deno.copyFile(system, `${to}.new`);
   await Deno.rename(`${to}.new`, to);
@@ -158,6 +173,137 @@ Deno.test("agent: libapr replaced under Apache is probed again; every request is
   } finally {
     await agent?.close();
     await apache?.close();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+});
+
+/** Over TLS, `perConn` requests per connection, alternately HTTP/1.1 and HTTP/2; every transfer must succeed. */
+async function getTls(server: WebServer, paths: string[], perConn = 2): Promise<void> {
+  for (let i = 0; i < paths.length; i += perConn) {
+    const h2 = (i / perConn) % 2 === 1;
+    const batch = paths.slice(i, i + perConn);
+    const r = await curl([
+      "-k",
+      h2 ? "--http2" : "--http1.1",
+      "-w",
+      "%{http_code} %{http_version}\\n",
+      ...batch.flatMap((p) => ["-o", "/dev/null", `${server.tlsUrl}${p.slice(1)}`]),
+    ]);
+    const got = r.stdout.trim().split("\n");
+    const want = batch.map(() => `404 ${h2 ? "2" : "1.1"}`);
+    if (r.code !== 0 || got.join() !== want.join()) {
+      throw new HarnessError(`curl ${batch.join(" ")}: exit ${r.code} got ${got} want ${want} ${r.stderr}`);
+    }
+  }
+}
+
+/** Exactly one ssl_uprobe row per path, with the HTTP version it was sent with (see getTls). */
+async function expectTlsRows(agent: RunningAgent, paths: string[], perConn = 2): Promise<void> {
+  const want = new Set(paths);
+  const rows = await agent.waitForRows(
+    (r) => r.dst_port === NGINX_TLS && want.has(r.path),
+    paths.length,
+    15_000,
+  )
+    .catch((e) => {
+      throw new Error(`${e instanceof Error ? e.message : e}\n${excerpt(agent)}`);
+    });
+  assertEquals(rows.map((r) => r.path).sort(), [...paths].sort(), "one row per request");
+  for (const r of rows) {
+    const h2 = Math.floor(paths.indexOf(r.path) / perConn) % 2 === 1;
+    assertEquals([r.server, r.capture, r.http_version], ["nginx", "ssl_uprobe", h2 ? "20" : "11"], r.path);
+  }
+}
+
+/** Like warmUp, over TLS: the new nginx is traced and its libssl probed once a request shows up. */
+async function warmUpTls(agent: RunningAgent, server: WebServer, tag: string): Promise<void> {
+  for (let i = 0; i < 20; i++) {
+    const p = `/warm-${tag}-${i}`;
+    await getTls(server, [p], 1);
+    const ok = await agent.waitForRows((r) => r.dst_port === NGINX_TLS && r.path === p, 1, 1000).then(
+      () => true,
+      () => false,
+    );
+    if (ok) return;
+  }
+  throw new Error(`the agent never captured ${server.tlsUrl}\n${excerpt(agent)}`);
+}
+
+Deno.test("agent: libssl replaced under nginx is probed again; every TLS request is one row", async () => {
+  requireRoot("uprobes");
+  const system = (await findLibrary(LIBSSL, []))?.path;
+  if (!system) throw new HarnessError(`${LIBSSL} not found: install Debian's libssl3`);
+  const dir = await makeTempDir("ja4ebpf-libssl-");
+  const lib = `${dir}/${LIBSSL}`;
+  const cfg = { uprobes: { servers: ["nginx"] }, capture: { ports: [NGINX, NGINX_TLS] } };
+  const ssl = /^libssl\.so/;
+  let nginx: WebServer | undefined;
+  let agent: RunningAgent | undefined;
+  try {
+    const oldInode = await installCopy(system, lib);
+    nginx = await nginxWith(dir);
+    assertEquals(mappedFiles([nginx.pids().master], ssl).map((m) => [m.path, m.inode]), [[lib, oldInode]]);
+
+    agent = await startAgent({ metricsPort: METRICS, config: cfg });
+    const attached = await agent.waitForLog(/HTTPS plaintext capture attached/, 10_000);
+    assert(attached.includes(lib) && attached.includes(`inode=${oldInode}`), attached);
+    await getTls(nginx, paths("before", 8));
+    await expectTlsRows(agent, paths("before", 8));
+
+    // The upgrade: a new file at the same path, probed ahead of the next fresh start.
+    const newInode = await installCopy(system, lib);
+    assert(newInode !== oldInode, "the replacement has a new inode");
+    const re = await agent.waitForLog(/HTTPS plaintext capture re-attached: libssl was replaced/, 10_000);
+    assert(re.includes(lib) && re.includes(`inode=${newInode}`), re);
+
+    // nginx -s reload: new workers forked from the same master keep the old, deleted libssl.
+    await nginx.reload();
+    const after = mappedFiles(nginx.pids().workers, ssl);
+    assertEquals(
+      after.map((m) => [m.inode, m.deleted]),
+      nginx.pids().workers.map(() => [oldInode, true]),
+      "reloaded workers map the old libssl",
+    );
+    await getTls(nginx, paths("reload", 8));
+    await expectTlsRows(agent, paths("reload", 8));
+
+    // A fresh nginx maps the new file: captured by the new probes; the old inode's go.
+    await nginx.close();
+    nginx = await nginxWith(dir);
+    assertEquals(mappedFiles([nginx.pids().master], ssl).map((m) => [m.inode, m.deleted]), [[
+      newInode,
+      false,
+    ]]);
+    await warmUpTls(agent, nginx, "fresh");
+    await getTls(nginx, paths("fresh", 8));
+    await expectTlsRows(agent, paths("fresh", 8));
+    const gone = await agent.waitForLog(
+      /HTTPS plaintext capture detached: no process maps this libssl/,
+      10_000,
+    );
+    assert(gone.includes(`inode=${oldInode}`), gone);
+
+    // Nothing read twice nor lost, also between the checks above.
+    const all = (await agent.rows()).filter((r) => r.dst_port === NGINX_TLS && !r.path.startsWith("/warm-"));
+    assertEquals(all.length, 24, `rows on port ${NGINX_TLS}`);
+
+    // Upgraded while no agent ran: the new agent probes the deleted file nginx runs through map_files.
+    await agent.close();
+    const third = await installCopy(system, lib);
+    assert(third !== newInode);
+    agent = await startAgent({ metricsPort: METRICS, config: cfg });
+    const via = await agent.waitForLog(
+      /HTTPS plaintext capture attached .*via=\/proc\/\d+\/map_files\//,
+      10_000,
+    );
+    assert(via.includes(`inode=${newInode}`), via);
+    await getTls(nginx, paths("deleted", 8));
+    await expectTlsRows(agent, paths("deleted", 8));
+    const rows = (await agent.rows()).filter((r) => r.dst_port === NGINX_TLS);
+    assertEquals(rows.length, 8, `rows on port ${NGINX_TLS} of the second agent`);
+  } finally {
+    await agent?.close();
+    await nginx?.close();
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 });
