@@ -290,7 +290,9 @@ export class Agent {
     if (pids) {
       for (const k of [...pids.keys()]) {
         const v = pids.lookup(k);
-        if (v) inMap.set(new DataView(k.buffer).getUint32(0, true), new DataView(v.buffer).getUint32(0, true));
+        if (v) {
+          inMap.set(new DataView(k.buffer).getUint32(0, true), new DataView(v.buffer).getUint32(0, true));
+        }
       }
     }
     const traced = new Map<number, Server>();
@@ -307,7 +309,11 @@ export class Agent {
       if (now.has(pid)) continue;
       if (this.followActive && !procGone(pid)) {
         // Added by the kernel side and still running (a forked worker that renamed itself): keep it.
-        const server = kind === ServerKind.NGINX ? "nginx" : kind === ServerKind.APACHE ? "apache" : undefined;
+        const server = kind === ServerKind.NGINX
+          ? "nginx"
+          : kind === ServerKind.APACHE
+          ? "apache"
+          : undefined;
         if (server) traced.set(pid, server);
         continue;
       }
@@ -526,8 +532,9 @@ export class Agent {
       ja4h_o: r.fp.ja4h_o,
       ja4h_ro: r.fp.ja4h_ro,
       truncated: r.truncated,
-      // Plain HTTP on a port TC does not see as TLS: the row need not wait for a hello.
-      tls: r.tls ? true : undefined,
+      // Plaintext from SSL_read: TLS. HTTP parsed from the raw socket stream: a plain-HTTP connection, so
+      // its row need not wait for a ClientHello that will never come.
+      tls: r.tls,
     }, this.wallMs(r.tsNs));
   }
 

@@ -49,6 +49,9 @@ interface Flow {
   done: boolean;
 }
 
+const DONE_ASM = new StreamAssembler(0);
+const DONE_TLS = new TlsHandshakeReader();
+
 export function tupleKey(t: Tuple): string {
   return `${t.src}|${t.src_port}|${t.dst}|${t.dst_port}`;
 }
@@ -144,10 +147,11 @@ export class PacketTracker {
   }
 
   private finish(key: string, flow: Flow): void {
+    // A tombstone sharing one empty assembler and reader: later segments of this flow are ignored cheaply
+    // and it ages out in expire().
     flow.done = true;
-    // Keep a small tombstone so later segments of this flow are ignored cheaply; it ages out in expire().
-    flow.asm = new StreamAssembler(0);
-    flow.tls = new TlsHandshakeReader();
+    flow.asm = DONE_ASM;
+    flow.tls = DONE_TLS;
     this.flows.set(key, flow);
   }
 

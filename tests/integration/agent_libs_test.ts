@@ -17,8 +17,9 @@
  * on the host at the same time.
  */
 import { assert, assertEquals } from "../../src/testing/asserts.ts";
+import type { Row } from "../../src/sink/row.ts";
 import { findLibrary, mappedFiles } from "../../src/bpf/elf.ts";
-import { type RunningAgent, startAgent } from "../helpers/agent.ts";
+import { parseRows, type RunningAgent, startAgent } from "../helpers/agent.ts";
 import { startApache, startNginx, type WebServer } from "../helpers/servers.ts";
 import { curl } from "../helpers/clients.ts";
 import { HarnessError, makeTempDir, requireRoot } from "../helpers/proc.ts";
@@ -72,6 +73,19 @@ async function expectRows(agent: RunningAgent, paths: string[]): Promise<void> {
     });
   assertEquals(rows.map((r) => r.path).sort(), [...paths].sort(), "one row per request");
   for (const r of rows) assertEquals([r.server, r.capture], ["apache", "uprobe"]);
+}
+
+/**
+ * Every row on `port`, rotated files included: the agent traces every nginx/Apache on the host, and a
+ * benchmark elsewhere can fill the file sink past its rotation size during the test.
+ */
+async function rowsOn(agent: RunningAgent, port: number): Promise<Row[]> {
+  const out: Row[] = [];
+  for (const f of [agent.rowsPath, ...Array.from({ length: 5 }, (_, i) => `${agent.rowsPath}.${i + 1}`)]) {
+    const text = await Deno.readTextFile(f).catch(() => "");
+    out.push(...parseRows(text).filter((r) => r.dst_port === port));
+  }
+  return out;
 }
 
 function excerpt(agent: RunningAgent): string {
@@ -152,7 +166,7 @@ Deno.test("agent: libapr replaced under Apache is probed again; every request is
     assert(gone.includes(`inode=${oldInode}`), gone);
 
     // Nothing was read twice (two probes on one file) nor lost.
-    const all = (await agent.rows()).filter((r) => r.dst_port === APACHE && !r.path.startsWith("/warm-"));
+    const all = (await rowsOn(agent, APACHE)).filter((r) => !r.path.startsWith("/warm-"));
     assertEquals(all.length, 15, `rows on port ${APACHE}`);
     const logged = (await apache.accessLog()).filter((e) => e.request.includes("/fresh-"));
     assertEquals(logged.length, 5, "the fresh Apache logged its 5 requests");
@@ -177,6 +191,8 @@ Deno.test("agent: libapr replaced under Apache is probed again; every request is
   }
 });
 
+const escapeRe = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+
 /** Over TLS, `perConn` requests per connection, alternately HTTP/1.1 and HTTP/2; every transfer must succeed. */
 async function getTls(server: WebServer, paths: string[], perConn = 2): Promise<void> {
   for (let i = 0; i < paths.length; i += perConn) {
@@ -190,9 +206,9 @@ async function getTls(server: WebServer, paths: string[], perConn = 2): Promise<
       ...batch.flatMap((p) => ["-o", "/dev/null", `${server.tlsUrl}${p.slice(1)}`]),
     ]);
     const got = r.stdout.trim().split("\n");
-    const want = batch.map(() => `404 ${h2 ? "2" : "1.1"}`);
-    if (r.code !== 0 || got.join() !== want.join()) {
-      throw new HarnessError(`curl ${batch.join(" ")}: exit ${r.code} got ${got} want ${want} ${r.stderr}`);
+    const ok = new RegExp(`^(200|404) ${h2 ? "2" : "1\\.1"}$`);
+    if (r.code !== 0 || got.length !== batch.length || !got.every((l) => ok.test(l))) {
+      throw new HarnessError(`curl ${batch.join(" ")}: exit ${r.code} got ${got} want ${ok} ${r.stderr}`);
     }
   }
 }
@@ -245,16 +261,21 @@ Deno.test("agent: libssl replaced under nginx is probed again; every TLS request
     assertEquals(mappedFiles([nginx.pids().master], ssl).map((m) => [m.path, m.inode]), [[lib, oldInode]]);
 
     agent = await startAgent({ metricsPort: METRICS, config: cfg });
-    const attached = await agent.waitForLog(/HTTPS plaintext capture attached/, 10_000);
-    assert(attached.includes(lib) && attached.includes(`inode=${oldInode}`), attached);
+    // Other servers on the host may map the system libssl: look for the lines about this copy.
+    const about = (msg: string, rest = "") => new RegExp(`${msg}.* library=${escapeRe(lib)} ${rest}`);
+    const attached = await agent.waitForLog(about("HTTPS plaintext capture attached"), 10_000);
+    assert(attached.includes(`inode=${oldInode}`), attached);
     await getTls(nginx, paths("before", 8));
     await expectTlsRows(agent, paths("before", 8));
 
     // The upgrade: a new file at the same path, probed ahead of the next fresh start.
     const newInode = await installCopy(system, lib);
     assert(newInode !== oldInode, "the replacement has a new inode");
-    const re = await agent.waitForLog(/HTTPS plaintext capture re-attached: libssl was replaced/, 10_000);
-    assert(re.includes(lib) && re.includes(`inode=${newInode}`), re);
+    const re = await agent.waitForLog(
+      about("HTTPS plaintext capture re-attached: libssl was replaced"),
+      10_000,
+    );
+    assert(re.includes(`inode=${newInode}`), re);
 
     // nginx -s reload: new workers forked from the same master keep the old, deleted libssl.
     await nginx.reload();
@@ -278,14 +299,18 @@ Deno.test("agent: libssl replaced under nginx is probed again; every TLS request
     await getTls(nginx, paths("fresh", 8));
     await expectTlsRows(agent, paths("fresh", 8));
     const gone = await agent.waitForLog(
-      /HTTPS plaintext capture detached: no process maps this libssl/,
+      about("HTTPS plaintext capture detached: no process maps this libssl"),
       10_000,
     );
     assert(gone.includes(`inode=${oldInode}`), gone);
 
     // Nothing read twice nor lost, also between the checks above.
-    const all = (await agent.rows()).filter((r) => r.dst_port === NGINX_TLS && !r.path.startsWith("/warm-"));
-    assertEquals(all.length, 24, `rows on port ${NGINX_TLS}`);
+    const all = (await rowsOn(agent, NGINX_TLS)).filter((r) => !r.path.startsWith("/warm-"));
+    assertEquals(
+      all.length,
+      24,
+      `rows on port ${NGINX_TLS}: ${all.map((r) => r.path).sort()}\n${excerpt(agent)}`,
+    );
 
     // Upgraded while no agent ran: the new agent probes the deleted file nginx runs through map_files.
     await agent.close();
@@ -293,13 +318,13 @@ Deno.test("agent: libssl replaced under nginx is probed again; every TLS request
     assert(third !== newInode);
     agent = await startAgent({ metricsPort: METRICS, config: cfg });
     const via = await agent.waitForLog(
-      /HTTPS plaintext capture attached .*via=\/proc\/\d+\/map_files\//,
+      about("HTTPS plaintext capture attached", String.raw`.*via=/proc/\d+/map_files/`),
       10_000,
     );
     assert(via.includes(`inode=${newInode}`), via);
     await getTls(nginx, paths("deleted", 8));
     await expectTlsRows(agent, paths("deleted", 8));
-    const rows = (await agent.rows()).filter((r) => r.dst_port === NGINX_TLS);
+    const rows = await rowsOn(agent, NGINX_TLS);
     assertEquals(rows.length, 8, `rows on port ${NGINX_TLS} of the second agent`);
   } finally {
     await agent?.close();

@@ -44,6 +44,7 @@ function unitCaps(unit: string, key: string): string[] {
 }
 
 const CAP_NUMBERS: Record<string, number> = {
+  CAP_DAC_READ_SEARCH: 2,
   CAP_NET_ADMIN: 12,
   CAP_SYS_PTRACE: 19,
   CAP_SYS_ADMIN: 21,
@@ -143,7 +144,8 @@ Deno.test("packaging: single executable, systemd unit, RPM, capabilities", async
 
     await t.step("systemd unit: hardening as specified, systemd-analyze verify is silent", async () => {
       const unit = await Deno.readTextFile(UNIT);
-      const caps = ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_SYS_PTRACE"];
+      // Why each: docs/operations.md; that each is needed: tests/integration/service_test.ts.
+      const caps = ["CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"];
       assertEquals(unitCaps(unit, "AmbientCapabilities"), caps);
       assertEquals(unitCaps(unit, "CapabilityBoundingSet"), caps);
       for (
@@ -180,7 +182,7 @@ Deno.test("packaging: single executable, systemd unit, RPM, capabilities", async
       const dropin = await Deno.readTextFile(DROPIN);
       assertEquals(dropin.match(/^AmbientCapabilities=.*$/gm), [
         "AmbientCapabilities=",
-        "AmbientCapabilities=CAP_SYS_ADMIN CAP_NET_ADMIN CAP_SYS_PTRACE",
+        "AmbientCapabilities=CAP_SYS_ADMIN CAP_NET_ADMIN CAP_SYS_PTRACE CAP_DAC_READ_SEARCH",
       ]);
       assertStringIncludes(dropin, "\nLimitMEMLOCK=infinity\n");
       const sec = await sh("systemd-analyze", ["security", "--offline=yes", `${dir}/ja4ebpf.service`]);

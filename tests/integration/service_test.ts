@@ -1,12 +1,18 @@
 /**
  * The agent as the systemd unit runs it: the BUILT executable (dist/ja4ebpf, built once here by
  * scripts/build.sh), started through setpriv as an unprivileged user that is not the web server's user, with
- * exactly the unit's capability set (ambient + bounding), against a real nginx and a real ClickHouse. Checks:
- * it gets `ready` and captures a request with that set; CapEff equals the set; the ClickHouse password (from
- * a 0600 password_file, and from $CREDENTIALS_DIRECTORY as LoadCredential= provides it) reaches ClickHouse
- * but appears nowhere in its logs, cmdline, environment, /metrics or rows; a group/world-readable password
- * file stops `run` with an error naming the file and mode; SIGTERM flushes, exits 0 within 10 s and leaves
- * none of its BPF programs loaded. Needs root, setpriv, curl, bpftool, nginx and clickhouse-server.
+ * exactly the unit's capability set (ambient + bounding), against a real nginx (HTTP + HTTPS) and a real
+ * ClickHouse. Checks:
+ * - with the unit's set it gets `ready` with every capture feature root gets (nginx tracepoint, TC packet
+ *   hook, close tracepoint, SSL uprobes on libssl, listening ports discovered), captures a plain and an HTTPS
+ *   request, and CapEff equals the set;
+ * - the set is the least one: without any one of its capabilities a feature is lost (or start fails); the
+ *   documented profile without CAP_SYS_ADMIN loses exactly the HTTPS plaintext capture;
+ * - the ClickHouse password (from a 0600 password_file, and from $CREDENTIALS_DIRECTORY as LoadCredential=
+ *   provides it) reaches ClickHouse but appears nowhere in the logs, cmdline, environment, /metrics or rows;
+ *   a group/world-readable password file stops `run` with an error naming the file and mode;
+ * - SIGTERM flushes, exits 0 within 10 s and leaves none of its BPF programs loaded.
+ * Needs root, setpriv, curl, bpftool, nginx and clickhouse-server.
  */
 import { stringify } from "yaml";
 import { assert, assertEquals, assertGreater, assertMatch } from "../../src/testing/asserts.ts";
@@ -20,6 +26,7 @@ const ROOT = new URL("../../", import.meta.url).pathname;
 const BIN = `${ROOT}dist/ja4ebpf`;
 const UNIT = `${ROOT}rpm/ja4ebpf.service`;
 const NGINX_PORT = 28080;
+const NGINX_TLS_PORT = 28443;
 const METRICS_PORT = 28435;
 const CH = { httpPort: 28123, tcpPort: 28900, interserverPort: 28909 };
 /** Not the nginx workers' user (nobody): reading their /proc entries takes a capability, as in production. */
@@ -93,6 +100,36 @@ function statusField(status: string, key: string): string {
 
 function count(hay: string, needle: string): number {
   return hay.split(needle).length - 1;
+}
+
+/**
+ * What the `ready` line says is missing compared with a full capture (what root gets on this host): the
+ * preferred nginx method, the TC packet hook, the close tracepoint, SSL uprobes on libssl, the test ports.
+ */
+function missingFeatures(ready: string): string[] {
+  const capture: Record<string, string> = {};
+  for (const m of (/capture=(.*?) buffer=/.exec(ready)?.[1] ?? "").matchAll(/(\w+)=(\w+)/g)) {
+    capture[m[1]] = m[2];
+  }
+  const ports = (/ports=([\d,]*)/.exec(ready)?.[1] ?? "").split(",").filter(Boolean).map(Number);
+  const out: string[] = [];
+  if (capture.nginx !== "tracepoint") out.push(`nginx=tracepoint (got ${capture.nginx ?? "none"})`);
+  if (capture.packets !== "tc") out.push("packets=tc");
+  if (capture.close !== "tracepoint") out.push("close=tracepoint");
+  if (!/https=\/\S*libssl/.test(ready)) out.push("https on libssl");
+  if (!ports.includes(NGINX_PORT) || !ports.includes(NGINX_TLS_PORT)) out.push("ports discovered");
+  return out;
+}
+
+async function waitForRows(file: string, pred: (r: Row) => boolean, n: number, ms: number): Promise<Row[]> {
+  const deadline = Date.now() + ms;
+  let rows: Row[] = [];
+  while (Date.now() < deadline) {
+    rows = parseRows(await Deno.readTextFile(file).catch(() => "")).filter(pred);
+    if (rows.length >= n) break;
+    await delay(100);
+  }
+  return rows;
 }
 
 interface Built {
@@ -198,25 +235,31 @@ Deno.test("service: built executable, unit capabilities, secrets, SIGTERM", asyn
   const home = `${dir}/home`;
   await Deno.mkdir(home);
   await Deno.chown(home, AGENT_UID, AGENT_UID);
-  await using nginx = await startNginx({ port: NGINX_PORT, workers: 2 });
+  await using nginx = await startNginx({ port: NGINX_PORT, tlsPort: NGINX_TLS_PORT, workers: 2 });
   const ch = await startClickHouse({ ...CH, users: [{ name: "ja4ebpf", password: PASSWORD }] });
   try {
-    /** A state dir owned by the agent user with its config; the password goes where `secret` says. */
-    const prepare = async (name: string, secret: "file" | "credentials" | "world-readable") => {
+    /**
+     * A state dir owned by the agent user with its config; the password goes where `secret` says ("none": no
+     * ClickHouse sink).
+     */
+    const prepare = async (name: string, secret: "file" | "credentials" | "world-readable" | "none") => {
       const d = `${dir}/${name}`;
       await Deno.mkdir(d, { mode: 0o700 });
       const pwFile = `${d}/${secret === "credentials" ? "creds/clickhouse-password" : "clickhouse.password"}`;
       if (secret === "credentials") await Deno.mkdir(`${d}/creds`, { mode: 0o700 });
-      await Deno.writeTextFile(pwFile, PASSWORD + "\n");
-      await Deno.chmod(pwFile, secret === "world-readable" ? 0o644 : 0o600);
+      if (secret !== "none") {
+        await Deno.writeTextFile(pwFile, PASSWORD + "\n");
+        await Deno.chmod(pwFile, secret === "world-readable" ? 0o644 : 0o600);
+      }
       const cfg = {
+        // debug: the configuration is logged too, and must not carry the password either.
         log: { level: "debug" },
         uprobes: { servers: ["nginx"] },
         capture: { hold_ms: 300 },
         output: {
           stdout: false,
           file: { path: `${d}/rows.jsonl` },
-          clickhouse: {
+          clickhouse: secret === "none" ? { url: "" } : {
             url: ch.url,
             database: "ja4ebpf_service",
             user: "ja4ebpf",
@@ -232,15 +275,30 @@ Deno.test("service: built executable, unit capabilities, secrets, SIGTERM", asyn
         await Deno.chown(e, AGENT_UID, AGENT_UID);
       }
       if (secret === "credentials") await Deno.chown(pwFile, AGENT_UID, AGENT_UID);
-      return {
-        d,
-        config: `${d}/config.yaml`,
-        rows: `${d}/rows.jsonl`,
-        env: (secret === "credentials" ? { CREDENTIALS_DIRECTORY: `${d}/creds` } : {}) as Record<
-          string,
-          string
-        >,
-      };
+      const env: Record<string, string> = secret === "credentials"
+        ? { CREDENTIALS_DIRECTORY: `${d}/creds` }
+        : {};
+      return { d, config: `${d}/config.yaml`, rows: `${d}/rows.jsonl`, env };
+    };
+    /** SIGTERM: exit 0 within 10 s, and none of progs stays loaded (freeing is deferred a little). */
+    const termAndCheck = async (a: Built, progs: number[], what: string) => {
+      const { code, ms } = await a.term();
+      assertEquals(code, 0, `exit code after SIGTERM; stderr:\n${a.stderr().slice(-2000)}`);
+      assert(ms < 10_000, `exited ${Math.round(ms)} ms after SIGTERM`);
+      assertMatch(a.stderr(), / INFO stopped /);
+      let left: number[] = [];
+      const t0 = performance.now();
+      while (performance.now() - t0 < 5_000) {
+        const loaded = await bpftoolProgIds();
+        left = progs.filter((id) => loaded.has(id));
+        if (!left.length) break;
+        await delay(100);
+      }
+      assertEquals(left, [], "none of its BPF programs remain after the exit");
+      console.log(
+        `${what}: exit ${Math.round(ms)} ms after SIGTERM, its ${progs.length} programs gone ` +
+          `${Math.round(performance.now() - t0)} ms later`,
+      );
     };
 
     await t.step("a group/world-readable password file: run refuses, naming the file and mode", async () => {
@@ -256,13 +314,13 @@ Deno.test("service: built executable, unit capabilities, secrets, SIGTERM", asyn
 
     let n = 0;
     for (const secret of ["file", "credentials"] as const) {
-      await t.step(`as uid ${AGENT_UID} with the unit's capabilities, password from ${secret}`, async () => {
+      await t.step(`uid ${AGENT_UID}, the unit's capabilities, password from ${secret}`, async () => {
         const p = await prepare(`run-${secret}`, secret);
         const a = spawnBuilt(home, caps, ["run", "--config", p.config], p.env);
         let ok = false;
         try {
           const ready = await a.waitForLog(/ INFO ready |"msg":"ready"/, 45_000);
-          assertMatch(ready, /nginx=\w+/, "nginx hook attached");
+          assertEquals(missingFeatures(ready), [], `full capture with the unit's set: ${ready}`);
           // After the launcher's exec the pid is the Deno runtime's.
           const status = Deno.readTextFileSync(`/proc/${a.pid}/status`);
           assertEquals(statusField(status, "Name"), "deno");
@@ -274,41 +332,45 @@ Deno.test("service: built executable, unit capabilities, secrets, SIGTERM", asyn
           assertGreater(progs.length, 0, "holds BPF programs");
 
           const path = `/service-${secret}-${++n}`;
-          const c = await run([
+          const base = nginx.url.replace(/\/$/, "");
+          const c = await run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", `${base}${path}?q=1`]);
+          assertEquals(c.stdout, "200", `curl: ${c.stderr}`);
+          const tls = await run([
             "curl",
-            "-s",
+            "-sk",
+            "--http1.1",
             "-o",
             "/dev/null",
             "-w",
             "%{http_code}",
-            `${nginx.url.slice(0, -1)}${path}?q=1`,
+            `${nginx.tlsUrl!.replace(/\/$/, "")}${path}-tls`,
           ]);
-          assertEquals(c.stdout, "200", `curl: ${c.stderr}`);
-          let rows: Row[] = [];
-          const deadline = Date.now() + 10_000;
-          while (Date.now() < deadline) {
-            rows = parseRows(await Deno.readTextFile(p.rows).catch(() => "")).filter((r) => r.path === path);
-            if (rows.length) break;
-            await delay(100);
-          }
-          assertEquals(
-            rows.length,
-            1,
-            `one row for ${path} in the file sink; stderr:\n${a.stderr().slice(-2000)}`,
+          assertEquals(tls.stdout, "200", `curl https: ${tls.stderr}`);
+          const rows = await waitForRows(p.rows, (r) => r.path.startsWith(path), 2, 10_000);
+          const plain = rows.filter((r) => r.path === path);
+          const https = rows.filter((r) => r.path === `${path}-tls`);
+          assertEquals(plain.length, 1, `one row for ${path}; stderr:\n${a.stderr().slice(-2000)}`);
+          assertEquals([plain[0].server, plain[0].dst_port, plain[0].method], ["nginx", NGINX_PORT, "GET"]);
+          assertEquals(plain[0].capture, "tracepoint");
+          assertEquals(https.length, 1, `one row for ${path}-tls; stderr:\n${a.stderr().slice(-2000)}`);
+          assertEquals([https[0].capture, https[0].dst_port], ["ssl_uprobe", NGINX_TLS_PORT]);
+          assertMatch(
+            https[0].ja4,
+            /^t13i\d{4}h1_[0-9a-f]{12}_[0-9a-f]{12}$/,
+            "HTTPS row has its JA4 (IP: no SNI)",
           );
-          assertEquals([rows[0].server, rows[0].dst_port, rows[0].method], ["nginx", NGINX_PORT, "GET"]);
           assertEquals((await Deno.stat(p.rows)).mode! & 0o777, 0o600, "rows file mode");
 
-          // The password works: the row reaches ClickHouse as user ja4ebpf.
+          // The password works: the rows reach ClickHouse as user ja4ebpf.
           let inCh = "";
           const chDeadline = Date.now() + 15_000;
           while (Date.now() < chDeadline) {
-            inCh = await ch.query(`SELECT count() FROM ja4ebpf_service.requests WHERE path = '${path}'`)
+            inCh = await ch.query(`SELECT count() FROM ja4ebpf_service.requests WHERE path LIKE '${path}%'`)
               .catch(() => "");
-            if (inCh.trim() === "1") break;
+            if (inCh.trim() === "2") break;
             await delay(200);
           }
-          assertEquals(inCh.trim(), "1", `row in ClickHouse; stderr:\n${a.stderr().slice(-2000)}`);
+          assertEquals(inCh.trim(), "2", `rows in ClickHouse; stderr:\n${a.stderr().slice(-2000)}`);
 
           const metrics = await (await fetch(`http://127.0.0.1:${METRICS_PORT}/metrics`)).text();
           assertMatch(metrics, /^ja4ebpf_rows_captured_total /m);
@@ -323,31 +385,36 @@ Deno.test("service: built executable, unit capabilities, secrets, SIGTERM", asyn
             assertGreater(text.length, 0, `${where} read`);
             assertEquals(count(text, PASSWORD), 0, `password in ${where}`);
           }
-          assertMatch(a.stderr(), / DEBUG configuration /, "debug log of the configuration was checked too");
-
-          // SIGTERM: flush, exit 0 within 10 s, no program left loaded.
-          const { code, ms } = await a.term();
-          assertEquals(code, 0, `exit code after SIGTERM; stderr:\n${a.stderr().slice(-2000)}`);
-          assert(ms < 10_000, `exited ${Math.round(ms)} ms after SIGTERM`);
-          assertMatch(a.stderr(), / INFO stopped /);
-          console.log(`${secret}: ready, row captured, exit ${Math.round(ms)} ms after SIGTERM`);
-          // The kernel frees a program after its last reference (fd, link, perf event) is released, which
-          // for perf events is deferred: allow a moment.
-          let left: number[] = [];
-          const t0 = performance.now();
-          while (performance.now() - t0 < 5_000) {
-            const loaded = await bpftoolProgIds();
-            left = progs.filter((id) => loaded.has(id));
-            if (!left.length) break;
-            await delay(100);
+          assertMatch(a.stderr(), / DEBUG configuration /, "the logged configuration was checked too");
+          if (secret === "credentials") {
+            assertMatch(places[2][1], /CREDENTIALS_DIRECTORY=/, "environ read is the agent's");
           }
-          assertEquals(left, [], "none of its BPF programs remain after the exit");
-          console.log(
-            `${secret}: ${progs.length} programs, gone ${
-              Math.round(performance.now() - t0)
-            } ms after the exit`,
+
+          // A request answered just before SIGTERM is still held for correlation: the stop flushes it.
+          const last = await run([
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            `${base}${path}-last`,
+          ]);
+          assertEquals(last.stdout, "200", `curl: ${last.stderr}`);
+          await termAndCheck(a, progs, secret);
+          const after = await Deno.readTextFile(p.rows);
+          assertEquals(
+            parseRows(after).filter((r) => r.path === `${path}-last`).length,
+            1,
+            "flushed to the file",
           );
-          assertEquals(count(await Deno.readTextFile(p.rows), PASSWORD), 0, "rows file after the flush");
+          assertEquals(
+            (await ch.query(`SELECT count() FROM ja4ebpf_service.requests WHERE path = '${path}-last'`))
+              .trim(),
+            "1",
+            "flushed to ClickHouse",
+          );
+          assertEquals(count(after, PASSWORD), 0, "rows file after the flush");
           ok = true;
         } finally {
           await a.kill();
@@ -355,6 +422,44 @@ Deno.test("service: built executable, unit capabilities, secrets, SIGTERM", asyn
         }
       });
     }
+
+    /** Starts with `set`; the ready line, or undefined when start failed (exit ≠ 0). Stops it. */
+    const tryCaps = async (name: string, set: string[]): Promise<{ ready?: string; stderr: string }> => {
+      const p = await prepare(name, "none");
+      const a = spawnBuilt(home, set, ["run", "--config", p.config]);
+      try {
+        const ready = await a.waitForLog(/ INFO ready /, 45_000).catch(() => undefined);
+        if (ready === undefined) {
+          const s = await Promise.race([a.status, delay(5_000).then(() => undefined)]);
+          assert(s && s.code !== 0, `neither ready nor a failed exit:\n${a.stderr().slice(-2000)}`);
+          return { stderr: a.stderr() };
+        }
+        const status = Deno.readTextFileSync(`/proc/${a.pid}/status`);
+        assertEquals(capNames(statusField(status, "CapEff")), [...set].sort(), `${name}: CapEff`);
+        await termAndCheck(a, bpfProgIds(a.pid), name);
+        return { ready, stderr: a.stderr() };
+      } finally {
+        await a.kill();
+      }
+    };
+
+    await t.step("least set: without any one of the unit's capabilities a feature is lost", async () => {
+      for (const c of caps) {
+        const r = await tryCaps(`without-${c}`, caps.filter((x) => x !== c));
+        const lost = r.ready === undefined ? ["start fails"] : missingFeatures(r.ready);
+        console.log(`without CAP_${c.toUpperCase()}: ${lost.join(", ")}`);
+        assertGreater(lost.length, 0, `CAP_${c.toUpperCase()} is needed for something: ${r.ready}`);
+      }
+    });
+
+    await t.step("profile without CAP_SYS_ADMIN (CAP_BPF + CAP_PERFMON): loses exactly HTTPS", async () => {
+      assert(caps.includes("sys_admin"), "the unit grants CAP_SYS_ADMIN");
+      const set = [...caps.filter((x) => x !== "sys_admin"), "bpf", "perfmon"];
+      const r = await tryCaps("no-sys-admin", set);
+      assert(r.ready, `starts:\n${r.stderr.slice(-2000)}`);
+      assertEquals(missingFeatures(r.ready), ["https on libssl"], r.ready);
+      assertMatch(r.stderr, /SSL uprobe attach failed .*Permission denied/, "the uprobe refusal is logged");
+    });
   } finally {
     await ch.close();
     await Deno.remove(dir, { recursive: true }).catch(() => {});
