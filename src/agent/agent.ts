@@ -197,7 +197,16 @@ export class Agent {
       if (apr && !aprProgs.length) continue;
       if (tls && !cfg.uprobes.enabled) continue; // uprobes.enabled covers the TLS libraries too
       try {
-        this.planned = open([...(tls ? tlsProgs : []), ...(apr ? aprProgs : [])]);
+        const progs = [...(tls ? tlsProgs : []), ...(apr ? aprProgs : [])];
+        // EAGAIN from the verifier is transient (a busy kernel): try the same set again before giving up.
+        for (let attempt = 1;; attempt++) {
+          try {
+            this.planned = open(progs);
+            break;
+          } catch (e) {
+            if (attempt >= 3 || !String(e instanceof Error ? e.message : e).includes("EAGAIN")) throw e;
+          }
+        }
         this.tlsCapture = tls;
         this.aprLoaded = apr || apacheHook?.method === "uprobe";
         break;

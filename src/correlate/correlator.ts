@@ -534,10 +534,15 @@ export class Correlator {
       const h = this.#heldQueue[this.#heldHead];
       if (!h.done) {
         if (h.deadline > now) break;
-        this.#release(h);
+        // The connection gave up waiting: its younger held rows wait for the same facts, and later rows
+        // ship at once, so all go now (in order) — also keeps this linear under a flood of held rows.
         h.conn.gaveUp = true;
-        h.conn.held = h.conn.held.filter((x) => !x.done);
-        this.#s.rows_released_timeout++;
+        for (const x of h.conn.held) {
+          if (x.done) continue;
+          this.#release(x);
+          this.#s.rows_released_timeout++;
+        }
+        h.conn.held = [];
       }
       this.#heldHead++;
     }
