@@ -15,9 +15,9 @@ agent_checks() {
     # Again with libbpf's messages: the verifier's last words say why a program was refused.
     printf 'log:\n  level: debug\n' >/tmp/debug.yaml
     ja4ebpf --validate --config /tmp/debug.yaml >/dev/null 2>/tmp/validate-debug.err
-    grep -iE 'unknown func|invalid|failed to load|not supported|permission denied|-EINVAL|-EACCES' \
-      /tmp/validate-debug.err | sed 's/^{"ts":"[^"]*",//' | awk '!seen[$0]++' | tail -n 8 | cut -c1-300 |
-      sed 's/^/JA4K VERIFIER /'
+    grep -iE 'unknown func|invalid|fail|not supported|denied|error' /tmp/validate-debug.err |
+      sed 's/^{"ts":"[^"]*",//' | awk '!seen[$0]++' | tail -n 10 | cut -c1-300 | sed 's/^/JA4K VERIFIER /'
+    out VERIFIER debug_lines="$(wc -l </tmp/validate-debug.err)"
   fi
   if ja4ebpf run --help 2>&1 | grep -q "not built yet"; then
     out SKIP run="not built yet"
