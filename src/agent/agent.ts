@@ -174,7 +174,10 @@ export class Agent {
     const apacheReads = apacheHook?.method === "read_tracepoint";
     // HTTPS: SSL_read uprobes give the plaintext; nginx's read() of the socket teaches them the fd and
     // carries the raw ClientHello. Loaded with the rest, attached once a server maps libssl.
-    const tlsProgs = [...programsOf(SSL_PROGRAMS), ...(apacheReads ? [] : READ_PROGRAMS)];
+    // Where nginx runs on raw_tp (no syscall tracepoints), the raw_tp programs take read() too.
+    const rawTpReads = this.plan.hooks.find((h) => h.hook === "nginx")?.method === "raw_tp";
+    const ownReads = !apacheReads && !rawTpReads;
+    const tlsProgs = [...programsOf(SSL_PROGRAMS), ...(ownReads ? READ_PROGRAMS : [])];
     // Apache uprobes the plan did not choose (libapr missing at start) may be attached by the retry.
     const aprProgs = cfg.uprobes.enabled && servers.includes("apache") && apacheHook?.method !== "uprobe"
       ? programsOf(APR_PROGRAMS)
@@ -185,6 +188,7 @@ export class Agent {
         ringBytes: cfg.capture.ring_size_mb * 1024 * 1024,
         globals: {
           max_capture: Math.min(cfg.capture.max_head_bytes, 16384),
+          raw_tp_reads: rawTpReads && cfg.uprobes.enabled,
           // The exec follower adds only the configured servers (bit 1 << ServerKind).
           follow_servers: (servers.includes("nginx") ? 1 << ServerKind.NGINX : 0) |
             (servers.includes("apache") ? 1 << ServerKind.APACHE : 0),
@@ -231,7 +235,7 @@ export class Agent {
       this.apr.adopt(this.plan.context.libapr.path, links);
     }
     if (this.tlsCapture) this.tls = this.tlsProbes();
-    if (this.tlsCapture && !apacheReads) {
+    if (this.tlsCapture && ownReads) {
       try {
         for (const p of READ_PROGRAMS) this.extraLinks.push(this.planned.obj.program(p).attach());
       } catch (e) {

@@ -124,6 +124,8 @@ interface Conn {
   plaintext: boolean;
   /** A row on it already timed out waiting: later rows on it do not wait again. */
   gaveUp: boolean;
+  /** Rows of `held` already released (compacted away lazily). */
+  heldDone: number;
   requests: number;
   lastSeen: number;
   closedAt: number;
@@ -228,6 +230,7 @@ export class Correlator {
       hello: null,
       plaintext: false,
       gaveUp: false,
+      heldDone: 0,
       requests: 0,
       lastSeen: now,
       closedAt: 0,
@@ -262,6 +265,7 @@ export class Correlator {
       this.#s.rows_released_evicted++;
     }
     c.held = [];
+    c.heldDone = 0;
   }
 
   #waitingFor(c: Conn, req: RequestFacts): { ja4t: boolean; ja4: boolean } {
@@ -338,6 +342,7 @@ export class Correlator {
       } else keep.push(h);
     }
     c.held = keep;
+    c.heldDone = 0;
   }
 
   /** JA4T of the client's SYN. A SYN on a tuple with history starts a new connection (port reuse). */
@@ -414,6 +419,7 @@ export class Correlator {
         c.held.push(...prev.held.filter((h) => !h.done));
         c.requests += prev.requests;
         prev.held = [];
+        prev.heldDone = 0;
         this.#conns.delete(prev.key);
       } else if (prev && prev.pidfd === pidfd) prev.pidfd = null;
     }
@@ -465,6 +471,7 @@ export class Correlator {
           hello: null,
           plaintext: false,
           gaveUp: true,
+          heldDone: 0,
           requests: 1,
           lastSeen: now,
           closedAt: 0,
@@ -496,6 +503,7 @@ export class Correlator {
       if (h.done) continue;
       this.#release(h);
       h.conn.held = h.conn.held.filter((x) => !x.done);
+      h.conn.heldDone = 0;
       this.#s.rows_released_overflow++;
       return;
     }
@@ -534,15 +542,15 @@ export class Correlator {
       const h = this.#heldQueue[this.#heldHead];
       if (!h.done) {
         if (h.deadline > now) break;
-        // The connection gave up waiting: its younger held rows wait for the same facts, and later rows
-        // ship at once, so all go now (in order) — also keeps this linear under a flood of held rows.
+        this.#release(h);
         h.conn.gaveUp = true;
-        for (const x of h.conn.held) {
-          if (x.done) continue;
-          this.#release(x);
-          this.#s.rows_released_timeout++;
+        this.#s.rows_released_timeout++;
+        // Released rows leave conn.held lazily: compacting on every release is quadratic when one
+        // connection has thousands of held rows (a keep-alive flood without its SYN).
+        if (++h.conn.heldDone * 2 > h.conn.held.length) {
+          h.conn.held = h.conn.held.filter((x) => !x.done);
+          h.conn.heldDone = 0;
         }
-        h.conn.held = [];
       }
       this.#heldHead++;
     }
@@ -586,6 +594,7 @@ export class Correlator {
       if (h.done) continue;
       this.#release(h);
       h.conn.held = [];
+      h.conn.heldDone = 0;
       this.#s.rows_released_evicted++;
     }
     this.#heldQueue = [];

@@ -21,7 +21,8 @@ const URL_BASE = `http://127.0.0.1:${PORT}`;
 Deno.test("metrics endpoint: identity holds at every scrape under load", async () => {
   let fakeNow = Date.now();
   const m = new AgentMetrics({}, () => fakeNow);
-  const corr = new Correlator({ holdMs: 50, closeLingerMs: 100, maxConnections: 2048 });
+  // Room for every connection of one linger period, so closed ones leave by linger (not LRU) on a fast machine.
+  const corr = new Correlator({ holdMs: 50, closeLingerMs: 100, maxConnections: 65_536 });
   m.watchCorrelator(() => corr.stats());
   const srv = startMetricsServer(m, { listen: `127.0.0.1:${PORT}` });
   assert(srv, "server started");
