@@ -59,9 +59,11 @@ export const ROW_FIELDS: readonly (keyof Row)[] = [
   "truncated",
 ];
 
+const EPOCH = new Date(0).toISOString();
+
 export function emptyRow(): Row {
   return {
-    ts: new Date(0).toISOString(),
+    ts: EPOCH,
     host: "",
     server: "",
     pid: 0,
