@@ -2,6 +2,7 @@
  * Raw ring-buffer records → typed events. Every offset comes from layout.gen.ts (generated from the BPF
  * object's BTF): nothing here knows a byte position by heart. Malformed records are typed errors.
  */
+import { formatIPv4, formatIPv6 } from "../parse/addr.ts";
 import {
   CLOSE_EVENT,
   DATA_EVENT,
@@ -144,29 +145,13 @@ function bytesOf(rec: Uint8Array, f: FieldLayout): Uint8Array {
 
 const dec = new TextDecoder();
 
+/** Socket addresses: IPv4-mapped IPv6 (a dual-stack listener's IPv4 clients) as plain IPv4. */
 export function formatIpv4(b: Uint8Array): string {
-  return `${b[0]}.${b[1]}.${b[2]}.${b[3]}`;
+  return formatIPv4(b);
 }
 
-/** RFC 5952 text: lowercase, longest run (≥ 2) of zero groups as "::", IPv4-mapped as ::ffff:a.b.c.d. */
 export function formatIpv6(b: Uint8Array): string {
-  const g: number[] = [];
-  for (let i = 0; i < 16; i += 2) g.push((b[i] << 8) | b[i + 1]);
-  if (g.slice(0, 5).every((x) => x === 0) && g[5] === 0xffff) return `::ffff:${formatIpv4(b.subarray(12))}`;
-  let best = -1, bestLen = 0;
-  for (let i = 0; i < 8;) {
-    if (g[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && g[j] === 0) j++;
-    if (j - i > bestLen && j - i >= 2) [best, bestLen] = [i, j - i];
-    i = j;
-  }
-  const hex = g.map((x) => x.toString(16));
-  if (best < 0) return hex.join(":");
-  return `${hex.slice(0, best).join(":")}::${hex.slice(best + bestLen).join(":")}`;
+  return formatIPv6(b, 0, "v4");
 }
 
 const H = EVENT_HDR.fields;

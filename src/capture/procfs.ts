@@ -3,6 +3,7 @@
  * Used to fill the BPF process filter, to discover the ports TC watches, and to attribute keep-alive
  * connections that were accepted before the agent started (seeded from /proc/PID/fd + /proc/PID/net/tcp*).
  */
+import { formatIPv6 } from "../parse/addr.ts";
 
 export type ServerKind = "nginx" | "apache";
 
@@ -86,30 +87,7 @@ function hexToIPv6(hex: string): string {
     const word = hex.slice(w * 8, w * 8 + 8);
     for (let b = 3; b >= 0; b--) bytes.push(parseInt(word.slice(b * 2, b * 2 + 2), 16));
   }
-  return formatIPv6(bytes);
-}
-
-/** RFC 5952 text form; IPv4-mapped addresses come out as the dotted IPv4 address. */
-export function formatIPv6(b: ArrayLike<number>): string {
-  let mapped = true;
-  for (let i = 0; i < 10; i++) if (b[i] !== 0) mapped = false;
-  if (mapped && b[10] === 0xff && b[11] === 0xff) return `${b[12]}.${b[13]}.${b[14]}.${b[15]}`;
-  const words: number[] = [];
-  for (let i = 0; i < 16; i += 2) words.push((b[i] << 8) | b[i + 1]);
-  let bestStart = -1, bestLen = 0;
-  for (let i = 0; i < 8;) {
-    if (words[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && words[j] === 0) j++;
-    if (j - i > bestLen && j - i >= 2) [bestStart, bestLen] = [i, j - i];
-    i = j;
-  }
-  const hex = words.map((w) => w.toString(16));
-  if (bestStart < 0) return hex.join(":");
-  return hex.slice(0, bestStart).join(":") + "::" + hex.slice(bestStart + bestLen).join(":");
+  return formatIPv6(bytes, 0, "v4");
 }
 
 /** Parses /proc/net/tcp or tcp6 text. */

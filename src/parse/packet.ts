@@ -3,6 +3,7 @@
  * MPLS, GRE incl. ERSPAN I/II/III, VXLAN, Geneve, IP-in-IP). Pure: bytes in, a TcpSegment or a typed reason
  * out. The innermost TCP header wins; the TTL reported is that of the IP header carrying it.
  */
+import { formatIPv4, formatIPv6 } from "./addr.ts";
 import { fail, ok, type Parsed } from "./errors.ts";
 
 export const LINKTYPE_NULL = 0;
@@ -155,34 +156,12 @@ function ipAny(b: Uint8Array, depth: number): Result {
 }
 
 function ipv4Addr(b: Uint8Array, o: number): string {
-  return `${b[o]}.${b[o + 1]}.${b[o + 2]}.${b[o + 3]}`;
+  return formatIPv4(b, o);
 }
 
-/** RFC 5952 text form (the one Wireshark prints): lower case, longest zero run (≥ 2 groups) as `::`. */
+/** RFC 5952 text form (the one Wireshark prints), IPv4-mapped addresses as ::ffff:a.b.c.d. */
 export function ipv6Addr(b: Uint8Array, o: number): string {
-  const g: number[] = [];
-  for (let i = 0; i < 8; i++) g.push(u16(b, o + 2 * i));
-  // IPv4-mapped addresses keep the dotted quad.
-  if (g[0] === 0 && g[1] === 0 && g[2] === 0 && g[3] === 0 && g[4] === 0 && g[5] === 0xffff) {
-    return `::ffff:${ipv4Addr(b, o + 12)}`;
-  }
-  let bestAt = -1, bestLen = 1;
-  for (let i = 0; i < 8;) {
-    if (g[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && g[j] === 0) j++;
-    if (j - i > bestLen) {
-      bestAt = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  const hex = g.map((x) => x.toString(16));
-  if (bestAt < 0) return hex.join(":");
-  return hex.slice(0, bestAt).join(":") + "::" + hex.slice(bestAt + bestLen).join(":");
+  return formatIPv6(b, o, "v6");
 }
 
 function ipv4(b: Uint8Array, depth: number, inIcmp = false): Result {
