@@ -328,7 +328,6 @@ Deno.test("agent HTTPS: nginx (h1, h2, Chromium over a veth) and Apache rows car
     const loStreams = await offline(loDump.file, curlKeys);
     const vethStreams = await offline(vethDump.file, chromeKeys);
     const chromeRows = rows.filter((r) => r.src === ns.nsAddr);
-    console.log("DBGROWS", JSON.stringify(rows.map((r) => [r.server, r.src, r.src_port, r.method, r.path, r.http_version, r.ja4, r.ja4t, r.ja4h, r.tls_server_name])), "LOG", nNginx, apacheLog.length);
 
     await t.step("nginx: one row per logged request, each equal to the offline reading", () => {
       assertEquals(

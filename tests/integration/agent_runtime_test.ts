@@ -6,6 +6,7 @@
  * by the agent's own BPF program ids: other agents may run on the host at the same time.
  */
 import { assert, assertEquals, assertGreater, assertMatch } from "../../src/testing/asserts.ts";
+import { startClickHouse } from "../helpers/clickhouse.ts";
 import type { Row } from "../../src/sink/row.ts";
 import { decodeRow } from "../../src/sink/ch_schema.ts";
 import { identityFromScrape } from "../../src/metrics/ledger.ts";
@@ -19,6 +20,7 @@ import { stringify } from "yaml";
 const NGINX = 24080;
 const CH_HTTP = 24123;
 const CH_TCP = 24900;
+const CH_INTER = 24909;
 /** A foreign filter on lo's clsact ingress the agent must leave alone (not our priority 0x4a34). */
 const FOREIGN_PRIO = 40123;
 
@@ -167,114 +169,11 @@ Deno.test("agent runtime: SIGTERM detaches everything; SIGKILL leftovers are cle
 // ---------------------------------------------------------------------------------------------------------
 // ClickHouse, privacy, metrics identity, SIGHUP
 
-interface LocalClickHouse {
-  url: string;
-  query(sql: string): Promise<string>;
-  close(): Promise<void>;
-}
-
-/**
- * clickhouse-server on this file's ports (tests/helpers/clickhouse.ts has fixed ports shared with the sink
- * tests, which may run at the same time).
- */
-async function startLocalClickHouse(): Promise<LocalClickHouse> {
-  const bin = requireTool("clickhouse-server", "clickhouse-server");
-  const dir = await Deno.makeTempDir({ prefix: "ja4ebpf-agent-ch-" });
-  await Deno.mkdir(`${dir}/log`);
-  await Deno.writeTextFile(
-    `${dir}/config.xml`,
-    `<?xml version="1.0"?>
-<yandex>
-  <logger><level>warning</level><log>${dir}/log/server.log</log><errorlog>${dir}/log/err.log</errorlog></logger>
-  <http_port>${CH_HTTP}</http_port>
-  <tcp_port>${CH_TCP}</tcp_port>
-  <listen_host>127.0.0.1</listen_host>
-  <path>${dir}/data/</path>
-  <tmp_path>${dir}/tmp/</tmp_path>
-  <user_files_path>${dir}/user_files/</user_files_path>
-  <format_schema_path>${dir}/format_schemas/</format_schema_path>
-  <users_config>${dir}/users.xml</users_config>
-  <default_profile>default</default_profile>
-  <default_database>default</default_database>
-  <timezone>UTC</timezone>
-  <mark_cache_size>67108864</mark_cache_size>
-  <uncompressed_cache_size>67108864</uncompressed_cache_size>
-</yandex>
-`,
-  );
-  await Deno.writeTextFile(
-    `${dir}/users.xml`,
-    `<?xml version="1.0"?>
-<yandex>
-  <profiles><default><max_memory_usage>1000000000</max_memory_usage></default></profiles>
-  <users><default><password></password><networks><ip>127.0.0.1</ip></networks><profile>default</profile>
-    <quota>default</quota></default></users>
-  <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors>
-    <result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
-</yandex>
-`,
-  );
-  const child = new Deno.Command(bin, {
-    args: [`--config-file=${dir}/config.xml`],
-    stdin: "null",
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
-  const url = `http://127.0.0.1:${CH_HTTP}`;
-  const close = async () => {
-    try {
-      child.kill("SIGTERM");
-    } catch { /* gone */ }
-    const t = setTimeout(() => {
-      try {
-        child.kill("SIGKILL");
-      } catch { /* gone */ }
-    }, 15_000);
-    await child.status;
-    clearTimeout(t);
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
-  };
-  let exited = false;
-  child.status.then(() => exited = true);
-  try {
-    await waitUntil(
-      async () => {
-        if (exited) {
-          throw new Error(
-            `clickhouse-server exited:\n${await Deno.readTextFile(`${dir}/log/err.log`).catch(() => "")}`,
-          );
-        }
-        try {
-          const r = await fetch(`${url}/ping`);
-          return r.ok && (await r.text()).startsWith("Ok");
-        } catch {
-          return false;
-        }
-      },
-      30_000,
-      "clickhouse-server /ping",
-    );
-  } catch (e) {
-    await close();
-    throw e;
-  }
-  return {
-    url,
-    async query(sql) {
-      const r = await fetch(`${url}/`, { method: "POST", body: sql });
-      const text = await r.text();
-      if (!r.ok) throw new Error(`ClickHouse ${r.status}: ${text.slice(0, 500)}`);
-      return text;
-    },
-    close,
-  };
-}
-
 const SECRETS = ["S3cretCookieVal", "S3cretCookieTwo", "S3cretBearerTok", "S3cretQueryTok"];
 
 Deno.test("agent runtime: ClickHouse rows equal the file sink, no secret anywhere, identity under load, SIGHUP", async (t) => {
   await using nginx = await startNginx({ port: NGINX, workers: 2 });
-  const ch = await startLocalClickHouse();
+  const ch = await startClickHouse({ httpPort: CH_HTTP, tcpPort: CH_TCP, interserverPort: CH_INTER });
   try {
     const agentCfg = {
       output: {

@@ -14,13 +14,17 @@ today=$(date -u +%Y-%m-%d)
 status=0
 for v in $versions; do
   mkdir -p "$CACHE/$v"
+  out=$(mktemp "$CACHE/$v/result.XXXXXX")
   echo "matrix: kernel $v" >&2
-  bash "$HERE/run.sh" "$v" "$@" >"$CACHE/$v/result.txt" 2>"$CACHE/$v/result.err"
+  bash "$HERE/run.sh" "$v" "$@" >"$out" 2>"$CACHE/$v/result.err"
   rc=$?
+  echo "EXIT rc=$rc" >>"$out"
+  mv "$out" "$CACHE/$v/result.txt"
   echo "matrix: kernel $v rc=$rc" >&2
   [ $rc -eq 0 ] || status=1
-  echo "EXIT rc=$rc" >>"$CACHE/$v/result.txt"
 done
+# The tables cover every kernel with a result in the cache, so a subset run keeps the others' rows.
+versions=$(for v in 5.10 6.1 6.12; do [ -f "$CACHE/$v/result.txt" ] && echo "$v"; done)
 
 distro() {
   case $1 in
@@ -67,7 +71,7 @@ table=$(mktemp)
     rel=$(kv kernel "$(grep -m1 '^INFO kernel=' "$f")")
     grep '^METHOD ' "$f" | while read -r line; do
       att=$(kv attached "$line")
-      [ "$att" = 0 ] && att="no: $(kv refused "$line")$(kv error "$line" | cut -c1-120)"
+      [ "$att" = 0 ] && att="no: $(kv refused "$line" | cut -c1-60)$(kv error "$line" | cut -c1-60)"
       echo "| ${rel:-$v} | $(kv method "$line") | $(kv server "$line") | $(kv idle "$line") |" \
         "$(kv buffer "$line")$(kv perf "$line" | sed 's/^1$/perfbuf (forced)/; s/^0$//') | $att |" \
         "$(kv sent "$line") | $(kv rows "$line") | $(kv right_ja4h "$line") | $(kv drops "$line") |" \

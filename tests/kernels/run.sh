@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Boots one Debian kernel under QEMU (TCG) with a busybox initramfs and runs the agent's checks inside.
 #   tests/kernels/run.sh VERSION [--requests N] [--methods "tracepoint kretprobe ..."] [--idle N] [--no-perfbuf]
-#                                [--timeout SECONDS] [--mem MiB] [--agent source|bundle]
+#                                [--timeout SECONDS] [--mem MiB] [--agent js|source|bundle]
 # VERSION: 5.10 (Debian 11), 6.1 (Debian 12), 6.12 (Debian 12 backport). Prints the guest's "JA4K" lines
 # without their prefix, then "log: FILE"; exits with the guest's result (124 on timeout, 125 if the guest never
 # reported). The full serial console log stays in tests/kernels/cache/VERSION/console.log.
@@ -28,24 +28,28 @@ command -v qemu-system-x86_64 >/dev/null || { echo "run.sh: qemu-system-x86_64 m
 mkdir -p "$CACHE"
 
 kdir=$(bash "$HERE/fetch.sh" "$version" | tail -1)
-params=$(mktemp)
-trap 'rm -f "$params"' EXIT
+# Each run builds and logs in its own directory: runs of one kernel may overlap (the test suite, the matrix).
+work=$(mktemp -d "$kdir/run.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+params=$work/params.env
 printf 'REQUESTS=%s\nMETHODS="%s"\nIDLE=%s\nPERFBUF=%s\n' "$requests" "$methods" "$idle" "$perfbuf" >"$params"
 t0=$(date +%s.%N)
-KERNEL_DIR=$kdir bash "$HERE/build-initramfs.sh" "$kdir/initramfs.cpio" "$params"
+KERNEL_DIR=$kdir bash "$HERE/build-initramfs.sh" "$work/initramfs.cpio" "$params"
 t1=$(date +%s.%N)
-log=$kdir/console.log
+log=$work/console.log
 # KVM hangs on the machines this runs on: TCG always. No network device: the guest has loopback only.
 set +e
 timeout --kill-after=10 "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m "$mem" \
   -nographic -no-reboot -nic none \
-  -kernel "$kdir/vmlinuz" -initrd "$kdir/initramfs.cpio" \
+  -kernel "$kdir/vmlinuz" -initrd "$work/initramfs.cpio" \
   -append "console=ttyS0 loglevel=3 panic=-1 mitigations=off" </dev/null >"$log" 2>&1
 qrc=$?
 set -e
 t2=$(date +%s.%N)
 tr -d '\r' <"$log" | sed -n 's/^.*JA4K //p'
-echo "HOST kernel=$version initramfs_bytes=$(stat -c %s "$kdir/initramfs.cpio") build_s=$(awk "BEGIN {printf \"%.1f\", $t1 - $t0}") vm_s=$(awk "BEGIN {printf \"%.1f\", $t2 - $t1}") qemu_rc=$qrc"
+echo "HOST kernel=$version initramfs_bytes=$(stat -c %s "$work/initramfs.cpio") build_s=$(awk "BEGIN {printf \"%.1f\", $t1 - $t0}") vm_s=$(awk "BEGIN {printf \"%.1f\", $t2 - $t1}") qemu_rc=$qrc"
+cp "$log" "$kdir/console.log"
+log=$kdir/console.log
 echo "log: $log"
 [ $qrc -eq 124 ] && { echo "run.sh: timed out after ${timeout_s}s" >&2; exit 124; }
 rc=$(tr -d '\r' <"$log" | sed -n 's/^.*JA4K RESULT rc=\([0-9]*\).*/\1/p' | tail -1)

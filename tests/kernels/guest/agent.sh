@@ -13,11 +13,15 @@ agent_checks() {
   if [ $vrc -ne 0 ]; then
     fail validate exit $vrc: "$(head -c 300 /tmp/validate.err)"
     # Again with libbpf's messages: the verifier's last words say why a program was refused.
-    printf 'log:\n  level: debug\n' >/tmp/debug.yaml
-    ja4ebpf --validate --config /tmp/debug.yaml >/dev/null 2>/tmp/validate-debug.err
+    # (--validate keeps libbpf quiet; `run` at debug level prints everything libbpf says.)
+    printf 'log:\n  level: debug\nmetrics:\n  enabled: false\n' >/tmp/debug.yaml
+    timeout 120 ja4ebpf run --config /tmp/debug.yaml >/dev/null 2>/tmp/validate-debug.err
     grep -iE 'unknown func|invalid|fail|not supported|denied|error' /tmp/validate-debug.err |
       sed 's/^{"ts":"[^"]*",//' | awk '!seen[$0]++' | tail -n 10 | cut -c1-300 | sed 's/^/JA4K VERIFIER /'
-    out VERIFIER debug_lines="$(wc -l </tmp/validate-debug.err)"
+    # The verifier's last lines for the first two refused programs.
+    awk '/BPF program load failed/ {p = $0} /BEGIN PROG LOAD LOG/ {n = 0; next}
+      /END PROG LOAD LOG/ {if (k++ < 2) {print p; for (i = n - 4; i < n; i++) if (i >= 0) print buf[i % 4]}; next}
+      {buf[n % 4] = $0; n++}' /tmp/validate-debug.err | cut -c1-240 | sed 's/^/JA4K VERIFIER /'
   fi
   if ja4ebpf run --help 2>&1 | grep -q "not built yet"; then
     out SKIP run="not built yet"
@@ -92,8 +96,12 @@ YAML
     # The last warnings and errors: libbpf's verifier log ends with the reason a program was refused.
     grep -E '"level":"(warn|error)"' /tmp/agent.err | tail -n 12 | sed 's/^{"ts":"[^"]*",//; s/^/JA4K AGENTLOG /' |
       cut -c1-300
-    out METHOD method=$m server=all idle=$idle perf=$perf attached=0 \
-      error="\"$(grep -v '^{' /tmp/agent.err | tail -c 200 | tr '\n"' " '") $(grep '"level":"error"' /tmp/agent.err | tail -1 | tr '"' "'" | tail -c 300)\""
+    # The reason nginx's hook was refused, else the agent's last error.
+    why=$(grep '"msg":"hook unavailable"' /tmp/agent.err | grep '"hook":"nginx"' | grep -o '"reason":"[^"]*"' |
+      cut -d'"' -f4)
+    [ -n "$why" ] || why=$(grep '"level":"error"' /tmp/agent.err | tail -1 | grep -o '"error":"[^"]*"' | cut -d'"' -f4)
+    [ -n "$why" ] || why=$(tail -c 200 /tmp/agent.err)
+    out METHOD method=$m server=all idle=$idle perf=$perf attached=0 error="\"$(echo "$why" | tr '\n"' " '" | cut -c1-200)\""
     fail "agent did not start with nginx=$m"
     return 0
   fi
