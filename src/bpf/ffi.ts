@@ -14,6 +14,8 @@ const LIBBPF_SYMBOLS = {
   libbpf_strerror: { parameters: ["i32", "buffer", "usize"], result: "i32" },
   libbpf_probe_bpf_map_type: { parameters: ["u32", "pointer"], result: "i32" },
   libbpf_probe_bpf_prog_type: { parameters: ["u32", "pointer"], result: "i32" },
+  // libbpf ≥ 0.8: 1 when the kernel offers the helper to that program type, 0 when not, < 0 on error.
+  libbpf_probe_bpf_helper: { parameters: ["u32", "u32", "pointer"], result: "i32", optional: true },
   libbpf_num_possible_cpus: { parameters: [], result: "i32" },
 
   bpf_object__open_mem: { parameters: ["buffer", "usize", "pointer"], result: "pointer" },
@@ -45,6 +47,8 @@ const LIBBPF_SYMBOLS = {
     result: "pointer",
     optional: true,
   },
+  // A perf event opened here (a tracefs kprobe event with our own maxactive): the link owns the fd.
+  bpf_program__attach_perf_event: { parameters: ["pointer", "i32"], result: "pointer" },
   bpf_program__attach_uprobe_opts: {
     parameters: ["pointer", "i32", "buffer", "usize", "buffer"],
     result: "pointer",
@@ -109,6 +113,12 @@ const LIBC_SYMBOLS = {
   if_nametoindex: { parameters: ["buffer"], result: "u32" },
   sysconf: { parameters: ["i32"], result: "i64" },
   mount: { parameters: ["buffer", "buffer", "buffer", "u64", "pointer"], result: "i32" },
+  // syscall(SYS_perf_event_open, attr, pid, cpu, group_fd, flags): glibc has no wrapper.
+  perf_event_open: {
+    name: "syscall",
+    parameters: ["i64", "buffer", "i32", "i32", "i32", "u64"],
+    result: "i64",
+  },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 export type Libbpf = Deno.DynamicLibrary<typeof LIBBPF_SYMBOLS>["symbols"];
@@ -307,6 +317,11 @@ export const MapType = {
   LRU_HASH: 9,
   LRU_PERCPU_HASH: 10,
   RINGBUF: 27,
+} as const;
+
+// bpf_func_id values probed (uapi/linux/bpf.h).
+export const BpfFunc = {
+  GET_CURRENT_TASK_BTF: 158,
 } as const;
 
 export const ProgType = {

@@ -4,9 +4,10 @@
  * kernel versions); the first that works in order wins, or the method forced by the configuration.
  * Every refusal is kept with its errno text for --validate. The final load enables only chosen programs.
  */
-import { BpfError, MapType, pageSize, quietLibbpf } from "./ffi.ts";
+import { BpfError, BpfFunc, libbpf, MapType, pageSize, ProgType, quietLibbpf } from "./ffi.ts";
 import { type AttachHandle, BpfObject, type GlobalValue } from "./object.ts";
 import type { LibaprInfo } from "./probes.ts";
+import { attachKretprobeEvent, kretprobeMaxactive } from "./kprobe_events.ts";
 
 export type NginxMethod = "tracepoint" | "raw_tp" | "fexit" | "kretprobe";
 export type ApacheMethod = "uprobe" | "read_tracepoint";
@@ -19,7 +20,9 @@ export type AttachSpec =
   | { kind: "uprobe"; library: "libapr"; symbol: string; retprobe: boolean }
   /** A uprobe at a known file offset of a given library (libssl for --validate). */
   | { kind: "uprobe_at"; path: string; offset: number; retprobe: boolean }
-  | { kind: "tc"; direction: "ingress" | "egress" };
+  | { kind: "tc"; direction: "ingress" | "egress" }
+  /** A syscall's return through a tracefs kprobe event with our maxactive (kprobe_events.ts). */
+  | { kind: "kretprobe_event"; syscall: string };
 
 export interface ProgramAttach {
   program: string;
@@ -56,7 +59,15 @@ export const DEFAULT_HOOKS: HookSpec[] = [
         variants: [auto("raw_tp_sys_enter", "raw_tp_sys_exit"), auto("tp_btf_sys_enter", "tp_btf_sys_exit")],
       },
       { method: "fexit", variants: [auto("fexit_recvfrom")] },
-      { method: "kretprobe", variants: [auto("kprobe_recvfrom", "kretprobe_recvfrom")] },
+      {
+        method: "kretprobe",
+        // The entry is libbpf's ksyscall kprobe (an entry probe holds no instance); the return needs a
+        // maxactive larger than the kernel's default, which only a tracefs event takes.
+        variants: [[
+          { program: "kprobe_recvfrom", attach: { kind: "auto" } },
+          { program: "kretprobe_recvfrom", attach: { kind: "kretprobe_event", syscall: "recvfrom" } },
+        ]],
+      },
     ],
   },
   {
@@ -129,6 +140,10 @@ export interface PlanConfig {
   exhaustive?: boolean;
   /** Whether the kernel has ring buffers: if not, ring buffer maps are not created. */
   ringbuf?: boolean;
+  /** kretprobe maxactive (default: $JA4EBPF_KRETPROBE_MAXACTIVE, else 4096, the kernel's ceiling). */
+  kretprobeMaxactive?: number;
+  /** `has_task_btf` for every load (probe and final); default: probeTaskBtf(). */
+  taskBtf?: boolean;
   hooks?: HookSpec[];
 }
 
@@ -159,10 +174,28 @@ export interface HookPlan {
 export interface AttachPlan {
   hooks: HookPlan[];
   ringbuf: boolean;
+  /** `has_task_btf` the plan was probed with (the final load uses the same). */
+  taskBtf: boolean;
   /** Programs of the object left out of the final load. */
   disabled: string[];
   /** What the attach steps need again at the final load (library offset, tc settings). */
-  context: Pick<PlanConfig, "libapr" | "tcInterfaces" | "tcHandle" | "tcPriority">;
+  context: Pick<PlanConfig, "libapr" | "tcInterfaces" | "tcHandle" | "tcPriority" | "kretprobeMaxactive">;
+}
+
+let taskBtfProbed: boolean | undefined;
+/**
+ * Whether the kernel offers bpf_get_current_task_btf() (helper 158, 5.11+; not in RHEL 8's 4.18) to
+ * tracepoint programs, probed by loading one that calls it. A libbpf without the probe (< 0.8) or a failed
+ * probe answers false: the bpf_get_current_task() path gives the same events on every kernel.
+ */
+export function probeTaskBtf(): boolean {
+  if (taskBtfProbed === undefined) {
+    const probe = libbpf().libbpf_probe_bpf_helper;
+    taskBtfProbed = probe
+      ? quietLibbpf(() => probe(ProgType.TRACEPOINT, BpfFunc.GET_CURRENT_TASK_BTF, null)) === 1
+      : false;
+  }
+  return taskBtfProbed;
 }
 
 function errText(e: unknown): { error: string; errno?: number } {
@@ -187,6 +220,13 @@ function attachOne(o: BpfObject, pa: ProgramAttach, cfg: PlanConfig, ifaces: str
       return ifaces.map((iface) =>
         prog.attachTc({ iface, direction: a.direction, handle: cfg.tcHandle, priority: cfg.tcPriority })
       );
+    case "kretprobe_event":
+      return [
+        attachKretprobeEvent(prog, {
+          syscall: a.syscall,
+          maxactive: kretprobeMaxactive(cfg.kretprobeMaxactive),
+        }),
+      ];
   }
 }
 
@@ -199,7 +239,11 @@ function preconditions(variant: ProgramAttach[], cfg: PlanConfig): string | unde
   return undefined;
 }
 
-/** Opens the object with only `enabled` programs loaded; ring buffers small (probe) or as configured. */
+/**
+ * Opens the object with only `enabled` programs loaded; ring buffers small (probe) or as configured. Probe
+ * loads and the final load get the same kernel switches (`use_ringbuf` from cfg.ringbuf, `has_task_btf`
+ * from cfg.taskBtf or the probe), so a probe passes exactly when the final load will; `globals` override.
+ */
 function openWith(
   bytes: Uint8Array,
   enabled: Set<string>,
@@ -217,12 +261,27 @@ function openWith(
       else if (probe) m.setMaxEntries(Math.max(pageSize(), 4096));
       else if (ringBytes) m.setMaxEntries(ringBytes);
     }
-    if (globals && Object.keys(globals).length) o.setGlobals(globals);
+    const declared = objectGlobals(o);
+    const values: Record<string, GlobalValue> = {};
+    // Ring buffer off: the branch that names `events` must be dead, or the load refers to an uncreated map.
+    if (declared.has("use_ringbuf")) values.use_ringbuf = cfg.ringbuf !== false;
+    if (declared.has("has_task_btf")) values.has_task_btf = cfg.taskBtf ?? probeTaskBtf();
+    Object.assign(values, globals);
+    if (Object.keys(values).length) o.setGlobals(values);
   } catch (e) {
     o.close();
     throw e;
   }
   return o;
+}
+
+/** Names of the object's .rodata config variables (none when it has no BTF or no .rodata). */
+function objectGlobals(o: BpfObject): Set<string> {
+  try {
+    return new Set(o.globals().map((g) => g.name));
+  } catch {
+    return new Set();
+  }
 }
 
 /** Loads and attaches one program set in a throw-away object; everything is closed before returning. */
@@ -275,6 +334,7 @@ export function makePlan(bytes: Uint8Array, cfg: PlanConfig = {}): AttachPlan {
 }
 
 function makePlanLoud(bytes: Uint8Array, cfg: PlanConfig): AttachPlan {
+  cfg = { ...cfg, taskBtf: cfg.taskBtf ?? probeTaskBtf() };
   const hooks: HookPlan[] = [];
   const all = new Set<string>();
   {
@@ -321,12 +381,14 @@ function makePlanLoud(bytes: Uint8Array, cfg: PlanConfig): AttachPlan {
   return {
     hooks,
     ringbuf: cfg.ringbuf !== false,
+    taskBtf: cfg.taskBtf!,
     disabled: [...all].filter((p) => !chosen.has(p)).sort(),
     context: {
       libapr: cfg.libapr,
       tcInterfaces: cfg.tcInterfaces,
       tcHandle: cfg.tcHandle,
       tcPriority: cfg.tcPriority,
+      kretprobeMaxactive: cfg.kretprobeMaxactive,
     },
   };
 }
@@ -340,8 +402,9 @@ export interface PlannedObject extends Disposable {
 }
 
 /**
- * The final load: only the plan's programs enabled, config globals set (`self_tgid` and `use_ringbuf`
- * are filled in when the object declares them), then every chosen program attached.
+ * The final load: only the plan's programs enabled, config globals set (`self_tgid`, `use_ringbuf` and
+ * `has_task_btf` are filled in from the plan when the object declares them), then every chosen program
+ * attached.
  */
 export function openPlanned(
   bytes: Uint8Array,
@@ -361,13 +424,12 @@ export function openPlanned(
     using probe = BpfObject.openMem(bytes);
     const names = new Set(probe.globals().map((g) => g.name));
     if (names.has("self_tgid")) globals.self_tgid = Deno.pid;
-    if (names.has("use_ringbuf")) globals.use_ringbuf = plan.ringbuf;
   }
   Object.assign(globals, opts.globals);
   const obj = openWith(
     bytes,
     new Set([...chosen.map((p) => p.program), ...(opts.loadOnly ?? [])]),
-    { ...cfg, ringbuf: plan.ringbuf },
+    { ...cfg, ringbuf: plan.ringbuf, taskBtf: cfg.taskBtf ?? plan.taskBtf },
     false,
     globals,
     opts.ringBytes,

@@ -1,5 +1,15 @@
 import { assert, assertEquals, assertMatch } from "../testing/asserts.ts";
-import { type HookSpec, makePlan, openPlanned } from "./plan.ts";
+import {
+  DEFAULT_HOOKS,
+  type HookSpec,
+  makePlan,
+  openPlanned,
+  PROBE_TC_HANDLE,
+  PROBE_TC_PRIORITY,
+  probeTaskBtf,
+} from "./plan.ts";
+import { embeddedObject } from "./embedded.ts";
+import { RODATA } from "./layout.gen.ts";
 import { probeLibapr } from "./probes.ts";
 import { u32Key } from "./object.ts";
 import { probeTestObject, requireRoot } from "../../tests/fixtures/bpf/fixture.ts";
@@ -128,4 +138,50 @@ Deno.test("plan: probes every method for real on this kernel", async (t) => {
       planned.close();
     }
   });
+});
+
+Deno.test("plan: the real object's kernel switches reach every probe load", async (t) => {
+  requireRoot();
+  const bytes = embeddedObject();
+  const hooks = DEFAULT_HOOKS.filter((h) => h.hook !== "apache");
+  const methods = { nginx: "tracepoint", packets: "tc", close: "tracepoint", follow: "tracepoint" };
+
+  await t.step("probeTaskBtf: the helper exists on this kernel (6.18)", () => {
+    assertEquals(probeTaskBtf(), true);
+  });
+
+  // Each case would be refused with EINVAL if a probe load kept the object's defaults: the perf buffer
+  // with `use_ringbuf = 1` names the uncreated `events` map.
+  const cases: [string, { ringbuf: boolean; taskBtf?: boolean }][] = [
+    ["ring buffer, probed task BTF", { ringbuf: true }],
+    ["perf buffer (events not created)", { ringbuf: false }],
+    ["perf buffer, no task BTF (5.10's path)", { ringbuf: false, taskBtf: false }],
+  ];
+  for (const [name, sw] of cases) {
+    await t.step(name, () => {
+      const plan = makePlan(bytes, { hooks, methods, ...sw });
+      for (const h of plan.hooks) {
+        assertEquals([h.hook, h.method, h.reason], [
+          h.hook,
+          methods[h.hook as keyof typeof methods],
+          undefined,
+        ]);
+      }
+      assertEquals([plan.ringbuf, plan.taskBtf], [sw.ringbuf, sw.taskBtf ?? true]);
+      using p = openPlanned(bytes, plan, {
+        tcInterfaces: ["lo"],
+        tcHandle: PROBE_TC_HANDLE + 1,
+        tcPriority: PROBE_TC_PRIORITY + 1,
+      });
+      // The values the kernel got: the loaded (frozen) .rodata map, at the offsets of the generated layout.
+      const rodata = p.obj.maps().find((m) => m.name.endsWith(RODATA.name))!;
+      const v = rodata.lookup(u32Key(0))!;
+      const f = RODATA.fields;
+      assertEquals([v[f.use_ringbuf.offset], v[f.has_task_btf.offset]], [
+        sw.ringbuf ? 1 : 0,
+        sw.taskBtf === false ? 0 : 1,
+      ]);
+      assertEquals(new DataView(v.buffer).getUint32(f.self_tgid.offset, true), Deno.pid);
+    });
+  }
 });
