@@ -18,7 +18,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 pkgs=(clang llvm bpftool libbpf1 libbpf-dev linux-libc-dev curl iproute2 ca-certificates)
 # Servers and tools the tests start themselves.
 test_pkgs=(nginx-light apache2 tshark tcpdump wrk clickhouse-server qemu-system-x86 busybox-static rpm
-  chromium libcap2-bin procps psmisc ethtool openssl python3)
+  chromium libcap2-bin procps psmisc ethtool openssl python3 systemd gcc libc6-dev util-linux)
 [ $want_test = 1 ] && pkgs+=("${test_pkgs[@]}")
 
 missing=()
