@@ -69,6 +69,23 @@ struct {
 	__type(value, struct flow_val);
 } flows SEC(".maps");
 
+/*
+ * x (known to be in [1, pow2]) as a size the verifier can prove non-zero and bounded from the
+ * arithmetic alone. clang fuses "x > 0 && x <= max" into one check on a copy ((x - 1) < max):
+ * older verifiers (5.10, 6.1, 6.12; not 6.18) lose that bound for x and refuse the helper call with
+ * "R? min value is outside of the allowed memory range" / zero-size access (EACCES: 5.10, 6.1, 6.12).
+ * The barrier keeps clang from folding the expression back to x.
+ */
+static __always_inline __u64 tc_nonzero_size(__u64 x, __u64 pow2)
+{
+	asm volatile("" : "+r"(x));
+	return ((x - 1) & (pow2 - 1)) + 1;
+}
+
+_Static_assert((JA4_PKT_MAX & (JA4_PKT_MAX - 1)) == 0, "tc_nonzero_size needs a power of two");
+_Static_assert(__builtin_offsetof(struct ja4_syn_event, options) + 64 <= sizeof(union ja4_scratch_u),
+	       "a 64-byte options read stays in the scratch slot");
+
 static __always_inline void tc_fill_hdr(struct ja4_event_hdr *h, __u8 kind, const struct flow_key *fk)
 {
 	h->kind = kind;
@@ -167,8 +184,9 @@ int tc_ingress(struct __sk_buff *skb)
 		ev->opt_len = 0;
 		__builtin_memset(ev->options, 0, sizeof(ev->options));
 		if (opt_len > 0 && opt_len <= JA4_TCP_OPT_MAX) {
-			if (bpf_skb_load_bytes_relative(skb, ip_hlen + sizeof(th), ev->options, opt_len,
-							BPF_HDR_START_NET))
+			/* [1, 64]: the scratch union has room past options[40]; exactly opt_len is read */
+			if (bpf_skb_load_bytes_relative(skb, ip_hlen + sizeof(th), ev->options,
+							tc_nonzero_size(opt_len, 64), BPF_HDR_START_NET))
 				count_drop(JA4_DROP_SKB_LOAD);
 			else
 				ev->opt_len = opt_len;
@@ -208,6 +226,7 @@ int tc_ingress(struct __sk_buff *skb)
 				if (want > skb->len)
 					want = skb->len;
 				bpf_skb_pull_data(skb, want);
+				n = tc_nonzero_size(n, JA4_PKT_MAX); /* JA4_PKT_MAX is a power of two */
 				if (bpf_skb_load_bytes_relative(skb, ip_hlen + doff, ev->data, n, BPF_HDR_START_NET)) {
 					count_drop(JA4_DROP_SKB_LOAD);
 				} else {

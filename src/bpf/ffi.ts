@@ -175,7 +175,16 @@ export function libbpfVersion(): { version: string; soname: string } {
 }
 
 // libbpf print levels: 0 warn, 1 info, 2 debug.
-const printBuf = new Uint8Array(4096);
+let printBuf = new Uint8Array(4096);
+/** Bytes of the platform's va_list (x86-64: 24, arm64: 32): copied so a long message can be formatted twice. */
+const VA_LIST_BYTES = Deno.build.arch === "x86_64" ? 24 : 32;
+const vaCopy = new Uint8Array(VA_LIST_BYTES);
+/** A verifier log runs to megabytes: its head and its tail (where the refusal is) are kept. */
+const MSG_HEAD = 2048;
+const MSG_TAIL = 12288;
+function clip(msg: string): string {
+  return msg.length <= MSG_HEAD + MSG_TAIL ? msg : `${msg.slice(0, MSG_HEAD)}\n[…]\n${msg.slice(-MSG_TAIL)}`;
+}
 const dec = new TextDecoder();
 /**
  * Warnings libbpf prints for conditions we handle, logged at debug level: bpf_tc_hook_create() asks for an
@@ -184,17 +193,35 @@ const dec = new TextDecoder();
 const HARMLESS = [/Exclusivity flag on, cannot modify/];
 /** Lines libbpf printed at warn level since start (tests and --validate read them for context). */
 export const libbpfWarnings: string[] = [];
+let warnTotal = 0;
+/** A mark for libbpfWarningsSince(). */
+export function libbpfWarnMark(): number {
+  return warnTotal;
+}
+/** Warnings libbpf printed since the mark (at most the 200 kept). */
+export function libbpfWarningsSince(mark: number): string[] {
+  const n = Math.min(warnTotal - mark, libbpfWarnings.length);
+  return n > 0 ? libbpfWarnings.slice(-n) : [];
+}
 
 function installPrint(l: Libbpf): void {
   const c = libc();
   printCb = new Deno.UnsafeCallback(
     { parameters: ["i32", "pointer", "pointer"], result: "i32" } as const,
     (level, fmt, ap) => {
-      // On x86-64 a va_list is passed as a pointer: libc formats it once.
-      const n = c.vsnprintf(printBuf, BigInt(printBuf.length), fmt, ap);
+      // The va_list arrives as a pointer (x86-64, and arm64's by-reference struct): vsnprintf consumes it, so
+      // a copy is kept to format again into a bigger buffer (a verifier log does not fit in 4 KiB).
+      if (ap) vaCopy.set(new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ap, VA_LIST_BYTES)));
+      let n = c.vsnprintf(printBuf, BigInt(printBuf.length), fmt, ap);
+      if (ap && n >= printBuf.length) {
+        printBuf = new Uint8Array(n + 1);
+        n = c.vsnprintf(printBuf, BigInt(printBuf.length), fmt, Deno.UnsafePointer.of(vaCopy));
+      }
       const len = Math.max(0, Math.min(n, printBuf.length - 1));
-      const msg = dec.decode(printBuf.subarray(0, len)).trimEnd();
+      const msg = clip(dec.decode(printBuf.subarray(0, len)).trimEnd());
+      if (printBuf.length > 65536) printBuf = new Uint8Array(4096);
       if (level === 0 && !HARMLESS.some((re) => re.test(msg))) {
+        warnTotal++;
         libbpfWarnings.push(msg);
         if (libbpfWarnings.length > 200) libbpfWarnings.shift();
         if (quiet > 0) log.debug(msg.startsWith("libbpf: ") ? msg : "libbpf: " + msg);

@@ -119,20 +119,28 @@ function osErrno(e: unknown, fallback = 5): number {
   return fallback;
 }
 
-/** Appends one command to kprobe_events (O_WRONLY|O_APPEND: never truncate, that would drop every probe). */
-function writeEvents(tracefs: string, line: string): void {
+/** kprobe_events, or uprobe_events (same syntax; the tests use it where kprobes are compiled out). */
+export type EventsFile = "kprobe_events" | "uprobe_events";
+
+/** Appends one command (O_WRONLY|O_APPEND: a truncating write would remove every probe of the system). */
+export function writeEvents(tracefs: string, line: string, file: EventsFile = "kprobe_events"): void {
   try {
-    using f = Deno.openSync(`${tracefs}/kprobe_events`, { write: true, append: true });
+    using f = Deno.openSync(`${tracefs}/${file}`, { write: true, append: true });
     f.writeSync(new TextEncoder().encode(line + "\n"));
   } catch (e) {
-    throw new BpfError("kprobe_events", osErrno(e), line);
+    throw new BpfError(file, osErrno(e), line);
   }
 }
 
 /** Removes one event; false when the kernel refused (still in use) or it was already gone. */
-export function removeEvent(tracefs: string, event: string, group = GROUP): boolean {
+export function removeEvent(
+  tracefs: string,
+  event: string,
+  group = GROUP,
+  file: EventsFile = "kprobe_events",
+): boolean {
   try {
-    writeEvents(tracefs, `-:${group}/${event}`);
+    writeEvents(tracefs, `-:${group}/${event}`, file);
     return true;
   } catch {
     return false;
@@ -149,16 +157,16 @@ function pidAlive(pid: number): boolean {
 }
 
 let cleaned = false;
-/** Once per process: removes our events left by dead agents. Returns the names removed. */
-export function removeStaleEvents(tracefs: string): string[] {
+/** Removes our events left by dead agents (attach does it once per process). Returns the names removed. */
+export function removeStaleEvents(tracefs: string, file: EventsFile = "kprobe_events"): string[] {
   let text = "";
   try {
-    text = Deno.readTextFileSync(`${tracefs}/kprobe_events`);
+    text = Deno.readTextFileSync(`${tracefs}/${file}`);
   } catch {
     return [];
   }
   return staleEvents(parseProbeEvents(text), pidAlive)
-    .filter((e) => removeEvent(tracefs, e.event, e.group))
+    .filter((e) => removeEvent(tracefs, e.event, e.group, file))
     .map((e) => e.event);
 }
 
@@ -267,20 +275,8 @@ export function attachKretprobeEvent(prog: BpfProgram, o: KretprobeEventOptions)
     throw e;
   }
   active.add(event);
-  let pfd = -1;
   try {
-    let id: number;
-    try {
-      id = Number(Deno.readTextFileSync(`${tracefs}/events/${GROUP}/${event}/id`).trim());
-    } catch (e) {
-      throw new BpfError("kprobe event id", osErrno(e, 2), event);
-    }
-    pfd = perfEventOpenTracepoint(id);
-    const p = libbpf().bpf_program__attach_perf_event(prog.ptr, pfd);
-    if (p === null) {
-      throw new BpfError("bpf_program__attach_perf_event", errno() || 22, `${prog.name} → ${event}`);
-    }
-    pfd = -1; // the link owns it now
+    const p = attachTracefsEvent(prog, tracefs, GROUP, event);
     const link = new KprobeEventLink(
       p,
       `${prog.name} → kretprobe ${fn} (maxactive ${maxactive})`,
@@ -291,11 +287,36 @@ export function attachKretprobeEvent(prog: BpfProgram, o: KretprobeEventOptions)
     prog.obj.track(link);
     return link;
   } catch (e) {
-    if (pfd >= 0) libc().close(pfd);
     removeEvent(tracefs, event);
     active.delete(event);
     throw e;
   }
+}
+
+/**
+ * Opens a perf event on a tracefs event (a kprobe or uprobe event, a tracepoint) and attaches prog to it, as
+ * libbpf's legacy kprobes do. Returns libbpf's link, which owns the perf event fd (closed on destroy).
+ */
+export function attachTracefsEvent(
+  prog: BpfProgram,
+  tracefs: string,
+  group: string,
+  event: string,
+): Deno.PointerObject {
+  let id: number;
+  try {
+    id = Number(Deno.readTextFileSync(`${tracefs}/events/${group}/${event}/id`).trim());
+  } catch (e) {
+    throw new BpfError("tracefs event id", osErrno(e, 2), `${group}/${event}`);
+  }
+  const pfd = perfEventOpenTracepoint(id);
+  const p = libbpf().bpf_program__attach_perf_event(prog.ptr, pfd);
+  if (p === null) {
+    const e = errno() || 22;
+    libc().close(pfd);
+    throw new BpfError("bpf_program__attach_perf_event", e, `${prog.name} → ${group}/${event}`);
+  }
+  return p;
 }
 
 /** `ja4ebpf_<pid>_<syscall>`, or with a suffix when this process holds it already or a leftover will not go. */

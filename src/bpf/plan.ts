@@ -4,7 +4,17 @@
  * kernel versions); the first that works in order wins, or the method forced by the configuration.
  * Every refusal is kept with its errno text for --validate. The final load enables only chosen programs.
  */
-import { BpfError, BpfFunc, libbpf, MapType, pageSize, ProgType, quietLibbpf } from "./ffi.ts";
+import {
+  BpfError,
+  BpfFunc,
+  libbpf,
+  libbpfWarningsSince,
+  libbpfWarnMark,
+  MapType,
+  pageSize,
+  ProgType,
+  quietLibbpf,
+} from "./ffi.ts";
 import { type AttachHandle, BpfObject, type GlobalValue } from "./object.ts";
 import type { LibaprInfo } from "./probes.ts";
 import { attachKretprobeEvent, kretprobeMaxactive } from "./kprobe_events.ts";
@@ -155,6 +165,8 @@ export interface MethodAttempt {
   /** "EPERM: Operation not permitted" */
   error?: string;
   errno?: number;
+  /** A load refused by the verifier: the program and the last lines of its log (why). */
+  verifier?: string;
   /** The program set that was tried (the winning one when ok). */
   programs: string[];
 }
@@ -275,6 +287,20 @@ function openWith(
   return o;
 }
 
+/**
+ * "prog 'tc_ingress': …last lines of its verifier log" from libbpf's warnings of one failed load (libbpf
+ * prints the whole log as one message between BEGIN/END PROG LOAD LOG), or undefined without a log.
+ */
+export function verifierTail(warnings: string[], lines = 4): string | undefined {
+  for (const w of warnings) {
+    const m = /prog '([^']+)': -- BEGIN PROG LOAD LOG --\n([\s\S]*?)(?:-- END PROG LOAD LOG --|$)/.exec(w);
+    if (!m) continue;
+    const body = m[2].split("\n").map((l) => l.trim()).filter((l) => l && !/^processed \d+ insns/.test(l));
+    if (body.length) return `prog '${m[1]}': ${body.slice(-lines).join(" | ")}`;
+  }
+  return undefined;
+}
+
 /** Names of the object's .rodata config variables (none when it has no BTF or no .rodata). */
 function objectGlobals(o: BpfObject): Set<string> {
   try {
@@ -309,10 +335,12 @@ export function probeVariant(
     return { ok: false, stage: "load", ...errText(e), programs };
   }
   try {
+    const mark = libbpfWarnMark();
     try {
       obj.load();
     } catch (e) {
-      return { ok: false, stage: "load", ...errText(e), programs };
+      const verifier = verifierTail(libbpfWarningsSince(mark));
+      return { ok: false, stage: "load", ...errText(e), ...(verifier ? { verifier } : {}), programs };
     }
     try {
       // Probe tc filters use their own handle/priority: a probe (--validate) must never replace, then

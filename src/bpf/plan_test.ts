@@ -7,6 +7,7 @@ import {
   PROBE_TC_HANDLE,
   PROBE_TC_PRIORITY,
   probeTaskBtf,
+  verifierTail,
 } from "./plan.ts";
 import { embeddedObject } from "./embedded.ts";
 import { RODATA } from "./layout.gen.ts";
@@ -183,5 +184,29 @@ Deno.test("plan: the real object's kernel switches reach every probe load", asyn
       ]);
       assertEquals(new DataView(v.buffer).getUint32(f.self_tgid.offset, true), Deno.pid);
     });
+  }
+});
+
+Deno.test("verifierTail: the refusal from libbpf's one-message verifier log", async (t) => {
+  const cases: [string, string[], string | undefined][] = [
+    ["no log", ["libbpf: prog 'x': BPF program load failed: Permission denied"], undefined],
+    [
+      "last lines, the insn count left out",
+      [
+        "libbpf: prog 'x': BPF program load failed: Permission denied",
+        "libbpf: prog 'tc_ingress': -- BEGIN PROG LOAD LOG --\n0: (bf) r6 = r1\n1: (61) r1 = *(u32 *)(r6 +16)\n" +
+        "R1 invalid mem access 'scalar'\nprocessed 2 insns (limit 1000000) max_states_per_insn 0\n" +
+        "-- END PROG LOAD LOG --",
+      ],
+      "prog 'tc_ingress': 0: (bf) r6 = r1 | 1: (61) r1 = *(u32 *)(r6 +16) | R1 invalid mem access 'scalar'",
+    ],
+    [
+      "a log clipped before its END marker",
+      ["libbpf: prog 'p': -- BEGIN PROG LOAD LOG --\na\nb\nc\nd\ne\n[…]\nf"],
+      "prog 'p': d | e | […] | f",
+    ],
+  ];
+  for (const [name, warnings, want] of cases) {
+    await t.step(name, () => assertEquals(verifierTail(warnings), want));
   }
 });

@@ -35,7 +35,14 @@ export interface ValidateReport {
     requested: string;
     method: string | null;
     reason?: string;
-    attempts: { method: string; ok: boolean; stage?: string; error?: string; programs: string[] }[];
+    attempts: {
+      method: string;
+      ok: boolean;
+      stage?: string;
+      error?: string;
+      verifier?: string;
+      programs: string[];
+    }[];
   }[];
   disabled_programs: string[];
   /** HTTPS plaintext capture (SSL_read uprobes on libssl); null when BPF could not be probed at all. */
@@ -149,6 +156,7 @@ export async function validate(cfg: Config): Promise<ValidateReport> {
       ok: a.ok,
       stage: a.stage,
       error: a.error,
+      verifier: a.verifier,
       programs: a.programs,
     })),
   }));
@@ -297,6 +305,7 @@ export function formatReport(r: ValidateReport): string {
         ? (a.method === h.method ? "works (chosen)" : "works")
         : `refused at ${a.stage}: ${a.error}`;
       lines.push(`    ${a.method.padEnd(16)}${what}`);
+      if (a.verifier) lines.push(`    ${"".padEnd(16)}verifier: ${a.verifier}`);
     }
     if (!h.method && h.reason && !h.attempts.length) lines.push(`    ${h.reason}`);
   }

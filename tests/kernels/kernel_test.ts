@@ -1,10 +1,12 @@
 /**
  * Boots Debian 12's 6.1 kernel under QEMU (TCG) and checks, inside it, that the agent validates and captures
  * nginx and Apache requests with the right JA4H. The full matrix (5.10, 6.1, 6.12, every method, the idle
- * recvfrom adversary, perf buffer) is tests/kernels/matrix.sh; this keeps one kernel in the normal test run.
- * Needs: qemu-system-x86, busybox-static, nginx, apache2, curl, libbpf1, and Debian's mirror on first run.
+ * recvfrom adversary, perf buffer, the host) is tests/kernels/matrix.sh; this keeps one kernel in the normal
+ * test run, and the host's own kernel with a method it refuses.
+ * Needs: root, qemu-system-x86, busybox-static, nginx, apache2, curl, gcc, libbpf1, and Debian's mirror on
+ * first run.
  */
-import { assert, assertEquals, assertGreater } from "../../src/testing/asserts.ts";
+import { assert, assertEquals, assertGreater, assertMatch } from "../../src/testing/asserts.ts";
 import { type GuestLine, parseKernelRun, runKernel } from "./results.ts";
 
 const REQUESTS = 5;
@@ -90,5 +92,49 @@ Deno.test({
     assertEquals(one(L, "SUMMARY", "failures")?.fields.failures, "0", `the guest reported failures${ctx}`);
     assertEquals(run.code, 0, `run.sh exit code${ctx}`);
     assertGreater(run.seconds, 0);
+  },
+});
+
+Deno.test({
+  name:
+    "host kernel (no VM): auto captures both servers; a method the kernel lacks is refused with its errno",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await requireTools();
+    const run = await runKernel("host", {
+      requests: REQUESTS,
+      methods: ["auto", "kretprobe"],
+      idle: 0,
+      perfbuf: false,
+      timeoutSeconds: 50,
+    });
+    const ctx = `\n--- host.sh (${run.seconds.toFixed(0)} s, exit ${run.code}) ---\n${run.stdout}\n${
+      run.stderr.slice(-2000)
+    }`;
+    const L = run.lines;
+    assertEquals(one(L, "VALIDATE", "rc")?.fields.rc, "0", `ja4ebpf --validate failed${ctx}`);
+    for (const server of ["nginx", "apache"]) {
+      const m = L.find((l) =>
+        l.kind === "METHOD" && l.fields.method === "auto" && l.fields.server === server
+      );
+      assert(m && m.fields.attached !== "0", `${server}: no method attached${ctx}`);
+      assertEquals(m.fields.rows, String(REQUESTS), `${server}: rows != requests${ctx}`);
+      assertEquals(m.fields.right_ja4h, String(REQUESTS), `${server}: wrong JA4H${ctx}`);
+    }
+    // kretprobe: attached where the kernel has kprobes, else refused with an errno (the host of this project).
+    const expectRefused = one(L, "INFO", "expect_refused")?.fields.expect_refused.split(" ") ?? [];
+    const k = L.find((l) =>
+      l.kind === "METHOD" && l.fields.method === "kretprobe" && l.fields.server === "nginx"
+    );
+    assert(k, `no kretprobe result for nginx${ctx}`);
+    if (expectRefused.includes("kretprobe")) {
+      assertEquals(k.fields.attached, "0", `kretprobe attached on a kernel without kprobe_events${ctx}`);
+      assertMatch(k.fields.refused ?? "", /\bE[A-Z]{2,}\b/, `kretprobe refused without an errno${ctx}`);
+    } else {
+      assertEquals(k.fields.attached, "kretprobe", `kretprobe not attached${ctx}`);
+    }
+    assertEquals(one(L, "SUMMARY", "failures")?.fields.failures, "0", `the checks reported failures${ctx}`);
+    assertEquals(run.code, 0, `host.sh exit code${ctx}`);
   },
 });

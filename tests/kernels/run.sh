@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Boots one Debian kernel under QEMU (TCG) with a busybox initramfs and runs the agent's checks inside.
 #   tests/kernels/run.sh VERSION [--requests N] [--methods "tracepoint kretprobe ..."] [--idle N] [--no-perfbuf]
-#                                [--timeout SECONDS] [--mem MiB] [--agent js|source|bundle]
+#                                [--timeout SECONDS] [--mem MiB] [--agent js|source|bundle] [--env KEY=VALUE]...
 # VERSION: 5.10 (Debian 11), 6.1 (Debian 12), 6.12 (Debian 12 backport). Prints the guest's "JA4K" lines
 # without their prefix, then "log: FILE"; exits with the guest's result (124 on timeout, 125 if the guest never
 # reported). The full serial console log stays in tests/kernels/cache/VERSION/console.log.
@@ -12,6 +12,8 @@ CACHE=$KERNELS_CACHE
 version=${1:?usage: run.sh VERSION [--requests N] [--methods LIST] [--idle N] [--no-perfbuf] [--timeout S]}
 shift
 requests=20 methods=all idle=64 perfbuf=1 timeout_s=600 mem=3072
+# --env: variables exported to the guest (and the agent), e.g. JA4EBPF_KRETPROBE_MAXACTIVE=1.
+envs=()
 while [ $# -gt 0 ]; do
   case $1 in
     --requests) requests=$2; shift 2 ;;
@@ -21,6 +23,9 @@ while [ $# -gt 0 ]; do
     --timeout) timeout_s=$2; shift 2 ;;
     --mem) mem=$2; shift 2 ;;
     --agent) export AGENT=$2; shift 2 ;;
+    --env) { [[ $2 =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] && [[ $2 != *"'"* ]]; } ||
+      { echo "run.sh: --env wants KEY=VALUE (no quotes), got $2" >&2; exit 2; }
+      envs+=("$2"); shift 2 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -33,6 +38,7 @@ work=$(mktemp -d "$kdir/run.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 params=$work/params.env
 printf 'REQUESTS=%s\nMETHODS="%s"\nIDLE=%s\nPERFBUF=%s\n' "$requests" "$methods" "$idle" "$perfbuf" >"$params"
+for kv in ${envs[@]+"${envs[@]}"}; do printf "%s='%s'\n" "${kv%%=*}" "${kv#*=}" >>"$params"; done
 t0=$(date +%s.%N)
 KERNEL_DIR=$kdir bash "$HERE/build-initramfs.sh" "$work/initramfs.cpio" "$params"
 t1=$(date +%s.%N)

@@ -2,10 +2,20 @@
 # The checks run inside the test VM (busybox sh). Output for the host: lines "JA4K KIND key=value ...".
 # Parameters come from /guest/params.env: REQUESTS (per server and method), METHODS (space-separated, or
 # "all"), IDLE (idle recvfrom processes for the adversarial pass, 0 = skip), PERFBUF (1 = forced perf-buffer pass).
+# The same checks run on the host itself (tests/kernels/host.sh), which sets where things are instead of the VM's
+# fixed places: SCRIPTS (this folder), W (scratch files), NGINX_CONF, APACHE_CONF, the ports, AGENT_KIND, DENO_BIN,
+# EXPECT_REFUSED (methods the host is known to refuse: recorded with their errno, not failures).
 REQUESTS=${REQUESTS:-20}
 METHODS=${METHODS:-all}
 IDLE=${IDLE:-64}
 PERFBUF=${PERFBUF:-1}
+SCRIPTS=${SCRIPTS:-/guest}
+W=${W:-/tmp}
+NGINX_CONF=${NGINX_CONF:-/guest/nginx.conf}
+APACHE_CONF=${APACHE_CONF:-/guest/apache.conf}
+NGINX_PORT=${NGINX_PORT:-8080}
+APACHE_PORT=${APACHE_PORT:-8081}
+METRICS_PORT=${METRICS_PORT:-9435}
 failures=0
 out() { echo "JA4K $* t=$(cut -d' ' -f1 /proc/uptime)"; }
 fail() { out "FAIL $*"; failures=$((failures + 1)); }
@@ -29,7 +39,7 @@ else
   fail tracepoint sys_exit_recvfrom format not readable
 fi
 [ -e $T/kprobe_events ] && out CHECK kprobe_events=1 || out CHECK kprobe_events=0
-[ -e $T/available_filter_functions ] && out CHECK ftrace=1 fexit_target="$(grep -c '^__x64_sys_recvfrom' $T/available_filter_functions)" || out CHECK ftrace=0
+[ -e $T/available_filter_functions ] && out CHECK ftrace=1 fexit_target="$(grep -c '^__x64_sys_recvfrom' $T/available_filter_functions 2>/dev/null)" || out CHECK ftrace=0
 out CHECK preempt="$(grep -o 'PREEMPT[A-Z_]*' /proc/version | head -1)"
 if command -v bpftool >/dev/null; then
   for f in ringbuf perf_event_array; do
@@ -39,10 +49,10 @@ if command -v bpftool >/dev/null; then
 fi
 
 # --- The agent's runtime starts ---
-kind=$(cat /agent/kind)
+kind=${AGENT_KIND:-$(cat /agent/kind)}
 t0=$(cut -d' ' -f1 /proc/uptime)
 if [ "$kind" != bundle ]; then
-  v=$(/usr/bin/deno --version 2>&1 | head -1)
+  v=$(${DENO_BIN:-/usr/bin/deno} --version 2>&1 | head -1)
 else
   v=$(/usr/bin/ja4ebpf version 2>&1 | head -1)
 fi
@@ -56,20 +66,20 @@ t1=$(cut -d' ' -f1 /proc/uptime)
 out CHECK agent_version="\"$av\"" load_s="$(awk "BEGIN {print $t1 - $t0}")"
 
 # --- The servers answer on loopback ---
-nginx -c /guest/nginx.conf -e /tmp/nginx-error.log || fail nginx did not start: "$(cat /tmp/nginx-error.log)"
-apache2 -f /guest/apache.conf -k start || fail apache did not start: "$(cat /tmp/apache-error.log)"
+nginx -c "$NGINX_CONF" -e $W/nginx-error.log || fail nginx did not start: "$(cat $W/nginx-error.log)"
+apache2 -f "$APACHE_CONF" -k start || fail apache did not start: "$(cat $W/apache-error.log)"
 # Waits until a server answers (Apache forks its children after returning).
 wait_http() {
   i=0
   while [ $i -lt 50 ]; do curl -fsS -m 2 -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.2; i=$((i + 1)); done
   return 1
 }
-wait_http http://127.0.0.1:8080/kt || fail nginx does not answer
-wait_http http://127.0.0.1:8081/kt || fail apache does not answer: "$(tail -n 3 /tmp/apache-error.log | tr '\n' ' ')"
+wait_http http://127.0.0.1:$NGINX_PORT/kt || fail nginx does not answer
+wait_http http://127.0.0.1:$APACHE_PORT/kt || fail apache does not answer: "$(tail -n 3 $W/apache-error.log | tr '\n' ' ')"
 # A fixed request: the agent's JA4H for it must match the one computed here from the same header names.
 UA="ja4ebpf-kernel-test/1"
 request() { curl -sS -m 5 -o /dev/null -w '%{http_code}\n' -A "$UA" -H 'Accept-Language: en-US,en;q=0.9' "$1"; }
-for srv in nginx:8080 apache:8081; do
+for srv in nginx:$NGINX_PORT apache:$APACHE_PORT; do
   ok=0
   i=0
   while [ $i -lt "$REQUESTS" ]; do
@@ -81,7 +91,7 @@ for srv in nginx:8080 apache:8081; do
 done
 
 # --- The agent itself, once its commands exist ---
-. /guest/agent.sh
+. $SCRIPTS/agent.sh
 agent_checks
 
 out SUMMARY failures=$failures
