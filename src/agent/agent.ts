@@ -7,9 +7,10 @@
 import { changedKeys, type Config, loadConfig, RELOADABLE } from "../config/config.ts";
 import { configureLog, log } from "../log.ts";
 import { embeddedObject } from "../bpf/embedded.ts";
+import { pageSize } from "../bpf/ffi.ts";
 import { type AttachPlan, makePlan, openPlanned, type PlannedObject, SSL_UPROBES } from "../bpf/plan.ts";
 import { probeLibapr } from "../bpf/probes.ts";
-import { probeRingbuf } from "../bpf/object.ts";
+import { possibleCpus, probeRingbuf } from "../bpf/object.ts";
 import type { AttachHandle, BpfMap } from "../bpf/object.ts";
 import { type CaptureEvent, EventDecoder } from "../bpf/events.ts";
 import { LibraryProbes, type UprobePair } from "./lib_probes.ts";
@@ -71,6 +72,12 @@ function procGone(pid: number): boolean {
   } catch {
     return true;
   }
+}
+
+/** capture.ring_size_mb spread over the CPUs' perf rings: a power of two of pages per CPU (≥ 8). */
+export function perfPagesPerCpu(ringMb: number, cpus = possibleCpus(), page = pageSize()): number {
+  const want = Math.max(8, Math.floor((ringMb * 1024 * 1024) / (cpus * page)));
+  return 2 ** Math.floor(Math.log2(want));
 }
 
 const toC = (t: Tuple): CTuple => ({ src: t.src, srcPort: t.src_port, dst: t.dst, dstPort: t.dst_port });
@@ -252,7 +259,9 @@ export class Agent {
 
     const events = this.planned.obj.map(ringbuf ? "events" : "events_perf");
     const onRecord = (rec: Uint8Array) => this.onRecord(rec);
-    this.reader = ringbuf ? new RingReader(events, { onRecord }) : new PerfReader(events, { onRecord });
+    this.reader = ringbuf
+      ? new RingReader(events, { onRecord })
+      : new PerfReader(events, { onRecord }, perfPagesPerCpu(cfg.capture.ring_size_mb));
     this.reader.start();
 
     this.timers.push(setInterval(() => this.tick(), 100));
