@@ -51,7 +51,7 @@ table=$(mktemp)
   echo "adversary). *rows* = rows the agent wrote for that server; *JA4H ok* = rows whose JA4H equals the one"
   echo "computed independently for the request sent; *drops* = the agent's \`ja4ebpf_bpf_drops_total\`;"
   echo "*packets* = the TC packet hook (JA4, JA4T) as the agent reported it, *JA4T* = rows that carry a JA4T;"
-  echo "*missed* = kretprobe misses (\`kretprobe_missed\` reason, readable on ≥ 6.7 only). The *host* rows ran the"
+  echo "*missed* = kretprobe misses (\`kretprobe_missed\` reason, from \`kprobe_profile\`). The *host* rows ran the"
   echo "same checks on the development machine's own kernel, without a VM (\`host.sh\`: nginx and Apache on ports"
   echo "31080/31081); *refused* methods show the errno the agent reported."
   echo
