@@ -167,6 +167,10 @@ export class Agent {
       tcInterfaces: ifaces.includes("lo") ? ["lo", ...ifaces.filter((i) => i !== "lo")] : ifaces,
       libapr,
       ringbuf,
+      // The environment variable (tests) wins over the configured value.
+      kretprobeMaxactive: Deno.env.get("JA4EBPF_KRETPROBE_MAXACTIVE")
+        ? undefined
+        : cfg.capture.kretprobe_maxactive,
     });
     for (const h of this.plan.hooks) {
       const refused = h.attempts.filter((a) => !a.ok).map((a) => `${a.method}: ${a.error ?? a.stage}`);

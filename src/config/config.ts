@@ -43,6 +43,7 @@ export interface Config {
     nginx: NginxCapture;
     apache: ApacheCapture;
     ringbuf: RingbufKind;
+    kretprobe_maxactive: number;
     ring_size_mb: number;
     max_head_bytes: number;
     interfaces: string[];
@@ -131,6 +132,14 @@ export const SCHEMA = {
       def: "auto",
       values: ["auto", "ringbuf", "perfbuf"],
       doc: "kernel→agent channel (BPF ring buffer ≥ 5.8, else perf buffer)",
+    },
+    kretprobe_maxactive: {
+      t: "int",
+      def: 4096,
+      min: 1,
+      max: 4096,
+      doc:
+        "return instances of the recvfrom kretprobe (kretprobe method only; too few and returns are missed)",
     },
     ring_size_mb: {
       t: "int",
