@@ -64,6 +64,8 @@ function newStats(): ReaderStats {
 }
 
 const MAP_FAILED = 0xffffffffffffffffn;
+/** Unread bytes after a batch above which the reader goes on at once instead of waiting its interval. */
+const BACKLOG_BYTES = 16 * 1024;
 function mmapChecked(len: number, prot: number, fd: number, off: number, what: string): Deno.PointerObject {
   const p = libc().mmap(null, BigInt(len), prot, 1, /* MAP_SHARED */ fd, BigInt(off));
   if (p === null || BigInt(Deno.UnsafePointer.value(p)) === MAP_FAILED) {
@@ -205,7 +207,10 @@ export class RingReader implements EventReader {
     if (this.#state !== "running") return;
     const budget = this.#opts.budget;
     const n = this.drain(budget);
-    if (n >= budget) this.#timer = setTimeout(this.#tick, 0); // backlog: yield, then continue
+    // Backlog (a full budget, or more arrived while this batch was handled): yield to the event loop, then
+    // continue. Sleeping the batching interval here would leave the ring unread for it after every batch
+    // and, under a sustained load, fill it: the interval is only for a trickle.
+    if (n >= budget || (n > 0 && this.pending() >= BACKLOG_BYTES)) this.#timer = setTimeout(this.#tick, 0);
     else if (n > 0) this.#timer = setTimeout(this.#tick, this.#opts.intervalMs); // data flows: batch
     else this.#idleWait();
   };
