@@ -60,7 +60,7 @@ struct flow_key {
 };
 struct flow_val {
 	__u32 isn;
-	__u32 _pad0;
+	__u32 end; /* stream offset where the first TLS record ends (5 + its length); 0 = not known yet */
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -204,6 +204,8 @@ int tc_ingress(struct __sk_buff *skb)
 
 		if (budget > JA4_PKT_MAX)
 			budget = JA4_PKT_MAX;
+		if (fv->end && budget > fv->end)
+			budget = fv->end; /* the ClientHello's record is all user space needs */
 		off = seq - (fv->isn + 1); /* wraps to huge for data before the ISN: skipped */
 		if (off < budget) {
 			n = payload;
@@ -232,6 +234,19 @@ int tc_ingress(struct __sk_buff *skb)
 				} else {
 					ev->hdr.data_len = n;
 					ja4_output(skb, ev, offsetof(struct ja4_pkt_event, data) + n);
+					/* The stream's first bytes decide (as user space does: 16 03 starts a TLS
+					 * handshake record). Not TLS: this segment was enough, forget the flow so the
+					 * rest of the connection (keep-alive requests) costs no events. TLS: stop at
+					 * the end of the first record. Only the segment at offset 0 decides; a later
+					 * one arriving first is sent as before. */
+					if (off == 0) {
+						if (ev->data[0] != 0x16 || (n >= 2 && ev->data[1] != 0x03)) {
+							bpf_map_delete_elem(&flows, &fk);
+							return JA4_TC_ACT_UNSPEC;
+						}
+						if (n >= 5)
+							fv->end = 5 + ((__u32)ev->data[3] << 8 | ev->data[4]);
+					}
 				}
 			}
 		}
