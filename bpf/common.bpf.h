@@ -40,6 +40,9 @@ const volatile __u32 max_capture = JA4_CAPTURE_MAX;
 const volatile __u32 tc_capture_bytes = JA4_PKT_MAX;
 /* Server kinds the exec follower adds: bit (1 << enum ja4_server_kind). Default nginx and Apache. */
 const volatile __u32 follow_servers = (1u << JA4_SERVER_NGINX) | (1u << JA4_SERVER_APACHE);
+/* Raw-stream bytes copied of a TLS connection (first byte 0x16): the ClientHello is all user
+ * space reads of it (a post-quantum one is ~1.9 KB). 0 = no limit. */
+const volatile __u32 raw_tls_bytes = 8192;
 
 /* ---- maps ---- */
 
@@ -158,7 +161,8 @@ struct {
 	__type(value, __s32);
 } ssl_fds SEC(".maps");
 
-/* (tgid, fd, stream) -> bytes read so far: the `pos` of the next event. */
+/* (tgid, fd, stream) -> bytes read so far: the `pos` of the next event, in the low 62 bits.
+ * Raw streams carry flags in the top bits (JA4_POS_*): mask with JA4_POS_MASK. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
@@ -323,7 +327,14 @@ static __always_inline int fill_task_hdr(struct ja4_event_hdr *h, __u8 kind, __u
 	return r;
 }
 
-/* Reserves `n` stream bytes on (tgid, fd, stream); returns the position before them. */
+/* conn_pos value flags (raw stream only). Set by adding the bit once (atomic OR needs 5.12; an
+ * add on a clear bit is the same, and BPF_XADD loads everywhere). */
+#define JA4_POS_TLS (1ULL << 63)  /* first byte at position 0 was 0x16: a TLS stream */
+#define JA4_POS_DONE (1ULL << 62) /* TLS stream whose plaintext has begun: handshake read */
+#define JA4_POS_MASK (JA4_POS_DONE - 1)
+
+/* Reserves `n` stream bytes on (tgid, fd, stream); returns the value before them: the position
+ * (JA4_POS_MASK) and the flags. */
 static __always_inline __u64 advance_pos(__u32 tgid, __s32 fd, __u32 stream, __u64 n)
 {
 	struct ja4_conn_key k = {.tgid = tgid, .fd = fd, .stream = stream};
@@ -391,20 +402,65 @@ static __always_inline __u32 emit_chunks(void *ctx, struct ja4_data_event *ev, _
 	return copied;
 }
 
+/* Raw-stream copy budget left for a TLS stream at `pos` (flags in `v`); `budget` otherwise. */
+static __always_inline __u32 raw_tls_budget(__u64 v, __u32 budget)
+{
+	__u64 pos = v & JA4_POS_MASK;
+
+	if (!(v & JA4_POS_TLS) || raw_tls_bytes == 0)
+		return budget;
+	if ((v & JA4_POS_DONE) || pos >= raw_tls_bytes)
+		return 0;
+	return raw_tls_bytes - pos < budget ? raw_tls_bytes - pos : budget;
+}
+
+/* Adds flag `bit` to the raw stream's value once, if the flags in `need` are set (an add on a
+ * clear bit is an OR). */
+static __always_inline void raw_flag(__u32 tgid, __s32 fd, __u64 bit, __u64 need)
+{
+	struct ja4_conn_key k = {.tgid = tgid, .fd = fd, .stream = JA4_STREAM_RAW};
+	__u64 *p = bpf_map_lookup_elem(&conn_pos, &k);
+
+	if (p && (*p & (bit | need)) == need)
+		__sync_fetch_and_add(p, bit);
+}
+
+/*
+ * A raw TLS stream past its copy budget: only the position moves (no header, no copy, no event).
+ * Returns true when it took the `total` bytes.
+ */
+static __always_inline bool raw_skip(__u32 tgid, __s32 fd, __u64 total)
+{
+	struct ja4_conn_key k = {.tgid = tgid, .fd = fd, .stream = JA4_STREAM_RAW};
+	__u64 *p = bpf_map_lookup_elem(&conn_pos, &k);
+
+	if (!p || raw_tls_budget(*p, 1) != 0)
+		return false;
+	__sync_fetch_and_add(p, total);
+	return true;
+}
+
 /*
  * The shared body of every "bytes were read" hook: filters to TCP sockets,
  * builds the header, advances the stream position and sends the chunks.
+ * Raw TLS streams stop being copied after raw_tls_bytes, or once their
+ * plaintext begins (the handshake is then read); positions stay exact.
  */
 static __always_inline void handle_read(void *ctx, __u8 hook, __s32 fd, const void *buf, __u64 total,
 					__u32 stream)
 {
 	struct ja4_data_event *ev;
-	__u64 pos0;
+	__u64 v, pos0;
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	__u32 budget = max_capture;
+	__u32 cap;
 
 	if (total == 0)
 		return;
+	if (stream == JA4_STREAM_RAW && raw_skip(tgid, fd, total))
+		return;
+	if (stream == JA4_STREAM_PLAINTEXT)
+		raw_flag(tgid, fd, JA4_POS_DONE, JA4_POS_TLS); /* only a TLS-flagged raw stream */
 	ev = scratch_get(hook == JA4_HOOK_APR_RECV || hook == JA4_HOOK_SSL_READ || hook == JA4_HOOK_SSL_READ_EX
 				 ? SCRATCH_UPROBE
 				 : SCRATCH_TASK);
@@ -417,12 +473,27 @@ static __always_inline void handle_read(void *ctx, __u8 hook, __s32 fd, const vo
 	ev->hdr.total = total > 0xffffffffULL ? 0xffffffff : (__u32)total;
 	if (stream == JA4_STREAM_PLAINTEXT)
 		ev->hdr.flags |= JA4_F_PLAINTEXT;
-	if (total > budget) {
-		ev->hdr.flags |= JA4_F_TRUNCATED;
-		count_drop(JA4_DROP_TRUNCATED);
+	if (total > budget)
+		count_drop(JA4_DROP_TRUNCATED); /* the capture limit; the TLS cut below is intended */
+	v = advance_pos(tgid, fd, stream, total);
+	pos0 = v & JA4_POS_MASK;
+	cap = budget;
+	if (stream == JA4_STREAM_RAW) {
+		if (pos0 == 0 && raw_tls_bytes != 0) {
+			__u8 first = 0;
+
+			if (!bpf_probe_read_user(&first, 1, buf) && first == 0x16) {
+				raw_flag(tgid, fd, JA4_POS_TLS, 0);
+				v |= JA4_POS_TLS;
+			}
+		}
+		cap = raw_tls_budget(v, budget);
+		if (cap == 0)
+			return;
 	}
-	pos0 = advance_pos(tgid, fd, stream, total);
-	emit_chunks(ctx, ev, pos0, buf, total, 0, budget);
+	if (total > cap)
+		ev->hdr.flags |= JA4_F_TRUNCATED;
+	emit_chunks(ctx, ev, pos0, buf, total, 0, cap);
 }
 
 #endif

@@ -32,7 +32,8 @@ static __always_inline void stash_enter(__u8 hook, __s32 fd, __u64 buf, __u32 io
 
 /*
  * readv: the first JA4_IOV_MAX iovecs, at most one chunk (JA4_CHUNK_MAX bytes)
- * of each; the rest is flagged truncated (positions stay exact). Kept small:
+ * of each; the rest is flagged truncated (positions stay exact). A raw TLS stream
+ * stops at the first call that starts at or past raw_tls_bytes. Kept small:
  * the full chunk loop per iovec is too complex for the verifier.
  */
 static __always_inline void handle_readv(void *ctx, __u8 hook, __s32 fd, const struct iovec *iov,
@@ -41,8 +42,10 @@ static __always_inline void handle_readv(void *ctx, __u8 hook, __s32 fd, const s
 	struct ja4_data_event *ev;
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	__u64 budget = max_capture;
-	__u64 base = 0, pos0;
+	__u64 base = 0, pos0, pv;
 
+	if (raw_skip(tgid, fd, total))
+		return;
 	ev = scratch_get(SCRATCH_TASK);
 	if (!ev)
 		return;
@@ -51,7 +54,22 @@ static __always_inline void handle_readv(void *ctx, __u8 hook, __s32 fd, const s
 	if (budget > JA4_CAPTURE_MAX)
 		budget = JA4_CAPTURE_MAX;
 	ev->hdr.total = total > 0xffffffffULL ? 0xffffffff : (__u32)total;
-	pos0 = advance_pos(tgid, fd, JA4_STREAM_RAW, total);
+	pv = advance_pos(tgid, fd, JA4_STREAM_RAW, total);
+	pos0 = pv & JA4_POS_MASK;
+	/* TLS detection as in handle_read: the first byte of the first iovec */
+	if (pos0 == 0 && raw_tls_bytes != 0 && iovcnt > 0) {
+		struct iovec v0;
+		__u8 first = 0;
+
+		if (!bpf_probe_read_user(&v0, sizeof(v0), &iov[0]) && v0.iov_len > 0 &&
+		    !bpf_probe_read_user(&first, 1, v0.iov_base) && first == 0x16) {
+			raw_flag(tgid, fd, JA4_POS_TLS, 0);
+			pv |= JA4_POS_TLS;
+		}
+	}
+	/* All or nothing: a variable budget in the loop quadruples the verifier's work. */
+	if (raw_tls_budget(pv, 1) == 0)
+		return;
 #pragma unroll
 	for (int i = 0; i < JA4_IOV_MAX; i++) {
 		struct iovec v;
@@ -274,7 +292,7 @@ int tp_enter_close(struct syscall_trace_enter___ja4 *ctx)
 		return 0;
 	p = bpf_map_lookup_elem(&conn_pos, &kr);
 	if (p) {
-		pos_raw = *p;
+		pos_raw = *p & JA4_POS_MASK; /* flags off */
 		seen = true;
 	}
 	p = bpf_map_lookup_elem(&conn_pos, &kp);

@@ -383,6 +383,7 @@ static int run(const char *path, int secs, const char *pids, unsigned short port
 			prev = &k;
 			if (bpf_map_lookup_elem(fd, &k, &v))
 				continue;
+			v &= (1ULL << 62) - 1; /* raw-stream flags (JA4_POS_*) off */
 			for (int i = 0; i < 4096; i++) {
 				struct stream_st *s = &streams[i];
 				if (s->used && s->pid == k.tgid && s->fd == k.fd && s->stream == (int)k.stream) {
