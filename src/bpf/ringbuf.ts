@@ -210,7 +210,7 @@ export class RingReader implements EventReader {
     // Backlog (a full budget, or more arrived while this batch was handled): yield to the event loop, then
     // continue. Sleeping the batching interval here would leave the ring unread for it after every batch
     // and, under a sustained load, fill it: the interval is only for a trickle.
-    if (n >= budget || (n > 0 && this.pending() >= BACKLOG_BYTES)) this.#timer = setTimeout(this.#tick, 0);
+    if (n >= budget || (n > 0 && this.pending() >= BACKLOG_BYTES)) this.#timer = setTimeout(this.#tick, 1);
     else if (n > 0) this.#timer = setTimeout(this.#tick, this.#opts.intervalMs); // data flows: batch
     else this.#idleWait();
   };

@@ -201,6 +201,23 @@ ${o.extraConfig ?? ""}
 `;
 }
 
+/** The access-log half of a WebServer: both servers write the same format ($connection_requests base differs). */
+function accessLogReader(
+  path: string,
+  connRequestsBase: 0 | 1,
+): Pick<WebServer, "accessLog" | "waitForRequests"> {
+  const accessLog = async () =>
+    parseAccessLog(await Deno.readTextFile(path).catch(() => ""), connRequestsBase);
+  return {
+    accessLog,
+    async waitForRequests(n, timeoutMs = 5000) {
+      let got: AccessEntry[] = [];
+      await waitUntil(async () => (got = await accessLog()).length >= n, timeoutMs, `${n} access-log lines`);
+      return got;
+    },
+  };
+}
+
 /** nginx's current-generation workers: children of the master titled exactly "nginx: worker process". */
 function nginxWorkers(master: number): number[] {
   return childPids(master).filter((p) => cmdline(p) === "nginx: worker process");
@@ -254,8 +271,6 @@ export async function startNginx(opts: ServerOptions): Promise<WebServer> {
     await waitUntil(() => nginxWorkers(c.pid).length === workers, 10_000, `nginx: ${workers} workers`);
     const host = connectHost(hosts[0]);
     const pids = (): ServerPids => ({ master: c.pid, workers: nginxWorkers(c.pid) });
-    const readLog = async () =>
-      parseAccessLog(await Deno.readTextFile(`${dir}/access.log`).catch(() => ""), 1);
     return {
       kind: "nginx",
       dir,
@@ -285,12 +300,7 @@ export async function startNginx(opts: ServerOptions): Promise<WebServer> {
         );
         return now;
       },
-      accessLog: readLog,
-      async waitForRequests(n, timeoutMs = 5000) {
-        let got: AccessEntry[] = [];
-        await waitUntil(async () => (got = await readLog()).length >= n, timeoutMs, `${n} access-log lines`);
-        return got;
-      },
+      ...accessLogReader(`${dir}/access.log`, 1),
       close,
       [Symbol.asyncDispose]: close,
     };
@@ -451,8 +461,6 @@ export async function startApache(opts: ServerOptions): Promise<WebServer> {
     }
     await waitUntil(() => childPids(c.pid).length >= workers, 10_000, `apache: ${workers} children`);
     const host = connectHost(hosts[0]);
-    const readLog = async () =>
-      parseAccessLog(await Deno.readTextFile(`${dir}/access.log`).catch(() => ""), 0);
     return {
       kind: "apache",
       dir,
@@ -482,12 +490,7 @@ export async function startApache(opts: ServerOptions): Promise<WebServer> {
         );
         return now;
       },
-      accessLog: readLog,
-      async waitForRequests(n, timeoutMs = 5000) {
-        let got: AccessEntry[] = [];
-        await waitUntil(async () => (got = await readLog()).length >= n, timeoutMs, `${n} access-log lines`);
-        return got;
-      },
+      ...accessLogReader(`${dir}/access.log`, 0),
       close,
       [Symbol.asyncDispose]: close,
     };

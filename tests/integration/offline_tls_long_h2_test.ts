@@ -42,38 +42,45 @@ Deno.test("offline TLS: a GET after 2 MiB of upload on one HTTP/2 connection is 
     await Deno.writeFile(upload, big);
     const keylog = `${dir}/keys.log`;
     const pcap = `${dir}/long.pcap`;
-    const dump = await startTcpdump({ iface: "lo", filter: `tcp port ${TLS_PORT}`, file: pcap });
-    try {
-      const r = await curl([
-        "--http2",
-        "-k",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_version} %{num_connects}\\n",
-        // Loopback segments are up to 64 KiB: unthrottled, tcpdump drops some and TLS can't cross the hole.
-        "--limit-rate",
-        "2M",
-        "--data-binary",
-        `@${upload}`,
-        `${nginx.tlsUrl}upload`,
-        "--next",
-        "--http2",
-        "-k",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_version} %{num_connects}\\n",
-        "-H",
-        "Accept-Language: de-CH",
-        `${nginx.tlsUrl}late?after=upload`,
-      ], { env: { SSLKEYLOGFILE: keylog } });
-      assertEquals(r.code, 0, r.stderr);
-      assertEquals(r.stdout.trim().split("\n"), ["2 1", "2 0"], "two HTTP/2 requests on one connection");
-    } finally {
-      await dump.stop();
+    // A capture with holes (tcpdump's kernel drops on a busy machine) cannot be decrypted past the hole: that
+    // is the environment, not what this test is about, so such a capture is taken again (at most 3 times).
+    let dropped = -1;
+    for (let attempt = 1; attempt <= 3 && dropped !== 0; attempt++) {
+      await Deno.remove(keylog).catch(() => {});
+      const dump = await startTcpdump({ iface: "lo", filter: `tcp port ${TLS_PORT}`, file: pcap });
+      try {
+        const r = await curl([
+          "--http2",
+          "-k",
+          "-o",
+          "/dev/null",
+          "-w",
+          "%{http_version} %{num_connects}\\n",
+          // Loopback segments are up to 64 KiB: unthrottled, tcpdump drops some and TLS can't cross the hole.
+          "--limit-rate",
+          "2M",
+          "--data-binary",
+          `@${upload}`,
+          `${nginx.tlsUrl}upload`,
+          "--next",
+          "--http2",
+          "-k",
+          "-o",
+          "/dev/null",
+          "-w",
+          "%{http_version} %{num_connects}\\n",
+          "-H",
+          "Accept-Language: de-CH",
+          `${nginx.tlsUrl}late?after=upload`,
+        ], { env: { SSLKEYLOGFILE: keylog } });
+        assertEquals(r.code, 0, r.stderr);
+        assertEquals(r.stdout.trim().split("\n"), ["2 1", "2 0"], "two HTTP/2 requests on one connection");
+      } finally {
+        await dump.stop();
+      }
+      dropped = dump.stats?.droppedByKernel ?? -1;
     }
-    assertEquals(dump.stats?.droppedByKernel, 0, "tcpdump dropped packets: the capture has holes");
+    assertEquals(dropped, 0, "tcpdump dropped packets in every attempt: the capture has holes");
     const keyLog = parseKeyLog(await Deno.readTextFile(keylog));
     assert(keyLog.size > 0, "curl wrote no key log (SSLKEYLOGFILE unsupported?)");
 
