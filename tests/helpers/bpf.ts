@@ -4,16 +4,21 @@
  * collector that keeps every record with its raw length. Drop counters summed per reason.
  */
 import { embeddedObject } from "../../src/bpf/embedded.ts";
-import { BpfObject, type GlobalValue, type Link, u32Key } from "../../src/bpf/object.ts";
+import { type AttachHandle, BpfObject, type GlobalValue, u32Key } from "../../src/bpf/object.ts";
 import { type EventReader, PerfReader, RingReader } from "../../src/bpf/ringbuf.ts";
 import { type CaptureEvent, decodeEvent } from "../../src/bpf/events.ts";
 import { DropReason, ServerKind } from "../../src/bpf/layout.gen.ts";
 import { HarnessError, requireRoot } from "./proc.ts";
 
-/** How one enabled program attaches: as its SEC() says, or as a uprobe on a function of a file. */
+/**
+ * How one enabled program attaches: as its SEC() says, as a uprobe on a function of a file, or as a tc
+ * ingress filter on an interface (a handle/priority of its own, so an agent's filter on the same hook is
+ * left alone; default 0x4a3b).
+ */
 export type TestAttach =
   | { program: string }
-  | { program: string; path: string; func: string; retprobe: boolean };
+  | { program: string; path: string; func: string; retprobe: boolean }
+  | { program: string; tc: string; handle?: number };
 
 export interface TestLoaderOptions {
   /** In attach order (read programs before the SSL uprobes, entries before returns). */
@@ -28,6 +33,8 @@ export interface TestLoaderOptions {
   /** Perf buffer pages per CPU; default 64. */
   perfPages?: number;
   globals?: Record<string, GlobalValue>;
+  /** Server ports tc_ingress watches (`listen_ports`). */
+  listenPorts?: number[];
 }
 
 /** One record as the reader handed it over, and its decoding. */
@@ -39,7 +46,7 @@ export interface Received {
 
 export class TestLoader implements AsyncDisposable {
   readonly received: Received[] = [];
-  readonly links: Link[] = [];
+  readonly links: AttachHandle[] = [];
   /** Records decodeEvent refused (each a message): a test expects none. */
   readonly decodeErrors: string[] = [];
   reader!: EventReader;
@@ -60,6 +67,10 @@ export class TestLoader implements AsyncDisposable {
       obj.load();
       const pids = obj.map("traced_pids");
       for (const pid of o.pids) pids.update(u32Key(pid), u32Key(o.kind ?? ServerKind.NGINX));
+      const ports = obj.map("listen_ports");
+      for (const p of o.listenPorts ?? []) {
+        ports.update(new Uint8Array([p & 0xff, p >> 8]), new Uint8Array([1]));
+      }
       // The reader before the programs: a perf sample sent before perf_buffer__new has opened the CPU's
       // perf event fails (ENOENT) and is counted as a drop.
       const onRecord = (rec: Uint8Array) => {
@@ -77,6 +88,8 @@ export class TestLoader implements AsyncDisposable {
         t.links.push(
           "path" in a
             ? prog.attachUprobe({ path: a.path, funcName: a.func, retprobe: a.retprobe })
+            : "tc" in a
+            ? prog.attachTc({ iface: a.tc, handle: a.handle ?? 0x4a3b, priority: a.handle ?? 0x4a3b })
             : prog.attach(),
         );
       }

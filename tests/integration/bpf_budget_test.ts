@@ -1,0 +1,286 @@
+/**
+ * What the BPF side stops sending once user space has what it needs (docs/bpf.md, `tc_ingress` and
+ * "Raw TLS streams"), checked with real nginx traffic on loopback through the product's own loader and
+ * reader:
+ *  - `tc_ingress`: a keep-alive plain-HTTP connection costs one SYN and one PKT event (its first segment),
+ *    however many requests follow; a TLS connection's PKT events cover exactly its first TLS record (the
+ *    ClientHello) and nothing after it, although the client sends much more;
+ *  - the raw stream of a TLS connection (nginx `read()` tracepoint, Apache `apr_socket_recv` uprobe) is
+ *    copied only until the plaintext starts: a handful of events for 20 requests, while `SSL_read` carries
+ *    every request and the close event's raw position still counts every byte read.
+ * Needs root, nginx, apache2 and curl.
+ */
+import { assert, assertEquals, assertGreater } from "../../src/testing/asserts.ts";
+import type { CaptureEvent, CloseEvent, DataEvent, PacketEvent } from "../../src/bpf/events.ts";
+import { mappedLibrary, type TestAttach, TestLoader } from "../helpers/bpf.ts";
+import { startApache, startNginx } from "../helpers/servers.ts";
+import { ServerKind } from "../../src/bpf/layout.gen.ts";
+import { curl } from "../helpers/clients.ts";
+import { delay, HarnessError, requireRoot, waitUntil } from "../helpers/proc.ts";
+
+const NGINX = 33080;
+const NGINX_TLS = 33443;
+const APACHE = 33081;
+// Apache's TLS port: the nginx one, once nginx has stopped.
+const APACHE_TLS = NGINX_TLS;
+
+const isData = (e: CaptureEvent): e is DataEvent => e.type === "data";
+const isPkt = (e: CaptureEvent): e is PacketEvent => e.type === "pkt";
+const isClose = (e: CaptureEvent): e is CloseEvent => e.type === "close";
+
+/** The SSL uprobe pairs on one libssl, each entry before its return probe. */
+function sslPairs(libssl: string): TestAttach[] {
+  const pairs: [string, string, string][] = [
+    ["up_ssl_hshake", "uret_ssl_hshake", "SSL_do_handshake"],
+    ["up_ssl_read", "uret_ssl_read", "SSL_read"],
+    ["up_ssl_read_ex", "uret_ssl_read_ex", "SSL_read_ex"],
+  ];
+  return pairs.flatMap(([entry, ret, func]) => [
+    { program: entry, path: libssl, func, retprobe: false },
+    { program: ret, path: libssl, func, retprobe: true },
+  ]);
+}
+
+/**
+ * One curl invocation fetching every URL over one keep-alive connection; returns the client's local port
+ * (the events' source port). Fails unless each answer is 200 and only the first URL connected.
+ */
+async function keepAliveCurl(urls: string[], extra: string[] = []): Promise<number> {
+  const args = [...extra, "-w", "%{http_code} %{num_connects} %{local_port}\\n"];
+  for (const u of urls) args.push("-o", "/dev/null", u);
+  const r = await curl(args);
+  const lines = r.stdout.trim().split("\n").map((l) => l.split(" "));
+  if (r.code !== 0 || lines.length !== urls.length) {
+    throw new HarnessError(`curl ${urls.length} URLs: exit ${r.code} ${r.stdout} ${r.stderr}`);
+  }
+  const port = lines[0][2];
+  lines.forEach(([code, connects, p], i) => {
+    assertEquals([code, connects, p], ["200", i === 0 ? "1" : "0", port], `curl answer ${i}: one connection`);
+  });
+  return Number(port);
+}
+
+/** PKT events deduplicated by offset (tc sends a retransmit again), in offset order. */
+function segments(pkts: PacketEvent[]): PacketEvent[] {
+  const byOffset = new Map<number, PacketEvent>();
+  for (const p of pkts) if (!byOffset.has(p.offset)) byOffset.set(p.offset, p);
+  return [...byOffset.values()].sort((a, b) => a.offset - b.offset);
+}
+
+/** The TLS request targets: 20 requests on one connection (a query: Apache serves only "/"). */
+const TLS_PATHS = Array.from({ length: 20 }, (_, i) => `/?tls-${i}`);
+
+/**
+ * tc's view of one TLS connection: one SYN, then PKT events covering exactly [0, 5 + record length) of the
+ * first record (the ClientHello), nothing past it. Returns the record's end and the PKT figures.
+ */
+function checkTcTls(conn: CaptureEvent[]): { recordEnd: number; segs: PacketEvent[]; hello: Uint8Array } {
+  assertEquals(conn.filter((e) => e.type === "syn").length, 1, "SYN events");
+  const segs = segments(conn.filter(isPkt));
+  assertGreater(segs.length, 0, "PKT events");
+  const hello = segs[0].bytes;
+  assertEquals(segs[0].offset, 0, "first PKT event at stream offset 0");
+  assert(hello.length >= 6, `first PKT event holds ${hello.length} bytes`);
+  // Handshake record (16 03 xx) whose first message is a ClientHello (type 1).
+  assertEquals([hello[0], hello[1], hello[5]], [0x16, 0x03, 0x01], "ClientHello record at offset 0");
+  const recordEnd = 5 + (hello[3] << 8 | hello[4]);
+  let covered = 0;
+  for (const s of segs) {
+    assertEquals(s.offset, covered, `PKT event at ${s.offset} after ${covered} bytes (gap or overlap)`);
+    covered += s.bytes.length;
+    // A segment reaching past the record is cut at its end.
+    assertEquals(s.truncated, s.offset + s.total > recordEnd, `PKT at ${s.offset}: truncated flag`);
+  }
+  assertEquals(covered, recordEnd, `PKT bytes = 5 + ClientHello record length (${segs.length} segments)`);
+  return { recordEnd, segs, hello };
+}
+
+/**
+ * The raw stream of one TLS connection (rawHook) is copied until the plaintext starts, then only counted:
+ * at most 5 raw events for 20 requests, gap-free from the ClientHello on; the plaintext carries every
+ * request; the close event's positions are exact. Returns a line of figures.
+ */
+function checkRawCut(conn: CaptureEvent[], rawHook: string, what: string): string {
+  const closes = conn.filter(isClose);
+  assertEquals(closes.length, 1, `${what}: close events`);
+  const close = closes[0];
+  const raw = conn.filter(isData).filter((e) => !e.plaintext).sort((a, b) => a.pos - b.pos);
+  const plain = conn.filter(isData).filter((e) => e.plaintext).sort((a, b) => a.pos - b.pos);
+  for (const e of raw) assertEquals(e.hook, rawHook, `${what}: raw event hook`);
+  for (const e of plain) {
+    assert(e.hook === "ssl_read" || e.hook === "ssl_read_ex", `${what}: plaintext from hook ${e.hook}`);
+  }
+  assertGreater(raw.length, 0, `${what}: raw events`);
+  assert(
+    raw.length <= 5,
+    `${what}: ${raw.length} raw DATA events for 20 requests (want ≤ 5, not one per request)`,
+  );
+  let rawSeen = 0;
+  for (const e of raw) {
+    assertEquals(
+      e.pos,
+      rawSeen,
+      `${what}: raw chunk at ${e.pos} after ${rawSeen} bytes (gap in the copied part)`,
+    );
+    assert(!e.readFailed, `${what}: raw chunk at ${e.pos} unread`);
+    rawSeen += e.bytes.length;
+  }
+  const r0 = raw[0].bytes;
+  assertEquals([r0[0], r0[1], r0[5]], [0x16, 0x03, 0x01], `${what}: raw stream starts with a ClientHello`);
+
+  // Plaintext: every request, gap-free, its length the close event's plaintext position.
+  let plainSeen = 0;
+  for (const e of plain) {
+    assertEquals(e.pos, plainSeen, `${what}: plaintext chunk at ${e.pos} after ${plainSeen} bytes`);
+    assert(!e.truncated && !e.readFailed, `${what}: plaintext chunk at ${e.pos} truncated or unread`);
+    plainSeen += e.bytes.length;
+  }
+  const text = new TextDecoder("latin1").decode(new Uint8Array(plain.flatMap((e) => [...e.bytes])));
+  assertEquals(
+    [...text.matchAll(/^GET (\S+) HTTP\/1\.1\r$/gm)].map((m) => m[1]),
+    TLS_PATHS,
+    `${what}: requests in the plaintext stream`,
+  );
+  assertEquals(close.posPlaintext, text.length, `${what}: close plaintext position = plaintext bytes seen`);
+
+  // Positions stay exact: the close counts every raw byte read, the uncopied ones included. Requests 2..20
+  // came in TLS records read after the plaintext started, each record longer than its plaintext.
+  const second = text.indexOf("GET /?tls-1 ");
+  assertGreater(second, 0, `${what}: second request in the plaintext`);
+  assert(
+    close.posRaw - rawSeen >= text.length - second,
+    `${what}: close pos_raw ${close.posRaw}, ${rawSeen} raw bytes copied, yet the ${text.length - second} ` +
+      `plaintext bytes of requests 2..20 must have come in raw records read uncopied`,
+  );
+  return `${raw.length} raw DATA (${rawSeen} B copied of pos_raw ${close.posRaw}), ${plain.length} plaintext ` +
+    `DATA (${text.length} B)`;
+}
+
+/** Loads, runs the 20-request TLS curl against port, waits for its close; the connection's events. */
+async function tlsRun(
+  o: { attach: TestAttach[]; pids: number[]; kind?: number; port: number; closeWaitMs: number },
+): Promise<CaptureEvent[]> {
+  await using l = TestLoader.open({ attach: o.attach, pids: o.pids, kind: o.kind, listenPorts: [o.port] });
+  l.reader.start();
+  const urls = TLS_PATHS.map((p) => `https://127.0.0.1:${o.port}${p}`);
+  const client = await keepAliveCurl(urls, ["-k", "--http1.1"]);
+  await waitUntil(
+    () => l.events.some((e) => isClose(e) && e.srcPort === client),
+    o.closeWaitMs,
+    "close event of the TLS connection",
+  );
+  await delay(100);
+  l.detach();
+  await l.reader.close();
+  assertEquals(l.drops(), {}, "drops (SSL_NO_FD, NO_STASH…)");
+  assertEquals(l.decodeErrors, [], "records the decoder refused");
+  return l.events.filter((e) => e.srcPort === client && e.dstPort === o.port);
+}
+
+Deno.test({
+  name:
+    "BPF budgets: tc_ingress stops after the first segment / TLS record; raw TLS streams stop at plaintext",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async (t) => {
+  requireRoot("bpf_budget_test");
+  {
+    await using nginx = await startNginx({ port: NGINX, tlsPort: NGINX_TLS, workers: 1 });
+    const workers = nginx.pids().workers;
+
+    await t.step("tc_ingress: 50 keep-alive plain-HTTP requests → 1 SYN + 1 PKT", async () => {
+      await using l = TestLoader.open({
+        attach: [{ program: "tc_ingress", tc: "lo" }],
+        pids: workers,
+        listenPorts: [NGINX],
+      });
+      const paths = Array.from({ length: 50 }, (_, i) => `/ka-${i}`);
+      const port = await keepAliveCurl(paths.map((p) => `http://127.0.0.1:${NGINX}${p}`));
+      const log = await nginx.waitForRequests(50);
+      // The server got 50 requests on that connection in 50 segments (curl waits for each answer): a
+      // per-segment tc program would have sent ~50 PKT events.
+      assertEquals(
+        log.filter((e) => e.remotePort === port).map((e) => e.request.split(" ")[1]),
+        paths,
+        "access log of the keep-alive connection",
+      );
+      await delay(100);
+      l.detach();
+      l.drainAll();
+      assertEquals(l.drops(), {}, "drops");
+      assertEquals(l.decodeErrors, [], "records the decoder refused");
+      const conn = l.events.filter((e) => e.srcPort === port && e.dstPort === NGINX);
+      for (const e of conn) assertEquals(e.hook, "tc", `${e.type} event hook`);
+      assertEquals(conn.filter((e) => e.type === "syn").length, 1, "SYN events");
+      const pkts = conn.filter(isPkt);
+      assertEquals(
+        pkts.map((p) => [p.offset, p.truncated]),
+        [[0, false]],
+        `PKT events (offset, truncated): ${pkts.length} for 50 requests`,
+      );
+      const first = new TextDecoder("latin1").decode(pkts[0].bytes);
+      assert(
+        first.startsWith("GET /ka-0 HTTP/1.1\r\n"),
+        `first segment: ${JSON.stringify(first.slice(0, 40))}`,
+      );
+      assertEquals(pkts[0].bytes.length, pkts[0].total, "the whole first segment copied");
+      assertEquals(conn.length, 2, "events of the connection");
+    });
+
+    await t.step(
+      "nginx TLS, 20 requests: tc stops at the ClientHello record, raw read() at the plaintext",
+      async () => {
+        const libssl = mappedLibrary(workers[0], /^libssl\.so\.(3|1\.1)(\.\d+)*$/);
+        const conn = await tlsRun({
+          // The read pair before the SSL programs: they learn the fd from the read entered inside SSL_read.
+          attach: [
+            { program: "tc_ingress", tc: "lo" },
+            { program: "tp_enter_read" },
+            { program: "tp_exit_read" },
+            { program: "tp_enter_close" },
+            ...sslPairs(libssl),
+          ],
+          pids: workers,
+          port: NGINX_TLS,
+          closeWaitMs: 5000,
+        });
+        const { recordEnd, segs, hello } = checkTcTls(conn);
+        const close = conn.find(isClose)!;
+        // The client sent far more than the hello (Finished, 20 requests, close_notify): tc sent none of it.
+        assertGreater(close.posRaw, recordEnd + 20 * 20, "raw bytes the server read past the hello");
+        const figures = checkRawCut(conn, "read_tracepoint", "nginx");
+        const raw0 = conn.filter(isData).find((e) => !e.plaintext && e.pos === 0)!;
+        assertEquals(
+          Array.from(raw0.bytes.subarray(0, recordEnd)),
+          Array.from(hello.subarray(0, recordEnd)),
+          "the raw stream's ClientHello = the one tc saw",
+        );
+        console.log(
+          `nginx TLS connection: ${segs.length} PKT (${recordEnd} B = the first record), ${figures}`,
+        );
+      },
+    );
+  }
+
+  await t.step("Apache TLS, 20 requests: raw apr_socket_recv stream stops at the plaintext", async () => {
+    await using apache = await startApache({ port: APACHE, tlsPort: APACHE_TLS, workers: 1 });
+    const children = apache.pids().workers;
+    const libssl = mappedLibrary(children[0], /^libssl\.so\.(3|1\.1)(\.\d+)*$/);
+    const libapr = mappedLibrary(children[0], /^libapr-1\.so\.0(\.\d+)*$/);
+    const conn = await tlsRun({
+      // APR teaches the SSL programs the fd (SSL_read's BIO reads through apr_socket_recv).
+      attach: [
+        { program: "uprobe_apr_socket_recv_entry", path: libapr, func: "apr_socket_recv", retprobe: false },
+        { program: "uretprobe_apr_socket_recv", path: libapr, func: "apr_socket_recv", retprobe: true },
+        { program: "tp_enter_close" },
+        ...sslPairs(libssl),
+      ],
+      pids: children,
+      kind: ServerKind.APACHE,
+      port: APACHE_TLS,
+      // Apache closes after its lingering close.
+      closeWaitMs: 8000,
+    });
+    console.log(`Apache TLS connection: ${checkRawCut(conn, "uprobe", "apache")}`);
+  });
+});
