@@ -115,32 +115,37 @@ export class EventDecodeError extends Error {
   }
 }
 
-function num(dv: DataView, base: number, f: FieldLayout): number {
-  const o = base + f.offset;
+type Reader = (dv: DataView) => number;
+
+/**
+ * One reader per field, chosen once from its layout kind (the per-record decode then does no switch).
+ * u64/s64 are combined from two 32-bit halves: hi·2³² and lo are exact doubles, so their sum rounds once,
+ * exactly as Number(bigint) does, without allocating a BigInt.
+ */
+function reader(f: FieldLayout): Reader {
+  const o = f.offset;
   switch (f.kind) {
     case "u8":
-      return dv.getUint8(o);
+      return (dv) => dv.getUint8(o);
     case "s8":
-      return dv.getInt8(o);
+      return (dv) => dv.getInt8(o);
     case "u16":
-      return dv.getUint16(o, true);
+      return (dv) => dv.getUint16(o, true);
     case "s16":
-      return dv.getInt16(o, true);
+      return (dv) => dv.getInt16(o, true);
     case "u32":
-      return dv.getUint32(o, true);
+      return (dv) => dv.getUint32(o, true);
     case "s32":
-      return dv.getInt32(o, true);
+      return (dv) => dv.getInt32(o, true);
     case "u64":
-      return Number(dv.getBigUint64(o, true));
+      return (dv) => dv.getUint32(o + 4, true) * 4294967296 + dv.getUint32(o, true);
     case "s64":
-      return Number(dv.getBigInt64(o, true));
+      return (dv) => dv.getInt32(o + 4, true) * 4294967296 + dv.getUint32(o, true);
     default:
-      throw new EventDecodeError(`field at ${f.offset} is not a number`, "kind");
+      return () => {
+        throw new EventDecodeError(`field at ${o} is not a number`, "kind");
+      };
   }
-}
-
-function bytesOf(rec: Uint8Array, f: FieldLayout): Uint8Array {
-  return rec.subarray(f.offset, f.offset + f.size);
 }
 
 const dec = new TextDecoder();
@@ -155,33 +160,43 @@ export function formatIpv6(b: Uint8Array): string {
 }
 
 const H = EVENT_HDR.fields;
+const rKind = reader(H.kind), rHook = reader(H.hook), rFamily = reader(H.family), rFlags = reader(H.flags);
+const rPid = reader(H.pid), rTid = reader(H.tid), rFd = reader(H.fd);
+const rSport = reader(H.sport), rDport = reader(H.dport);
+const rDataLen = reader(H.data_len), rTotal = reader(H.total), rOffset = reader(H.offset);
+const DF = DATA_EVENT.fields, SF = SYN_EVENT.fields, PF = PKT_EVENT.fields, CF = CLOSE_EVENT.fields;
+const rDataPos = reader(DF.pos);
+const rSynSeq = reader(SF.seq), rSynWindow = reader(SF.window), rSynTtl = reader(SF.ttl);
+const rSynIpLen = reader(SF.ip_len), rSynIpFlags = reader(SF.ip_flags), rSynTcpFlags = reader(SF.tcp_flags);
+const rSynOptLen = reader(SF.opt_len);
+const rPktSeq = reader(PF.seq);
+const rPosRaw = reader(CF.pos_raw), rPosPlaintext = reader(CF.pos_plaintext);
 
-function header(rec: Uint8Array, dv: DataView): EventHeader & { dataLen: number; kind: number } {
-  const family = num(dv, 0, H.family);
-  const flags = num(dv, 0, H.flags);
-  const saddr = bytesOf(rec, H.saddr), daddr = bytesOf(rec, H.daddr);
-  const fmt = family === Family.INET ? formatIpv4 : family === Family.INET6 ? formatIpv6 : () => "";
-  const comm = bytesOf(rec, H.comm);
-  const nul = comm.indexOf(0);
-  return {
-    kind: num(dv, 0, H.kind),
-    hook: HOOK_METHOD[num(dv, 0, H.hook)] ?? "unknown",
-    pid: num(dv, 0, H.pid),
-    tid: num(dv, 0, H.tid),
-    fd: num(dv, 0, H.fd),
-    comm: dec.decode(nul < 0 ? comm : comm.subarray(0, nul)),
-    tsNs: dv.getBigUint64(H.ts_ns.offset, true),
-    family: family === Family.INET ? "ipv4" : family === Family.INET6 ? "ipv6" : "unknown",
-    srcAddr: fmt(saddr),
-    srcPort: num(dv, 0, H.sport),
-    dstAddr: fmt(daddr),
-    dstPort: num(dv, 0, H.dport),
-    dataLen: num(dv, 0, H.data_len),
-    total: num(dv, 0, H.total),
-    offset: num(dv, 0, H.offset),
-    truncated: (flags & EventFlags.TRUNCATED) !== 0,
-    flags,
-  };
+/** The process name: NUL-terminated, nearly always ASCII (decoded without a TextDecoder call then). */
+function commOf(rec: Uint8Array): string {
+  const from = H.comm.offset, to = from + H.comm.size;
+  let s = "";
+  for (let i = from; i < to; i++) {
+    const c = rec[i];
+    if (c === 0) return s;
+    if (c >= 0x80) {
+      const comm = rec.subarray(from, to);
+      const nul = comm.indexOf(0);
+      return dec.decode(nul < 0 ? comm : comm.subarray(0, nul));
+    }
+    s += String.fromCharCode(c);
+  }
+  return s;
+}
+
+function addrOf(rec: Uint8Array, family: number, f: FieldLayout): string {
+  if (family === Family.INET) return formatIpv4(rec.subarray(f.offset, f.offset + f.size));
+  if (family === Family.INET6) return formatIpv6(rec.subarray(f.offset, f.offset + f.size));
+  return "";
+}
+
+function familyName(family: number): EventHeader["family"] {
+  return family === Family.INET ? "ipv4" : family === Family.INET6 ? "ipv6" : "unknown";
 }
 
 function payload(rec: Uint8Array, at: FieldLayout, len: number, what: string): Uint8Array {
@@ -191,9 +206,18 @@ function payload(rec: Uint8Array, at: FieldLayout, len: number, what: string): U
   return rec.subarray(at.offset, at.offset + len);
 }
 
+function need(rec: Uint8Array, min: number, what: string): void {
+  if (rec.length < min) {
+    throw new EventDecodeError(`${what} record of ${rec.length} bytes < ${min}`, "short");
+  }
+}
+
 /**
  * Decodes one record (a copy from the reader; payloads are views into it). Throws EventDecodeError on a
  * short record, an unknown kind, or a length that runs past the record.
+ *
+ * Each kind is built as one object literal (header fields first, in EventHeader order): no intermediate
+ * header object and no spread on this per-event path.
  */
 export function decodeEvent(rec: Uint8Array): CaptureEvent {
   if (rec.length < EVENT_HDR.size) {
@@ -203,55 +227,111 @@ export function decodeEvent(rec: Uint8Array): CaptureEvent {
     );
   }
   const dv = new DataView(rec.buffer, rec.byteOffset, rec.byteLength);
-  const { dataLen, kind, ...h } = header(rec, dv);
-  const need = (min: number, what: string) => {
-    if (rec.length < min) {
-      throw new EventDecodeError(`${what} record of ${rec.length} bytes < ${min}`, "short");
-    }
-  };
+  const kind = rKind(dv);
+  const family = rFamily(dv);
+  const flags = rFlags(dv);
   switch (kind) {
     case EventKind.DATA: {
-      const f = DATA_EVENT.fields;
-      need(f.data.offset, "data");
+      need(rec, DF.data.offset, "data");
+      const dataLen = rDataLen(dv);
       return {
         type: "data",
-        ...h,
-        pos: num(dv, 0, f.pos),
-        bytes: payload(rec, f.data, dataLen, "data"),
-        plaintext: (h.flags & EventFlags.PLAINTEXT) !== 0,
-        lastChunk: (h.flags & EventFlags.LAST_CHUNK) !== 0,
-        readFailed: (h.flags & EventFlags.READ_FAILED) !== 0,
+        hook: HOOK_METHOD[rHook(dv)] ?? "unknown",
+        pid: rPid(dv),
+        tid: rTid(dv),
+        fd: rFd(dv),
+        comm: commOf(rec),
+        tsNs: dv.getBigUint64(H.ts_ns.offset, true),
+        family: familyName(family),
+        srcAddr: addrOf(rec, family, H.saddr),
+        srcPort: rSport(dv),
+        dstAddr: addrOf(rec, family, H.daddr),
+        dstPort: rDport(dv),
+        total: rTotal(dv),
+        offset: rOffset(dv),
+        truncated: (flags & EventFlags.TRUNCATED) !== 0,
+        flags,
+        pos: rDataPos(dv),
+        bytes: payload(rec, DF.data, dataLen, "data"),
+        plaintext: (flags & EventFlags.PLAINTEXT) !== 0,
+        lastChunk: (flags & EventFlags.LAST_CHUNK) !== 0,
+        readFailed: (flags & EventFlags.READ_FAILED) !== 0,
       };
     }
     case EventKind.SYN: {
-      const f = SYN_EVENT.fields;
-      need(SYN_EVENT.size, "syn");
-      const optLen = Math.min(num(dv, 0, f.opt_len), f.options.size);
+      need(rec, SYN_EVENT.size, "syn");
+      const optLen = Math.min(rSynOptLen(dv), SF.options.size);
       return {
         type: "syn",
-        ...h,
-        seq: num(dv, 0, f.seq),
-        window: num(dv, 0, f.window),
-        ttl: num(dv, 0, f.ttl),
-        ipLen: num(dv, 0, f.ip_len),
-        ipFlags: num(dv, 0, f.ip_flags),
-        tcpFlags: num(dv, 0, f.tcp_flags),
-        options: rec.subarray(f.options.offset, f.options.offset + optLen),
+        hook: HOOK_METHOD[rHook(dv)] ?? "unknown",
+        pid: rPid(dv),
+        tid: rTid(dv),
+        fd: rFd(dv),
+        comm: commOf(rec),
+        tsNs: dv.getBigUint64(H.ts_ns.offset, true),
+        family: familyName(family),
+        srcAddr: addrOf(rec, family, H.saddr),
+        srcPort: rSport(dv),
+        dstAddr: addrOf(rec, family, H.daddr),
+        dstPort: rDport(dv),
+        total: rTotal(dv),
+        offset: rOffset(dv),
+        truncated: (flags & EventFlags.TRUNCATED) !== 0,
+        flags,
+        seq: rSynSeq(dv),
+        window: rSynWindow(dv),
+        ttl: rSynTtl(dv),
+        ipLen: rSynIpLen(dv),
+        ipFlags: rSynIpFlags(dv),
+        tcpFlags: rSynTcpFlags(dv),
+        options: rec.subarray(SF.options.offset, SF.options.offset + optLen),
       };
     }
     case EventKind.PKT: {
-      const f = PKT_EVENT.fields;
-      need(f.data.offset, "pkt");
-      return { type: "pkt", ...h, seq: num(dv, 0, f.seq), bytes: payload(rec, f.data, dataLen, "pkt") };
+      need(rec, PF.data.offset, "pkt");
+      const dataLen = rDataLen(dv);
+      return {
+        type: "pkt",
+        hook: HOOK_METHOD[rHook(dv)] ?? "unknown",
+        pid: rPid(dv),
+        tid: rTid(dv),
+        fd: rFd(dv),
+        comm: commOf(rec),
+        tsNs: dv.getBigUint64(H.ts_ns.offset, true),
+        family: familyName(family),
+        srcAddr: addrOf(rec, family, H.saddr),
+        srcPort: rSport(dv),
+        dstAddr: addrOf(rec, family, H.daddr),
+        dstPort: rDport(dv),
+        total: rTotal(dv),
+        offset: rOffset(dv),
+        truncated: (flags & EventFlags.TRUNCATED) !== 0,
+        flags,
+        seq: rPktSeq(dv),
+        bytes: payload(rec, PF.data, dataLen, "pkt"),
+      };
     }
     case EventKind.CLOSE: {
-      const f = CLOSE_EVENT.fields;
-      need(CLOSE_EVENT.size, "close");
+      need(rec, CLOSE_EVENT.size, "close");
       return {
         type: "close",
-        ...h,
-        posRaw: num(dv, 0, f.pos_raw),
-        posPlaintext: num(dv, 0, f.pos_plaintext),
+        hook: HOOK_METHOD[rHook(dv)] ?? "unknown",
+        pid: rPid(dv),
+        tid: rTid(dv),
+        fd: rFd(dv),
+        comm: commOf(rec),
+        tsNs: dv.getBigUint64(H.ts_ns.offset, true),
+        family: familyName(family),
+        srcAddr: addrOf(rec, family, H.saddr),
+        srcPort: rSport(dv),
+        dstAddr: addrOf(rec, family, H.daddr),
+        dstPort: rDport(dv),
+        total: rTotal(dv),
+        offset: rOffset(dv),
+        truncated: (flags & EventFlags.TRUNCATED) !== 0,
+        flags,
+        posRaw: rPosRaw(dv),
+        posPlaintext: rPosPlaintext(dv),
       };
     }
     default:

@@ -7,7 +7,22 @@
  * `maxConnections` with an idle TTL; held rows are capped at `maxHeldRows`. Nothing is ever dropped:
  * eviction and overflow release rows early (without the missing facts) and count why.
  */
-import { emptyRow, type Row } from "../sink/row.ts";
+import type { Row } from "../sink/row.ts";
+
+/**
+ * Row.ts as `new Date(ts).toISOString()` (a non-finite ts as the epoch). Rows come in bursts within the same
+ * millisecond, so the last string is reused; Date truncates the time value to an integer, hence the key.
+ */
+let lastMs = NaN;
+let lastIso = "";
+function isoMs(ts: number): string {
+  const ms = Number.isFinite(ts) ? Math.trunc(ts) : 0;
+  if (ms !== lastMs) {
+    lastIso = new Date(ms).toISOString();
+    lastMs = ms;
+  }
+  return lastIso;
+}
 
 /** A TCP connection as seen from the server: client (src) ↔ server (dst). */
 export interface Tuple {
@@ -268,58 +283,48 @@ export class Correlator {
     c.heldDone = 0;
   }
 
-  #waitingFor(c: Conn, req: RequestFacts): { ja4t: boolean; ja4: boolean } {
-    if (c.gaveUp) return { ja4t: false, ja4: false };
-    return {
-      ja4t: this.opts.expectJa4t && c.ja4t === "",
-      ja4: this.opts.expectJa4 && req.tls !== false && !c.plaintext && c.hello === null,
-    };
-  }
-
+  /** Every expected packet fact is there (or known never to come). */
   #complete(c: Conn, req: RequestFacts): boolean {
-    const w = this.#waitingFor(c, req);
-    return !w.ja4t && !w.ja4;
+    if (c.gaveUp) return true;
+    if (this.opts.expectJa4t && c.ja4t === "") return false;
+    return !(this.opts.expectJa4 && req.tls !== false && !c.plaintext && c.hello === null);
   }
 
+  /** One literal in ROW_FIELDS order: every row gets the same shape from its first allocation. */
   #buildRow(c: Conn, pid: number, req: RequestFacts, ts: number): Row {
-    const r = emptyRow();
-    r.ts = new Date(Number.isFinite(ts) ? ts : 0).toISOString();
-    r.host = this.opts.host;
-    r.server = req.server;
-    r.pid = pid;
-    r.capture = req.capture;
-    if (c.tuple) {
-      r.src = c.tuple.src;
-      r.src_port = c.tuple.srcPort;
-      r.dst = c.tuple.dst;
-      r.dst_port = c.tuple.dstPort;
-    }
-    r.method = req.method;
-    r.path = req.path;
-    r.http_version = req.http_version;
-    r.host_header = req.host_header;
-    r.user_agent = req.user_agent;
-    r.ja4h = req.ja4h;
-    r.ja4h_r = req.ja4h_r ?? "";
-    r.ja4h_o = req.ja4h_o ?? "";
-    r.ja4h_ro = req.ja4h_ro ?? "";
-    r.truncated = req.truncated === true;
-    r.ja4t = c.ja4t;
-    if (c.hello) {
-      r.ja4 = c.hello.ja4;
-      r.ja4_r = c.hello.ja4_r;
-      r.tls_server_name = c.hello.tls_server_name;
-    }
-    return r;
+    const t = c.tuple, hello = c.hello;
+    return {
+      ts: isoMs(ts),
+      host: this.opts.host,
+      server: req.server,
+      pid,
+      capture: req.capture,
+      src: t ? t.src : "",
+      src_port: t ? t.srcPort : 0,
+      dst: t ? t.dst : "",
+      dst_port: t ? t.dstPort : 0,
+      method: req.method,
+      path: req.path,
+      http_version: req.http_version,
+      host_header: req.host_header,
+      user_agent: req.user_agent,
+      ja4h: req.ja4h,
+      ja4h_r: req.ja4h_r ?? "",
+      ja4h_o: req.ja4h_o ?? "",
+      ja4h_ro: req.ja4h_ro ?? "",
+      ja4: hello ? hello.ja4 : "",
+      ja4_r: hello ? hello.ja4_r : "",
+      ja4t: c.ja4t,
+      tls_server_name: hello ? hello.tls_server_name : "",
+      truncated: req.truncated === true,
+    };
   }
 
   #emit(c: Conn, pid: number, req: RequestFacts, ts: number): void {
-    const w = {
-      ja4t: this.opts.expectJa4t && c.ja4t === "",
-      ja4: this.opts.expectJa4 && req.tls !== false && !c.plaintext && c.hello === null,
-    };
-    if (w.ja4t) this.#s.rows_missing_ja4t++;
-    if (w.ja4) this.#s.rows_missing_ja4++;
+    if (this.opts.expectJa4t && c.ja4t === "") this.#s.rows_missing_ja4t++;
+    if (this.opts.expectJa4 && req.tls !== false && !c.plaintext && c.hello === null) {
+      this.#s.rows_missing_ja4++;
+    }
     this.#s.rows_emitted++;
     this.#ready.push(this.#buildRow(c, pid, req, ts));
   }

@@ -2,7 +2,7 @@
  * Rows as JSON lines in a file (mode 0600), rotated by size: path → path.1 → … → path.N (oldest removed).
  * fsync on rotation and close.
  */
-import type { Row } from "./row.ts";
+import { jsonLines, type Row } from "./row.ts";
 import { countInto, newStats, type Sink, type SinkStats } from "./sink.ts";
 import { writeAll } from "./stdout.ts";
 
@@ -51,7 +51,7 @@ export class FileSink implements Sink {
     if (rows.length === 0) return;
     this.#stats.emitted += rows.length;
     try {
-      const bytes = this.#enc.encode(rows.map((r) => JSON.stringify(r)).join("\n") + "\n");
+      const bytes = this.#enc.encode(jsonLines(rows));
       if (this.#size > 0 && this.#size + bytes.length > this.#o.maxSizeBytes) this.#rotate();
       if (!this.#f) this.#open();
       writeAll(this.#f!, bytes);

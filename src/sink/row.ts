@@ -88,3 +88,14 @@ export function emptyRow(): Row {
     truncated: false,
   };
 }
+
+/**
+ * Rows as JSON lines, each ended by "\n": byte for byte `rows.map(JSON.stringify).join("\n") + "\n"`,
+ * built by one concatenation instead of an intermediate array of strings.
+ */
+export function jsonLines(rows: readonly Row[]): string {
+  let s = "";
+  // `?? ""`: join() writes nothing for a value JSON.stringify leaves undefined (never a real row).
+  for (let i = 0; i < rows.length; i++) s += (JSON.stringify(rows[i]) ?? "") + "\n";
+  return s;
+}

@@ -1,5 +1,5 @@
 /** Rows as JSON lines on stdout (the default output). */
-import type { Row } from "./row.ts";
+import { jsonLines, type Row } from "./row.ts";
 import { newStats, type Sink, type SinkStats } from "./sink.ts";
 
 export interface SyncWriter {
@@ -18,7 +18,7 @@ export class StdoutSink implements Sink {
   write(rows: Row[]): void {
     if (rows.length === 0) return;
     this.#stats.emitted += rows.length;
-    const bytes = this.#enc.encode(rows.map((r) => JSON.stringify(r)).join("\n") + "\n");
+    const bytes = this.#enc.encode(jsonLines(rows));
     try {
       writeAll(this.#out, bytes);
       this.#stats.shipped += rows.length;
