@@ -8,6 +8,7 @@ import { type AttachHandle, BpfObject, type GlobalValue, u32Key } from "../../sr
 import { type EventReader, PerfReader, RingReader } from "../../src/bpf/ringbuf.ts";
 import { type CaptureEvent, decodeEvent } from "../../src/bpf/events.ts";
 import { DropReason, ServerKind } from "../../src/bpf/layout.gen.ts";
+import { SSL_UPROBES } from "../../src/bpf/plan.ts";
 import { HarnessError, requireRoot } from "./proc.ts";
 
 /**
@@ -182,4 +183,12 @@ export function eventKey(e: CaptureEvent): string {
         "|",
       );
   }
+}
+
+/** The agent's SSL uprobe pairs (SSL_UPROBES) on one libssl, each entry before its return probe. */
+export function sslPairs(libssl: string): TestAttach[] {
+  return SSL_UPROBES.flatMap(([func, entry, ret]) => [
+    { program: entry, path: libssl, func, retprobe: false },
+    { program: ret, path: libssl, func, retprobe: true },
+  ]);
 }

@@ -12,7 +12,7 @@
  */
 import { assert, assertEquals, assertGreater } from "../../src/testing/asserts.ts";
 import type { CaptureEvent, CloseEvent, DataEvent, PacketEvent } from "../../src/bpf/events.ts";
-import { mappedLibrary, type TestAttach, TestLoader } from "../helpers/bpf.ts";
+import { mappedLibrary, sslPairs, type TestAttach, TestLoader } from "../helpers/bpf.ts";
 import { startApache, startNginx } from "../helpers/servers.ts";
 import { ServerKind } from "../../src/bpf/layout.gen.ts";
 import { curl } from "../helpers/clients.ts";
@@ -27,19 +27,6 @@ const APACHE_TLS = NGINX_TLS;
 const isData = (e: CaptureEvent): e is DataEvent => e.type === "data";
 const isPkt = (e: CaptureEvent): e is PacketEvent => e.type === "pkt";
 const isClose = (e: CaptureEvent): e is CloseEvent => e.type === "close";
-
-/** The SSL uprobe pairs on one libssl, each entry before its return probe. */
-function sslPairs(libssl: string): TestAttach[] {
-  const pairs: [string, string, string][] = [
-    ["up_ssl_hshake", "uret_ssl_hshake", "SSL_do_handshake"],
-    ["up_ssl_read", "uret_ssl_read", "SSL_read"],
-    ["up_ssl_read_ex", "uret_ssl_read_ex", "SSL_read_ex"],
-  ];
-  return pairs.flatMap(([entry, ret, func]) => [
-    { program: entry, path: libssl, func, retprobe: false },
-    { program: ret, path: libssl, func, retprobe: true },
-  ]);
-}
 
 /**
  * One curl invocation fetching every URL over one keep-alive connection; returns the client's local port

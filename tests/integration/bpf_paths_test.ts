@@ -13,7 +13,7 @@ import { assert, assertEquals, assertGreater } from "../../src/testing/asserts.t
 import type { CaptureEvent, CloseEvent, DataEvent } from "../../src/bpf/events.ts";
 import { CLOSE_EVENT, DATA_EVENT, ServerKind } from "../../src/bpf/layout.gen.ts";
 import { pageSize } from "../../src/bpf/ffi.ts";
-import { eventKey, mappedLibrary, type TestAttach, TestLoader } from "../helpers/bpf.ts";
+import { eventKey, mappedLibrary, sslPairs, type TestAttach, TestLoader } from "../helpers/bpf.ts";
 import { type AccessEntry, startApache, startNginx, type WebServer } from "../helpers/servers.ts";
 import { bigHeader, curl, httpRequest, rawHttp, wrk } from "../helpers/clients.ts";
 import { delay, HarnessError, requireRoot, waitUntil } from "../helpers/proc.ts";
@@ -28,19 +28,6 @@ const RECVFROM: TestAttach[] = [
   { program: "tp_sys_exit_recvfrom" },
   { program: "tp_enter_close" },
 ];
-
-/** The SSL uprobe pairs on one libssl, each entry before its return probe. */
-function sslPairs(libssl: string): TestAttach[] {
-  const pairs: [string, string, string][] = [
-    ["up_ssl_hshake", "uret_ssl_hshake", "SSL_do_handshake"],
-    ["up_ssl_read", "uret_ssl_read", "SSL_read"],
-    ["up_ssl_read_ex", "uret_ssl_read_ex", "SSL_read_ex"],
-  ];
-  return pairs.flatMap(([entry, ret, func]) => [
-    { program: entry, path: libssl, func, retprobe: false },
-    { program: ret, path: libssl, func, retprobe: true },
-  ]);
-}
 
 const isData = (e: CaptureEvent): e is DataEvent => e.type === "data";
 const isClose = (e: CaptureEvent): e is CloseEvent => e.type === "close";
