@@ -5,6 +5,7 @@
  * least recently used first past `maxFlows`.
  */
 import { StreamAssembler } from "./assembler.ts";
+import { LruMap } from "./lru.ts";
 import { HS_CLIENT_HELLO, parseClientHello, TlsHandshakeReader } from "../parse/tls.ts";
 import type { ClientHello } from "../parse/tls.ts";
 import { type Ja4, ja4 } from "../fingerprint/ja4.ts";
@@ -46,18 +47,19 @@ interface Flow {
   asm: StreamAssembler;
   tls: TlsHandshakeReader;
   lastNs: bigint;
-  done: boolean;
 }
 
-const DONE_ASM = new StreamAssembler(0);
-const DONE_TLS = new TlsHandshakeReader();
 
 export function tupleKey(t: Tuple): string {
   return `${t.src}|${t.src_port}|${t.dst}|${t.dst_port}`;
 }
 
 export class PacketTracker {
-  private flows = new Map<string, Flow>();
+  /**
+   * Live flows, and finished ones (hello out, or not TLS) as tombstones: just the time last seen (ns), so a
+   * tombstone costs its map entry only. It stays until idle so later segments are ignored cheaply.
+   */
+  private readonly flows: LruMap<string, Flow | number>;
   private readonly s: PacketTrackerStats = {
     flows: 0,
     syns: 0,
@@ -70,7 +72,9 @@ export class PacketTracker {
 
   constructor(
     private readonly opts: { maxFlows?: number; idleNs?: bigint; ja4tAbsent?: AbsentConvention } = {},
-  ) {}
+  ) {
+    this.flows = new LruMap(opts.maxFlows ?? 65536, Infinity, () => this.s.evicted++);
+  }
 
   stats(): PacketTrackerStats {
     return { ...this.s, flows: this.flows.size };
@@ -88,9 +92,9 @@ export class PacketTracker {
   segment(f: SegmentFacts): HelloOut | undefined {
     this.s.segments++;
     const key = tupleKey(f);
-    let flow = this.flows.get(key);
-    if (!flow) flow = this.newFlow(key, f.tsNs);
-    if (flow.done) return undefined;
+    const got = this.flows.get(key);
+    if (typeof got === "number") return undefined; // finished
+    const flow = got ?? this.newFlow(key, f.tsNs);
     flow.lastNs = f.tsNs;
     // The SYN may have been missed (connection older than the agent): the first segment seen sets the base.
     if (flow.base === undefined) flow.base = f.seq >>> 0;
@@ -138,21 +142,18 @@ export class PacketTracker {
   /** Forgets flows idle for longer than idleNs (default 30 s). */
   expire(nowNs: bigint): void {
     const idle = this.opts.idleNs ?? 30_000_000_000n;
-    for (const [k, f] of this.flows) {
-      if (nowNs - f.lastNs > idle) {
-        this.flows.delete(k);
-        this.s.evicted++;
-      }
+    // Least recently used first: stop at the first flow still in use.
+    for (let n = this.flows.oldest(); n !== undefined; n = this.flows.oldest()) {
+      const v = n.value;
+      const last = typeof v === "number" ? BigInt(v) : v.lastNs;
+      if (nowNs - last <= idle) break;
+      this.flows.delete(n.key);
+      this.s.evicted++;
     }
   }
 
   private finish(key: string, flow: Flow): void {
-    // A tombstone sharing one empty assembler and reader: later segments of this flow are ignored cheaply
-    // and it ages out in expire().
-    flow.done = true;
-    flow.asm = DONE_ASM;
-    flow.tls = DONE_TLS;
-    this.flows.set(key, flow);
+    this.flows.set(key, Number(flow.lastNs));
   }
 
   private newFlow(key: string, tsNs: bigint): Flow {
@@ -161,14 +162,8 @@ export class PacketTracker {
       asm: new StreamAssembler(64 * 1024),
       tls: new TlsHandshakeReader(),
       lastNs: tsNs,
-      done: false,
     };
-    this.flows.delete(key);
     this.flows.set(key, flow);
-    if (this.flows.size > (this.opts.maxFlows ?? 65536)) {
-      this.flows.delete(this.flows.keys().next().value!);
-      this.s.evicted++;
-    }
     return flow;
   }
 }

@@ -8,6 +8,7 @@
  * least recently used streams are evicted past `maxStreams`, idle ones after `idleMs`, each counted.
  */
 import { StreamAssembler } from "./assembler.ts";
+import { LruMap } from "./lru.ts";
 import { Http1RequestStream, type RequestHead } from "../parse/http1.ts";
 import { H2_PREFACE, Http2RequestStream } from "../parse/http2.ts";
 import { HS_CLIENT_HELLO, parseClientHello, TlsHandshakeReader } from "../parse/tls.ts";
@@ -77,6 +78,10 @@ export interface RequestTrackerStats {
   truncated: number;
   evicted_lru: number;
   evicted_idle: number;
+  /** Streams evicted (least recently used first) because all streams together held more than maxBytes. */
+  evicted_bytes: number;
+  /** Bytes buffered by all streams (incomplete heads, out-of-order chunks). */
+  bytes: number;
 }
 
 type Proto = "unknown" | "http1" | "h2" | "tls" | "other";
@@ -104,8 +109,11 @@ function header(h: [string, string][], name: string): string {
   return "";
 }
 
+/** Default budget for bytes buffered by all streams together (heads split across reads, reordering). */
+export const DEFAULT_MAX_BUFFERED_BYTES = 16 * 1024 * 1024;
+
 export class RequestTracker {
-  private streams = new Map<string, Stream>();
+  private readonly streams: LruMap<string, Stream>;
   private readonly s: RequestTrackerStats = {
     streams: 0,
     requests: 0,
@@ -115,14 +123,22 @@ export class RequestTracker {
     truncated: 0,
     evicted_lru: 0,
     evicted_idle: 0,
+    evicted_bytes: 0,
+    bytes: 0,
   };
 
   constructor(
-    private readonly opts: { maxStreams?: number; idleNs?: bigint; maxHead?: number } = {},
-  ) {}
+    private readonly opts: { maxStreams?: number; idleNs?: bigint; maxHead?: number; maxBytes?: number } = {},
+  ) {
+    this.streams = new LruMap(
+      opts.maxStreams ?? 65536,
+      opts.maxBytes ?? DEFAULT_MAX_BUFFERED_BYTES,
+      (_k, _st, why) => why === "count" ? this.s.evicted_lru++ : this.s.evicted_bytes++,
+    );
+  }
 
   stats(): RequestTrackerStats {
-    return { ...this.s, streams: this.streams.size };
+    return { ...this.s, streams: this.streams.size, bytes: this.streams.bytes };
   }
 
   /** The connection (pid, fd) was closed: its stream state goes. */
@@ -134,11 +150,11 @@ export class RequestTracker {
   /** Drops streams idle for longer than idleNs (default 5 min) as of `nowNs`. */
   expire(nowNs: bigint): void {
     const idle = this.opts.idleNs ?? 300_000_000_000n;
-    for (const [k, st] of this.streams) {
-      if (nowNs - st.lastNs > idle) {
-        this.streams.delete(k);
-        this.s.evicted_idle++;
-      }
+    // Least recently used first: stop at the first stream still in use.
+    for (let n = this.streams.oldest(); n !== undefined; n = this.streams.oldest()) {
+      if (nowNs - n.value.lastNs <= idle) break;
+      this.streams.delete(n.key);
+      this.s.evicted_idle++;
     }
   }
 
@@ -146,7 +162,8 @@ export class RequestTracker {
     const requests: CapturedRequest[] = [];
     const hellos: CapturedHello[] = [];
     const key = `${c.pid}:${c.fd}:${c.plaintext ? 1 : 0}`;
-    let st = this.streams.get(key);
+    const node = this.streams.node(key); // most recently used now
+    let st = node?.value;
     if (
       st && (st.tuple.src_port !== c.src_port || st.tuple.src !== c.src || c.pos < (st.asm.next ?? 0) - 65536)
     ) {
@@ -166,16 +183,6 @@ export class RequestTracker {
         errorsSeen: 0,
       };
       this.streams.set(key, st);
-      const max = this.opts.maxStreams ?? 65536;
-      if (this.streams.size > max) {
-        const oldest = this.streams.keys().next().value!;
-        this.streams.delete(oldest);
-        this.s.evicted_lru++;
-      }
-    } else {
-      // Map order is insertion order: re-insert to keep least recently used first.
-      this.streams.delete(key);
-      this.streams.set(key, st);
     }
     st.lastNs = c.tsNs;
     const r = st.asm.push(c.pos, c.data);
@@ -187,6 +194,10 @@ export class RequestTracker {
       const lost = st.asm.markLost(c.pos + c.data.length, c.lostTo);
       if (lost) this.gap(st, c, requests);
     }
+    // What this stream holds now counts against the global budget (may evict idle streams' buffers).
+    const held = st.asm.held + st.sniff.length + (st.h1 ? st.h1.buffered : 0) + (st.tls ? st.tls.buffered : 0);
+    const n = this.streams.node(key);
+    if (n !== undefined && n.bytes !== held) this.streams.resize(n, held);
     return { requests, hellos };
   }
 

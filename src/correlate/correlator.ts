@@ -8,6 +8,7 @@
  * eviction and overflow release rows early (without the missing facts) and count why.
  */
 import type { Row } from "../sink/row.ts";
+import { LruMap } from "../capture/lru.ts";
 
 /**
  * Row.ts as `new Date(ts).toISOString()` (a non-finite ts as the epoch). Rows come in bursts within the same
@@ -202,7 +203,7 @@ export function tupleKey(t: Tuple): string {
 export class Correlator {
   readonly opts: CorrelatorOptions;
   /** LRU order: Map iteration order is insertion order, and every touch re-inserts. */
-  #conns = new Map<string, Conn>();
+  #conns: LruMap<string, Conn>;
   /** (pid, fd) → connection key. */
   #bindings = new Map<string, string>();
   /** Held rows, in deadline order (holdMs is constant and the clock is made monotonic). */
@@ -223,6 +224,10 @@ export class Correlator {
     if (!(this.opts.maxConnections >= 1)) throw new RangeError("maxConnections must be ≥ 1");
     if (!(this.opts.maxHeldRows >= 1)) throw new RangeError("maxHeldRows must be ≥ 1");
     if (!(this.opts.holdMs >= 0)) throw new RangeError("holdMs must be ≥ 0");
+    this.#conns = new LruMap(this.opts.maxConnections, Infinity, (_k, c) => {
+      this.#evict(c);
+      this.#s.evicted_lru++;
+    });
   }
 
   #clock(ts: number): number {
@@ -232,8 +237,7 @@ export class Correlator {
 
   #touch(c: Conn, now: number): void {
     c.lastSeen = now;
-    this.#conns.delete(c.key);
-    this.#conns.set(c.key, c);
+    this.#conns.get(c.key);
   }
 
   #newConn(key: string, tuple: Tuple | null, now: number): Conn {
@@ -251,18 +255,13 @@ export class Correlator {
       closedAt: 0,
       held: [],
     };
-    this.#conns.set(key, c);
-    while (this.#conns.size > this.opts.maxConnections) {
-      const oldest = this.#conns.values().next().value!;
-      this.#evict(oldest);
-      this.#s.evicted_lru++;
-    }
+    this.#conns.set(key, c); // evicts the least recently used past maxConnections
     return c;
   }
 
   #connForTuple(t: Tuple, now: number): Conn {
     const key = tupleKey(t);
-    const c = this.#conns.get(key);
+    const c = this.#conns.peek(key);
     if (c) {
       this.#touch(c, now);
       return c;
@@ -358,7 +357,7 @@ export class Correlator {
       return;
     }
     this.#s.syns++;
-    let c = this.#conns.get(tupleKey(tuple));
+    let c = this.#conns.peek(tupleKey(tuple));
     if (
       c &&
       (c.ja4t !== "" && (c.hello !== null || c.requests > 0 || c.closedAt > 0) || c.hello !== null ||
@@ -417,7 +416,7 @@ export class Correlator {
     const prevKey = this.#bindings.get(pidfd);
     if (prevKey === c.key) return;
     if (prevKey !== undefined) {
-      const prev = this.#conns.get(prevKey);
+      const prev = this.#conns.peek(prevKey);
       if (prev && prev.tuple === null) {
         // Requests seen before the tuple was known: adopt them.
         for (const h of prev.held) if (!h.done) h.conn = c;
@@ -455,12 +454,12 @@ export class Correlator {
     } else {
       if (tuple !== null) this.#s.invalid_input++;
       const key = pidfd !== null ? this.#bindings.get(pidfd) : undefined;
-      c = key !== undefined ? this.#conns.get(key) : undefined;
+      c = key !== undefined ? this.#conns.peek(key) : undefined;
       if (c) this.#touch(c, now);
       else if (pidfd !== null) {
         // No tuple yet: track under the (pid, fd) key until bind() supplies it.
         const k = `fd:${pidfd}`;
-        c = this.#conns.get(k) ?? this.#newConn(k, null, now);
+        c = this.#conns.peek(k) ?? this.#newConn(k, null, now);
         this.#touch(c, now);
         c.pidfd = pidfd;
         this.#bindings.set(pidfd, k);
@@ -522,12 +521,12 @@ export class Correlator {
     const now = this.#clock(ts);
     this.#s.closes++;
     let c: Conn | undefined;
-    if (tuple !== null && validTuple(tuple)) c = this.#conns.get(tupleKey(tuple));
+    if (tuple !== null && validTuple(tuple)) c = this.#conns.peek(tupleKey(tuple));
     const pidfd = Number.isInteger(pid) && Number.isInteger(fd) ? `${pid}:${fd}` : null;
     if (pidfd !== null) {
       const key = this.#bindings.get(pidfd);
       if (key !== undefined) {
-        c ??= this.#conns.get(key);
+        c ??= this.#conns.peek(key);
         this.#bindings.delete(pidfd);
       }
     }
@@ -565,15 +564,15 @@ export class Correlator {
       const { conn, at } = this.#closing[this.#closingHead];
       if (at + this.opts.closeLingerMs > now) break;
       this.#closingHead++;
-      if (this.#conns.get(conn.key) === conn) {
+      if (this.#conns.peek(conn.key) === conn) {
         this.#evict(conn);
         this.#s.evicted_closed++;
       }
     }
     // Idle connections: the LRU head is the least recently seen.
-    for (const c of this.#conns.values()) {
-      if (c.lastSeen + this.opts.idleTtlMs > now) break;
-      this.#evict(c);
+    for (let n = this.#conns.oldest(); n !== undefined; n = this.#conns.oldest()) {
+      if (n.value.lastSeen + this.opts.idleTtlMs > now) break;
+      this.#evict(n.value);
       this.#s.evicted_ttl++;
     }
     const out = this.#ready;

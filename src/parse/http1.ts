@@ -160,7 +160,11 @@ export class Http1RequestStream {
   requests = 0;
   /** Body bytes skipped so far. */
   bodyBytes = 0;
-  private buf: Uint8Array = new Uint8Array(0);
+  /** Unconsumed bytes: store[0, len). Grows by doubling, so a head sent a byte at a time costs linear time. */
+  private store: Uint8Array = new Uint8Array(0);
+  private len = 0;
+  /** Where the search for the end of the head (or trailers) resumes: bytes before it hold no terminator. */
+  private scan = 0;
   private body: BodyState = { kind: "none" };
   private resync = false;
   private readonly maxHead: number;
@@ -171,7 +175,39 @@ export class Http1RequestStream {
 
   /** Bytes currently buffered (at most about maxHead). */
   get buffered(): number {
-    return this.buf.length;
+    return this.len;
+  }
+
+  /** Appends to the store (amortised O(1) per byte) and returns the unconsumed bytes. */
+  private append(bytes: Uint8Array): Uint8Array {
+    const need = this.len + bytes.length;
+    if (need > this.store.length) {
+      const grown = new Uint8Array(Math.max(need, this.store.length * 2, 256));
+      grown.set(this.store.subarray(0, this.len));
+      this.store = grown;
+    }
+    this.store.set(bytes, this.len);
+    this.len = need;
+    return this.store.subarray(0, need);
+  }
+
+  /** Keeps b[p..] for the next push (copied: the caller may reuse its buffer); `scan` is relative to b. */
+  private keep(b: Uint8Array, p: number): void {
+    const rest = b.length - p;
+    this.scan = Math.max(0, this.scan - p);
+    if (rest <= 0) {
+      this.len = 0;
+      this.scan = 0;
+      // Let a store grown by one huge head go once it is consumed.
+      if (this.store.length > 16384) this.store = new Uint8Array(0);
+      return;
+    }
+    if (b.buffer === this.store.buffer) this.store.copyWithin(0, p, b.length);
+    else {
+      if (rest > this.store.length) this.store = new Uint8Array(Math.max(rest, 256));
+      this.store.set(b.subarray(p));
+    }
+    this.len = rest;
   }
 
   private count(code: ParseErrorCode): void {
@@ -181,13 +217,8 @@ export class Http1RequestStream {
   push(bytes: Uint8Array): RequestHead[] {
     const out: RequestHead[] = [];
     if (bytes.length === 0) return out;
-    let b: Uint8Array;
-    if (this.buf.length === 0) b = bytes;
-    else {
-      b = new Uint8Array(this.buf.length + bytes.length);
-      b.set(this.buf, 0);
-      b.set(bytes, this.buf.length);
-    }
+    // Nothing buffered (the common case): parse the caller's bytes in place.
+    const b = this.len === 0 ? bytes : this.append(bytes);
     let p = 0;
     for (;;) {
       const st = this.body;
@@ -243,11 +274,13 @@ export class Http1RequestStream {
           continue;
         }
         if (b[p] === CR) break;
-        const e = headEnd(b, p, p + this.maxHead);
+        const e = headEnd(b, Math.max(p, this.scan), p + this.maxHead);
         if (e < 0) {
           if (b.length - p >= this.maxHead) p = this.bodyError("oversize", b.length);
+          else this.scan = Math.max(p, b.length - 2);
           break;
         }
+        this.scan = 0;
         p = e;
         this.body = { kind: "none" };
         continue;
@@ -270,7 +303,14 @@ export class Http1RequestStream {
         p += b[p] === LF ? 1 : 2;
       }
       if (p >= b.length) break;
-      const view = b.subarray(p);
+      // Find the end of the head first, resuming where the last push stopped (linear in the bytes sent).
+      const end = headEnd(b, Math.max(p, this.scan), p + this.maxHead);
+      if (end < 0 && b.length - p < this.maxHead) {
+        this.scan = Math.max(p, b.length - 2);
+        break;
+      }
+      this.scan = 0;
+      const view = b.subarray(p, end < 0 ? b.length : end);
       const r = parseRequestHead(view, this.maxHead);
       if (!r.ok) {
         if (r.needMore) break;
@@ -295,8 +335,7 @@ export class Http1RequestStream {
       } else if (framing === "chunked") this.body = { kind: "chunk-size" };
       else if (framing > 0) this.body = { kind: "skip", left: framing, chunked: false };
     }
-    // Keep the unconsumed tail (copied so the caller may reuse its buffer).
-    this.buf = p >= b.length ? new Uint8Array(0) : b.slice(p);
+    this.keep(b, p);
     return out;
   }
 
@@ -306,9 +345,10 @@ export class Http1RequestStream {
    * resynchronises on the next request line. `headLength` is the number of bytes that were buffered.
    */
   takePartial(): RequestHead | undefined {
-    const b = this.buf;
+    const b = this.store.slice(0, this.len);
     const wasHead = this.body.kind === "none" && !this.resync;
-    this.buf = new Uint8Array(0);
+    this.len = 0;
+    this.scan = 0;
     this.body = { kind: "none" };
     this.resync = true;
     if (!wasHead || b.length === 0) return undefined;
