@@ -49,7 +49,6 @@ interface Flow {
   lastNs: bigint;
 }
 
-
 export function tupleKey(t: Tuple): string {
   return `${t.src}|${t.src_port}|${t.dst}|${t.dst_port}`;
 }

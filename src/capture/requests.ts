@@ -195,7 +195,8 @@ export class RequestTracker {
       if (lost) this.gap(st, c, requests);
     }
     // What this stream holds now counts against the global budget (may evict idle streams' buffers).
-    const held = st.asm.held + st.sniff.length + (st.h1 ? st.h1.buffered : 0) + (st.tls ? st.tls.buffered : 0);
+    const held = st.asm.held + st.sniff.length + (st.h1 ? st.h1.buffered : 0) +
+      (st.tls ? st.tls.buffered : 0);
     const n = this.streams.node(key);
     if (n !== undefined && n.bytes !== held) this.streams.resize(n, held);
     return { requests, hellos };

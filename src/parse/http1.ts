@@ -160,6 +160,12 @@ export class Http1RequestStream {
   requests = 0;
   /** Body bytes skipped so far. */
   bodyBytes = 0;
+  /**
+   * Bytes examined while looking for the end of a head or trailers, and bytes copied into the buffer: work
+   * that must stay linear in the bytes pushed however the client splits them (hostile 1-byte segments).
+   */
+  scanned = 0;
+  copied = 0;
   /** Unconsumed bytes: store[0, len). Grows by doubling, so a head sent a byte at a time costs linear time. */
   private store: Uint8Array = new Uint8Array(0);
   private len = 0;
@@ -187,6 +193,7 @@ export class Http1RequestStream {
       this.store = grown;
     }
     this.store.set(bytes, this.len);
+    this.copied += bytes.length;
     this.len = need;
     return this.store.subarray(0, need);
   }
@@ -202,10 +209,16 @@ export class Http1RequestStream {
       if (this.store.length > 16384) this.store = new Uint8Array(0);
       return;
     }
-    if (b.buffer === this.store.buffer) this.store.copyWithin(0, p, b.length);
-    else {
+    if (b.buffer === this.store.buffer) {
+      // Already in the store: move it to the front only when something before it was consumed.
+      if (p > 0) {
+        this.store.copyWithin(0, p, b.length);
+        this.copied += rest;
+      }
+    } else {
       if (rest > this.store.length) this.store = new Uint8Array(Math.max(rest, 256));
       this.store.set(b.subarray(p));
+      this.copied += rest;
     }
     this.len = rest;
   }
@@ -274,7 +287,9 @@ export class Http1RequestStream {
           continue;
         }
         if (b[p] === CR) break;
-        const e = headEnd(b, Math.max(p, this.scan), p + this.maxHead);
+        const from = Math.max(p, this.scan);
+        const e = headEnd(b, from, p + this.maxHead);
+        this.scanned += (e < 0 ? b.length : e) - from;
         if (e < 0) {
           if (b.length - p >= this.maxHead) p = this.bodyError("oversize", b.length);
           else this.scan = Math.max(p, b.length - 2);
@@ -304,7 +319,9 @@ export class Http1RequestStream {
       }
       if (p >= b.length) break;
       // Find the end of the head first, resuming where the last push stopped (linear in the bytes sent).
-      const end = headEnd(b, Math.max(p, this.scan), p + this.maxHead);
+      const from = Math.max(p, this.scan);
+      const end = headEnd(b, from, p + this.maxHead);
+      this.scanned += (end < 0 ? b.length : end) - from;
       if (end < 0 && b.length - p < this.maxHead) {
         this.scan = Math.max(p, b.length - 2);
         break;
