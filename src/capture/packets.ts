@@ -10,23 +10,23 @@ import { HS_CLIENT_HELLO, parseClientHello, TlsHandshakeReader } from "../parse/
 import type { ClientHello } from "../parse/tls.ts";
 import { type Ja4, ja4 } from "../fingerprint/ja4.ts";
 import { type AbsentConvention, ja4t } from "../fingerprint/ja4t.ts";
-import type { Tuple } from "./requests.ts";
+import type { Tuple } from "../sink/row.ts";
 
 export interface SynFacts extends Tuple {
-  tsNs: bigint;
+  tsNs: number;
   seq: number;
   window: number;
   options: Uint8Array;
 }
 
 export interface SegmentFacts extends Tuple {
-  tsNs: bigint;
+  tsNs: number;
   seq: number;
   bytes: Uint8Array;
 }
 
 export interface HelloOut extends Tuple {
-  tsNs: bigint;
+  tsNs: number;
   hello: ClientHello;
   fp: Ja4;
 }
@@ -46,11 +46,11 @@ interface Flow {
   base: number | undefined;
   asm: StreamAssembler;
   tls: TlsHandshakeReader;
-  lastNs: bigint;
+  lastNs: number;
 }
 
 export function tupleKey(t: Tuple): string {
-  return `${t.src}|${t.src_port}|${t.dst}|${t.dst_port}`;
+  return t.src + "|" + t.src_port + "|" + t.dst + "|" + t.dst_port;
 }
 
 export class PacketTracker {
@@ -70,7 +70,7 @@ export class PacketTracker {
   };
 
   constructor(
-    private readonly opts: { maxFlows?: number; idleNs?: bigint; ja4tAbsent?: AbsentConvention } = {},
+    private readonly opts: { maxFlows?: number; idleNs?: number; ja4tAbsent?: AbsentConvention } = {},
   ) {
     this.flows = new LruMap(opts.maxFlows ?? 65536, Infinity, () => this.s.evicted++);
   }
@@ -139,12 +139,12 @@ export class PacketTracker {
   }
 
   /** Forgets flows idle for longer than idleNs (default 30 s). */
-  expire(nowNs: bigint): void {
-    const idle = this.opts.idleNs ?? 30_000_000_000n;
+  expire(nowNs: number): void {
+    const idle = this.opts.idleNs ?? 30e9;
     // Least recently used first: stop at the first flow still in use.
     for (let n = this.flows.oldest(); n !== undefined; n = this.flows.oldest()) {
       const v = n.value;
-      const last = typeof v === "number" ? BigInt(v) : v.lastNs;
+      const last = typeof v === "number" ? v : v.lastNs;
       if (nowNs - last <= idle) break;
       this.flows.delete(n.key);
       this.s.evicted++;
@@ -152,10 +152,10 @@ export class PacketTracker {
   }
 
   private finish(key: string, flow: Flow): void {
-    this.flows.set(key, Number(flow.lastNs));
+    this.flows.set(key, flow.lastNs);
   }
 
-  private newFlow(key: string, tsNs: bigint): Flow {
+  private newFlow(key: string, tsNs: number): Flow {
     const flow: Flow = {
       base: undefined,
       asm: new StreamAssembler(64 * 1024),
