@@ -98,6 +98,7 @@ export function emptyRow(): Row {
 }
 
 /** Characters JSON.stringify would escape: quote, backslash, controls, and (lone) surrogates. */
+// deno-lint-ignore no-control-regex -- control characters are exactly what JSON must escape
 const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
 
 /** A JSON string literal, equal to JSON.stringify(s), without the call for the common plain string. */
