@@ -127,12 +127,19 @@ function parseRequestLine(line: string): Parsed<RequestLine> {
     if (!isTokenChar(method.charCodeAt(i))) return fail("malformed", "method is not a token", i);
   }
   const versionText = rl.slice(sp2 + 1);
-  const vm = VERSION_RE.exec(versionText);
-  if (!vm) return fail("malformed", `bad HTTP version ${JSON.stringify(versionText.slice(0, 16))}`, sp2 + 1);
-  if (vm[1] !== "1") return fail("unsupported", `HTTP/${vm[1]}.${vm[2]} head`, sp2 + 1);
+  let version: string;
+  // Nearly every request says HTTP/1.1 or HTTP/1.0: no regex match (and its array) for those.
+  if (versionText === "HTTP/1.1") version = "11";
+  else if (versionText === "HTTP/1.0") version = "10";
+  else {
+    const vm = VERSION_RE.exec(versionText);
+    if (!vm) return fail("malformed", `bad HTTP version ${JSON.stringify(versionText.slice(0, 16))}`, sp2 + 1);
+    if (vm[1] !== "1") return fail("unsupported", `HTTP/${vm[1]}.${vm[2]} head`, sp2 + 1);
+    version = vm[1] + vm[2];
+  }
   const target = rl.slice(sp1 + 1, sp2).trim();
   if (target.length === 0) return fail("malformed", "empty request target", sp1);
-  return ok({ method, target, version: vm[1] + vm[2], versionText });
+  return ok({ method, target, version, versionText });
 }
 
 /**
