@@ -529,6 +529,7 @@ export class Agent {
       }
       case EventKind.CLOSE:
         this.requests.close(ev.pid, ev.fd);
+        if (ev.src_port) this.packets.close(ev);
         this.correlator.onClose(ev.src_port ? ev : null, ev.pid, ev.fd, this.wallMs(ev.tsNs));
         return;
     }

@@ -133,7 +133,9 @@ function parseRequestLine(line: string): Parsed<RequestLine> {
   else if (versionText === "HTTP/1.0") version = "10";
   else {
     const vm = VERSION_RE.exec(versionText);
-    if (!vm) return fail("malformed", `bad HTTP version ${JSON.stringify(versionText.slice(0, 16))}`, sp2 + 1);
+    if (!vm) {
+      return fail("malformed", `bad HTTP version ${JSON.stringify(versionText.slice(0, 16))}`, sp2 + 1);
+    }
     if (vm[1] !== "1") return fail("unsupported", `HTTP/${vm[1]}.${vm[2]} head`, sp2 + 1);
     version = vm[1] + vm[2];
   }
@@ -248,6 +250,10 @@ type BodyState =
   | { kind: "chunk-data-end" }
   | { kind: "trailers" };
 
+/** Shared immutable states: a new stream (one per connection) allocates neither a buffer nor a state object. */
+const NO_BYTES = new Uint8Array(0);
+const BODY_NONE: BodyState = Object.freeze({ kind: "none" });
+
 export interface Http1StreamOptions {
   maxHead?: number;
   /** Shared across streams: repeated header blocks are parsed once. */
@@ -272,11 +278,11 @@ export class Http1RequestStream {
   scanned = 0;
   copied = 0;
   /** Unconsumed bytes: store[0, len). Grows by doubling, so a head sent a byte at a time costs linear time. */
-  private store: Uint8Array = new Uint8Array(0);
+  private store: Uint8Array = NO_BYTES;
   private len = 0;
   /** Where the search for the end of the head (or trailers) resumes: bytes before it hold no terminator. */
   private scan = 0;
-  private body: BodyState = { kind: "none" };
+  private body: BodyState = BODY_NONE;
   private resync = false;
   private readonly maxHead: number;
   private readonly cache: HeaderBlockCache | undefined;
@@ -313,7 +319,7 @@ export class Http1RequestStream {
       this.len = 0;
       this.scan = 0;
       // Let a store grown by one huge head go once it is consumed.
-      if (this.store.length > 16384) this.store = new Uint8Array(0);
+      if (this.store.length > 16384) this.store = NO_BYTES;
       return;
     }
     if (b.buffer === this.store.buffer) {
@@ -348,7 +354,7 @@ export class Http1RequestStream {
         p += n;
         this.bodyBytes += n;
         if (st.left > 0) break;
-        this.body = st.chunked ? { kind: "chunk-data-end" } : { kind: "none" };
+        this.body = st.chunked ? { kind: "chunk-data-end" } : BODY_NONE;
         continue;
       }
       if (st.kind === "chunk-size") {
@@ -390,7 +396,7 @@ export class Http1RequestStream {
         if (b.length - p < 1) break;
         if (b[p] === LF || (b[p] === CR && b.length - p >= 2 && b[p + 1] === LF)) {
           p += b[p] === LF ? 1 : 2;
-          this.body = { kind: "none" };
+          this.body = BODY_NONE;
           continue;
         }
         if (b[p] === CR) break;
@@ -404,7 +410,7 @@ export class Http1RequestStream {
         }
         this.scan = 0;
         p = e;
-        this.body = { kind: "none" };
+        this.body = BODY_NONE;
         continue;
       }
       // Expecting a request head.
@@ -475,7 +481,7 @@ export class Http1RequestStream {
     const wasHead = this.body.kind === "none" && !this.resync;
     this.len = 0;
     this.scan = 0;
-    this.body = { kind: "none" };
+    this.body = BODY_NONE;
     this.resync = true;
     if (!wasHead || b.length === 0) return undefined;
     const lf = b.lastIndexOf(LF);
@@ -492,7 +498,7 @@ export class Http1RequestStream {
   /** Counts a body framing error and switches to resynchronisation from `p`. */
   private bodyError(code: ParseErrorCode, p: number): number {
     this.count(code);
-    this.body = { kind: "none" };
+    this.body = BODY_NONE;
     this.resync = true;
     return p;
   }
