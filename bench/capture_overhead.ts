@@ -13,7 +13,7 @@
 import { parseArgs } from "node:util";
 import { startNginx, type WebServer } from "../tests/helpers/servers.ts";
 import { wrk, type WrkResult } from "../tests/helpers/clients.ts";
-import { type RunningAgent, startAgent } from "../tests/helpers/agent.ts";
+import { AGENT_V8_FLAGS, type RunningAgent, startAgent } from "../tests/helpers/agent.ts";
 import { delay, makeTempDir, requirePortsFree, requireRoot, requireTool } from "../tests/helpers/proc.ts";
 
 const HTTP_PORT = 22080;
@@ -177,7 +177,14 @@ async function oneRun(
   ng: WebServer,
   mode: Mode,
   withAgent: boolean,
-  o: { duration: number; threads: number; connections: number; keep: boolean; starve: boolean },
+  o: {
+    duration: number;
+    threads: number;
+    connections: number;
+    keep: boolean;
+    starve: boolean;
+    v8Flags: string;
+  },
 ): Promise<RunFigures> {
   const port = mode === "https" ? TLS_PORT : HTTP_PORT;
   const url = mode === "https" ? ng.tlsUrl! : ng.url;
@@ -199,6 +206,7 @@ async function oneRun(
           metrics: { enabled: true },
         },
         readyTimeoutMs: 90_000,
+        v8Flags: o.v8Flags,
       });
       readyMs = performance.now() - t0;
       if (o.starve) starve(agent.pid);
@@ -535,6 +543,7 @@ async function main(): Promise<number> {
       workers: { type: "string", default: "1" },
       modes: { type: "string", default: "http,close,https" },
       starve: { type: "boolean", default: false },
+      "v8-flags": { type: "string", default: AGENT_V8_FLAGS },
       "write-doc": { type: "boolean", default: false },
       "no-agent": { type: "boolean", default: false },
       json: { type: "string" },
@@ -571,6 +580,9 @@ async function main(): Promise<number> {
       return m as Mode;
     }),
     starve: values.starve === true,
+    // As packaged (scripts/agent-v8-flags); JA4EBPF_AGENT_MAIN=<other checkout>/src/main.ts with that
+    // checkout's flags measures an earlier version the same way.
+    v8Flags: values["v8-flags"]!,
   };
   if (values["from-json"]) {
     // Re-render a saved run (e.g. after a change to the report's layout) without measuring again.
