@@ -17,7 +17,7 @@ export interface FallbackLoad {
   /** Which optional sets were loaded. */
   tls: boolean;
   apr: boolean;
-  /** Why a wanted set was left out (the last refusal that included it). */
+  /** Why a wanted set was left out (the last refusal that included it); nothing for sets loaded. */
   errors: { tls?: string; apr?: string };
 }
 
@@ -42,7 +42,11 @@ export function loadWithFallback(
     try {
       for (let attempt = 1;; attempt++) {
         try {
-          return { planned: open(progs), tls, apr, errors };
+          const planned = open(progs);
+          // Errors are kept for the sets left out only (a combined refusal names both).
+          if (tls) delete errors.tls;
+          if (apr) delete errors.apr;
+          return { planned, tls, apr, errors };
         } catch (e) {
           if (attempt >= EAGAIN_ATTEMPTS || !message(e).includes("EAGAIN")) throw e;
         }
