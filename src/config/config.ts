@@ -35,6 +35,7 @@ export interface ClickHouseConfig {
   timeout_ms: number;
   spool_dir: string;
   spool_max_mb: number;
+  dead_max_mb: number;
 }
 
 export interface Config {
@@ -284,6 +285,14 @@ export const SCHEMA = {
         min: 1,
         max: 1048576,
         doc: "spool cap; when full the newest rows are dropped and counted (spool_full)",
+      },
+      dead_max_mb: {
+        t: "int",
+        def: 64,
+        min: 0,
+        max: 1048576,
+        doc:
+          "cap of spool_dir/dead (quarantined batches); past it a batch is deleted and counted (dead_full)",
       },
     },
   },
