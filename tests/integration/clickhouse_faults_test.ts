@@ -22,6 +22,11 @@ import {
 } from "../helpers/fault_proxy.ts";
 import { testRow } from "../helpers/rows.ts";
 
+/** JA4EBPF_FAULT_STEPS=<regex>: run only the matching steps (to watch one fault, e.g. against an older build). */
+const ONLY = Deno.env.get("JA4EBPF_FAULT_STEPS");
+const step = (t: Deno.TestContext, name: string, fn: () => Promise<void>) =>
+  t.step({ name, ignore: !!ONLY && !new RegExp(ONLY).test(name), fn });
+
 const NARROW = { name: "narrow", password: "narrow-pw", settings: { max_rows_to_read: 100000 } };
 
 function cfg(url: string, spool_dir: string, o: Partial<ClickHouseConfig>): ClickHouseConfig {
@@ -101,7 +106,8 @@ Deno.test({
       return p;
     };
     try {
-      await t.step(
+      await step(
+        t,
         "a table without batch_id is refused with a clear error; ships once it is added",
         async () => {
           await tableWithout(ch, "nobid", ["batch_id"], "date");
@@ -127,7 +133,7 @@ Deno.test({
         },
       );
 
-      await t.step("an 18.x table without date: the read-back filters on toDate(ts)", async () => {
+      await step(t, "an 18.x table without date: the read-back filters on toDate(ts)", async () => {
         await tableWithout(ch, "nodate", ["date"], "toDate(ts)");
         const dir = `${tmp}/nodate`;
         await leaveSpool(dir, "nodate", "nodate", [15]);
@@ -141,7 +147,7 @@ Deno.test({
         assertEquals(await counts(ch, "nodate"), { n: 15, uniq: 15 });
       });
 
-      await t.step("an unreadable spooled batch goes to dead/, counted; the queue moves on", async () => {
+      await step(t, "an unreadable spooled batch goes to dead/, counted; the queue moves on", async () => {
         const dir = `${tmp}/unreadable`;
         await leaveSpool(dir, "unreadable", "unr", [10, 10]);
         const p = proxy();
@@ -168,7 +174,7 @@ Deno.test({
         assert(Deno.readTextFileSync(`${first.replace(dir, `${dir}/dead`)}.reason`).includes("unreadable"));
       });
 
-      await t.step("an uncaught error stops the agent cleanly and exits 1", async () => {
+      await step(t, "an uncaught error stops the agent cleanly and exits 1", async () => {
         const agentUrl = new URL("../../src/agent/agent.ts", import.meta.url).href;
         for (
           const fault of [
@@ -195,7 +201,8 @@ setTimeout(() => console.log("still running"), 5000);
         }
       });
 
-      await t.step(
+      await step(
+        t,
         "ALTER … DROP COLUMN while shipping: DESCRIBE again, retry once, nothing quarantined",
         async () => {
           const s = await ClickHouseSink.open({
@@ -218,7 +225,8 @@ setTimeout(() => console.log("still running"), 5000);
         },
       );
 
-      await t.step(
+      await step(
+        t,
         "dead/ is capped: a poison batch past the cap is deleted and counted (dead_full)",
         async () => {
           const dir = `${tmp}/deadcap`;
@@ -247,7 +255,7 @@ setTimeout(() => console.log("still running"), 5000);
         },
       );
 
-      await t.step("backoff follows its schedule: new batches do not cut it short", async () => {
+      await step(t, "backoff follows its schedule: new batches do not cut it short", async () => {
         const s = await ClickHouseSink.open({
           config: cfg(deadUrl(), `${tmp}/backoff`, { table: "backoff", flush_interval_ms: 50 }),
           retryMinMs: 1000,
@@ -262,7 +270,7 @@ setTimeout(() => console.log("still running"), 5000);
         assertGreater(st.spooled, 100);
       });
 
-      await t.step("a proxy's 502/504 after the commit: read back, not resent", async () => {
+      await step(t, "a proxy's 502/504 after the commit: read back, not resent", async () => {
         const p = proxy();
         p.rules.push({
           match: isInsert,
@@ -291,7 +299,8 @@ setTimeout(() => console.log("still running"), 5000);
         assertEquals(s.stats().shipped, 50);
       });
 
-      await t.step(
+      await step(
+        t,
         "413 and 400 without a code: quarantined after one attempt; the queue moves on",
         async () => {
           const p = proxy();
@@ -322,7 +331,7 @@ setTimeout(() => console.log("still running"), 5000);
         },
       );
 
-      await t.step("a batch found partly in the table is its own outcome", async () => {
+      await step(t, "a batch found partly in the table is its own outcome", async () => {
         for (
           const sql of ddl({
             database: "ja4ebpf",
@@ -359,7 +368,8 @@ setTimeout(() => console.log("still running"), 5000);
         assertEquals(scrape.get("ja4ebpf_accounting_errors_total"), 0);
       });
 
-      await t.step(
+      await step(
+        t,
         "the read-back is narrowed to the batch's servers and ts range (max_rows_to_read)",
         async () => {
           for (
@@ -398,7 +408,7 @@ setTimeout(() => console.log("still running"), 5000);
         },
       );
 
-      await t.step("a timeout after the commit and a connection cut mid-body: each batch once", async () => {
+      await step(t, "a timeout after the commit and a connection cut mid-body: each batch once", async () => {
         const p = proxy();
         p.rules.push({ match: isInsert, action: { kind: "hang" }, times: 2 });
         p.rules.push({ match: isInsert, action: { kind: "cut" }, times: 2 });
@@ -419,7 +429,8 @@ setTimeout(() => console.log("still running"), 5000);
         assertGreater(st.errors.network ?? 0, 1);
       });
 
-      await t.step(
+      await step(
+        t,
         "stop budget: close() cuts a hanging insert; the batch stays spooled, lands once",
         async () => {
           const p = proxy();
@@ -444,7 +455,7 @@ setTimeout(() => console.log("still running"), 5000);
         },
       );
 
-      await t.step("every documented metric moves under the fault it names", async () => {
+      await step(t, "every documented metric moves under the fault it names", async () => {
         const m = new AgentMetrics();
         const dir = `${tmp}/metrics`;
         // Rows an earlier process left: they enter the ledger at the spool stage and leave it shipped.
