@@ -77,6 +77,41 @@ export function perfPagesPerCpu(ringMb: number, cpus = possibleCpus(), page = pa
   return 2 ** Math.floor(Math.log2(want));
 }
 
+/**
+ * An exception nothing caught (an unhandled rejection, a throw in a timer) would end the process at once:
+ * TC filters stay attached (they outlive the process), rows held in memory are lost uncounted. Instead: log
+ * it, run `stop` (detach, flush into the spool), and exit 1 so systemd restarts the agent (Restart=on-failure)
+ * and the spool is replayed. Returns the uninstaller.
+ */
+export function installFatalHandler(
+  stop: () => Promise<void>,
+  exit: (code: number) => void = (code) => Deno.exit(code),
+  graceMs = 25_000,
+): () => void {
+  let fatal = false;
+  const onFatal = (e: Event) => {
+    e.preventDefault();
+    const err = e instanceof PromiseRejectionEvent ? e.reason : (e as ErrorEvent).error;
+    log.error("uncaught error: stopping", {
+      error: err instanceof Error ? err.stack ?? err.message : String(err),
+    });
+    if (fatal) return;
+    fatal = true;
+    // Bounded: a stop that hangs must still end the process before systemd's TimeoutStopSec.
+    const t = setTimeout(() => exit(1), graceMs);
+    stop().catch((s) => log.error("stop failed", { error: String(s) })).finally(() => {
+      clearTimeout(t);
+      exit(1);
+    });
+  };
+  globalThis.addEventListener("unhandledrejection", onFatal);
+  globalThis.addEventListener("error", onFatal);
+  return () => {
+    globalThis.removeEventListener("unhandledrejection", onFatal);
+    globalThis.removeEventListener("error", onFatal);
+  };
+}
+
 export class Agent {
   readonly metrics: AgentMetrics;
   readonly requests: RequestTracker;
@@ -116,6 +151,7 @@ export class Agent {
   /** The apr uprobes on every libapr file in use (the located one and those Apache maps), once in use. */
   private apr?: LibraryProbes;
   private stopped = false;
+  private removeFatalHandler?: () => void;
   readonly kernelDrops = new Map<string, bigint>();
   private hostname = Deno.hostname();
 
@@ -155,6 +191,10 @@ export class Agent {
       log.info("metrics listening", { listen: cfg.metrics.listen });
     }
     this.outputs = await openOutputs(cfg, { stdout: this.opts.stdout });
+    // Insert latency, errors by class, last success and sink health come from the sinks' requests.
+    const observer = this.metrics.sinkObserver();
+    for (const s of this.outputs.sinks.sinks) s.observe?.(observer);
+    this.removeFatalHandler = installFatalHandler(() => this.stop());
 
     const servers = cfg.uprobes.servers as Server[];
     const bytes = embeddedObject();
@@ -526,39 +566,12 @@ export class Agent {
     this.syncLedger();
   }
 
-  private sinkSeen = {
-    errors: 0,
-    replayed: 0,
-    shipped: 0,
-    quarantined: 0,
-    dropped: {} as Record<string, number>,
-  };
-
   /**
-   * Moves rows through the ledger as the primary sink reports them delivered, quarantined or dropped, so
-   * captured = shipped + spooled + quarantined + dropped holds at every scrape.
+   * Moves rows through the ledger as the primary sink reports them sealed, delivered, quarantined or dropped,
+   * so captured = shipped + spooled + quarantined + dropped holds at every scrape.
    */
   syncLedger(): void {
-    const all = this.outputs?.allStats() ?? [];
-    const st = all.find((s) => s.name === "clickhouse") ?? all.find((s) => s.name === "file") ?? all[0];
-    if (!st) return;
-    const led = this.metrics.rows;
-    const seen = this.sinkSeen;
-    if (st.replayed > seen.replayed) led.capture(st.replayed - seen.replayed, "spool");
-    seen.replayed = st.replayed;
-    const errs = Object.values(st.errors).reduce((a, b) => a + b, 0);
-    if (st.alarm || errs > seen.errors) this.metrics.health.sinkFailed(st.name, Date.now());
-    else if (st.shipped > seen.shipped) this.metrics.health.sinkOk(st.name);
-    seen.errors = errs;
-    if (st.shipped > seen.shipped) led.ship("memory", st.shipped - seen.shipped);
-    seen.shipped = st.shipped;
-    if (st.quarantined > seen.quarantined) led.quarantine("memory", st.quarantined - seen.quarantined);
-    seen.quarantined = st.quarantined;
-    for (const [reason, n] of Object.entries(st.dropped)) {
-      const d = n - (seen.dropped[reason] ?? 0);
-      if (d > 0) led.drop(reason, "memory", d);
-      seen.dropped[reason] = n;
-    }
+    this.metrics.syncSinks(this.outputs?.allStats() ?? []);
   }
 
   private slowTick(): void {
@@ -586,7 +599,9 @@ export class Agent {
     for (const [code, name] of Object.entries(DROP_NAMES)) {
       const v = drops.total(Number(code));
       const prev = this.kernelDrops.get(name) ?? 0n;
-      if (v > prev) this.metrics.bpfDrops.inc({ reason: name }, Number(v - prev));
+      // Ring records lost for want of space enter the row ledger too (captured and dropped), so /healthz
+      // and the accounting identity see them.
+      if (v > prev) this.metrics.kernelDrop(name, Number(v - prev));
       this.kernelDrops.set(name, v);
     }
     for (const l of this.planned?.links ?? []) {
@@ -594,7 +609,7 @@ export class Agent {
       if (missed) {
         const prev = this.kernelDrops.get("kretprobe_missed") ?? 0n;
         if (BigInt(missed) > prev) {
-          this.metrics.bpfDrops.inc({ reason: "kretprobe_missed" }, missed - Number(prev));
+          this.metrics.kernelDrop("kretprobe_missed", missed - Number(prev));
           this.kernelDrops.set("kretprobe_missed", BigInt(missed));
         }
       }
@@ -681,6 +696,7 @@ export class Agent {
     await this.outputs?.flush();
     await this.outputs?.close();
     await this.metricsServer?.close();
+    this.removeFatalHandler?.();
     log.info("stopped", { rows: this.correlator.stats().rows_emitted });
   }
 }

@@ -227,6 +227,14 @@ export const SCHEMA = {
         max: 1048576,
         doc: "spool cap; when full the newest rows are dropped and counted (spool_full)",
       },
+      dead_max_mb: {
+        t: "int",
+        def: 64,
+        min: 0,
+        max: 1048576,
+        doc:
+          "cap of spool_dir/dead (quarantined batches); past it a batch is deleted and counted (dead_full)",
+      },
     },
   },
   privacy: {
