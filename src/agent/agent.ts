@@ -10,6 +10,7 @@ import { embeddedObject } from "../bpf/embedded.ts";
 import { pageSize } from "../bpf/ffi.ts";
 import { type AttachPlan, makePlan, openPlanned, type PlannedObject, SSL_UPROBES } from "../bpf/plan.ts";
 import { probeLibapr } from "../bpf/probes.ts";
+import { ensureTracefs } from "../bpf/tracefs.ts";
 import { possibleCpus, probeRingbuf } from "../bpf/object.ts";
 import type { AttachHandle, BpfMap } from "../bpf/object.ts";
 import { type CaptureEvent, EventDecoder } from "../bpf/events.ts";
@@ -144,6 +145,11 @@ export class Agent {
       log.info("metrics listening", { listen: cfg.metrics.listen });
     }
     this.outputs = await openOutputs(cfg, { stdout: this.opts.stdout });
+
+    // Tracepoints attach by name through tracefs, which a host as it boots may not have mounted yet.
+    const tracefs = ensureTracefs();
+    if (tracefs.mounted) log.info("tracefs mounted", { path: tracefs.path ?? "" });
+    else if (!tracefs.path) log.warn("tracefs unavailable: no tracepoints", { error: tracefs.error ?? "" });
 
     const servers = cfg.uprobes.servers as Server[];
     const bytes = embeddedObject();
