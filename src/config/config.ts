@@ -47,6 +47,7 @@ export interface Config {
     ring_size_mb: number;
     max_head_bytes: number;
     interfaces: string[];
+    tc_handle: number;
     ports: number[];
     hold_ms: number;
     max_connections: number;
@@ -162,6 +163,14 @@ export const SCHEMA = {
       doc:
         'interfaces for the TCP/TLS packet hooks ("auto" = those with the servers\' addresses; lo allowed)',
     },
+    tc_handle: {
+      t: "int",
+      def: 0x4a34,
+      min: 1,
+      max: 65535,
+      doc:
+        "handle and priority of the agent's tc filters (default 0x4a34); a second agent in the same network namespace needs its own",
+    },
     ports: {
       t: "ints",
       def: [],
@@ -174,7 +183,6 @@ export const SCHEMA = {
       def: 2000,
       min: 0,
       max: 60000,
-      reload: true,
       doc: "how long request facts wait for packet-side facts (JA4/JA4T) before the row is emitted",
     },
     max_connections: {
@@ -253,7 +261,6 @@ export const SCHEMA = {
         def: 20000,
         min: 1,
         max: 1048576,
-        reload: true,
         doc: "send when this many rows are buffered",
       },
       batch_bytes: {
@@ -261,7 +268,6 @@ export const SCHEMA = {
         def: 8388608,
         min: 1024,
         max: 268435456,
-        reload: true,
         doc: "send when the buffered JSON reaches this many bytes",
       },
       flush_interval_ms: {
@@ -269,10 +275,9 @@ export const SCHEMA = {
         def: 1000,
         min: 10,
         max: 600000,
-        reload: true,
         doc: "send at least this often when rows are buffered (keeps ≈ ≤ 1 insert/s)",
       },
-      timeout_ms: { t: "int", def: 60000, min: 100, max: 600000, reload: true, doc: "per-request timeout" },
+      timeout_ms: { t: "int", def: 60000, min: 100, max: 600000, doc: "per-request timeout" },
       spool_dir: {
         t: "str",
         def: "/var/lib/ja4ebpf/spool",
