@@ -8,11 +8,20 @@ import { changedKeys, type Config, loadConfig } from "../config/config.ts";
 import { configureLog, log } from "../log.ts";
 import { embeddedObject } from "../bpf/embedded.ts";
 import { pageSize } from "../bpf/ffi.ts";
-import { type AttachPlan, makePlan, openPlanned, type PlannedObject, SSL_UPROBES } from "../bpf/plan.ts";
+import {
+  type AttachPlan,
+  captureInterfaces,
+  openPlanned,
+  planFromConfig,
+  type PlannedObject,
+  SSL_UPROBES,
+} from "../bpf/plan.ts";
+import { loadWithFallback } from "../bpf/load.ts";
+import { DropCounters, ListenPorts, TracedPids } from "../bpf/maps.ts";
 import { probeLibapr } from "../bpf/probes.ts";
 import { ensureTracefs } from "../bpf/tracefs.ts";
 import { claimTc, PROBE_TC, sweepTc, type TcClaim, TcHandleBusyError, type TcIdentity } from "../bpf/tc.ts";
-import { possibleCpus, probeRingbuf } from "../bpf/object.ts";
+import { possibleCpus } from "../bpf/object.ts";
 import type { AttachHandle, BpfMap } from "../bpf/object.ts";
 import { EventView, HOOK_METHODS } from "../bpf/events.ts";
 import { LibraryProbes, type UprobePair } from "./lib_probes.ts";
@@ -54,18 +63,6 @@ const APPLIED_ON_RELOAD = ["log.", "privacy."];
 const DROP_NAMES: Record<number, string> = Object.fromEntries(
   Object.entries(DropReason).map(([k, v]) => [v, k.toLowerCase()]),
 );
-
-function u32(n: number): Uint8Array<ArrayBuffer> {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, n, true);
-  return b;
-}
-
-function u16(n: number): Uint8Array<ArrayBuffer> {
-  const b = new Uint8Array(2);
-  new DataView(b.buffer).setUint16(0, n, true);
-  return b;
-}
 
 /** Entry before return, per function (a return probe without its entry would see no stash). */
 const SSL_PROGRAMS: readonly UprobePair[] = SSL_UPROBES;
@@ -237,34 +234,10 @@ export class Agent {
 
     const servers = cfg.uprobes.servers as Server[];
     const bytes = embeddedObject();
-    const ringbuf = cfg.capture.ringbuf === "perfbuf"
-      ? false
-      : cfg.capture.ringbuf === "ringbuf"
-      ? true
-      : probeRingbuf();
-    const libapr = cfg.uprobes.enabled && servers.includes("apache") ? await probeLibapr() : undefined;
-    const ifaces = await this.interfaces();
+    // The same function --validate reports from: methods, channel, libapr and interfaces follow from cfg.
+    this.plan = await planFromConfig(bytes, cfg);
     this.checkStopped();
-    this.plan = makePlan(bytes, {
-      methods: {
-        nginx: servers.includes("nginx") ? cfg.capture.nginx : "off",
-        apache: !servers.includes("apache")
-          ? "off"
-          : cfg.capture.apache === "auto" && !cfg.uprobes.enabled
-          ? "read_tracepoint"
-          : cfg.capture.apache,
-      },
-      // The probe attaches to the first one: loopback is always there.
-      tcInterfaces: ifaces.includes("lo") ? ["lo", ...ifaces.filter((i) => i !== "lo")] : ifaces,
-      tcHandle: cfg.capture.tc_handle,
-      tcPriority: cfg.capture.tc_handle,
-      libapr,
-      ringbuf,
-      // The environment variable (tests) wins over the configured value.
-      kretprobeMaxactive: Deno.env.get("JA4EBPF_KRETPROBE_MAXACTIVE")
-        ? undefined
-        : cfg.capture.kretprobe_maxactive,
-    });
+    const ringbuf = this.plan.ringbuf;
     for (const h of this.plan.hooks) {
       const refused = h.attempts.filter((a) => !a.ok).map((a) => `${a.method}: ${a.error ?? a.stage}`);
       if (h.method) {
@@ -299,33 +272,12 @@ export class Agent {
         },
         loadOnly,
       });
-    // Optional programs the kernel refuses cost that feature only: retry with fewer, down to none.
-    const errs: { tls?: string; apr?: string } = {};
-    for (const [tls, apr] of [[true, true], [true, false], [false, true], [false, false]]) {
-      if (apr && !aprProgs.length) continue;
-      if (tls && !cfg.uprobes.enabled) continue; // uprobes.enabled covers the TLS libraries too
-      try {
-        const progs = [...(tls ? tlsProgs : []), ...(apr ? aprProgs : [])];
-        // EAGAIN from the verifier is transient (a busy kernel): try the same set again before giving up.
-        for (let attempt = 1;; attempt++) {
-          try {
-            this.planned = open(progs);
-            break;
-          } catch (e) {
-            if (attempt >= 3 || !String(e instanceof Error ? e.message : e).includes("EAGAIN")) throw e;
-          }
-        }
-        this.tlsCapture = tls;
-        this.aprLoaded = apr || apacheHook?.method === "uprobe";
-        break;
-      } catch (e) {
-        if (!tls && !apr) throw e;
-        const msg = e instanceof Error ? e.message : String(e);
-        if (tls) errs.tls = msg;
-        if (apr) errs.apr = msg;
-      }
-    }
-    if (!this.planned) throw new Error("unreachable: the BPF object was not opened");
+    // Optional programs the kernel refuses cost that feature only (uprobes.enabled covers the TLS libraries).
+    const loaded = loadWithFallback(open, { tls: cfg.uprobes.enabled ? tlsProgs : [], apr: aprProgs });
+    this.planned = loaded.planned;
+    this.tlsCapture = loaded.tls;
+    this.aprLoaded = loaded.apr || apacheHook?.method === "uprobe";
+    const errs = loaded.errors;
     if (!this.tlsCapture && cfg.uprobes.enabled) {
       log.warn("HTTPS plaintext capture unavailable", { error: errs.tls ?? "" });
     }
@@ -388,18 +340,8 @@ export class Agent {
     return m;
   }
 
-  private async interfaces(): Promise<string[]> {
-    const want = this.cfg.capture.interfaces;
-    if (!(want.length === 0 || want.includes("auto"))) return want;
-    const out: string[] = [];
-    for (const e of Deno.readDirSync("/sys/class/net")) {
-      try {
-        const state = (await Deno.readTextFile(`/sys/class/net/${e.name}/operstate`)).trim();
-        const flags = parseInt((await Deno.readTextFile(`/sys/class/net/${e.name}/flags`)).trim(), 16);
-        if (e.name === "lo" || state === "up" || (flags & 1) === 1) out.push(e.name);
-      } catch { /* interface vanished */ }
-    }
-    return out.sort();
+  private interfaces(): Promise<string[]> {
+    return captureInterfaces(this.cfg.capture.interfaces);
   }
 
   private map(name: string): BpfMap | undefined {
@@ -411,24 +353,16 @@ export class Agent {
   refreshProcesses(): void {
     const procs = findServerProcesses(this.cfg.uprobes.servers as Server[]);
     const now = new Map(procs.map((p) => [p.pid, p.server] as const));
-    const pids = this.map("traced_pids");
+    const pids = TracedPids.of(this.map("traced_pids"));
     // The map, not this.traced, is the truth: the follow programs add forked/exec'd servers and remove
-    // exited ones in the kernel. Keys first, then changes (deleting while walking restarts the walk).
-    const inMap = new Map<number, number>();
-    if (pids) {
-      for (const k of [...pids.keys()]) {
-        const v = pids.lookup(k);
-        if (v) {
-          inMap.set(new DataView(k.buffer).getUint32(0, true), new DataView(v.buffer).getUint32(0, true));
-        }
-      }
-    }
+    // exited ones in the kernel. Read whole first, then changed.
+    const inMap = pids?.entries() ?? new Map<number, number>();
     const traced = new Map<number, Server>();
     for (const [pid, server] of now) {
       const kind = server === "nginx" ? ServerKind.NGINX : ServerKind.APACHE;
       if (pids && inMap.get(pid) !== kind) {
         // A zombie the exit program already removed must not come back (its pid may be reused).
-        if (inMap.has(pid) || !procGone(pid)) pids.update(u32(pid), u32(kind));
+        if (inMap.has(pid) || !procGone(pid)) pids.set(pid, kind);
         else continue;
       }
       traced.set(pid, server);
@@ -445,20 +379,20 @@ export class Agent {
         if (server) traced.set(pid, server);
         continue;
       }
-      pids?.delete(u32(pid));
+      pids?.delete(pid);
     }
     this.traced = traced;
     const ports = this.cfg.capture.ports.length ? this.cfg.capture.ports : listeningPorts([...now.keys()]);
-    const lp = this.map("listen_ports");
+    const lp = ListenPorts.of(this.map("listen_ports"));
     for (const p of ports) {
       if (this.ports.has(p)) continue;
-      lp?.update(u16(p), new Uint8Array([1]));
+      lp?.add(p);
       this.ports.add(p);
     }
     if (!this.cfg.capture.ports.length) {
       for (const p of [...this.ports]) {
         if (ports.includes(p)) continue;
-        lp?.delete(u16(p));
+        lp?.delete(p);
         this.ports.delete(p);
       }
     }
@@ -613,6 +547,7 @@ export class Agent {
       }
       case EventKind.CLOSE:
         this.requests.close(ev.pid, ev.fd);
+        if (ev.src_port) this.packets.close(ev);
         this.correlator.onClose(ev.src_port ? ev : null, ev.pid, ev.fd, this.wallMs(ev.tsNs));
         return;
     }
@@ -633,7 +568,7 @@ export class Agent {
    */
   followChildren(): void {
     if (this.followActive) return; // the kernel adds them at fork
-    const pids = this.map("traced_pids");
+    const pids = TracedPids.of(this.map("traced_pids"));
     for (const [pid, server] of [...this.traced]) {
       let text: string;
       try {
@@ -649,7 +584,7 @@ export class Agent {
           comm = Deno.readTextFileSync(`/proc/${child}/comm`).trim();
         } catch { /* exited */ }
         if (serverOfComm(comm) !== server) continue;
-        pids?.update(u32(child), u32(server === "nginx" ? ServerKind.NGINX : ServerKind.APACHE));
+        pids?.set(child, server === "nginx" ? ServerKind.NGINX : ServerKind.APACHE);
         this.traced.set(child, server);
       }
     }
@@ -728,10 +663,10 @@ export class Agent {
 
   /** Sums the per-CPU drop counters of the BPF side into metrics. */
   readKernelDrops(): void {
-    const drops = this.map("drops");
+    const drops = DropCounters.of(this.map("drops"));
     if (!drops) return;
     for (const [code, name] of Object.entries(DROP_NAMES)) {
-      const v = drops.sumU64(u32(Number(code)));
+      const v = drops.total(Number(code));
       const prev = this.kernelDrops.get(name) ?? 0n;
       if (v > prev) this.metrics.bpfDrops.inc({ reason: name }, Number(v - prev));
       this.kernelDrops.set(name, v);
