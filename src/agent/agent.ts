@@ -4,7 +4,7 @@
  *
  * Everything that can fail at start-up fails before the `ready` log line; everything after it is counted.
  */
-import { changedKeys, type Config, loadConfig, RELOADABLE } from "../config/config.ts";
+import { changedKeys, type Config, loadConfig } from "../config/config.ts";
 import { configureLog, log } from "../log.ts";
 import { embeddedObject } from "../bpf/embedded.ts";
 import { pageSize } from "../bpf/ffi.ts";
@@ -19,6 +19,8 @@ import {
 import { loadWithFallback } from "../bpf/load.ts";
 import { DropCounters, ListenPorts, TracedPids } from "../bpf/maps.ts";
 import { probeLibapr } from "../bpf/probes.ts";
+import { ensureTracefs } from "../bpf/tracefs.ts";
+import { claimTc, PROBE_TC, sweepTc, type TcClaim, TcHandleBusyError, type TcIdentity } from "../bpf/tc.ts";
 import { possibleCpus } from "../bpf/object.ts";
 import type { AttachHandle, BpfMap } from "../bpf/object.ts";
 import { EventView, HOOK_METHODS } from "../bpf/events.ts";
@@ -46,6 +48,17 @@ export interface AgentOptions {
   /** Where rows go instead of the configured sinks (tests). */
   rowHook?: (rows: Row[]) => void;
 }
+
+/** stop() was called while start() was still running: start() gave up, stop() removes what it attached. */
+export class StartAbortedError extends Error {
+  constructor() {
+    super("stopped during start-up");
+    this.name = "StartAbortedError";
+  }
+}
+
+/** What reload() applies without a restart; any other changed key is reported as needing one. */
+const APPLIED_ON_RELOAD = ["log.", "privacy."];
 
 const DROP_NAMES: Record<number, string> = Object.fromEntries(
   Object.entries(DropReason).map(([k, v]) => [v, k.toLowerCase()]),
@@ -152,6 +165,10 @@ export class Agent {
   private apr?: LibraryProbes;
   private stopped = false;
   private removeFatalHandler?: () => void;
+  /** The running start(), which stop() waits for before tearing down. */
+  private starting?: Promise<void>;
+  /** This agent's tc handle/priority, held for its lifetime (src/bpf/tc.ts). */
+  private tcClaim?: TcClaim;
   readonly kernelDrops = new Map<string, bigint>();
   private hostname = Deno.hostname();
 
@@ -183,9 +200,62 @@ export class Agent {
     });
   }
 
-  /** Plans, loads and attaches; resolves once every hook is attached ("ready"). */
-  async start(): Promise<void> {
+  /**
+   * Plans, loads and attaches; resolves once every hook is attached ("ready"). A stop() meanwhile makes it
+   * reject with StartAbortedError at its next step, and nothing is attached after that.
+   */
+  start(): Promise<void> {
+    this.starting ??= this.startUp();
+    return this.starting;
+  }
+
+  /** Throws once stop() was called: start-up checks after every await, before attaching anything more. */
+  private checkStopped(): void {
+    if (this.stopped) throw new StartAbortedError();
+  }
+
+  /**
+   * Claims this agent's tc handle/priority for its lifetime (a second agent with the same one is refused)
+   * and removes the filters with it left on any interface by an agent that died without detaching
+   * (SIGKILL), also on interfaces this run will not attach to.
+   */
+  private async claimAndSweepTc(): Promise<void> {
+    const h = this.cfg.capture.tc_handle;
+    if (h === PROBE_TC.handle) {
+      throw new Error(`capture.tc_handle ${h} (0x${h.toString(16)}) is reserved for the start-up probe`);
+    }
+    const ours: TcIdentity = { handle: h, priority: h };
+    this.tcClaim = claimTc(ours);
+    const ids = [ours];
+    // The plan's probe filter: swept when no other agent is probing right now (it holds that claim briefly).
+    let probe: TcClaim | undefined;
+    for (let i = 0; i < 50 && !probe; i++) {
+      try {
+        probe = claimTc(PROBE_TC);
+      } catch (e) {
+        if (!(e instanceof TcHandleBusyError)) throw e;
+        await new Promise((r) => setTimeout(r, 100));
+        this.checkStopped();
+      }
+    }
+    if (probe) ids.push(PROBE_TC);
+    try {
+      const { removed, errors } = sweepTc(ids);
+      if (removed.length) {
+        log.warn("removed tc filters left by an agent that did not stop", {
+          filters: removed.map((f) => `${f.iface}:0x${f.handle.toString(16)}`).join(","),
+        });
+      }
+      if (errors.length) log.warn("tc sweep incomplete", { errors: errors.join("; ") });
+    } finally {
+      probe?.release();
+    }
+  }
+
+  private async startUp(): Promise<void> {
     const cfg = this.cfg;
+    // Before anything else: a second agent owning our tc handle is refused without touching anything.
+    await this.claimAndSweepTc();
     if (cfg.metrics.enabled) {
       this.metricsServer = startMetricsServer(this.metrics, cfg.metrics) ?? undefined;
       log.info("metrics listening", { listen: cfg.metrics.listen });
@@ -195,11 +265,18 @@ export class Agent {
     const observer = this.metrics.sinkObserver();
     for (const s of this.outputs.sinks.sinks) s.observe?.(observer);
     this.removeFatalHandler = installFatalHandler(() => this.stop());
+    this.checkStopped();
+
+    // Tracepoints attach by name through tracefs, which a host as it boots may not have mounted yet.
+    const tracefs = ensureTracefs();
+    if (tracefs.mounted) log.info("tracefs mounted", { path: tracefs.path ?? "" });
+    else if (!tracefs.path) log.warn("tracefs unavailable: no tracepoints", { error: tracefs.error ?? "" });
 
     const servers = cfg.uprobes.servers as Server[];
     const bytes = embeddedObject();
     // The same function --validate reports from: methods, channel, libapr and interfaces follow from cfg.
     this.plan = await planFromConfig(bytes, cfg);
+    this.checkStopped();
     const ringbuf = this.plan.ringbuf;
     for (const h of this.plan.hooks) {
       const refused = h.attempts.filter((a) => !a.ok).map((a) => `${a.method}: ${a.error ?? a.stage}`);
@@ -263,10 +340,14 @@ export class Agent {
     }
     this.tcEnabled = !!this.plan.hooks.find((h) => h.hook === "packets")?.method;
     this.followActive = !!this.plan.hooks.find((h) => h.hook === "follow")?.method;
+    this.checkStopped();
     await this.refreshInterfaces();
+    this.checkStopped();
     this.refreshProcesses();
     await this.refreshTls();
+    this.checkStopped();
     await this.refreshApr();
+    this.checkStopped();
     this.seedConnections();
 
     const events = this.planned.obj.map(ringbuf ? "events" : "events_perf");
@@ -367,6 +448,7 @@ export class Agent {
     const auto = want.length === 0 || want.includes("auto");
     if (!auto && this.tcIfaces.size) return;
     const now = new Set(await this.interfaces());
+    if (this.stopped) return; // stop() ran meanwhile: attach nothing more
     const ctx = this.plan.context;
     for (const iface of now) {
       if (this.tcIfaces.has(iface)) continue;
@@ -654,8 +736,9 @@ export class Agent {
   async reload(path?: string): Promise<void> {
     const next = await loadConfig(path);
     const changed = changedKeys(this.cfg, next);
-    const now = changed.filter((k) => RELOADABLE.has(k));
-    const later = changed.filter((k) => !RELOADABLE.has(k));
+    // Only what is really applied below is reported as applied; the rest takes effect at the next start.
+    const now = changed.filter((k) => APPLIED_ON_RELOAD.some((p) => k.startsWith(p)));
+    const later = changed.filter((k) => !now.includes(k));
     if (now.some((k) => k.startsWith("log."))) {
       configureLog({ level: next.log.level, format: next.log.format });
     }
@@ -665,12 +748,17 @@ export class Agent {
     this.cfg.log = next.log;
     this.cfg.privacy = next.privacy;
     log.info("configuration reloaded", { applied: now.join(",") || "none", needs_restart: later.join(",") });
+    if (later.length) {
+      log.warn("configuration changes need a restart to take effect", { keys: later.join(",") });
+    }
   }
 
   /** Detaches everything, flushes held rows and sinks. */
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    // A start-up in progress gives up at its next step; what it attached until then is removed below.
+    await this.starting?.catch(() => {});
     for (const t of this.timers) clearInterval(t);
     // Detach before draining: with the hooks still attached, a busy host (every server on it is traced)
     // refills the ring as fast as it drains and the exit took > 15 s.
@@ -687,6 +775,7 @@ export class Agent {
         l.close();
       } catch { /* interface gone */ }
     }
+    this.tcLinks.clear();
     try {
       this.reader?.drain();
     } catch { /* closing anyway */ }
@@ -697,6 +786,8 @@ export class Agent {
     await this.outputs?.close();
     await this.metricsServer?.close();
     this.removeFatalHandler?.();
+    // Our filters are detached: another agent may take the handle now.
+    this.tcClaim?.release();
     log.info("stopped", { rows: this.correlator.stats().rows_emitted });
   }
 }

@@ -498,7 +498,9 @@ export function openPlanned(
 /** The configuration keys that decide the plan (a whole Config fits). */
 export interface PlanSettings {
   uprobes: Pick<Config["uprobes"], "enabled" | "servers">;
-  capture: Pick<Config["capture"], "nginx" | "apache" | "ringbuf" | "kretprobe_maxactive" | "interfaces">;
+  capture:
+    & Pick<Config["capture"], "nginx" | "apache" | "ringbuf" | "kretprobe_maxactive" | "interfaces">
+    & Partial<Pick<Config["capture"], "tc_handle">>;
 }
 
 /** What the plan needs from the host; planFromConfig probes what is not given. */
@@ -548,6 +550,9 @@ export function planInputs(
     methods: { nginx: method("nginx", cfg.capture.nginx), apache: method("apache", cfg.capture.apache) },
     // The probe attaches to the first one: loopback is always there.
     tcInterfaces: ifaces.includes("lo") ? ["lo", ...ifaces.filter((i) => i !== "lo")] : ifaces,
+    // The agent's own filter identity (src/bpf/tc.ts); undefined: the default.
+    tcHandle: cfg.capture.tc_handle,
+    tcPriority: cfg.capture.tc_handle,
     libapr: aprUprobesWanted(cfg) ? host.libapr : undefined,
     ringbuf: host.ringbuf,
     // The environment variable (tests) wins over the configured value.

@@ -104,6 +104,14 @@ export const SCHEMA = {
       doc:
         'interfaces for the TCP/TLS packet hooks ("auto" = those with the servers\' addresses; lo allowed)',
     },
+    tc_handle: {
+      t: "int",
+      def: 0x4a34,
+      min: 1,
+      max: 65535,
+      doc:
+        "handle and priority of the agent's tc filters (default 0x4a34); a second agent in the same network namespace needs its own",
+    },
     ports: {
       t: "ints",
       def: [],
@@ -116,7 +124,6 @@ export const SCHEMA = {
       def: 2000,
       min: 0,
       max: 60000,
-      reload: true,
       doc: "how long request facts wait for packet-side facts (JA4/JA4T) before the row is emitted",
     },
     max_connections: {
@@ -195,7 +202,6 @@ export const SCHEMA = {
         def: 20000,
         min: 1,
         max: 1048576,
-        reload: true,
         doc: "send when this many rows are buffered",
       },
       batch_bytes: {
@@ -203,7 +209,6 @@ export const SCHEMA = {
         def: 8388608,
         min: 1024,
         max: 268435456,
-        reload: true,
         doc: "send when the buffered JSON reaches this many bytes",
       },
       flush_interval_ms: {
@@ -211,10 +216,9 @@ export const SCHEMA = {
         def: 1000,
         min: 10,
         max: 600000,
-        reload: true,
         doc: "send at least this often when rows are buffered (keeps ≈ ≤ 1 insert/s)",
       },
-      timeout_ms: { t: "int", def: 60000, min: 100, max: 600000, reload: true, doc: "per-request timeout" },
+      timeout_ms: { t: "int", def: 60000, min: 100, max: 600000, doc: "per-request timeout" },
       spool_dir: {
         t: "str",
         def: "/var/lib/ja4ebpf/spool",
