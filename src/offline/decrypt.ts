@@ -55,6 +55,8 @@ export class ConnDecryption {
   /** Hands one side's TLS bytes to the decryptor (held until the ClientHello says who is the client). */
   push(side: Side, bytes: Uint8Array): void {
     if (this.ended !== undefined) return;
+    // The decryptor and the held lists keep chunks by reference; the caller's bytes are a transient view.
+    bytes = bytes.slice();
     const st = this.st;
     if (this.dec) return this.feed(side.isA === st.clientSideA ? "client" : "server", bytes);
     this.held[side.isA ? 0 : 1].push(bytes);

@@ -246,7 +246,14 @@ export class OfflineFingerprinter implements DecryptHost {
   }
 
   private attach(st: ConnState, side: Side): void {
-    side.dir.onData = (bytes) => this.data(st, side, bytes);
+    side.dir.onData = (bytes) => {
+      this.data(st, side, bytes);
+      // The bytes are a view of the capture reader's buffer, valid for this call only: whatever still
+      // refers to them is copied (rarely anything: most segments are parsed where they lie).
+      if (side.buf.length > 0 && side.buf.buffer === bytes.buffer) side.buf = side.buf.slice();
+      const m = side.mode;
+      if (m.kind === "tls") m.reader.ownBuffered();
+    };
     side.dir.onGap = () => {
       this.stats.gaps++;
       // Parsing across a hole would misread bytes; HTTP resynchronises on its own, everything else stops.
