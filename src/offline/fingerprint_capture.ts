@@ -251,8 +251,9 @@ export class OfflineFingerprinter implements DecryptHost {
       // The bytes are a view of the capture reader's buffer, valid for this call only: whatever still
       // refers to them is copied (rarely anything: most segments are parsed where they lie).
       if (side.buf.length > 0 && side.buf.buffer === bytes.buffer) side.buf = side.buf.slice();
+      // The handshake reader is only used until this side's hello.
       const m = side.mode;
-      if (m.kind === "tls") m.reader.ownBuffered();
+      if (m.kind === "tls" && !m.helloDone && side.dir.onData !== null) m.reader.ownBuffered();
     };
     side.dir.onGap = () => {
       this.stats.gaps++;
