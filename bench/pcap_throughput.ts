@@ -224,7 +224,9 @@ async function timed(cmd: string, args: string[]): Promise<Run> {
   await counting;
   const seconds = (performance.now() - start) / 1000;
   const stderr = await errText;
-  if (!status.success) throw new Error(`${cmd} ${args.join(" ")} exited ${status.code}: ${stderr.slice(-2000)}`);
+  if (!status.success) {
+    throw new Error(`${cmd} ${args.join(" ")} exited ${status.code}: ${stderr.slice(-2000)}`);
+  }
   return { seconds, stdoutBytes: bytes, lines, stderr, peakRssMb: peak / 1024 };
 }
 
