@@ -5,27 +5,28 @@
  * least recently used first past `maxFlows`.
  */
 import { StreamAssembler } from "./assembler.ts";
+import { LruMap } from "./lru.ts";
 import { HS_CLIENT_HELLO, parseClientHello, TlsHandshakeReader } from "../parse/tls.ts";
 import type { ClientHello } from "../parse/tls.ts";
 import { type Ja4, ja4 } from "../fingerprint/ja4.ts";
 import { type AbsentConvention, ja4t } from "../fingerprint/ja4t.ts";
-import type { Tuple } from "./requests.ts";
+import type { Tuple } from "../sink/row.ts";
 
 export interface SynFacts extends Tuple {
-  tsNs: bigint;
+  tsNs: number;
   seq: number;
   window: number;
   options: Uint8Array;
 }
 
 export interface SegmentFacts extends Tuple {
-  tsNs: bigint;
+  tsNs: number;
   seq: number;
   bytes: Uint8Array;
 }
 
 export interface HelloOut extends Tuple {
-  tsNs: bigint;
+  tsNs: number;
   hello: ClientHello;
   fp: Ja4;
 }
@@ -43,21 +44,25 @@ export interface PacketTrackerStats {
 interface Flow {
   /** Sequence number of the first payload byte (ISN + 1), once known. */
   base: number | undefined;
-  asm: StreamAssembler;
-  tls: TlsHandshakeReader;
-  lastNs: bigint;
-  done: boolean;
+  /** Created with the first payload segment: a SYN alone (every plain-HTTP connection) costs no parser. */
+  asm: StreamAssembler | null;
+  tls: TlsHandshakeReader | null;
+  lastNs: number;
 }
 
-const DONE_ASM = new StreamAssembler(0);
-const DONE_TLS = new TlsHandshakeReader();
+/** A tuple that may carry its key already (the agent's EventView builds it once per event). */
+type Keyed = Tuple & { readonly connKey?: string };
 
-export function tupleKey(t: Tuple): string {
-  return `${t.src}|${t.src_port}|${t.dst}|${t.dst_port}`;
+export function tupleKey(t: Keyed): string {
+  return t.connKey ?? t.src + "|" + t.src_port + "|" + t.dst + "|" + t.dst_port;
 }
 
 export class PacketTracker {
-  private flows = new Map<string, Flow>();
+  /**
+   * Live flows, and finished ones (hello out, or not TLS) as tombstones: just the time last seen (ns), so a
+   * tombstone costs its map entry only. It stays until idle so later segments are ignored cheaply.
+   */
+  private readonly flows: LruMap<string, Flow | number>;
   private readonly s: PacketTrackerStats = {
     flows: 0,
     syns: 0,
@@ -69,8 +74,10 @@ export class PacketTracker {
   };
 
   constructor(
-    private readonly opts: { maxFlows?: number; idleNs?: bigint; ja4tAbsent?: AbsentConvention } = {},
-  ) {}
+    private readonly opts: { maxFlows?: number; idleNs?: number; ja4tAbsent?: AbsentConvention } = {},
+  ) {
+    this.flows = new LruMap(opts.maxFlows ?? 65536, Infinity, () => this.s.evicted++);
+  }
 
   stats(): PacketTrackerStats {
     return { ...this.s, flows: this.flows.size };
@@ -88,26 +95,28 @@ export class PacketTracker {
   segment(f: SegmentFacts): HelloOut | undefined {
     this.s.segments++;
     const key = tupleKey(f);
-    let flow = this.flows.get(key);
-    if (!flow) flow = this.newFlow(key, f.tsNs);
-    if (flow.done) return undefined;
+    const got = this.flows.get(key);
+    if (typeof got === "number") return undefined; // finished
+    const flow = got ?? this.newFlow(key, f.tsNs);
     flow.lastNs = f.tsNs;
     // The SYN may have been missed (connection older than the agent): the first segment seen sets the base.
     if (flow.base === undefined) flow.base = f.seq >>> 0;
     const rel = (f.seq - flow.base) >>> 0;
     if (rel > 1 << 20) return undefined; // before the base (old retransmit) or far beyond what we track
-    const { out } = flow.asm.push(rel, f.bytes);
+    const asm = flow.asm ??= new StreamAssembler(64 * 1024);
+    const tls = flow.tls ??= new TlsHandshakeReader();
+    const { out } = asm.push(rel, f.bytes);
     for (const piece of out) {
-      if (flow.asm.stats.delivered === piece.length && !(piece[0] === 0x16 && piece[1] === 0x03)) {
+      if (asm.stats.delivered === piece.length && !(piece[0] === 0x16 && piece[1] === 0x03)) {
         // Not TLS (plain HTTP on this port): nothing to fingerprint here.
         this.s.not_tls++;
         this.finish(key, flow);
         return undefined;
       }
-      flow.tls.push(piece);
+      tls.push(piece);
     }
     for (;;) {
-      const m = flow.tls.next();
+      const m = tls.next();
       if (!m.ok) {
         if (!m.needMore) {
           this.s.parse_errors++;
@@ -135,40 +144,39 @@ export class PacketTracker {
     }
   }
 
+  /**
+   * The server closed the connection: its flow goes at once (a plain-HTTP connection's flow never sees a
+   * payload segment — tc does not send one — so it would otherwise wait for the idle expiry).
+   */
+  close(t: Tuple): void {
+    this.flows.delete(tupleKey(t));
+  }
+
   /** Forgets flows idle for longer than idleNs (default 30 s). */
-  expire(nowNs: bigint): void {
-    const idle = this.opts.idleNs ?? 30_000_000_000n;
-    for (const [k, f] of this.flows) {
-      if (nowNs - f.lastNs > idle) {
-        this.flows.delete(k);
-        this.s.evicted++;
-      }
+  expire(nowNs: number): void {
+    const idle = this.opts.idleNs ?? 30e9;
+    // Least recently used first: stop at the first flow still in use.
+    for (let n = this.flows.oldest(); n !== undefined; n = this.flows.oldest()) {
+      const v = n.value;
+      const last = typeof v === "number" ? v : v.lastNs;
+      if (nowNs - last <= idle) break;
+      this.flows.delete(n.key);
+      this.s.evicted++;
     }
   }
 
   private finish(key: string, flow: Flow): void {
-    // A tombstone sharing one empty assembler and reader: later segments of this flow are ignored cheaply
-    // and it ages out in expire().
-    flow.done = true;
-    flow.asm = DONE_ASM;
-    flow.tls = DONE_TLS;
-    this.flows.set(key, flow);
+    this.flows.set(key, flow.lastNs);
   }
 
-  private newFlow(key: string, tsNs: bigint): Flow {
+  private newFlow(key: string, tsNs: number): Flow {
     const flow: Flow = {
       base: undefined,
-      asm: new StreamAssembler(64 * 1024),
-      tls: new TlsHandshakeReader(),
+      asm: null,
+      tls: null,
       lastNs: tsNs,
-      done: false,
     };
-    this.flows.delete(key);
     this.flows.set(key, flow);
-    if (this.flows.size > (this.opts.maxFlows ?? 65536)) {
-      this.flows.delete(this.flows.keys().next().value!);
-      this.s.evicted++;
-    }
     return flow;
   }
 }
