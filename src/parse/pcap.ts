@@ -157,8 +157,9 @@ export class CaptureReader {
   private ifaces: NgInterface[] = [];
   private done = false;
 
-  constructor(src: ByteSource) {
-    this.w = new Window(src);
+  /** `windowBytes`: initial read window (default 1 MiB; it grows for a bigger record). */
+  constructor(src: ByteSource, windowBytes = 1 << 20) {
+    this.w = new Window(src, windowBytes);
     if (!this.w.ensure(4)) throw new CaptureFormatError("not a capture file: fewer than 4 bytes");
     const h = this.w.peek(4);
     const be = ((h[0] << 24) | (h[1] << 16) | (h[2] << 8) | h[3]) >>> 0;
