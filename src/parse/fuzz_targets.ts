@@ -27,6 +27,7 @@ import { ja4 } from "../fingerprint/ja4.ts";
 import { ja4s } from "../fingerprint/ja4s.ts";
 import { ja4h } from "../fingerprint/ja4h.ts";
 import { ja4t } from "../fingerprint/ja4t.ts";
+import { fromHex } from "./bytes.ts";
 
 /** The output broke a property that must hold for any input. */
 export class InvariantError extends Error {
@@ -36,7 +37,6 @@ export class InvariantError extends Error {
   }
 }
 
-const fromHex = (s: string) => new Uint8Array(s.match(/../g)?.map((x) => parseInt(x, 16)) ?? []);
 const FIX = new URL("../../tests/fixtures/", import.meta.url);
 
 export interface Seeds {

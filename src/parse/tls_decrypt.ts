@@ -6,6 +6,7 @@
  *
  * Never throws on bad input: problems are counted in `errors` and stop only the direction they hit.
  */
+import { be16, be24, fromHex, toHex } from "./bytes.ts";
 import { createDecipheriv, createHmac } from "node:crypto";
 import { type ErrorCounts, newErrorCounts, type ParseErrorCode } from "./errors.ts";
 import { parseClientHello, parseServerHello } from "./tls.ts";
@@ -14,18 +15,6 @@ import { parseClientHello, parseServerHello } from "./tls.ts";
 // Key log
 
 const HEX = /^[0-9a-fA-F]+$/;
-
-function fromHex(s: string): Uint8Array {
-  const out = new Uint8Array(s.length >> 1);
-  for (let i = 0; i < out.length; i++) out[i] = parseInt(s.slice(2 * i, 2 * i + 2), 16);
-  return out;
-}
-
-function toHex(b: Uint8Array): string {
-  let s = "";
-  for (const x of b) s += x.toString(16).padStart(2, "0");
-  return s;
-}
 
 /** Secrets of an NSS key log, by label and client random. */
 export class TlsKeyLog {
@@ -425,7 +414,7 @@ export class TlsDecryptor {
     const d = this.dirs[dir];
     while (!d.stopped && d.buffered >= 5) {
       const h = d.peek(5);
-      const type = h[0], len = (h[3] << 8) | h[4];
+      const type = h[0], len = be16(h, 3);
       if (type < REC_CCS || type > REC_APPDATA || h[1] !== 3) {
         return this.stop(d, "malformed", `not a TLS record (type ${type})`);
       }
@@ -531,7 +520,7 @@ export class TlsDecryptor {
     hs.set(bytes, d.hs.length);
     let off = 0;
     while (off + 4 <= hs.length) {
-      const t = hs[off], len = (hs[off + 1] << 16) | (hs[off + 2] << 8) | hs[off + 3];
+      const t = hs[off], len = be24(hs, off + 1);
       if (off + 4 + len > hs.length) break;
       this.handshakeMessage(dir, d, t, hs.subarray(off + 4, off + 4 + len));
       off += 4 + len;
@@ -584,9 +573,9 @@ export class TlsDecryptor {
 
   private encryptedExtensions(body: Uint8Array): void {
     if (body.length < 2) return;
-    const end = Math.min(body.length, 2 + ((body[0] << 8) | body[1]));
+    const end = Math.min(body.length, 2 + be16(body, 0));
     for (let o = 2; o + 4 <= end;) {
-      const t = (body[o] << 8) | body[o + 1], l = (body[o + 2] << 8) | body[o + 3];
+      const t = be16(body, o), l = be16(body, o + 2);
       if (t === 0x0010 && l >= 3 && o + 4 + l <= end) {
         const n = body[o + 6];
         if (7 + n <= 4 + l) this.info.alpn = new TextDecoder().decode(body.subarray(o + 7, o + 7 + n));
