@@ -20,9 +20,6 @@ import { type LibaprInfo, probeLibapr } from "./probes.ts";
 import { attachKretprobeEvent, kretprobeMaxactive } from "./kprobe_events.ts";
 import type { Config } from "../config/config.ts";
 
-export type NginxMethod = "tracepoint" | "raw_tp" | "fexit" | "kretprobe";
-export type ApacheMethod = "uprobe" | "read_tracepoint";
-export type PacketMethod = "tc";
 export type HookName = "nginx" | "apache" | "packets" | "close" | "follow";
 
 /** How one program attaches. */

@@ -192,14 +192,6 @@ export function sha256Hex(s: string): string {
   return out;
 }
 
-/** First 12 hex digits of SHA-256 of the bytes (no empty-string special case). */
-export function sha256Hex12Bytes(b: Uint8Array): string {
-  ensure(b.length + 72);
-  block.set(b, 0);
-  const h = sha256Words(block, b.length);
-  return hex12(h[0], h[1]);
-}
-
 // Real traffic repeats a small set of cipher/extension lists, so hash12 results are memoised. Bounded: the
 // map is emptied when full (a cheap, allocation-free policy; a refill costs one SHA-256 per distinct list).
 const CACHE_MAX = 4096;

@@ -26,15 +26,6 @@ export const H2_FRAME = {
   CONTINUATION: 0x9,
 } as const;
 
-export const H2_SETTINGS = {
-  HEADER_TABLE_SIZE: 0x1,
-  ENABLE_PUSH: 0x2,
-  MAX_CONCURRENT_STREAMS: 0x3,
-  INITIAL_WINDOW_SIZE: 0x4,
-  MAX_FRAME_SIZE: 0x5,
-  MAX_HEADER_LIST_SIZE: 0x6,
-} as const;
-
 const FLAG_END_STREAM = 0x1;
 const FLAG_ACK = 0x1;
 const FLAG_END_HEADERS = 0x4;

@@ -31,7 +31,6 @@ export const EXT_SERVER_NAME = 0x0000;
 export const EXT_SIGNATURE_ALGORITHMS = 0x000d;
 export const EXT_ALPN = 0x0010;
 export const EXT_SUPPORTED_VERSIONS = 0x002b;
-export const EXT_QUIC_TRANSPORT_PARAMETERS = 0x0039;
 
 export interface ClientHello {
   /** The ClientHello's own version field (not the record version). */

@@ -140,8 +140,6 @@ const TLS12_SUITES: Record<number, Suite> = {
   0xccaa: CHACHA, // DHE_RSA
 };
 
-export const SUPPORTED_TLS13_SUITES: readonly number[] = Object.keys(TLS13_SUITES).map(Number);
-export const SUPPORTED_TLS12_SUITES: readonly number[] = Object.keys(TLS12_SUITES).map(Number);
 
 function hmac(hash: Hash, key: Uint8Array, ...data: Uint8Array[]): Uint8Array {
   const h = createHmac(hash, key);
