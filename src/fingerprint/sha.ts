@@ -8,8 +8,6 @@
  * version is used; node:crypto stays as the cross-check in tests and the benchmark. Both are synchronous.
  * hash12 also memoises (see below): the same lists recur across clients, and a hit skips SHA-256 entirely.
  */
-import { createHash } from "node:crypto";
-
 const K = new Int32Array([
   0x428a2f98,
   0x71374491,
@@ -224,10 +222,4 @@ export function hash12Pure(s: string): string {
   const len = load(s);
   const h = sha256Words(block, len);
   return hex12(h[0], h[1]);
-}
-
-/** hash12 always through node:crypto (for tests and the benchmark). */
-export function hash12Node(s: string): string {
-  if (s.length === 0) return EMPTY12;
-  return createHash("sha256").update(s).digest("hex").slice(0, 12);
 }

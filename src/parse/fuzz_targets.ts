@@ -13,7 +13,7 @@ import fc from "fast-check";
 import { parseClientHello, parseServerHello, TlsHandshakeReader } from "./tls.ts";
 import { Http1RequestStream, parseRequestHead } from "./http1.ts";
 import { parseTcpOptions } from "./tcp_options.ts";
-import { type HeaderField, HpackDecoder, hpackEncode, huffmanDecode, huffmanEncode } from "./hpack.ts";
+import { type HeaderField, HpackDecoder, huffmanDecode, huffmanEncode } from "./hpack.ts";
 import { H2_PREFACE, h2Frame, Http2RequestStream } from "./http2.ts";
 import { decodePacket } from "./packet.ts";
 import { bytesSource, CaptureFormatError, CaptureReader } from "./pcap.ts";
@@ -28,6 +28,7 @@ import { ja4s } from "../fingerprint/ja4s.ts";
 import { ja4h } from "../fingerprint/ja4h.ts";
 import { ja4t } from "../fingerprint/ja4t.ts";
 import { fromHex } from "./bytes.ts";
+import { hpackEncode } from "../../tests/helpers/hpack_encode.ts";
 
 /** The output broke a property that must hold for any input. */
 export class InvariantError extends Error {

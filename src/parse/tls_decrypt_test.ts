@@ -6,15 +6,9 @@ import { TcpConnectionTable } from "../capture/tcp_reassembly.ts";
 import { Http2RequestStream } from "./http2.ts";
 import { Http1RequestStream } from "./http1.ts";
 import { ja4h } from "../fingerprint/ja4h.ts";
-import {
-  decryptTlsSession,
-  hkdfExpandLabel,
-  keyLogFromPcapng,
-  parseKeyLog,
-  TlsDecryptor,
-  TlsKeyLog,
-} from "./tls_decrypt.ts";
+import { hkdfExpandLabel, parseKeyLog, TlsDecryptor, TlsKeyLog } from "./tls_decrypt.ts";
 import { fromHex, toHex } from "./bytes.ts";
+import { decryptTlsSession, keyLogFromPcapng } from "../../tests/helpers/tls_session.ts";
 
 const FIX = new URL("../../tests/fixtures/", import.meta.url);
 
