@@ -284,28 +284,15 @@ function tcp(
   ttl: number,
   inIcmp: boolean,
 ): Result {
-  if (inIcmp && p.length >= 8 && p.length < 20) {
-    const e = NO_BYTES;
-    return ok({
-      ipVersion: ver,
-      src: ver === 4 ? ipv4Addr(hdr, srcOff) : ipv6Addr(hdr, srcOff),
-      dst: ver === 4 ? ipv4Addr(hdr, dstOff) : ipv6Addr(hdr, dstOff),
-      ttl: outerTtl < 0 ? ttl : outerTtl,
-      innerTtl: ttl,
-      srcPort: be16(p, 0),
-      dstPort: be16(p, 2),
-      seq: be32(p, 4),
-      ack: 0,
-      flags: 0,
-      window: 0,
-      options: e,
-      payload: e,
-    });
+  // A header quoted by an ICMP error may hold only its first 8 bytes: the ports and the sequence number.
+  const quoted = inIcmp && p.length >= 8 && p.length < 20;
+  let doff = 0;
+  if (!quoted) {
+    if (p.length < 20) return fail("truncated", "tcp header");
+    doff = (p[12] >> 4) * 4;
+    if (doff < 20) return fail("malformed", "tcp data offset");
+    if (p.length < doff) return fail("truncated", "tcp options");
   }
-  if (p.length < 20) return fail("truncated", "tcp header");
-  const doff = (p[12] >> 4) * 4;
-  if (doff < 20) return fail("malformed", "tcp data offset");
-  if (p.length < doff) return fail("truncated", "tcp options");
   return ok({
     ipVersion: ver,
     src: ver === 4 ? ipv4Addr(hdr, srcOff) : ipv6Addr(hdr, srcOff),
@@ -315,11 +302,11 @@ function tcp(
     srcPort: be16(p, 0),
     dstPort: be16(p, 2),
     seq: be32(p, 4),
-    ack: be32(p, 8),
-    flags: p[13],
-    window: be16(p, 14),
-    options: p.subarray(20, doff),
-    payload: p.subarray(doff),
+    ack: quoted ? 0 : be32(p, 8),
+    flags: quoted ? 0 : p[13],
+    window: quoted ? 0 : be16(p, 14),
+    options: quoted ? NO_BYTES : p.subarray(20, doff),
+    payload: quoted ? NO_BYTES : p.subarray(doff),
   });
 }
 
