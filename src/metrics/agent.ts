@@ -10,13 +10,12 @@ import { RowLedger } from "./ledger.ts";
 import { type Counter, type Gauge, type Histogram, Registry } from "./registry.ts";
 
 /**
- * Kernel drop reasons (ja4ebpf_bpf_drops_total) after which a request may never become a row: a ring record
- * lost for want of space. Each lost record counts as one request (an upper bound: some records carry only a
- * packet or the tail of a request already counted).
+ * Kernel drop reasons (ja4ebpf_bpf_drops_total) after which requests never become rows. `lost_read` counts the
+ * lost ring/perf records that began a read (the BPF side tells them from SYN, segment, close and later-chunk
+ * records, which lose no request): the unit rows go missing in, so rows + lost reads = requests.
  */
 export const ROW_LOSING_KERNEL_DROPS: Record<string, string> = {
-  ringbuf: "ringbuf_full",
-  perfbuf: "ringbuf_full",
+  lost_read: "ringbuf_full",
 };
 
 /** Sink drop reasons for rows that never reached the spool; the others leave it. */

@@ -525,10 +525,13 @@ setTimeout(() => console.log("still running"), 5000);
         assertGreater(sc.get('ja4ebpf_clickhouse_errors_total{class="quarantine"}') ?? 0, 0);
         assertEquals(sc.get("ja4ebpf_rows_quarantined_total"), 10);
         assertGreater(sc.get('ja4ebpf_clickhouse_insert_duration_seconds_count{outcome="error"}') ?? 0, 3);
-        // Kernel ring drops: counted, in the ledger as rows lost before capture, and seen by /healthz.
-        m.kernelDrop("ringbuf", 150);
+        // Kernel ring drops: counted; the reads lost with them (the requests) in the ledger as rows lost
+        // before capture, and seen by /healthz. Records that lose no request (SYN, close) are only counted.
+        m.kernelDrop("ringbuf", 170);
+        m.kernelDrop("lost_read", 150);
         sc = scrape();
-        assertEquals(sc.get('ja4ebpf_bpf_drops_total{reason="ringbuf"}'), 150);
+        assertEquals(sc.get('ja4ebpf_bpf_drops_total{reason="ringbuf"}'), 170);
+        assertEquals(sc.get('ja4ebpf_bpf_drops_total{reason="lost_read"}'), 150);
         assertEquals(sc.get('ja4ebpf_rows_dropped_total{reason="ringbuf_full"}'), 150);
         assertStringIncludes(m.health.check(Date.now()).reasons.join(";"), "dropped 150");
         await s.close();
