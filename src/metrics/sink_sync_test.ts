@@ -38,9 +38,9 @@ Deno.test("kernel ring drops enter the ledger and /healthz", () => {
   const m = new AgentMetrics();
   m.rows.capture(1000);
   assertEquals(m.health.check(Date.now()).healthy, true);
-  m.kernelDrop("ringbuf", 120);
-  m.kernelDrop("skb_load", 3); // packet-side: no request lost
+  m.kernelDrop("ringbuf", 130); // records: counted only
+  m.kernelDrop("lost_read", 120); // the reads among them: requests lost
   assertEquals([m.rows.captured.get(), m.rows.dropped.get({ reason: "ringbuf_full" })], [1120, 120]);
-  assertEquals(m.bpfDrops.get({ reason: "skb_load" }), 3);
+  assertEquals(m.bpfDrops.get({ reason: "ringbuf" }), 130);
   assertEquals(m.health.check(Date.now()).healthy, false);
 });
