@@ -50,7 +50,8 @@ export async function runHotpath(mode: string, requests: number): Promise<Hotpat
   (globalThis as unknown as { agent: Agent }).agent = agent; // for heap inspection
   // Agent.start() would plan real hooks; the dispatch only needs to know which method nginx uses.
   agent.plan = { hooks: [{ hook: "nginx", method: "tracepoint" }] } as unknown as AttachPlan;
-  const traffic = new Traffic(MODES[mode]);
+  // JA4EBPF_PLAIN_PKT=1: the tc events of the BPF object before plain-HTTP first segments were dropped there.
+  const traffic = new Traffic({ ...MODES[mode], plainPkt: Deno.env.get("JA4EBPF_PLAIN_PKT") === "1" });
   let rows = 0;
   const st = { onRecord: 0, tick: 0, sink: 0 };
   const batch = (n: number, measure: boolean) => {

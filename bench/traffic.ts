@@ -152,6 +152,8 @@ export interface TrafficOptions {
   requestsPerConn: number;
   /** Share of connections that are TLS (requests from SSL_read plaintext), 0..1. */
   tlsShare: number;
+  /** Also send a plain-HTTP connection's first segment from tc (what the BPF side did before it stopped). */
+  plainPkt?: boolean;
 }
 
 export class Traffic {
@@ -233,9 +235,9 @@ export class Traffic {
     const [syn, sdv] = this.#rec(this.#syn, c);
     sdv.setUint32(SYN_EVENT.fields.seq.offset, isn, true);
     out.push(syn);
-    if (tls) {
+    if (tls || this.opts.plainPkt) {
       // tc sends a plain-HTTP connection's first segment no more (nothing in it to fingerprint).
-      const [pkt, pdv] = this.#rec(this.#pkt[1], c);
+      const [pkt, pdv] = this.#rec(this.#pkt[tls ? 1 : 0], c);
       pdv.setUint32(PKT_EVENT.fields.seq.offset, (isn + 1) >>> 0, true);
       out.push(pkt);
     }

@@ -198,11 +198,13 @@ export function parseRequestHeadCached(
   head: Uint8Array,
   cache: HeaderBlockCache,
   maxHead = MAX_HEAD,
+  /** The head already decoded (UTF-8), when the caller has it. */
+  decoded?: string,
 ): Streamed<
   RequestHead
 > {
   if (head.length > maxHead) return parseRequestHead(head, maxHead);
-  const text = decoder.decode(head);
+  const text = decoded ?? decoder.decode(head);
   const lf = text.indexOf("\n");
   const block = text.slice(lf + 1);
   const hit = cache.get(block);
@@ -432,9 +434,28 @@ export class Http1RequestStream {
       }
       if (p >= b.length) break;
       // Find the end of the head first, resuming where the last push stopped (linear in the bytes sent).
+      let end = -1, text: string | undefined;
+      if (this.cache !== undefined && this.scan === 0) {
+        // Fast path for a head that arrives whole (nearly always): decode once (native), then two native
+        // searches of the text, instead of a byte-level search line by line. Text offsets are byte offsets
+        // only for ASCII; otherwise (or when the head is not whole) the byte search below decides.
+        const n = Math.min(b.length - p, this.maxHead);
+        const t = decoder.decode(b.subarray(p, p + n));
+        if (t.length === n) {
+          const a = t.indexOf("\n\r\n"), c = t.indexOf("\n\n");
+          const e = a < 0 ? (c < 0 ? -1 : c + 2) : c < 0 || a < c ? a + 3 : c + 2;
+          if (e > 0) {
+            end = p + e;
+            text = e === n ? t : t.slice(0, e);
+            this.scanned += e;
+          }
+        }
+      }
       const from = Math.max(p, this.scan);
-      const end = headEnd(b, from, p + this.maxHead);
-      this.scanned += (end < 0 ? b.length : end) - from;
+      if (end < 0) {
+        end = headEnd(b, from, p + this.maxHead);
+        this.scanned += (end < 0 ? b.length : end) - from;
+      }
       if (end < 0 && b.length - p < this.maxHead) {
         this.scan = Math.max(p, b.length - 2);
         break;
@@ -442,7 +463,7 @@ export class Http1RequestStream {
       this.scan = 0;
       const view = b.subarray(p, end < 0 ? b.length : end);
       const r = end >= 0 && this.cache
-        ? parseRequestHeadCached(view, this.cache, this.maxHead)
+        ? parseRequestHeadCached(view, this.cache, this.maxHead, text)
         : parseRequestHead(view, this.maxHead);
       if (!r.ok) {
         if (r.needMore) break;
