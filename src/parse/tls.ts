@@ -131,92 +131,6 @@ function latin1(b: Uint8Array, start: number, end: number): string {
   return s;
 }
 
-/**
- * Walks the extensions block that starts at body[p] (its 2-byte length first), calling `each` for every
- * extension in order with its type and the offset and length of its data. The hello's `extensions` list is
- * filled here. Returns the failure of a length that runs past the block or the body, else undefined.
- * `each` is a module-level function taking the hello as `into`, so the walk allocates no closure.
- */
-function eachExtension<H extends { extensions: number[] }>(
-  body: Uint8Array,
-  p: number,
-  into: H,
-  each: (into: H, body: Uint8Array, type: number, d: number, len: number) => void,
-): ReturnType<typeof fail> | undefined {
-  const n = body.length;
-  if (p + 2 > n) return fail("truncated", "no extensions length", p);
-  const extLen = be16(body, p);
-  p += 2;
-  if (p + extLen > n) return fail("truncated", "extensions overrun", p);
-  const end = p + extLen;
-  while (p < end) {
-    if (p + 4 > end) return fail("malformed", "extension header overruns block", p);
-    const type = be16(body, p);
-    const len = be16(body, p + 2);
-    const d = p + 4;
-    if (d + len > end) return fail("malformed", `extension ${type} overruns block`, p);
-    into.extensions.push(type);
-    each(into, body, type, d, len);
-    p = d + len;
-  }
-  return undefined;
-}
-
-/** The ClientHello extensions whose content the fingerprints read. */
-function clientExtension(hello: ClientHello, body: Uint8Array, type: number, d: number, len: number): void {
-  const de = d + len;
-  switch (type) {
-    case EXT_SERVER_NAME:
-      // server_name_list: len(2) { type(1) len(2) name }; content never affects the fingerprint.
-      if (len >= 2 && hello.serverName === undefined) {
-        const le = Math.min(de, d + 2 + be16(body, d));
-        for (let q = d + 2; q + 3 <= le;) {
-          const nt = body[q];
-          const nl = be16(body, q + 1);
-          if (q + 3 + nl > le) break;
-          if (nt === 0) {
-            hello.serverName = latin1(body, q + 3, q + 3 + nl);
-            break;
-          }
-          q += 3 + nl;
-        }
-      }
-      break;
-    case EXT_ALPN:
-      if (len >= 2) {
-        const le = Math.min(de, d + 2 + be16(body, d));
-        for (let q = d + 2; q < le;) {
-          const pl = body[q];
-          if (q + 1 + pl > le) break;
-          hello.alpn.push(body.slice(q + 1, q + 1 + pl));
-          q += 1 + pl;
-        }
-      }
-      break;
-    case EXT_SUPPORTED_VERSIONS:
-      if (len >= 1) {
-        const le = Math.min(de, d + 1 + body[d]);
-        hello.supportedVersions = readU16List(body, d + 1, le);
-      } else hello.supportedVersions = [];
-      break;
-    case EXT_SIGNATURE_ALGORITHMS:
-      if (len >= 2) {
-        const le = Math.min(de, d + 2 + be16(body, d));
-        hello.signatureAlgorithms = readU16List(body, d + 2, le);
-      }
-      break;
-  }
-}
-
-/** The ServerHello extensions whose content is kept. */
-function serverExtension(sh: ServerHello, body: Uint8Array, type: number, d: number, len: number): void {
-  if (type === EXT_SUPPORTED_VERSIONS && len >= 2) sh.supportedVersion = be16(body, d);
-  else if (type === EXT_ALPN && len >= 3) {
-    const pl = body[d + 2];
-    if (d + 3 + pl <= d + len) sh.alpn = body.slice(d + 3, d + 3 + pl);
-  }
-}
-
 /** Parses a ClientHello handshake body (the bytes after the 4-byte handshake header). */
 export function parseClientHello(body: Uint8Array): Parsed<ClientHello> {
   const n = body.length;
@@ -250,7 +164,63 @@ export function parseClientHello(body: Uint8Array): Parsed<ClientHello> {
   };
   // SSL 3.0 / TLS 1.0 hellos may end here: no extensions block at all.
   if (p === n) return ok(hello);
-  return eachExtension(body, p, hello, clientExtension) ?? ok(hello);
+  if (p + 2 > n) return fail("truncated", "no extensions length", p);
+  const extLen = be16(body, p);
+  p += 2;
+  if (p + extLen > n) return fail("truncated", "extensions overrun", p);
+  const end = p + extLen;
+  while (p < end) {
+    if (p + 4 > end) return fail("malformed", "extension header overruns block", p);
+    const type = be16(body, p);
+    const len = be16(body, p + 2);
+    const d = p + 4;
+    if (d + len > end) return fail("malformed", `extension ${type} overruns block`, p);
+    hello.extensions.push(type);
+    const de = d + len;
+    switch (type) {
+      case EXT_SERVER_NAME:
+        // server_name_list: len(2) { type(1) len(2) name }; content never affects the fingerprint.
+        if (len >= 2 && hello.serverName === undefined) {
+          const le = Math.min(de, d + 2 + be16(body, d));
+          for (let q = d + 2; q + 3 <= le;) {
+            const nt = body[q];
+            const nl = be16(body, q + 1);
+            if (q + 3 + nl > le) break;
+            if (nt === 0) {
+              hello.serverName = latin1(body, q + 3, q + 3 + nl);
+              break;
+            }
+            q += 3 + nl;
+          }
+        }
+        break;
+      case EXT_ALPN:
+        if (len >= 2) {
+          const le = Math.min(de, d + 2 + be16(body, d));
+          for (let q = d + 2; q < le;) {
+            const pl = body[q];
+            if (q + 1 + pl > le) break;
+            hello.alpn.push(body.slice(q + 1, q + 1 + pl));
+            q += 1 + pl;
+          }
+        }
+        break;
+      case EXT_SUPPORTED_VERSIONS:
+        if (len >= 1) {
+          const le = Math.min(de, d + 1 + body[d]);
+          hello.supportedVersions = readU16List(body, d + 1, le);
+        } else hello.supportedVersions = [];
+        break;
+      case EXT_SIGNATURE_ALGORITHMS:
+        if (len >= 2) {
+          const le = Math.min(de, d + 2 + be16(body, d));
+          hello.signatureAlgorithms = readU16List(body, d + 2, le);
+        }
+        break;
+    }
+    p = de;
+  }
+  return ok(hello);
 }
 
 /** Parses a ServerHello handshake body (after the 4-byte header), HelloRetryRequest included. */
@@ -279,7 +249,26 @@ export function parseServerHello(body: Uint8Array): Parsed<ServerHello> {
   };
   p += 3;
   if (p === n) return ok(sh);
-  return eachExtension(body, p, sh, serverExtension) ?? ok(sh);
+  if (p + 2 > n) return fail("truncated", "no extensions length", p);
+  const extLen = be16(body, p);
+  p += 2;
+  if (p + extLen > n) return fail("truncated", "extensions overrun", p);
+  const end = p + extLen;
+  while (p < end) {
+    if (p + 4 > end) return fail("malformed", "extension header overruns block", p);
+    const type = be16(body, p);
+    const len = be16(body, p + 2);
+    const d = p + 4;
+    if (d + len > end) return fail("malformed", `extension ${type} overruns block`, p);
+    sh.extensions.push(type);
+    if (type === EXT_SUPPORTED_VERSIONS && len >= 2) sh.supportedVersion = be16(body, d);
+    else if (type === EXT_ALPN && len >= 3) {
+      const pl = body[d + 2];
+      if (d + 3 + pl <= d + len) sh.alpn = body.slice(d + 3, d + 3 + pl);
+    }
+    p = d + len;
+  }
+  return ok(sh);
 }
 
 /** Record at r[0..5+rl) holds the start of a plaintext ClientHello whose length fits the record. */
