@@ -37,7 +37,11 @@ export interface ReaderOptions {
   budget?: number;
   /** Timer between drains while data flows, ms (default 5). */
   intervalMs?: number;
-  /** Upper bound of one idle poll(2), ms (default 1000); close() wakes it at once. */
+  /**
+   * Upper bound of one idle poll(2), ms (RingReader default 50: the agent's BPF side wakes the reader only
+   * once data backs up, so this bounds how long a trickle waits; PerfReader default 1000); close() wakes it
+   * at once.
+   */
   idlePollMs?: number;
 }
 
@@ -100,7 +104,7 @@ export class RingReader implements EventReader {
     const fd = map.fd;
     if (fd < 0) throw new BpfError("RingReader", 9, `${map.name} has no fd (object not loaded?)`);
     this.size = map.maxEntries;
-    this.#opts = { budget: 8192, intervalMs: 5, idlePollMs: 1000, ...opts };
+    this.#opts = { budget: 8192, intervalMs: 5, idlePollMs: 50, ...opts };
     this.#page = pageSize();
     const c = libc();
     // Our own fd: the reader outlives nothing, but an in-flight poll(2) must never see a reused fd number.
