@@ -31,6 +31,7 @@ die() {
 
 want_bin=1
 want_rpm=0
+want_runtime=0
 HOST_ARCH=$(uname -m)
 ARCH=$HOST_ARCH
 while [ $# -gt 0 ]; do
@@ -39,6 +40,10 @@ while [ $# -gt 0 ]; do
   --rpm-only)
     want_bin=0
     want_rpm=1
+    ;;
+  --print-runtime) # the deno binary an --arch build ships (fetched if needed), for the kernel tests
+    want_bin=0
+    want_runtime=1
     ;;
   --arch)
     case "${2:-}" in
@@ -306,6 +311,7 @@ build_rpm() {
   for f in dist/rpm/*."$ARCH".rpm; do log "built $f ($(($(stat -c %s "$f") / 1048576)) MiB)"; done
 }
 
+[ $want_runtime = 1 ] && runtime_deno "$ELF_MACHINE"
 [ $want_bin = 1 ] && build_bin
 [ $want_rpm = 1 ] && build_rpm
 exit 0
