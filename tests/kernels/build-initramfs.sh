@@ -182,7 +182,10 @@ SH
 esac
 chmod +x "$stage/usr/bin/ja4ebpf"
 echo "$kind" >"$stage/agent/kind"
-if [ $ARCH = x86 ] && [ -d "$ROOT/dist/bpf" ]; then cp -r "$ROOT/dist/bpf" "$stage/agent/bpf"; fi
+# The object the bundle embeds, also as a file (for looking around in the guest by hand).
+obj=$ROOT/dist/bpf/ja4ebpf.bpf.o
+[ $ARCH = x86 ] || obj=$ROOT/dist/bpf/$ARCH/ja4ebpf.bpf.o
+[ -f "$obj" ] && mkdir -p "$stage/agent/bpf" && cp "$obj" "$stage/agent/bpf/"
 
 # Just enough of /etc for the servers: Apache refuses to serve as root, nginx's workers may.
 cat >"$stage/etc/passwd" <<'ETC'
