@@ -7,6 +7,7 @@
  */
 import { assert, assertEquals, assertNotEquals } from "../../src/testing/asserts.ts";
 import { dumpBtf, generateLayout } from "../../scripts/gen-layout.ts";
+import { SYSCALL_NUMBERS } from "../../src/bpf/probes.ts";
 
 const ROOT = decodeURIComponent(new URL("../../", import.meta.url).pathname);
 const HOST_ARCH = Deno.build.arch === "x86_64" ? "x86" : "arm64";
@@ -61,4 +62,20 @@ Deno.test({
     // And both are the layout the TypeScript side decodes with.
     assertEquals(la, await Deno.readTextFile(`${ROOT}src/bpf/layout.gen.ts`), "layout.gen.ts is current");
   },
+});
+
+Deno.test("raw_tp syscall numbers: the agent's table is each architecture's ABI (kernel UAPI headers)", async () => {
+  // The kernel's own UAPI headers (linux-libc-dev): arm64 uses the generic table.
+  const nr = async (header: string, name: string) => {
+    const m = new RegExp(`^#define __NR_${name} (\\d+)$`, "m").exec(await Deno.readTextFile(header));
+    assert(m, `${name} in ${header}`);
+    return Number(m[1]);
+  };
+  const x86 = "/usr/include/x86_64-linux-gnu/asm/unistd_64.h";
+  const generic = "/usr/include/asm-generic/unistd.h";
+  assertEquals(SYSCALL_NUMBERS.x86_64, { recvfrom: await nr(x86, "recvfrom"), read: await nr(x86, "read") });
+  assertEquals(SYSCALL_NUMBERS.aarch64, {
+    recvfrom: await nr(generic, "recvfrom"),
+    read: await nr(generic, "read"),
+  });
 });
