@@ -6,8 +6,8 @@
 #      download one, which needs network access), or a self-extracting executable: a small sh launcher
 #      followed by a tar.gz of the deno binary and the `deno bundle` output. Its first start unpacks into a
 #      cache directory keyed by the payload hash; every start checks the unpacked files against the BLAKE2b
-#      (or SHA-256) sums the launcher carries (the cache belongs to the service user: a runtime changed there is unpacked
-#      again, never run); no network is needed at any point.
+#      (or SHA-256) sums the launcher carries (the cache belongs to the service user: a runtime changed
+#      there is unpacked again, never run); no network is needed at any point.
 #
 #   scripts/build.sh                         build dist/ja4ebpf (this machine's architecture)
 #   scripts/build.sh --arch aarch64          build dist/ja4ebpf-aarch64: the arm64 BPF object (build-bpf.sh
@@ -128,9 +128,6 @@ build_bin() {
   else
     log "WARNING: scripts/build-bpf.sh is missing: the executable carries no fresh BPF object"
   fi
-  local runtime
-  runtime=$(runtime_deno "$ELF_MACHINE")
-
   local kind
   if [ -n "${BUILD_KIND_FORCE:-}" ]; then
     kind=$BUILD_KIND_FORCE
@@ -167,9 +164,14 @@ build_bin() {
       die "DENORT_BIN is not a $ARCH runtime"
     # DENORT_BIN makes deno compile use that runtime instead of downloading one; the timeout turns an
     # unexpected download attempt on an offline machine into an error instead of a hang.
+    # Another architecture's build names its target (untested here: no denort for it is reachable).
+    local target=()
+    [ "$ARCH" = "$HOST_ARCH" ] || target=(--target "$ARCH-unknown-linux-gnu")
     timeout 600 "$DENO" compile --quiet --no-check=remote --config "$WORK/tree/deno.json" "${PERMS[@]}" \
-      "$V8FLAGS" --output "$OUT" "$WORK/tree/src/main.ts" || die "deno compile failed"
+      ${target[@]+"${target[@]}"} "$V8FLAGS" --output "$OUT" "$WORK/tree/src/main.ts" || die "deno compile failed"
   else
+    local runtime
+    runtime=$(runtime_deno "$ELF_MACHINE")
     mkdir -p "$WORK/payload"
     # deno bundle (esbuild, fetched from npm on first use) inlines npm packages and dynamic imports.
     timeout 300 "$DENO" bundle --quiet --platform deno --packages bundle --config "$WORK/tree/deno.json" \
