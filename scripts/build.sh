@@ -86,7 +86,8 @@ ELF_MACHINE=$([ "$ARCH" = aarch64 ] && echo 183 || echo 62) # e_machine: EM_AARC
 # /sys/class/net; FFI (libbpf through pointers) is unscoped anyway. The boundary is the service user, its
 # capabilities and the systemd sandbox. Remote imports stay off (--no-remote --cached-only in the launcher).
 PERMS=(--allow-all)
-V8FLAGS=--v8-flags=--max-old-space-size=320
+# The agent's V8 heap limits: one file for this build, scripts/run.sh and the benchmarks.
+V8FLAGS=--v8-flags=$(tr ' ' ',' <scripts/agent-v8-flags | tr -d '\n')
 
 # e_machine of an ELF file (62 x86-64, 183 aarch64), empty if it is not ELF.
 elf_machine() {
