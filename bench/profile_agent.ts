@@ -89,7 +89,8 @@ for (const l of rep.split("\n")) {
   if (!m) continue;
   const pct = Number(m[1]), sym = m[3];
   total += pct;
-  const url = /(file:\/\/\S+|ext:\S+)/.exec(sym)?.[1] ?? "";
+  // V8's perf map names JS code `JS:*'name file:///…/x.ts:LINE:COL`: the file decides the stage.
+  const url = (/(file:\/\/\S+|ext:\S+)/.exec(sym)?.[1] ?? "").replace(/(:\d+)+$/, "");
   let stage = m[2] === "k"
     ? "kernel (syscalls, page faults)"
     : url
