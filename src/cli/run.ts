@@ -1,5 +1,5 @@
 import { parseFlags } from "./args.ts";
-import { type Config, ConfigError, DEFAULT_CONFIG_PATH, loadConfig, redacted } from "../config/config.ts";
+import { ConfigError, DEFAULT_CONFIG_PATH, loadConfig, redacted } from "../config/config.ts";
 import { configureLog, log } from "../log.ts";
 import { Agent, StartAbortedError } from "../agent/agent.ts";
 import { rowsGoNowhere } from "../config/outputs.ts";
