@@ -360,7 +360,8 @@ export class Agent {
     const events = this.planned.obj.map(ringbuf ? "events" : "events_perf");
     const onRecord = (rec: Uint8Array) => this.onRecord(rec);
     this.reader = ringbuf
-      ? new RingReader(events, { onRecord })
+      // Views, not copies: the trackers copy the few bytes they keep (a split head, a TLS record in pieces).
+      ? new RingReader(events, { onRecord, views: true })
       : new PerfReader(events, { onRecord }, perfPagesPerCpu(cfg.capture.ring_size_mb));
     this.reader.start();
 
