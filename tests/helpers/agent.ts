@@ -162,16 +162,16 @@ function u32Of(v: unknown): number {
  */
 export async function tracedPids(agentPid: number): Promise<Map<number, number>> {
   const bpftool = requireTool("bpftool", "bpftool");
-  for (const id of bpfMapIds(agentPid)) {
-    const info = JSON.parse(await runOk([bpftool, "-j", "map", "show", "id", String(id)]));
-    if (info.name !== "traced_pids") continue;
-    const dump = JSON.parse(await runOk([bpftool, "-j", "map", "dump", "id", String(id)])) as {
-      key: unknown;
-      value: unknown;
-    }[];
-    return new Map(dump.map((e) => [u32Of(e.key), u32Of(e.value)]));
-  }
-  throw new HarnessError(`agent ${agentPid} holds no traced_pids map`);
+  const held = new Set(bpfMapIds(agentPid));
+  // One listing of every map on the host, then the one this process holds.
+  const maps = JSON.parse(await runOk([bpftool, "-j", "map", "show"])) as { id: number; name?: string }[];
+  const id = maps.find((m) => held.has(m.id) && m.name === "traced_pids")?.id;
+  if (id === undefined) throw new HarnessError(`agent ${agentPid} holds no traced_pids map`);
+  const dump = JSON.parse(await runOk([bpftool, "-j", "map", "dump", "id", String(id)])) as {
+    key: unknown;
+    value: unknown;
+  }[];
+  return new Map(dump.map((e) => [u32Of(e.key), u32Of(e.value)]));
 }
 
 export async function startAgent(opts: AgentStartOptions = {}): Promise<RunningAgent> {
