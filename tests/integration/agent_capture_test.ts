@@ -97,9 +97,9 @@ async function followsApache(agent: RunningAgent, apache: WebServer): Promise<bo
   const traced = await tracedPids(agent.pid);
   if (![master, ...workers].every((p) => traced.has(p))) return false;
   if (agent.capture.apache && agent.capture.apache !== "uprobe") return true;
-  // The last word of the libapr probes: attached (at start, after a retry, re-attached), not detached.
-  const said = [...agent.stderr().matchAll(/apache uprobes (attached|re-attached|detached)/g)].pop();
-  return said !== undefined && said[1] !== "detached";
+  // The libapr probes' last word: attached at start (the ready line), after a retry or again, not detached.
+  const said = [...agent.stderr().matchAll(/apache uprobes (attached|re-attached|detached)/g)].pop()?.[1];
+  return agent.capture.apache === "uprobe" ? said !== "detached" : said !== undefined && said !== "detached";
 }
 
 async function traffic(srv: WebServer): Promise<number> {
@@ -324,7 +324,10 @@ Deno.test("agent capture: Apache started later, nginx reload, keep-alive connect
         () => followsApache(agent, apache),
         15_000,
         "the agent follows the Apache started after it",
-        async () => `traced ${JSON.stringify([...await tracedPids(agent.pid)])}\n${excerpt(agent)}`,
+        async () =>
+          `apache ${JSON.stringify(apache.pids())}, traced ${
+            JSON.stringify([...await tracedPids(agent.pid)])
+          }\n${excerpt(agent)}`,
       );
       const ports = await curlPorts([`${apache.url}late-1`, `${apache.url}late-2`, `${apache.url}late-3`]);
       const got = await agent.waitForRows((r) => r.dst_port === APACHE, 3, 8000).catch((e) => {
