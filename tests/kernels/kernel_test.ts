@@ -129,9 +129,15 @@ Deno.test({
       l.kind === "METHOD" && l.fields.method === "kretprobe" && l.fields.server === "nginx"
     );
     assert(k, `no kretprobe result for nginx${ctx}`);
-    if (
-      await requireFeature("kprobe", k.fields.attached === "kretprobe", `nginx=kretprobe on the host${ctx}`)
-    ) {
+    const kprobes = await requireFeature(
+      "kprobe",
+      k.fields.attached === "kretprobe",
+      "nginx=kretprobe on the host",
+    )
+      .catch((e) => {
+        throw new Error(`${e.message}${ctx}`);
+      });
+    if (kprobes) {
       assertEquals(k.fields.rows, String(REQUESTS), `kretprobe rows != requests${ctx}`);
     } else {
       assertEquals(k.fields.attached, "0", `another method attached in kretprobe's place${ctx}`);
