@@ -17,11 +17,17 @@ import { delay, requireRoot } from "../tests/helpers/proc.ts";
 const HTTP_PORT = 22180;
 const METRICS_PORT = 22436;
 
-function rssKb(pid: number): number {
+/**
+ * RSS and its parts, kB: anonymous (the JS heap, malloc), file (the executable and libraries) and shared
+ * memory (the BPF ring buffer's pages, mapped by the agent — its data area twice — but owned by the kernel).
+ */
+function rssKb(pid: number): { rss: number; anon: number; file: number; shmem: number } {
   try {
-    return Number(/VmRSS:\s+(\d+) kB/.exec(Deno.readTextFileSync(`/proc/${pid}/status`))?.[1] ?? 0);
+    const st = Deno.readTextFileSync(`/proc/${pid}/status`);
+    const f = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+) kB`).exec(st)?.[1] ?? 0);
+    return { rss: f("VmRSS"), anon: f("RssAnon"), file: f("RssFile"), shmem: f("RssShmem") };
   } catch {
-    return 0;
+    return { rss: 0, anon: 0, file: 0, shmem: 0 };
   }
 }
 
@@ -61,10 +67,17 @@ async function main(): Promise<number> {
     readyTimeoutMs: 90_000,
     v8Flags: AGENT_V8_FLAGS,
   });
-  const samples: { t: number; rssMiB: number }[] = [];
+  const samples: { t: number; rssMiB: number; anonMiB: number; fileMiB: number; shmemMiB: number }[] = [];
   const t0 = performance.now();
   const sampler = setInterval(() => {
-    samples.push({ t: (performance.now() - t0) / 60_000, rssMiB: rssKb(agent.pid) / 1024 });
+    const r = rssKb(agent.pid);
+    samples.push({
+      t: (performance.now() - t0) / 60_000,
+      rssMiB: r.rss / 1024,
+      anonMiB: r.anon / 1024,
+      fileMiB: r.file / 1024,
+      shmemMiB: r.shmem / 1024,
+    });
   }, 1000);
   // wrk in one-minute slices so a long soak reports progress (and a failed slice shows at once).
   let requests = 0;
@@ -98,6 +111,10 @@ async function main(): Promise<number> {
     rssMaxAfter1MinMiB: Math.max(...after.map((s) => s.rssMiB)),
     rssLastMiB: samples.at(-1)?.rssMiB ?? NaN,
     rssMaxMiB: Math.max(...samples.map((s) => s.rssMiB)),
+    anonMaxMiB: Math.max(...samples.map((s) => s.anonMiB)),
+    fileMaxMiB: Math.max(...samples.map((s) => s.fileMiB)),
+    shmemMaxMiB: Math.max(...samples.map((s) => s.shmemMiB)),
+    anonSlopeMiBPerMin: slope(after.map((s) => s.t), after.map((s) => s.anonMiB)),
     slopeMiBPerMin: slope(after.map((s) => s.t), after.map((s) => s.rssMiB)),
     budgetMiB: budget,
     v8Flags: AGENT_V8_FLAGS,

@@ -73,6 +73,9 @@ const APR_PROGRAMS: readonly UprobePair[] = [
 ];
 const programsOf = (pairs: readonly UprobePair[]) => pairs.flatMap(([, entry, ret]) => [entry, ret]);
 
+/** Listening ports are read again at least this often when the servers' processes did not change. */
+const PORT_RESCAN_MS = 30_000;
+
 /** The process has exited (no /proc entry, or a zombie / dead task waiting to be reaped). */
 function procGone(pid: number): boolean {
   try {
@@ -164,6 +167,9 @@ export class Agent {
   /** The apr uprobes on every libapr file in use (the located one and those Apache maps), once in use. */
   private apr?: LibraryProbes;
   private stopped = false;
+  /** The server pids and time of the last listening-port scan (see refreshProcesses). */
+  private portScanPids = "";
+  private portScanMs = 0;
   private removeFatalHandler?: () => void;
   /** The running start(), which stop() waits for before tearing down. */
   private starting?: Promise<void>;
@@ -422,6 +428,14 @@ export class Agent {
       pids?.delete(pid);
     }
     this.traced = traced;
+    // Listening ports come from /proc/PID/net/tcp, which also lists every TIME_WAIT connection: tens of
+    // thousands of lines on a server closing 10k connections a second. Read it when the servers' processes
+    // changed, else every PORT_RESCAN_MS, not every second.
+    const pidKey = [...now.keys()].join(",");
+    const rescan = pidKey !== this.portScanPids || Date.now() - this.portScanMs >= PORT_RESCAN_MS;
+    if (!this.cfg.capture.ports.length && !rescan) return;
+    this.portScanPids = pidKey;
+    this.portScanMs = Date.now();
     const ports = this.cfg.capture.ports.length ? this.cfg.capture.ports : listeningPorts([...now.keys()]);
     const lp = ListenPorts.of(this.map("listen_ports"));
     for (const p of ports) {

@@ -34,6 +34,8 @@ export interface AgentStartOptions {
   dir?: string;
   /** V8 flags for the agent process (benchmarks use the packaged ones). */
   v8Flags?: string;
+  /** More `deno run` flags (e.g. --cpu-prof for a profile of the agent under load). */
+  denoFlags?: string[];
 }
 
 export interface AgentExit {
@@ -189,6 +191,7 @@ export async function startAgent(opts: AgentStartOptions = {}): Promise<RunningA
       "run",
       "-A",
       ...(opts.v8Flags ? [`--v8-flags=${opts.v8Flags}`] : []),
+      ...(opts.denoFlags ?? []),
       AGENT_MAIN,
       "run",
       "--config",
