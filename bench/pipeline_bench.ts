@@ -272,7 +272,11 @@ if (import.meta.main) {
   const seconds = Number(arg("seconds", "15"));
   const modes = arg("modes", "max,10000,50000").split(",");
   const v8 = arg("v8", V8_FLAGS);
-  const ch = await startClickHouse();
+  // --ch-ports=HTTP,TCP,INTERSERVER: a server apart from the tests' (they may run meanwhile).
+  const chPorts = arg("ch-ports", "").split(",").filter(Boolean).map(Number);
+  const ch = await startClickHouse(
+    chPorts.length === 3 ? { httpPort: chPorts[0], tcpPort: chPorts[1], interserverPort: chPorts[2] } : {},
+  );
   try {
     const load = Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
     console.log(`load average before: ${load}; ${navigator.hardwareConcurrency} CPUs; V8 flags ${v8}`);
@@ -283,6 +287,8 @@ if (import.meta.main) {
           "run",
           "-A",
           `--v8-flags=${v8}`,
+          // --prof-dir=DIR: a V8 CPU profile of each mode's child (bench/stages.ts reads them).
+          ...(arg("prof-dir", "") ? ["--cpu-prof", `--cpu-prof-dir=${arg("prof-dir", "")}`] : []),
           new URL(import.meta.url).pathname,
           "--child",
           ch.url,

@@ -32,7 +32,7 @@ interface CpuProfile {
   timeDeltas: number[];
 }
 
-function stageOf(url: string, fn: string): string {
+export function stageOf(url: string, fn: string): string {
   if (fn === "(garbage collector)") return "garbage collection";
   if (fn === "(idle)" || fn === "(program)" || fn === "(root)") return "(other)";
   for (const [re, name] of STAGES) if (re.test(url)) return name;
