@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: set-up (apt, deno, BPF build), fmt/lint/check, then every test.
-# Ends with one line: "N passed, N failed".
+# Ends with two lines: "ignored: N (names)" (tests and steps deno test ignored: a kernel feature absent as
+# expected), then "N passed, N failed" (CI reads the last line).
 #   scripts/test.sh                 everything
 #   scripts/test.sh src/parse/      only the tests under a path (after set-up)
 set -uo pipefail
@@ -9,6 +10,7 @@ DENO=$(bash scripts/setup.sh --test | tail -1) || { echo "set-up failed"; echo "
 export DENO DENO_NO_UPDATE_CHECK=1 NO_COLOR=1
 passed=0
 failed=0
+ignored=0
 step() { # name, command...
   local name=$1
   shift
@@ -30,10 +32,16 @@ if [ -n "$summary" ]; then
   f=$(sed -E 's/.*\| ([0-9]+) failed.*/\1/' <<<"$summary")
   passed=$((passed + p))
   failed=$((failed + f))
+  # "| 1 ignored (2 steps)": ignored tests plus ignored steps; absent when nothing was ignored.
+  if [[ $summary =~ \|\ ([0-9]+)\ ignored(\ \(([0-9]+)\ steps?\))? ]]; then
+    ignored=$((BASH_REMATCH[1] + ${BASH_REMATCH[3]:-0}))
+  fi
 else
   echo "deno test printed no summary (crashed?)"
   failed=$((failed + 1))
 fi
+names=$(sed -nE 's/^ *(.*) \.\.\. ignored( \(.*\))?$/\1/p' "$out" | paste -sd ';' | sed 's/;/; /g')
 rm -f "$out"
+echo "ignored: $ignored${names:+ ($names)}"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

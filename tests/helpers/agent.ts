@@ -7,7 +7,7 @@
 import { stringify } from "yaml";
 import { type Row, rowFromJson } from "../../src/sink/row.ts";
 import { parsePrometheusText } from "../../src/metrics/registry.ts";
-import { delay, HarnessError, makeTempDir, requireRoot } from "./proc.ts";
+import { delay, HarnessError, makeTempDir, requireRoot, requireTool, runOk } from "./proc.ts";
 
 export const MAIN_TS = new URL("../../src/main.ts", import.meta.url).pathname;
 /**
@@ -131,6 +131,49 @@ export function bpfProgIds(pid: number): number[] {
     } catch { /* fd closed meanwhile */ }
   }
   return [...ids].sort((a, b) => a - b);
+}
+
+/** BPF map ids referenced by a process's fds (`map_id:` in fdinfo). */
+export function bpfMapIds(pid: number): number[] {
+  const ids = new Set<number>();
+  let entries: Deno.DirEntry[] = [];
+  try {
+    entries = [...Deno.readDirSync(`/proc/${pid}/fdinfo`)];
+  } catch {
+    return [];
+  }
+  for (const e of entries) {
+    try {
+      const m = /^map_id:\s*(\d+)/m.exec(Deno.readTextFileSync(`/proc/${pid}/fdinfo/${e.name}`));
+      if (m) ids.add(Number(m[1]));
+    } catch { /* fd closed meanwhile */ }
+  }
+  return [...ids].sort((a, b) => a - b);
+}
+
+/** A u32 from bpftool's JSON: a number (BTF-formatted) or little-endian hex byte strings. */
+function u32Of(v: unknown): number {
+  if (typeof v === "number") return v;
+  if (!Array.isArray(v)) throw new HarnessError(`bpftool: unexpected value ${JSON.stringify(v)}`);
+  return v.slice(0, 4).reduceRight((acc: number, b: string) => acc * 256 + parseInt(b, 16), 0);
+}
+
+/**
+ * The agent's traced_pids map (pid → server kind), read with bpftool from the map its process holds: the
+ * kernel-side truth of which server processes it follows (an agent elsewhere on the host has its own map).
+ */
+export async function tracedPids(agentPid: number): Promise<Map<number, number>> {
+  const bpftool = requireTool("bpftool", "bpftool");
+  const held = new Set(bpfMapIds(agentPid));
+  // One listing of every map on the host, then the one this process holds.
+  const maps = JSON.parse(await runOk([bpftool, "-j", "map", "show"])) as { id: number; name?: string }[];
+  const id = maps.find((m) => held.has(m.id) && m.name === "traced_pids")?.id;
+  if (id === undefined) throw new HarnessError(`agent ${agentPid} holds no traced_pids map`);
+  const dump = JSON.parse(await runOk([bpftool, "-j", "map", "dump", "id", String(id)])) as {
+    key: unknown;
+    value: unknown;
+  }[];
+  return new Map(dump.map((e) => [u32Of(e.key), u32Of(e.value)]));
 }
 
 export async function startAgent(opts: AgentStartOptions = {}): Promise<RunningAgent> {

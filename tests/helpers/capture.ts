@@ -25,6 +25,8 @@ export interface TcpdumpOptions {
   netns?: NsRef;
   /** Milliseconds to wait for "listening on"; default 10000. */
   startTimeoutMs?: number;
+  /** Kernel capture buffer in KiB (`-B`); default tcpdump's (2 MiB). Larger: fewer drops on a busy host. */
+  bufferKiB?: number;
 }
 
 export interface CaptureStats {
@@ -67,6 +69,7 @@ export async function startTcpdump(opts: TcpdumpOptions): Promise<Tcpdump> {
     "0",
     "-U",
     "--immediate-mode",
+    ...(opts.bufferKiB ? ["-B", String(opts.bufferKiB)] : []),
     "-Z",
     "root",
     "-w",

@@ -198,6 +198,8 @@ Deno.test("agent runtime: ClickHouse rows equal the file sink, no secret anywher
 
     // Scrape all along: the identity must hold at every single scrape.
     let scrapes = 0;
+    /** ja4ebpf_rows_captured_total at each scrape, in order. */
+    const capturedAt: number[] = [];
     let wrkRequests = 0;
     let lastScrape = "";
     let stopScraping = false;
@@ -207,6 +209,7 @@ Deno.test("agent runtime: ClickHouse rows equal the file sink, no secret anywher
         lastScrape = await agent.scrape();
         const id = identityFromScrape(lastScrape);
         scrapes++;
+        capturedAt.push(id.captured);
         if (!(id.captured === id.resolved)) bad.push(`captured ${id.captured} resolved ${id.resolved}`);
         await delay(50);
       }
@@ -248,7 +251,18 @@ Deno.test("agent runtime: ClickHouse rows equal the file sink, no secret anywher
       const w = await wrk({ url: `${nginx.url}load`, connections: 1, duration: 1 });
       assertGreater(w.requests, 100, "wrk made requests");
       wrkRequests = w.requests;
-      await delay(1500);
+      // Keep scraping while the agent takes in the load's backlog: until two scrapes after wrk ended show
+      // the captured count standing still.
+      const atEnd = capturedAt.length;
+      await waitUntil(
+        () => {
+          const after = capturedAt.slice(atEnd);
+          return scrapes > 10 && after.length >= 2 && after.at(-1) === after.at(-2);
+        },
+        30_000,
+        "the agent took in the load",
+        () => Promise.resolve(`captured at the scrapes since wrk ended: ${capturedAt.slice(atEnd)}`),
+      );
       assertGreater(scrapes, 10, "scrapes during the load");
       assertEquals(bad, [], "scrapes where captured != shipped + spooled + quarantined + dropped");
     });
@@ -257,7 +271,11 @@ Deno.test("agent runtime: ClickHouse rows equal the file sink, no secret anywher
 
     await t.step("SIGHUP to log.level warn silences info lines (the level is really applied)", async () => {
       const raw = await Deno.readTextFile(agent.configPath);
-      await Deno.writeTextFile(agent.configPath, raw.replace(/level: debug/, "level: warn"));
+      // Also a key only a restart applies: its warning, the one line level warn lets through, shows that the
+      // reload has run.
+      const changed = raw.replace(/level: debug/, "level: warn").replace(/hold_ms: 300/, "hold_ms: 301");
+      assert(changed.includes("hold_ms: 301"), `capture.hold_ms in the config:\n${raw}`);
+      await Deno.writeTextFile(agent.configPath, changed);
       // Let the agent finish the load's backlog first, so the signal is handled promptly.
       let captured = -1;
       for (let i = 0; i < 50; i++) {
@@ -269,8 +287,7 @@ Deno.test("agent runtime: ClickHouse rows equal the file sink, no secret anywher
       const before = agent.stderr().length;
       const t0 = Date.now();
       agent.signal("SIGHUP");
-      await delay(1000);
-      await agent.scrape(); // the event loop has run past the reload
+      await agent.waitForLog(/configuration changes need a restart to take effect/);
       // Rows still spooled at a stop are kept for the next start, not lost; this test compares ClickHouse
       // with the file sink, so it lets the sink deliver the load's backlog first.
       await waitUntil(
@@ -279,7 +296,7 @@ Deno.test("agent runtime: ClickHouse rows equal the file sink, no secret anywher
         "the ClickHouse sink delivered every row",
       );
       assertEquals(await agent.stop(), { code: 0, signal: null }, `clean exit:\n${excerpt(agent)}`);
-      console.log(`stop after SIGHUP took ${Date.now() - t0 - 1000} ms`);
+      console.log(`reload and stop after SIGHUP took ${Date.now() - t0} ms`);
       const later = agent.stderr().slice(before);
       assertEquals(
         later.match(/ INFO .*/g) ?? [],
