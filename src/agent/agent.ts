@@ -285,6 +285,9 @@ export class Agent {
     this.plan = await planFromConfig(bytes, cfg);
     this.checkStopped();
     const ringbuf = this.plan.ringbuf;
+    // One ring keeps each connection's events in order (per-CPU perf buffers do not): closed connections
+    // need not linger for late events.
+    this.correlator.opts.orderedEvents = ringbuf;
     for (const h of this.plan.hooks) {
       const refused = h.attempts.filter((a) => !a.ok).map((a) => `${a.method}: ${a.error ?? a.stage}`);
       if (h.method) {

@@ -50,6 +50,12 @@ export interface CorrelatorOptions {
   idleTtlMs: number;
   /** How long a closed connection is kept for late request events (ms); at least holdMs. */
   closeLingerMs: number;
+  /**
+   * Events of a connection arrive in the order they happened (one ring buffer; not per-CPU perf buffers): a
+   * closed connection without held rows can have no late event, so it is forgotten at once instead of
+   * lingering. With one connection per request this keeps its state short-lived (collected young).
+   */
+  orderedEvents: boolean;
   /** Cap on rows held at once; beyond it the oldest is released early. */
   maxHeldRows: number;
 }
@@ -62,6 +68,7 @@ export const DEFAULT_CORRELATOR_OPTIONS: CorrelatorOptions = {
   maxConnections: 65_536,
   idleTtlMs: 120_000,
   closeLingerMs: 5_000,
+  orderedEvents: false,
   maxHeldRows: 50_000,
 };
 
@@ -548,6 +555,11 @@ export class Correlator {
     }
     if (!c) return;
     if (c.pidfd === pidfd) c.pidfd = null;
+    if (this.opts.orderedEvents && c.held.length === c.heldDone) {
+      this.#evict(c);
+      this.#s.evicted_closed++;
+      return;
+    }
     if (c.closedAt === 0) {
       c.closedAt = now;
       this.#closing.push({ key: c.key, at: now });

@@ -301,3 +301,21 @@ Deno.test("correlator: 120k connections of churn in one fake minute stay bounded
   assertGreater(withJa4 / rows.length, 0.97);
   assertEquals(s.rows_missing_ja4, rows.length - withJa4);
 });
+
+Deno.test("correlator: with ordered events a closed connection is forgotten at once, unless rows wait", () => {
+  const c = new Correlator({ host: "h", holdMs: 2000, orderedEvents: true });
+  c.onSyn(tup(1), "ja4t_1", T0);
+  c.onRequest(tup(1), 1, 5, req("/plain"), T0 + 1, false);
+  assertEquals(c.tick(T0 + 2).map((r) => [r.path, r.ja4t]), [["/plain", "ja4t_1"]]);
+  c.onClose(tup(1), 1, 5, T0 + 3);
+  assertEquals(c.stats().connections, 0, "nothing waits: forgotten at the close");
+  assertEquals(c.queueLengths().closing, 0);
+  // A TLS request still waiting for its ClientHello keeps its connection until the hold ends.
+  c.onSyn(tup(2), "ja4t_2", T0 + 4);
+  c.onRequest(tup(2), 1, 6, req("/tls"), T0 + 5);
+  c.onClose(tup(2), 1, 6, T0 + 6);
+  assertEquals(c.stats().connections, 1, "a held row keeps the connection");
+  c.onClientHello(tup(2), hello(2), T0 + 7);
+  assertEquals(c.tick(T0 + 8).map((r) => [r.path, r.ja4]), [["/tls", "t13d_ja4_2"]]);
+  assertBalanced(c);
+});
