@@ -6,7 +6,7 @@
 import { requireTool, runOk } from "./proc.ts";
 
 /** The ids of the BPF maps the process holds open, by map name (from /proc/PID/fdinfo + bpftool). */
-async function mapIdsOf(pid: number): Promise<number[]> {
+function mapIdsOf(pid: number): number[] {
   const ids = new Set<number>();
   for (const e of Deno.readDirSync(`/proc/${pid}/fdinfo`)) {
     try {
@@ -20,7 +20,7 @@ async function mapIdsOf(pid: number): Promise<number[]> {
 /** tgid → probe hits (traps) counted by the agent `agentPid` so far. */
 export async function sslHits(agentPid: number): Promise<Map<number, number>> {
   const bpftool = requireTool("bpftool", "bpftool");
-  for (const id of await mapIdsOf(agentPid)) {
+  for (const id of mapIdsOf(agentPid)) {
     const info = JSON.parse(await runOk([bpftool, "-j", "map", "show", "id", String(id)])) as {
       name?: string;
     };
@@ -193,7 +193,7 @@ s.serve_forever()
   const reader = child.stdout.getReader();
   const first = await Promise.race([
     reader.read(),
-    new Promise<undefined>((r) => setTimeout(r, 10_000)),
+    new Promise<undefined>((r) => setTimeout(() => r(undefined), 10_000)),
   ]);
   if (!first || first.done) {
     child.kill("SIGKILL");
