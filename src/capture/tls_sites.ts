@@ -15,6 +15,7 @@
  */
 import type { ElfFile } from "../bpf/elf.ts";
 import { pltStubs } from "../bpf/plt.ts";
+import { SSL_UPROBES } from "../bpf/plan.ts";
 
 export type TlsMethod = "server_symbol" | "plt" | "library";
 
@@ -27,11 +28,7 @@ export interface TlsSite {
 }
 
 /** The libssl functions and their programs (entry before return: a return probe needs its stash). */
-export const SSL_FUNCTIONS: readonly (readonly [string, string, string])[] = [
-  ["SSL_do_handshake", "up_ssl_hshake", "uret_ssl_hshake"],
-  ["SSL_read", "up_ssl_read", "uret_ssl_read"],
-  ["SSL_read_ex", "up_ssl_read_ex", "uret_ssl_read_ex"],
-];
+export const SSL_FUNCTIONS: readonly (readonly [string, string, string])[] = SSL_UPROBES;
 /** Called by servers through their PLT: mod_ssl's handshake is SSL_accept (libssl's own call inside is unseen). */
 const PLT_FUNCTIONS: readonly (readonly [string, string, string])[] = [
   ...SSL_FUNCTIONS,

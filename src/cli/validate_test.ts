@@ -88,6 +88,11 @@ Deno.test("--validate --json: a dry run of the plan on this kernel", async () =>
     assertEquals(lib.offsets[fn], await binutilsOffset(lib.path, fn), `${fn} offset`);
   }
   assertEquals(https.uprobes!.programs.length, 6, "entry + return per function");
+  // The running Apache's mod_ssl.so is probed at its SSL_read PLT stub: only Apache traps.
+  const modSsl = https.methods.find((m) => /mod_ssl\.so$/.test(m.file));
+  assert(modSsl, `mod_ssl.so in the methods: ${JSON.stringify(https.methods)}`);
+  assertEquals([modSsl.source, modSsl.method], ["process", "plt"]);
+  assert(modSsl.sites.includes("SSL_read@plt"), modSsl.sites.join(", "));
 });
 
 Deno.test("--validate: human output, forced method from the config, bad config", async (t) => {

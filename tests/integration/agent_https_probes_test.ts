@@ -55,7 +55,11 @@ Deno.test("HTTPS probes: servers trap once per request, a bystander TLS client a
     const before = hitsOf(await sslHits(agent.pid), nginxPids());
     const n = 200;
     const client = await keepAlive(NGINX_TLS, n, "/keepalive");
-    const rows = await agent.waitForRows((r) => r.dst_port === NGINX_TLS && r.path === "/keepalive", n, 30_000)
+    const rows = await agent.waitForRows(
+      (r) => r.dst_port === NGINX_TLS && r.path === "/keepalive",
+      n,
+      30_000,
+    )
       .catch((e) => {
         throw new Error(`${e.message}\n${excerpt(agent)}`);
       });
@@ -111,7 +115,9 @@ async function everyRequestARow(
   prefix: string,
 ): Promise<{ logged: AccessEntry[]; rows: Row[] }> {
   await delay(1000); // the last responses are logged after they are sent
-  const logged = (await server.accessLog()).filter((e) => e.serverPort === port && pathOf(e).startsWith(prefix));
+  const logged = (await server.accessLog()).filter((e) =>
+    e.serverPort === port && pathOf(e).startsWith(prefix)
+  );
   const match = (r: Row) => r.dst_port === port && r.path.startsWith(prefix);
   let rows: Row[] = [];
   try {
@@ -124,7 +130,11 @@ async function everyRequestARow(
   const have = new Map<string, number>();
   for (const r of rows) have.set(r.path, (have.get(r.path) ?? 0) + 1);
   const missing = logged.map(pathOf).filter((p) => !have.has(p));
-  assertEquals(missing, [], `${prefix}: logged requests without a row (of ${logged.length})\n${excerpt(agent)}`);
+  assertEquals(
+    missing,
+    [],
+    `${prefix}: logged requests without a row (of ${logged.length})\n${excerpt(agent)}`,
+  );
   assertEquals([...have].filter(([, n]) => n > 1), [], `${prefix}: no request twice`);
   return { logged, rows };
 }
@@ -171,11 +181,17 @@ Deno.test("HTTPS rows from freshly forked workers under load: nginx reload, kill
         await delay(400);
       }
       const res = await load.stop();
-      assertGreater(res.done.length, 50, `load answered (${res.errors.length} failed: ${res.errors.slice(0, 3)})`);
+      assertGreater(
+        res.done.length,
+        50,
+        `load answered (${res.errors.length} failed: ${res.errors.slice(0, 3)})`,
+      );
       const { logged, rows } = await everyRequestARow(agent, nginx, NGINX_TLS, "/ng/");
       const byPid = new Set(rows.map((r) => r.pid));
       const served = [...fresh].filter((p) => byPid.has(p));
-      console.log(`nginx: ${logged.length} requests logged, all rows; ${served.length}/${fresh.size} new workers`);
+      console.log(
+        `nginx: ${logged.length} requests logged, all rows; ${served.length}/${fresh.size} new workers`,
+      );
       // Each new worker took connections right away (the load never paused): their rows are there.
       assertGreater(served.length, fresh.size / 2, `rows from the new workers ${[...fresh]}: ${[...byPid]}`);
     });
@@ -185,10 +201,16 @@ Deno.test("HTTPS rows from freshly forked workers under load: nginx reload, kill
       const load = startTlsLoad(APACHE_TLS, "/ap", dir, 3, 0.005);
       await delay(5000);
       const res = await load.stop();
-      assertGreater(res.done.length, 60, `load answered (${res.errors.length} failed: ${res.errors.slice(0, 3)})`);
+      assertGreater(
+        res.done.length,
+        60,
+        `load answered (${res.errors.length} failed: ${res.errors.slice(0, 3)})`,
+      );
       const { logged, rows } = await everyRequestARow(agent, apache, APACHE_TLS, "/ap/");
       const newChildren = new Set(rows.map((r) => r.pid).filter((p) => !first.has(p)));
-      console.log(`apache: ${logged.length} requests logged, all rows; rows from ${newChildren.size} new children`);
+      console.log(
+        `apache: ${logged.length} requests logged, all rows; rows from ${newChildren.size} new children`,
+      );
       assertGreater(newChildren.size, 1, "children forked during the load served requests, all captured");
     });
   } finally {
