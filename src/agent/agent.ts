@@ -15,7 +15,7 @@ import type { AttachHandle, BpfMap } from "../bpf/object.ts";
 import { type CaptureEvent, EventDecoder } from "../bpf/events.ts";
 import { LibraryProbes, type UprobePair } from "./lib_probes.ts";
 import { TlsProbes } from "../capture/tls_probes.ts";
-import { TLS_PROGRAMS } from "../capture/tls_sites.ts";
+import { installedServerFiles, TLS_PROGRAMS } from "../capture/tls_sites.ts";
 import { type EventReader, PerfReader, RingReader } from "../bpf/ringbuf.ts";
 import { DropReason, ServerKind } from "../bpf/layout.gen.ts";
 import { type CapturedRequest, RequestTracker, type Tuple } from "../capture/requests.ts";
@@ -433,6 +433,7 @@ export class Agent {
       mode: this.cfg.uprobes.tls_probes,
       attach: (prog, path, offset, retprobe) => obj.program(prog).attachUprobe({ path, offset, retprobe }),
       pids: () => this.traced.keys(),
+      preload: installedServerFiles(this.cfg.uprobes.servers),
     });
   }
 

@@ -15,6 +15,11 @@ export interface TlsProbesOptions {
   attach(program: string, path: string, offset: number, retprobe: boolean): AttachHandle;
   /** The traced server processes. */
   pids(): Iterable<number>;
+  /**
+   * Server files probed even before a server maps them (the installed nginx, mod_ssl.so), so a server started
+   * after the agent is covered from its first request; only processes mapping them trap.
+   */
+  preload?: readonly string[];
 }
 
 export class TlsProbes {
@@ -48,6 +53,7 @@ export class TlsProbes {
         failed: "SSL uprobe attach failed",
       },
     });
+    if (opts.mode === "auto") { for (const f of opts.preload ?? []) this.server.paths.add(f); }
   }
 
   /** Server files first; then the servers none of whose files is probed go to libssl. */

@@ -47,6 +47,23 @@ export const TLS_PROGRAMS: readonly string[] = [
 
 /** Basenames of the server files that may hold the sites (the executable, Apache's TLS module). */
 export const SERVER_FILES = /^(nginx|mod_ssl\.so)$/;
+/** Where Debian and RHEL install the server files (probed ahead of a server's start: only servers map them). */
+export const INSTALLED_SERVER_FILES: Record<"nginx" | "apache", readonly string[]> = {
+  nginx: ["/usr/sbin/nginx"],
+  apache: ["/usr/lib/apache2/modules/mod_ssl.so", "/usr/lib64/httpd/modules/mod_ssl.so"],
+};
+
+/** The installed server files of the configured servers that exist here. */
+export function installedServerFiles(servers: readonly string[]): string[] {
+  return servers.flatMap((s) => INSTALLED_SERVER_FILES[s as "nginx" | "apache"] ?? []).filter((f) => {
+    try {
+      return Deno.statSync(f).isFile;
+    } catch {
+      return false;
+    }
+  });
+}
+
 /** libssl, the fallback. */
 export const LIBSSL = /^libssl\.so/;
 

@@ -284,13 +284,6 @@ async function probeHttps(cfg: Config, bytes: Uint8Array, ringbuf: boolean): Pro
   return out;
 }
 
-/** Installed server files looked at when no server runs (Debian, RHEL). */
-const INSTALLED_SERVER_FILES = [
-  "/usr/sbin/nginx",
-  "/usr/lib/apache2/modules/mod_ssl.so",
-  "/usr/lib64/httpd/modules/mod_ssl.so",
-];
-
 /** The HTTPS probe method per server file: the running servers' files, else the installed ones. */
 async function httpsMethods(
   cfg: Config,
@@ -298,16 +291,10 @@ async function httpsMethods(
   pids: number[],
 ): Promise<HttpsMethod[]> {
   const { ElfFile } = await import("../bpf/elf.ts");
-  const { SERVER_FILES, serverSites } = await import("../capture/tls_sites.ts");
+  const { SERVER_FILES, serverSites, installedServerFiles } = await import("../capture/tls_sites.ts");
   const files = new Map<string, HttpsMethod["source"]>();
   for (const m of mapped(pids, SERVER_FILES)) if (!m.deleted) files.set(m.path, "process");
-  if (!files.size) {
-    for (const f of INSTALLED_SERVER_FILES) {
-      try {
-        if (Deno.statSync(f).isFile) files.set(f, "installed");
-      } catch { /* not installed */ }
-    }
-  }
+  if (!files.size) { for (const f of installedServerFiles(cfg.uprobes.servers)) files.set(f, "installed"); }
   const out: HttpsMethod[] = [];
   for (const [file, source] of files) {
     if (cfg.uprobes.tls_probes === "library") {

@@ -134,7 +134,7 @@ for i in range(a["requests"]):
     c.getresponse().read()
 t1 = resource.getrusage(resource.RUSAGE_SELF)
 maps = open("/proc/self/maps").read()
-print(json.dumps({"pid": os.getpid(), "uprobes_area": "[uprobes]" in maps,
+print(json.dumps({"pid": os.getpid(), "port": c.sock.getsockname()[1], "uprobes_area": "[uprobes]" in maps,
     "user_s": t1.ru_utime - t0.ru_utime, "sys_s": t1.ru_stime - t0.ru_stime}))
 if a.get("hold"):
     time.sleep(a["hold"])
@@ -142,6 +142,8 @@ if a.get("hold"):
 
 export interface BystanderResult {
   pid: number;
+  /** Local port of the connection. */
+  port: number;
   uprobes_area: boolean;
   user_s: number;
   sys_s: number;

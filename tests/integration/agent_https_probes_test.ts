@@ -217,3 +217,23 @@ Deno.test("HTTPS rows from freshly forked workers under load: nginx reload, kill
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 });
+
+Deno.test("HTTPS: an nginx started after the agent is captured from its first request (installed file pre-probed)", async () => {
+  await using cert = await makeCert();
+  await using agent = await startAgent({
+    metricsPort: METRICS,
+    config: { capture: { ports: [NGINX, NGINX_TLS] } },
+  });
+  // No nginx of ours runs yet: the installed binary is probed ahead (only processes mapping it trap).
+  assert(/https=\S*server_symbol:\/usr\/sbin\/nginx/.test(agent.readyLine), agent.readyLine);
+  await using nginx = await startNginx({ port: NGINX, tlsPort: NGINX_TLS, workers: 1, cert, http2: false });
+  // At once, before the agent's next once-a-second look at the processes.
+  const c = await keepAlive(NGINX_TLS, 3, "/first");
+  const logged = (await nginx.waitForRequests(3)).filter((e) => pathOf(e) === "/first");
+  assertEquals(logged.length, 3);
+  const rows = await agent.waitForRows((r) => r.dst_port === NGINX_TLS && r.path === "/first", 3, 20_000)
+    .catch((e) => {
+      throw new Error(`${e.message}\n${excerpt(agent)}`);
+    });
+  assertEquals(rows.map((r) => r.src_port), [c.port, c.port, c.port], "the three requests of the connection");
+});
