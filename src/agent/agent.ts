@@ -12,14 +12,14 @@ import { type AttachPlan, makePlan, openPlanned, type PlannedObject } from "../b
 import { probeLibapr } from "../bpf/probes.ts";
 import { possibleCpus, probeRingbuf } from "../bpf/object.ts";
 import type { AttachHandle, BpfMap } from "../bpf/object.ts";
-import { type CaptureEvent, EventDecoder } from "../bpf/events.ts";
+import { EventView, HOOK_METHODS } from "../bpf/events.ts";
 import { LibraryProbes, type UprobePair } from "./lib_probes.ts";
 import { TlsProbes } from "../capture/tls_probes.ts";
 import { installedServerFiles, TLS_PROGRAMS } from "../capture/tls_sites.ts";
 import { type EventReader, PerfReader, RingReader } from "../bpf/ringbuf.ts";
-import { DropReason, ServerKind } from "../bpf/layout.gen.ts";
-import { type CapturedRequest, RequestTracker, type Tuple } from "../capture/requests.ts";
-import { PacketTracker } from "../capture/packets.ts";
+import { DropReason, EventKind, ServerKind } from "../bpf/layout.gen.ts";
+import { type CapturedHello, RequestTracker } from "../capture/requests.ts";
+import { type HelloOut, PacketTracker } from "../capture/packets.ts";
 import {
   findServerProcesses,
   listeningPorts,
@@ -27,7 +27,7 @@ import {
   type ServerKind as Server,
   serverOfComm,
 } from "../capture/procfs.ts";
-import { Correlator, type Tuple as CTuple } from "../correlate/correlator.ts";
+import { Correlator } from "../correlate/correlator.ts";
 import { makeRedactor, openOutputs, type OutputSink } from "../sink/mod.ts";
 import type { SyncWriter } from "../sink/stdout.ts";
 import type { Row } from "../sink/row.ts";
@@ -80,8 +80,6 @@ export function perfPagesPerCpu(ringMb: number, cpus = possibleCpus(), page = pa
   return 2 ** Math.floor(Math.log2(want));
 }
 
-const toC = (t: Tuple): CTuple => ({ src: t.src, srcPort: t.src_port, dst: t.dst, dstPort: t.dst_port });
-
 export class Agent {
   readonly metrics: AgentMetrics;
   readonly requests: RequestTracker;
@@ -92,7 +90,12 @@ export class Agent {
   private reader?: EventReader;
   private outputs?: OutputSink;
   private metricsServer?: MetricsServer;
-  private readonly decoder = new EventDecoder();
+  /** The one reusable view every ring record is decoded into (nothing allocated per event). */
+  private readonly view = new EventView();
+  /** Events by hook id, published to ja4ebpf_events_total at scrape time (no label lookup per event). */
+  private readonly eventCounts: number[] = [];
+  /** Capture method per server, resolved from the plan once (not per event). */
+  private methods = new Map<string, string>();
   private timers: ReturnType<typeof setInterval>[] = [];
   /** tgid → server, as written into the BPF process filter. */
   private traced = new Map<number, Server>();
@@ -121,7 +124,15 @@ export class Agent {
 
   constructor(readonly cfg: Config, private readonly opts: AgentOptions = {}) {
     this.metrics = new AgentMetrics();
-    this.requests = new RequestTracker({ maxStreams: cfg.capture.max_connections, maxHead: 64 * 1024 });
+    this.requests = new RequestTracker({
+      request: (row, fd, tsNs, tls) => {
+        this.metrics.rows.capture(1);
+        // A plaintext (SSL_read) request is TLS; HTTP parsed from the raw socket stream is a plain-HTTP
+        // connection, so its row need not wait for a ClientHello that will never come.
+        this.correlator.onRequest(row.src_port !== 0 ? row : null, row.pid, fd, row, this.wallMs(tsNs), tls);
+      },
+      hello: (h) => this.onHello(h),
+    }, { maxStreams: cfg.capture.max_connections, maxHead: 64 * 1024 });
     this.correlator = new Correlator({
       host: this.hostname,
       holdMs: cfg.capture.hold_ms,
@@ -133,6 +144,9 @@ export class Agent {
       const pe = this.metrics.parseErrors;
       pe.setTotal({ parser: "request_stream", kind: "invalid" }, this.requests.stats().parse_errors);
       pe.setTotal({ parser: "packet_hello", kind: "invalid" }, this.packets.stats().parse_errors);
+      const m = this.view.malformed, events = this.metrics.events;
+      pe.setTotal({ parser: "event", kind: "malformed" }, m.short + m.kind + m.length);
+      this.eventCounts.forEach((n, id) => n && events.setTotal({ hook: HOOK_METHODS[id] ?? "unknown" }, n));
     });
   }
 
@@ -283,7 +297,12 @@ export class Agent {
 
   /** Method name put on rows: the hook's chosen method. */
   private methodOf(server: string): string {
-    return this.plan.hooks.find((h) => h.hook === server)?.method ?? "";
+    let m = this.methods.get(server);
+    if (m === undefined) {
+      m = this.plan.hooks.find((h) => h.hook === server)?.method ?? "";
+      this.methods.set(server, m);
+    }
+    return m;
   }
 
   private async interfaces(): Promise<string[]> {
@@ -453,7 +472,7 @@ export class Agent {
     for (const s of processSockets([...this.traced.keys()])) {
       if (s.state !== 1) continue;
       this.correlator.bind(
-        { src: s.remote, srcPort: s.remotePort, dst: s.local, dstPort: s.localPort },
+        { src: s.remote, src_port: s.remotePort, dst: s.local, dst_port: s.localPort },
         s.pid,
         s.fd,
         now,
@@ -463,20 +482,23 @@ export class Agent {
     if (n) log.info("seeded existing connections", { connections: n });
   }
 
-  private wallMs(tsNs: bigint): number {
-    const mono = Number(tsNs / 1000n) / 1000;
+  /** Wall-clock ms of a monotonic ns time (the offset is the smallest difference seen, i.e. least delayed). */
+  private wallMs(tsNs: number): number {
+    const mono = tsNs / 1e6;
     const diff = Date.now() - mono;
     if (this.clockOffsetMs === undefined || diff < this.clockOffsetMs) this.clockOffsetMs = diff;
     return mono + this.clockOffsetMs;
   }
 
+  /**
+   * One ring-buffer record, synchronously: decoded into the reusable view, then straight to the tracker that
+   * owns its kind. Requests leave the request tracker as rows for the correlator (RequestSink), never through
+   * here again.
+   */
   onRecord(rec: Uint8Array): void {
-    const ev = this.decoder.decode(rec);
-    if (!ev) {
-      this.metrics.parseErrors.inc({ parser: "event", kind: "malformed" });
-      return;
-    }
-    this.metrics.events.inc({ hook: ev.hook });
+    const ev = this.view;
+    if (!ev.load(rec)) return; // counted in view.malformed
+    this.eventCounts[ev.hookId] = (this.eventCounts[ev.hookId] ?? 0) + 1;
     try {
       this.dispatch(ev);
     } catch (e) {
@@ -486,83 +508,39 @@ export class Agent {
     }
   }
 
-  private dispatch(ev: CaptureEvent): void {
-    const tuple: Tuple = { src: ev.srcAddr, src_port: ev.srcPort, dst: ev.dstAddr, dst_port: ev.dstPort };
-    switch (ev.type) {
-      case "data": {
+  private dispatch(ev: EventView): void {
+    switch (ev.kind) {
+      case EventKind.DATA: {
         if (ev.readFailed) return;
         const server = this.traced.get(ev.pid) ?? (ev.comm === "nginx" ? "nginx" : "apache");
-        const out = this.requests.push({
-          ...tuple,
-          pid: ev.pid,
-          fd: ev.fd,
-          tsNs: ev.tsNs,
-          server,
-          capture: ev.plaintext ? "ssl_uprobe" : this.methodOf(server),
-          plaintext: ev.plaintext,
-          pos: ev.pos,
-          data: ev.bytes,
-          lostTo: ev.truncated && ev.lastChunk ? ev.pos - ev.offset + ev.total : undefined,
-        });
-        for (const r of out.requests) this.onRequest(r);
-        for (const h of out.hellos) {
-          this.correlator.onClientHello(
-            toC(h),
-            { ja4: h.fp.ja4, ja4_r: h.fp.ja4_r, tls_server_name: h.hello.serverName ?? "" },
-            this.wallMs(h.tsNs),
-          );
-        }
+        ev.server = server;
+        ev.capture = ev.plaintext ? "ssl_uprobe" : this.methodOf(server);
+        this.requests.push(ev);
         return;
       }
-      case "syn": {
-        const j = this.packets.syn({
-          ...tuple,
-          tsNs: ev.tsNs,
-          seq: ev.seq,
-          window: ev.window,
-          options: ev.options,
-        });
-        this.correlator.onSyn(toC(tuple), j, this.wallMs(ev.tsNs));
+      case EventKind.SYN: {
+        const j = this.packets.syn(ev);
+        this.correlator.onSyn(ev, j, this.wallMs(ev.tsNs));
         return;
       }
-      case "pkt": {
-        const h = this.packets.segment({ ...tuple, tsNs: ev.tsNs, seq: ev.seq, bytes: ev.bytes });
-        if (h) {
-          this.correlator.onClientHello(
-            toC(h),
-            { ja4: h.fp.ja4, ja4_r: h.fp.ja4_r, tls_server_name: h.hello.serverName ?? "" },
-            this.wallMs(h.tsNs),
-          );
-        }
+      case EventKind.PKT: {
+        const h = this.packets.segment(ev);
+        if (h) this.onHello(h);
         return;
       }
-      case "close":
+      case EventKind.CLOSE:
         this.requests.close(ev.pid, ev.fd);
-        this.correlator.onClose(ev.srcPort ? toC(tuple) : null, ev.pid, ev.fd, this.wallMs(ev.tsNs));
+        this.correlator.onClose(ev.src_port ? ev : null, ev.pid, ev.fd, this.wallMs(ev.tsNs));
         return;
     }
   }
 
-  private onRequest(r: CapturedRequest): void {
-    this.metrics.rows.capture(1);
-    const hasTuple = r.src_port !== 0;
-    this.correlator.onRequest(hasTuple ? toC(r) : null, r.pid, r.fd, {
-      server: r.server,
-      capture: r.capture,
-      method: r.method,
-      path: r.path,
-      http_version: r.http_version,
-      host_header: r.host_header,
-      user_agent: r.user_agent,
-      ja4h: r.fp.ja4h,
-      ja4h_r: r.fp.ja4h_r,
-      ja4h_o: r.fp.ja4h_o,
-      ja4h_ro: r.fp.ja4h_ro,
-      truncated: r.truncated,
-      // Plaintext from SSL_read: TLS. HTTP parsed from the raw socket stream: a plain-HTTP connection, so
-      // its row need not wait for a ClientHello that will never come.
-      tls: r.tls,
-    }, this.wallMs(r.tsNs));
+  private onHello(h: CapturedHello | HelloOut): void {
+    this.correlator.onClientHello(
+      h,
+      { ja4: h.fp.ja4, ja4_r: h.fp.ja4_r, tls_server_name: h.hello.serverName ?? "" },
+      this.wallMs(h.tsNs),
+    );
   }
 
   /**
@@ -658,7 +636,7 @@ export class Agent {
     } catch (e) {
       log.warn("process refresh failed", { error: e instanceof Error ? e.message : String(e) });
     }
-    const nowNs = BigInt(Math.round((Date.now() - (this.clockOffsetMs ?? 0)) * 1e6));
+    const nowNs = (Date.now() - (this.clockOffsetMs ?? 0)) * 1e6;
     this.requests.expire(nowNs);
     this.packets.expire(nowNs);
     this.readKernelDrops();

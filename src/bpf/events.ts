@@ -49,6 +49,9 @@ const HOOK_METHOD: Record<number, HookMethod> = {
   [Hook.TP_CLOSE]: "close_tracepoint",
 };
 
+/** Hook id → method name (for metrics labels). */
+export const HOOK_METHODS: Readonly<Record<number, HookMethod>> = HOOK_METHOD;
+
 export interface EventHeader {
   hook: HookMethod;
   pid: number;
@@ -353,4 +356,172 @@ export class EventDecoder {
       throw e;
     }
   }
+}
+
+/**
+ * The per-event path of the agent: one reusable view that `load()` fills from a record without allocating
+ * (payloads are views into the record; addresses come from a small cache of their text). decodeEvent builds
+ * a fresh object per record, which is right for tests and tools but costs an allocation and ~20 fields per
+ * event; the agent reads each event once, synchronously, so one mutable view serves every record.
+ *
+ * Field names match RequestTracker's PayloadChunk and the Row's tuple fields (src, src_port, dst, dst_port),
+ * so the view is passed on as it is.
+ */
+export class EventView {
+  kind = 0;
+  hookId = 0;
+  flags = 0;
+  family = 0;
+  pid = 0;
+  tid = 0;
+  fd = 0;
+  /** CLOCK_MONOTONIC ns as a double (exact below 2^53 ns, ~104 days of uptime; ~ns after). */
+  tsNs = 0;
+  src = "";
+  src_port = 0;
+  dst = "";
+  dst_port = 0;
+  total = 0;
+  offset = 0;
+  /** DATA: position of data[0] in its stream. CLOSE: raw and plaintext stream positions. */
+  pos = 0;
+  posRaw = 0;
+  posPlaintext = 0;
+  /** SYN/PKT: TCP sequence number; SYN: window. */
+  seq = 0;
+  window = 0;
+  /** DATA/PKT payload, SYN options: a view into the record. */
+  data: Uint8Array = EMPTY;
+  plaintext = false;
+  /** Set by the consumer before handing the view to the request tracker. */
+  server = "";
+  capture = "";
+  /** DATA: the call read more than was copied: bytes [pos + data.length, lostTo) are missing; else undefined. */
+  lostTo: number | undefined = undefined;
+  #rec: Uint8Array = EMPTY;
+  readonly malformed: Record<EventDecodeError["reason"], number> = { short: 0, kind: 0, length: 0 };
+
+  /** Fills the view from one record; false (counted in `malformed`) when the record is not well formed. */
+  load(rec: Uint8Array): boolean {
+    if (rec.length < EVENT_HDR.size) return this.#bad("short");
+    const dv = new DataView(rec.buffer, rec.byteOffset, rec.byteLength);
+    this.#rec = rec;
+    const kind = rKind(dv), flags = rFlags(dv), family = rFamily(dv);
+    this.kind = kind;
+    this.flags = flags;
+    this.family = family;
+    this.hookId = rHook(dv);
+    this.pid = rPid(dv);
+    this.tid = rTid(dv);
+    this.fd = rFd(dv);
+    this.tsNs = rTs(dv);
+    this.src = addrText(rec, family, H.saddr.offset);
+    this.src_port = rSport(dv);
+    this.dst = addrText(rec, family, H.daddr.offset);
+    this.dst_port = rDport(dv);
+    this.total = rTotal(dv);
+    this.offset = rOffset(dv);
+    this.plaintext = (flags & EventFlags.PLAINTEXT) !== 0;
+    this.lostTo = undefined;
+    switch (kind) {
+      case EventKind.DATA: {
+        const len = rDataLen(dv), at = DF.data.offset;
+        if (rec.length < at || at + len > rec.length) return this.#bad(rec.length < at ? "short" : "length");
+        this.pos = rDataPos(dv);
+        this.data = rec.subarray(at, at + len);
+        if ((flags & EventFlags.TRUNCATED) !== 0 && (flags & EventFlags.LAST_CHUNK) !== 0) {
+          this.lostTo = this.pos - this.offset + this.total;
+        }
+        return true;
+      }
+      case EventKind.SYN: {
+        if (rec.length < SYN_EVENT.size) return this.#bad("short");
+        this.seq = rSynSeq(dv);
+        this.window = rSynWindow(dv);
+        const n = Math.min(rSynOptLen(dv), SF.options.size);
+        this.data = rec.subarray(SF.options.offset, SF.options.offset + n);
+        return true;
+      }
+      case EventKind.PKT: {
+        const len = rDataLen(dv), at = PF.data.offset;
+        if (rec.length < at || at + len > rec.length) return this.#bad(rec.length < at ? "short" : "length");
+        this.seq = rPktSeq(dv);
+        this.data = rec.subarray(at, at + len);
+        return true;
+      }
+      case EventKind.CLOSE:
+        if (rec.length < CLOSE_EVENT.size) return this.#bad("short");
+        this.posRaw = rPosRaw(dv);
+        this.posPlaintext = rPosPlaintext(dv);
+        return true;
+      default:
+        return this.#bad("kind");
+    }
+  }
+
+  /** SYN: the TCP options (PacketTracker's name for them). */
+  get options(): Uint8Array {
+    return this.data;
+  }
+
+  /** PKT: the segment's payload (PacketTracker's name for it). */
+  get bytes(): Uint8Array {
+    return this.data;
+  }
+
+  /** The capture method behind the event. */
+  get hook(): HookMethod {
+    return HOOK_METHOD[this.hookId] ?? "unknown";
+  }
+
+  get readFailed(): boolean {
+    return (this.flags & EventFlags.READ_FAILED) !== 0;
+  }
+
+  /** The process name (decoded on demand: most events never need it). */
+  get comm(): string {
+    return commOf(this.#rec);
+  }
+
+  #bad(reason: EventDecodeError["reason"]): false {
+    this.malformed[reason]++;
+    return false;
+  }
+}
+
+const EMPTY = new Uint8Array(0);
+const rTs = reader(H.ts_ns);
+
+/**
+ * Address text by value: a server sees the same few thousand client addresses again and again, so their
+ * text is kept (bounded: the cache starts over when full) instead of formatted for every event.
+ */
+const V4_TEXT = new Map<number, string>();
+const V6_TEXT = new Map<string, string>();
+const ADDR_CACHE_MAX = 16384;
+
+function addrText(rec: Uint8Array, family: number, o: number): string {
+  if (family === Family.INET) {
+    const k = ((rec[o] << 24) | (rec[o + 1] << 16) | (rec[o + 2] << 8) | rec[o + 3]) >>> 0;
+    let s = V4_TEXT.get(k);
+    if (s === undefined) {
+      if (V4_TEXT.size >= ADDR_CACHE_MAX) V4_TEXT.clear();
+      s = formatIPv4(rec, o);
+      V4_TEXT.set(k, s);
+    }
+    return s;
+  }
+  if (family === Family.INET6) {
+    // Key: the 16 bytes as a latin1-ish string of 8 code units (cheaper than formatting RFC 5952 text).
+    let k = "";
+    for (let i = 0; i < 16; i += 2) k += String.fromCharCode((rec[o + i] << 8) | rec[o + i + 1]);
+    let s = V6_TEXT.get(k);
+    if (s === undefined) {
+      if (V6_TEXT.size >= ADDR_CACHE_MAX) V6_TEXT.clear();
+      s = formatIpv6(rec.subarray(o, o + 16));
+      V6_TEXT.set(k, s);
+    }
+    return s;
+  }
+  return "";
 }

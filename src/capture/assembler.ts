@@ -21,13 +21,28 @@ export interface AssemblerStats {
 export class StreamAssembler {
   /** Position of the next byte to deliver; undefined until the first chunk fixes it. */
   next: number | undefined;
-  private pending = new Map<number, Uint8Array>();
+  // Both maps are shared empties until first needed: most streams never hold anything out of order.
+  private pending: Map<number, Uint8Array> = NONE_PENDING;
   /** Known holes ahead of `next` (from → to), skipped silently when reached. */
-  private lost = new Map<number, number>();
+  private lost: Map<number, number> = NONE_LOST;
   private pendingBytes = 0;
   readonly stats: AssemblerStats = { delivered: 0, skipped: 0, gaps: 0, duplicate: 0 };
 
   constructor(private readonly maxPending = 64 * 1024) {}
+
+  /**
+   * The common case without an allocation: `len` bytes at `pos` are exactly the next ones and nothing is held
+   * out of order. Accounts them and returns true (the caller delivers them itself); false means use push().
+   */
+  takeInOrder(pos: number, len: number): boolean {
+    if (this.next === undefined) this.next = pos;
+    if (pos !== this.next || this.pendingBytes !== 0 || this.pending.size !== 0 || this.lost.size !== 0) {
+      return false;
+    }
+    this.next += len;
+    this.stats.delivered += len;
+    return true;
+  }
 
   /**
    * Adds the bytes at `pos`; returns the bytes that became contiguous (possibly several pieces),
@@ -57,7 +72,9 @@ export class StreamAssembler {
     const held = this.pending.get(pos);
     if (!held || held.length < bytes.length) {
       if (held) this.pendingBytes -= held.length;
-      this.pending.set(pos, bytes);
+      if (this.pending === NONE_PENDING) this.pending = new Map();
+      // A view of the caller's record: copy (the reader reuses its buffer after the call).
+      this.pending.set(pos, bytes.slice());
       this.pendingBytes += bytes.length;
     }
     if (this.pendingBytes > this.maxPending) {
@@ -90,6 +107,7 @@ export class StreamAssembler {
       this.next = to;
       return true;
     }
+    if (this.lost === NONE_LOST) this.lost = new Map();
     this.lost.set(from, to);
     return false;
   }
@@ -131,3 +149,7 @@ export class StreamAssembler {
     }
   }
 }
+
+/** Never written: replaced by a stream's own map on first use. */
+const NONE_PENDING: Map<number, Uint8Array> = new Map();
+const NONE_LOST: Map<number, number> = new Map();

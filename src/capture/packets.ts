@@ -5,27 +5,28 @@
  * least recently used first past `maxFlows`.
  */
 import { StreamAssembler } from "./assembler.ts";
+import { LruMap } from "./lru.ts";
 import { HS_CLIENT_HELLO, parseClientHello, TlsHandshakeReader } from "../parse/tls.ts";
 import type { ClientHello } from "../parse/tls.ts";
 import { type Ja4, ja4 } from "../fingerprint/ja4.ts";
 import { type AbsentConvention, ja4t } from "../fingerprint/ja4t.ts";
-import type { Tuple } from "./requests.ts";
+import type { Tuple } from "../sink/row.ts";
 
 export interface SynFacts extends Tuple {
-  tsNs: bigint;
+  tsNs: number;
   seq: number;
   window: number;
   options: Uint8Array;
 }
 
 export interface SegmentFacts extends Tuple {
-  tsNs: bigint;
+  tsNs: number;
   seq: number;
   bytes: Uint8Array;
 }
 
 export interface HelloOut extends Tuple {
-  tsNs: bigint;
+  tsNs: number;
   hello: ClientHello;
   fp: Ja4;
 }
@@ -45,19 +46,19 @@ interface Flow {
   base: number | undefined;
   asm: StreamAssembler;
   tls: TlsHandshakeReader;
-  lastNs: bigint;
-  done: boolean;
+  lastNs: number;
 }
 
-const DONE_ASM = new StreamAssembler(0);
-const DONE_TLS = new TlsHandshakeReader();
-
 export function tupleKey(t: Tuple): string {
-  return `${t.src}|${t.src_port}|${t.dst}|${t.dst_port}`;
+  return t.src + "|" + t.src_port + "|" + t.dst + "|" + t.dst_port;
 }
 
 export class PacketTracker {
-  private flows = new Map<string, Flow>();
+  /**
+   * Live flows, and finished ones (hello out, or not TLS) as tombstones: just the time last seen (ns), so a
+   * tombstone costs its map entry only. It stays until idle so later segments are ignored cheaply.
+   */
+  private readonly flows: LruMap<string, Flow | number>;
   private readonly s: PacketTrackerStats = {
     flows: 0,
     syns: 0,
@@ -69,8 +70,10 @@ export class PacketTracker {
   };
 
   constructor(
-    private readonly opts: { maxFlows?: number; idleNs?: bigint; ja4tAbsent?: AbsentConvention } = {},
-  ) {}
+    private readonly opts: { maxFlows?: number; idleNs?: number; ja4tAbsent?: AbsentConvention } = {},
+  ) {
+    this.flows = new LruMap(opts.maxFlows ?? 65536, Infinity, () => this.s.evicted++);
+  }
 
   stats(): PacketTrackerStats {
     return { ...this.s, flows: this.flows.size };
@@ -88,9 +91,9 @@ export class PacketTracker {
   segment(f: SegmentFacts): HelloOut | undefined {
     this.s.segments++;
     const key = tupleKey(f);
-    let flow = this.flows.get(key);
-    if (!flow) flow = this.newFlow(key, f.tsNs);
-    if (flow.done) return undefined;
+    const got = this.flows.get(key);
+    if (typeof got === "number") return undefined; // finished
+    const flow = got ?? this.newFlow(key, f.tsNs);
     flow.lastNs = f.tsNs;
     // The SYN may have been missed (connection older than the agent): the first segment seen sets the base.
     if (flow.base === undefined) flow.base = f.seq >>> 0;
@@ -136,39 +139,30 @@ export class PacketTracker {
   }
 
   /** Forgets flows idle for longer than idleNs (default 30 s). */
-  expire(nowNs: bigint): void {
-    const idle = this.opts.idleNs ?? 30_000_000_000n;
-    for (const [k, f] of this.flows) {
-      if (nowNs - f.lastNs > idle) {
-        this.flows.delete(k);
-        this.s.evicted++;
-      }
+  expire(nowNs: number): void {
+    const idle = this.opts.idleNs ?? 30e9;
+    // Least recently used first: stop at the first flow still in use.
+    for (let n = this.flows.oldest(); n !== undefined; n = this.flows.oldest()) {
+      const v = n.value;
+      const last = typeof v === "number" ? v : v.lastNs;
+      if (nowNs - last <= idle) break;
+      this.flows.delete(n.key);
+      this.s.evicted++;
     }
   }
 
   private finish(key: string, flow: Flow): void {
-    // A tombstone sharing one empty assembler and reader: later segments of this flow are ignored cheaply
-    // and it ages out in expire().
-    flow.done = true;
-    flow.asm = DONE_ASM;
-    flow.tls = DONE_TLS;
-    this.flows.set(key, flow);
+    this.flows.set(key, flow.lastNs);
   }
 
-  private newFlow(key: string, tsNs: bigint): Flow {
+  private newFlow(key: string, tsNs: number): Flow {
     const flow: Flow = {
       base: undefined,
       asm: new StreamAssembler(64 * 1024),
       tls: new TlsHandshakeReader(),
       lastNs: tsNs,
-      done: false,
     };
-    this.flows.delete(key);
     this.flows.set(key, flow);
-    if (this.flows.size > (this.opts.maxFlows ?? 65536)) {
-      this.flows.delete(this.flows.keys().next().value!);
-      this.s.evicted++;
-    }
     return flow;
   }
 }

@@ -4,32 +4,30 @@
  *
  * One stream per (pid, fd, stream kind). Chunks are put in order by byte position, the protocol is chosen
  * from the first bytes (HTTP/1.x, the HTTP/2 preface, or TLS records — ciphertext, from which only the
- * ClientHello is taken), and each completed request head becomes a `CapturedRequest`. State is bounded:
+ * ClientHello is taken), and each completed request head becomes a `Row` handed to the `RequestSink`. State is bounded:
  * least recently used streams are evicted past `maxStreams`, idle ones after `idleMs`, each counted.
  */
 import { StreamAssembler } from "./assembler.ts";
-import { Http1RequestStream, type RequestHead } from "../parse/http1.ts";
+import { LruMap } from "./lru.ts";
+import { HeaderBlockCache, Http1RequestStream, type RequestHead } from "../parse/http1.ts";
 import { H2_PREFACE, Http2RequestStream } from "../parse/http2.ts";
 import { HS_CLIENT_HELLO, parseClientHello, TlsHandshakeReader } from "../parse/tls.ts";
 import { type Ja4h, ja4h } from "../fingerprint/ja4h.ts";
 import { type Ja4, ja4 } from "../fingerprint/ja4.ts";
 import type { ClientHello } from "../parse/tls.ts";
+import type { Row, Tuple } from "../sink/row.ts";
 
-export interface Tuple {
-  /** Client address and port (the socket's peer). */
-  src: string;
-  src_port: number;
-  /** Server address and port (the socket's local side). */
-  dst: string;
-  dst_port: number;
-}
+export type { Tuple };
 
-/** One chunk of bytes a server process read from a client socket. */
+/**
+ * One chunk of bytes a server process read from a client socket. The agent passes its reusable EventView,
+ * which has exactly these fields: nothing is allocated per chunk.
+ */
 export interface PayloadChunk extends Tuple {
   pid: number;
   fd: number;
-  /** Monotonic nanoseconds (bpf_ktime_get_ns). */
-  tsNs: bigint;
+  /** Monotonic nanoseconds (bpf_ktime_get_ns), as a double. */
+  tsNs: number;
   server: string;
   /** Capture method that produced the chunk (tracepoint, kretprobe, uprobe, …). */
   capture: string;
@@ -39,33 +37,27 @@ export interface PayloadChunk extends Tuple {
   pos: number;
   data: Uint8Array;
   /** The call read more than was copied: bytes [pos + data.length, lostTo) are missing. */
-  lostTo?: number;
-}
-
-export interface CapturedRequest extends Tuple {
-  tsNs: bigint;
-  pid: number;
-  fd: number;
-  server: string;
-  capture: string;
-  method: string;
-  path: string;
-  http_version: string;
-  host_header: string;
-  user_agent: string;
-  fp: Ja4h;
-  /** The head was cut by the capture limit (or a lost chunk): header-derived fields may be incomplete. */
-  truncated: boolean;
-  /** "tls" when the request came from SSL_read plaintext. */
-  tls: boolean;
+  lostTo?: number | undefined;
 }
 
 export interface CapturedHello extends Tuple {
-  tsNs: bigint;
+  tsNs: number;
   pid: number;
   fd: number;
   hello: ClientHello;
   fp: Ja4;
+}
+
+/** Where the tracker delivers what it found, as it finds it (no result arrays per chunk). */
+export interface RequestSink {
+  /**
+   * One HTTP request as its row, request-side fields filled (tuple as the kernel resolved it, pid, server,
+   * capture, method, path, version, Host, User-Agent, JA4H forms, truncated); the correlator fills the rest.
+   * `tls`: the request came from SSL_read plaintext.
+   */
+  request(row: Row, fd: number, tsNs: number, tls: boolean): void;
+  /** A ClientHello read from a raw TLS stream. */
+  hello(h: CapturedHello): void;
 }
 
 export interface RequestTrackerStats {
@@ -77,12 +69,18 @@ export interface RequestTrackerStats {
   truncated: number;
   evicted_lru: number;
   evicted_idle: number;
+  /** Streams evicted (least recently used first) because all streams together held more than maxBytes. */
+  evicted_bytes: number;
+  /** Bytes buffered by all streams (incomplete heads, out-of-order chunks). */
+  bytes: number;
+  /** Request heads whose header block was parsed before (parsed and fingerprinted once). */
+  head_cache_hits: number;
 }
 
 type Proto = "unknown" | "http1" | "h2" | "tls" | "other";
 
 interface Stream {
-  key: string;
+  key: number;
   tuple: Tuple;
   asm: StreamAssembler;
   proto: Proto;
@@ -92,20 +90,30 @@ interface Stream {
   sniff: Uint8Array;
   /** A gap or lost bytes hit the head being read: the next head out is marked truncated. */
   cut: boolean;
-  lastNs: bigint;
+  lastNs: number;
   errorsSeen: number;
 }
 
 const decoder = new TextDecoder();
 const PRI = decoder.decode(H2_PREFACE.subarray(0, 4)); // "PRI "
 
+/** (pid, fd, plaintext) as one number: pid < 2^22, fd < 2^21, so the key stays below 2^44 (exact). */
+function streamKey(pid: number, fd: number, plaintext: boolean): number {
+  return ((pid * 2097152) + (fd & 0x1fffff)) * 2 + (plaintext ? 1 : 0);
+}
+
 function header(h: [string, string][], name: string): string {
   for (const [n, v] of h) if (n.length === name.length && n.toLowerCase() === name) return v;
   return "";
 }
 
+/** Default budget for bytes buffered by all streams together (heads split across reads, reordering). */
+export const DEFAULT_MAX_BUFFERED_BYTES = 16 * 1024 * 1024;
+
 export class RequestTracker {
-  private streams = new Map<string, Stream>();
+  private readonly streams: LruMap<number, Stream>;
+  /** Header blocks seen before, shared by all HTTP/1 streams. */
+  private readonly heads = new HeaderBlockCache();
   private readonly s: RequestTrackerStats = {
     streams: 0,
     requests: 0,
@@ -115,38 +123,52 @@ export class RequestTracker {
     truncated: 0,
     evicted_lru: 0,
     evicted_idle: 0,
+    evicted_bytes: 0,
+    bytes: 0,
+    head_cache_hits: 0,
   };
 
   constructor(
-    private readonly opts: { maxStreams?: number; idleNs?: bigint; maxHead?: number } = {},
-  ) {}
+    private readonly sink: RequestSink,
+    private readonly opts: { maxStreams?: number; idleNs?: number; maxHead?: number; maxBytes?: number } = {},
+  ) {
+    this.streams = new LruMap(
+      opts.maxStreams ?? 65536,
+      opts.maxBytes ?? DEFAULT_MAX_BUFFERED_BYTES,
+      (_k, _st, why) => why === "count" ? this.s.evicted_lru++ : this.s.evicted_bytes++,
+    );
+  }
 
   stats(): RequestTrackerStats {
-    return { ...this.s, streams: this.streams.size };
+    return {
+      ...this.s,
+      streams: this.streams.size,
+      bytes: this.streams.bytes,
+      head_cache_hits: this.heads.hits,
+    };
   }
 
   /** The connection (pid, fd) was closed: its stream state goes. */
   close(pid: number, fd: number): void {
-    this.streams.delete(`${pid}:${fd}:0`);
-    this.streams.delete(`${pid}:${fd}:1`);
+    this.streams.delete(streamKey(pid, fd, false));
+    this.streams.delete(streamKey(pid, fd, true));
   }
 
   /** Drops streams idle for longer than idleNs (default 5 min) as of `nowNs`. */
-  expire(nowNs: bigint): void {
-    const idle = this.opts.idleNs ?? 300_000_000_000n;
-    for (const [k, st] of this.streams) {
-      if (nowNs - st.lastNs > idle) {
-        this.streams.delete(k);
-        this.s.evicted_idle++;
-      }
+  expire(nowNs: number): void {
+    const idle = this.opts.idleNs ?? 300e9;
+    // Least recently used first: stop at the first stream still in use.
+    for (let n = this.streams.oldest(); n !== undefined; n = this.streams.oldest()) {
+      if (nowNs - n.value.lastNs <= idle) break;
+      this.streams.delete(n.key);
+      this.s.evicted_idle++;
     }
   }
 
-  push(c: PayloadChunk): { requests: CapturedRequest[]; hellos: CapturedHello[] } {
-    const requests: CapturedRequest[] = [];
-    const hellos: CapturedHello[] = [];
-    const key = `${c.pid}:${c.fd}:${c.plaintext ? 1 : 0}`;
-    let st = this.streams.get(key);
+  push(c: PayloadChunk): void {
+    const key = streamKey(c.pid, c.fd, c.plaintext);
+    let node = this.streams.node(key); // most recently used now
+    let st = node?.value;
     if (
       st && (st.tuple.src_port !== c.src_port || st.tuple.src !== c.src || c.pos < (st.asm.next ?? 0) - 65536)
     ) {
@@ -160,41 +182,39 @@ export class RequestTracker {
         tuple: { src: c.src, src_port: c.src_port, dst: c.dst, dst_port: c.dst_port },
         asm: new StreamAssembler(),
         proto: "unknown",
-        sniff: new Uint8Array(0),
+        sniff: NOTHING,
         cut: false,
         lastNs: c.tsNs,
         errorsSeen: 0,
       };
-      this.streams.set(key, st);
-      const max = this.opts.maxStreams ?? 65536;
-      if (this.streams.size > max) {
-        const oldest = this.streams.keys().next().value!;
-        this.streams.delete(oldest);
-        this.s.evicted_lru++;
-      }
-    } else {
-      // Map order is insertion order: re-insert to keep least recently used first.
-      this.streams.delete(key);
-      this.streams.set(key, st);
+      node = this.streams.set(key, st);
     }
     st.lastNs = c.tsNs;
-    const r = st.asm.push(c.pos, c.data);
-    if (r.gap) this.gap(st);
-    for (const piece of r.out) this.feed(st, c, piece, requests, hellos);
+    if (st.asm.takeInOrder(c.pos, c.data.length)) this.feed(st, c, c.data);
+    else {
+      const r = st.asm.push(c.pos, c.data);
+      if (r.gap) this.gap(st);
+      for (const piece of r.out) this.feed(st, c, piece);
+    }
     if (c.lostTo !== undefined && c.lostTo > c.pos + c.data.length) {
       // Bytes the kernel read but the capture limit did not copy: what is buffered is all we get of that head.
       this.s.truncated++;
       const lost = st.asm.markLost(c.pos + c.data.length, c.lostTo);
-      if (lost) this.gap(st, c, requests);
+      if (lost) this.gap(st, c);
     }
-    return { requests, hellos };
+    // What this stream holds now counts against the global budget (may evict idle streams' buffers).
+    const held = st.asm.held + st.sniff.length + (st.h1 ? st.h1.buffered : 0) +
+      (st.tls ? st.tls.buffered : 0);
+    if (node !== undefined && node.bytes !== held && this.streams.peek(key) === st) {
+      this.streams.resize(node, held);
+    }
   }
 
-  private gap(st: Stream, c?: PayloadChunk, out?: CapturedRequest[]): void {
+  private gap(st: Stream, c?: PayloadChunk): void {
     this.s.gaps++;
     if (st.proto === "http1" && st.h1) {
       const partial = st.h1.takePartial();
-      if (partial && c && out) out.push(this.request(st, c, partial, true));
+      if (partial && c) this.request(st, c, partial, true);
       st.cut = false;
     } else if (st.proto === "h2") {
       // HPACK state cannot survive lost bytes: give up on this stream.
@@ -203,22 +223,19 @@ export class RequestTracker {
     }
   }
 
-  private feed(
-    st: Stream,
-    c: PayloadChunk,
-    bytes: Uint8Array,
-    requests: CapturedRequest[],
-    hellos: CapturedHello[],
-  ): void {
+  private feed(st: Stream, c: PayloadChunk, bytes: Uint8Array): void {
     if (st.proto === "unknown") {
-      const s = new Uint8Array(st.sniff.length + bytes.length);
-      s.set(st.sniff);
-      s.set(bytes, st.sniff.length);
+      let s = bytes;
+      if (st.sniff.length !== 0) {
+        s = new Uint8Array(st.sniff.length + bytes.length);
+        s.set(st.sniff);
+        s.set(bytes, st.sniff.length);
+      }
       if (s.length < 4) {
-        st.sniff = s;
+        st.sniff = s === bytes ? bytes.slice() : s; // the caller's buffer is reused after this call
         return;
       }
-      st.sniff = new Uint8Array(0);
+      st.sniff = NOTHING;
       bytes = s;
       if (s[0] === 0x16 && s[1] === 0x03) {
         st.proto = "tls";
@@ -228,12 +245,13 @@ export class RequestTracker {
         st.h2 = new Http2RequestStream();
       } else {
         st.proto = "http1";
-        st.h1 = new Http1RequestStream({ maxHead: this.opts.maxHead });
+        st.h1 = new Http1RequestStream({ maxHead: this.opts.maxHead, cache: this.heads });
       }
     }
     if (st.proto === "http1") {
       const h1 = st.h1!;
-      for (const head of h1.push(bytes)) requests.push(this.request(st, c, head, false));
+      const heads = h1.push(bytes);
+      for (let i = 0; i < heads.length; i++) this.request(st, c, heads[i], false);
       const errs = h1.errors.malformed + h1.errors.oversize + h1.errors.truncated + h1.errors.unsupported;
       this.s.parse_errors += errs - st.errorsSeen;
       st.errorsSeen = errs;
@@ -242,22 +260,22 @@ export class RequestTracker {
       for (const r of h2.push(bytes)) {
         const fp = ja4h({ method: r.method ?? "", version: "20", headers: r.headers });
         this.s.requests++;
-        requests.push({
-          ...st.tuple,
-          tsNs: c.tsNs,
-          pid: c.pid,
-          fd: c.fd,
-          server: c.server,
-          capture: c.capture,
-          method: r.method ?? "",
-          path: r.path ?? "",
-          http_version: "20",
-          host_header: r.authority ?? header(r.headers, "host"),
-          user_agent: header(r.headers, "user-agent"),
-          fp,
-          truncated: false,
-          tls: c.plaintext,
-        });
+        this.sink.request(
+          requestRow(
+            st.tuple,
+            c,
+            r.method ?? "",
+            r.path ?? "",
+            "20",
+            r.authority ?? header(r.headers, "host"),
+            header(r.headers, "user-agent"),
+            fp,
+            false,
+          ),
+          c.fd,
+          c.tsNs,
+          c.plaintext,
+        );
       }
       if (h2.dropped) {
         this.s.parse_errors++;
@@ -280,7 +298,18 @@ export class RequestTracker {
           continue;
         }
         this.s.hellos++;
-        hellos.push({ ...st.tuple, tsNs: c.tsNs, pid: c.pid, fd: c.fd, hello: ch.value, fp: ja4(ch.value) });
+        const t = st.tuple;
+        this.sink.hello({
+          src: t.src,
+          src_port: t.src_port,
+          dst: t.dst,
+          dst_port: t.dst_port,
+          tsNs: c.tsNs,
+          pid: c.pid,
+          fd: c.fd,
+          hello: ch.value,
+          fp: ja4(ch.value),
+        });
         // Only the first hello matters (a second one follows a HelloRetryRequest and is fingerprinted too).
       }
       if (tls.encrypted || tls.failed) {
@@ -290,23 +319,80 @@ export class RequestTracker {
     }
   }
 
-  private request(st: Stream, c: PayloadChunk, head: RequestHead, truncated: boolean): CapturedRequest {
+  private request(st: Stream, c: PayloadChunk, head: RequestHead, truncated: boolean): void {
     this.s.requests++;
-    return {
-      ...st.tuple,
-      tsNs: c.tsNs,
-      pid: c.pid,
-      fd: c.fd,
-      server: c.server,
-      capture: c.capture,
-      method: head.method,
-      path: head.target,
-      http_version: head.version,
-      host_header: header(head.headers, "host"),
-      user_agent: header(head.headers, "user-agent"),
-      fp: ja4h(head),
-      truncated,
-      tls: c.plaintext,
-    };
+    let host: string, ua: string, fp: Ja4h;
+    const b = head.block;
+    if (b !== undefined) {
+      // A header block seen before: Host, User-Agent and the JA4H (per method and version) come from it.
+      const d = b.derived;
+      let h = d.get("host") as string | undefined;
+      if (h === undefined) {
+        h = header(head.headers, "host");
+        d.set("host", h);
+        d.set("ua", header(head.headers, "user-agent"));
+      }
+      host = h;
+      ua = d.get("ua") as string;
+      const k = head.method + " " + head.version;
+      let f = d.get(k) as Ja4h | undefined;
+      if (f === undefined) {
+        f = ja4h(head);
+        d.set(k, f);
+      }
+      fp = f;
+    } else {
+      host = header(head.headers, "host");
+      ua = header(head.headers, "user-agent");
+      fp = ja4h(head);
+    }
+    this.sink.request(
+      requestRow(st.tuple, c, head.method, head.target, head.version, host, ua, fp, truncated),
+      c.fd,
+      c.tsNs,
+      c.plaintext,
+    );
   }
+}
+
+const NOTHING = new Uint8Array(0);
+
+/** A request's row with the request-side fields; the correlator fills ts, host and the connection's facts. */
+function requestRow(
+  t: Tuple,
+  c: PayloadChunk,
+  method: string,
+  path: string,
+  version: string,
+  host: string,
+  ua: string,
+  fp: Ja4h,
+  truncated: boolean,
+): Row {
+  // One literal in ROW_FIELDS order: every row has the same shape from its first allocation.
+  return {
+    ts: "",
+    host: "",
+    server: c.server,
+    pid: c.pid,
+    capture: c.capture,
+    src: t.src,
+    src_port: t.src_port,
+    dst: t.dst,
+    dst_port: t.dst_port,
+    method,
+    path,
+    http_version: version,
+    host_header: host,
+    user_agent: ua,
+    ja4h: fp.ja4h,
+    ja4h_r: fp.ja4h_r,
+    ja4h_o: fp.ja4h_o,
+    ja4h_ro: fp.ja4h_ro,
+    ja4: "",
+    ja4_r: "",
+    ja4t: "",
+    tls_server_name: "",
+    truncated,
+  };
 }

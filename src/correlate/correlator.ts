@@ -7,7 +7,8 @@
  * `maxConnections` with an idle TTL; held rows are capped at `maxHeldRows`. Nothing is ever dropped:
  * eviction and overflow release rows early (without the missing facts) and count why.
  */
-import type { Row } from "../sink/row.ts";
+import type { Row, Tuple } from "../sink/row.ts";
+import { LruMap } from "../capture/lru.ts";
 
 /**
  * Row.ts as `new Date(ts).toISOString()` (a non-finite ts as the epoch). Rows come in bursts within the same
@@ -24,40 +25,14 @@ function isoMs(ts: number): string {
   return lastIso;
 }
 
-/** A TCP connection as seen from the server: client (src) ↔ server (dst). */
-export interface Tuple {
-  src: string;
-  srcPort: number;
-  dst: string;
-  dstPort: number;
-}
+/** A TCP connection as seen from the server: client (src) ↔ server (dst); the row's own fields. */
+export type { Tuple };
 
 /** Fingerprints of a ClientHello, computed upstream. */
 export interface HelloFacts {
   ja4: string;
   ja4_r: string;
   tls_server_name: string;
-}
-
-/** What the request side knows about one HTTP request (fingerprints computed upstream). */
-export interface RequestFacts {
-  server: string;
-  capture: string;
-  method: string;
-  path: string;
-  http_version: string;
-  host_header: string;
-  user_agent: string;
-  ja4h: string;
-  ja4h_r?: string;
-  ja4h_o?: string;
-  ja4h_ro?: string;
-  truncated?: boolean;
-  /**
-   * Whether the connection carries TLS. `false` (plain HTTP) means no ClientHello will come, so the row
-   * does not wait for one; `true` or unknown waits for it (up to the hold time).
-   */
-  tls?: boolean;
 }
 
 export interface CorrelatorOptions {
@@ -132,7 +107,8 @@ export interface CorrelatorStats {
 interface Conn {
   key: string;
   tuple: Tuple | null;
-  pidfd: string | null;
+  /** pidFdKey(pid, fd) of the socket bound to it. */
+  pidfd: number | null;
   ja4t: string;
   hello: HelloFacts | null;
   /** Upstream said the first payload was not TLS. */
@@ -151,7 +127,9 @@ interface Conn {
 interface Held {
   conn: Conn;
   pid: number;
-  req: RequestFacts;
+  row: Row;
+  /** false: a plain-HTTP connection (no ClientHello will come); true or undefined: waits for one. */
+  tls: boolean | undefined;
   ts: number;
   deadline: number;
   done: boolean;
@@ -192,19 +170,25 @@ function validPort(p: unknown): p is number {
 
 function validTuple(t: Tuple | null | undefined): t is Tuple {
   return !!t && typeof t.src === "string" && t.src !== "" && typeof t.dst === "string" && t.dst !== "" &&
-    validPort(t.srcPort) && validPort(t.dstPort);
+    validPort(t.src_port) && validPort(t.dst_port);
+}
+
+/** (pid, fd) as one exact number (a number key hashes for free; a template string is built and hashed). */
+function pidFdKey(pid: number, fd: number): number {
+  // pid < 2^22 (PID_MAX_LIMIT), fd < 2^31: below 2^53, exact.
+  return pid * 2147483648 + (fd & 0x7fffffff);
 }
 
 export function tupleKey(t: Tuple): string {
-  return `${normAddr(t.src)}|${t.srcPort}|${normAddr(t.dst)}|${t.dstPort}`;
+  return normAddr(t.src) + "|" + t.src_port + "|" + normAddr(t.dst) + "|" + t.dst_port;
 }
 
 export class Correlator {
   readonly opts: CorrelatorOptions;
   /** LRU order: Map iteration order is insertion order, and every touch re-inserts. */
-  #conns = new Map<string, Conn>();
+  #conns: LruMap<string, Conn>;
   /** (pid, fd) → connection key. */
-  #bindings = new Map<string, string>();
+  #bindings = new Map<number, string>();
   /** Held rows, in deadline order (holdMs is constant and the clock is made monotonic). */
   #heldQueue: Held[] = [];
   #heldHead = 0;
@@ -223,6 +207,10 @@ export class Correlator {
     if (!(this.opts.maxConnections >= 1)) throw new RangeError("maxConnections must be ≥ 1");
     if (!(this.opts.maxHeldRows >= 1)) throw new RangeError("maxHeldRows must be ≥ 1");
     if (!(this.opts.holdMs >= 0)) throw new RangeError("holdMs must be ≥ 0");
+    this.#conns = new LruMap(this.opts.maxConnections, Infinity, (_k, c) => {
+      this.#evict(c);
+      this.#s.evicted_lru++;
+    });
   }
 
   #clock(ts: number): number {
@@ -232,8 +220,7 @@ export class Correlator {
 
   #touch(c: Conn, now: number): void {
     c.lastSeen = now;
-    this.#conns.delete(c.key);
-    this.#conns.set(c.key, c);
+    this.#conns.get(c.key);
   }
 
   #newConn(key: string, tuple: Tuple | null, now: number): Conn {
@@ -251,23 +238,25 @@ export class Correlator {
       closedAt: 0,
       held: [],
     };
-    this.#conns.set(key, c);
-    while (this.#conns.size > this.opts.maxConnections) {
-      const oldest = this.#conns.values().next().value!;
-      this.#evict(oldest);
-      this.#s.evicted_lru++;
-    }
+    this.#conns.set(key, c); // evicts the least recently used past maxConnections
     return c;
   }
 
   #connForTuple(t: Tuple, now: number): Conn {
     const key = tupleKey(t);
-    const c = this.#conns.get(key);
+    const c = this.#conns.peek(key);
     if (c) {
       this.#touch(c, now);
       return c;
     }
-    return this.#newConn(key, { ...t, src: normAddr(t.src), dst: normAddr(t.dst) }, now);
+    // Field by field: the tuple passed may be a whole row.
+    const own: Tuple = {
+      src: normAddr(t.src),
+      src_port: t.src_port,
+      dst: normAddr(t.dst),
+      dst_port: t.dst_port,
+    };
+    return this.#newConn(key, own, now);
   }
 
   /** Forgets a connection; its held rows are released at once (never lost). */
@@ -284,55 +273,51 @@ export class Correlator {
   }
 
   /** Every expected packet fact is there (or known never to come). */
-  #complete(c: Conn, req: RequestFacts): boolean {
+  #complete(c: Conn, tls: boolean | undefined): boolean {
     if (c.gaveUp) return true;
     if (this.opts.expectJa4t && c.ja4t === "") return false;
-    return !(this.opts.expectJa4 && req.tls !== false && !c.plaintext && c.hello === null);
+    return !(this.opts.expectJa4 && tls !== false && !c.plaintext && c.hello === null);
   }
 
-  /** One literal in ROW_FIELDS order: every row gets the same shape from its first allocation. */
-  #buildRow(c: Conn, pid: number, req: RequestFacts, ts: number): Row {
+  /** Completes the request's row in place with the connection's facts (no copy). */
+  #fill(c: Conn, pid: number, row: Row, ts: number): Row {
     const t = c.tuple, hello = c.hello;
-    return {
-      ts: isoMs(ts),
-      host: this.opts.host,
-      server: req.server,
-      pid,
-      capture: req.capture,
-      src: t ? t.src : "",
-      src_port: t ? t.srcPort : 0,
-      dst: t ? t.dst : "",
-      dst_port: t ? t.dstPort : 0,
-      method: req.method,
-      path: req.path,
-      http_version: req.http_version,
-      host_header: req.host_header,
-      user_agent: req.user_agent,
-      ja4h: req.ja4h,
-      ja4h_r: req.ja4h_r ?? "",
-      ja4h_o: req.ja4h_o ?? "",
-      ja4h_ro: req.ja4h_ro ?? "",
-      ja4: hello ? hello.ja4 : "",
-      ja4_r: hello ? hello.ja4_r : "",
-      ja4t: c.ja4t,
-      tls_server_name: hello ? hello.tls_server_name : "",
-      truncated: req.truncated === true,
-    };
+    row.ts = isoMs(ts);
+    row.host = this.opts.host;
+    row.pid = pid;
+    if (t !== null) {
+      row.src = t.src;
+      row.src_port = t.src_port;
+      row.dst = t.dst;
+      row.dst_port = t.dst_port;
+    } else {
+      row.src = "";
+      row.src_port = 0;
+      row.dst = "";
+      row.dst_port = 0;
+    }
+    if (hello !== null) {
+      row.ja4 = hello.ja4;
+      row.ja4_r = hello.ja4_r;
+      row.tls_server_name = hello.tls_server_name;
+    }
+    row.ja4t = c.ja4t;
+    return row;
   }
 
-  #emit(c: Conn, pid: number, req: RequestFacts, ts: number): void {
+  #emit(c: Conn, pid: number, row: Row, ts: number, tls: boolean | undefined): void {
     if (this.opts.expectJa4t && c.ja4t === "") this.#s.rows_missing_ja4t++;
-    if (this.opts.expectJa4 && req.tls !== false && !c.plaintext && c.hello === null) {
+    if (this.opts.expectJa4 && tls !== false && !c.plaintext && c.hello === null) {
       this.#s.rows_missing_ja4++;
     }
     this.#s.rows_emitted++;
-    this.#ready.push(this.#buildRow(c, pid, req, ts));
+    this.#ready.push(this.#fill(c, pid, row, ts));
   }
 
   #release(h: Held): void {
     h.done = true;
     this.#held--;
-    this.#emit(h.conn, h.pid, h.req, h.ts);
+    this.#emit(h.conn, h.pid, h.row, h.ts, h.tls);
   }
 
   /** Releases a connection's held rows whose facts are now complete (in order). */
@@ -341,7 +326,7 @@ export class Correlator {
     const keep: Held[] = [];
     for (const h of c.held) {
       if (h.done) continue;
-      if (this.#complete(c, h.req)) {
+      if (this.#complete(c, h.tls)) {
         this.#release(h);
         this.#s.rows_released_facts++;
       } else keep.push(h);
@@ -358,7 +343,7 @@ export class Correlator {
       return;
     }
     this.#s.syns++;
-    let c = this.#conns.get(tupleKey(tuple));
+    let c = this.#conns.peek(tupleKey(tuple));
     if (
       c &&
       (c.ja4t !== "" && (c.hello !== null || c.requests > 0 || c.closedAt > 0) || c.hello !== null ||
@@ -410,14 +395,14 @@ export class Correlator {
       return;
     }
     const c = this.#connForTuple(tuple, now);
-    this.#bindTo(c, `${pid}:${fd}`);
+    this.#bindTo(c, pidFdKey(pid, fd));
   }
 
-  #bindTo(c: Conn, pidfd: string): void {
+  #bindTo(c: Conn, pidfd: number): void {
     const prevKey = this.#bindings.get(pidfd);
     if (prevKey === c.key) return;
     if (prevKey !== undefined) {
-      const prev = this.#conns.get(prevKey);
+      const prev = this.#conns.peek(prevKey);
       if (prev && prev.tuple === null) {
         // Requests seen before the tuple was known: adopt them.
         for (const h of prev.held) if (!h.done) h.conn = c;
@@ -437,17 +422,26 @@ export class Correlator {
   }
 
   /**
-   * One HTTP request. `tuple` may be null when the request side only knows (pid, fd); the connection is
-   * then found through an earlier bind() or request with a tuple on the same (pid, fd).
+   * One HTTP request: `req` is its row with the request-side fields filled; the correlator completes it in
+   * place with the connection's facts and emits it. `tuple` may be null when the request side only knows
+   * (pid, fd); the connection is then found through an earlier bind() or request with a tuple on the same
+   * (pid, fd). `tls`: false for a plain-HTTP connection (its row need not wait for a ClientHello).
    */
-  onRequest(tuple: Tuple | null, pid: number, fd: number, req: RequestFacts, ts: number): void {
+  onRequest(
+    tuple: Tuple | null,
+    pid: number,
+    fd: number,
+    req: Row,
+    ts: number,
+    tls?: boolean,
+  ): void {
     const now = this.#clock(ts);
     if (!req || typeof req !== "object") {
       this.#s.invalid_input++;
       return;
     }
     this.#s.requests++;
-    const pidfd = Number.isInteger(pid) && Number.isInteger(fd) && fd >= 0 ? `${pid}:${fd}` : null;
+    const pidfd = Number.isInteger(pid) && Number.isInteger(fd) && fd >= 0 ? pidFdKey(pid, fd) : null;
     let c: Conn | undefined;
     if (tuple !== null && validTuple(tuple)) {
       c = this.#connForTuple(tuple, now);
@@ -455,12 +449,12 @@ export class Correlator {
     } else {
       if (tuple !== null) this.#s.invalid_input++;
       const key = pidfd !== null ? this.#bindings.get(pidfd) : undefined;
-      c = key !== undefined ? this.#conns.get(key) : undefined;
+      c = key !== undefined ? this.#conns.peek(key) : undefined;
       if (c) this.#touch(c, now);
       else if (pidfd !== null) {
         // No tuple yet: track under the (pid, fd) key until bind() supplies it.
         const k = `fd:${pidfd}`;
-        c = this.#conns.get(k) ?? this.#newConn(k, null, now);
+        c = this.#conns.peek(k) ?? this.#newConn(k, null, now);
         this.#touch(c, now);
         c.pidfd = pidfd;
         this.#bindings.set(pidfd, k);
@@ -482,7 +476,7 @@ export class Correlator {
           closedAt: 0,
           held: [],
         };
-        this.#emit(lone, Number.isInteger(pid) ? pid : 0, req, ts);
+        this.#emit(lone, Number.isInteger(pid) ? pid : 0, req, ts, tls);
         return;
       }
       if (c.tuple === null) this.#s.requests_without_tuple++;
@@ -490,12 +484,20 @@ export class Correlator {
     c.requests++;
     const safePid = Number.isInteger(pid) ? pid : 0;
     // Keep per-connection order: a request never overtakes an earlier held one.
-    if (c.held.length === 0 && (this.#complete(c, req) || this.opts.holdMs === 0)) {
+    if (c.held.length === 0 && (this.#complete(c, tls) || this.opts.holdMs === 0)) {
       this.#s.rows_immediate++;
-      this.#emit(c, safePid, req, ts);
+      this.#emit(c, safePid, req, ts, tls);
       return;
     }
-    const h: Held = { conn: c, pid: safePid, req, ts, deadline: now + this.opts.holdMs, done: false };
+    const h: Held = {
+      conn: c,
+      pid: safePid,
+      row: req,
+      tls,
+      ts,
+      deadline: now + this.opts.holdMs,
+      done: false,
+    };
     c.held.push(h);
     this.#heldQueue.push(h);
     this.#held++;
@@ -522,12 +524,12 @@ export class Correlator {
     const now = this.#clock(ts);
     this.#s.closes++;
     let c: Conn | undefined;
-    if (tuple !== null && validTuple(tuple)) c = this.#conns.get(tupleKey(tuple));
-    const pidfd = Number.isInteger(pid) && Number.isInteger(fd) ? `${pid}:${fd}` : null;
+    if (tuple !== null && validTuple(tuple)) c = this.#conns.peek(tupleKey(tuple));
+    const pidfd = Number.isInteger(pid) && Number.isInteger(fd) ? pidFdKey(pid, fd) : null;
     if (pidfd !== null) {
       const key = this.#bindings.get(pidfd);
       if (key !== undefined) {
-        c ??= this.#conns.get(key);
+        c ??= this.#conns.peek(key);
         this.#bindings.delete(pidfd);
       }
     }
@@ -565,15 +567,15 @@ export class Correlator {
       const { conn, at } = this.#closing[this.#closingHead];
       if (at + this.opts.closeLingerMs > now) break;
       this.#closingHead++;
-      if (this.#conns.get(conn.key) === conn) {
+      if (this.#conns.peek(conn.key) === conn) {
         this.#evict(conn);
         this.#s.evicted_closed++;
       }
     }
     // Idle connections: the LRU head is the least recently seen.
-    for (const c of this.#conns.values()) {
-      if (c.lastSeen + this.opts.idleTtlMs > now) break;
-      this.#evict(c);
+    for (let n = this.#conns.oldest(); n !== undefined; n = this.#conns.oldest()) {
+      if (n.value.lastSeen + this.opts.idleTtlMs > now) break;
+      this.#evict(n.value);
       this.#s.evicted_ttl++;
     }
     const out = this.#ready;

@@ -1,22 +1,23 @@
 import { assert, assertEquals, assertGreater } from "../testing/asserts.ts";
-import { Correlator, type HelloFacts, type RequestFacts, type Tuple, tupleKey } from "./correlator.ts";
-import type { Row } from "../sink/row.ts";
+import { Correlator, type HelloFacts, type Tuple, tupleKey } from "./correlator.ts";
+import { emptyRow, type Row } from "../sink/row.ts";
 
 const T0 = Date.UTC(2025, 0, 2, 3, 4, 5, 678);
 
-function tup(n: number, dstPort = 443): Tuple {
+function tup(n: number, dst_port = 443): Tuple {
   return {
     src: `10.${(n >> 16) & 255}.${(n >> 8) & 255}.${n & 255}`,
-    srcPort: 1024 + (n % 60000),
+    src_port: 1024 + (n % 60000),
     dst: "10.0.0.1",
-    dstPort,
+    dst_port,
   };
 }
 function hello(n: number): HelloFacts {
   return { ja4: `t13d_ja4_${n}`, ja4_r: `raw_${n}`, tls_server_name: `h${n}.example` };
 }
-function req(path: string, extra: Partial<RequestFacts> = {}): RequestFacts {
+function req(path: string, extra: Partial<Row> = {}): Row {
   return {
+    ...emptyRow(),
     server: "nginx",
     capture: "uprobe",
     method: "GET",
@@ -134,7 +135,7 @@ Deno.test("correlator joins per connection", async (t) => {
   await t.step("plain HTTP does not wait for a ClientHello", () => {
     const c = new Correlator();
     c.onSyn(tup(5, 80), "syn5", T0);
-    c.onRequest(tup(5, 80), 1, 4, req("/plain", { tls: false }), T0 + 1);
+    c.onRequest(tup(5, 80), 1, 4, req("/plain"), T0 + 1, false);
     assertEquals(c.tick(T0 + 1).map((r) => [r.path, r.ja4t, r.ja4]), [["/plain", "syn5", ""]]);
     assertEquals(c.stats().rows_missing_ja4, 0, "JA4 was not expected");
     // Upstream can also say so from the packet side.
@@ -155,7 +156,7 @@ Deno.test("correlator joins per connection", async (t) => {
       c.onRequest(null, 50, 12, req("/by-fd"), T0 + 1);
       assertEquals(c.tick(T0 + 1).map((r) => [r.path, r.src_port, r.ja4]), [[
         "/by-fd",
-        tup(7).srcPort,
+        tup(7).src_port,
         "t13d_ja4_7",
       ]]);
       c.onClose(null, 50, 12, T0 + 2);
@@ -166,7 +167,7 @@ Deno.test("correlator joins per connection", async (t) => {
       c.onClientHello(tup(8), hello(8), T0 + 6);
       const rows = c.tick(T0 + 7);
       assertEquals(rows.map((r) => [r.path, r.src_port, r.ja4t, r.ja4]), [
-        ["/reused", tup(8).srcPort, "syn8", "t13d_ja4_8"],
+        ["/reused", tup(8).src_port, "syn8", "t13d_ja4_8"],
       ]);
       assertBalanced(c);
     },
@@ -179,7 +180,7 @@ Deno.test("correlator joins per connection", async (t) => {
     c.onRequest(tup(9), 1, 1, req("/old"), T0);
     c.onClose(tup(9), 1, 1, T0 + 1);
     c.onSyn(tup(9), "new", T0 + 2);
-    c.onRequest(tup(9), 1, 1, req("/new", { tls: false }), T0 + 3);
+    c.onRequest(tup(9), 1, 1, req("/new"), T0 + 3, false);
     assertEquals(c.tick(T0 + 3).map((r) => [r.path, r.ja4t, r.ja4]), [["/old", "old", "t13d_ja4_1"], [
       "/new",
       "new",
@@ -191,7 +192,7 @@ Deno.test("correlator joins per connection", async (t) => {
   await t.step("IPv4-mapped addresses are the same client", () => {
     const c = new Correlator();
     c.onSyn({ ...tup(10), src: "::ffff:10.0.0.10" }, "syn10", T0);
-    c.onRequest(tup(10), 1, 1, req("/m", { tls: false }), T0);
+    c.onRequest(tup(10), 1, 1, req("/m"), T0, false);
     assertEquals(c.tick(T0).map((r) => [r.src, r.ja4t]), [["10.0.0.10", "syn10"]]);
     assertEquals(tupleKey({ ...tup(10), src: "::ffff:10.0.0.10" }), tupleKey(tup(10)));
   });
@@ -219,10 +220,10 @@ Deno.test("correlator joins per connection", async (t) => {
 
   await t.step("bad input is counted, never thrown", () => {
     const c = new Correlator();
-    c.onSyn({ src: "", srcPort: 1, dst: "x", dstPort: 2 }, "s", T0);
-    c.onClientHello({ src: "a", srcPort: 70000, dst: "x", dstPort: 2 }, hello(1), T0);
-    c.onSyn({ src: "a", srcPort: NaN, dst: "x", dstPort: 2 }, "s", T0);
-    c.onRequest({ src: "a", srcPort: -1, dst: "x", dstPort: 2 }, NaN, NaN, req("/bad"), T0);
+    c.onSyn({ src: "", src_port: 1, dst: "x", dst_port: 2 }, "s", T0);
+    c.onClientHello({ src: "a", src_port: 70000, dst: "x", dst_port: 2 }, hello(1), T0);
+    c.onSyn({ src: "a", src_port: NaN, dst: "x", dst_port: 2 }, "s", T0);
+    c.onRequest({ src: "a", src_port: -1, dst: "x", dst_port: 2 }, NaN, NaN, req("/bad"), T0);
     c.onClose(null, NaN, NaN, T0);
     const s = c.stats();
     assertEquals(s.invalid_input, 4);

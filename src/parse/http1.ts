@@ -10,6 +10,7 @@ import {
   NEED_MORE,
   newErrorCounts,
   ok,
+  type Parsed,
   type ParseErrorCode,
   type Streamed,
 } from "./errors.ts";
@@ -30,6 +31,8 @@ export interface RequestHead extends HttpRequestHead {
   headers: [name: string, value: string][];
   /** Bytes of the head including the final empty line. */
   headLength: number;
+  /** The cached header block (shared by every head with the same header lines: never mutate `headers`). */
+  block?: HeaderBlock;
 }
 
 const LF = 0x0a;
@@ -81,20 +84,9 @@ export function parseRequestHead(buf: Uint8Array, maxHead = MAX_HEAD): Streamed<
   const text = decoder.decode(buf.subarray(0, end));
   const lines = text.split("\n");
   // lines ends with "", "" (or "\r" variants) from the empty line.
-  const rl = lines[0].endsWith("\r") ? lines[0].slice(0, -1) : lines[0];
-  const sp1 = rl.indexOf(" ");
-  const sp2 = rl.lastIndexOf(" ");
-  if (sp1 <= 0 || sp2 === sp1) return fail("malformed", "request line without method, target and version", 0);
-  const method = rl.slice(0, sp1);
-  for (let i = 0; i < method.length; i++) {
-    if (!isTokenChar(method.charCodeAt(i))) return fail("malformed", "method is not a token", i);
-  }
-  const versionText = rl.slice(sp2 + 1);
-  const vm = VERSION_RE.exec(versionText);
-  if (!vm) return fail("malformed", `bad HTTP version ${JSON.stringify(versionText.slice(0, 16))}`, sp2 + 1);
-  if (vm[1] !== "1") return fail("unsupported", `HTTP/${vm[1]}.${vm[2]} head`, sp2 + 1);
-  const target = rl.slice(sp1 + 1, sp2).trim();
-  if (target.length === 0) return fail("malformed", "empty request target", sp1);
+  const reqLine = parseRequestLine(lines[0]);
+  if (!reqLine.ok) return reqLine;
+  const { method, target, version, versionText } = reqLine.value;
   const headers: [string, string][] = [];
   for (let i = 1; i < lines.length; i++) {
     let line = lines[i];
@@ -114,13 +106,117 @@ export function parseRequestHead(buf: Uint8Array, maxHead = MAX_HEAD): Streamed<
     }
     headers.push([line.slice(0, colon), trimOws(line.slice(colon + 1))]);
   }
+  return ok({ method, target, version, versionText, headers, headLength: end });
+}
+
+interface RequestLine {
+  method: string;
+  target: string;
+  version: string;
+  versionText: string;
+}
+
+/** The request line (without its line end): method token, target, HTTP/1.x version. */
+function parseRequestLine(line: string): Parsed<RequestLine> {
+  const rl = line.endsWith("\r") ? line.slice(0, -1) : line;
+  const sp1 = rl.indexOf(" ");
+  const sp2 = rl.lastIndexOf(" ");
+  if (sp1 <= 0 || sp2 === sp1) return fail("malformed", "request line without method, target and version", 0);
+  const method = rl.slice(0, sp1);
+  for (let i = 0; i < method.length; i++) {
+    if (!isTokenChar(method.charCodeAt(i))) return fail("malformed", "method is not a token", i);
+  }
+  const versionText = rl.slice(sp2 + 1);
+  const vm = VERSION_RE.exec(versionText);
+  if (!vm) return fail("malformed", `bad HTTP version ${JSON.stringify(versionText.slice(0, 16))}`, sp2 + 1);
+  if (vm[1] !== "1") return fail("unsupported", `HTTP/${vm[1]}.${vm[2]} head`, sp2 + 1);
+  const target = rl.slice(sp1 + 1, sp2).trim();
+  if (target.length === 0) return fail("malformed", "empty request target", sp1);
+  return ok({ method, target, version: vm[1] + vm[2], versionText });
+}
+
+/**
+ * What a request head's header block (every line after the request line) determines, kept per distinct block:
+ * clients send the same headers request after request (a keep-alive connection, a crawler, a browser build),
+ * so the header lines are split, trimmed and fingerprinted once, not per request. Whatever the caller derives
+ * from the headers alone (JA4H per method/version, Host, User-Agent) lives in `derived`.
+ */
+export interface HeaderBlock {
+  headers: [name: string, value: string][];
+  framing: number | "chunked" | "malformed";
+  derived: Map<string, unknown>;
+}
+
+/**
+ * Header blocks by their text. Bounded by entries and by the text kept; when full it starts over (cheap, and
+ * a working set of repeating blocks refills at once). Blocks over `maxBlock` characters are not kept.
+ */
+export class HeaderBlockCache {
+  #map = new Map<string, HeaderBlock>();
+  #chars = 0;
+  hits = 0;
+  misses = 0;
+  constructor(readonly maxEntries = 4096, readonly maxChars = 4 * 1024 * 1024, readonly maxBlock = 8192) {}
+
+  get size(): number {
+    return this.#map.size;
+  }
+
+  get(block: string): HeaderBlock | undefined {
+    const e = this.#map.get(block);
+    if (e === undefined) this.misses++;
+    else this.hits++;
+    return e;
+  }
+
+  set(block: string, e: HeaderBlock): void {
+    if (block.length > this.maxBlock) return;
+    if (this.#map.size >= this.maxEntries || this.#chars + block.length > this.maxChars) {
+      this.#map.clear();
+      this.#chars = 0;
+    }
+    this.#map.set(block, e);
+    this.#chars += block.length;
+  }
+}
+
+/**
+ * parseRequestHead for a buffer that holds exactly one whole head (its end already found), through the cache:
+ * on a hit only the request line is parsed. Same results and errors as parseRequestHead (only heads that
+ * parsed are cached, and the request line is always checked).
+ */
+export function parseRequestHeadCached(
+  head: Uint8Array,
+  cache: HeaderBlockCache,
+  maxHead = MAX_HEAD,
+): Streamed<
+  RequestHead
+> {
+  if (head.length > maxHead) return parseRequestHead(head, maxHead);
+  const text = decoder.decode(head);
+  const lf = text.indexOf("\n");
+  const block = text.slice(lf + 1);
+  const hit = cache.get(block);
+  if (hit === undefined) {
+    const r = parseRequestHead(head, maxHead);
+    if (r.ok) {
+      const h = r.value;
+      h.block = { headers: h.headers, framing: bodyFraming(h), derived: new Map() };
+      cache.set(block, h.block);
+    }
+    return r;
+  }
+  const line = parseRequestLine(text.slice(0, lf));
+  if (!line.ok) return line;
+  const { method, target, version, versionText } = line.value;
   return ok({
     method,
     target,
-    version: vm[1] + vm[2],
+    version,
     versionText,
-    headers,
-    headLength: end,
+    headers: hit.headers,
+    headLength: head.length,
+    block: hit,
   });
 }
 
@@ -147,6 +243,8 @@ type BodyState =
 
 export interface Http1StreamOptions {
   maxHead?: number;
+  /** Shared across streams: repeated header blocks are parsed once. */
+  cache?: HeaderBlockCache;
 }
 
 /**
@@ -160,18 +258,69 @@ export class Http1RequestStream {
   requests = 0;
   /** Body bytes skipped so far. */
   bodyBytes = 0;
-  private buf: Uint8Array = new Uint8Array(0);
+  /**
+   * Bytes examined while looking for the end of a head or trailers, and bytes copied into the buffer: work
+   * that must stay linear in the bytes pushed however the client splits them (hostile 1-byte segments).
+   */
+  scanned = 0;
+  copied = 0;
+  /** Unconsumed bytes: store[0, len). Grows by doubling, so a head sent a byte at a time costs linear time. */
+  private store: Uint8Array = new Uint8Array(0);
+  private len = 0;
+  /** Where the search for the end of the head (or trailers) resumes: bytes before it hold no terminator. */
+  private scan = 0;
   private body: BodyState = { kind: "none" };
   private resync = false;
   private readonly maxHead: number;
+  private readonly cache: HeaderBlockCache | undefined;
 
   constructor(opts: Http1StreamOptions = {}) {
     this.maxHead = opts.maxHead ?? MAX_HEAD;
+    this.cache = opts.cache;
   }
 
   /** Bytes currently buffered (at most about maxHead). */
   get buffered(): number {
-    return this.buf.length;
+    return this.len;
+  }
+
+  /** Appends to the store (amortised O(1) per byte) and returns the unconsumed bytes. */
+  private append(bytes: Uint8Array): Uint8Array {
+    const need = this.len + bytes.length;
+    if (need > this.store.length) {
+      const grown = new Uint8Array(Math.max(need, this.store.length * 2, 256));
+      grown.set(this.store.subarray(0, this.len));
+      this.store = grown;
+    }
+    this.store.set(bytes, this.len);
+    this.copied += bytes.length;
+    this.len = need;
+    return this.store.subarray(0, need);
+  }
+
+  /** Keeps b[p..] for the next push (copied: the caller may reuse its buffer); `scan` is relative to b. */
+  private keep(b: Uint8Array, p: number): void {
+    const rest = b.length - p;
+    this.scan = Math.max(0, this.scan - p);
+    if (rest <= 0) {
+      this.len = 0;
+      this.scan = 0;
+      // Let a store grown by one huge head go once it is consumed.
+      if (this.store.length > 16384) this.store = new Uint8Array(0);
+      return;
+    }
+    if (b.buffer === this.store.buffer) {
+      // Already in the store: move it to the front only when something before it was consumed.
+      if (p > 0) {
+        this.store.copyWithin(0, p, b.length);
+        this.copied += rest;
+      }
+    } else {
+      if (rest > this.store.length) this.store = new Uint8Array(Math.max(rest, 256));
+      this.store.set(b.subarray(p));
+      this.copied += rest;
+    }
+    this.len = rest;
   }
 
   private count(code: ParseErrorCode): void {
@@ -181,13 +330,8 @@ export class Http1RequestStream {
   push(bytes: Uint8Array): RequestHead[] {
     const out: RequestHead[] = [];
     if (bytes.length === 0) return out;
-    let b: Uint8Array;
-    if (this.buf.length === 0) b = bytes;
-    else {
-      b = new Uint8Array(this.buf.length + bytes.length);
-      b.set(this.buf, 0);
-      b.set(bytes, this.buf.length);
-    }
+    // Nothing buffered (the common case): parse the caller's bytes in place.
+    const b = this.len === 0 ? bytes : this.append(bytes);
     let p = 0;
     for (;;) {
       const st = this.body;
@@ -243,11 +387,15 @@ export class Http1RequestStream {
           continue;
         }
         if (b[p] === CR) break;
-        const e = headEnd(b, p, p + this.maxHead);
+        const from = Math.max(p, this.scan);
+        const e = headEnd(b, from, p + this.maxHead);
+        this.scanned += (e < 0 ? b.length : e) - from;
         if (e < 0) {
           if (b.length - p >= this.maxHead) p = this.bodyError("oversize", b.length);
+          else this.scan = Math.max(p, b.length - 2);
           break;
         }
+        this.scan = 0;
         p = e;
         this.body = { kind: "none" };
         continue;
@@ -270,8 +418,19 @@ export class Http1RequestStream {
         p += b[p] === LF ? 1 : 2;
       }
       if (p >= b.length) break;
-      const view = b.subarray(p);
-      const r = parseRequestHead(view, this.maxHead);
+      // Find the end of the head first, resuming where the last push stopped (linear in the bytes sent).
+      const from = Math.max(p, this.scan);
+      const end = headEnd(b, from, p + this.maxHead);
+      this.scanned += (end < 0 ? b.length : end) - from;
+      if (end < 0 && b.length - p < this.maxHead) {
+        this.scan = Math.max(p, b.length - 2);
+        break;
+      }
+      this.scan = 0;
+      const view = b.subarray(p, end < 0 ? b.length : end);
+      const r = end >= 0 && this.cache
+        ? parseRequestHeadCached(view, this.cache, this.maxHead)
+        : parseRequestHead(view, this.maxHead);
       if (!r.ok) {
         if (r.needMore) break;
         this.count(r.error.code);
@@ -288,15 +447,14 @@ export class Http1RequestStream {
       p += head.headLength;
       this.requests++;
       out.push(head);
-      const framing = bodyFraming(head);
+      const framing = head.block ? head.block.framing : bodyFraming(head);
       if (framing === "malformed") {
         this.count("malformed");
         this.resync = true;
       } else if (framing === "chunked") this.body = { kind: "chunk-size" };
       else if (framing > 0) this.body = { kind: "skip", left: framing, chunked: false };
     }
-    // Keep the unconsumed tail (copied so the caller may reuse its buffer).
-    this.buf = p >= b.length ? new Uint8Array(0) : b.slice(p);
+    this.keep(b, p);
     return out;
   }
 
@@ -306,9 +464,10 @@ export class Http1RequestStream {
    * resynchronises on the next request line. `headLength` is the number of bytes that were buffered.
    */
   takePartial(): RequestHead | undefined {
-    const b = this.buf;
+    const b = this.store.slice(0, this.len);
     const wasHead = this.body.kind === "none" && !this.resync;
-    this.buf = new Uint8Array(0);
+    this.len = 0;
+    this.scan = 0;
     this.body = { kind: "none" };
     this.resync = true;
     if (!wasHead || b.length === 0) return undefined;

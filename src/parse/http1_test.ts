@@ -137,4 +137,25 @@ Deno.test("Http1RequestStream", async (t) => {
     assertEquals(s.push(enc("ent: x\r\n\r\n" + req("/next"))).map((h) => h.target), ["/next"]);
     assertEquals(s.takePartial(), undefined);
   });
+  await t.step("hostile 1-byte segments: work stays linear in the bytes sent", async (t) => {
+    // A 32 KB head (many headers), then a small request, each sent one byte per push; also the chunked
+    // trailers path. Before, every push copied all buffered bytes and rescanned from byte 0 (quadratic).
+    const big = "GET /big HTTP/1.1\r\n" + "X-Pad: ".concat("a".repeat(90), "\r\n").repeat(330) + "\r\n";
+    const trailers = "POST /t HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n" +
+      "X-T: ".concat("b".repeat(90), "\r\n").repeat(100) + "\r\n";
+    for (const [name, text] of [["head", big + req("/after")], ["trailers", trailers + req("/after")]]) {
+      await t.step(name, () => {
+        const bytes = enc(text);
+        const s = new Http1RequestStream();
+        const got: string[] = [];
+        for (let i = 0; i < bytes.length; i++) {
+          got.push(...s.push(bytes.subarray(i, i + 1)).map((h) => h.target));
+        }
+        assertEquals(got, name === "head" ? ["/big", "/after"] : ["/t", "/after"]);
+        assert(s.scanned <= 4 * bytes.length, `scanned ${s.scanned} bytes for ${bytes.length} sent`);
+        assert(s.copied <= 4 * bytes.length, `copied ${s.copied} bytes for ${bytes.length} sent`);
+        assertEquals(s.buffered, 0);
+      });
+    }
+  });
 });

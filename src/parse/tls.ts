@@ -354,6 +354,11 @@ export class TlsHandshakeReader {
     this.max = opts.maxHandshake ?? MAX_HANDSHAKE;
   }
 
+  /** Bytes held (records and handshake data not yet produced): the owner's memory accounting. */
+  get buffered(): number {
+    return this.rec.length + this.hs.length;
+  }
+
   push(bytes: Uint8Array): void {
     if (this.failed || this.encrypted) return;
     this.rec.push(bytes);

@@ -6,7 +6,7 @@
  *    non-replicated deduplication window, optional ON CLUSTER + Distributed.
  * Both carry `batch_id`, the content hash of the insert, so an ambiguous failure can be resolved by reading back.
  */
-import type { Row } from "./row.ts";
+import { jsonString, jsonStringCached, type Row } from "./row.ts";
 
 export type Generation = "legacy" | "modern";
 
@@ -158,32 +158,34 @@ export function encodeRow(r: Row, gen: Generation): Record<string, unknown> {
 /** The inverse of encodeRow, for rows read back with SELECT … FORMAT JSONEachRow (tests, re-encoding). */
 export function decodeRow(o: Record<string, unknown>): Row {
   const ts = String(o.ts);
+  // Absent values are left out of written rows: read them back as "" (strings) and 0 (numbers).
+  const str = (v: unknown) => v === undefined || v === null ? "" : String(v);
   let iso: string;
   if ("ts_ms" in o) iso = `${ts.replace(" ", "T")}.${pad(Number(o.ts_ms), 3)}Z`;
   else iso = `${ts.replace(" ", "T")}${ts.includes(".") ? "" : ".000"}Z`;
   return {
     ts: iso,
-    host: String(o.host),
-    server: String(o.server),
-    pid: Number(o.pid),
-    capture: String(o.capture),
-    src: fromV6(String(o.src)),
-    src_port: Number(o.src_port),
-    dst: fromV6(String(o.dst)),
-    dst_port: Number(o.dst_port),
-    method: String(o.method),
-    path: String(o.path),
-    http_version: String(o.http_version),
-    host_header: String(o.host_header),
-    user_agent: String(o.user_agent),
-    ja4h: String(o.ja4h),
-    ja4h_r: String(o.ja4h_r),
-    ja4h_o: String(o.ja4h_o),
-    ja4h_ro: String(o.ja4h_ro),
-    ja4: String(o.ja4),
-    ja4_r: String(o.ja4_r),
-    ja4t: String(o.ja4t),
-    tls_server_name: String(o.tls_server_name),
+    host: str(o.host),
+    server: str(o.server),
+    pid: Number(o.pid ?? 0),
+    capture: str(o.capture),
+    src: fromV6(str(o.src)),
+    src_port: Number(o.src_port ?? 0),
+    dst: fromV6(str(o.dst)),
+    dst_port: Number(o.dst_port ?? 0),
+    method: str(o.method),
+    path: str(o.path),
+    http_version: str(o.http_version),
+    host_header: str(o.host_header),
+    user_agent: str(o.user_agent),
+    ja4h: str(o.ja4h),
+    ja4h_r: str(o.ja4h_r),
+    ja4h_o: str(o.ja4h_o),
+    ja4h_ro: str(o.ja4h_ro),
+    ja4: str(o.ja4),
+    ja4_r: str(o.ja4_r),
+    ja4t: str(o.ja4t),
+    tls_server_name: str(o.tls_server_name),
     truncated: Number(o.truncated) === 1 || o.truncated === true,
   };
 }
@@ -223,27 +225,43 @@ const ISO_MS = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
 
 /**
  * encodeRow + JSON.stringify in one pass, without the closing brace (the caller appends batch_id): the hot
- * path of the sink (~2× faster than building the object). Same output as JSON.stringify(encodeRow(r, gen)).
+ * path of the sink (~2× faster than building the object). Same output as JSON.stringify(encodeRow(r, gen))
+ * with absent (empty) strings left out.
  */
 export function encodeLineOpen(r: Row, gen: Generation): string {
-  const q = JSON.stringify;
-  let ts: string;
+  const q = jsonStringCached;
+  let s: string;
   if (ISO_MS.test(r.ts)) {
     const day = r.ts.slice(0, 10);
-    ts = gen === "modern"
-      ? `{"ts":"${day} ${r.ts.slice(11, 23)}"`
-      : `{"date":"${day}","ts":"${day} ${r.ts.slice(11, 19)}","ts_ms":${Number(r.ts.slice(20, 23))}`;
+    s = gen === "modern"
+      ? '{"ts":"' + day + " " + r.ts.slice(11, 23) + '"'
+      : '{"date":"' + day + '","ts":"' + day + " " + r.ts.slice(11, 19) + '","ts_ms":' +
+        Number(r.ts.slice(20, 23));
   } else {
-    ts = q(encodeRow({ ...r, ts: r.ts }, gen)).slice(0, -1);
-    ts = ts.slice(0, ts.indexOf(',"host":'));
+    s = JSON.stringify(encodeRow({ ...r, ts: r.ts }, gen)).slice(0, -1);
+    s = s.slice(0, s.indexOf(',"host":'));
   }
-  const src = gen === "modern" ? toV6(r.src) : r.src;
-  const dst = gen === "modern" ? toV6(r.dst) : r.dst;
-  return `${ts},"host":${q(r.host)},"server":${q(r.server)},"pid":${q(r.pid)},"capture":${q(r.capture)}` +
-    `,"src":${q(src)},"src_port":${q(r.src_port)},"dst":${q(dst)},"dst_port":${q(r.dst_port)}` +
-    `,"method":${q(r.method)},"path":${q(r.path)},"http_version":${q(r.http_version)}` +
-    `,"host_header":${q(r.host_header)},"user_agent":${q(r.user_agent)},"ja4h":${q(r.ja4h)}` +
-    `,"ja4h_r":${q(r.ja4h_r)},"ja4h_o":${q(r.ja4h_o)},"ja4h_ro":${q(r.ja4h_ro)},"ja4":${q(r.ja4)}` +
-    `,"ja4_r":${q(r.ja4_r)},"ja4t":${q(r.ja4t)},"tls_server_name":${q(r.tls_server_name)}` +
-    `,"truncated":${r.truncated ? 1 : 0}`;
+  // Absent (empty) strings are left out: ClickHouse fills the column default (''), as in every other sink.
+  if (r.host !== "") s += ',"host":' + q(r.host);
+  if (r.server !== "") s += ',"server":' + q(r.server);
+  s += ',"pid":' + r.pid;
+  if (r.capture !== "") s += ',"capture":' + q(r.capture);
+  if (r.src !== "") s += ',"src":' + q(gen === "modern" ? toV6(r.src) : r.src);
+  s += ',"src_port":' + r.src_port;
+  if (r.dst !== "") s += ',"dst":' + q(gen === "modern" ? toV6(r.dst) : r.dst);
+  s += ',"dst_port":' + r.dst_port;
+  if (r.method !== "") s += ',"method":' + q(r.method);
+  if (r.path !== "") s += ',"path":' + jsonString(r.path);
+  if (r.http_version !== "") s += ',"http_version":' + q(r.http_version);
+  if (r.host_header !== "") s += ',"host_header":' + q(r.host_header);
+  if (r.user_agent !== "") s += ',"user_agent":' + q(r.user_agent);
+  if (r.ja4h !== "") s += ',"ja4h":' + q(r.ja4h);
+  if (r.ja4h_r !== "") s += ',"ja4h_r":' + q(r.ja4h_r);
+  if (r.ja4h_o !== "") s += ',"ja4h_o":' + q(r.ja4h_o);
+  if (r.ja4h_ro !== "") s += ',"ja4h_ro":' + q(r.ja4h_ro);
+  if (r.ja4 !== "") s += ',"ja4":' + q(r.ja4);
+  if (r.ja4_r !== "") s += ',"ja4_r":' + q(r.ja4_r);
+  if (r.ja4t !== "") s += ',"ja4t":' + q(r.ja4t);
+  if (r.tls_server_name !== "") s += ',"tls_server_name":' + q(r.tls_server_name);
+  return s + (r.truncated ? ',"truncated":1' : ',"truncated":0');
 }

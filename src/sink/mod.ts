@@ -17,8 +17,9 @@ export class OutputSink implements Sink {
     this.#redactor = redactor;
     this.sinks = new MultiSink(sinks);
   }
+  /** Takes ownership of the rows: they are filtered in place, then written. */
   write(rows: Row[]): void {
-    this.sinks.write(this.#redactor.applyAll(rows));
+    this.sinks.write(this.#redactor.applyInPlace(rows));
   }
   /** SIGHUP: new privacy settings apply to the next rows. */
   setRedactor(r: Redactor): void {

@@ -1,6 +1,8 @@
 /**
- * One row per HTTP request: the shape every sink writes and the ClickHouse table mirrors.
- * Column names equal these field names. Strings are "" where a value is not known yet.
+ * One row per HTTP request: the one type that carries a request from the request tracker through the
+ * correlator to every sink, and the shape the ClickHouse table mirrors. Column names equal these field names.
+ * In memory a string is "" where the value is absent (not known, or not applicable); sinks do not write
+ * absent values at all (see rowJson), so a consumer never sees "" standing for "unknown".
  */
 export interface Row {
   /** Request time, ISO-8601 UTC with milliseconds. */
@@ -32,6 +34,12 @@ export interface Row {
   /** The head was larger than the capture limit: header-derived fields may be incomplete. */
   truncated: boolean;
 }
+
+/**
+ * A TCP connection as the server sees it: client (src) and server (dst). The same field names as the row's,
+ * so a row carries its connection and every stage speaks of connections in one vocabulary.
+ */
+export type Tuple = Pick<Row, "src" | "src_port" | "dst" | "dst_port">;
 
 export const ROW_FIELDS: readonly (keyof Row)[] = [
   "ts",
@@ -89,13 +97,74 @@ export function emptyRow(): Row {
   };
 }
 
+/** Characters JSON.stringify would escape: quote, backslash, controls, and (lone) surrogates. */
+// deno-lint-ignore no-control-regex -- control characters are exactly what JSON must escape
+const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
+
+/** A JSON string literal, equal to JSON.stringify(s), without the call for the common plain string. */
+export function jsonString(s: string): string {
+  return NEEDS_ESCAPE.test(s) ? JSON.stringify(s) : '"' + s + '"';
+}
+
 /**
- * Rows as JSON lines, each ended by "\n": byte for byte `rows.map(JSON.stringify).join("\n") + "\n"`,
- * built by one concatenation instead of an intermediate array of strings.
+ * jsonString for values that repeat from row to row (addresses, Host, User-Agent, fingerprints): the literal
+ * is kept by value. The same string object (a cached header block's User-Agent, a connection's JA4) hashes
+ * once, so this is a lookup instead of a scan and a concatenation. Bounded: starts over when full.
  */
+const QUOTED = new Map<string, string>();
+export function jsonStringCached(s: string): string {
+  let q = QUOTED.get(s);
+  if (q === undefined) {
+    if (QUOTED.size >= 8192) QUOTED.clear();
+    q = jsonString(s);
+    QUOTED.set(s, q);
+  }
+  return q;
+}
+
+/**
+ * One row as a JSON object, fields in ROW_FIELDS order, absent (empty) strings left out. Unrolled: one string
+ * built by concatenation, no intermediate object or array (this runs once per request).
+ */
+export function rowJson(r: Row): string {
+  let s = '{"ts":' + jsonString(r.ts);
+  if (r.host !== "") s += ',"host":' + jsonStringCached(r.host);
+  if (r.server !== "") s += ',"server":' + jsonStringCached(r.server);
+  s += ',"pid":' + r.pid;
+  if (r.capture !== "") s += ',"capture":' + jsonStringCached(r.capture);
+  if (r.src !== "") s += ',"src":' + jsonStringCached(r.src);
+  s += ',"src_port":' + r.src_port;
+  if (r.dst !== "") s += ',"dst":' + jsonStringCached(r.dst);
+  s += ',"dst_port":' + r.dst_port;
+  if (r.method !== "") s += ',"method":' + jsonStringCached(r.method);
+  if (r.path !== "") s += ',"path":' + jsonString(r.path);
+  if (r.http_version !== "") s += ',"http_version":' + jsonStringCached(r.http_version);
+  if (r.host_header !== "") s += ',"host_header":' + jsonStringCached(r.host_header);
+  if (r.user_agent !== "") s += ',"user_agent":' + jsonStringCached(r.user_agent);
+  if (r.ja4h !== "") s += ',"ja4h":' + jsonStringCached(r.ja4h);
+  if (r.ja4h_r !== "") s += ',"ja4h_r":' + jsonString(r.ja4h_r);
+  if (r.ja4h_o !== "") s += ',"ja4h_o":' + jsonString(r.ja4h_o);
+  if (r.ja4h_ro !== "") s += ',"ja4h_ro":' + jsonString(r.ja4h_ro);
+  if (r.ja4 !== "") s += ',"ja4":' + jsonStringCached(r.ja4);
+  if (r.ja4_r !== "") s += ',"ja4_r":' + jsonStringCached(r.ja4_r);
+  if (r.ja4t !== "") s += ',"ja4t":' + jsonStringCached(r.ja4t);
+  if (r.tls_server_name !== "") s += ',"tls_server_name":' + jsonStringCached(r.tls_server_name);
+  return s + (r.truncated ? ',"truncated":true}' : ',"truncated":false}');
+}
+
+/** A row read back from JSON (a line this agent wrote): absent strings become "". */
+export function rowFromJson(o: Record<string, unknown>): Row {
+  const r = emptyRow();
+  for (const k of ROW_FIELDS) {
+    const v = o[k];
+    if (v !== undefined && v !== null) (r as unknown as Record<string, unknown>)[k] = v;
+  }
+  return r;
+}
+
+/** Rows as JSON lines, each ended by "\n" (rowJson per row). */
 export function jsonLines(rows: readonly Row[]): string {
   let s = "";
-  // `?? ""`: join() writes nothing for a value JSON.stringify leaves undefined (never a real row).
-  for (let i = 0; i < rows.length; i++) s += (JSON.stringify(rows[i]) ?? "") + "\n";
+  for (let i = 0; i < rows.length; i++) s += rowJson(rows[i]) + "\n";
   return s;
 }

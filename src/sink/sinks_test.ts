@@ -14,7 +14,7 @@ import { gunzip, gzip } from "./clickhouse.ts";
 import { FileSink } from "./file.ts";
 import { openOutputs } from "./mod.ts";
 import { hmacIp, loadIpKey, Redactor, stripQuery } from "./redact.ts";
-import { emptyRow, type Row } from "./row.ts";
+import { emptyRow, jsonLines, type Row, rowFromJson, rowJson } from "./row.ts";
 import { Spool } from "./spool.ts";
 import { StdoutSink } from "./stdout.ts";
 
@@ -149,9 +149,21 @@ Deno.test("clickhouse schema: encode/decode round trip per generation; DDL per v
         columns(gen).map(([n]) => n).filter((n) => n !== "batch_id").sort(),
       );
       assertEquals(decodeRow(JSON.parse(JSON.stringify(o))), r);
-      assertEquals(encodeLineOpen(r, gen) + "}", JSON.stringify(o), "fast path = reference");
+      // Absent (empty) strings are not written; ClickHouse fills the column default ('').
+      const present = (x: Record<string, unknown>) =>
+        Object.fromEntries(Object.entries(x).filter(([, v]) => v !== ""));
+      assertEquals(encodeLineOpen(r, gen) + "}", JSON.stringify(present(o)), "fast path = reference");
+      assertEquals(
+        decodeRow(JSON.parse(encodeLineOpen(r, gen) + "}")),
+        r,
+        "absent values read back as empty",
+      );
       const odd = { ...r, ts: "2026-03-04T05:06:07Z", pid: 7 };
-      assertEquals(encodeLineOpen(odd, gen) + "}", JSON.stringify(encodeRow(odd, gen)), "non-canonical ts");
+      assertEquals(
+        encodeLineOpen(odd, gen) + "}",
+        JSON.stringify(present(encodeRow(odd, gen))),
+        "non-canonical ts",
+      );
     });
   }
   assertEquals(encodeRow(r, "legacy").date, "2026-03-04");
@@ -199,6 +211,25 @@ Deno.test("clickhouse error classification", async (t) => {
       assertEquals(classify(status, errorCode(new Headers(h), body)), cls);
     });
   }
+});
+
+Deno.test("rowJson: JSON.stringify's bytes, absent strings left out, read back equal", async (t) => {
+  const full = row({
+    user_agent: 'ü"\\ \u0001 \ud83d\ude00 \ud800',
+    ja4: "t13d",
+    ja4t: "64240_2-4_1460_7",
+    truncated: true,
+  });
+  for (const [name, r] of [["full", full], ["sparse", row({ path: "/only" })]] as const) {
+    await t.step(name, () => {
+      const line = rowJson(r);
+      const want = Object.fromEntries(Object.entries(r).filter(([, v]) => v !== ""));
+      assertEquals(line, JSON.stringify(want));
+      assertEquals(rowFromJson(JSON.parse(line)), r);
+      assert(!line.includes('""'), "no empty strings written");
+    });
+  }
+  assertEquals(jsonLines([full, full]), rowJson(full) + "\n" + rowJson(full) + "\n");
 });
 
 Deno.test("gzip round trip", async () => {

@@ -5,7 +5,7 @@
  * tests can tell its programs and tc filters from those of other agents running on the same host.
  */
 import { stringify } from "yaml";
-import type { Row } from "../../src/sink/row.ts";
+import { type Row, rowFromJson } from "../../src/sink/row.ts";
 import { parsePrometheusText } from "../../src/metrics/registry.ts";
 import { delay, HarnessError, makeTempDir, requireRoot } from "./proc.ts";
 
@@ -89,13 +89,13 @@ export function agentConfig(dir: string, metricsPort: number, patch: ConfigPatch
   }, patch);
 }
 
-/** Parses the file sink's JSON lines. */
+/** Parses the file sink's JSON lines (absent values, left out by the sinks, read as ""). */
 export function parseRows(text: string): Row[] {
   const out: Row[] = [];
   for (const line of text.split("\n")) {
     if (!line.trim()) continue;
     try {
-      out.push(JSON.parse(line) as Row);
+      out.push(rowFromJson(JSON.parse(line)));
     } catch { /* last line still being written */ }
   }
   return out;

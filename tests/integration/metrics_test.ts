@@ -11,6 +11,7 @@ import {
 } from "../../src/testing/asserts.ts";
 import { Correlator, type Tuple } from "../../src/correlate/correlator.ts";
 import { AgentMetrics } from "../../src/metrics/agent.ts";
+import { emptyRow } from "../../src/sink/row.ts";
 import { identityFromScrape } from "../../src/metrics/ledger.ts";
 import { parsePrometheusText } from "../../src/metrics/registry.ts";
 import { parseListen, startMetricsServer } from "../../src/metrics/server.ts";
@@ -38,7 +39,12 @@ Deno.test("metrics endpoint: identity holds at every scrape under load", async (
       const rnd = () => (seed = (seed * 16807) % 2147483647) / 2147483647;
       while (!stop) {
         for (let k = 0; k < 200; k++, i++) {
-          const t: Tuple = { src: "192.0.2.1", srcPort: 1024 + (i % 60000), dst: "192.0.2.2", dstPort: 443 };
+          const t: Tuple = {
+            src: "192.0.2.1",
+            src_port: 1024 + (i % 60000),
+            dst: "192.0.2.2",
+            dst_port: 443,
+          };
           const now = performance.now();
           const late = rnd() < 0.1; // packet facts after the request: the row is held, then released
           const packets = () => {
@@ -47,14 +53,12 @@ Deno.test("metrics endpoint: identity holds at every scrape under load", async (
           };
           if (!late) packets();
           corr.onRequest(t, 1, i % 1000, {
+            ...emptyRow(),
             server: "nginx",
             capture: "uprobe",
             method: "GET",
             path: "/",
             http_version: "11",
-            host_header: "",
-            user_agent: "",
-            ja4h: "",
           }, now);
           if (late) packets();
           m.rows.capture(1);

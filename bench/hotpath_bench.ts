@@ -1,0 +1,107 @@
+/**
+ * The agent's per-request path in user space, stage by stage, without the kernel or a network sink:
+ * synthetic ring records (bench/traffic.ts) → Agent.onRecord (decode → trackers → HTTP parse → JA4H/JA4T/JA4
+ * → correlator input) → correlator tick (rows) → output sink (privacy filter + JSON lines into a discarding
+ * writer). Reports CPU ns per request of the JS thread for each stage.
+ *
+ *   deno run -A bench/hotpath_bench.ts [--requests=200000] [--modes=keepalive,close,tls]
+ *   deno run -A --cpu-prof --cpu-prof-dir=bench/out bench/hotpath_bench.ts --modes=close   # where it goes
+ *
+ * Modes: keepalive = plain HTTP, 100 requests per connection (one DATA event per request); close = plain HTTP,
+ * one request per connection (SYN + first segment + DATA + close per request); tls = one TLS connection per
+ * 10 requests (SYN + ClientHello segment + SSL_read plaintext + close).
+ */
+import { Agent } from "../src/agent/agent.ts";
+import type { AttachPlan } from "../src/bpf/plan.ts";
+import { DEFAULT_CONFIG } from "../src/config/config.ts";
+import { setLogSink } from "../src/log.ts";
+import { openOutputs } from "../src/sink/mod.ts";
+import { Traffic, type TrafficOptions } from "./traffic.ts";
+
+const MODES: Record<string, TrafficOptions> = {
+  keepalive: { requestsPerConn: 100, tlsShare: 0 },
+  close: { requestsPerConn: 1, tlsShare: 0 },
+  tls: { requestsPerConn: 10, tlsShare: 1 },
+};
+
+/** CPU ns of the calling (JS) thread. */
+function threadNs(): number {
+  return Number(Deno.readTextFileSync("/proc/thread-self/schedstat").split(" ")[0]);
+}
+
+export interface HotpathResult {
+  mode: string;
+  requests: number;
+  rows: number;
+  nsPerRequest: { onRecord: number; tick: number; sink: number; total: number };
+  bytesOut: number;
+}
+
+export async function runHotpath(mode: string, requests: number): Promise<HotpathResult> {
+  setLogSink(() => {});
+  const cfg = structuredClone(DEFAULT_CONFIG);
+  cfg.output.stdout = true;
+  let bytesOut = 0;
+  const out = await openOutputs(cfg, { stdout: { writeSync: (p) => (bytesOut += p.length, p.length) } });
+  const agent = new Agent(cfg);
+  // Agent.start() would plan real hooks; the dispatch only needs to know which method nginx uses.
+  agent.plan = { hooks: [{ hook: "nginx", method: "tracepoint" }] } as unknown as AttachPlan;
+  const traffic = new Traffic(MODES[mode]);
+  let rows = 0;
+  const st = { onRecord: 0, tick: 0, sink: 0 };
+  const batch = (n: number, measure: boolean) => {
+    const recs: Uint8Array[] = [];
+    let got = 0;
+    while (got < n) got += traffic.connection(recs);
+    let t = threadNs();
+    for (const r of recs) agent.onRecord(r);
+    let t2 = threadNs();
+    if (measure) st.onRecord += t2 - t;
+    const rs = agent.correlator.tick(Date.now());
+    t = threadNs();
+    if (measure) st.tick += t - t2;
+    out.write(rs);
+    t2 = threadNs();
+    if (measure) {
+      st.sink += t2 - t;
+      rows += rs.length;
+    }
+    return got;
+  };
+  for (let i = 0; i < 20; i++) batch(1000, false); // JIT warm-up
+  await new Promise((r) => setTimeout(r, 10));
+  let done = 0;
+  while (done < requests) done += batch(2000, true);
+  const per = (ns: number) => Math.round(ns / done);
+  await out.close();
+  return {
+    mode,
+    requests: done,
+    rows,
+    nsPerRequest: {
+      onRecord: per(st.onRecord),
+      tick: per(st.tick),
+      sink: per(st.sink),
+      total: per(st.onRecord + st.tick + st.sink),
+    },
+    bytesOut,
+  };
+}
+
+if (import.meta.main) {
+  const arg = (k: string, d: string) =>
+    Deno.args.find((a) => a.startsWith(`--${k}=`))?.slice(k.length + 3) ?? d;
+  const requests = Number(arg("requests", "200000"));
+  const results: HotpathResult[] = [];
+  for (const mode of arg("modes", "keepalive,close,tls").split(",")) {
+    results.push(await runHotpath(mode, requests));
+  }
+  console.log("| mode | requests | rows | onRecord ns | tick ns | sink ns | total ns/request |");
+  console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+  for (const r of results) {
+    const n = r.nsPerRequest;
+    console.log(
+      `| ${r.mode} | ${r.requests} | ${r.rows} | ${n.onRecord} | ${n.tick} | ${n.sink} | ${n.total} |`,
+    );
+  }
+}

@@ -1,0 +1,253 @@
+/**
+ * Synthetic BPF ring-buffer records, laid out by src/bpf/layout.gen.ts (a layout change moves them too):
+ * per connection a SYN and a first segment from TC, request reads (recvfrom or SSL_read plaintext) of real
+ * browser/curl heads, and a close. Shared by the pipeline and hot-path benchmarks.
+ */
+import {
+  CLOSE_EVENT,
+  DATA_EVENT,
+  EVENT_HDR,
+  EventFlags,
+  EventKind,
+  Family,
+  type FieldLayout,
+  Hook,
+  PKT_EVENT,
+  SYN_EVENT,
+} from "../src/bpf/layout.gen.ts";
+
+const te = new TextEncoder();
+
+function put(dv: DataView, f: FieldLayout, v: number | bigint | Uint8Array): void {
+  if (v instanceof Uint8Array) {
+    new Uint8Array(dv.buffer, dv.byteOffset).set(v, f.offset);
+    return;
+  }
+  const n = Number(v);
+  switch (f.kind) {
+    case "u8":
+      return dv.setUint8(f.offset, n);
+    case "u16":
+      return dv.setUint16(f.offset, n, true);
+    case "u32":
+      return dv.setUint32(f.offset, n, true);
+    case "s32":
+      return dv.setInt32(f.offset, n, true);
+    case "u64":
+      return dv.setBigUint64(f.offset, BigInt(v), true);
+    default:
+      throw new Error(`cannot put ${f.kind}`);
+  }
+}
+
+const Hd = EVENT_HDR.fields;
+
+function record(
+  size: number,
+  hdr: Partial<Record<keyof typeof Hd, number | bigint | Uint8Array>>,
+  body: [FieldLayout, number | Uint8Array][] = [],
+): Uint8Array {
+  const b = new Uint8Array(size);
+  const dv = new DataView(b.buffer);
+  for (const [k, v] of Object.entries(hdr)) put(dv, Hd[k as keyof typeof Hd], v!);
+  for (const [f, v] of body) put(dv, f, v);
+  return b;
+}
+
+function u16be(n: number): number[] {
+  return [n >> 8, n & 255];
+}
+function vec16(b: number[]): number[] {
+  return [...u16be(b.length), ...b];
+}
+
+/** A TLS 1.3 ClientHello record as a browser sends it (SNI, groups, ALPN h2/http1.1, versions, sigalgs). */
+function clientHello(sni: string): Uint8Array {
+  const ext = (type: number, data: number[]) => [...u16be(type), ...vec16(data)];
+  const name = [...te.encode(sni)];
+  const ciphers = [
+    0x1301,
+    0x1302,
+    0x1303,
+    0xc02b,
+    0xc02f,
+    0xc02c,
+    0xc030,
+    0xcca9,
+    0xcca8,
+    0xc013,
+    0xc014,
+    0x009c,
+  ]
+    .flatMap(u16be);
+  const alpn = [2, ...te.encode("h2"), 8, ...te.encode("http/1.1")];
+  const exts = [
+    ...ext(0, vec16([0, ...vec16(name)])),
+    ...ext(23, []),
+    ...ext(65281, [0]),
+    ...ext(10, vec16([0x001d, 0x0017, 0x0018].flatMap(u16be))),
+    ...ext(11, [1, 0]),
+    ...ext(35, []),
+    ...ext(16, vec16(alpn)),
+    ...ext(5, [1, 0, 0, 0, 0]),
+    ...ext(13, vec16([0x0403, 0x0804, 0x0401, 0x0503, 0x0805, 0x0501, 0x0806, 0x0601].flatMap(u16be))),
+    ...ext(51, vec16([...u16be(0x001d), ...vec16(new Array(32).fill(7))])),
+    ...ext(45, [1, 1]),
+    ...ext(43, [4, ...u16be(0x0304), ...u16be(0x0303)]),
+  ];
+  const body = [
+    3,
+    3,
+    ...new Array(32).fill(1),
+    32,
+    ...new Array(32).fill(2),
+    ...vec16(ciphers),
+    1,
+    0,
+    ...vec16(exts),
+  ];
+  const hs = [1, 0, ...u16be(body.length), ...body];
+  return Uint8Array.from([0x16, 3, 1, ...u16be(hs.length), ...hs]);
+}
+
+const UAS = [
+  "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
+  "Mozilla/5.0 (Macintosh; Intel Mac OS X 14.4; rv:125.0) Gecko/20100101 Firefox/125.0",
+  "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
+  "curl/8.5.0",
+];
+
+/** Request heads as browsers send them (~300–600 bytes). */
+function heads(): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (let i = 0; i < 16; i++) {
+    const ua = UAS[i % UAS.length];
+    const lines = [
+      `${i % 5 === 4 ? "POST" : "GET"} /shop/items/${1000 + i}?ref=home&page=${i} HTTP/1.1`,
+      "Host: www.example.test",
+      "Connection: keep-alive",
+      `User-Agent: ${ua}`,
+      "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8",
+      "Accept-Encoding: gzip, deflate, br",
+      "Accept-Language: en-US,en;q=0.9,de;q=0.7",
+    ];
+    if (i % 2) lines.push(`Cookie: session=${"ab12".repeat(8)}; theme=dark; consent=1`);
+    if (i % 3) lines.push("Referer: https://www.example.test/shop/");
+    if (i % 5 === 4) lines.push("Content-Type: application/x-www-form-urlencoded", "Content-Length: 0");
+    out.push(te.encode(lines.join("\r\n") + "\r\n\r\n"));
+  }
+  return out;
+}
+
+const SYN_OPTS = Uint8Array.from([2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7]);
+
+/**
+ * Generates the events of connection after connection: SYN (TC), first payload (TC: a ClientHello or the
+ * start of an HTTP request), REQUESTS_PER_CONN request reads (SSL_read plaintext or recvfrom), close.
+ * Each record is a fresh copy of a prebuilt template (as the ring reader hands out copies) with the
+ * per-connection fields patched in, so generating costs little next to the pipeline.
+ */
+export interface TrafficOptions {
+  /** Requests read on each connection before it closes. */
+  requestsPerConn: number;
+  /** Share of connections that are TLS (requests from SSL_read plaintext), 0..1. */
+  tlsShare: number;
+}
+
+export class Traffic {
+  readonly heads = heads();
+  readonly opts: TrafficOptions;
+  readonly hello = clientHello("www.example.test");
+  conn = 0;
+  rows = 0;
+  readonly #syn: Uint8Array;
+  readonly #pkt: [Uint8Array, Uint8Array];
+  /** [tls ? 1 : 0][head index] */
+  readonly #data: Uint8Array[][];
+  readonly #close: Uint8Array;
+
+  constructor(opts: Partial<TrafficOptions> = {}) {
+    this.opts = { requestsPerConn: 4, tlsShare: 0.5, ...opts };
+    const hdr = (kind: number, hook: number, flags = 0) => ({
+      kind,
+      hook,
+      family: Family.INET,
+      flags,
+      comm: te.encode("nginx"),
+      daddr: Uint8Array.from([10, 0, 0, 1, ...new Array(12).fill(0)]),
+      dport: 443,
+    });
+    this.#syn = record(SYN_EVENT.size, hdr(EventKind.SYN, Hook.TC), [
+      [SYN_EVENT.fields.window, 64240],
+      [SYN_EVENT.fields.opt_len, SYN_OPTS.length],
+      [SYN_EVENT.fields.options, SYN_OPTS],
+    ]);
+    const pkt = (first: Uint8Array) => {
+      const r = record(PKT_EVENT.fields.data.offset + first.length, {
+        ...hdr(EventKind.PKT, Hook.TC),
+        data_len: first.length,
+        total: first.length,
+      });
+      r.set(first, PKT_EVENT.fields.data.offset);
+      return r;
+    };
+    this.#pkt = [pkt(this.heads[0].subarray(0, 64)), pkt(this.hello)];
+    this.#data = [false, true].map((tls) =>
+      this.heads.map((head) => {
+        const flags = EventFlags.LAST_CHUNK | (tls ? EventFlags.PLAINTEXT : 0);
+        const r = record(DATA_EVENT.fields.data.offset + head.length, {
+          ...hdr(EventKind.DATA, tls ? Hook.SSL_READ : Hook.TP_RECVFROM, flags),
+          data_len: head.length,
+          total: head.length,
+        });
+        r.set(head, DATA_EVENT.fields.data.offset);
+        return r;
+      })
+    );
+    this.#close = record(CLOSE_EVENT.size, hdr(EventKind.CLOSE, Hook.TP_CLOSE));
+  }
+
+  /** A copy of a template with this connection's process, socket, time and client address. */
+  #rec(tpl: Uint8Array, c: number): [Uint8Array, DataView] {
+    const r = tpl.slice();
+    const dv = new DataView(r.buffer);
+    const pid = 2000 + (c & 1);
+    dv.setUint32(Hd.pid.offset, pid, true);
+    dv.setUint32(Hd.tid.offset, pid, true);
+    dv.setInt32(Hd.fd.offset, 10 + (c % 4096), true);
+    dv.setBigUint64(Hd.ts_ns.offset, BigInt(Math.round(performance.now() * 1e6)), true);
+    const a = Hd.saddr.offset;
+    r[a] = 10;
+    r[a + 1] = 1 + (c >> 24 & 63);
+    r[a + 2] = c >> 16 & 255;
+    r[a + 3] = c >> 8 & 255;
+    dv.setUint16(Hd.sport.offset, 1024 + (c & 0x7fff), true);
+    return [r, dv];
+  }
+
+  /** One whole connection's records; returns how many requests (rows) they carry. */
+  connection(out: Uint8Array[]): number {
+    const c = this.conn++;
+    const tls = (c % 100) < this.opts.tlsShare * 100;
+    const isn = (c * 2654435761) >>> 0;
+    const [syn, sdv] = this.#rec(this.#syn, c);
+    sdv.setUint32(SYN_EVENT.fields.seq.offset, isn, true);
+    out.push(syn);
+    const [pkt, pdv] = this.#rec(this.#pkt[tls ? 1 : 0], c);
+    pdv.setUint32(PKT_EVENT.fields.seq.offset, (isn + 1) >>> 0, true);
+    out.push(pkt);
+    let pos = 0;
+    for (let k = 0; k < this.opts.requestsPerConn; k++) {
+      const h = (c + k) % this.heads.length;
+      const [rec, dv] = this.#rec(this.#data[tls ? 1 : 0][h], c);
+      dv.setBigUint64(DATA_EVENT.fields.pos.offset, BigInt(pos), true);
+      out.push(rec);
+      pos += this.heads[h].length;
+    }
+    const [close, cdv] = this.#rec(this.#close, c);
+    cdv.setBigUint64(CLOSE_EVENT.fields[tls ? "pos_plaintext" : "pos_raw"].offset, BigInt(pos), true);
+    out.push(close);
+    this.rows += this.opts.requestsPerConn;
+    return this.opts.requestsPerConn;
+  }
+}

@@ -1,0 +1,90 @@
+import { assert, assertEquals } from "../testing/asserts.ts";
+import { type CapturedHello, type PayloadChunk, RequestTracker } from "./requests.ts";
+import type { Row } from "../sink/row.ts";
+
+const enc = (s: string) => new TextEncoder().encode(s);
+
+function chunk(fd: number, pos: number, text: string, port = 40000 + fd): PayloadChunk {
+  return {
+    src: "10.0.0.2",
+    src_port: port,
+    dst: "10.0.0.1",
+    dst_port: 80,
+    pid: 100,
+    fd,
+    tsNs: fd * 1000,
+    server: "nginx",
+    capture: "tracepoint",
+    plaintext: false,
+    pos,
+    data: enc(text),
+  };
+}
+
+/** A tracker whose sink collects what it delivers. */
+function tracker(opts: ConstructorParameters<typeof RequestTracker>[1] = {}) {
+  const rows: Row[] = [];
+  const hellos: CapturedHello[] = [];
+  const rt = new RequestTracker({ request: (r) => rows.push(r), hello: (h) => hellos.push(h) }, opts);
+  return { rt, rows, hellos };
+}
+
+Deno.test("RequestTracker", async (t) => {
+  await t.step("a head split over reads becomes one request row with its JA4H", () => {
+    const { rt, rows } = tracker();
+    const head = "GET /a HTTP/1.1\r\nHost: h\r\nUser-Agent: ua\r\n\r\n";
+    rt.push(chunk(5, 0, head.slice(0, 20)));
+    assertEquals(rows.length, 0);
+    rt.push(chunk(5, 20, head.slice(20)));
+    assertEquals(rows.map((r) => [r.path, r.host_header, r.user_agent, r.src_port, r.pid]), [[
+      "/a",
+      "h",
+      "ua",
+      40005,
+      100,
+    ]]);
+    assert(rows[0].ja4h.startsWith("ge11nn02"));
+    assertEquals(rt.stats().bytes, 0);
+  });
+  await t.step("repeated header blocks: parsed once, rows identical to a fresh parse", () => {
+    const heads = [
+      "GET /1 HTTP/1.1\r\nHost: h\r\nUser-Agent: ua\r\nCookie: b=2; a=1\r\nAccept-Language: de-DE\r\n\r\n",
+      "POST /2 HTTP/1.1\r\nHost: h\r\nUser-Agent: ua\r\nCookie: b=2; a=1\r\nAccept-Language: de-DE\r\n\r\n",
+      "GET /3 HTTP/1.0\r\nHost: h\r\nUser-Agent: ua\r\nCookie: b=2; a=1\r\nAccept-Language: de-DE\r\n\r\n",
+    ];
+    const cached = tracker(), fresh: Row[] = [];
+    let pos = 0;
+    for (let i = 0; i < 9; i++) {
+      const h = heads[i % 3];
+      cached.rt.push(chunk(7, pos, h)); // one keep-alive connection
+      pos += h.length;
+      const f = tracker();
+      f.rt.push(chunk(7, 0, h));
+      fresh.push(f.rows[0]);
+    }
+    assertEquals(cached.rows, fresh);
+    assertEquals(cached.rt.stats().head_cache_hits, 8);
+    assertEquals(new Set(cached.rows.map((r) => r.ja4h.slice(0, 4))), new Set(["ge11", "po11", "ge10"]));
+  });
+  await t.step("buffered bytes of all streams stay under the global budget, evictions counted", () => {
+    // 200 connections each send 1 KiB of an unfinished head: 200 KiB wanted, 64 KiB allowed.
+    const { rt, rows } = tracker({ maxBytes: 64 * 1024 });
+    const partial = "GET /slow HTTP/1.1\r\n" + "X-Pad: " + "p".repeat(1000);
+    for (let fd = 0; fd < 200; fd++) {
+      rt.push(chunk(fd, 0, partial));
+      assert(rt.stats().bytes <= 64 * 1024, `bytes ${rt.stats().bytes} after ${fd + 1} streams`);
+    }
+    const s = rt.stats();
+    assert(s.evicted_bytes >= 200 - 64, `evicted_bytes ${s.evicted_bytes}`);
+    assertEquals(s.streams + s.evicted_bytes, 200);
+    // The most recent stream survived and still completes its request.
+    rt.push(chunk(199, partial.length, "\r\n\r\n"));
+    assertEquals(rows.map((r) => r.path), ["/slow"]);
+  });
+  await t.step("stream count cap evicts the least recently used", () => {
+    const { rt } = tracker({ maxStreams: 10 });
+    for (let fd = 0; fd < 25; fd++) rt.push(chunk(fd, 0, "GET /x HTTP/1.1\r\n"));
+    assertEquals(rt.stats().streams, 10);
+    assertEquals(rt.stats().evicted_lru, 15);
+  });
+});
