@@ -6,7 +6,8 @@
  * An upgrade replaces the file at a path (new inode). Running processes keep mapping the old, now deleted,
  * file (nginx reload and Apache graceful restart fork new workers from the same master), so the old inode
  * keeps its probes while a traced process maps it; the new file at the path is probed at its own symbol
- * offsets, ready for the next fresh start. A deleted file never probed (upgraded before the agent started)
+ * offsets, ready for the next fresh start. Also used for the servers' own files (HTTPS probe sites: see
+ * src/capture/tls_probes.ts), with a per-file `sites` resolver instead of fixed pairs. A deleted file never probed (upgraded before the agent started)
  * is reached through /proc/PID/map_files. A file nobody maps (and no longer at a kept path) is detached.
  * One set of probes per inode: two would see every read twice.
  */
@@ -82,11 +83,6 @@ export class LibraryProbes {
   /** Probed files: path, "dev:inode" and the method the `sites` resolver chose. */
   probed(): { key: string; path: string; method?: string }[] {
     return [...this.#links].map(([key, g]) => ({ key, path: g.path, method: g.method }));
-  }
-
-  /** Files tried and refused (no site, or the attach failed): "dev:inode". */
-  refused(): Set<string> {
-    return new Set(this.#failed);
   }
 
   /** Takes over links attached elsewhere (the attach plan's) for the file at `path`. */
