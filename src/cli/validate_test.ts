@@ -106,12 +106,24 @@ Deno.test("--validate: human output, forced method from the config, bad config",
       assertMatch(stdout, /nginx +NONE \(configured: fexit\)/);
       assertMatch(stdout, /fexit +refused at load: EPERM: Operation not permitted/);
       assertStringIncludes(stdout, "result        OK");
-      assertMatch(stdout, /^HTTPS +plaintext capture available: SSL_read uprobes attach/m);
+      assertMatch(stdout, /^HTTPS +plaintext capture available: uprobes attach/m);
+      // The method per server file: nginx's own function, mod_ssl's PLT stubs.
+      assertMatch(stdout, /^ {2}method +server_symbol for \/\S*nginx \(\w+\): ngx_ssl_recv; only processes/m);
+      assertMatch(stdout, /^ {2}method +plt for \/\S*mod_ssl\.so \(\w+\): .*SSL_read@plt/m);
       assertMatch(
         stdout,
         /^ {2}libssl +\/\S+\/libssl\.so\.\d\S* \(.*\): SSL_do_handshake 0x[0-9a-f]+, SSL_read 0x/m,
       );
       assertMatch(stdout, /^ {2}uprobes +work \(6 programs on /m);
+    });
+    await t.step("tls_probes: library: the fallback and its cost are named", async () => {
+      await Deno.writeTextFile(`${dir}/l.yaml`, "uprobes:\n  tls_probes: library\n");
+      const { code, stdout } = await run(["--validate", "--config", `${dir}/l.yaml`]);
+      assertEquals(code, 0);
+      assertMatch(
+        stdout,
+        /^ {2}method +library for \/\S*nginx .*every process mapping it traps.*\(uprobes\.tls_probes is library\)$/m,
+      );
     });
     await t.step("uprobes disabled: no HTTPS plaintext capture, said so; still OK", async () => {
       await Deno.writeTextFile(`${dir}/u.yaml`, "uprobes:\n  enabled: false\n");
