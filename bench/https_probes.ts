@@ -198,7 +198,7 @@ function render(
   const lines = [
     TLS_HEADING,
     "",
-    `Measured ${date} with \`deno task bench-capture --tls-probes --duration ${o.duration} --pairs ${o.pairs}\``,
+    `Measured ${date} with \`deno task bench-capture --tls-probes --duration ${o.duration} --pairs ${o.pairs} --requests ${o.requests}\``,
     `(bench/https_probes.ts). Machine: ${facts}.`,
     "",
     "Variants in ABCCBA order per pair: no agent; probes on the server's own file (`uprobes.tls_probes: auto`,",
