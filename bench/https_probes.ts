@@ -266,7 +266,14 @@ export async function httpsProbesBench(
 ): Promise<number> {
   requirePortsFree([METRICS_PORT]);
   const date = new Date().toISOString().slice(0, 16).replace("T", " ") + " UTC";
-  await using ng = await startNginx({ port: HTTP_PORT, tlsPort: TLS_PORT, workers: 2, http2: false });
+  // keepalive_requests above the bystander's count: its requests stay on one connection.
+  await using ng = await startNginx({
+    port: HTTP_PORT,
+    tlsPort: TLS_PORT,
+    workers: 2,
+    http2: false,
+    keepaliveRequests: Math.max(1000, o.requests + 1000),
+  });
   await wrk({ url: ng.tlsUrl!, threads: o.threads, connections: o.connections, duration: 2 }); // warm-up
   await bystander(TLS_PORT, 300, "/warm");
   const runs: ProbeRun[] = [];

@@ -129,12 +129,17 @@ ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE
 c = http.client.HTTPSConnection("127.0.0.1", a["port"], context=ctx, timeout=10)
 t0 = resource.getrusage(resource.RUSAGE_SELF)
+port = None
+conns = 0
 for i in range(a["requests"]):
     c.request("GET", a["path"])
+    if c.sock is not None and c.sock.getsockname()[1] != port:
+        port = c.sock.getsockname()[1]
+        conns += 1
     c.getresponse().read()
 t1 = resource.getrusage(resource.RUSAGE_SELF)
 maps = open("/proc/self/maps").read()
-print(json.dumps({"pid": os.getpid(), "port": c.sock.getsockname()[1], "uprobes_area": "[uprobes]" in maps,
+print(json.dumps({"pid": os.getpid(), "port": port, "connections": conns, "uprobes_area": "[uprobes]" in maps,
     "user_s": t1.ru_utime - t0.ru_utime, "sys_s": t1.ru_stime - t0.ru_stime}))
 if a.get("hold"):
     time.sleep(a["hold"])
@@ -142,8 +147,10 @@ if a.get("hold"):
 
 export interface BystanderResult {
   pid: number;
-  /** Local port of the connection. */
+  /** Local port of the (last) connection. */
   port: number;
+  /** Connections used: 1 unless the server closed the keep-alive connection (e.g. nginx keepalive_requests). */
+  connections: number;
   uprobes_area: boolean;
   user_s: number;
   sys_s: number;

@@ -235,5 +235,6 @@ Deno.test("HTTPS: an nginx started after the agent is captured from its first re
     .catch((e) => {
       throw new Error(`${e.message}\n${excerpt(agent)}`);
     });
+  assertEquals(c.connections, 1);
   assertEquals(rows.map((r) => r.src_port), [c.port, c.port, c.port], "the three requests of the connection");
 });
