@@ -16,7 +16,7 @@
 import { parseArgs } from "node:util";
 import { startNginx, type WebServer } from "../tests/helpers/servers.ts";
 import { wrk, type WrkResult } from "../tests/helpers/clients.ts";
-import { type RunningAgent, startAgent } from "../tests/helpers/agent.ts";
+import { AGENT_V8_FLAGS, type RunningAgent, startAgent } from "../tests/helpers/agent.ts";
 import { delay, makeTempDir, requirePortsFree, requireRoot, requireTool } from "../tests/helpers/proc.ts";
 import { httpsProbesBench } from "./https_probes.ts";
 
@@ -26,11 +26,16 @@ const METRICS_PORT = 22435;
 const DOC = new URL("../docs/performance.md", import.meta.url);
 const HEADING = "## Capture overhead (nginx + wrk)";
 
-type Mode = "http" | "https";
+/** http: plain HTTP keep-alive; close: plain HTTP, one connection per request; https: TLS keep-alive. */
+type Mode = "http" | "close" | "https";
+const MODES: readonly Mode[] = ["http", "close", "https"];
 
 interface AgentFigures {
   /** utime+stime of the agent process over the load window (wrk + drain), µs. */
   cpuUs: number;
+  /** The same split: user space (JS, V8) and kernel (ring reads, syscalls, page faults), µs. */
+  userUs: number;
+  sysUs: number;
   /** Rows in the file sink for this run's port. */
   rows: number;
   /** Rows carrying a JA4 (TLS) / a JA4H. */
@@ -69,16 +74,34 @@ const TICK_US = 1e6 / Number(
   ).trim() || 100,
 );
 
-/** utime + stime of a process (all its threads), µs; 0 once it is gone. */
-function cpuUs(pid: number): number {
+/**
+ * The overload policy run: every thread of the agent at nice 19, below the server (the unit's Nice= and
+ * CPUWeight= do the same for a whole service). Threads are reniced one by one: setpriority(PRIO_PROCESS, pid)
+ * moves only the thread whose id is the pid.
+ */
+function starve(pid: number): void {
+  for (const t of Deno.readDirSync(`/proc/${pid}/task`)) {
+    new Deno.Command("renice", { args: ["-n", "19", "-p", t.name], stdout: "null", stderr: "null" })
+      .outputSync();
+  }
+}
+
+/** utime and stime of a process (all its threads), µs; 0 once it is gone. */
+function cpuSplitUs(pid: number): { user: number; sys: number } {
   try {
     const s = Deno.readTextFileSync(`/proc/${pid}/stat`);
     // Fields after the parenthesised command name (which may hold spaces): state is field 3, utime 14, stime 15.
     const f = s.slice(s.lastIndexOf(")") + 2).split(" ");
-    return (Number(f[11]) + Number(f[12])) * TICK_US;
+    return { user: Number(f[11]) * TICK_US, sys: Number(f[12]) * TICK_US };
   } catch {
-    return 0;
+    return { user: 0, sys: 0 };
   }
+}
+
+/** utime + stime of a process (all its threads), µs; 0 once it is gone. */
+function cpuUs(pid: number): number {
+  const c = cpuSplitUs(pid);
+  return c.user + c.sys;
 }
 
 function vmHwmKb(pid: number): number {
@@ -118,8 +141,9 @@ async function countRows(path: string, port: number): Promise<{ rows: number; ja
   const line = (l: string) => {
     if (!l.includes(want)) return;
     out.rows++;
-    if (!l.includes(`"ja4":""`)) out.ja4++;
-    if (!l.includes(`"ja4h":""`)) out.ja4h++;
+    // Absent values are not written (older agents wrote "").
+    if (l.includes(`"ja4":"`) && !l.includes(`"ja4":""`)) out.ja4++;
+    if (l.includes(`"ja4h":"`) && !l.includes(`"ja4h":""`)) out.ja4h++;
   };
   for await (const chunk of f.readable) {
     const parts = (rest + dec.decode(chunk, { stream: true })).split("\n");
@@ -157,10 +181,17 @@ async function oneRun(
   ng: WebServer,
   mode: Mode,
   withAgent: boolean,
-  o: { duration: number; threads: number; connections: number; keep: boolean },
+  o: {
+    duration: number;
+    threads: number;
+    connections: number;
+    keep: boolean;
+    starve: boolean;
+    v8Flags: string;
+  },
 ): Promise<RunFigures> {
-  const port = mode === "http" ? HTTP_PORT : TLS_PORT;
-  const url = mode === "http" ? ng.url : ng.tlsUrl!;
+  const port = mode === "https" ? TLS_PORT : HTTP_PORT;
+  const url = mode === "https" ? ng.tlsUrl! : ng.url;
   let agent: RunningAgent | undefined;
   const dir = withAgent ? await makeTempDir("ja4ebpf-capbench-") : "";
   try {
@@ -179,16 +210,24 @@ async function oneRun(
           metrics: { enabled: true },
         },
         readyTimeoutMs: 90_000,
+        v8Flags: o.v8Flags,
       });
       readyMs = performance.now() - t0;
+      if (o.starve) starve(agent.pid);
     }
     const logFrom = (await Deno.stat(ng.accessLogPath).catch(() => ({ size: 0 }))).size;
-    const agentCpu0 = agent ? cpuUs(agent.pid) : 0;
+    const agentCpu0 = agent ? cpuSplitUs(agent.pid) : { user: 0, sys: 0 };
     const ngCpu0 = nginxCpuUs(ng);
     const mine = withAgent ? 1 : 0;
     let others = otherAgents() - mine;
     const sampler = setInterval(() => others = Math.max(others, otherAgents() - mine), 2000);
-    const w = await wrk({ url, threads: o.threads, connections: o.connections, duration: o.duration });
+    const w = await wrk({
+      url,
+      threads: o.threads,
+      connections: o.connections,
+      duration: o.duration,
+      headers: mode === "close" ? ["Connection: close"] : [],
+    });
     const ngCpu = nginxCpuUs(ng) - ngCpu0;
     clearInterval(sampler);
     await delay(300); // nginx logs after the response
@@ -196,13 +235,17 @@ async function oneRun(
     const fig: RunFigures = { mode, withAgent, wrk: w, logged, nginxCpuUs: ngCpu, otherAgents: others };
     if (agent) {
       const m = await drain(agent);
-      const cpu = cpuUs(agent.pid) - agentCpu0;
+      const split = cpuSplitUs(agent.pid);
+      const userUs = split.user - agentCpu0.user, sysUs = split.sys - agentCpu0.sys;
+      const cpu = userUs + sysUs;
       const peak = vmHwmKb(agent.pid);
       const exit = await agent.stop("SIGTERM", 30_000);
       if (exit.code !== 0) console.error(`agent exited ${exit.code}: ${agent.stderr().slice(-2000)}`);
       const c = await countRows(agent.rowsPath, port);
       fig.agent = {
         cpuUs: cpu,
+        userUs,
+        sysUs,
         rows: c.rows,
         rowsJa4: c.ja4,
         rowsJa4h: c.ja4h,
@@ -252,6 +295,9 @@ interface ModeSummary {
   bpfDrops: number;
   rowsDropped: number;
   agentUsPerReq: number;
+  /** The same split into user and system time. */
+  agentUserUsPerReq: number;
+  agentSysUsPerReq: number;
   /** Agent CPU per row it actually captured (what a faster consumer would pay per request). */
   agentUsPerRow: number;
   peakRssMb: number;
@@ -287,6 +333,8 @@ function summarize(mode: Mode, runs: RunFigures[]): ModeSummary {
     bpfDrops: on.reduce((s, r) => s + r.agent!.bpfDrops, 0),
     rowsDropped: on.reduce((s, r) => s + r.agent!.rowsDropped, 0),
     agentUsPerReq: on.reduce((s, r) => s + r.agent!.cpuUs, 0) / requestsOn,
+    agentUserUsPerReq: on.reduce((s, r) => s + (r.agent!.userUs ?? 0), 0) / requestsOn,
+    agentSysUsPerReq: on.reduce((s, r) => s + (r.agent!.sysUs ?? 0), 0) / requestsOn,
     agentUsPerRow: on.reduce((s, r) => s + r.agent!.cpuUs, 0) / on.reduce((s, r) => s + r.agent!.captured, 0),
     peakRssMb: Math.max(...on.map((r) => r.agent!.peakRssKb)) / 1024,
     nginxUsPerReqOff: perReq(off),
@@ -306,7 +354,7 @@ function runTable(s: ModeSummary): string {
         fmt(r.wrk.requestsPerSec)
       } | ${fmt(r.logged)} | ${a ? fmt(a.rows) : ""} | ${a && s.mode === "https" ? fmt(a.rowsJa4) : ""} | ${
         a ? fmt(a.bpfDrops) : ""
-      } | ${a ? fmt(a.rowsDropped) : ""} | ${a ? fmt(a.cpuUs / r.logged, 1) : ""} | ${
+      } | ${a ? fmt(a.rowsDropped) : ""} | ${a ? fmt(a.cpuUs / r.logged, 2) : ""} | ${
         a ? fmt(a.peakRssKb / 1024, 0) : ""
       } | ${fmt(r.nginxCpuUs / r.wrk.requests, 1)} | ${r.otherAgents ?? "?"} |`,
     );
@@ -316,7 +364,7 @@ function runTable(s: ModeSummary): string {
 
 function summaryTable(ss: ModeSummary[]): string {
   const lines = [
-    "| | nginx req/s without | with | ratio (goal ≥ 0.95) | pair ratios | rows / requests (goal 100 %) | misses | agent CPU µs/req | µs/captured row | agent peak RSS MiB | nginx CPU µs/req without → with |",
+    "| | nginx req/s without | with | ratio (goal ≥ 0.95) | pair ratios | rows / requests (goal 100 %) | misses | agent CPU µs/req (user + sys) | µs/captured row | agent peak RSS MiB | nginx CPU µs/req without → with |",
     "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
   ];
   for (const s of ss) {
@@ -324,10 +372,10 @@ function summaryTable(ss: ModeSummary[]): string {
       `| ${s.mode.toUpperCase()} | ${fmt(s.rpsOff)} | ${fmt(s.rpsOn)} | ${s.ratio.toFixed(3)} | ${
         s.pairRatios.map((x) => x.toFixed(3)).join(", ")
       } | ${fmt(s.rows)} / ${fmt(s.requestsOn)} = ${pct(s.completeness, 3)} | ${fmt(s.misses)} | ${
-        fmt(s.agentUsPerReq, 1)
-      } | ${fmt(s.agentUsPerRow, 1)} | ${fmt(s.peakRssMb)} | ${fmt(s.nginxUsPerReqOff, 1)} → ${
-        fmt(s.nginxUsPerReqOn, 1)
-      } |`,
+        fmt(s.agentUsPerReq, 2)
+      } (${fmt(s.agentUserUsPerReq, 2)} + ${fmt(s.agentSysUsPerReq, 2)}) | ${fmt(s.agentUsPerRow, 2)} | ${
+        fmt(s.peakRssMb)
+      } | ${fmt(s.nginxUsPerReqOff, 1)} → ${fmt(s.nginxUsPerReqOn, 1)} |`,
     );
   }
   return lines.join("\n");
@@ -409,16 +457,39 @@ function findings(ss: ModeSummary[]): string {
 function section(
   date: string,
   facts: string,
-  o: { duration: number; pairs: number; httpsPairs: number; threads: number; connections: number },
+  o: {
+    duration: number;
+    pairs: number;
+    httpsPairs: number;
+    threads: number;
+    connections: number;
+    workers?: number;
+    modes?: Mode[];
+    starve?: boolean;
+  },
   ss: ModeSummary[],
 ): string {
+  const flags =
+    `--duration ${o.duration} --pairs ${o.pairs} --https-pairs ${o.httpsPairs} --threads ${o.threads}` +
+    ` --connections ${o.connections} --workers ${o.workers ?? 2} --modes ${
+      (o.modes ?? ["http", "https"]).join(",")
+    }` +
+    (o.starve ? " --starve" : "");
   return `${HEADING}
 
-Measured ${date} with \`deno task bench-capture --duration ${o.duration} --pairs ${o.pairs} --https-pairs ${o.httpsPairs}\`
+Measured ${date} with \`deno task bench-capture ${flags}\`
 (bench/capture_overhead.ts). Machine: ${facts}.
 
-Set-up: Debian nginx-light, 2 workers, \`return 200 "ok\\n"\`, keep-alive (keepalive_requests 1000, nginx's
-default), access log on; plain HTTP on :${HTTP_PORT} and TLS 1.3 on :${TLS_PORT} (self-signed P-256 certificate).
+Set-up: Debian nginx-light, ${
+    o.workers ?? 2
+  } worker(s), \`return 200 "ok\\n"\`, keep-alive (keepalive_requests 1000,
+nginx's default), access log on; plain HTTP on :${HTTP_PORT} and TLS 1.3 on :${TLS_PORT} (self-signed P-256
+certificate). Modes: **HTTP** keep-alive, **CLOSE** plain HTTP with \`Connection: close\` (one TCP connection per
+request: SYN, request read and close for every request), **HTTPS** keep-alive.${
+    o.starve
+      ? " **Starved**: every agent thread at nice 19 (the overload policy: the agent below the server)."
+      : ""
+  }
 Load: \`wrk -t${o.threads} -c${o.connections} -d${o.duration}s\` at full speed. wrk runs on the same 2 vCPUs as
 nginx and the agent, so the agent's CPU comes straight out of nginx's and wrk's share: on a 2-core box this is a
 worst case, not what a server with spare cores sees. Runs alternate without/with the agent in ABBA order; the
@@ -471,8 +542,12 @@ async function main(): Promise<number> {
       duration: { type: "string", default: "30" },
       pairs: { type: "string", default: "3" },
       "https-pairs": { type: "string" },
-      threads: { type: "string", default: "2" },
-      connections: { type: "string", default: "8" },
+      threads: { type: "string", default: "1" },
+      connections: { type: "string", default: "32" },
+      workers: { type: "string", default: "1" },
+      modes: { type: "string", default: "http,close,https" },
+      starve: { type: "boolean", default: false },
+      "v8-flags": { type: "string", default: AGENT_V8_FLAGS },
       "write-doc": { type: "boolean", default: false },
       "no-agent": { type: "boolean", default: false },
       json: { type: "string" },
@@ -487,7 +562,9 @@ async function main(): Promise<number> {
   if (values.help) {
     console.log(
       "Usage: deno task bench-capture [--duration S] [--pairs N] [--https-pairs N] [--threads T]\n" +
-        "  [--connections C] [--write-doc] [--json FILE] [--no-agent (baseline runs only, checks the set-up)]",
+        "  [--connections C] [--workers W] [--modes http,close,https] [--starve]\n" +
+        "  [--write-doc] [--json FILE] [--no-agent (baseline runs only, checks the set-up)]\n" +
+        "  --starve: every agent thread at nice 19 (below the server) — the overload policy run",
     );
     return 0;
   }
@@ -503,6 +580,15 @@ async function main(): Promise<number> {
     threads: int("threads", values.threads, 1),
     connections: int("connections", values.connections, 1),
     keep: values["keep-rows"] === true,
+    workers: int("workers", values.workers, 1),
+    modes: values.modes!.split(",").map((m) => {
+      if (!MODES.includes(m as Mode)) throw new Error(`--modes: ${m} is not one of ${MODES.join(", ")}`);
+      return m as Mode;
+    }),
+    starve: values.starve === true,
+    // As packaged (scripts/agent-v8-flags); JA4EBPF_AGENT_MAIN=<other checkout>/src/main.ts with that
+    // checkout's flags measures an earlier version the same way.
+    v8Flags: values["v8-flags"]!,
   };
   if (values["from-json"]) {
     // Re-render a saved run (e.g. after a change to the report's layout) without measuring again.
@@ -527,13 +613,15 @@ async function main(): Promise<number> {
   const date = new Date().toISOString().slice(0, 16).replace("T", " ") + " UTC";
   console.error(`machine: ${facts}`);
 
-  await using ng = await startNginx({ port: HTTP_PORT, tlsPort: TLS_PORT, workers: 2, http2: false });
+  await using ng = await startNginx({ port: HTTP_PORT, tlsPort: TLS_PORT, workers: o.workers, http2: false });
   const summaries: ModeSummary[] = [];
-  for (const [mode, pairs] of [["http", o.pairs], ["https", o.httpsPairs]] as [Mode, number][]) {
+  for (const mode of o.modes) {
+    const pairs = mode === "https" ? o.httpsPairs : o.pairs;
     if (pairs === 0) continue;
     // Warm-up (not counted): page cache, TLS session set-up paths, CPU frequency.
     await wrk({
-      url: mode === "http" ? ng.url : ng.tlsUrl!,
+      url: mode === "https" ? ng.tlsUrl! : ng.url,
+      headers: mode === "close" ? ["Connection: close"] : [],
       threads: o.threads,
       connections: o.connections,
       duration: 3,

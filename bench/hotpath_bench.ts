@@ -35,6 +35,9 @@ export interface HotpathResult {
   rows: number;
   nsPerRequest: { onRecord: number; tick: number; sink: number; total: number };
   bytesOut: number;
+  /** Process RSS after the mode ran, and VmHWM (peak) so far, MiB. */
+  rssMiB: number;
+  peakMiB: number;
 }
 
 export async function runHotpath(mode: string, requests: number): Promise<HotpathResult> {
@@ -44,9 +47,11 @@ export async function runHotpath(mode: string, requests: number): Promise<Hotpat
   let bytesOut = 0;
   const out = await openOutputs(cfg, { stdout: { writeSync: (p) => (bytesOut += p.length, p.length) } });
   const agent = new Agent(cfg);
+  (globalThis as unknown as { agent: Agent }).agent = agent; // for heap inspection
   // Agent.start() would plan real hooks; the dispatch only needs to know which method nginx uses.
   agent.plan = { hooks: [{ hook: "nginx", method: "tracepoint" }] } as unknown as AttachPlan;
-  const traffic = new Traffic(MODES[mode]);
+  // JA4EBPF_PLAIN_PKT=1: the tc events of the BPF object before plain-HTTP first segments were dropped there.
+  const traffic = new Traffic({ ...MODES[mode], plainPkt: Deno.env.get("JA4EBPF_PLAIN_PKT") === "1" });
   let rows = 0;
   const st = { onRecord: 0, tick: 0, sink: 0 };
   const batch = (n: number, measure: boolean) => {
@@ -85,6 +90,8 @@ export async function runHotpath(mode: string, requests: number): Promise<Hotpat
       total: per(st.onRecord + st.tick + st.sink),
     },
     bytesOut,
+    rssMiB: Deno.memoryUsage().rss / 1048576,
+    peakMiB: Number(/VmHWM:\s+(\d+)/.exec(Deno.readTextFileSync("/proc/self/status"))?.[1] ?? 0) / 1024,
   };
 }
 
@@ -96,12 +103,16 @@ if (import.meta.main) {
   for (const mode of arg("modes", "keepalive,close,tls").split(",")) {
     results.push(await runHotpath(mode, requests));
   }
-  console.log("| mode | requests | rows | onRecord ns | tick ns | sink ns | total ns/request |");
-  console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+  console.log(
+    "| mode | requests | rows | onRecord ns | tick ns | sink ns | total ns/request | RSS / peak MiB |",
+  );
+  console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
   for (const r of results) {
     const n = r.nsPerRequest;
     console.log(
-      `| ${r.mode} | ${r.requests} | ${r.rows} | ${n.onRecord} | ${n.tick} | ${n.sink} | ${n.total} |`,
+      `| ${r.mode} | ${r.requests} | ${r.rows} | ${n.onRecord} | ${n.tick} | ${n.sink} | ${n.total} | ${
+        r.rssMiB.toFixed(0)
+      } / ${r.peakMiB.toFixed(0)} |`,
     );
   }
 }

@@ -26,7 +26,11 @@ import { gzipSync } from "node:zlib";
 import process from "node:process";
 
 const GOAL = 100_000;
-const V8_FLAGS = "--max-old-space-size=320"; // as scripts/build.sh ships the agent; --v8=… overrides
+// As the agent is shipped (scripts/agent-v8-flags); --v8=… overrides.
+const V8_FLAGS = Deno.readTextFileSync(new URL("../scripts/agent-v8-flags", import.meta.url)).trim().split(
+  /\s+/,
+)
+  .join(",");
 
 // ---------------------------------------------------------------------------------------------------------
 // One mode, in a child process.
@@ -268,7 +272,11 @@ if (import.meta.main) {
   const seconds = Number(arg("seconds", "15"));
   const modes = arg("modes", "max,10000,50000").split(",");
   const v8 = arg("v8", V8_FLAGS);
-  const ch = await startClickHouse();
+  // --ch-ports=HTTP,TCP,INTERSERVER: a server apart from the tests' (they may run meanwhile).
+  const chPorts = arg("ch-ports", "").split(",").filter(Boolean).map(Number);
+  const ch = await startClickHouse(
+    chPorts.length === 3 ? { httpPort: chPorts[0], tcpPort: chPorts[1], interserverPort: chPorts[2] } : {},
+  );
   try {
     const load = Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
     console.log(`load average before: ${load}; ${navigator.hardwareConcurrency} CPUs; V8 flags ${v8}`);
@@ -279,6 +287,8 @@ if (import.meta.main) {
           "run",
           "-A",
           `--v8-flags=${v8}`,
+          // --prof-dir=DIR: a V8 CPU profile of each mode's child (bench/stages.ts reads them).
+          ...(arg("prof-dir", "") ? ["--cpu-prof", `--cpu-prof-dir=${arg("prof-dir", "")}`] : []),
           new URL(import.meta.url).pathname,
           "--child",
           ch.url,
@@ -300,9 +310,11 @@ if (import.meta.main) {
       console.log(
         `${label.padEnd(12)} offered ${r.offeredRate} rows/s; ${r.landed} rows landed of ${r.generated} in ` +
           `${r.wallS} s wall, ` +
-          `${r.cpuS} s CPU → ${r.rowsPerCpuS} rows per CPU-second (${
+          `${r.cpuS} s CPU → ${r.rowsPerCpuS} rows per CPU-second = ${
+            (1e6 / r.rowsPerCpuS).toFixed(2)
+          } µs of agent CPU per row (goal ≤ 3; ${
             (r.rowsPerCpuS / GOAL).toFixed(2)
-          }× goal); ` +
+          }× the 100k rows/CPU-s goal); ` +
           `RSS start ${r.rssStartMiB} / median ${r.rssMedianMiB} / peak ${r.rssPeakMiB} MiB ` +
           `(V8 heap peak ${r.heapPeakMiB}); dropped ${JSON.stringify(r.dropped)}${
             r.drained ? "" : " [not drained]"

@@ -1,6 +1,6 @@
 /**
  * Synthetic BPF ring-buffer records, laid out by src/bpf/layout.gen.ts (a layout change moves them too):
- * per connection a SYN and a first segment from TC, request reads (recvfrom or SSL_read plaintext) of real
+ * per connection a SYN (and for TLS the ClientHello segment) from TC, request reads (recvfrom or SSL_read plaintext) of real
  * browser/curl heads, and a close. Shared by the pipeline and hot-path benchmarks.
  */
 import {
@@ -152,6 +152,8 @@ export interface TrafficOptions {
   requestsPerConn: number;
   /** Share of connections that are TLS (requests from SSL_read plaintext), 0..1. */
   tlsShare: number;
+  /** Also send a plain-HTTP connection's first segment from tc (what the BPF side did before it stopped). */
+  plainPkt?: boolean;
 }
 
 export class Traffic {
@@ -233,9 +235,12 @@ export class Traffic {
     const [syn, sdv] = this.#rec(this.#syn, c);
     sdv.setUint32(SYN_EVENT.fields.seq.offset, isn, true);
     out.push(syn);
-    const [pkt, pdv] = this.#rec(this.#pkt[tls ? 1 : 0], c);
-    pdv.setUint32(PKT_EVENT.fields.seq.offset, (isn + 1) >>> 0, true);
-    out.push(pkt);
+    if (tls || this.opts.plainPkt) {
+      // tc sends a plain-HTTP connection's first segment no more (nothing in it to fingerprint).
+      const [pkt, pdv] = this.#rec(this.#pkt[tls ? 1 : 0], c);
+      pdv.setUint32(PKT_EVENT.fields.seq.offset, (isn + 1) >>> 0, true);
+      out.push(pkt);
+    }
     let pos = 0;
     for (let k = 0; k < this.opts.requestsPerConn; k++) {
       const h = (c + k) % this.heads.length;

@@ -208,6 +208,13 @@ static __always_inline int ja4_output(void *ctx, void *ev, __u64 size)
 		if (err)
 			count_drop(JA4_DROP_PERFBUF);
 	}
+	if (err) {
+		const struct ja4_event_hdr *h = ev;
+		/* The first chunk of a read carries the start of its request(s): count it in the unit that
+		 * rows go missing in, so rows + lost reads = requests when the ring overflows. */
+		if (h->kind == JA4_EV_DATA && h->offset == 0)
+			count_drop(JA4_DROP_LOST_READ);
+	}
 	return err ? -1 : 0;
 }
 

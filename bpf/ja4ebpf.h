@@ -75,7 +75,9 @@ enum ja4_drop_reason {
 	JA4_DROP_NO_STASH = 9,     /* a uretprobe without its entry (e.g. attached mid-call) */
 	JA4_DROP_SSL_NO_FD = 10,   /* SSL_read returned bytes but its fd was never learned */
 	JA4_DROP_FOLLOW_FULL = 11, /* traced_pids full: a forked/exec'd server process not added */
-	JA4_DROP_MAX = 12,
+	JA4_DROP_LOST_READ = 12,   /* of RINGBUF/PERFBUF: a data event that began a read (offset 0) was lost,
+				    * so were the requests in that read: the unit in which rows are missing */
+	JA4_DROP_MAX = 13,
 };
 
 /* Compile-time limits (the rodata knobs may lower them, not raise them). */

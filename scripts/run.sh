@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DENO=$(bash scripts/setup.sh | tail -1)
 export DENO_NO_UPDATE_CHECK=1
-exec "$DENO" run -A src/main.ts run "$@"
+# The V8 heap limits the packaged agent runs with (one file for the build, this script and the benchmarks).
+V8FLAGS=$(tr ' ' ',' <scripts/agent-v8-flags | tr -d '\n')
+exec "$DENO" run -A --v8-flags="$V8FLAGS" src/main.ts run "$@"

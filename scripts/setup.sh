@@ -59,4 +59,15 @@ export DENO_NO_UPDATE_CHECK=1
 if [ -f scripts/build-bpf.sh ] && [ -f bpf/ja4ebpf.bpf.c ]; then
   DENO="$DENO" bash scripts/build-bpf.sh >&2
 fi
+
+# tracefs: tracepoints attach by name through it, and a host as it boots may not have it mounted yet (no
+# systemd sys-kernel-tracing.mount). The agent and the BPF tests mount it themselves (src/bpf/tracefs.ts);
+# set-up does the same, through the same code, so every test finds it whatever runs first.
+if [ -f src/bpf/tracefs.ts ]; then
+  tracefs=$(as_root "$DENO" eval --quiet \
+    'import { ensureTracefs } from "./src/bpf/tracefs.ts"; const t = ensureTracefs();
+     console.log(t.path ? `${t.path}${t.mounted ? " (mounted now)" : ""}` : `none: ${t.error}`);' 2>&1) ||
+    tracefs="check failed: $tracefs"
+  log "tracefs: $tracefs"
+fi
 echo "$DENO"

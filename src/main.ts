@@ -9,6 +9,7 @@ Usage:
   ja4ebpf --validate [--json]          check kernel, capabilities and the attach plan; exit 0 if the agent can run
   ja4ebpf fingerprint --pcap FILE      fingerprint the TCP streams of a pcap/pcapng capture (JSON lines)
   ja4ebpf version                      version and build kind
+  ja4ebpf cleanup [--config FILE]      remove tc filters and probe events of agents that did not stop cleanly
 
 Every command takes --help.`;
 
@@ -18,6 +19,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   fingerprint: async () => (await import("./cli/fingerprint.ts")).main,
   validate: async () => (await import("./cli/validate.ts")).main,
   version: async () => (await import("./cli/version.ts")).main,
+  cleanup: async () => (await import("./cli/cleanup.ts")).main,
 };
 
 export async function main(argv: string[]): Promise<number> {

@@ -232,13 +232,12 @@ int tc_ingress(struct __sk_buff *skb)
 				if (bpf_skb_load_bytes_relative(skb, ip_hlen + doff, ev->data, n, BPF_HDR_START_NET)) {
 					count_drop(JA4_DROP_SKB_LOAD);
 				} else {
-					ev->hdr.data_len = n;
-					ja4_output(skb, ev, offsetof(struct ja4_pkt_event, data) + n);
 					/* The stream's first bytes decide (as user space does: 16 03 starts a TLS
-					 * handshake record). Not TLS: this segment was enough, forget the flow so the
-					 * rest of the connection (keep-alive requests) costs no events. TLS: stop at
-					 * the end of the first record. Only the segment at offset 0 decides; a later
-					 * one arriving first is sent as before. */
+					 * handshake record). Not TLS (plain HTTP): no event at all — user space has
+					 * nothing to fingerprint in it, and the request side already knows the
+					 * connection is plain — and the flow is forgotten so the rest of the
+					 * connection costs nothing. TLS: stop at the end of the first record. Only
+					 * the segment at offset 0 decides; a later one arriving first is sent. */
 					if (off == 0) {
 						if (ev->data[0] != 0x16 || (n >= 2 && ev->data[1] != 0x03)) {
 							bpf_map_delete_elem(&flows, &fk);
@@ -247,6 +246,8 @@ int tc_ingress(struct __sk_buff *skb)
 						if (n >= 5)
 							fv->end = 5 + ((__u32)ev->data[3] << 8 | ev->data[4]);
 					}
+					ev->hdr.data_len = n;
+					ja4_output(skb, ev, offsetof(struct ja4_pkt_event, data) + n);
 				}
 			}
 		}

@@ -4,13 +4,23 @@
  *
  * Everything that can fail at start-up fails before the `ready` log line; everything after it is counted.
  */
-import { changedKeys, type Config, loadConfig, RELOADABLE } from "../config/config.ts";
+import { changedKeys, type Config, loadConfig } from "../config/config.ts";
 import { configureLog, log } from "../log.ts";
 import { embeddedObject } from "../bpf/embedded.ts";
 import { pageSize } from "../bpf/ffi.ts";
-import { type AttachPlan, makePlan, openPlanned, type PlannedObject } from "../bpf/plan.ts";
+import {
+  type AttachPlan,
+  captureInterfaces,
+  openPlanned,
+  planFromConfig,
+  type PlannedObject,
+} from "../bpf/plan.ts";
+import { loadWithFallback } from "../bpf/load.ts";
+import { DropCounters, ListenPorts, TracedPids } from "../bpf/maps.ts";
 import { probeLibapr } from "../bpf/probes.ts";
-import { possibleCpus, probeRingbuf } from "../bpf/object.ts";
+import { ensureTracefs } from "../bpf/tracefs.ts";
+import { claimTc, PROBE_TC, sweepTc, type TcClaim, TcHandleBusyError, type TcIdentity } from "../bpf/tc.ts";
+import { possibleCpus } from "../bpf/object.ts";
 import type { AttachHandle, BpfMap } from "../bpf/object.ts";
 import { EventView, HOOK_METHODS } from "../bpf/events.ts";
 import { LibraryProbes, type UprobePair } from "./lib_probes.ts";
@@ -40,21 +50,20 @@ export interface AgentOptions {
   rowHook?: (rows: Row[]) => void;
 }
 
+/** stop() was called while start() was still running: start() gave up, stop() removes what it attached. */
+export class StartAbortedError extends Error {
+  constructor() {
+    super("stopped during start-up");
+    this.name = "StartAbortedError";
+  }
+}
+
+/** What reload() applies without a restart; any other changed key is reported as needing one. */
+const APPLIED_ON_RELOAD = ["log.", "privacy."];
+
 const DROP_NAMES: Record<number, string> = Object.fromEntries(
   Object.entries(DropReason).map(([k, v]) => [v, k.toLowerCase()]),
 );
-
-function u32(n: number): Uint8Array<ArrayBuffer> {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, n, true);
-  return b;
-}
-
-function u16(n: number): Uint8Array<ArrayBuffer> {
-  const b = new Uint8Array(2);
-  new DataView(b.buffer).setUint16(0, n, true);
-  return b;
-}
 
 const READ_PROGRAMS = ["tp_enter_read", "tp_exit_read"];
 /** Apache's apr_socket_recv uprobes. */
@@ -62,6 +71,9 @@ const APR_PROGRAMS: readonly UprobePair[] = [
   ["apr_socket_recv", "uprobe_apr_socket_recv_entry", "uretprobe_apr_socket_recv"],
 ];
 const programsOf = (pairs: readonly UprobePair[]) => pairs.flatMap(([, entry, ret]) => [entry, ret]);
+
+/** Listening ports are read again at least this often when the servers' processes did not change. */
+const PORT_RESCAN_MS = 30_000;
 
 /** The process has exited (no /proc entry, or a zombie / dead task waiting to be reaped). */
 function procGone(pid: number): boolean {
@@ -78,6 +90,41 @@ function procGone(pid: number): boolean {
 export function perfPagesPerCpu(ringMb: number, cpus = possibleCpus(), page = pageSize()): number {
   const want = Math.max(8, Math.floor((ringMb * 1024 * 1024) / (cpus * page)));
   return 2 ** Math.floor(Math.log2(want));
+}
+
+/**
+ * An exception nothing caught (an unhandled rejection, a throw in a timer) would end the process at once:
+ * TC filters stay attached (they outlive the process), rows held in memory are lost uncounted. Instead: log
+ * it, run `stop` (detach, flush into the spool), and exit 1 so systemd restarts the agent (Restart=on-failure)
+ * and the spool is replayed. Returns the uninstaller.
+ */
+export function installFatalHandler(
+  stop: () => Promise<void>,
+  exit: (code: number) => void = (code) => Deno.exit(code),
+  graceMs = 25_000,
+): () => void {
+  let fatal = false;
+  const onFatal = (e: Event) => {
+    e.preventDefault();
+    const err = e instanceof PromiseRejectionEvent ? e.reason : (e as ErrorEvent).error;
+    log.error("uncaught error: stopping", {
+      error: err instanceof Error ? err.stack ?? err.message : String(err),
+    });
+    if (fatal) return;
+    fatal = true;
+    // Bounded: a stop that hangs must still end the process before systemd's TimeoutStopSec.
+    const t = setTimeout(() => exit(1), graceMs);
+    stop().catch((s) => log.error("stop failed", { error: String(s) })).finally(() => {
+      clearTimeout(t);
+      exit(1);
+    });
+  };
+  globalThis.addEventListener("unhandledrejection", onFatal);
+  globalThis.addEventListener("error", onFatal);
+  return () => {
+    globalThis.removeEventListener("unhandledrejection", onFatal);
+    globalThis.removeEventListener("error", onFatal);
+  };
 }
 
 export class Agent {
@@ -119,6 +166,14 @@ export class Agent {
   /** The apr uprobes on every libapr file in use (the located one and those Apache maps), once in use. */
   private apr?: LibraryProbes;
   private stopped = false;
+  /** The server pids and time of the last listening-port scan (see refreshProcesses). */
+  private portScanPids = "";
+  private portScanMs = 0;
+  private removeFatalHandler?: () => void;
+  /** The running start(), which stop() waits for before tearing down. */
+  private starting?: Promise<void>;
+  /** This agent's tc handle/priority, held for its lifetime (src/bpf/tc.ts). */
+  private tcClaim?: TcClaim;
   readonly kernelDrops = new Map<string, bigint>();
   private hostname = Deno.hostname();
 
@@ -150,42 +205,84 @@ export class Agent {
     });
   }
 
-  /** Plans, loads and attaches; resolves once every hook is attached ("ready"). */
-  async start(): Promise<void> {
+  /**
+   * Plans, loads and attaches; resolves once every hook is attached ("ready"). A stop() meanwhile makes it
+   * reject with StartAbortedError at its next step, and nothing is attached after that.
+   */
+  start(): Promise<void> {
+    this.starting ??= this.startUp();
+    return this.starting;
+  }
+
+  /** Throws once stop() was called: start-up checks after every await, before attaching anything more. */
+  private checkStopped(): void {
+    if (this.stopped) throw new StartAbortedError();
+  }
+
+  /**
+   * Claims this agent's tc handle/priority for its lifetime (a second agent with the same one is refused)
+   * and removes the filters with it left on any interface by an agent that died without detaching
+   * (SIGKILL), also on interfaces this run will not attach to.
+   */
+  private async claimAndSweepTc(): Promise<void> {
+    const h = this.cfg.capture.tc_handle;
+    if (h === PROBE_TC.handle) {
+      throw new Error(`capture.tc_handle ${h} (0x${h.toString(16)}) is reserved for the start-up probe`);
+    }
+    const ours: TcIdentity = { handle: h, priority: h };
+    this.tcClaim = claimTc(ours);
+    const ids = [ours];
+    // The plan's probe filter: swept when no other agent is probing right now (it holds that claim briefly).
+    let probe: TcClaim | undefined;
+    for (let i = 0; i < 50 && !probe; i++) {
+      try {
+        probe = claimTc(PROBE_TC);
+      } catch (e) {
+        if (!(e instanceof TcHandleBusyError)) throw e;
+        await new Promise((r) => setTimeout(r, 100));
+        this.checkStopped();
+      }
+    }
+    if (probe) ids.push(PROBE_TC);
+    try {
+      const { removed, errors } = sweepTc(ids);
+      if (removed.length) {
+        log.warn("removed tc filters left by an agent that did not stop", {
+          filters: removed.map((f) => `${f.iface}:0x${f.handle.toString(16)}`).join(","),
+        });
+      }
+      if (errors.length) log.warn("tc sweep incomplete", { errors: errors.join("; ") });
+    } finally {
+      probe?.release();
+    }
+  }
+
+  private async startUp(): Promise<void> {
     const cfg = this.cfg;
+    // Before anything else: a second agent owning our tc handle is refused without touching anything.
+    await this.claimAndSweepTc();
     if (cfg.metrics.enabled) {
       this.metricsServer = startMetricsServer(this.metrics, cfg.metrics) ?? undefined;
       log.info("metrics listening", { listen: cfg.metrics.listen });
     }
     this.outputs = await openOutputs(cfg, { stdout: this.opts.stdout });
+    // Insert latency, errors by class, last success and sink health come from the sinks' requests.
+    const observer = this.metrics.sinkObserver();
+    for (const s of this.outputs.sinks.sinks) s.observe?.(observer);
+    this.removeFatalHandler = installFatalHandler(() => this.stop());
+    this.checkStopped();
+
+    // Tracepoints attach by name through tracefs, which a host as it boots may not have mounted yet.
+    const tracefs = ensureTracefs();
+    if (tracefs.mounted) log.info("tracefs mounted", { path: tracefs.path ?? "" });
+    else if (!tracefs.path) log.warn("tracefs unavailable: no tracepoints", { error: tracefs.error ?? "" });
 
     const servers = cfg.uprobes.servers as Server[];
     const bytes = embeddedObject();
-    const ringbuf = cfg.capture.ringbuf === "perfbuf"
-      ? false
-      : cfg.capture.ringbuf === "ringbuf"
-      ? true
-      : probeRingbuf();
-    const libapr = cfg.uprobes.enabled && servers.includes("apache") ? await probeLibapr() : undefined;
-    const ifaces = await this.interfaces();
-    this.plan = makePlan(bytes, {
-      methods: {
-        nginx: servers.includes("nginx") ? cfg.capture.nginx : "off",
-        apache: !servers.includes("apache")
-          ? "off"
-          : cfg.capture.apache === "auto" && !cfg.uprobes.enabled
-          ? "read_tracepoint"
-          : cfg.capture.apache,
-      },
-      // The probe attaches to the first one: loopback is always there.
-      tcInterfaces: ifaces.includes("lo") ? ["lo", ...ifaces.filter((i) => i !== "lo")] : ifaces,
-      libapr,
-      ringbuf,
-      // The environment variable (tests) wins over the configured value.
-      kretprobeMaxactive: Deno.env.get("JA4EBPF_KRETPROBE_MAXACTIVE")
-        ? undefined
-        : cfg.capture.kretprobe_maxactive,
-    });
+    // The same function --validate reports from: methods, channel, libapr and interfaces follow from cfg.
+    this.plan = await planFromConfig(bytes, cfg);
+    this.checkStopped();
+    const ringbuf = this.plan.ringbuf;
     for (const h of this.plan.hooks) {
       const refused = h.attempts.filter((a) => !a.ok).map((a) => `${a.method}: ${a.error ?? a.stage}`);
       if (h.method) {
@@ -220,33 +317,12 @@ export class Agent {
         },
         loadOnly,
       });
-    // Optional programs the kernel refuses cost that feature only: retry with fewer, down to none.
-    const errs: { tls?: string; apr?: string } = {};
-    for (const [tls, apr] of [[true, true], [true, false], [false, true], [false, false]]) {
-      if (apr && !aprProgs.length) continue;
-      if (tls && !cfg.uprobes.enabled) continue; // uprobes.enabled covers the TLS libraries too
-      try {
-        const progs = [...(tls ? tlsProgs : []), ...(apr ? aprProgs : [])];
-        // EAGAIN from the verifier is transient (a busy kernel): try the same set again before giving up.
-        for (let attempt = 1;; attempt++) {
-          try {
-            this.planned = open(progs);
-            break;
-          } catch (e) {
-            if (attempt >= 3 || !String(e instanceof Error ? e.message : e).includes("EAGAIN")) throw e;
-          }
-        }
-        this.tlsCapture = tls;
-        this.aprLoaded = apr || apacheHook?.method === "uprobe";
-        break;
-      } catch (e) {
-        if (!tls && !apr) throw e;
-        const msg = e instanceof Error ? e.message : String(e);
-        if (tls) errs.tls = msg;
-        if (apr) errs.apr = msg;
-      }
-    }
-    if (!this.planned) throw new Error("unreachable: the BPF object was not opened");
+    // Optional programs the kernel refuses cost that feature only (uprobes.enabled covers the TLS libraries).
+    const loaded = loadWithFallback(open, { tls: cfg.uprobes.enabled ? tlsProgs : [], apr: aprProgs });
+    this.planned = loaded.planned;
+    this.tlsCapture = loaded.tls;
+    this.aprLoaded = loaded.apr || apacheHook?.method === "uprobe";
+    const errs = loaded.errors;
     if (!this.tlsCapture && cfg.uprobes.enabled) {
       log.warn("HTTPS plaintext capture unavailable", { error: errs.tls ?? "" });
     }
@@ -269,10 +345,14 @@ export class Agent {
     }
     this.tcEnabled = !!this.plan.hooks.find((h) => h.hook === "packets")?.method;
     this.followActive = !!this.plan.hooks.find((h) => h.hook === "follow")?.method;
+    this.checkStopped();
     await this.refreshInterfaces();
+    this.checkStopped();
     this.refreshProcesses();
     await this.refreshTls();
+    this.checkStopped();
     await this.refreshApr();
+    this.checkStopped();
     this.seedConnections();
 
     const events = this.planned.obj.map(ringbuf ? "events" : "events_perf");
@@ -305,18 +385,8 @@ export class Agent {
     return m;
   }
 
-  private async interfaces(): Promise<string[]> {
-    const want = this.cfg.capture.interfaces;
-    if (!(want.length === 0 || want.includes("auto"))) return want;
-    const out: string[] = [];
-    for (const e of Deno.readDirSync("/sys/class/net")) {
-      try {
-        const state = (await Deno.readTextFile(`/sys/class/net/${e.name}/operstate`)).trim();
-        const flags = parseInt((await Deno.readTextFile(`/sys/class/net/${e.name}/flags`)).trim(), 16);
-        if (e.name === "lo" || state === "up" || (flags & 1) === 1) out.push(e.name);
-      } catch { /* interface vanished */ }
-    }
-    return out.sort();
+  private interfaces(): Promise<string[]> {
+    return captureInterfaces(this.cfg.capture.interfaces);
   }
 
   private map(name: string): BpfMap | undefined {
@@ -328,24 +398,16 @@ export class Agent {
   refreshProcesses(): void {
     const procs = findServerProcesses(this.cfg.uprobes.servers as Server[]);
     const now = new Map(procs.map((p) => [p.pid, p.server] as const));
-    const pids = this.map("traced_pids");
+    const pids = TracedPids.of(this.map("traced_pids"));
     // The map, not this.traced, is the truth: the follow programs add forked/exec'd servers and remove
-    // exited ones in the kernel. Keys first, then changes (deleting while walking restarts the walk).
-    const inMap = new Map<number, number>();
-    if (pids) {
-      for (const k of [...pids.keys()]) {
-        const v = pids.lookup(k);
-        if (v) {
-          inMap.set(new DataView(k.buffer).getUint32(0, true), new DataView(v.buffer).getUint32(0, true));
-        }
-      }
-    }
+    // exited ones in the kernel. Read whole first, then changed.
+    const inMap = pids?.entries() ?? new Map<number, number>();
     const traced = new Map<number, Server>();
     for (const [pid, server] of now) {
       const kind = server === "nginx" ? ServerKind.NGINX : ServerKind.APACHE;
       if (pids && inMap.get(pid) !== kind) {
         // A zombie the exit program already removed must not come back (its pid may be reused).
-        if (inMap.has(pid) || !procGone(pid)) pids.update(u32(pid), u32(kind));
+        if (inMap.has(pid) || !procGone(pid)) pids.set(pid, kind);
         else continue;
       }
       traced.set(pid, server);
@@ -362,20 +424,28 @@ export class Agent {
         if (server) traced.set(pid, server);
         continue;
       }
-      pids?.delete(u32(pid));
+      pids?.delete(pid);
     }
     this.traced = traced;
+    // Listening ports come from /proc/PID/net/tcp, which also lists every TIME_WAIT connection: tens of
+    // thousands of lines on a server closing 10k connections a second. Read it when the servers' processes
+    // changed, else every PORT_RESCAN_MS, not every second.
+    const pidKey = [...now.keys()].join(",");
+    const rescan = pidKey !== this.portScanPids || Date.now() - this.portScanMs >= PORT_RESCAN_MS;
+    if (!this.cfg.capture.ports.length && !rescan) return;
+    this.portScanPids = pidKey;
+    this.portScanMs = Date.now();
     const ports = this.cfg.capture.ports.length ? this.cfg.capture.ports : listeningPorts([...now.keys()]);
-    const lp = this.map("listen_ports");
+    const lp = ListenPorts.of(this.map("listen_ports"));
     for (const p of ports) {
       if (this.ports.has(p)) continue;
-      lp?.update(u16(p), new Uint8Array([1]));
+      lp?.add(p);
       this.ports.add(p);
     }
     if (!this.cfg.capture.ports.length) {
       for (const p of [...this.ports]) {
         if (ports.includes(p)) continue;
-        lp?.delete(u16(p));
+        lp?.delete(p);
         this.ports.delete(p);
       }
     }
@@ -391,6 +461,7 @@ export class Agent {
     const auto = want.length === 0 || want.includes("auto");
     if (!auto && this.tcIfaces.size) return;
     const now = new Set(await this.interfaces());
+    if (this.stopped) return; // stop() ran meanwhile: attach nothing more
     const ctx = this.plan.context;
     for (const iface of now) {
       if (this.tcIfaces.has(iface)) continue;
@@ -530,6 +601,7 @@ export class Agent {
       }
       case EventKind.CLOSE:
         this.requests.close(ev.pid, ev.fd);
+        if (ev.src_port) this.packets.close(ev);
         this.correlator.onClose(ev.src_port ? ev : null, ev.pid, ev.fd, this.wallMs(ev.tsNs));
         return;
     }
@@ -550,7 +622,7 @@ export class Agent {
    */
   followChildren(): void {
     if (this.followActive) return; // the kernel adds them at fork
-    const pids = this.map("traced_pids");
+    const pids = TracedPids.of(this.map("traced_pids"));
     for (const [pid, server] of [...this.traced]) {
       let text: string;
       try {
@@ -566,7 +638,7 @@ export class Agent {
           comm = Deno.readTextFileSync(`/proc/${child}/comm`).trim();
         } catch { /* exited */ }
         if (serverOfComm(comm) !== server) continue;
-        pids?.update(u32(child), u32(server === "nginx" ? ServerKind.NGINX : ServerKind.APACHE));
+        pids?.set(child, server === "nginx" ? ServerKind.NGINX : ServerKind.APACHE);
         this.traced.set(child, server);
       }
     }
@@ -590,39 +662,12 @@ export class Agent {
     this.syncLedger();
   }
 
-  private sinkSeen = {
-    errors: 0,
-    replayed: 0,
-    shipped: 0,
-    quarantined: 0,
-    dropped: {} as Record<string, number>,
-  };
-
   /**
-   * Moves rows through the ledger as the primary sink reports them delivered, quarantined or dropped, so
-   * captured = shipped + spooled + quarantined + dropped holds at every scrape.
+   * Moves rows through the ledger as the primary sink reports them sealed, delivered, quarantined or dropped,
+   * so captured = shipped + spooled + quarantined + dropped holds at every scrape.
    */
   syncLedger(): void {
-    const all = this.outputs?.allStats() ?? [];
-    const st = all.find((s) => s.name === "clickhouse") ?? all.find((s) => s.name === "file") ?? all[0];
-    if (!st) return;
-    const led = this.metrics.rows;
-    const seen = this.sinkSeen;
-    if (st.replayed > seen.replayed) led.capture(st.replayed - seen.replayed, "spool");
-    seen.replayed = st.replayed;
-    const errs = Object.values(st.errors).reduce((a, b) => a + b, 0);
-    if (st.alarm || errs > seen.errors) this.metrics.health.sinkFailed(st.name, Date.now());
-    else if (st.shipped > seen.shipped) this.metrics.health.sinkOk(st.name);
-    seen.errors = errs;
-    if (st.shipped > seen.shipped) led.ship("memory", st.shipped - seen.shipped);
-    seen.shipped = st.shipped;
-    if (st.quarantined > seen.quarantined) led.quarantine("memory", st.quarantined - seen.quarantined);
-    seen.quarantined = st.quarantined;
-    for (const [reason, n] of Object.entries(st.dropped)) {
-      const d = n - (seen.dropped[reason] ?? 0);
-      if (d > 0) led.drop(reason, "memory", d);
-      seen.dropped[reason] = n;
-    }
+    this.metrics.syncSinks(this.outputs?.allStats() ?? []);
   }
 
   private slowTick(): void {
@@ -645,12 +690,14 @@ export class Agent {
 
   /** Sums the per-CPU drop counters of the BPF side into metrics. */
   readKernelDrops(): void {
-    const drops = this.map("drops");
+    const drops = DropCounters.of(this.map("drops"));
     if (!drops) return;
     for (const [code, name] of Object.entries(DROP_NAMES)) {
-      const v = drops.sumU64(u32(Number(code)));
+      const v = drops.total(Number(code));
       const prev = this.kernelDrops.get(name) ?? 0n;
-      if (v > prev) this.metrics.bpfDrops.inc({ reason: name }, Number(v - prev));
+      // Ring records lost for want of space enter the row ledger too (captured and dropped), so /healthz
+      // and the accounting identity see them.
+      if (v > prev) this.metrics.kernelDrop(name, Number(v - prev));
       this.kernelDrops.set(name, v);
     }
     for (const l of this.planned?.links ?? []) {
@@ -658,7 +705,7 @@ export class Agent {
       if (missed) {
         const prev = this.kernelDrops.get("kretprobe_missed") ?? 0n;
         if (BigInt(missed) > prev) {
-          this.metrics.bpfDrops.inc({ reason: "kretprobe_missed" }, missed - Number(prev));
+          this.metrics.kernelDrop("kretprobe_missed", missed - Number(prev));
           this.kernelDrops.set("kretprobe_missed", BigInt(missed));
         }
       }
@@ -703,8 +750,9 @@ export class Agent {
   async reload(path?: string): Promise<void> {
     const next = await loadConfig(path);
     const changed = changedKeys(this.cfg, next);
-    const now = changed.filter((k) => RELOADABLE.has(k));
-    const later = changed.filter((k) => !RELOADABLE.has(k));
+    // Only what is really applied below is reported as applied; the rest takes effect at the next start.
+    const now = changed.filter((k) => APPLIED_ON_RELOAD.some((p) => k.startsWith(p)));
+    const later = changed.filter((k) => !now.includes(k));
     if (now.some((k) => k.startsWith("log."))) {
       configureLog({ level: next.log.level, format: next.log.format });
     }
@@ -714,12 +762,17 @@ export class Agent {
     this.cfg.log = next.log;
     this.cfg.privacy = next.privacy;
     log.info("configuration reloaded", { applied: now.join(",") || "none", needs_restart: later.join(",") });
+    if (later.length) {
+      log.warn("configuration changes need a restart to take effect", { keys: later.join(",") });
+    }
   }
 
   /** Detaches everything, flushes held rows and sinks. */
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    // A start-up in progress gives up at its next step; what it attached until then is removed below.
+    await this.starting?.catch(() => {});
     for (const t of this.timers) clearInterval(t);
     // Detach before draining: with the hooks still attached, a busy host (every server on it is traced)
     // refills the ring as fast as it drains and the exit took > 15 s.
@@ -736,6 +789,7 @@ export class Agent {
         l.close();
       } catch { /* interface gone */ }
     }
+    this.tcLinks.clear();
     try {
       this.reader?.drain();
     } catch { /* closing anyway */ }
@@ -745,6 +799,9 @@ export class Agent {
     await this.outputs?.flush();
     await this.outputs?.close();
     await this.metricsServer?.close();
+    this.removeFatalHandler?.();
+    // Our filters are detached: another agent may take the handle now.
+    this.tcClaim?.release();
     log.info("stopped", { rows: this.correlator.stats().rows_emitted });
   }
 }

@@ -399,6 +399,7 @@ export class EventView {
   /** DATA: the call read more than was copied: bytes [pos + data.length, lostTo) are missing; else undefined. */
   lostTo: number | undefined = undefined;
   #rec: Uint8Array = EMPTY;
+  #connKey: string | undefined = undefined;
   readonly malformed: Record<EventDecodeError["reason"], number> = { short: 0, kind: 0, length: 0 };
 
   /** Fills the view from one record; false (counted in `malformed`) when the record is not well formed. */
@@ -423,6 +424,7 @@ export class EventView {
     this.offset = rOffset(dv);
     this.plaintext = (flags & EventFlags.PLAINTEXT) !== 0;
     this.lostTo = undefined;
+    this.#connKey = undefined;
     switch (kind) {
       case EventKind.DATA: {
         const len = rDataLen(dv), at = DF.data.offset;
@@ -457,6 +459,14 @@ export class EventView {
       default:
         return this.#bad("kind");
     }
+  }
+
+  /**
+   * The connection's key (`src|src_port|dst|dst_port`, addresses as the trackers and the correlator write
+   * them), built once per event and shared by every map lookup of it: one string, hashed once.
+   */
+  get connKey(): string {
+    return this.#connKey ??= this.src + "|" + this.src_port + "|" + this.dst + "|" + this.dst_port;
   }
 
   /** SYN: the TCP options (PacketTracker's name for them). */

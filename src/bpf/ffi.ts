@@ -59,6 +59,8 @@ const LIBBPF_SYMBOLS = {
   bpf_link__destroy: { parameters: ["pointer"], result: "i32" },
   bpf_link__fd: { parameters: ["pointer"], result: "i32" },
   bpf_obj_get_info_by_fd: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  // The program of a tc filter found by handle (src/bpf/tc.ts: is that leftover ours?).
+  bpf_prog_get_fd_by_id: { parameters: ["u32"], result: "i32" },
 
   bpf_map__name: { parameters: ["pointer"], result: "pointer" },
   bpf_map__fd: { parameters: ["pointer"], result: "i32" },

@@ -6,6 +6,7 @@
  * events only (not the PMU's); perf link info reports them from 6.7 only.
  */
 import { BpfError, errno, libbpf, libc } from "./ffi.ts";
+import { ensureTracefs, TRACEFS_PATHS } from "./tracefs.ts";
 import { type BpfProgram, Link } from "./object.ts";
 import { probeKallsyms, syscallPrefix } from "./probes.ts";
 
@@ -18,7 +19,7 @@ export const KRETPROBE_MAXACTIVE_MAX = 4096;
 export const DEFAULT_KRETPROBE_MAXACTIVE = KRETPROBE_MAXACTIVE_MAX;
 /** Overrides the default (tests force a tiny value to provoke misses). */
 export const MAXACTIVE_ENV = "JA4EBPF_KRETPROBE_MAXACTIVE";
-/** Our events: `ja4ebpf_<pid>_<syscall>[_<n>]`, in the "kprobes" group. */
+/** Our events: `ja4ebpf_<pid>_<start time>_<syscall>[_<n>]`, in the "kprobes" group (see eventOwner). */
 export const EVENT_PREFIX = "ja4ebpf_";
 const GROUP = "kprobes";
 
@@ -84,21 +85,52 @@ export function parseProfile(text: string): Map<string, { hits: number; missed: 
 
 /** The pid in one of our event names, or undefined for another tool's event. */
 export function eventPid(event: string): number | undefined {
-  const m = event.match(/^ja4ebpf_(\d+)_/);
-  return m ? Number(m[1]) : undefined;
+  return eventOwner(event)?.pid;
 }
 
-/** Our events whose process is gone (an agent killed with SIGKILL never removed them). */
-export function staleEvents(events: ProbeEvent[], alive: (pid: number) => boolean): ProbeEvent[] {
+/**
+ * Who made one of our events: `ja4ebpf_<pid>_<start>_<syscall>` names the process by pid and start time
+ * (clock ticks since boot, /proc/PID/stat field 22), so a pid reused by another process is told apart.
+ * Names of older versions carry the pid alone (start undefined).
+ */
+export function eventOwner(event: string): { pid: number; start?: string } | undefined {
+  const m = event.match(/^ja4ebpf_(\d+)_(?:(\d+)_)?[a-z]/);
+  if (!m) return undefined;
+  return m[2] === undefined ? { pid: Number(m[1]) } : { pid: Number(m[1]), start: m[2] };
+}
+
+/** A process's start time (field 22 of /proc/PID/stat), or undefined when it is gone. */
+export function procStartTime(pid: number): string | undefined {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    // Fields after the command name (which may hold spaces and parentheses): state is field 3.
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Our events that no live agent owns: its process is gone, or the pid now belongs to another process
+ * (start time differs). Events of older versions name no start time: they are candidates too, and the
+ * kernel keeps those still attached (removing an event in use fails with EBUSY).
+ */
+export function staleEvents(
+  events: ProbeEvent[],
+  startOf: (pid: number) => string | undefined,
+): ProbeEvent[] {
   return events.filter((e) => {
-    const pid = eventPid(e.event);
-    return pid !== undefined && pid !== Deno.pid && !alive(pid);
+    const o = eventOwner(e.event);
+    if (!o || active.has(e.event)) return false;
+    if (o.start === undefined) return true;
+    return startOf(o.pid) !== o.start;
   });
 }
 
-/** tracefs with kprobe events (no mount here: libbpf's fallback needs none), or null. */
+/** tracefs with kprobe events (see ensureTracefs), or null. */
 export function findKprobeTracefs(): string | null {
-  for (const p of ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]) {
+  ensureTracefs();
+  for (const p of TRACEFS_PATHS) {
     try {
       if (Deno.statSync(`${p}/kprobe_events`).isFile) return p;
     } catch {
@@ -147,17 +179,11 @@ export function removeEvent(
   }
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    Deno.statSync(`/proc/${pid}`);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 let cleaned = false;
-/** Removes our events left by dead agents (attach does it once per process). Returns the names removed. */
+/**
+ * Removes our events left by dead agents (attach does it once per process; `ja4ebpf cleanup` too). Returns
+ * the names removed.
+ */
 export function removeStaleEvents(tracefs: string, file: EventsFile = "kprobe_events"): string[] {
   let text = "";
   try {
@@ -165,7 +191,7 @@ export function removeStaleEvents(tracefs: string, file: EventsFile = "kprobe_ev
   } catch {
     return [];
   }
-  return staleEvents(parseProbeEvents(text), pidAlive)
+  return staleEvents(parseProbeEvents(text), procStartTime)
     .filter((e) => removeEvent(tracefs, e.event, e.group, file))
     .map((e) => e.event);
 }
@@ -319,10 +345,14 @@ export function attachTracefsEvent(
   return p;
 }
 
-/** `ja4ebpf_<pid>_<syscall>`, or with a suffix when this process holds it already or a leftover will not go. */
+/**
+ * `ja4ebpf_<pid>_<start>_<syscall>`, or with a suffix when this process holds it already or a leftover will
+ * not go.
+ */
 function freeEventName(tracefs: string, syscall: string): string {
+  const start = procStartTime(Deno.pid) ?? "0";
   for (let n = 0;; n++) {
-    const name = `${EVENT_PREFIX}${Deno.pid}_${syscall}${n ? `_${n}` : ""}`;
+    const name = `${EVENT_PREFIX}${Deno.pid}_${start}_${syscall}${n ? `_${n}` : ""}`;
     if (active.has(name)) continue;
     let exists = true;
     try {
@@ -330,7 +360,7 @@ function freeEventName(tracefs: string, syscall: string): string {
     } catch {
       exists = false;
     }
-    // Same pid as a dead agent's (pids are reused): its leftover is ours to remove.
+    // Same pid and start time: a leftover of this process (an earlier object) is ours to remove.
     if (exists && !removeEvent(tracefs, name)) continue;
     return name;
   }

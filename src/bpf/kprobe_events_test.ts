@@ -1,10 +1,11 @@
-import { assert, assertEquals, assertGreater, assertThrows } from "../testing/asserts.ts";
+import { assert, assertEquals, assertGreater, assertMatch, assertThrows } from "../testing/asserts.ts";
 import { BpfError, quietLibbpf } from "./ffi.ts";
 import { BpfObject, Link, u32Key } from "./object.ts";
 import { findLibrary, symbolOffset } from "./elf.ts";
 import {
   attachKretprobeEvent,
   attachTracefsEvent,
+  eventOwner,
   eventPid,
   findKprobeTracefs,
   KprobeEventLink,
@@ -14,6 +15,7 @@ import {
   parseProbeEvents,
   parseProfile,
   perfEventOpenTracepoint,
+  procStartTime,
   removeEvent,
   removeStaleEvents,
   staleEvents,
@@ -82,18 +84,30 @@ Deno.test("kprobe_events: maxactive, event and profile parsing, stale events", a
     assertEquals(p.size, 2);
   });
 
-  await t.step("stale: ours, of a dead pid, never this process's nor another tool's", () => {
+  await t.step("stale: ours, of a dead pid or a reused one, never a live agent's nor another tool's", () => {
     assertEquals(eventPid("ja4ebpf_12_recvfrom"), 12);
     assertEquals(eventPid("ja4ebpf_12_recvfrom_2"), 12);
     assertEquals(eventPid("libbpf_12_recvfrom"), undefined);
+    assertEquals(eventOwner("ja4ebpf_12_34567_recvfrom"), { pid: 12, start: "34567" });
+    assertEquals(eventOwner("ja4ebpf_12_34567_recvfrom_2"), { pid: 12, start: "34567" });
+    assertEquals(eventOwner("ja4ebpf_12_recvfrom"), { pid: 12 });
     const ev = (event: string) => ({ kind: "r" as const, group: "kprobes", event, target: "f" });
+    const started: Record<number, string> = { 200: "5000", 300: "7000" };
     const all = [
-      ev("ja4ebpf_100_recvfrom"),
-      ev("ja4ebpf_200_recvfrom"),
-      ev(`ja4ebpf_${Deno.pid}_recvfrom`),
+      ev("ja4ebpf_100_4000_recvfrom"), // process gone
+      ev("ja4ebpf_200_5000_recvfrom"), // live agent: same pid, same start
+      ev("ja4ebpf_300_6000_recvfrom"), // pid 300 reused by a process started later
+      ev("ja4ebpf_200_recvfrom"), // older version: left to the kernel (EBUSY while attached)
       ev("other_300_recvfrom"),
     ];
-    assertEquals(staleEvents(all, (pid) => pid === 200).map((e) => e.event), ["ja4ebpf_100_recvfrom"]);
+    assertEquals(staleEvents(all, (pid) => started[pid]).map((e) => e.event), [
+      "ja4ebpf_100_4000_recvfrom",
+      "ja4ebpf_300_6000_recvfrom",
+      "ja4ebpf_200_recvfrom",
+    ]);
+    assertEquals(procStartTime(Deno.pid), procStartTime(Deno.pid), "stable");
+    assertMatch(procStartTime(Deno.pid) ?? "", /^\d+$/);
+    assertEquals(procStartTime(0x3fffffff), undefined, "no such process");
   });
 });
 
@@ -121,25 +135,37 @@ function eventExists(tracefs: string, group: string, event: string): boolean {
   }
 }
 
-Deno.test("kprobe_events: events of dead agents are removed, a live process's are kept", async () => {
+Deno.test("kprobe_events: events of dead agents and of reused pids are removed, a live agent's are kept", async () => {
   requireRoot();
   const { tracefs, path, offset } = await uprobeTarget();
   // A pid that surely is gone: a child that has exited.
   const child = new Deno.Command("true").spawn();
   await child.status;
+  const init = procStartTime(1);
+  assert(init, "pid 1's start time");
   const group = `ja4ebpf_stale_${Deno.pid}`;
-  const dead = `ja4ebpf_${child.pid}_getppid`;
-  const live = "ja4ebpf_1_getppid"; // init is alive
-  for (const ev of [dead, live]) {
+  const dead = `ja4ebpf_${child.pid}_1_getppid`;
+  // pid 1 is alive, but it is not the process that made these: its start time differs, or none is named.
+  const reused = `ja4ebpf_1_${Number(init) + 1}_getppid`;
+  const reusedOld = "ja4ebpf_1_getppid";
+  // What a live agent (pid 1 with its own start time) holds: kept.
+  const live = `ja4ebpf_1_${init}_getppid`;
+  const all = [dead, reused, reusedOld, live];
+  for (const ev of all) {
     writeEvents(tracefs, `p:${group}/${ev} ${path}:0x${offset.toString(16)}`, "uprobe_events");
   }
   try {
-    assert(eventExists(tracefs, group, dead) && eventExists(tracefs, group, live), "both created");
-    assertEquals(removeStaleEvents(tracefs, "uprobe_events").filter((e) => e.startsWith("ja4ebpf_")), [dead]);
+    assert(all.every((ev) => eventExists(tracefs, group, ev)), "all created");
+    assertEquals(
+      removeStaleEvents(tracefs, "uprobe_events").filter((e) => e.startsWith("ja4ebpf_")).sort(),
+      [dead, reused, reusedOld].sort(),
+    );
     assert(!eventExists(tracefs, group, dead), "the dead agent's event is gone");
-    assert(eventExists(tracefs, group, live), "the live process's event stays");
+    assert(!eventExists(tracefs, group, reused), "the event of a pid now used by another process is gone");
+    assert(!eventExists(tracefs, group, reusedOld), "an older version's event not in use is gone");
+    assert(eventExists(tracefs, group, live), "the live agent's event stays");
   } finally {
-    for (const ev of [dead, live]) removeEvent(tracefs, ev, group, "uprobe_events");
+    for (const ev of all) removeEvent(tracefs, ev, group, "uprobe_events");
   }
   assert(!eventExists(tracefs, group, live), "removed by the test");
 });

@@ -152,7 +152,8 @@ export const DropReason = {
   NO_STASH: 9,
   SSL_NO_FD: 10,
   FOLLOW_FULL: 11,
-  MAX: 12,
+  LOST_READ: 12,
+  MAX: 13,
 } as const;
 export type DropReason = (typeof DropReason)[keyof typeof DropReason];
 

@@ -53,6 +53,9 @@ export class Link implements AttachHandle {
   }
 }
 
+/** The agent's tc filter handle and priority unless `capture.tc_handle` says otherwise (src/bpf/tc.ts). */
+export const DEFAULT_TC_HANDLE = 0x4a34;
+
 export interface TcOptions {
   /** Interface name ("lo", "eth0") or index. */
   iface: string | number;
@@ -89,7 +92,7 @@ export class TcLink implements AttachHandle {
   }
 }
 
-function tcHook(ifindex: number, direction: "ingress" | "egress"): Uint8Array<ArrayBuffer> {
+export function tcHook(ifindex: number, direction: "ingress" | "egress"): Uint8Array<ArrayBuffer> {
   const b = new Uint8Array(24);
   const dv = new DataView(b.buffer);
   dv.setBigUint64(0, 24n, true);
@@ -98,7 +101,12 @@ function tcHook(ifindex: number, direction: "ingress" | "egress"): Uint8Array<Ar
   return b;
 }
 
-function tcOpts(progFd: number, handle: number, priority: number, flags: number): Uint8Array<ArrayBuffer> {
+export function tcOpts(
+  progFd: number,
+  handle: number,
+  priority: number,
+  flags: number,
+): Uint8Array<ArrayBuffer> {
   const b = new Uint8Array(32);
   const dv = new DataView(b.buffer);
   dv.setBigUint64(0, 32n, true);
@@ -231,8 +239,8 @@ export class BpfProgram {
     const l = libbpf();
     const dir = o.direction ?? "ingress";
     const idx = ifindex(o.iface);
-    const handle = o.handle ?? 0x4a34;
-    const priority = o.priority ?? 0x4a34 & 0xffff;
+    const handle = o.handle ?? DEFAULT_TC_HANDLE;
+    const priority = o.priority ?? DEFAULT_TC_HANDLE & 0xffff;
     const hook = tcHook(idx, dir);
     const rc = l.bpf_tc_hook_create(hook);
     if (rc < 0 && rc !== -17 /* EEXIST: clsact already there */) {

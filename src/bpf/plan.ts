@@ -15,9 +15,10 @@ import {
   ProgType,
   quietLibbpf,
 } from "./ffi.ts";
-import { type AttachHandle, BpfObject, type GlobalValue } from "./object.ts";
-import type { LibaprInfo } from "./probes.ts";
+import { type AttachHandle, BpfObject, type GlobalValue, probeRingbuf } from "./object.ts";
+import { type LibaprInfo, probeLibapr } from "./probes.ts";
 import { attachKretprobeEvent, kretprobeMaxactive } from "./kprobe_events.ts";
+import type { Config } from "../config/config.ts";
 
 export type NginxMethod = "tracepoint" | "raw_tp" | "fexit" | "kretprobe";
 export type ApacheMethod = "uprobe" | "read_tracepoint";
@@ -156,6 +157,8 @@ export interface PlanConfig {
   /** `has_task_btf` for every load (probe and final); default: probeTaskBtf(). */
   taskBtf?: boolean;
   hooks?: HookSpec[];
+  /** Why a hook is asked for another method than its configured one (kept on the HookPlan). */
+  why?: Partial<Record<HookName, string>>;
 }
 
 export interface MethodAttempt {
@@ -182,6 +185,8 @@ export interface HookPlan {
   attempts: MethodAttempt[];
   /** In words, when method is null. */
   reason?: string;
+  /** Why `requested` is not the configured method (e.g. "uprobes.enabled is false"). */
+  why?: string;
 }
 
 export interface AttachPlan {
@@ -373,6 +378,8 @@ function makePlanLoud(bytes: Uint8Array, cfg: PlanConfig): AttachPlan {
   for (const spec of cfg.hooks ?? DEFAULT_HOOKS) {
     const requested = cfg.methods?.[spec.hook] ?? "auto";
     const hp: HookPlan = { hook: spec.hook, requested, method: null, programs: [], attempts: [] };
+    const why = cfg.why?.[spec.hook];
+    if (why) hp.why = why;
     hooks.push(hp);
     if (requested === "off") {
       hp.reason = "disabled by configuration";
@@ -487,4 +494,108 @@ export function openPlanned(
       obj.close();
     },
   };
+}
+
+/** The configuration keys that decide the plan (a whole Config fits). */
+export interface PlanSettings {
+  uprobes: Pick<Config["uprobes"], "enabled" | "servers">;
+  capture:
+    & Pick<Config["capture"], "nginx" | "apache" | "ringbuf" | "kretprobe_maxactive" | "interfaces">
+    & Partial<Pick<Config["capture"], "tc_handle">>;
+}
+
+/** What the plan needs from the host; planFromConfig probes what is not given. */
+export interface PlanHost {
+  /** Whether the kernel creates BPF ring buffers (asked only with capture.ringbuf auto). */
+  ringbuf?: boolean;
+  /** Where libapr's apr_socket_recv is (asked only when Apache may be uprobed). */
+  libapr?: LibaprInfo;
+  /** The capture interfaces, as captureInterfaces() lists them. */
+  interfaces?: string[];
+}
+
+/** The channel: capture.ringbuf forces one; auto takes the ring buffer where the kernel has it. */
+export function ringbufChosen(setting: Config["capture"]["ringbuf"], kernelRingbuf: () => boolean): boolean {
+  return setting === "perfbuf" ? false : setting === "ringbuf" ? true : kernelRingbuf();
+}
+
+/** Apache's apr_socket_recv uprobes may be used (then libapr is located before planning). */
+export function aprUprobesWanted(cfg: PlanSettings): boolean {
+  return cfg.uprobes.enabled && cfg.uprobes.servers.includes("apache");
+}
+
+/**
+ * The plan inputs of a configuration, with the host facts already known. Pure: `run` and `--validate` both
+ * get here through planFromConfig, so --validate reports the methods `run` attaches.
+ */
+export function planInputs(
+  cfg: PlanSettings,
+  host: { ringbuf: boolean; libapr?: LibaprInfo; interfaces: string[] },
+): PlanConfig {
+  const servers = cfg.uprobes.servers;
+  const why: Partial<Record<HookName, string>> = {};
+  const method = (server: "nginx" | "apache", configured: string) => {
+    if (!servers.includes(server)) {
+      why[server] = `uprobes.servers does not list ${server}`;
+      return "off";
+    }
+    // Without uprobes the only way to see Apache's reads is the read tracepoints.
+    if (server === "apache" && configured === "auto" && !cfg.uprobes.enabled) {
+      why[server] = "uprobes.enabled is false";
+      return "read_tracepoint";
+    }
+    return configured;
+  };
+  const ifaces = host.interfaces;
+  return {
+    methods: { nginx: method("nginx", cfg.capture.nginx), apache: method("apache", cfg.capture.apache) },
+    // The probe attaches to the first one: loopback is always there.
+    tcInterfaces: ifaces.includes("lo") ? ["lo", ...ifaces.filter((i) => i !== "lo")] : ifaces,
+    // The agent's own filter identity (src/bpf/tc.ts); undefined: the default.
+    tcHandle: cfg.capture.tc_handle,
+    tcPriority: cfg.capture.tc_handle,
+    libapr: aprUprobesWanted(cfg) ? host.libapr : undefined,
+    ringbuf: host.ringbuf,
+    // The environment variable (tests) wins over the configured value.
+    kretprobeMaxactive: Deno.env.get("JA4EBPF_KRETPROBE_MAXACTIVE")
+      ? undefined
+      : cfg.capture.kretprobe_maxactive,
+    why,
+  };
+}
+
+/**
+ * The interfaces the packet hook attaches to: the configured ones, or with "auto" (or none) every interface
+ * that is up, and loopback; sorted.
+ */
+export async function captureInterfaces(want: readonly string[]): Promise<string[]> {
+  if (!(want.length === 0 || want.includes("auto"))) return [...want];
+  const out: string[] = [];
+  for (const e of Deno.readDirSync("/sys/class/net")) {
+    try {
+      const state = (await Deno.readTextFile(`/sys/class/net/${e.name}/operstate`)).trim();
+      const flags = parseInt((await Deno.readTextFile(`/sys/class/net/${e.name}/flags`)).trim(), 16);
+      if (e.name === "lo" || state === "up" || (flags & 1) === 1) out.push(e.name);
+    } catch { /* interface vanished */ }
+  }
+  return out.sort();
+}
+
+/**
+ * The one way a configuration becomes an attach plan, for `run` and `--validate` alike: host facts probed
+ * (channel, libapr, interfaces) unless given, then every hook probed on this kernel. `exhaustive` (validate)
+ * goes on probing after a method works; the method chosen is the same.
+ */
+export async function planFromConfig(
+  bytes: Uint8Array,
+  cfg: PlanSettings,
+  opts: { exhaustive?: boolean; host?: PlanHost } = {},
+): Promise<AttachPlan> {
+  const host = opts.host ?? {};
+  const inputs = planInputs(cfg, {
+    ringbuf: ringbufChosen(cfg.capture.ringbuf, () => host.ringbuf ?? probeRingbuf()),
+    libapr: aprUprobesWanted(cfg) ? host.libapr ?? await probeLibapr() : undefined,
+    interfaces: host.interfaces ?? await captureInterfaces(cfg.capture.interfaces),
+  });
+  return makePlan(bytes, { ...inputs, exhaustive: opts.exhaustive });
 }

@@ -1,14 +1,19 @@
-import { assert, assertEquals, assertMatch } from "../testing/asserts.ts";
+import { assert, assertEquals, assertMatch, assertThrows } from "../testing/asserts.ts";
 import {
   DEFAULT_HOOKS,
   type HookSpec,
   makePlan,
   openPlanned,
+  planInputs,
+  type PlannedObject,
   PROBE_TC_HANDLE,
   PROBE_TC_PRIORITY,
   probeTaskBtf,
+  ringbufChosen,
   verifierTail,
 } from "./plan.ts";
+import { EAGAIN_ATTEMPTS, loadWithFallback } from "./load.ts";
+import { parseConfig } from "../config/config.ts";
 import { embeddedObject } from "./embedded.ts";
 import { RODATA } from "./layout.gen.ts";
 import { probeLibapr } from "./probes.ts";
@@ -209,4 +214,135 @@ Deno.test("verifierTail: the refusal from libbpf's one-message verifier log", as
   for (const [name, warnings, want] of cases) {
     await t.step(name, () => assertEquals(verifierTail(warnings), want));
   }
+});
+
+Deno.test("planInputs: what a configuration asks of the plan (run and --validate share it)", async (t) => {
+  const libapr = {
+    path: "/usr/lib/x86_64-linux-gnu/libapr-1.so.0",
+    symbol: "apr_socket_recv",
+    offset: 0x1234,
+  };
+  const host = { ringbuf: true, libapr, interfaces: ["eth0", "lo", "veth1"] };
+  const saved = Deno.env.get("JA4EBPF_KRETPROBE_MAXACTIVE");
+  Deno.env.delete("JA4EBPF_KRETPROBE_MAXACTIVE");
+  try {
+    const cases: [string, string, Record<string, string>, Record<string, string>, boolean][] = [
+      // name, YAML, methods, why, libapr passed on
+      ["defaults", "", { nginx: "auto", apache: "auto" }, {}, true],
+      [
+        "uprobes off: Apache can only be seen through read tracepoints",
+        "uprobes:\n  enabled: false\n",
+        { nginx: "auto", apache: "read_tracepoint" },
+        { apache: "uprobes.enabled is false" },
+        false,
+      ],
+      [
+        "uprobes off but Apache forced: the forced method stays (and fails on libapr)",
+        "uprobes:\n  enabled: false\ncapture:\n  apache: uprobe\n",
+        { nginx: "auto", apache: "uprobe" },
+        {},
+        false,
+      ],
+      [
+        "a server not listed is off, whatever its method",
+        "uprobes:\n  servers: [nginx]\ncapture:\n  apache: read_tracepoint\n",
+        { nginx: "auto", apache: "off" },
+        { apache: "uprobes.servers does not list apache" },
+        false,
+      ],
+      [
+        "Apache only, nginx forced",
+        "uprobes:\n  servers: [apache]\ncapture:\n  nginx: fexit\n",
+        { nginx: "off", apache: "auto" },
+        { nginx: "uprobes.servers does not list nginx" },
+        true,
+      ],
+      [
+        "forced methods pass through",
+        "capture:\n  nginx: kretprobe\n",
+        { nginx: "kretprobe", apache: "auto" },
+        {},
+        true,
+      ],
+    ];
+    for (const [name, yaml, methods, why, withApr] of cases) {
+      await t.step(name, () => {
+        const pc = planInputs(parseConfig(yaml, "c.yaml"), host);
+        assertEquals([pc.methods, pc.why], [methods, why]);
+        assertEquals(pc.libapr, withApr ? libapr : undefined);
+        assertEquals([pc.tcInterfaces, pc.ringbuf, pc.kretprobeMaxactive], [
+          ["lo", "eth0", "veth1"],
+          true,
+          4096,
+        ]);
+      });
+    }
+    await t.step("kretprobe_maxactive from the config, unless the environment sets it", () => {
+      const cfg = parseConfig("capture:\n  kretprobe_maxactive: 64\n", "c.yaml");
+      assertEquals(planInputs(cfg, host).kretprobeMaxactive, 64);
+      Deno.env.set("JA4EBPF_KRETPROBE_MAXACTIVE", "8");
+      assertEquals(planInputs(cfg, host).kretprobeMaxactive, undefined);
+    });
+    await t.step("the channel: forced either way, else the kernel's answer", () => {
+      const got = (["auto", "ringbuf", "perfbuf"] as const).flatMap((s) =>
+        [true, false].map((k) => ringbufChosen(s, () => k))
+      );
+      assertEquals(got, [true, false, true, true, false, false]);
+    });
+  } finally {
+    if (saved === undefined) Deno.env.delete("JA4EBPF_KRETPROBE_MAXACTIVE");
+    else Deno.env.set("JA4EBPF_KRETPROBE_MAXACTIVE", saved);
+  }
+});
+
+Deno.test("loadWithFallback: optional program sets the kernel refuses cost only their feature", async (t) => {
+  requireRoot();
+  const bytes = await probeTestObject();
+  const plan = makePlan(bytes, { hooks: FIXTURE_HOOKS, methods: { apache: "off", packets: "off" } });
+  const open = (loadOnly: string[]) =>
+    openPlanned(bytes, plan, {}, { globals: { target_tgid: Deno.pid }, loadOnly });
+
+  await t.step("both sets load: one object with both", () => {
+    const r = loadWithFallback(open, { tls: ["pt_rawtp_exit"], apr: ["pt_uprobe"] });
+    using _ = r.planned;
+    assertEquals([r.tls, r.apr, r.errors], [true, true, {}]);
+    assert(r.planned.obj.program("pt_rawtp_exit").fd >= 0 && r.planned.obj.program("pt_uprobe").fd >= 0);
+  });
+
+  await t.step("a refused set (fexit: EPERM here) is left out with its error; the other stays", () => {
+    const r = loadWithFallback(open, { tls: ["pt_fexit"], apr: ["pt_uprobe"] });
+    using _ = r.planned;
+    assertEquals([r.tls, r.apr, r.errors.apr], [false, true, undefined]);
+    assertMatch(r.errors.tls!, /EPERM/);
+    assertEquals(r.planned.obj.program("pt_uprobe").fd >= 0, true);
+  });
+
+  await t.step("both refused: the plan alone; a set not wanted is never tried", () => {
+    const tried: string[][] = [];
+    const r = loadWithFallback((l) => (tried.push(l), open(l)), { tls: ["pt_fexit"], apr: [] });
+    using _ = r.planned;
+    assertEquals([r.tls, r.apr], [false, false]);
+    assertEquals(tried, [["pt_fexit"], []]);
+    assertEquals(r.planned.links.length, 1, "the plan's tracepoint is attached");
+  });
+
+  // The verifier's EAGAIN cannot be provoked on demand: a test double throws it.
+  await t.step("EAGAIN is retried with the same set, then the set is given up", () => {
+    let calls = 0;
+    const flaky = (fails: number) => (l: string[]): PlannedObject => {
+      if (++calls <= fails) throw new Error("bpf_object__load: EAGAIN: Resource temporarily unavailable");
+      return open(l);
+    };
+    const ok = loadWithFallback(flaky(EAGAIN_ATTEMPTS - 1), { tls: ["pt_rawtp_exit"], apr: [] });
+    ok.planned.close();
+    assertEquals([ok.tls, calls], [true, EAGAIN_ATTEMPTS]);
+    calls = 0;
+    const gaveUp = loadWithFallback(flaky(EAGAIN_ATTEMPTS), { tls: ["pt_rawtp_exit"], apr: [] });
+    gaveUp.planned.close();
+    assertEquals([gaveUp.tls, calls], [false, EAGAIN_ATTEMPTS + 1]);
+    assertMatch(gaveUp.errors.tls!, /EAGAIN/);
+    calls = 0;
+    assertThrows(() => loadWithFallback(flaky(99), { tls: [], apr: [] }), Error, "EAGAIN");
+    assertEquals(calls, EAGAIN_ATTEMPTS, "the plan-only load is retried too, then its error is thrown");
+  });
 });

@@ -2,7 +2,8 @@
  * What the kernel and this process offer, probed rather than inferred from a version: BTF, tracefs
  * (mounted if allowed), kallsyms symbols, kprobe PMU, ring buffers, capabilities, libbpf, libapr.
  */
-import { cstr, errno, errnoName, libbpfVersion, libc, strerror } from "./ffi.ts";
+import { libbpfVersion } from "./ffi.ts";
+import { ensureTracefs, type TracefsState } from "./tracefs.ts";
 import { probeRingbuf } from "./object.ts";
 import { findLibrary, symbolOffset } from "./elf.ts";
 
@@ -24,33 +25,11 @@ export function parseCapEff(status: string): Record<CapName, boolean> & { raw: s
   return out;
 }
 
-export interface TracefsState {
-  path: string | null;
-  /** We mounted it during this probe. */
-  mounted: boolean;
-  error?: string;
-}
-
-async function isDir(p: string): Promise<boolean> {
-  try {
-    return (await Deno.stat(p)).isDirectory;
-  } catch {
-    return false;
-  }
-}
+export type { TracefsState } from "./tracefs.ts";
 
 /** Finds tracefs (needed to attach tracepoints by name); mounts it at /sys/kernel/tracing if allowed. */
-export async function probeTracefs(mountIfMissing = true): Promise<TracefsState> {
-  for (const p of ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]) {
-    if (await isDir(`${p}/events`)) return { path: p, mounted: false };
-  }
-  if (!mountIfMissing) return { path: null, mounted: false, error: "tracefs not mounted" };
-  const rc = libc().mount(cstr("tracefs"), cstr("/sys/kernel/tracing"), cstr("tracefs"), 0n, null);
-  if (rc === 0 && await isDir("/sys/kernel/tracing/events")) {
-    return { path: "/sys/kernel/tracing", mounted: true };
-  }
-  const e = errno();
-  return { path: null, mounted: false, error: `mount tracefs: ${errnoName(e)}: ${strerror(e)}` };
+export function probeTracefs(mountIfMissing = true): Promise<TracefsState> {
+  return Promise.resolve(ensureTracefs(mountIfMissing));
 }
 
 /**

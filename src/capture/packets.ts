@@ -44,13 +44,17 @@ export interface PacketTrackerStats {
 interface Flow {
   /** Sequence number of the first payload byte (ISN + 1), once known. */
   base: number | undefined;
-  asm: StreamAssembler;
-  tls: TlsHandshakeReader;
+  /** Created with the first payload segment: a SYN alone (every plain-HTTP connection) costs no parser. */
+  asm: StreamAssembler | null;
+  tls: TlsHandshakeReader | null;
   lastNs: number;
 }
 
-export function tupleKey(t: Tuple): string {
-  return t.src + "|" + t.src_port + "|" + t.dst + "|" + t.dst_port;
+/** A tuple that may carry its key already (the agent's EventView builds it once per event). */
+type Keyed = Tuple & { readonly connKey?: string };
+
+export function tupleKey(t: Keyed): string {
+  return t.connKey ?? t.src + "|" + t.src_port + "|" + t.dst + "|" + t.dst_port;
 }
 
 export class PacketTracker {
@@ -99,18 +103,20 @@ export class PacketTracker {
     if (flow.base === undefined) flow.base = f.seq >>> 0;
     const rel = (f.seq - flow.base) >>> 0;
     if (rel > 1 << 20) return undefined; // before the base (old retransmit) or far beyond what we track
-    const { out } = flow.asm.push(rel, f.bytes);
+    const asm = flow.asm ??= new StreamAssembler(64 * 1024);
+    const tls = flow.tls ??= new TlsHandshakeReader();
+    const { out } = asm.push(rel, f.bytes);
     for (const piece of out) {
-      if (flow.asm.stats.delivered === piece.length && !(piece[0] === 0x16 && piece[1] === 0x03)) {
+      if (asm.stats.delivered === piece.length && !(piece[0] === 0x16 && piece[1] === 0x03)) {
         // Not TLS (plain HTTP on this port): nothing to fingerprint here.
         this.s.not_tls++;
         this.finish(key, flow);
         return undefined;
       }
-      flow.tls.push(piece);
+      tls.push(piece);
     }
     for (;;) {
-      const m = flow.tls.next();
+      const m = tls.next();
       if (!m.ok) {
         if (!m.needMore) {
           this.s.parse_errors++;
@@ -138,6 +144,14 @@ export class PacketTracker {
     }
   }
 
+  /**
+   * The server closed the connection: its flow goes at once (a plain-HTTP connection's flow never sees a
+   * payload segment — tc does not send one — so it would otherwise wait for the idle expiry).
+   */
+  close(t: Tuple): void {
+    this.flows.delete(tupleKey(t));
+  }
+
   /** Forgets flows idle for longer than idleNs (default 30 s). */
   expire(nowNs: number): void {
     const idle = this.opts.idleNs ?? 30e9;
@@ -158,8 +172,8 @@ export class PacketTracker {
   private newFlow(key: string, tsNs: number): Flow {
     const flow: Flow = {
       base: undefined,
-      asm: new StreamAssembler(64 * 1024),
-      tls: new TlsHandshakeReader(),
+      asm: null,
+      tls: null,
       lastNs: tsNs,
     };
     this.flows.set(key, flow);

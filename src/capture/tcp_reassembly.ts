@@ -41,7 +41,12 @@ export interface DirectionStats {
 
 /** One direction of a connection: turns segments in any order into an in-order byte stream. */
 export class TcpDirection {
-  /** Receives the in-order bytes (its own copy) with the capture time of the segment that completed them. */
+  /**
+   * Receives the in-order bytes with the capture time of the segment that completed them. The bytes are only
+   * valid during the call (they may be a view of the capture reader's buffer, which the next packet
+   * overwrites): a consumer that keeps them copies them. Copying every segment here cost more than any
+   * parsing done on it.
+   */
   onData: ((bytes: Uint8Array, tsMicros: number) => void) | null = null;
   /** Told when bytes were lost; the stream continues after the hole. */
   onGap: ((lost: number) => void) | null = null;
@@ -120,7 +125,7 @@ export class TcpDirection {
     if (bytes.length > room) bytes = bytes.subarray(0, room);
     this.next = (this.next! + bytes.length) >>> 0;
     this.delivered += bytes.length;
-    this.onData?.(bytes.slice(), ts);
+    this.onData?.(bytes, ts);
     if (this.closed) {
       this.pending = [];
       this.pendingBytes = 0;

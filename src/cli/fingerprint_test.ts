@@ -1,4 +1,6 @@
 import { assert, assertEquals, assertStringIncludes } from "../testing/asserts.ts";
+import fc from "fast-check";
+import { recordJson } from "./fingerprint.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url);
 const FIX = new URL("../../tests/fixtures/foxio/pcap/", import.meta.url);
@@ -154,4 +156,29 @@ Deno.test("fingerprint --keylog: TLS streams decrypted, their requests listed un
     await Deno.remove(wrong);
     await Deno.remove(empty);
   }
+});
+
+Deno.test("fingerprint: recordJson writes exactly what JSON.stringify writes", () => {
+  // Any UTF-16 unit, lone surrogates and controls included (SNI and paths come from the capture).
+  const text = fc.string({ unit: fc.integer({ min: 0, max: 0xffff }).map((c) => String.fromCharCode(c)) });
+  const anyText = fc.oneof(text, fc.string());
+  const http = fc.record({
+    ja4h: anyText,
+    ja4h_r: fc.option(anyText, { nil: undefined }),
+    method: anyText,
+    path: anyText,
+  });
+  const rec = fc.record({
+    stream: fc.nat(),
+    transport: fc.constant("tcp" as const),
+    src: anyText,
+    dst: anyText,
+    src_port: fc.nat({ max: 65535 }),
+    dst_port: fc.nat({ max: 65535 }),
+    tls_server_name: fc.option(anyText, { nil: undefined }),
+    ja4: fc.option(anyText, { nil: undefined }),
+    ja4l_c: fc.option(anyText, { nil: undefined }),
+    http: fc.option(fc.array(http, { maxLength: 3 }), { nil: undefined }),
+  }, { requiredKeys: ["stream", "transport", "src", "dst", "src_port", "dst_port"] });
+  fc.assert(fc.property(rec, (r) => assertEquals(recordJson(r), JSON.stringify(r))), { numRuns: 2000 });
 });

@@ -1,7 +1,18 @@
 import { parseFlags } from "./args.ts";
-import { ConfigError, DEFAULT_CONFIG_PATH, loadConfig, redacted } from "../config/config.ts";
+import { type Config, ConfigError, DEFAULT_CONFIG_PATH, loadConfig, redacted } from "../config/config.ts";
 import { configureLog, log } from "../log.ts";
-import { Agent } from "../agent/agent.ts";
+import { Agent, StartAbortedError } from "../agent/agent.ts";
+
+/**
+ * Why a configuration would discard every row (no stdout, no file, no ClickHouse), or undefined. The agent
+ * refuses to start on it rather than capture for nothing.
+ */
+export function rowsGoNowhere(cfg: Config): string | undefined {
+  const o = cfg.output;
+  if (o.stdout || o.file.path || o.clickhouse.url) return undefined;
+  return "no output for rows: output.stdout is false and output.file.path and output.clickhouse.url are " +
+    "empty, so every captured row would be discarded; set at least one of them";
+}
 
 const USAGE = `Usage: ja4ebpf run [--config FILE]
   Captures the HTTP requests of nginx and Apache with eBPF and writes one row per request.
@@ -23,6 +34,13 @@ export async function main(args: string[]): Promise<number> {
       return 2;
     }
     throw e;
+  }
+  const noOutput = rowsGoNowhere(cfg);
+  if (noOutput) {
+    let file = values.config as string | undefined;
+    if (file === undefined) file = DEFAULT_CONFIG_PATH;
+    console.error(`ja4ebpf: ${file}: ${noOutput}`);
+    return 2;
   }
   configureLog({ level: cfg.log.level, format: cfg.log.format });
   log.debug("configuration", { config: JSON.stringify(redacted(cfg)) });
@@ -48,6 +66,8 @@ export async function main(args: string[]): Promise<number> {
   try {
     await agent.start();
   } catch (e) {
+    // A signal during start-up: the stop it started removes what was attached, then exits 0.
+    if (e instanceof StartAbortedError) return await done.promise;
     log.error("start failed", { error: e instanceof Error ? e.message : String(e) });
     await agent.stop().catch(() => {});
     return 1;

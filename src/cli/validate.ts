@@ -1,10 +1,12 @@
 /**
- * `ja4ebpf --validate [--json]`: a dry run of the attach plan. Probes the kernel for real (load and
- * attach each method, then detach), reports what would be used and why the rest was refused.
+ * `ja4ebpf --validate [--json]`: a dry run of the attach plan. The plan is built by the same function as
+ * `run`'s (planFromConfig: servers, uprobes.enabled, channel, kretprobe_maxactive all applied), probing the
+ * kernel for real (load and attach each method, then detach) and, unlike `run`, every method after the
+ * chosen one too. Reports what `run` would attach and why the rest was refused.
  * Exit 0 when the agent can run here, 1 otherwise with the reason in words.
  */
 import { parseFlags } from "./args.ts";
-import { type Config, ConfigError, DEFAULT_CONFIG, loadConfig } from "../config/config.ts";
+import { type Config, ConfigError, DEFAULT_CONFIG_PATH, loadConfig } from "../config/config.ts";
 
 const USAGE = `Usage: ja4ebpf --validate [--json] [--config FILE]
 
@@ -12,7 +14,8 @@ Checks the kernel (BTF, tracefs, kallsyms, ring buffers), capabilities, libbpf, 
 method (tracepoint, raw_tp, fexit, kretprobe, uprobe, tc) by loading and attaching it for real, and whether
 HTTPS plaintext capture works (libssl of the running servers, SSL_read uprobes attached for real).
   --json           one JSON document on stdout
-  --config FILE    use the capture settings (forced methods, interfaces) of this configuration`;
+  --config FILE    plan for this configuration, as \`run --config FILE\` would (default ${DEFAULT_CONFIG_PATH}
+                   when it exists, else the embedded defaults): servers, uprobes, forced methods, channel`;
 
 export interface ValidateReport {
   ok: boolean;
@@ -30,10 +33,17 @@ export interface ValidateReport {
   capabilities: Record<string, boolean>;
   libapr: { path: string | null; source?: string; symbol: string; offset?: number; error?: string } | null;
   bpf_object: { bytes: number } | null;
+  /** Per hook, what `run` attaches with this configuration, and every method probed. */
   hooks: {
     hook: string;
+    /** The method asked of the plan: the configured one, or what the configuration implies (see why). */
     requested: string;
+    /** Why requested is not the configured method (a server not listed, uprobes disabled). */
+    why?: string;
+    /** The method `run` attaches, or null. */
     method: string | null;
+    /** The programs `run` attaches for it. */
+    programs: string[];
     reason?: string;
     attempts: {
       method: string;
@@ -128,11 +138,10 @@ export async function validate(cfg: Config): Promise<ValidateReport> {
     capabilities: Object.fromEntries(Object.entries(env.capabilities).filter(([k]) => k !== "raw")),
     libapr: env.libapr,
   });
-  const wantRing = cfg.capture.ringbuf;
-  if (wantRing === "ringbuf" && !env.ringbuf) {
+  if (cfg.capture.ringbuf === "ringbuf" && !env.ringbuf) {
     r.reasons.push("capture.ringbuf is 'ringbuf' but the kernel has no BPF ring buffers");
   }
-  r.channel = wantRing === "perfbuf" ? "perfbuf" : env.ringbuf ? "ringbuf" : "perfbuf";
+  r.channel = plan.ringbufChosen(cfg.capture.ringbuf, () => env.ringbuf) ? "ringbuf" : "perfbuf";
   if (!env.canLoad) {
     r.reasons.push("missing capabilities: loading BPF needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN");
     return r;
@@ -147,15 +156,11 @@ export async function validate(cfg: Config): Promise<ValidateReport> {
     );
     return r;
   }
-  const ifaces = cfg.capture.interfaces.filter((i) => i !== "auto");
   let p: import("../bpf/plan.ts").AttachPlan;
   try {
-    p = plan.makePlan(bytes, {
-      methods: { nginx: cfg.capture.nginx, apache: cfg.capture.apache },
-      tcInterfaces: ifaces.length ? ifaces : ["lo"],
-      libapr: env.libapr,
+    p = await plan.planFromConfig(bytes, cfg, {
       exhaustive: true,
-      ringbuf: r.channel === "ringbuf",
+      host: { ringbuf: env.ringbuf, libapr: env.libapr },
     });
   } catch (e) {
     r.reasons.push(`the BPF object could not be opened: ${e instanceof Error ? e.message : e}`);
@@ -164,7 +169,9 @@ export async function validate(cfg: Config): Promise<ValidateReport> {
   r.hooks = p.hooks.map((h) => ({
     hook: h.hook,
     requested: h.requested,
+    why: h.why,
     method: h.method,
+    programs: h.programs.map((pa) => pa.program),
     reason: h.reason,
     attempts: h.attempts.map((a) => ({
       method: a.method,
@@ -353,11 +360,12 @@ export function formatReport(r: ValidateReport): string {
   if (r.bpf_object) row("BPF object", `${r.bpf_object.bytes} bytes`);
   if (r.hooks.length) lines.push("hooks:");
   for (const h of r.hooks) {
-    lines.push(
-      `  ${h.hook.padEnd(9)}${h.method ?? "NONE"}${
-        h.requested !== "auto" ? ` (configured: ${h.requested})` : ""
-      }`,
-    );
+    const asked = h.why
+      ? ` (${h.requested}: ${h.why})`
+      : h.requested !== "auto"
+      ? ` (configured: ${h.requested})`
+      : "";
+    lines.push(`  ${h.hook.padEnd(9)}${h.method ?? "NONE"}${asked}`);
     for (const a of h.attempts) {
       const what = a.ok
         ? (a.method === h.method ? "works (chosen)" : "works")
@@ -409,9 +417,8 @@ export async function main(args: string[]): Promise<number> {
   }
   let cfg: Config;
   try {
-    cfg = typeof values.config === "string"
-      ? await loadConfig(values.config)
-      : structuredClone(DEFAULT_CONFIG) as Config;
+    // The configuration `run` would read: --config, else the default file when it exists, else defaults.
+    cfg = await loadConfig(values.config as string | undefined);
   } catch (e) {
     if (e instanceof ConfigError) {
       console.error(e.message);

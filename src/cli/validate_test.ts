@@ -1,6 +1,9 @@
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "../testing/asserts.ts";
-import type { ValidateReport } from "./validate.ts";
+import { validate, type ValidateReport } from "./validate.ts";
 import { mappedFiles } from "../bpf/elf.ts";
+import { Agent } from "../agent/agent.ts";
+import { parseConfig } from "../config/config.ts";
+import { setLogSink } from "../log.ts";
 import { startApache } from "../../tests/helpers/servers.ts";
 
 const APACHE = 27081;
@@ -130,6 +133,8 @@ Deno.test("--validate: human output, forced method from the config, bad config",
       const { code, stdout } = await run(["--validate", "--config", `${dir}/u.yaml`]);
       assertEquals(code, 0);
       assertMatch(stdout, /^HTTPS +NO plaintext capture: uprobes.enabled is false$/m);
+      // What run does without uprobes, and why: Apache is read through the read tracepoints.
+      assertMatch(stdout, /^ {2}apache +read_tracepoint \(read_tracepoint: uprobes.enabled is false\)$/m);
     });
     await t.step("an unreadable config: exit 1 with the reason", async () => {
       const { code, stderr } = await run(["--validate", "--config", `${dir}/missing.yaml`]);
@@ -138,5 +143,95 @@ Deno.test("--validate: human output, forced method from the config, bad config",
     });
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("run and --validate attach the same plan for the same configuration", async (t) => {
+  if (Deno.uid() !== 0) throw new Error("the agent and --validate probe BPF for real: run as root");
+  // [name, YAML, the method run attaches per hook on this kernel (nginx, apache), run starts]
+  const cases: [string, string, [string | null, string | null], boolean][] = [
+    ["defaults", "", ["tracepoint", "uprobe"], true],
+    ["uprobes off: Apache on the read tracepoints", "uprobes:\n  enabled: false\n", [
+      "tracepoint",
+      "read_tracepoint",
+    ], true],
+    ["nginx only", "uprobes:\n  servers: [nginx]\n", ["tracepoint", null], true],
+    ["Apache only, nginx forced elsewhere", "uprobes:\n  servers: [apache]\ncapture:\n  nginx: raw_tp\n", [
+      null,
+      "uprobe",
+    ], true],
+    ["forced raw_tp on the perf buffer", "capture:\n  nginx: raw_tp\n  ringbuf: perfbuf\n", [
+      "raw_tp",
+      "uprobe",
+    ], true],
+    ["kretprobe with its maxactive", "capture:\n  nginx: kretprobe\n  kretprobe_maxactive: 64\n", [
+      null,
+      "uprobe",
+    ], true],
+    [
+      "nothing to capture: nginx only, forced fexit",
+      "uprobes:\n  servers: [nginx]\ncapture:\n  nginx: fexit\n",
+      [null, null],
+      false,
+    ],
+  ];
+  const lines: string[] = [];
+  const prevSink = setLogSink((l) => lines.push(l));
+  try {
+    for (const [name, yaml, [nginx, apache], starts] of cases) {
+      await t.step(name, async () => {
+        const cfg = parseConfig(yaml, "c.yaml");
+        // Nothing but the plan differs between cases: no metrics port, tc on loopback only, rows discarded.
+        cfg.metrics.enabled = false;
+        cfg.capture.interfaces = ["lo"];
+        const agent = new Agent(cfg, { stdout: { writeSync: (p) => p.length } });
+        let started = true;
+        try {
+          await agent.start();
+        } catch (e) {
+          started = false;
+          assertStringIncludes(String(e), "no capture method works");
+        } finally {
+          await agent.stop();
+        }
+        const r = await validate(cfg);
+        const attached = (hooks: { hook: string; method: string | null }[]) =>
+          hooks.map((h) => [h.hook, h.method]);
+        // What run attached, per hook, is what --validate reports, and what this kernel gives.
+        assertEquals(
+          r.hooks.map((h) => ({
+            hook: h.hook,
+            requested: h.requested,
+            why: h.why,
+            method: h.method,
+            programs: h.programs,
+          })),
+          agent.plan.hooks.map((h) => ({
+            hook: h.hook,
+            requested: h.requested,
+            why: h.why,
+            method: h.method,
+            programs: h.programs.map((p) => p.program),
+          })),
+        );
+        assertEquals(attached(r.hooks).slice(0, 2), [["nginx", nginx], ["apache", apache]]);
+        assertEquals([r.channel, r.disabled_programs], [
+          agent.plan.ringbuf ? "ringbuf" : "perfbuf",
+          agent.plan.disabled,
+        ]);
+        assertEquals([started, r.ok], [starts, starts], r.reasons.join("; "));
+        // Beside run's choice, --validate probed every method of a hook it did not force.
+        if (cfg.uprobes.servers.includes("nginx") && cfg.capture.nginx === "auto") {
+          assertEquals(r.hooks[0].attempts.map((a) => a.method), [
+            "tracepoint",
+            "raw_tp",
+            "fexit",
+            "kretprobe",
+          ]);
+        }
+      });
+    }
+  } finally {
+    setLogSink(prevSink);
   }
 });

@@ -7,9 +7,12 @@ import {
 } from "../testing/asserts.ts";
 import {
   changedKeys,
+  type ClickHouseConfig,
+  type Config,
   ConfigError,
   DEFAULT_CONFIG,
   loadConfig,
+  type NginxCapture,
   parseConfig,
   readClickHousePassword,
   redacted,
@@ -229,4 +232,38 @@ Deno.test("schema: every key documented; reloadable set", () => {
 Deno.test("docs/configuration.md lists every key", async () => {
   const doc = await Deno.readTextFile(new URL("../../docs/configuration.md", import.meta.url));
   for (const k of schemaKeys()) assertStringIncludes(doc, `\`${k.key}\``);
+});
+
+Deno.test("the Config type is derived from SCHEMA: values and keys outside it do not type-check", () => {
+  const c: Config = parseConfig("capture:\n  nginx: raw_tp\n", "c.yaml");
+  const nginx: NginxCapture = c.capture.nginx;
+  assertEquals(nginx, "raw_tp");
+  // Each line below must be a type error (deno test type-checks this file): an unused @ts-expect-error fails
+  // the check, e.g. if the type fell back to `string` or to an index signature.
+  // @ts-expect-error "kprobe" is not one of capture.nginx's values
+  c.capture.nginx = "kprobe";
+  // @ts-expect-error log.level is an enum of the schema
+  c.log.level = "verbose";
+  // @ts-expect-error capture.ports is a list of integers
+  c.capture.ports = ["80"];
+  // @ts-expect-error no such key in the schema
+  c.capture.nginxx = "auto";
+  const ch: ClickHouseConfig = c.output.clickhouse;
+  // @ts-expect-error batch_rows is an integer
+  ch.batch_rows = "1";
+});
+
+Deno.test("a parsed config has exactly the schema's keys (no more, no fewer)", () => {
+  const leaves = (o: unknown, prefix = ""): string[] =>
+    Object.entries(o as Record<string, unknown>).flatMap(([k, v]) => {
+      const key = prefix ? `${prefix}.${k}` : k;
+      return v && typeof v === "object" && !Array.isArray(v) ? leaves(v, key) : [key];
+    });
+  const keys = schemaKeys().map((k) => k.key);
+  assertEquals(leaves(parseConfig("log:\n  level: warn\n", "c.yaml")), keys);
+  assertEquals(leaves(DEFAULT_CONFIG), keys);
+  for (const k of schemaKeys()) {
+    const v = k.key.split(".").reduce((o: unknown, p) => (o as Record<string, unknown>)[p], DEFAULT_CONFIG);
+    assertEquals(v, k.default, k.key);
+  }
 });

@@ -135,6 +135,9 @@ interface Held {
   done: boolean;
 }
 
+/** The held rows of a connection that has none (most): shared, never written. */
+const NO_HELD: Held[] = [];
+
 const ZERO_STATS = (): CorrelatorStats => ({
   connections: 0,
   bindings: 0,
@@ -179,8 +182,12 @@ function pidFdKey(pid: number, fd: number): number {
   return pid * 2147483648 + (fd & 0x7fffffff);
 }
 
-export function tupleKey(t: Tuple): string {
-  return normAddr(t.src) + "|" + t.src_port + "|" + normAddr(t.dst) + "|" + t.dst_port;
+/**
+ * The connection's map key. A tuple from the agent's event view carries it already (`connKey`, built once
+ * per event from addresses that are already normal: IPv4-mapped written as IPv4, IPv6 in lower case).
+ */
+export function tupleKey(t: Tuple & { readonly connKey?: string }): string {
+  return t.connKey ?? normAddr(t.src) + "|" + t.src_port + "|" + normAddr(t.dst) + "|" + t.dst_port;
 }
 
 export class Correlator {
@@ -194,7 +201,11 @@ export class Correlator {
   #heldHead = 0;
   #held = 0;
   /** Closed connections, in close order, to forget after closeLingerMs. */
-  #closing: { conn: Conn; at: number }[] = [];
+  /**
+   * Closed connections by key and close time, in close order, to forget after closeLingerMs. Keys, not the
+   * Conn objects: a connection evicted meanwhile is not kept alive by this queue.
+   */
+  #closing: { key: string; at: number }[] = [];
   #closingHead = 0;
   /** Rows released since the last tick. */
   #ready: Row[] = [];
@@ -236,7 +247,7 @@ export class Correlator {
       requests: 0,
       lastSeen: now,
       closedAt: 0,
-      held: [],
+      held: NO_HELD,
     };
     this.#conns.set(key, c); // evicts the least recently used past maxConnections
     return c;
@@ -268,7 +279,7 @@ export class Correlator {
       this.#release(h);
       this.#s.rows_released_evicted++;
     }
-    c.held = [];
+    c.held = NO_HELD;
     c.heldDone = 0;
   }
 
@@ -406,6 +417,7 @@ export class Correlator {
       if (prev && prev.tuple === null) {
         // Requests seen before the tuple was known: adopt them.
         for (const h of prev.held) if (!h.done) h.conn = c;
+        if (c.held === NO_HELD) c.held = [];
         c.held.push(...prev.held.filter((h) => !h.done));
         c.requests += prev.requests;
         prev.held = [];
@@ -474,7 +486,7 @@ export class Correlator {
           requests: 1,
           lastSeen: now,
           closedAt: 0,
-          held: [],
+          held: NO_HELD,
         };
         this.#emit(lone, Number.isInteger(pid) ? pid : 0, req, ts, tls);
         return;
@@ -498,6 +510,7 @@ export class Correlator {
       deadline: now + this.opts.holdMs,
       done: false,
     };
+    if (c.held === NO_HELD) c.held = [];
     c.held.push(h);
     this.#heldQueue.push(h);
     this.#held++;
@@ -537,7 +550,7 @@ export class Correlator {
     if (c.pidfd === pidfd) c.pidfd = null;
     if (c.closedAt === 0) {
       c.closedAt = now;
-      this.#closing.push({ conn: c, at: now });
+      this.#closing.push({ key: c.key, at: now });
     }
   }
 
@@ -562,12 +575,15 @@ export class Correlator {
       this.#heldHead++;
     }
     this.#compactQueues();
-    // Closed connections past their linger.
+    // Closed connections past their linger; beyond maxConnections of them the oldest go early (they could
+    // not all be tracked anyway, and the queue stays bounded at any close rate).
     while (this.#closingHead < this.#closing.length) {
-      const { conn, at } = this.#closing[this.#closingHead];
-      if (at + this.opts.closeLingerMs > now) break;
+      const { key, at } = this.#closing[this.#closingHead];
+      const over = this.#closing.length - this.#closingHead > this.opts.maxConnections;
+      if (!over && at + this.opts.closeLingerMs > now) break;
       this.#closingHead++;
-      if (this.#conns.peek(conn.key) === conn) {
+      const conn = this.#conns.peek(key);
+      if (conn !== undefined && conn.closedAt === at) {
         this.#evict(conn);
         this.#s.evicted_closed++;
       }

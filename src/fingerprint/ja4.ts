@@ -32,8 +32,50 @@ export function ja4Version(ch: ClientHello): string {
   return tlsVersionCode(ch.legacyVersion);
 }
 
-/** Computes all four JA4 variants. */
+// Real traffic repeats a few ClientHello shapes (one per client build), and building the four strings (hex
+// joins, sorts, four hash lookups keyed by those strings) was the biggest cost of writing a record offline.
+// The memo key is every input of the fingerprint, one UTF-16 unit per code with a length before each list:
+// cheap to build and unambiguous. Bounded: emptied when full.
+const MEMO_MAX = 4096;
+/** Hellos with more codes than this are not memoised (the key would cost more than it saves). */
+const MEMO_MAX_CODES = 1024;
+const memo = new Map<string, Ja4>();
+
+function units(list: ArrayLike<number>): string {
+  return String.fromCharCode(list.length) + String.fromCharCode.apply(null, list as number[]);
+}
+
+function memoKey(ch: ClientHello, transport: Transport, rule: AlpnRule | undefined): string | undefined {
+  const alpn = ch.alpn[0];
+  const sv = ch.supportedVersions;
+  const n = ch.cipherSuites.length + ch.extensions.length + ch.signatureAlgorithms.length +
+    (sv?.length ?? 0) +
+    (alpn?.length ?? 0);
+  if (n > MEMO_MAX_CODES) return undefined;
+  return transport + (rule ?? "-") + String.fromCharCode(ch.legacyVersion) + units(ch.cipherSuites) +
+    units(ch.extensions) + units(ch.signatureAlgorithms) + (sv ? units(sv) : "\uffff") +
+    (alpn ? units(alpn) : "\uffff");
+}
+
+/** Computes all four JA4 variants (memoised per distinct hello; each call gets its own object). */
 export function ja4(ch: ClientHello, transport: Transport = "t", opts: Ja4Options = {}): Ja4 {
+  const key = memoKey(ch, transport, opts.alpnRule);
+  if (key === undefined) return compute(ch, transport, opts);
+  let r = memo.get(key);
+  if (r === undefined) {
+    r = compute(ch, transport, opts);
+    if (memo.size >= MEMO_MAX) memo.clear();
+    memo.set(key, r);
+  }
+  return { ja4: r.ja4, ja4_r: r.ja4_r, ja4_o: r.ja4_o, ja4_ro: r.ja4_ro };
+}
+
+/** JA4 computed from scratch, bypassing the memo (tests compare the two). */
+export function ja4Fresh(ch: ClientHello, transport: Transport = "t", opts: Ja4Options = {}): Ja4 {
+  return compute(ch, transport, opts);
+}
+
+function compute(ch: ClientHello, transport: Transport, opts: Ja4Options): Ja4 {
   const ciphers: number[] = [];
   for (const c of ch.cipherSuites) if (!isGrease(c)) ciphers.push(c);
   const exts: number[] = [];

@@ -1,6 +1,7 @@
 import { assertEquals } from "../testing/asserts.ts";
 import { type ClientHello, parseClientHello, readClientHello, TlsHandshakeReader } from "../parse/tls.ts";
-import { ja4 } from "./ja4.ts";
+import { ja4, ja4Fresh } from "./ja4.ts";
+import fc from "fast-check";
 import { ja4s } from "./ja4s.ts";
 import { parseServerHello } from "../parse/tls.ts";
 import { alpnCode } from "./common.ts";
@@ -183,4 +184,26 @@ Deno.test("ClientHello split over real 120-byte-MSS segments gives the expected 
   const all = readClientHello(fromHex((v.segments as string[]).join("")));
   if (!all.ok) throw new Error("readClientHello failed");
   assertEquals(ja4(all.value).ja4, v["JA4.1"]);
+});
+
+Deno.test("ja4: the memo never answers for a different hello", () => {
+  // Small code pools make hellos that differ only in where one list ends and the next begins, in
+  // supported_versions absent vs empty, or in ALPN; every answer must equal a fresh computation.
+  const codes = fc.array(fc.constantFrom(0x0a0a, 0x1301, 0x0000, 0x0010, 0x002b, 0x0403), { maxLength: 4 });
+  const hello = fc.record({
+    legacyVersion: fc.constantFrom(0x0301, 0x0303),
+    cipherSuites: codes,
+    compressionMethods: fc.constant([0] as number[]),
+    extensions: codes,
+    alpn: fc.array(fc.uint8Array({ minLength: 0, maxLength: 2 }), { maxLength: 2 }),
+    supportedVersions: fc.option(codes, { nil: undefined }),
+    signatureAlgorithms: codes,
+  });
+  fc.assert(
+    fc.property(hello, fc.constantFrom("t", "q") as fc.Arbitrary<"t" | "q">, (h, t) => {
+      assertEquals(ja4(h, t), ja4Fresh(h, t));
+      assertEquals(ja4(h, t, { alpnRule: "hex" }), ja4Fresh(h, t, { alpnRule: "hex" }));
+    }),
+    { numRuns: 3000 },
+  );
 });

@@ -4,9 +4,22 @@
  */
 import { BUILD_KIND, VERSION } from "../version.ts";
 import type { CorrelatorStats } from "../correlate/correlator.ts";
+import type { SinkObserver, SinkStats } from "../sink/sink.ts";
 import { Health, type HealthOptions } from "./health.ts";
 import { RowLedger } from "./ledger.ts";
 import { type Counter, type Gauge, type Histogram, Registry } from "./registry.ts";
+
+/**
+ * Kernel drop reasons (ja4ebpf_bpf_drops_total) after which requests never become rows. `lost_read` counts the
+ * lost ring/perf records that began a read (the BPF side tells them from SYN, segment, close and later-chunk
+ * records, which lose no request): the unit rows go missing in, so rows + lost reads = requests.
+ */
+export const ROW_LOSING_KERNEL_DROPS: Record<string, string> = {
+  lost_read: "ringbuf_full",
+};
+
+/** Sink drop reasons for rows that never reached the spool; the others leave it. */
+const MEMORY_DROPS = new Set(["queue_full", "spool_full", "spool_error", "closed", "write_error"]);
 
 /** Seconds; ClickHouse inserts of 10k–100k rows take 15–250 ms on loopback. */
 export const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
@@ -32,6 +45,7 @@ export class AgentMetrics {
   readonly heap: Gauge;
   readonly healthy: Gauge;
   readonly sinkLastSuccess: Gauge;
+  readonly partialBatches: Counter;
   #correlator?: () => CorrelatorStats;
 
   constructor(healthOpts: Partial<HealthOptions> = {}, readonly clock: () => number = Date.now) {
@@ -74,6 +88,10 @@ export class AgentMetrics {
       "ja4ebpf_sink_last_success_timestamp_seconds",
       "time of the last successful write, by sink",
       ["sink"],
+    );
+    this.partialBatches = r.counter(
+      "ja4ebpf_clickhouse_partial_batches_total",
+      "ambiguous batches the read-back found only partly in the table (missing rows: dropped{reason=partial})",
     );
     this.correlationConnections = r.gauge("ja4ebpf_correlation_connections", "connections tracked")
       .onCollect(() => this.correlationConnections.set(undefined, this.#correlator?.().connections ?? 0));
@@ -135,6 +153,84 @@ export class AgentMetrics {
       this.clickhouseErrors.inc({ class: errorClass ?? "retry" });
       this.health.sinkFailed(sink, now);
     }
+  }
+
+  /** Kernel drops read from the BPF counters: exported, and those that lose requests enter the ledger. */
+  kernelDrop(reason: string, n: number): void {
+    if (!(n > 0)) return;
+    this.bpfDrops.inc({ reason }, n);
+    const lost = ROW_LOSING_KERNEL_DROPS[reason];
+    if (lost) this.rows.lostBeforeCapture(lost, n);
+  }
+
+  /** Sinks whose requests are observed (their health comes from there, not from their counters). */
+  readonly #observed = new Set<string>();
+  #seen = {
+    replayed: 0,
+    sealed: 0,
+    shipped: 0,
+    quarantined: 0,
+    errors: 0,
+    dropped: {} as Record<string, number>,
+  };
+
+  /** Feeds a sink's requests into latency, errors, last success and health. */
+  sinkObserver(): SinkObserver {
+    return {
+      request: (sink, op, seconds, ok, errorClass) => {
+        this.#observed.add(sink);
+        if (op === "insert") this.observeInsert(sink, seconds, ok, errorClass);
+        else if (!ok) {
+          this.clickhouseErrors.inc({ class: errorClass ?? "retry" });
+          this.health.sinkFailed(sink, this.clock());
+        }
+      },
+    };
+  }
+
+  /**
+   * Moves rows through the ledger as the primary sink (ClickHouse, else file, else the first) reports them:
+   * replayed rows enter at the spool, sealed rows move memory → spool, shipped and quarantined rows leave the
+   * spool (memory for sinks without one), drops leave the stage their reason belongs to. Counters are
+   * cumulative, so the order here keeps every stage from going negative.
+   */
+  syncSinks(all: SinkStats[]): void {
+    const st = all.find((s) => s.name === "clickhouse") ?? all.find((s) => s.name === "file") ?? all[0];
+    if (!st) return;
+    const led = this.rows;
+    const seen = this.#seen;
+    const delta = (now: number, before: number) => Math.max(0, now - before);
+    led.capture(delta(st.replayed, seen.replayed), "spool");
+    seen.replayed = Math.max(seen.replayed, st.replayed);
+    led.move("memory", "spool", delta(st.sealed ?? 0, seen.sealed));
+    seen.sealed = Math.max(seen.sealed, st.sealed ?? 0);
+    const out = (n: number, first: "spool" | "memory", f: (from: "spool" | "memory", k: number) => void) => {
+      const other = first === "spool" ? "memory" : "spool";
+      const k = Math.min(n, led.inStage(first));
+      if (k > 0) f(first, k);
+      if (n - k > 0) f(other, n - k);
+    };
+    const shipped = delta(st.shipped, seen.shipped);
+    out(shipped, "spool", (from, k) => led.ship(from, k));
+    seen.shipped = Math.max(seen.shipped, st.shipped);
+    out(delta(st.quarantined, seen.quarantined), "spool", (from, k) => led.quarantine(from, k));
+    seen.quarantined = Math.max(seen.quarantined, st.quarantined);
+    for (const [reason, n] of Object.entries(st.dropped)) {
+      const d = delta(n, seen.dropped[reason] ?? 0);
+      if (d > 0) {
+        out(d, MEMORY_DROPS.has(reason) ? "memory" : "spool", (from, k) => led.drop(reason, from, k));
+      }
+      seen.dropped[reason] = Math.max(seen.dropped[reason] ?? 0, n);
+    }
+    this.partialBatches.setTotal(undefined, st.partial ?? 0);
+    const errs = Object.values(st.errors).reduce((a, b) => a + b, 0);
+    const now = this.clock();
+    if (st.alarm) this.health.sinkFailed(st.name, now);
+    else if (!this.#observed.has(st.name)) {
+      if (errs > seen.errors) this.health.sinkFailed(st.name, now);
+      else if (shipped > 0) this.health.sinkOk(st.name);
+    }
+    seen.errors = errs;
   }
 
   render(): string {

@@ -46,6 +46,8 @@ abstract class Metric {
   abstract readonly type: "counter" | "gauge" | "histogram";
 
   protected key(labels: Labels | undefined): string {
+    // An unlabelled series (counted once per request on the hot path): no object, no array, no join.
+    if (labels === undefined && this.labelNames.length === 0) return "";
     const l = labels ?? {};
     const keys = Object.keys(l);
     if (keys.length !== this.labelNames.length || !this.labelNames.every((n) => n in l)) {

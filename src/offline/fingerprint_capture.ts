@@ -16,46 +16,41 @@
  * request head is ever buffered), so the client direction's reassembly cap is raised for decrypted streams.
  */
 import { type CapturedPacket, type CaptureReader, tsMicros } from "../parse/pcap.ts";
-import { decodePacket, type TcpSegment } from "../parse/packet.ts";
+import { decodePacket } from "../parse/packet.ts";
 import {
   DEFAULT_LIMITS,
   type ReassemblyLimits,
   type TcpConnection,
   TcpConnectionTable,
-  type TcpDirection,
 } from "../capture/tcp_reassembly.ts";
 import {
-  type ClientHello,
   HS_CLIENT_HELLO,
   HS_SERVER_HELLO,
   parseClientHello,
   parseServerHello,
-  type ServerHello,
   TlsHandshakeReader,
 } from "../parse/tls.ts";
 import { Http1RequestStream, parseRequestHead, type RequestHead } from "../parse/http1.ts";
-import { H2_PREFACE, type H2Request, Http2RequestStream } from "../parse/http2.ts";
-import {
-  keyLogFromDecryptionSecrets,
-  TlsDecryptor,
-  type TlsDir,
-  type TlsKeyLog,
-} from "../parse/tls_decrypt.ts";
+import type { H2Request } from "../parse/http2.ts";
+import { keyLogFromDecryptionSecrets, type TlsKeyLog } from "../parse/tls_decrypt.ts";
 import { ja4 } from "../fingerprint/ja4.ts";
 import { ja4s } from "../fingerprint/ja4s.ts";
 import { ja4h } from "../fingerprint/ja4h.ts";
 import { type AbsentConvention, ja4t, ja4ts } from "../fingerprint/ja4t.ts";
 import { ja4lClient, ja4lServer } from "../fingerprint/ja4l.ts";
-import type { ErrorCounts } from "../parse/errors.ts";
+import { concat, type ConnState, EMPTY, type HttpRecord, type Side } from "./conn.ts";
+import { ConnDecryption, type DecryptHost, sumErrors } from "./decrypt.ts";
+import {
+  consumeSocksClient,
+  consumeSocksServer,
+  isSocksClientStart,
+  isSocksServerStart,
+  SOCKS_NEED_MORE,
+  SOCKS_NOT_SOCKS,
+} from "./socks.ts";
+import { allUpper, headEnd, looksLikeRequest, looksLikeTls, startsWith } from "./sniff.ts";
 
-export interface HttpRecord {
-  ja4h: string;
-  ja4h_r?: string;
-  ja4h_o?: string;
-  ja4h_ro?: string;
-  method: string;
-  path: string;
-}
+export type { HttpRecord } from "./conn.ts";
 
 /** One TCP stream; absent fields are omitted, as in the Rust tool's output. */
 export interface StreamRecord {
@@ -133,103 +128,12 @@ export interface OfflineStats {
   warnings: string[];
 }
 
-/** Sniffing/parsing state of one direction of one connection. */
-type Mode =
-  | { kind: "sniff" }
-  | { kind: "tls"; reader: TlsHandshakeReader; helloDone: boolean }
-  | { kind: "http"; first: boolean; stream?: Http1RequestStream }
-  | { kind: "http-response" }
-  | { kind: "socks-client"; version: 4 | 5; step: number }
-  | { kind: "socks-server"; version: 4 | 5; step: number };
-
-interface Side {
-  mode: Mode;
-  /** Bytes not yet consumed by sniff/socks/CONNECT handling (small: capped by SNIFF_CAP). */
-  buf: Uint8Array;
-  dir: TcpDirection;
-  isA: boolean;
-}
-
-interface ConnState {
-  a: Side;
-  b: Side;
-  clientHello?: ClientHello;
-  serverHello?: ServerHello;
-  /** Which side sent the ClientHello / the first request (true = A). */
-  clientSideA?: boolean;
-  http: HttpRecord[];
-  /** The client asked for a tunnel (CONNECT or SOCKS): the server's reply head is skipped, then sniffed. */
-  connectSeen: boolean;
-  socks?: 4 | 5;
-  tlsDec?: DecryptState;
-}
-
-/** Decryption of one TLS connection. */
-interface DecryptState {
-  /** Created once the ClientHello tells which side is the client. */
-  dec: TlsDecryptor | null;
-  /** TLS bytes of each side (A, B) held until then. */
-  held: [Uint8Array[], Uint8Array[]];
-  heldBytes: number;
-  app?: { kind: "h2"; s: Http2RequestStream } | { kind: "h1"; s: Http1RequestStream };
-  /** Client plaintext read before the protocol is known (shorter than the HTTP/2 preface). */
-  pre: Uint8Array;
-  plaintext: number;
-  /** Why decryption ended early, once it has. */
-  ended?: string;
-}
-
 /** Bytes a sniffing/tunnel state may hold before giving up on a direction. */
 const SNIFF_CAP = 8192;
-/** TLS bytes held per connection while waiting for the ClientHello (a hello is a few KB). */
-const HOLD_CAP = 256 * 1024;
 const DEFAULT_DECRYPTED_STREAM_BYTES = 1 << 30;
-/** Key-log labels that mean "secrets for this session" (TLS 1.2 master secret, TLS 1.3 traffic secrets). */
-const SESSION_LABELS = ["CLIENT_RANDOM", "CLIENT_HANDSHAKE_TRAFFIC_SECRET", "CLIENT_TRAFFIC_SECRET_0"];
-const EMPTY = new Uint8Array(0);
 const WIRESHARK_SOCKS_PORT = 1080;
-const td = new TextDecoder();
 
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  if (a.length === 0) return b;
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
-}
-
-function looksLikeRequest(b: Uint8Array): boolean {
-  let i = 0;
-  while (i < b.length && i < 24 && ((b[i] >= 0x41 && b[i] <= 0x5a) || b[i] === 0x2d || b[i] === 0x5f)) i++;
-  return i >= 3 && i < b.length && b[i] === 0x20;
-}
-
-function startsWith(b: Uint8Array, s: string): boolean {
-  if (b.length < s.length) return false;
-  for (let i = 0; i < s.length; i++) if (b[i] !== s.charCodeAt(i)) return false;
-  return true;
-}
-
-/** Offset after an HTTP head's empty line, or -1. */
-function headEnd(b: Uint8Array): number {
-  for (let i = b.indexOf(0x0a); i >= 0; i = b.indexOf(0x0a, i + 1)) {
-    if (b[i + 1] === 0x0a) return i + 2;
-    if (b[i + 1] === 0x0d && b[i + 2] === 0x0a) return i + 3;
-  }
-  return -1;
-}
-
-/** Length of a SOCKS5 address (atyp + address + port) at b[o], or -1 if incomplete/unknown. */
-function socks5AddrLen(b: Uint8Array, o: number): number {
-  if (b.length <= o) return -1;
-  const t = b[o];
-  if (t === 1) return 1 + 4 + 2;
-  if (t === 4) return 1 + 16 + 2;
-  if (t === 3) return b.length > o + 1 ? 1 + 1 + b[o + 1] + 2 : -1;
-  return -2;
-}
-
-export class OfflineFingerprinter {
+export class OfflineFingerprinter implements DecryptHost {
   readonly stats: OfflineStats = {
     packets: 0,
     tcpPackets: 0,
@@ -294,17 +198,13 @@ export class OfflineFingerprinter {
     }
     this.stats.tcpPackets++;
     const ts = tsMicros(p);
-    this.segment(r.value, ts, p.frame);
+    const c = this.table.handle(r.value, ts, p.frame);
+    this.onSegment?.(p.frame, c.stream);
     // Bounded state on long captures: sweep closed/idle connections every 30 s of capture time.
     if (ts - this.lastEvict > 30e6) {
       if (this.lastEvict !== 0) this.table.evict(ts);
       this.lastEvict = ts;
     }
-  }
-
-  private segment(seg: TcpSegment, ts: number, frame: number): void {
-    const c = this.table.handle(seg, ts, frame);
-    this.onSegment?.(frame, c.stream);
   }
 
   /** Ends the input; returns the records not handed to `emit` (all of them without it), by stream number. */
@@ -334,66 +234,75 @@ export class OfflineFingerprinter {
   private open(c: TcpConnection): void {
     this.stats.streams++;
     const st: ConnState = {
-      a: { mode: { kind: "sniff" }, buf: new Uint8Array(0), dir: c.fromA, isA: true },
-      b: { mode: { kind: "sniff" }, buf: new Uint8Array(0), dir: c.fromB, isA: false },
+      conn: c,
+      a: { mode: { kind: "sniff" }, buf: EMPTY, dir: c.fromA, isA: true },
+      b: { mode: { kind: "sniff" }, buf: EMPTY, dir: c.fromB, isA: false },
       http: [],
       connectSeen: false,
     };
     c.user = st;
-    for (const side of [st.a, st.b]) {
-      side.dir.onData = (bytes) => this.data(c, st, side, bytes);
-      side.dir.onGap = () => {
-        this.stats.gaps++;
-        // Parsing across a hole would misread bytes; HTTP resynchronises on its own, everything else stops.
-        if (side.mode.kind !== "http") this.detach(side);
-        // TLS records can't be found again after a hole.
-        if (side.mode.kind === "tls") this.decryptEnd(st, "gap");
-      };
-    }
+    this.attach(st, st.a);
+    this.attach(st, st.b);
   }
 
-  private detach(side: Side): void {
+  private attach(st: ConnState, side: Side): void {
+    side.dir.onData = (bytes) => {
+      this.data(st, side, bytes);
+      // The bytes are a view of the capture reader's buffer, valid for this call only: whatever still
+      // refers to them is copied (rarely anything: most segments are parsed where they lie).
+      if (side.buf.length > 0 && side.buf.buffer === bytes.buffer) side.buf = side.buf.slice();
+      // The handshake reader is only used until this side's hello.
+      const m = side.mode;
+      if (m.kind === "tls" && !m.helloDone && side.dir.onData !== null) m.reader.ownBuffered();
+    };
+    side.dir.onGap = () => {
+      this.stats.gaps++;
+      // Parsing across a hole would misread bytes; HTTP resynchronises on its own, everything else stops.
+      if (side.mode.kind !== "http") this.detach(side);
+      // TLS records can't be found again after a hole.
+      if (side.mode.kind === "tls") st.tlsDec?.end("gap");
+    };
+  }
+
+  detach(side: Side): void {
     side.dir.onData = null;
     side.dir.onGap = null;
-    side.buf = new Uint8Array(0);
+    side.buf = EMPTY;
   }
 
-  private other(st: ConnState, side: Side): Side {
-    return side === st.a ? st.b : st.a;
-  }
-
-  private data(c: TcpConnection, st: ConnState, side: Side, bytes: Uint8Array): void {
+  private data(st: ConnState, side: Side, bytes: Uint8Array): void {
     // Loop because a tunnel handshake hands its leftover bytes to the next mode.
     let input = bytes;
     for (let guard = 0; guard < 8 && side.dir.onData !== null; guard++) {
       const m = side.mode;
-      if (m.kind === "tls") return this.tls(c, st, side, m, input);
-      if (m.kind === "http") return this.http(c, st, side, m, input);
+      if (m.kind === "tls") return this.tls(st, side, m, input);
+      if (m.kind === "http") return this.http(st, side, m, input);
       const b = concat(side.buf, input);
-      input = new Uint8Array(0);
+      input = EMPTY;
       side.buf = b;
       if (b.length === 0) return;
       if (m.kind === "sniff") {
-        if (b[0] === 0x16 && (b.length < 2 || b[1] === 0x03)) {
-          if (b.length < 2) return;
+        const tls = looksLikeTls(b);
+        if (tls === undefined) return;
+        if (tls) {
           side.mode = { kind: "tls", reader: new TlsHandshakeReader(), helloDone: false };
         } else if (startsWith(b, "HTTP/")) {
           if (!st.connectSeen) return this.detach(side); // plain responses carry nothing we fingerprint
           side.mode = { kind: "http-response" };
         } else if (looksLikeRequest(b)) {
           side.mode = { kind: "http", first: true };
-        } else if ((b[0] === 4 || b[0] === 5) && st.socks === undefined && b.length >= 2 && b[1] !== 0) {
+        } else if (st.socks === undefined && isSocksClientStart(b)) {
           st.socks = b[0] as 4 | 5;
-          side.mode = { kind: "socks-client", version: b[0] as 4 | 5, step: 0 };
-        } else if (st.socks !== undefined && (b[0] === 0 || b[0] === 5)) {
+          side.mode = { kind: "socks-client", version: st.socks, step: 0 };
+        } else if (st.socks !== undefined && isSocksServerStart(b)) {
           side.mode = { kind: "socks-server", version: st.socks, step: 0 };
-        } else if (b.length < 8 && /^[A-Z]+$/.test(td.decode(b))) {
+        } else if (b.length < 8 && allUpper(b)) {
           return; // the start of a request line or of "HTTP/" split over tiny segments: wait
         } else {
           return this.detach(side); // not a protocol we fingerprint
         }
         input = side.buf;
-        side.buf = new Uint8Array(0);
+        side.buf = EMPTY;
         continue;
       }
       if (m.kind === "http-response") {
@@ -404,92 +313,22 @@ export class OfflineFingerprinter {
         }
         side.mode = { kind: "sniff" };
         input = b.subarray(e);
-        side.buf = new Uint8Array(0);
+        side.buf = EMPTY;
         continue;
       }
       // SOCKS: consume the negotiation, then sniff what is tunnelled.
-      const used = m.kind === "socks-client" ? this.socksClient(m, b) : this.socksServer(c, m, b);
-      if (used === -2) return this.detach(side);
-      if (used < 0) {
+      const used = m.kind === "socks-client"
+        ? consumeSocksClient(m, b)
+        : consumeSocksServer(m, b, () => this.socksTunnel(st.conn));
+      if (used === SOCKS_NOT_SOCKS) return this.detach(side);
+      if (used === SOCKS_NEED_MORE) {
         if (b.length > SNIFF_CAP) this.detach(side);
         return;
       }
-      side.buf = new Uint8Array(0);
+      side.buf = EMPTY;
       input = b.subarray(used);
       if (m.step < 0) side.mode = { kind: "sniff" };
       if (input.length === 0) return;
-    }
-  }
-
-  /** Consumes SOCKS client messages from b; returns bytes used (-1 need more, -2 not SOCKS). step<0 = done. */
-  private socksClient(m: { version: 4 | 5; step: number }, b: Uint8Array): number {
-    let p = 0;
-    if (m.version === 4) {
-      // VER CMD PORT(2) IP(4) USERID NUL [DOMAIN NUL for 4a]
-      if (b.length < 9) return -1;
-      let z = b.indexOf(0, 8);
-      if (z < 0) return -1;
-      if (b[4] === 0 && b[5] === 0 && b[6] === 0 && b[7] !== 0) {
-        z = b.indexOf(0, z + 1);
-        if (z < 0) return -1;
-      }
-      m.step = -1;
-      return z + 1;
-    }
-    for (;;) {
-      if (m.step === 0) { // greeting: VER NMETHODS METHODS
-        if (b.length - p < 2 || b.length - p < 2 + b[p + 1]) return -1;
-        p += 2 + b[p + 1];
-        m.step = 1;
-      } else if (m.step === 1) {
-        if (b.length - p < 1) return p;
-        if (b[p] === 1) { // username/password sub-negotiation
-          if (b.length - p < 2) return -1;
-          const ul = b[p + 1];
-          if (b.length - p < 3 + ul) return -1;
-          const pl = b[p + 2 + ul];
-          if (b.length - p < 3 + ul + pl) return -1;
-          p += 3 + ul + pl;
-        }
-        m.step = 2;
-      } else {
-        if (b.length - p < 4) return p > 0 ? p : -1;
-        if (b[p] !== 5) return -2;
-        const al = socks5AddrLen(b, p + 3);
-        if (al === -2) return -2;
-        if (al < 0 || b.length - p < 3 + al) return p > 0 ? p : -1;
-        m.step = -1;
-        return p + 3 + al;
-      }
-    }
-  }
-
-  private socksServer(c: TcpConnection, m: { version: 4 | 5; step: number }, b: Uint8Array): number {
-    let p = 0;
-    if (m.version === 4) {
-      if (b.length < 8) return -1;
-      if (b[1] === 0x5a) this.socksTunnel(c);
-      m.step = -1;
-      return 8;
-    }
-    for (;;) {
-      if (m.step === 0) { // method choice
-        if (b.length < 2) return -1;
-        p = 2;
-        m.step = b[1] === 2 ? 1 : 2;
-      } else if (m.step === 1) { // auth status
-        if (b.length - p < 2) return p > 0 ? p : -1;
-        p += 2;
-        m.step = 2;
-      } else {
-        if (b.length - p < 4) return p > 0 ? p : -1;
-        const al = socks5AddrLen(b, p + 3);
-        if (al === -2) return -2;
-        if (al < 0 || b.length - p < 3 + al) return p > 0 ? p : -1;
-        if (b[p + 1] === 0) this.socksTunnel(c);
-        m.step = -1;
-        return p + 3 + al;
-      }
     }
   }
 
@@ -501,31 +340,29 @@ export class OfflineFingerprinter {
   }
 
   private tls(
-    c: TcpConnection,
     st: ConnState,
     side: Side,
     m: { kind: "tls"; reader: TlsHandshakeReader; helloDone: boolean },
     bytes: Uint8Array,
   ): void {
     if (!m.helloDone) {
-      this.tlsHandshake(c, st, side, m, bytes);
+      this.tlsHandshake(st, side, m, bytes);
       if (side.dir.onData === null) {
         // The handshake could not be read: there is nothing to decrypt with either.
-        if (st.tlsDec) this.decryptEnd(st, st.clientHello ? "malformed" : "no-client-hello");
+        st.tlsDec?.end(st.clientHello ? "malformed" : "no-client-hello");
         return;
       }
     }
     if (st.tlsDec === undefined && this.keyLog !== null) {
-      st.tlsDec = { dec: null, held: [[], []], heldBytes: 0, pre: EMPTY, plaintext: 0 };
+      st.tlsDec = new ConnDecryption(this, st, this.keyLog, this.maxDecrypted);
     }
     const d = st.tlsDec;
-    if (d && d.ended === undefined) this.decryptPush(c, st, d, side, bytes);
+    if (d && d.ended === undefined) d.push(side, bytes);
     else if (m.helloDone) this.detach(side);
   }
 
   /** Reads handshake messages until this side's first ClientHello or ServerHello (then helloDone). */
   private tlsHandshake(
-    c: TcpConnection,
     st: ConnState,
     side: Side,
     m: { reader: TlsHandshakeReader; helloDone: boolean },
@@ -551,7 +388,7 @@ export class OfflineFingerprinter {
           return this.detach(side);
         }
         st.clientHello = ch.value;
-        this.setClient(c, st, side.isA);
+        this.setClient(st, side.isA);
         m.helloDone = true; // the Rust tool fingerprints the first ClientHello only
         return;
       }
@@ -562,119 +399,19 @@ export class OfflineFingerprinter {
           return this.detach(side);
         }
         st.serverHello = sh.value;
-        this.setClient(c, st, !side.isA);
+        this.setClient(st, !side.isA);
         m.helloDone = true;
         return;
       }
     }
   }
 
-  /** Hands one side's TLS bytes to the decryptor (held until the ClientHello says who is the client). */
-  private decryptPush(c: TcpConnection, st: ConnState, d: DecryptState, side: Side, bytes: Uint8Array): void {
-    if (d.dec) return this.decryptFeed(c, st, d, side.isA === st.clientSideA ? "client" : "server", bytes);
-    d.held[side.isA ? 0 : 1].push(bytes);
-    d.heldBytes += bytes.length;
-    if (!st.clientHello) {
-      // A ServerHello without a ClientHello (capture started mid-handshake): no client random, no keys.
-      if (st.serverHello !== undefined || d.heldBytes > HOLD_CAP) this.decryptEnd(st, "no-client-hello");
-      return;
-    }
-    d.dec = new TlsDecryptor(this.keyLog!);
-    const clientIdx = st.clientSideA ? 0 : 1;
-    const held = d.held;
-    d.held = [[], []];
-    d.heldBytes = 0;
-    for (const b of held[clientIdx]) this.decryptFeed(c, st, d, "client", b);
-    const cr = d.dec?.info.clientRandom;
-    if (d.ended === undefined && cr && !SESSION_LABELS.some((l) => this.keyLog!.get(l, cr))) {
-      return this.decryptEnd(st, "no-keys"); // checked early so that nothing is held for nothing
-    }
-    const client = st.clientSideA ? st.a : st.b;
-    client.dir.cap = Math.max(client.dir.cap, this.maxDecrypted);
-    for (const b of held[1 - clientIdx]) this.decryptFeed(c, st, d, "server", b);
-  }
-
-  private decryptFeed(
-    c: TcpConnection,
-    st: ConnState,
-    d: DecryptState,
-    dir: TlsDir,
-    bytes: Uint8Array,
-  ): void {
-    const dec = d.dec;
-    if (!dec || d.ended !== undefined) return;
-    dec.push(dir, bytes);
-    if (dec.take("server").length > 0) {
-      // The server sends application data only after its Finished: nothing more to learn from it.
-      this.detach(st.clientSideA ? st.b : st.a);
-    }
-    const pt = dec.take("client");
-    if (pt.length > 0) this.appData(c, st, d, pt);
-    const stop = dec.stopped("client") ?? (d.plaintext === 0 ? dec.stopped("server") : undefined);
-    if (stop !== undefined) this.decryptEnd(st, stop);
-  }
-
-  /** Client plaintext: HTTP/2 (ALPN h2 or the connection preface) or HTTP/1. */
-  private appData(c: TcpConnection, st: ConnState, d: DecryptState, bytes: Uint8Array): void {
-    if (d.plaintext === 0) this.stats.decrypted++;
-    d.plaintext += bytes.length;
-    const client = st.clientSideA ? st.a : st.b;
-    if (!d.app) {
-      if (d.dec?.info.alpn === "h2") d.app = { kind: "h2", s: new Http2RequestStream() };
-      else {
-        bytes = concat(d.pre, bytes);
-        d.pre = EMPTY;
-        let i = 0;
-        while (i < bytes.length && i < H2_PREFACE.length && bytes[i] === H2_PREFACE[i]) i++;
-        if (i === bytes.length && i < H2_PREFACE.length) {
-          d.pre = bytes; // a prefix of the preface: wait for more
-          return;
-        }
-        d.app = i === H2_PREFACE.length
-          ? { kind: "h2", s: new Http2RequestStream() }
-          : { kind: "h1", s: new Http1RequestStream() };
-      }
-    }
-    const app = d.app;
-    const errs = sumErrors(app.s.errors);
-    if (app.kind === "h2") {
-      for (const q of app.s.push(bytes)) this.h2Request(c, st, client, q);
-      if (app.s.dropped) {
-        // HPACK state is lost: later requests can't be decoded, so stop decrypting.
-        this.decryptEnd(st, "http2-dropped");
-      }
-    } else {
-      for (const head of app.s.push(bytes)) this.request(c, st, client, head);
-    }
-    this.stats.httpErrors += sumErrors(app.s.errors) - errs;
-  }
-
-  /** Decryption of this connection is over (a failure, or nothing more to gain). */
-  private decryptEnd(st: ConnState, reason: string): void {
-    const d = st.tlsDec;
-    if (!d || d.ended !== undefined) return;
-    d.ended = reason;
-    d.dec = null;
-    d.held = [[], []];
-    d.heldBytes = 0;
-    d.pre = EMPTY;
-    if (d.plaintext === 0) {
-      this.stats.undecryptable++;
-      this.stats.undecryptableBy[reason] = (this.stats.undecryptableBy[reason] ?? 0) + 1;
-    } else if (reason !== "http2-dropped") this.stats.tlsErrors++;
-    // Sides that stayed attached only for decryption stop; one still looking for its hello carries on.
-    for (const side of [st.a, st.b]) {
-      if (side.mode.kind === "tls" && side.mode.helloDone) this.detach(side);
-    }
-  }
-
-  private setClient(c: TcpConnection, st: ConnState, isA: boolean): void {
+  private setClient(st: ConnState, isA: boolean): void {
     if (st.clientSideA === undefined) st.clientSideA = isA;
-    c.setClient(isA);
+    st.conn.setClient(isA);
   }
 
   private http(
-    c: TcpConnection,
     st: ConnState,
     side: Side,
     m: { kind: "http"; first: boolean; stream?: Http1RequestStream },
@@ -689,44 +426,43 @@ export class OfflineFingerprinter {
         if (b.length > 65536) this.detach(side);
         return;
       }
-      side.buf = new Uint8Array(0);
+      side.buf = EMPTY;
       m.first = false;
       if (r.ok && r.value.method === "CONNECT") {
-        this.request(c, st, side, r.value);
+        this.request(st, side, r.value);
         st.connectSeen = true;
         side.mode = { kind: "sniff" };
         const rest = b.subarray(r.value.headLength);
-        if (rest.length > 0) this.data(c, st, side, rest);
+        if (rest.length > 0) this.data(st, side, rest);
         return;
       }
       bytes = b;
     }
     m.stream ??= new Http1RequestStream();
     const errs = sumErrors(m.stream.errors);
-    for (const head of m.stream.push(bytes)) this.request(c, st, side, head);
+    for (const head of m.stream.push(bytes)) this.request(st, side, head);
     this.stats.httpErrors += sumErrors(m.stream.errors) - errs;
   }
 
-  private request(c: TcpConnection, st: ConnState, side: Side, head: RequestHead): void {
-    this.addHttp(c, st, side, head.method, head.target, ja4h(head));
+  request(st: ConnState, side: Side, head: RequestHead): void {
+    this.addHttp(st, side, head.method, head.target, ja4h(head));
   }
 
   /** An HTTP/2 request: JA4H of the regular header fields (pseudo-headers left out, spec §3.3). */
-  private h2Request(c: TcpConnection, st: ConnState, side: Side, q: H2Request): void {
+  h2Request(st: ConnState, side: Side, q: H2Request): void {
     const method = q.method ?? "";
     const h = ja4h({ method, version: "20", headers: q.headers });
-    this.addHttp(c, st, side, method, q.path ?? q.authority ?? "", h);
+    this.addHttp(st, side, method, q.path ?? q.authority ?? "", h);
   }
 
   private addHttp(
-    c: TcpConnection,
     st: ConnState,
     side: Side,
     method: string,
     path: string,
     h: ReturnType<typeof ja4h>,
   ): void {
-    this.setClient(c, st, side.isA);
+    this.setClient(st, side.isA);
     const rec: HttpRecord = { ja4h: h.ja4h, method, path };
     if (this.withRaw) {
       rec.ja4h_r = h.ja4h_r;
@@ -794,10 +530,6 @@ export class OfflineFingerprinter {
     }
     this.done(c.stream, any ? rec : null);
   }
-}
-
-function sumErrors(e: ErrorCounts): number {
-  return e.truncated + e.malformed + e.oversize + e.unsupported;
 }
 
 /** Reads a whole capture through an OfflineFingerprinter. */

@@ -347,3 +347,74 @@ Deno.test("offline TLS: corrupted captures with the right keys never throw", () 
     { numRuns: 150 },
   );
 });
+
+Deno.test("offline: packet bytes are only read during packet() (the capture reader reuses its buffer)", () => {
+  // Each frame is handed over as a view of one scratch buffer that is overwritten with junk right after
+  // packet() returns, as the reader's window is by later reads. Anything kept by reference (a partial
+  // record, a sniffed prefix, a held TLS chunk, an HTTP head split over segments) would change the output.
+  const cases: [string, OfflineOptions][] = [
+    ["local/dev_curl_https_h11.pcap", { keyLog: parseKeyLog(LOCAL_KEYS), withRaw: true }],
+    ["local/dev_curl_https_h2.pcap", { keyLog: parseKeyLog(LOCAL_KEYS), withRaw: true }],
+    ["local/dev_curl_http_keepalive.pcap", { withRaw: true }],
+    ["local/dev_python_small_mss.pcap", { withRaw: true }],
+    ["foxio/pcap/https-connect.pcap", { withRaw: true }],
+    ["foxio/pcap/socks-https-example.pcap", { withRaw: true }],
+    ["foxio/pcap/tls-handshake.pcapng", { withRaw: true }],
+    ["foxio/pcap/http2-with-cookies.pcapng", { withRaw: true }],
+  ];
+  const scratch = new Uint8Array(1 << 18);
+  const transient = (fp: OfflineFingerprinter, p: CapturedPacket) => {
+    scratch.set(p.data);
+    fp.packet({ ...p, data: scratch.subarray(0, p.data.length) });
+    scratch.fill(0xa5, 0, p.data.length);
+  };
+  for (const [name, opts] of cases) {
+    const bytes = Deno.readFileSync(new URL(name, FIX));
+    const expected = runCapture(bytes, opts).records;
+    const fp = new OfflineFingerprinter(opts);
+    const r = new CaptureReader(bytesSource(bytes));
+    r.onDecryptionSecrets = (s) => void fp.addDecryptionSecrets(s.secretsType, s.data);
+    for (let p = r.next(); p !== null; p = r.next()) transient(fp, p);
+    const got = fp.finish();
+    assert(expected.length > 0, name);
+    assertEquals(got, expected, name);
+  }
+  // Heads split over tiny segments: a sniffed prefix ("GE"), a first head waiting for its end, a CONNECT
+  // reply head, then a ClientHello in pieces.
+  const connect = "CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n";
+  const reply = "HTTP/1.1 200 Connection established\r\n\r\n";
+  const hello = firstClientRecord(Deno.readFileSync(new URL("local/dev_curl_https_h11.pcap", FIX)));
+  const get = "GET /a HTTP/1.1\r\nHost: h\r\nUser-Agent: split\r\nCookie: x=1\r\n\r\n";
+  const pieces = (s: string | Uint8Array, n: number) => {
+    const b = typeof s === "string" ? enc.encode(s) : s;
+    const out: Uint8Array[] = [];
+    for (let i = 0; i < b.length; i += n) out.push(b.subarray(i, i + n));
+    return out;
+  };
+  const frames: [number, Uint8Array][] = [];
+  let t = 0, cs = 1000, ss = 5000, cs2 = 9000;
+  frames.push([t++, frame(C, 40000, 3128, SYN, cs - 1)], [t++, frame(S, 3128, 40000, SYN | ACK, ss - 1)]);
+  for (const p of pieces(connect, 2)) frames.push([t++, frame(C, 40000, 3128, PA, cs, p)]), cs += p.length;
+  for (const p of pieces(reply, 3)) frames.push([t++, frame(S, 3128, 40000, PA, ss, p)]), ss += p.length;
+  for (const p of pieces(hello, 7)) frames.push([t++, frame(C, 40000, 3128, PA, cs, p)]), cs += p.length;
+  frames.push([t++, frame(C, 40001, 80, SYN, cs2 - 1)]);
+  for (const p of pieces(get, 2)) frames.push([t++, frame(C, 40001, 80, PA, cs2, p)]), cs2 += p.length;
+  const packets = frames.map(([us, data], i): CapturedPacket => ({
+    frame: i + 1,
+    linkType: 228,
+    tsSec: 0,
+    tsNsec: us * 1000,
+    data,
+    origLen: data.length,
+  }));
+  const stable = new OfflineFingerprinter({ withRaw: true });
+  for (const p of packets) stable.packet(p);
+  const expected = stable.finish();
+  assertEquals(expected.map((r) => [r.ja4 !== undefined, r.http?.map((h) => h.method)]), [
+    [true, ["CONNECT"]],
+    [false, ["GET"]],
+  ]);
+  const fp = new OfflineFingerprinter({ withRaw: true });
+  for (const p of packets) transient(fp, p);
+  assertEquals(fp.finish(), expected);
+});

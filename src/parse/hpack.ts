@@ -184,10 +184,13 @@ function readInt(buf: Uint8Array, pos: number, prefixBits: number): [number, num
   let shift = 0;
   for (;;) {
     if (pos >= buf.length) return null;
+    // Nothing legitimate needs more than 2^28 (five continuation bytes, zero padding included). Capping the
+    // shift matters as much as the value: runs of 0x80 add nothing but once 2 ** shift reaches Infinity the
+    // value turns NaN, which slips past the comparison below.
+    if (shift > 28) return null;
     const b = buf[pos++];
     v += (b & 0x7f) * 2 ** shift;
     shift += 7;
-    // Nothing legitimate needs more than 2^28; refusing larger stops overflow games.
     if (v > 0x0fffffff) return null;
     if ((b & 0x80) === 0) return [v, pos];
   }

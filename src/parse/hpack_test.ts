@@ -206,6 +206,23 @@ Deno.test("hpack: RFC 7541 C.3-C.6 sequences", async (t) => {
   }
 });
 
+/** A full integer prefix, 160 continuation bytes carrying zero, then a final 0x01. */
+function zeroRun(first: number): Uint8Array {
+  const b = new Uint8Array(162).fill(0x80);
+  b[0] = first;
+  b[161] = 0x01;
+  return b;
+}
+
+Deno.test("hpack: integers with zero padding up to 2^28 still decode", () => {
+  // Size update 31 + 1 + 0·2^7 + 0·2^14 + 0·2^21 = 32: four continuation bytes, three of them padding.
+  const d = new HpackDecoder();
+  const r = d.decode(hex("3f 81 80 80 00 82"));
+  assert(r.ok, r.ok ? "" : r.error.message);
+  assertEquals(d.tableLimit, 32);
+  assertEquals(r.value, [[":method", "GET"]]);
+});
+
 Deno.test("hpack: malformed blocks give typed errors and break the decoder", async (t) => {
   const cases: { name: string; block: Uint8Array; code: string; maxList?: number }[] = [
     { name: "index 0", block: hex("80"), code: "malformed" },
@@ -213,6 +230,10 @@ Deno.test("hpack: malformed blocks give typed errors and break the decoder", asy
     { name: "truncated integer", block: hex("ff"), code: "malformed" },
     { name: "integer overflow", block: hex("ff ff ff ff ff ff 7f"), code: "malformed" },
     { name: "string past end", block: hex("400a 6375"), code: "malformed" },
+    // ~147 zero continuation bytes used to push 2 ** shift to Infinity: NaN index, then a TypeError.
+    { name: "zero continuation run (indexed)", block: zeroRun(0xff), code: "malformed" },
+    { name: "zero continuation run (literal name index)", block: zeroRun(0x0f), code: "malformed" },
+    { name: "zero continuation run (table size update)", block: zeroRun(0x3f), code: "malformed" },
     { name: "size update after field", block: hex("82 3f e1 1f"), code: "malformed" },
     { name: "size update over ceiling", block: hex("3f e1 ff 07"), code: "oversize" },
     // 0x1f8 (9 bits) for "!" followed by seven 0 bits: padding is not EOS-prefix.

@@ -127,12 +127,21 @@ function parseRequestLine(line: string): Parsed<RequestLine> {
     if (!isTokenChar(method.charCodeAt(i))) return fail("malformed", "method is not a token", i);
   }
   const versionText = rl.slice(sp2 + 1);
-  const vm = VERSION_RE.exec(versionText);
-  if (!vm) return fail("malformed", `bad HTTP version ${JSON.stringify(versionText.slice(0, 16))}`, sp2 + 1);
-  if (vm[1] !== "1") return fail("unsupported", `HTTP/${vm[1]}.${vm[2]} head`, sp2 + 1);
+  let version: string;
+  // Nearly every request says HTTP/1.1 or HTTP/1.0: no regex match (and its array) for those.
+  if (versionText === "HTTP/1.1") version = "11";
+  else if (versionText === "HTTP/1.0") version = "10";
+  else {
+    const vm = VERSION_RE.exec(versionText);
+    if (!vm) {
+      return fail("malformed", `bad HTTP version ${JSON.stringify(versionText.slice(0, 16))}`, sp2 + 1);
+    }
+    if (vm[1] !== "1") return fail("unsupported", `HTTP/${vm[1]}.${vm[2]} head`, sp2 + 1);
+    version = vm[1] + vm[2];
+  }
   const target = rl.slice(sp1 + 1, sp2).trim();
   if (target.length === 0) return fail("malformed", "empty request target", sp1);
-  return ok({ method, target, version: vm[1] + vm[2], versionText });
+  return ok({ method, target, version, versionText });
 }
 
 /**
@@ -189,11 +198,13 @@ export function parseRequestHeadCached(
   head: Uint8Array,
   cache: HeaderBlockCache,
   maxHead = MAX_HEAD,
+  /** The head already decoded (UTF-8), when the caller has it. */
+  decoded?: string,
 ): Streamed<
   RequestHead
 > {
   if (head.length > maxHead) return parseRequestHead(head, maxHead);
-  const text = decoder.decode(head);
+  const text = decoded ?? decoder.decode(head);
   const lf = text.indexOf("\n");
   const block = text.slice(lf + 1);
   const hit = cache.get(block);
@@ -241,6 +252,10 @@ type BodyState =
   | { kind: "chunk-data-end" }
   | { kind: "trailers" };
 
+/** Shared immutable states: a new stream (one per connection) allocates neither a buffer nor a state object. */
+const NO_BYTES = new Uint8Array(0);
+const BODY_NONE: BodyState = Object.freeze({ kind: "none" });
+
 export interface Http1StreamOptions {
   maxHead?: number;
   /** Shared across streams: repeated header blocks are parsed once. */
@@ -265,11 +280,11 @@ export class Http1RequestStream {
   scanned = 0;
   copied = 0;
   /** Unconsumed bytes: store[0, len). Grows by doubling, so a head sent a byte at a time costs linear time. */
-  private store: Uint8Array = new Uint8Array(0);
+  private store: Uint8Array = NO_BYTES;
   private len = 0;
   /** Where the search for the end of the head (or trailers) resumes: bytes before it hold no terminator. */
   private scan = 0;
-  private body: BodyState = { kind: "none" };
+  private body: BodyState = BODY_NONE;
   private resync = false;
   private readonly maxHead: number;
   private readonly cache: HeaderBlockCache | undefined;
@@ -306,7 +321,7 @@ export class Http1RequestStream {
       this.len = 0;
       this.scan = 0;
       // Let a store grown by one huge head go once it is consumed.
-      if (this.store.length > 16384) this.store = new Uint8Array(0);
+      if (this.store.length > 16384) this.store = NO_BYTES;
       return;
     }
     if (b.buffer === this.store.buffer) {
@@ -341,7 +356,7 @@ export class Http1RequestStream {
         p += n;
         this.bodyBytes += n;
         if (st.left > 0) break;
-        this.body = st.chunked ? { kind: "chunk-data-end" } : { kind: "none" };
+        this.body = st.chunked ? { kind: "chunk-data-end" } : BODY_NONE;
         continue;
       }
       if (st.kind === "chunk-size") {
@@ -383,7 +398,7 @@ export class Http1RequestStream {
         if (b.length - p < 1) break;
         if (b[p] === LF || (b[p] === CR && b.length - p >= 2 && b[p + 1] === LF)) {
           p += b[p] === LF ? 1 : 2;
-          this.body = { kind: "none" };
+          this.body = BODY_NONE;
           continue;
         }
         if (b[p] === CR) break;
@@ -397,7 +412,7 @@ export class Http1RequestStream {
         }
         this.scan = 0;
         p = e;
-        this.body = { kind: "none" };
+        this.body = BODY_NONE;
         continue;
       }
       // Expecting a request head.
@@ -419,9 +434,28 @@ export class Http1RequestStream {
       }
       if (p >= b.length) break;
       // Find the end of the head first, resuming where the last push stopped (linear in the bytes sent).
+      let end = -1, text: string | undefined;
+      if (this.cache !== undefined && this.scan === 0) {
+        // Fast path for a head that arrives whole (nearly always): decode once (native), then two native
+        // searches of the text, instead of a byte-level search line by line. Text offsets are byte offsets
+        // only for ASCII; otherwise (or when the head is not whole) the byte search below decides.
+        const n = Math.min(b.length - p, this.maxHead);
+        const t = decoder.decode(b.subarray(p, p + n));
+        if (t.length === n) {
+          const a = t.indexOf("\n\r\n"), c = t.indexOf("\n\n");
+          const e = a < 0 ? (c < 0 ? -1 : c + 2) : c < 0 || a < c ? a + 3 : c + 2;
+          if (e > 0) {
+            end = p + e;
+            text = e === n ? t : t.slice(0, e);
+            this.scanned += e;
+          }
+        }
+      }
       const from = Math.max(p, this.scan);
-      const end = headEnd(b, from, p + this.maxHead);
-      this.scanned += (end < 0 ? b.length : end) - from;
+      if (end < 0) {
+        end = headEnd(b, from, p + this.maxHead);
+        this.scanned += (end < 0 ? b.length : end) - from;
+      }
       if (end < 0 && b.length - p < this.maxHead) {
         this.scan = Math.max(p, b.length - 2);
         break;
@@ -429,7 +463,7 @@ export class Http1RequestStream {
       this.scan = 0;
       const view = b.subarray(p, end < 0 ? b.length : end);
       const r = end >= 0 && this.cache
-        ? parseRequestHeadCached(view, this.cache, this.maxHead)
+        ? parseRequestHeadCached(view, this.cache, this.maxHead, text)
         : parseRequestHead(view, this.maxHead);
       if (!r.ok) {
         if (r.needMore) break;
@@ -468,7 +502,7 @@ export class Http1RequestStream {
     const wasHead = this.body.kind === "none" && !this.resync;
     this.len = 0;
     this.scan = 0;
-    this.body = { kind: "none" };
+    this.body = BODY_NONE;
     this.resync = true;
     if (!wasHead || b.length === 0) return undefined;
     const lf = b.lastIndexOf(LF);
@@ -485,7 +519,7 @@ export class Http1RequestStream {
   /** Counts a body framing error and switches to resynchronisation from `p`. */
   private bodyError(code: ParseErrorCode, p: number): number {
     this.count(code);
-    this.body = { kind: "none" };
+    this.body = BODY_NONE;
     this.resync = true;
     return p;
   }

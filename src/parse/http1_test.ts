@@ -1,5 +1,5 @@
 import { assert, assertEquals } from "../testing/asserts.ts";
-import { bodyFraming, Http1RequestStream, parseRequestHead } from "./http1.ts";
+import { bodyFraming, HeaderBlockCache, Http1RequestStream, parseRequestHead } from "./http1.ts";
 
 const enc = (s: string) => new TextEncoder().encode(s);
 
@@ -143,15 +143,21 @@ Deno.test("Http1RequestStream", async (t) => {
     const big = "GET /big HTTP/1.1\r\n" + "X-Pad: ".concat("a".repeat(90), "\r\n").repeat(330) + "\r\n";
     const trailers = "POST /t HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n" +
       "X-T: ".concat("b".repeat(90), "\r\n").repeat(100) + "\r\n";
-    for (const [name, text] of [["head", big + req("/after")], ["trailers", trailers + req("/after")]]) {
+    for (
+      const [name, text, cached] of [
+        ["head", big + req("/after"), false],
+        ["head, header-block cache on", big + req("/after"), true],
+        ["trailers", trailers + req("/after"), false],
+      ] as const
+    ) {
       await t.step(name, () => {
         const bytes = enc(text);
-        const s = new Http1RequestStream();
+        const s = new Http1RequestStream(cached ? { cache: new HeaderBlockCache() } : {});
         const got: string[] = [];
         for (let i = 0; i < bytes.length; i++) {
           got.push(...s.push(bytes.subarray(i, i + 1)).map((h) => h.target));
         }
-        assertEquals(got, name === "head" ? ["/big", "/after"] : ["/t", "/after"]);
+        assertEquals(got, name.startsWith("head") ? ["/big", "/after"] : ["/t", "/after"]);
         assert(s.scanned <= 4 * bytes.length, `scanned ${s.scanned} bytes for ${bytes.length} sent`);
         assert(s.copied <= 4 * bytes.length, `copied ${s.copied} bytes for ${bytes.length} sent`);
         assertEquals(s.buffered, 0);

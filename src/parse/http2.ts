@@ -98,6 +98,8 @@ export interface H2GoAway {
 type State = "preface" | "frames" | "dropped";
 
 export class Http2RequestStream {
+  /** Exceptions caught inside push() in this process: bugs turned into a dropped state (fuzzing checks it). */
+  static exceptions = 0;
   readonly errors: ErrorCounts = newErrorCounts();
   readonly stats: Http2Stats = { frames: 0, requests: 0, trailers: 0, dataBytes: 0, unknownFrames: 0 };
   /** The client's SETTINGS values, latest wins. */
@@ -156,6 +158,7 @@ export class Http2RequestStream {
       this.consume(bytes, out);
     } catch (e) {
       // A bug, not bad input: still never escape to the caller.
+      Http2RequestStream.exceptions++;
       this.drop("malformed", `http2 parser exception: ${e instanceof Error ? e.message : String(e)}`);
     }
     return out;

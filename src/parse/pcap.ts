@@ -53,6 +53,12 @@ const NG_DSB = 0x0000000a;
 /** Records above this are corrupt, not big: no link layer carries 256 MiB frames. */
 const MAX_RECORD = 256 * 1024 * 1024;
 
+function u32(b: Uint8Array, o: number, le: boolean): number {
+  return le
+    ? ((b[o + 3] << 24) | (b[o + 2] << 16) | (b[o + 1] << 8) | b[o]) >>> 0
+    : ((b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]) >>> 0;
+}
+
 /** A read window over a ByteSource that can hand out contiguous views of up to MAX_RECORD bytes. */
 class Window {
   private buf: Uint8Array;
@@ -151,8 +157,9 @@ export class CaptureReader {
   private ifaces: NgInterface[] = [];
   private done = false;
 
-  constructor(src: ByteSource) {
-    this.w = new Window(src);
+  /** `windowBytes`: initial read window (default 1 MiB; it grows for a bigger record). */
+  constructor(src: ByteSource, windowBytes = 1 << 20) {
+    this.w = new Window(src, windowBytes);
     if (!this.w.ensure(4)) throw new CaptureFormatError("not a capture file: fewer than 4 bytes");
     const h = this.w.peek(4);
     const be = ((h[0] << 24) | (h[1] << 16) | (h[2] << 8) | h[3]) >>> 0;
@@ -206,11 +213,13 @@ export class CaptureReader {
       this.done = true;
       return null;
     }
-    const dv = this.view(16);
-    const sec = dv.getUint32(0, this.le);
-    const frac = dv.getUint32(4, this.le);
-    const incl = dv.getUint32(8, this.le);
-    const orig = dv.getUint32(12, this.le);
+    // Read in place: a DataView per record showed in the profile of big captures.
+    const h = this.w.peek(16);
+    const le = this.le;
+    const sec = u32(h, 0, le);
+    const frac = u32(h, 4, le);
+    const incl = u32(h, 8, le);
+    const orig = u32(h, 12, le);
     if (incl > MAX_RECORD) return this.stop(`corrupt record after frame ${this.frame}: length ${incl}`);
     this.w.skip(16);
     if (!this.w.ensure(incl)) {

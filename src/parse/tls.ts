@@ -288,6 +288,8 @@ const EMPTY = new Uint8Array(0);
 /** A growable byte queue that keeps a pushed chunk by reference until it must be merged. */
 class ByteQueue {
   private buf: Uint8Array = EMPTY;
+  /** The chunk kept by reference by the last push (see own()). */
+  private pushed: Uint8Array = EMPTY;
   private start = 0;
   private end = 0;
   get length(): number {
@@ -301,6 +303,7 @@ class ByteQueue {
     if (this.length === 0) {
       // Zero-copy fast path: the common case is one whole record per push.
       this.buf = b;
+      this.pushed = b;
       this.start = 0;
       this.end = b.length;
       return;
@@ -313,15 +316,24 @@ class ByteQueue {
     this.start = 0;
     this.end = need;
   }
+  /** Copies the buffered bytes if they are still the caller's pushed chunk, so the caller may reuse it. */
+  own(): void {
+    if (this.length > 0 && this.buf === this.pushed) {
+      this.buf = this.view().slice();
+      this.start = 0;
+      this.end = this.buf.length;
+    }
+    this.pushed = EMPTY;
+  }
   consume(n: number): void {
     this.start += n;
     if (this.start >= this.end) {
-      this.buf = EMPTY;
+      this.buf = this.pushed = EMPTY;
       this.start = this.end = 0;
     }
   }
   clear(): void {
-    this.buf = EMPTY;
+    this.buf = this.pushed = EMPTY;
     this.start = this.end = 0;
   }
 }
@@ -362,6 +374,15 @@ export class TlsHandshakeReader {
   push(bytes: Uint8Array): void {
     if (this.failed || this.encrypted) return;
     this.rec.push(bytes);
+  }
+
+  /**
+   * Makes the reader independent of the chunks pushed so far: the unread rest of a chunk it kept by
+   * reference is copied. For callers that push views of a buffer they reuse (a capture reader's window);
+   * others need not call it.
+   */
+  ownBuffered(): void {
+    this.rec.own();
   }
 
   private die(code: "malformed" | "oversize" | "unsupported", msg: string): Parsed<never> {

@@ -360,6 +360,8 @@ export interface TlsDecryptorOptions {
  * order (interleaving between directions does not matter), then `take(dir)` for new plaintext.
  */
 export class TlsDecryptor {
+  /** Exceptions caught inside push() in this process: bugs turned into a "malformed" stop (fuzzing checks it). */
+  static exceptions = 0;
   readonly info: TlsSessionInfo = {};
   readonly errors: ErrorCounts = newErrorCounts();
   readonly stats: TlsDecryptStats = { records: 0, decryptedRecords: 0, authFailures: 0, plaintextBytes: 0 };
@@ -385,7 +387,8 @@ export class TlsDecryptor {
       // The ServerHello unblocks client records that were waiting for the version and suite.
       if (dir === "server" && this.info.version !== undefined) this.run("client");
     } catch (e) {
-      // A bug, not bad input: keep the promise of never throwing.
+      // A bug, not bad input: keep the promise of never throwing (counted so fuzzing still sees it).
+      TlsDecryptor.exceptions++;
       this.stop(d, "malformed", `tls decrypt exception: ${e instanceof Error ? e.message : String(e)}`);
     }
   }

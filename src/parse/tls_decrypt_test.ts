@@ -31,8 +31,9 @@ function tcpStreams(bytes: Uint8Array): { client: Uint8Array; server: Uint8Array
     };
     out.push(s);
     // Roles are known by the time data flows (SYN seen); route each direction accordingly.
-    c.fromA.onData = (b) => (s.clientIsA() ? s.client : s.server).push(b);
-    c.fromB.onData = (b) => (s.clientIsA() ? s.server : s.client).push(b);
+    // Delivered bytes are only valid during the call: keep copies.
+    c.fromA.onData = (b) => (s.clientIsA() ? s.client : s.server).push(b.slice());
+    c.fromB.onData = (b) => (s.clientIsA() ? s.server : s.client).push(b.slice());
   };
   const r = new CaptureReader(bytesSource(bytes));
   for (let p = r.next(); p; p = r.next()) {

@@ -6,7 +6,7 @@
  *    non-replicated deduplication window, optional ON CLUSTER + Distributed.
  * Both carry `batch_id`, the content hash of the insert, so an ambiguous failure can be resolved by reading back.
  */
-import { jsonString, jsonStringCached, type Row } from "./row.ts";
+import { type Row, rowFieldsJson } from "./row.ts";
 
 export type Generation = "legacy" | "modern";
 
@@ -229,7 +229,6 @@ const ISO_MS = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
  * with absent (empty) strings left out.
  */
 export function encodeLineOpen(r: Row, gen: Generation): string {
-  const q = jsonStringCached;
   let s: string;
   if (ISO_MS.test(r.ts)) {
     const day = r.ts.slice(0, 10);
@@ -242,26 +241,10 @@ export function encodeLineOpen(r: Row, gen: Generation): string {
     s = s.slice(0, s.indexOf(',"host":'));
   }
   // Absent (empty) strings are left out: ClickHouse fills the column default (''), as in every other sink.
-  if (r.host !== "") s += ',"host":' + q(r.host);
-  if (r.server !== "") s += ',"server":' + q(r.server);
-  s += ',"pid":' + r.pid;
-  if (r.capture !== "") s += ',"capture":' + q(r.capture);
-  if (r.src !== "") s += ',"src":' + q(gen === "modern" ? toV6(r.src) : r.src);
-  s += ',"src_port":' + r.src_port;
-  if (r.dst !== "") s += ',"dst":' + q(gen === "modern" ? toV6(r.dst) : r.dst);
-  s += ',"dst_port":' + r.dst_port;
-  if (r.method !== "") s += ',"method":' + q(r.method);
-  if (r.path !== "") s += ',"path":' + jsonString(r.path);
-  if (r.http_version !== "") s += ',"http_version":' + q(r.http_version);
-  if (r.host_header !== "") s += ',"host_header":' + q(r.host_header);
-  if (r.user_agent !== "") s += ',"user_agent":' + q(r.user_agent);
-  if (r.ja4h !== "") s += ',"ja4h":' + q(r.ja4h);
-  if (r.ja4h_r !== "") s += ',"ja4h_r":' + q(r.ja4h_r);
-  if (r.ja4h_o !== "") s += ',"ja4h_o":' + q(r.ja4h_o);
-  if (r.ja4h_ro !== "") s += ',"ja4h_ro":' + q(r.ja4h_ro);
-  if (r.ja4 !== "") s += ',"ja4":' + q(r.ja4);
-  if (r.ja4_r !== "") s += ',"ja4_r":' + q(r.ja4_r);
-  if (r.ja4t !== "") s += ',"ja4t":' + q(r.ja4t);
-  if (r.tls_server_name !== "") s += ',"tls_server_name":' + q(r.tls_server_name);
+  s += rowFieldsJson(
+    r,
+    gen === "modern" && r.src !== "" ? toV6(r.src) : r.src,
+    gen === "modern" && r.dst !== "" ? toV6(r.dst) : r.dst,
+  );
   return s + (r.truncated ? ',"truncated":1' : ',"truncated":0');
 }

@@ -25,8 +25,8 @@ import {
   type ServerVersion,
 } from "./ch_schema.ts";
 import type { Row } from "./row.ts";
-import { countInto, newStats, type Sink, type SinkStats } from "./sink.ts";
-import { Spool, type SpoolEntry } from "./spool.ts";
+import { countInto, newStats, type Sink, type SinkObserver, type SinkStats } from "./sink.ts";
+import { type DeadResult, Spool, type SpoolEntry } from "./spool.ts";
 import { createHash } from "node:crypto";
 import { gunzip as zGunzip, gzip as zGzip } from "node:zlib";
 
@@ -78,6 +78,34 @@ export interface ClickHouseSinkOptions {
   /** Backoff bounds (default 1 s → 30 s, with jitter). */
   retryMinMs?: number;
   retryMaxMs?: number;
+  /** How long flush()/close() may ship (default STOP_BUDGET_MS; tests shorten it). */
+  stopBudgetMs?: number;
+  /** dead/ cap in bytes (default dead_max_mb; tests use small ones). */
+  deadMaxBytes?: number;
+}
+
+/**
+ * How long the flush on stop may keep shipping. The unit's TimeoutStopSec (rpm/ja4ebpf.service, 30 s) must
+ * cover it plus detaching the hooks and draining the ring (a test checks they agree); timeout_ms (60 s by
+ * default) alone would have let systemd SIGKILL the agent mid-flush.
+ */
+export const STOP_BUDGET_MS = 20_000;
+
+/** Sink error classes → the `class` label of ja4ebpf_clickhouse_errors_total. */
+const METRIC_CLASS: Record<string, string> = {
+  data: "quarantine",
+  transient: "retry",
+  in_flight: "retry",
+  unreadable: "quarantine",
+};
+
+type Outcome = "done" | "retry" | "again";
+type ObservedRequest = [op: "insert" | "readback" | "connect", seconds: number, ok: boolean, cls?: string];
+/** What a read-back narrows on: the batch's servers and ts range ("YYYY-MM-DD hh:mm:ss"). */
+interface Scope {
+  servers: string[];
+  min: string;
+  max: string;
 }
 
 interface Response_ {
@@ -89,6 +117,38 @@ interface Response_ {
 
 class NetworkError extends Error {
   override name = "NetworkError";
+  constructor(message: string, readonly timeout = false) {
+    super(message);
+  }
+}
+
+/** "timeout" when the request's own timer fired, else "network" (refused, reset, cut). */
+function netClass(err: unknown): "timeout" | "network" {
+  return err instanceof NetworkError && err.timeout ? "timeout" : "network";
+}
+
+/**
+ * classify() plus the answers that carry no ClickHouse code, i.e. come from something in between:
+ * a 5xx (a proxy's 502/504) may follow a commit, so it is retried after a read-back (ambiguous); 400, 413,
+ * 414, 422 refuse this request whatever the server's state (a batch too large for the proxy, a mangled body):
+ * retrying it would block the queue for ever, so it is quarantined; 404/405 mean a wrong URL (config).
+ */
+export function classifyFailure(
+  status: number,
+  code: number | undefined,
+): { cls: ErrorClass; ambiguous: boolean } {
+  if (code === undefined) {
+    if (status >= 500) return { cls: "transient", ambiguous: true };
+    if (status === 400 || status === 413 || status === 414 || status === 422) {
+      return { cls: "data", ambiguous: false };
+    }
+    if (status === 404 || status === 405) return { cls: "config", ambiguous: false };
+  }
+  return { cls: classify(status, code), ambiguous: false };
+}
+
+function sqlString(s: string): string {
+  return `'${s.replace(/\\/g, "\\\\").replace(/'/g, "\\'")}'`;
 }
 
 const GEN_FILE = "server-generation";
@@ -105,10 +165,22 @@ export class ClickHouseSink implements Sink {
   readonly #target: string;
   readonly #stats = newStats("clickhouse");
   readonly #abort = new AbortController();
+  readonly #stopBudget: number;
 
   #gen: Generation;
   #server: ServerVersion | undefined;
   #missing: string[] = [];
+  /** The table's columns (name → type) at the last DESCRIBE. */
+  #schema = new Map<string, string>();
+  /** Batches retried once after the table changed under them. */
+  #retried = new Set<string>();
+  #scopes = new Map<string, Scope>();
+  /** The request in flight, cut when the stop budget runs out. */
+  #inflight: AbortController | undefined;
+  #backoffWake: (() => void) | undefined;
+  #budgetEnd = -Infinity;
+  #observer: SinkObserver | undefined;
+  #unobserved: ObservedRequest[] = [];
   /** Rows encoded for the generation in #bufGen, grouped by partition day. */
   #buf = new Map<string, BatchBuf>();
   #bufGen: Generation;
@@ -138,6 +210,7 @@ export class ClickHouseSink implements Sink {
     this.#transform = o.transform;
     this.#retryMin = o.retryMinMs ?? 1000;
     this.#retryMax = o.retryMaxMs ?? 30000;
+    this.#stopBudget = o.stopBudgetMs ?? STOP_BUDGET_MS;
     this.#spool = spool;
     this.#gen = gen;
     this.#bufGen = gen;
@@ -155,7 +228,11 @@ export class ClickHouseSink implements Sink {
    * need the server to be up.
    */
   static async open(o: ClickHouseSinkOptions): Promise<ClickHouseSink> {
-    const spool = await Spool.open(o.config.spool_dir, o.config.spool_max_mb * 1024 * 1024);
+    const spool = await Spool.open(
+      o.config.spool_dir,
+      o.config.spool_max_mb * 1024 * 1024,
+      o.deadMaxBytes ?? o.config.dead_max_mb * 1024 * 1024,
+    );
     let gen: Generation = "legacy";
     try {
       const g = (await Deno.readTextFile(`${o.config.spool_dir}/${GEN_FILE}`)).trim();
@@ -245,6 +322,7 @@ export class ClickHouseSink implements Sink {
         });
         return;
       }
+      this.#stats.sealed += rows;
       this.#wake?.();
     } catch (err) {
       countInto(this.#stats.dropped, "spool_error", rows);
@@ -257,23 +335,35 @@ export class ClickHouseSink implements Sink {
 
   async #loop(): Promise<void> {
     while (!this.#stopped) {
-      if (!this.#server) {
-        if (await this.#connect()) this.#attempt = 0;
-        else {
-          await this.#backoff();
+      // One iteration's error (a spool file that vanished, a full disk, a bug) costs a retry, never the
+      // process: an exception escaping here would end it without stop() (TC filters left attached).
+      try {
+        if (!this.#server) {
+          if (await this.#connect()) this.#attempt = 0;
+          else {
+            this.#failures++;
+            this.#notify();
+            await this.#backoff();
+            continue;
+          }
+        }
+        const e = this.#spool.head();
+        if (!e) {
+          await this.#sleep(this.#c.flush_interval_ms * 5);
           continue;
         }
-      }
-      const e = this.#spool.head();
-      if (!e) {
-        await this.#sleep(this.#c.flush_interval_ms * 5);
-        continue;
-      }
-      const ok = await this.#ship(e);
-      this.#notify();
-      if (ok) this.#attempt = 0;
-      else {
+        const out = await this.#ship(e);
+        this.#notify();
+        if (out === "done") this.#attempt = 0;
+        else if (out === "retry") {
+          this.#failures++;
+          await this.#backoff();
+        }
+      } catch (err) {
+        countInto(this.#stats.errors, "internal");
+        log.error("clickhouse: shipping step failed, will retry", { error: errText(err) });
         this.#failures++;
+        this.#notify();
         await this.#backoff();
       }
     }
@@ -281,9 +371,10 @@ export class ClickHouseSink implements Sink {
 
   /** Version, DDL, DESCRIBE. false = try again later (counted and logged). */
   async #connect(): Promise<boolean> {
+    const t0 = performance.now();
     try {
       const v = await this.#query("SELECT version()");
-      if (!v.ok) return this.#failed("connect", v);
+      if (!v.ok) return this.#failed("connect", v, t0);
       const version = parseVersion(v.text);
       const gen = generationOf(version);
       if (this.#c.create) {
@@ -298,22 +389,16 @@ export class ClickHouseSink implements Sink {
           })
         ) {
           const r = await this.#query(sql);
-          if (!r.ok) return this.#failed("create", r);
+          if (!r.ok) return this.#failed("create", r, t0);
         }
       }
-      const d = await this.#query(`DESCRIBE TABLE ${this.#target} FORMAT JSONEachRow`);
-      if (!d.ok) return this.#failed("describe", d);
-      const have = new Set(d.text.split("\n").filter(Boolean).map((l) => JSON.parse(l).name as string));
-      this.#missing = columns(gen).map(([n]) => n).filter((n) => !have.has(n));
+      const d = await this.#describe(gen);
+      if ("status" in d) return this.#failed("describe", d, t0);
+      if (d.refusal) return this.#refuse(d.refusal, t0);
       if (this.#missing.length) {
         log.warn("clickhouse: table lacks columns; they are skipped on insert", {
           table: this.#target,
           missing: this.#missing.join(","),
-        });
-      }
-      if (!have.has("batch_id")) {
-        log.warn("clickhouse: no batch_id column: an ambiguous failure may duplicate a batch", {
-          table: this.#target,
         });
       }
       this.#server = version;
@@ -324,18 +409,59 @@ export class ClickHouseSink implements Sink {
         );
       }
       log.info("clickhouse: connected", { url: this.#base, version: version.text, generation: gen });
+      this.#observe("connect", t0, true);
       this.#stats.alarm = "";
       return true;
     } catch (err) {
-      countInto(this.#stats.errors, "network");
+      const cls = netClass(err);
+      countInto(this.#stats.errors, cls);
+      this.#observe("connect", t0, false, cls);
       log.warn("clickhouse: unreachable", { url: this.#base, error: errText(err) });
       return false;
     }
   }
 
-  #failed(step: string, r: Response_): false {
-    const cls = classify(r.status, r.code);
+  /**
+   * DESCRIBE TABLE: the columns the table lacks (skipped on insert) and whether the read-back can run.
+   * Answers the failed response, or whether the table changed since the last look and why the sink must
+   * refuse to ship into it ("" = it need not).
+   */
+  async #describe(gen: Generation): Promise<Response_ | { changed: boolean; refusal: string }> {
+    const d = await this.#query(`DESCRIBE TABLE ${this.#target} FORMAT JSONEachRow`);
+    if (!d.ok) return d;
+    const schema = new Map<string, string>();
+    for (const l of d.text.split("\n")) {
+      if (!l) continue;
+      const o = JSON.parse(l) as { name: string; type: string };
+      schema.set(o.name, o.type);
+    }
+    const changed = schema.size !== this.#schema.size ||
+      [...schema].some(([n, t]) => this.#schema.get(n) !== t);
+    this.#schema = schema;
+    this.#missing = columns(gen).map(([n]) => n).filter((n) => !schema.has(n));
+    // Without batch_id an ambiguous failure (timeout, reset, a proxy's 5xx) cannot be resolved, and every
+    // batch found in the spool at start is one: reading back would fail (Code 47) for ever, resending could
+    // duplicate. Refuse, keep spooling, and look again at every retry (an ALTER fixes it without a restart).
+    const refusal = schema.has("batch_id")
+      ? ""
+      : `table ${this.#target} has no batch_id column: the agent cannot check whether a batch is already ` +
+        `there, so it ships nothing and keeps spooling; run ALTER TABLE ${this.#target} ADD COLUMN batch_id String`;
+    return { changed, refusal };
+  }
+
+  #refuse(why: string, t0: number): false {
+    countInto(this.#stats.errors, "config");
+    this.#observe("connect", t0, false, "config");
+    this.#stats.alarm = "config";
+    this.#server = undefined;
+    log.error(`clickhouse: ${why}`, { table: this.#target });
+    return false;
+  }
+
+  #failed(step: string, r: Response_, t0: number): false {
+    const { cls } = classifyFailure(r.status, r.code);
     countInto(this.#stats.errors, cls);
+    this.#observe("connect", t0, false, cls);
     const fields = { status: r.status, code: r.code ?? 0, error: firstLine(r.text) };
     if (cls === "auth" || cls === "config") {
       this.#stats.alarm = cls;
@@ -344,47 +470,21 @@ export class ClickHouseSink implements Sink {
     return false;
   }
 
-  /** One attempt at one batch. true = the batch left the queue (shipped or quarantined). */
-  async #ship(e: SpoolEntry): Promise<boolean> {
+  /** One attempt at one batch: done (left the queue), retry (after a backoff), again (at once). */
+  async #ship(e: SpoolEntry): Promise<Outcome> {
     const gen = generationOf(this.#server!);
     if (this.#ambiguous.has(e.id)) {
-      let n: number;
-      try {
-        const where = gen === "legacy" ? `date = '${e.date}'` : `toDate(ts) = '${e.date}'`;
-        // An insert of this batch may still be running on the server (its client crashed or timed out after
-        // sending the body): it carries query_id = batch id; wait for it to end before counting.
-        // In this order: "not running" first, then the count, so an insert ending in between is counted.
-        const p = await this.#query(`SELECT count() FROM system.processes WHERE query_id = '${e.id}'`);
-        if (!p.ok) return this.#failedBatch(e, p, false);
-        if (Number(p.text.trim()) > 0) {
-          countInto(this.#stats.errors, "in_flight");
-          return false;
-        }
-        const r = await this.#query(
-          `SELECT count() FROM ${this.#target} WHERE ${where} AND batch_id = '${e.id}'`,
-        );
-        if (!r.ok) return this.#failedBatch(e, r, false);
-        n = Number(r.text.trim());
-      } catch (err) {
-        countInto(this.#stats.errors, "network");
-        log.warn("clickhouse: read-back failed", { error: errText(err) });
-        return false;
-      }
-      if (n > 0) {
-        if (n !== e.rows) {
-          log.warn("clickhouse: batch partly in the table; not resent", {
-            batch: e.id,
-            rows: e.rows,
-            found: n,
-          });
-        }
-        await this.#done(e);
-        return true;
-      }
+      const r = await this.#resolve(e, gen);
+      if (r !== "absent") return r;
       this.#ambiguous.delete(e.id);
     }
-    let body = await this.#spool.read(e);
-    if (e.gen !== gen || this.#transform) body = await this.#reencode(body, e, gen);
+    let body: Uint8Array;
+    try {
+      body = await this.#spool.read(e);
+      if (e.gen !== gen || this.#transform) body = await this.#reencode(body, e, gen);
+    } catch (err) {
+      return await this.#unreadable(e, err);
+    }
     // query_id = batch id: the server refuses a second copy while the first still runs (Code 216), and a
     // read-back can see whether it is still running.
     const params = new URLSearchParams({
@@ -394,36 +494,173 @@ export class ClickHouseSink implements Sink {
     if (gen === "modern") params.set("insert_deduplication_token", e.id);
     if (this.#c.distributed_table) params.set("insert_distributed_sync", "1");
     if (this.#missing.length) params.set("input_format_skip_unknown_fields", "1");
+    const t0 = performance.now();
     let r: Response_;
     try {
       r = await this.#request(params, body, true);
     } catch (err) {
       // The server may have committed it: read back before resending.
       this.#ambiguous.add(e.id);
-      countInto(this.#stats.errors, "network");
+      const cls = netClass(err);
+      countInto(this.#stats.errors, cls);
+      this.#observe("insert", t0, false, cls);
       log.warn("clickhouse: insert failed", { url: this.#base, error: errText(err) });
-      return false;
+      return "retry";
     }
     if (r.ok) {
-      await this.#done(e);
-      return true;
+      this.#observe("insert", t0, true);
+      await this.#done(e, e.rows);
+      return "done";
     }
-    return this.#failedBatch(e, r, true);
+    return await this.#failedInsert(e, r, t0, gen);
   }
 
-  async #failedBatch(e: SpoolEntry, r: Response_, wasInsert: boolean): Promise<boolean> {
-    const cls: ErrorClass = classify(r.status, r.code);
+  /**
+   * Is an ambiguous batch already in the table? "absent" = send it. The query is narrowed to the batch's
+   * partition day, servers and ts range, so the (server, ts) index keeps it to a few granules.
+   */
+  async #resolve(e: SpoolEntry, gen: Generation): Promise<Outcome | "absent"> {
+    const t0 = performance.now();
+    let n: number;
+    try {
+      // An insert of this batch may still be running on the server (its client crashed or timed out after
+      // sending the body): it carries query_id = batch id; wait for it to end before counting.
+      // In this order: "not running" first, then the count, so an insert ending in between is counted.
+      const p = await this.#query(`SELECT count() FROM system.processes WHERE query_id = '${e.id}'`);
+      if (!p.ok) return this.#failedReadBack(e, p, t0);
+      if (Number(p.text.trim()) > 0) {
+        countInto(this.#stats.errors, "in_flight");
+        this.#observe("readback", t0, false, "in_flight");
+        return "retry";
+      }
+      let scope: Scope;
+      try {
+        scope = await this.#scope(e);
+      } catch (err) {
+        return await this.#unreadable(e, err);
+      }
+      const r = await this.#query(
+        `SELECT count() FROM ${this.#target} WHERE ${this.#readBackWhere(e, gen, scope)}`,
+      );
+      if (!r.ok) return this.#failedReadBack(e, r, t0);
+      n = Number(r.text.trim());
+      this.#observe("readback", t0, true);
+    } catch (err) {
+      const cls = netClass(err);
+      countInto(this.#stats.errors, cls);
+      this.#observe("readback", t0, false, cls);
+      log.warn("clickhouse: read-back failed", { error: errText(err) });
+      return "retry";
+    }
+    if (n === 0) return "absent";
+    if (n >= e.rows) {
+      if (n > e.rows) {
+        log.warn("clickhouse: more rows with this batch id than the batch has", { batch: e.id, n });
+      }
+      await this.#done(e, e.rows);
+      return "done";
+    }
+    // Some rows are there, not all (a part dropped or mutated, rows deleted): resending would duplicate
+    // those, not resending loses the others. The batch is shipped as far as it is; the missing rows are
+    // counted as dropped (partial) and the file kept in dead/ for a person to sort out.
+    this.#stats.partial++;
+    countInto(this.#stats.dropped, "partial", e.rows - n);
+    const dead = await this.#spool.quarantine(
+      e,
+      `partly in the table: ${n} of ${e.rows} rows with batch_id ${e.id} found; re-inserting the whole ` +
+        `file would duplicate those`,
+    );
+    log.error("clickhouse: batch partly in the table; the missing rows are counted as dropped (partial)", {
+      batch: e.id,
+      rows: e.rows,
+      found: n,
+      file: dead.kept ? dead.path : "",
+    });
+    await this.#done(e, n);
+    return "done";
+  }
+
+  #readBackWhere(e: SpoolEntry, gen: Generation, s: Scope): string {
+    const c = this.#schema;
+    const w: string[] = [];
+    if (c.has("date")) w.push(`date = '${e.date}'`);
+    else if (c.has("ts")) w.push(`toDate(ts) = '${e.date}'`);
+    if (c.has("server") && s.servers.length) w.push(`server IN (${s.servers.map(sqlString).join(", ")})`);
+    if (c.has("ts") && s.min) {
+      w.push(
+        gen === "modern"
+          ? `ts >= toDateTime64('${s.min}', 3, 'UTC') AND ts <= toDateTime64('${s.max}.999', 3, 'UTC')`
+          : `ts >= toDateTime('${s.min}', 'UTC') AND ts <= toDateTime('${s.max}', 'UTC')`,
+      );
+    }
+    w.push(`batch_id = '${e.id}'`);
+    return w.join(" AND ");
+  }
+
+  /** The batch's servers and ts range (seconds), from its spool file; kept until the batch leaves. */
+  async #scope(e: SpoolEntry): Promise<Scope> {
+    const have = this.#scopes.get(e.id);
+    if (have) return have;
+    const text = await gunzip(await this.#spool.read(e));
+    const servers = new Set<string>();
+    let min = "", max = "";
+    for (const l of text.split("\n")) {
+      if (!l) continue;
+      const o = JSON.parse(l) as { server?: unknown; ts?: unknown };
+      servers.add(String(o.server ?? ""));
+      const ts = String(o.ts ?? "").slice(0, 19);
+      if (!/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/.test(ts)) continue;
+      if (!min || ts < min) min = ts;
+      if (ts > max) max = ts;
+    }
+    const s = { servers: [...servers].sort(), min, max };
+    this.#scopes.set(e.id, s);
+    return s;
+  }
+
+  #failedReadBack(e: SpoolEntry, r: Response_, t0: number): Outcome {
+    const { cls } = classifyFailure(r.status, r.code);
     countInto(this.#stats.errors, cls);
+    this.#observe("readback", t0, false, cls);
     const fields = { status: r.status, code: r.code ?? 0, batch: e.id, error: firstLine(r.text) };
-    if (cls === "data" && wasInsert) {
-      const dest = await this.#spool.quarantine(e, `HTTP ${r.status}\n${r.text}`);
-      this.#stats.quarantined += e.rows;
-      log.error("clickhouse: batch refused as bad data, quarantined", {
-        ...fields,
-        rows: e.rows,
-        file: dest,
-      });
-      return true;
+    // Unknown identifier / no such column: the table changed under us; reconnecting re-reads it (and
+    // refuses when batch_id is gone).
+    if (cls === "auth" || cls === "config" || r.code === 47 || r.code === 16) {
+      if (cls === "auth") this.#stats.alarm = cls;
+      else this.#server = undefined;
+      log.error("clickhouse: read-back refused, spooling until it is fixed", fields);
+    } else log.warn("clickhouse: read-back failed, will retry", fields);
+    return "retry";
+  }
+
+  async #failedInsert(e: SpoolEntry, r: Response_, t0: number, gen: Generation): Promise<Outcome> {
+    const { cls, ambiguous } = classifyFailure(r.status, r.code);
+    countInto(this.#stats.errors, cls);
+    this.#observe("insert", t0, false, cls);
+    // A 5xx without a ClickHouse code comes from a proxy (502, 504): the server may have committed it.
+    if (ambiguous) this.#ambiguous.add(e.id);
+    const fields = { status: r.status, code: r.code ?? 0, batch: e.id, error: firstLine(r.text) };
+    if (cls === "data") {
+      if (r.code !== undefined && !this.#retried.has(e.id)) {
+        // After ALTER … DROP/MODIFY COLUMN every batch fails (117, 16, 27…) until the sink looks again: do
+        // so, and when the table did change, retry this batch once before calling it bad data.
+        const d = await this.#describe(gen);
+        if (!("status" in d)) {
+          if (d.refusal) return this.#refuse(d.refusal, t0), "retry";
+          if (d.changed) {
+            this.#retried.add(e.id);
+            log.warn("clickhouse: the table changed; retrying the batch once", {
+              ...fields,
+              missing: this.#missing.join(","),
+            });
+            return "again";
+          }
+        }
+      }
+      const dead = await this.#spool.quarantine(e, `HTTP ${r.status}\n${r.text}`);
+      this.#forgetBatch(e);
+      this.#countDead(e, dead, "clickhouse: batch refused as bad data", fields);
+      return "done";
     }
     if (cls === "auth" || cls === "config") {
       this.#stats.alarm = cls;
@@ -432,15 +669,54 @@ export class ClickHouseSink implements Sink {
     } else {
       log.warn("clickhouse: insert failed, will retry", fields);
     }
-    return false;
+    return "retry";
   }
 
-  async #done(e: SpoolEntry): Promise<void> {
-    await this.#spool.remove(e);
-    this.#ambiguous.delete(e.id);
-    this.#stats.shipped += e.rows;
+  /** A spool file that cannot be read or decoded: to dead/, counted, and the queue moves on. */
+  async #unreadable(e: SpoolEntry, err: unknown): Promise<Outcome> {
+    countInto(this.#stats.errors, "unreadable");
+    const dead = await this.#spool.quarantine(e, `unreadable in the spool: ${errText(err)}`);
+    this.#forgetBatch(e);
+    this.#countDead(e, dead, "clickhouse: spooled batch unreadable", { batch: e.id, error: errText(err) });
+    return "done";
+  }
+
+  #countDead(e: SpoolEntry, dead: DeadResult, msg: string, fields: Record<string, string | number>): void {
+    if (dead.kept) {
+      this.#stats.quarantined += e.rows;
+      log.error(`${msg}, quarantined`, { ...fields, rows: e.rows, file: dead.path });
+    } else {
+      countInto(this.#stats.dropped, dead.why, e.rows);
+      log.error(`${msg}, dropped (${dead.why})`, {
+        ...fields,
+        rows: e.rows,
+        dead_dir: this.#spool.deadDir,
+        dead_bytes: this.#spool.deadBytes,
+        reason: dead.error ?? "",
+      });
+    }
+  }
+
+  async #done(e: SpoolEntry, shipped: number): Promise<void> {
+    try {
+      await this.#spool.remove(e);
+    } catch (err) {
+      // Already out of the queue; a file left behind is read back (found, not resent) at the next start.
+      log.error("clickhouse: cannot delete a shipped batch from the spool", {
+        file: e.path,
+        error: errText(err),
+      });
+    }
+    this.#forgetBatch(e);
+    this.#stats.shipped += shipped;
     this.#stats.lastSuccessMs = Date.now();
     this.#stats.alarm = "";
+  }
+
+  #forgetBatch(e: SpoolEntry): void {
+    this.#ambiguous.delete(e.id);
+    this.#retried.delete(e.id);
+    this.#scopes.delete(e.id);
   }
 
   async #reencode(body: Uint8Array, e: SpoolEntry, gen: Generation): Promise<Uint8Array> {
@@ -462,36 +738,73 @@ export class ClickHouseSink implements Sink {
     if (this.#password) headers["X-ClickHouse-Key"] = this.#password.reveal();
     if (gzipped) headers["Content-Encoding"] = "gzip";
     const qs = params.toString();
-    let res: Response;
+    const timeout = AbortSignal.timeout(this.#c.timeout_ms);
+    const cut = new AbortController();
+    this.#inflight = cut;
+    const signal = AbortSignal.any([timeout, this.#abort.signal, cut.signal]);
     try {
-      res = await fetch(`${this.#base}/${qs ? "?" + qs : ""}`, {
-        method: "POST",
-        headers,
-        body: body as BodyInit,
-        client: this.#client,
-        signal: AbortSignal.any([AbortSignal.timeout(this.#c.timeout_ms), this.#abort.signal]),
-      });
-    } catch (err) {
-      throw new NetworkError(errText(err));
+      let res: Response;
+      try {
+        res = await fetch(`${this.#base}/${qs ? "?" + qs : ""}`, {
+          method: "POST",
+          headers,
+          body: body as BodyInit,
+          client: this.#client,
+          signal,
+        });
+      } catch (err) {
+        throw new NetworkError(errText(err), timeout.aborted);
+      }
+      let text = "";
+      try {
+        text = await res.text();
+      } catch (err) {
+        if (!res.ok) throw new NetworkError(errText(err), timeout.aborted);
+      }
+      return {
+        status: res.status,
+        ok: res.ok,
+        code: res.ok ? undefined : errorCode(res.headers, text),
+        text,
+      };
+    } finally {
+      if (this.#inflight === cut) this.#inflight = undefined;
     }
-    let text = "";
-    try {
-      text = await res.text();
-    } catch (err) {
-      if (!res.ok) throw new NetworkError(errText(err));
-    }
-    return { status: res.status, ok: res.ok, code: res.ok ? undefined : errorCode(res.headers, text), text };
+  }
+
+  #observe(op: "insert" | "readback" | "connect", t0: number, ok: boolean, cls?: string): void {
+    const a: ObservedRequest = [op, (performance.now() - t0) / 1000, ok, cls && (METRIC_CLASS[cls] ?? cls)];
+    if (this.#observer) this.#observer.request("clickhouse", ...a);
+    else if (this.#unobserved.length < 1000) this.#unobserved.push(a);
+  }
+
+  observe(o: SinkObserver): void {
+    this.#observer = o;
+    for (const a of this.#unobserved) o.request("clickhouse", ...a);
+    this.#unobserved = [];
   }
 
   // -------------------------------------------------------------------------------------------------------
   // Timing
 
+  /** Waits 1 s → 30 s with jitter; only flush() and stop cut it short (new batches do not). */
   async #backoff(): Promise<void> {
     const base = Math.min(this.#retryMax, this.#retryMin * 2 ** Math.min(this.#attempt++, 20));
-    await this.#sleep(base / 2 + Math.random() * base / 2);
+    if (this.#stopped) return;
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(() => {
+        this.#backoffWake = undefined;
+        resolve();
+      }, base / 2 + Math.random() * base / 2);
+      this.#backoffWake = () => {
+        clearTimeout(t);
+        this.#backoffWake = undefined;
+        resolve();
+      };
+    });
   }
 
-  /** Sleeps until the timeout, a new batch, or stop. */
+  /** Idle wait: until the timeout, a new batch, or stop. */
   #sleep(ms: number): Promise<void> {
     if (this.#stopped) return Promise.resolve();
     return new Promise((resolve) => {
@@ -526,15 +839,26 @@ export class ClickHouseSink implements Sink {
   // -------------------------------------------------------------------------------------------------------
   // Lifecycle
 
-  /** persist(), then ships what is spooled until the spool is empty, an attempt fails, or timeout_ms passes. */
+  /**
+   * persist(), then ships what is spooled until the spool is empty, an attempt fails, or the stop budget
+   * (min(timeout_ms, STOP_BUDGET_MS)) passes; then a request still in flight is cut (its batch stays in the
+   * spool, read back at the next start). flush() and a close() right after it (the agent's stop runs both)
+   * share one budget, so the whole stop stays inside the unit's TimeoutStopSec.
+   */
   async flush(): Promise<void> {
+    const now = Date.now();
+    if (now >= this.#budgetEnd + this.#stopBudget) {
+      this.#budgetEnd = now + Math.min(this.#c.timeout_ms, this.#stopBudget);
+    }
+    const deadline = this.#budgetEnd;
     await this.persist();
     const failures = this.#failures;
-    const deadline = Date.now() + this.#c.timeout_ms;
+    this.#backoffWake?.();
     while (this.#spool.length > 0 && this.#failures === failures && !this.#stopped && Date.now() < deadline) {
       this.#wake?.();
       await this.#nextProgress(Math.min(250, Math.max(1, deadline - Date.now())));
     }
+    if (this.#spool.length > 0 && Date.now() >= deadline) this.#inflight?.abort();
   }
 
   /** Waits until every row written so far is shipped or quarantined; false on timeout. */
@@ -567,6 +891,9 @@ export class ClickHouseSink implements Sink {
     this.#stopped = true;
     clearInterval(this.#timer);
     this.#wake?.();
+    this.#backoffWake?.();
+    // A request still running (flush gave up on it) must not hold the exit for up to timeout_ms.
+    this.#inflight?.abort();
     await this.#loopDone;
     await this.#sealChain;
     this.#notify();

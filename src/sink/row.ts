@@ -127,14 +127,23 @@ export function jsonStringCached(s: string): string {
  * built by concatenation, no intermediate object or array (this runs once per request).
  */
 export function rowJson(r: Row): string {
-  let s = '{"ts":' + jsonString(r.ts);
+  return '{"ts":' + jsonString(r.ts) + rowFieldsJson(r, r.src, r.dst) +
+    (r.truncated ? ',"truncated":true}' : ',"truncated":false}');
+}
+
+/**
+ * The fields between `ts` and `truncated` as `,"name":value` pairs, absent strings left out: shared by every
+ * sink's encoding (ClickHouse writes its own time columns and addresses around it).
+ */
+export function rowFieldsJson(r: Row, src: string, dst: string): string {
+  let s = "";
   if (r.host !== "") s += ',"host":' + jsonStringCached(r.host);
   if (r.server !== "") s += ',"server":' + jsonStringCached(r.server);
   s += ',"pid":' + r.pid;
   if (r.capture !== "") s += ',"capture":' + jsonStringCached(r.capture);
-  if (r.src !== "") s += ',"src":' + jsonStringCached(r.src);
+  if (src !== "") s += ',"src":' + jsonStringCached(src);
   s += ',"src_port":' + r.src_port;
-  if (r.dst !== "") s += ',"dst":' + jsonStringCached(r.dst);
+  if (dst !== "") s += ',"dst":' + jsonStringCached(dst);
   s += ',"dst_port":' + r.dst_port;
   if (r.method !== "") s += ',"method":' + jsonStringCached(r.method);
   if (r.path !== "") s += ',"path":' + jsonString(r.path);
@@ -149,7 +158,7 @@ export function rowJson(r: Row): string {
   if (r.ja4_r !== "") s += ',"ja4_r":' + jsonStringCached(r.ja4_r);
   if (r.ja4t !== "") s += ',"ja4t":' + jsonStringCached(r.ja4t);
   if (r.tls_server_name !== "") s += ',"tls_server_name":' + jsonStringCached(r.tls_server_name);
-  return s + (r.truncated ? ',"truncated":true}' : ',"truncated":false}');
+  return s;
 }
 
 /** A row read back from JSON (a line this agent wrote): absent strings become "". */

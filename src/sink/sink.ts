@@ -17,8 +17,12 @@ export interface SinkStats {
   buffered: number;
   /** Rows durable in the spool, waiting for an acknowledgement. Gauge. */
   spooled: number;
-  /** Rows the destination refused as bad data, kept in the dead-letter directory. */
+  /** Rows moved to the dead-letter directory: refused as bad data, or unreadable in the spool. */
   quarantined: number;
+  /** Rows this process made durable in its spool (cumulative; 0 for sinks without one). */
+  sealed: number;
+  /** Batches whose read-back found only some of their rows (the rest counted as dropped.partial). */
+  partial: number;
   /** Rows given up, by reason (spool_full, write_error, …). */
   dropped: Record<string, number>;
   /** Failed requests by class (network, transient, auth, config, data); retried ones included. */
@@ -29,8 +33,25 @@ export interface SinkStats {
   lastSuccessMs: number;
 }
 
+/** Told about every request a sink makes to its destination (metrics: latency, errors, health). */
+export interface SinkObserver {
+  /**
+   * op: "insert" (a batch), "readback" (resolving an ambiguous batch), "connect" (version, DDL, DESCRIBE).
+   * errorClass when !ok: retry, quarantine, auth, config, network, timeout.
+   */
+  request(
+    sink: string,
+    op: "insert" | "readback" | "connect",
+    seconds: number,
+    ok: boolean,
+    errorClass?: string,
+  ): void;
+}
+
 export interface Sink {
   write(rows: Row[]): void;
+  /** Reports requests to the destination from now on (and those made since open, up to a bound). */
+  observe?(o: SinkObserver): void;
   /** Makes buffered rows durable/delivered as far as the sink can now; never rejects. */
   flush(): Promise<void>;
   /** flush(), then releases files, timers and connections. */
@@ -47,6 +68,8 @@ export function newStats(name: string): SinkStats {
     buffered: 0,
     spooled: 0,
     quarantined: 0,
+    sealed: 0,
+    partial: 0,
     dropped: {},
     errors: {},
     alarm: "",

@@ -10,7 +10,7 @@ import {
   errorCode,
   parseVersion,
 } from "./ch_schema.ts";
-import { gunzip, gzip } from "./clickhouse.ts";
+import { classifyFailure, gunzip, gzip, STOP_BUDGET_MS } from "./clickhouse.ts";
 import { FileSink } from "./file.ts";
 import { openOutputs } from "./mod.ts";
 import { hmacIp, loadIpKey, Redactor, stripQuery } from "./redact.ts";
@@ -249,4 +249,26 @@ Deno.test("openOutputs: default config = stdout only, privacy filter in front", 
   const text = new TextDecoder().decode(chunks[0]);
   assert(!text.includes("secret-cookie") && text.includes('"path":"/p"'), text);
   assertEquals(out.allStats().map((s) => s.name), ["stdout"]);
+});
+
+Deno.test("the unit's TimeoutStopSec leaves room for the sink's stop budget", async () => {
+  const unit = await Deno.readTextFile(new URL("../../rpm/ja4ebpf.service", import.meta.url));
+  const m = /^TimeoutStopSec=(\d+)s$/m.exec(unit);
+  assert(m, "TimeoutStopSec=Ns in the unit");
+  // The flush budget plus ≥ 10 s for detaching the hooks, draining the ring and closing.
+  assert(
+    Number(m[1]) * 1000 >= STOP_BUDGET_MS + 10_000,
+    `TimeoutStopSec=${m[1]}s, budget ${STOP_BUDGET_MS} ms`,
+  );
+});
+
+Deno.test("clickhouse answers without a code (from a proxy) are classified", () => {
+  assertEquals(classifyFailure(502, undefined), { cls: "transient", ambiguous: true });
+  assertEquals(classifyFailure(504, undefined), { cls: "transient", ambiguous: true });
+  assertEquals(classifyFailure(413, undefined), { cls: "data", ambiguous: false });
+  assertEquals(classifyFailure(400, undefined), { cls: "data", ambiguous: false });
+  assertEquals(classifyFailure(429, undefined), { cls: "transient", ambiguous: false });
+  assertEquals(classifyFailure(401, undefined), { cls: "auth", ambiguous: false });
+  assertEquals(classifyFailure(500, 241), { cls: "transient", ambiguous: false });
+  assertEquals(classifyFailure(500, 117), { cls: "data", ambiguous: false });
 });

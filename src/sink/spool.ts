@@ -3,7 +3,8 @@
  * fsynced and renamed (so a crash leaves either the whole batch or nothing), the directory fsynced, removed
  * only after the destination acknowledged it. Files are named so that a restart can list them in order
  * without reading them:  <seq>-<generation>-<date>-<rows>-<batch id>.jsonl.gz
- * Bad-data batches move to dead/ with a .reason file next to them.
+ * Bad-data batches move to dead/ with a .reason file next to them; dead/ is capped too (a batch that would pass
+ * the cap is deleted instead, and the caller counts its rows as dropped).
  */
 export interface SpoolEntry {
   seq: number;
@@ -15,28 +16,43 @@ export interface SpoolEntry {
   path: string;
 }
 
+/** Where a batch sent to dead/ went. */
+export type DeadResult = { kept: true; path: string } | {
+  kept: false;
+  why: "dead_full" | "dead_error";
+  error?: string;
+};
+
 const NAME = /^(\d{12})-([a-z]+)-(\d{4}-\d{2}-\d{2})-(\d+)-([0-9a-f]{16,64})\.jsonl\.gz$/;
 
 export class Spool {
   readonly dir: string;
   readonly deadDir: string;
   readonly maxBytes: number;
+  readonly deadMaxBytes: number;
+  #deadBytes = 0;
   #entries: SpoolEntry[] = [];
   #bytes = 0;
   #rows = 0;
   #seq = 0;
 
-  private constructor(dir: string, maxBytes: number) {
+  private constructor(dir: string, maxBytes: number, deadMaxBytes: number) {
     this.dir = dir;
     this.deadDir = `${dir}/dead`;
     this.maxBytes = maxBytes;
+    this.deadMaxBytes = deadMaxBytes;
   }
 
   /** Opens (creating, mode 0700) the spool and lists the batches left by an earlier process, oldest first. */
-  static async open(dir: string, maxBytes: number): Promise<Spool> {
-    const s = new Spool(dir, maxBytes);
+  static async open(dir: string, maxBytes: number, deadMaxBytes = Infinity): Promise<Spool> {
+    const s = new Spool(dir, maxBytes, deadMaxBytes);
     await Deno.mkdir(s.deadDir, { recursive: true, mode: 0o700 });
     await Deno.chmod(dir, 0o700);
+    for await (const e of Deno.readDir(s.deadDir)) {
+      if (e.isFile) {
+        s.#deadBytes += (await Deno.stat(`${s.deadDir}/${e.name}`).catch(() => ({ size: 0 }))).size;
+      }
+    }
     for await (const e of Deno.readDir(dir)) {
       if (!e.isFile) continue;
       if (e.name.startsWith(".tmp-")) {
@@ -69,6 +85,9 @@ export class Spool {
 
   get bytes(): number {
     return this.#bytes;
+  }
+  get deadBytes(): number {
+    return this.#deadBytes;
   }
   get rows(): number {
     return this.#rows;
@@ -118,26 +137,48 @@ export class Spool {
     return await Deno.readFile(e.path);
   }
 
-  /** The batch was acknowledged. */
+  /**
+   * The batch was acknowledged: it leaves the queue even when the file cannot be deleted (the error is thrown
+   * after), since resending it would duplicate it; a file left behind is read back, not resent, on restart.
+   */
   async remove(e: SpoolEntry): Promise<void> {
-    await Deno.remove(e.path).catch((err) => {
-      if (!(err instanceof Deno.errors.NotFound)) throw err;
-    });
-    this.#forget(e);
+    try {
+      await Deno.remove(e.path).catch((err) => {
+        if (!(err instanceof Deno.errors.NotFound)) throw err;
+      });
+    } finally {
+      this.forget(e);
+    }
   }
 
-  /** Moves a batch the destination refused as bad data to dead/, with the reason beside it. */
-  async quarantine(e: SpoolEntry, reason: string): Promise<string> {
-    const name = e.path.slice(e.path.lastIndexOf("/") + 1);
-    const dest = `${this.deadDir}/${name}`;
-    await Deno.rename(e.path, dest);
-    await Deno.writeTextFile(`${dest}.reason`, reason.slice(0, 4000) + "\n", { mode: 0o600 });
-    await syncDir(this.dir);
-    this.#forget(e);
-    return dest;
+  /**
+   * Moves a batch to dead/ with the reason beside it. It leaves the queue whatever happens: kept, deleted
+   * because dead/ is full, or left in place after an I/O error (the caller counts the last two as dropped).
+   */
+  async quarantine(e: SpoolEntry, reason: string): Promise<DeadResult> {
+    try {
+      if (this.#deadBytes + e.bytes > this.deadMaxBytes) {
+        await Deno.remove(e.path).catch(() => {});
+        return { kept: false, why: "dead_full" };
+      }
+      const name = e.path.slice(e.path.lastIndexOf("/") + 1);
+      const dest = `${this.deadDir}/${name}`;
+      await Deno.rename(e.path, dest);
+      const note = new TextEncoder().encode(reason.slice(0, 4000) + "\n");
+      await Deno.writeFile(`${dest}.reason`, note, { mode: 0o600 });
+      this.#deadBytes += e.bytes + note.length;
+      await syncDir(this.dir);
+      return { kept: true, path: dest };
+    } catch (err) {
+      // Left where it is: this process gives up on it (counted), the next start replays it.
+      return { kept: false, why: "dead_error", error: String(err) };
+    } finally {
+      this.forget(e);
+    }
   }
 
-  #forget(e: SpoolEntry): void {
+  /** Drops the entry from the queue (not the file). */
+  forget(e: SpoolEntry): void {
     const i = this.#entries.indexOf(e);
     if (i < 0) return;
     this.#entries.splice(i, 1);

@@ -10,6 +10,15 @@ import { parsePrometheusText } from "../../src/metrics/registry.ts";
 import { delay, HarnessError, makeTempDir, requireRoot } from "./proc.ts";
 
 export const MAIN_TS = new URL("../../src/main.ts", import.meta.url).pathname;
+/**
+ * The agent startAgent runs: this checkout's, or another checkout's `src/main.ts` (JA4EBPF_AGENT_MAIN) so a
+ * benchmark can measure an earlier version side by side in the same run.
+ */
+const AGENT_MAIN = Deno.env.get("JA4EBPF_AGENT_MAIN") || MAIN_TS;
+
+/** The V8 flags the packaged agent runs with (scripts/agent-v8-flags), comma-joined for --v8-flags. */
+export const AGENT_V8_FLAGS = Deno.readTextFileSync(new URL("../../scripts/agent-v8-flags", import.meta.url))
+  .trim().split(/\s+/).join(",");
 
 /** Nested plain objects, merged key by key into the base config. */
 export type ConfigPatch = { [k: string]: unknown };
@@ -23,6 +32,10 @@ export interface AgentStartOptions {
   readyTimeoutMs?: number;
   /** Reuse this directory (config, rows file, spool) instead of a new temp dir (restart tests). */
   dir?: string;
+  /** V8 flags for the agent process (benchmarks use the packaged ones). */
+  v8Flags?: string;
+  /** More `deno run` flags (e.g. --cpu-prof for a profile of the agent under load). */
+  denoFlags?: string[];
 }
 
 export interface AgentExit {
@@ -131,7 +144,16 @@ export async function startAgent(opts: AgentStartOptions = {}): Promise<RunningA
   const rowsPath = ((cfg.output as ConfigPatch).file as ConfigPatch).path as string;
 
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN_TS, "run", "--config", configPath],
+    args: [
+      "run",
+      "-A",
+      ...(opts.v8Flags ? [`--v8-flags=${opts.v8Flags}`] : []),
+      ...(opts.denoFlags ?? []),
+      AGENT_MAIN,
+      "run",
+      "--config",
+      configPath,
+    ],
     env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
     stdin: "null",
     stdout: "null",

@@ -9,6 +9,7 @@ import { type EventReader, PerfReader, RingReader } from "../../src/bpf/ringbuf.
 import { type CaptureEvent, decodeEvent } from "../../src/bpf/events.ts";
 import { DropReason, ServerKind } from "../../src/bpf/layout.gen.ts";
 import { SSL_UPROBES } from "../../src/bpf/plan.ts";
+import { ensureTracefs } from "../../src/bpf/tracefs.ts";
 import { HarnessError, requireRoot } from "./proc.ts";
 
 /**
@@ -56,6 +57,9 @@ export class TestLoader implements AsyncDisposable {
   /** Opens, configures, loads, creates the reader (not started: drain() or reader.start()), attaches. */
   static open(o: TestLoaderOptions): TestLoader {
     requireRoot("loading BPF programs");
+    // Tracepoints attach by name through tracefs, which a host as it boots may not have mounted yet.
+    const tracefs = ensureTracefs();
+    if (!tracefs.path) throw new HarnessError(`attaching tracepoints needs tracefs: ${tracefs.error}`);
     const ringbuf = o.ringbuf ?? true;
     const obj = BpfObject.openMem(embeddedObject());
     const t = new TestLoader(obj, ringbuf);

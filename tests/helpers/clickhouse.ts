@@ -10,6 +10,8 @@ export const CH_INTERSERVER_PORT = 19009;
 export interface ClickHouseUser {
   name: string;
   password: string;
+  /** Settings of the user's own profile (e.g. max_rows_to_read), on top of the default profile's. */
+  settings?: Record<string, string | number>;
 }
 
 export interface ClickHouseServer {
@@ -69,13 +71,19 @@ function esc(s: string): string {
 }
 
 function usersXml(users: ClickHouseUser[]): string {
-  const user = (name: string, pw: string) =>
+  const user = (name: string, pw: string, profile: string) =>
     `<${name}><password>${esc(pw)}</password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks>` +
-    `<profile>default</profile><quota>default</quota></${name}>`;
+    `<profile>${profile}</profile><quota>default</quota></${name}>`;
+  const profiles = users.filter((u) => u.settings).map((u) =>
+    `<p_${u.name}><max_memory_usage>1000000000</max_memory_usage>` +
+    Object.entries(u.settings!).map(([k, v]) => `<${k}>${esc(String(v))}</${k}>`).join("") + `</p_${u.name}>`
+  );
   return `<?xml version="1.0"?>
 <yandex>
-  <profiles><default><max_memory_usage>1000000000</max_memory_usage></default></profiles>
-  <users>${user("default", "")}${users.map((u) => user(u.name, u.password)).join("")}</users>
+  <profiles><default><max_memory_usage>1000000000</max_memory_usage></default>${profiles.join("")}</profiles>
+  <users>${user("default", "", "default")}${
+    users.map((u) => user(u.name, u.password, u.settings ? `p_${u.name}` : "default")).join("")
+  }</users>
   <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors>
     <result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
 </yandex>

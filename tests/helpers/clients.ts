@@ -334,6 +334,8 @@ export interface WrkOptions {
   /** Seconds; default 2. */
   duration?: number;
   netns?: NsRef;
+  /** Extra request headers, e.g. "Connection: close" (one connection per request). */
+  headers?: string[];
 }
 
 export interface WrkResult {
@@ -372,7 +374,18 @@ export async function wrk(opts: WrkOptions): Promise<WrkResult> {
   const connections = Math.max(opts.connections ?? 4, threads);
   const duration = opts.duration ?? 2;
   const r = await run(
-    [bin, "-t", String(threads), "-c", String(connections), "-d", `${duration}s`, "--latency", opts.url],
+    [
+      bin,
+      "-t",
+      String(threads),
+      "-c",
+      String(connections),
+      "-d",
+      `${duration}s`,
+      "--latency",
+      ...(opts.headers ?? []).flatMap((h) => ["-H", h]),
+      opts.url,
+    ],
     { netns: nsName(opts.netns), timeoutMs: duration * 1000 + 15_000 },
   );
   if (r.code !== 0) throw new HarnessError(`wrk exited ${r.code}: ${(r.stderr || r.stdout).slice(-1500)}`);

@@ -11,7 +11,20 @@ import type { Row } from "../../src/sink/row.ts";
 import { decodeRow } from "../../src/sink/ch_schema.ts";
 import { identityFromScrape } from "../../src/metrics/ledger.ts";
 import { parsePrometheusText } from "../../src/metrics/registry.ts";
-import { MAIN_TS, type RunningAgent, startAgent } from "../helpers/agent.ts";
+import {
+  agentConfig,
+  bpfProgIds,
+  type ConfigPatch,
+  MAIN_TS,
+  type RunningAgent,
+  startAgent,
+} from "../helpers/agent.ts";
+import { createNetns } from "../helpers/netns.ts";
+import { Agent, StartAbortedError } from "../../src/agent/agent.ts";
+import { loadConfig, parseConfig } from "../../src/config/config.ts";
+import { claimTc, DEFAULT_TC, tcQuery } from "../../src/bpf/tc.ts";
+import { rowsGoNowhere } from "../../src/cli/run.ts";
+import { configureLog, setLogSink } from "../../src/log.ts";
 import { startNginx } from "../helpers/servers.ts";
 import { curl, wrk } from "../helpers/clients.ts";
 import { delay, makeTempDir, requireTool, run, runOk, waitUntil } from "../helpers/proc.ts";
@@ -338,6 +351,256 @@ Deno.test("agent runtime: a config typo makes run exit 2 naming file, line and k
     assertMatch(r.stderr, new RegExp(`typo\\.yaml:${line}: metrics\\.lisen: unknown key`));
     assertMatch(r.stderr, /did you mean listen/);
   } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// Nothing left behind: tc ownership, sweeps, a stop during start-up
+
+const filterOn = (iface: string, handle: number) => tcQuery(iface, { handle, priority: handle });
+
+/** A config file in dir (the test base config plus patch); returns its path. */
+async function writeConfig(
+  dir: string,
+  name: string,
+  metricsPort: number,
+  patch: ConfigPatch,
+): Promise<string> {
+  const path = `${dir}/${name}.yaml`;
+  await Deno.writeTextFile(path, stringify(agentConfig(dir, metricsPort, patch)));
+  return path;
+}
+
+Deno.test("agent runtime: a stop during start-up leaves nothing attached, whenever it comes", async () => {
+  const handle = 0x4a41;
+  const dir = await makeTempDir("ja4ebpf-agent-abort-");
+  const outcomes: string[] = [];
+  // SIGTERM is handled between steps of the start-up: at once (the sinks are opening), once the plan is made
+  // (nothing attached yet), right after the first tc filter went on, and after ready.
+  const points: (RegExp | null)[] = [null, /hook attached/, /packet capture attached/, / ready /];
+  try {
+    for (const point of points) {
+      const cfg = parseConfig(stringify(agentConfig(dir, 24438, {
+        uprobes: { servers: ["nginx"] },
+        capture: { interfaces: ["lo"], tc_handle: handle },
+        metrics: { enabled: false },
+      })));
+      const agent = new Agent(cfg);
+      let stopping: Promise<void> | undefined;
+      const prev = setLogSink((line) => {
+        prev(line);
+        if (point && !stopping && point.test(line)) stopping = agent.stop();
+      });
+      let outcome: unknown;
+      try {
+        const started = agent.start().then(() => "ready", (e) => e);
+        if (!point) stopping = agent.stop();
+        outcome = await started;
+        await stopping;
+      } finally {
+        setLogSink(prev);
+      }
+      const what = `stop at ${point ?? "once"}`;
+      outcomes.push(`${what}: ${outcome instanceof Error ? outcome.name : outcome}`);
+      assert(stopping, `${what}: the point was reached`);
+      assert(
+        outcome === "ready" || outcome instanceof StartAbortedError,
+        `${what}: start ended with ${outcome}`,
+      );
+      assertEquals(filterOn("lo", handle), undefined, `${what} (${outcome}): tc filter left on lo`);
+      assertEquals(bpfProgIds(Deno.pid), [], `${what} (${outcome}): BPF programs still held`);
+      // The claim went with the stop: the handle can be taken again.
+      claimTc({ handle, priority: handle }).release();
+    }
+    console.log(outcomes.join("; "));
+    assertEquals(
+      outcomes.filter((o) => o.endsWith("StartAbortedError")).length,
+      3,
+      "the three stops before ready abort the start",
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("agent runtime: SIGKILL leftovers are swept on every interface; cleanup spares a live agent", async (t) => {
+  await using ns = await createNetns("ja4ops");
+  const dir = await makeTempDir("ja4ebpf-agent-sweep-");
+  await addForeignFilter();
+  const handle = DEFAULT_TC.handle;
+  try {
+    await t.step("start: filters of a killed agent go, also where this run does not attach", async () => {
+      const first = await startAgent({ dir, config: { capture: { interfaces: ["lo", ns.hostIf] } } });
+      assertEquals((await first.stop("SIGKILL")).signal, "SIGKILL");
+      assert(filterOn(ns.hostIf, handle), `the killed agent's filter stays on ${ns.hostIf}`);
+      assert(filterOn("lo", handle), "and on lo");
+      const second = await startAgent({ dir, config: { capture: { interfaces: ["lo"] } } });
+      try {
+        assertEquals(filterOn(ns.hostIf, handle), undefined, `swept from ${ns.hostIf}:\n${excerpt(second)}`);
+        assertMatch(second.stderr(), new RegExp(`removed tc filters left by an agent .*${ns.hostIf}:0x4a34`));
+        assert(filterOn("lo", handle), "the running agent's own filter on lo");
+      } finally {
+        assertEquals((await second.stop("SIGKILL")).signal, "SIGKILL");
+      }
+    });
+
+    await t.step("cleanup (ExecStopPost) removes what a killed agent left; exit 0", async () => {
+      assert(filterOn("lo", handle), "left by the killed agent");
+      const r = await run([
+        Deno.execPath(),
+        "run",
+        "-A",
+        MAIN_TS,
+        "cleanup",
+        "--config",
+        `${dir}/config.yaml`,
+      ], {
+        env: { NO_COLOR: "1" },
+        timeoutMs: 60_000,
+      });
+      assertEquals(r.code, 0, r.stderr);
+      assertMatch(r.stderr, /removed tc filter handle 0x4a34 on lo/);
+      assertEquals(filterOn("lo", handle), undefined, "swept from lo");
+      assert(await foreignFilterThere(), `foreign u32 filter kept:\n${await loIngress()}`);
+    });
+
+    await t.step("cleanup leaves a live agent's filters alone", async () => {
+      const live = await startAgent({ dir, config: { capture: { interfaces: ["lo"] } } });
+      try {
+        const r = await run([Deno.execPath(), "run", "-A", MAIN_TS, "cleanup", "--config", live.configPath], {
+          env: { NO_COLOR: "1" },
+          timeoutMs: 60_000,
+        });
+        assertEquals(r.code, 0, r.stderr);
+        assertMatch(
+          r.stderr,
+          new RegExp(`agent \\(pid ${live.pid}\\) owns tc filter handle 0x4a34.*left alone`),
+        );
+        assert(filterOn("lo", handle), "the live agent's filter stays");
+      } finally {
+        assertEquals(await live.stop("SIGTERM"), { code: 0, signal: null }, excerpt(live));
+      }
+      assertEquals(filterOn("lo", handle), undefined, "gone with its SIGTERM");
+    });
+  } finally {
+    await run([
+      requireTool("tc", "iproute2"),
+      "filter",
+      "del",
+      "dev",
+      "lo",
+      "ingress",
+      "prio",
+      String(FOREIGN_PRIO),
+    ]);
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("agent runtime: a second agent with the same tc handle is refused; with its own it runs beside", async () => {
+  const dir = await makeTempDir("ja4ebpf-agent-two-");
+  const lo = { capture: { interfaces: ["lo"] } };
+  try {
+    await using first = await startAgent({ dir, config: lo });
+    const same = await writeConfig(dir, "same", 24436, lo);
+    const r = await run([Deno.execPath(), "run", "-A", MAIN_TS, "run", "--config", same], {
+      env: { NO_COLOR: "1" },
+      timeoutMs: 60_000,
+    });
+    assertEquals(r.code, 1, `refused:\n${r.stderr}`);
+    assertMatch(
+      r.stderr,
+      new RegExp(`another ja4ebpf agent \\(pid ${first.pid}\\) owns tc filter handle 0x4a34`),
+    );
+    const firstFilter = filterOn("lo", DEFAULT_TC.handle);
+    assert(firstFilter && first.progIds().includes(firstFilter), "the first agent's filter is untouched");
+
+    await using second = await startAgent({
+      dir: await makeTempDir("ja4ebpf-agent-two-b-"),
+      metricsPort: 24437,
+      config: { capture: { interfaces: ["lo"], tc_handle: 0x4a42 } },
+    });
+    const secondFilter = filterOn("lo", 0x4a42);
+    assert(secondFilter && second.progIds().includes(secondFilter), "the second agent has its own filter");
+    assertEquals(filterOn("lo", DEFAULT_TC.handle), firstFilter, "and the first one still has its");
+    assertEquals(await second.stop(), { code: 0, signal: null }, excerpt(second));
+    assertEquals(filterOn("lo", 0x4a42), undefined);
+    assertEquals(filterOn("lo", DEFAULT_TC.handle), firstFilter, "the second's stop left the first's filter");
+    await Deno.remove(second.dir, { recursive: true }).catch(() => {});
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// Operations that do what they say
+
+Deno.test("agent runtime: a config that sends rows nowhere is refused naming the file; the packaged one keeps rows", async () => {
+  const packaged = new URL("../../rpm/config.yaml", import.meta.url);
+  const cfg = parseConfig(await Deno.readTextFile(packaged), "rpm/config.yaml");
+  assertEquals(rowsGoNowhere(cfg), undefined, "the packaged config has an output");
+  assert(
+    cfg.output.file.path.startsWith("/var/log/ja4ebpf/"),
+    `rows in LogsDirectory: ${cfg.output.file.path}`,
+  );
+
+  const dir = await makeTempDir("ja4ebpf-agent-nowhere-");
+  try {
+    const path = `${dir}/nowhere.yaml`;
+    await Deno.writeTextFile(path, stringify({ output: { stdout: false }, metrics: { enabled: false } }));
+    const r = await run([Deno.execPath(), "run", "-A", MAIN_TS, "run", "--config", path], {
+      env: { NO_COLOR: "1" },
+      timeoutMs: 30_000,
+    });
+    assertEquals(r.code, 2, `exit code; stderr: ${r.stderr}`);
+    assertMatch(r.stderr, /nowhere\.yaml: no output for rows: output\.stdout is false/);
+    assert(!/ready/.test(r.stderr), "nothing started");
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("agent runtime: SIGHUP applies logging and privacy, names every other change as needing a restart", async () => {
+  const dir = await makeTempDir("ja4ebpf-agent-reload-");
+  const lines: string[] = [];
+  const prev = setLogSink((l) => lines.push(l));
+  try {
+    const base = {
+      capture: { hold_ms: 300 },
+      output: { stdout: false, file: { path: `${dir}/rows.jsonl` }, clickhouse: { batch_rows: 20000 } },
+      log: { level: "info" },
+    };
+    const path = `${dir}/config.yaml`;
+    await Deno.writeTextFile(path, stringify(base));
+    const agent = new Agent(await loadConfig(path));
+    await Deno.writeTextFile(
+      path,
+      stringify({
+        ...base,
+        capture: { hold_ms: 900 },
+        output: { ...base.output, clickhouse: { batch_rows: 500, timeout_ms: 5000 } },
+        privacy: { strip_query: false },
+        log: { level: "debug" },
+      }),
+    );
+    await agent.reload(path);
+    const reloaded = lines.find((l) => /configuration reloaded/.test(l)) ?? "";
+    assertMatch(reloaded, /applied=privacy\.strip_query,log\.level /);
+    assertMatch(
+      reloaded,
+      /needs_restart=capture\.hold_ms,output\.clickhouse\.batch_rows,output\.clickhouse\.timeout_ms/,
+    );
+    assert(
+      lines.some((l) => / WARN configuration changes need a restart .*capture\.hold_ms/.test(l)),
+      lines.join("\n"),
+    );
+    assertEquals(agent.cfg.log.level, "debug", "applied");
+    assertEquals(agent.cfg.capture.hold_ms, 300, "not applied: the running value stays");
+    assertEquals(agent.correlator.opts.holdMs, 300, "the correlator still holds rows 300 ms");
+  } finally {
+    setLogSink(prev);
+    configureLog({ level: "info" });
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 });

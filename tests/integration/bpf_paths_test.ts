@@ -185,8 +185,14 @@ async function dropAccounting(
   assertEquals(l.decodeErrors, [], "records the decoder refused");
   assertGreater(drops[reason] ?? 0, 0, `the buffer never filled: ${figures}`);
   assertGreater(received, 0, figures);
-  assertEquals(Object.keys(drops), [reason], `only buffer-full drops: ${figures}`);
+  assertEquals(Object.keys(drops).sort(), ["LOST_READ", reason], `only buffer-full drops: ${figures}`);
   assertEquals(received + drops[reason], attempted, `every lost event counted: ${figures}`);
+  // In requests: each wrk request is one single-chunk read, so reads received + lost reads = requests.
+  assertEquals(
+    evs.filter(isData).length + drops.LOST_READ,
+    requests,
+    `every lost request counted: ${figures}`,
+  );
   // The perf buffer's own lost notices lag: the kernel writes one only before the next sample that fits
   // on that CPU, so the last overflow stays unreported once traffic stops. `drops` is the exact count.
   if (kind === "perfbuf") {

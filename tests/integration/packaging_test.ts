@@ -293,7 +293,8 @@ Deno.test("packaging: single executable, systemd unit, RPM, capabilities", async
       await Deno.chown(`${dir}/home`, NOBODY, NOBODY);
       await Deno.writeTextFile(
         `${dir}/config.yaml`,
-        "output:\n  stdout: false\nmetrics:\n  listen: 127.0.0.1:19435\n",
+        // Rows to stdout (discarded by the spawn): a config without any output is refused at start.
+        "output:\n  stdout: true\nmetrics:\n  listen: 127.0.0.1:19435\n",
       );
       const setpriv = [
         `--reuid=${NOBODY}`,

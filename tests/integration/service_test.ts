@@ -11,7 +11,8 @@
  * - the ClickHouse password (from a 0600 password_file, and from $CREDENTIALS_DIRECTORY as LoadCredential=
  *   provides it) reaches ClickHouse but appears nowhere in the logs, cmdline, environment, /metrics or rows;
  *   a group/world-readable password file stops `run` with an error naming the file and mode;
- * - SIGTERM flushes, exits 0 within 10 s and leaves none of its BPF programs loaded.
+ * - SIGTERM flushes, exits 0 within 10 s and leaves none of its BPF programs loaded; after SIGKILL the unit's
+ *   ExecStopPost command, with the same user and capabilities, removes the tc filter left behind.
  * Needs root, setpriv, curl, bpftool, nginx and clickhouse-server.
  */
 import { stringify } from "yaml";
@@ -21,6 +22,7 @@ import { bpfProgIds, parseRows } from "../helpers/agent.ts";
 import { startClickHouse } from "../helpers/clickhouse.ts";
 import { delay, HarnessError, makeTempDir, requireRoot, requireTool, run } from "../helpers/proc.ts";
 import { startNginx } from "../helpers/servers.ts";
+import { DEFAULT_TC, tcQuery } from "../../src/bpf/tc.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const BIN = `${ROOT}dist/ja4ebpf`;
@@ -31,6 +33,8 @@ const METRICS_PORT = 28435;
 const CH = { httpPort: 28123, tcpPort: 28900, interserverPort: 28909 };
 /** Not the nginx workers' user (nobody): reading their /proc entries takes a capability, as in production. */
 const AGENT_UID = 61999;
+/** The program id of the agent's tc filter (default handle) on lo, or undefined. */
+const filterOnLo = () => tcQuery("lo", DEFAULT_TC);
 const PASSWORD = "s3rv1ce-Pw-" + crypto.randomUUID().replaceAll("-", "");
 
 /** Capability names by number (linux/capability.h). */
@@ -422,6 +426,31 @@ Deno.test("service: built executable, unit capabilities, secrets, SIGTERM", asyn
         }
       });
     }
+
+    await t.step(
+      "ExecStopPost: after SIGKILL the unit's cleanup, with the unit's capabilities, removes the tc filter",
+      async () => {
+        const stopPost = unit.match(/^ExecStopPost=-?(\S+) (.*)$/m);
+        assert(stopPost, "the unit has an ExecStopPost");
+        assertEquals(stopPost[1], "/usr/bin/ja4ebpf", "it runs the installed executable");
+        const p = await prepare("killed", "none");
+        const a = spawnBuilt(home, caps, ["run", "--config", p.config]);
+        try {
+          await a.waitForLog(/ INFO ready /, 45_000);
+        } finally {
+          await a.kill(); // SIGKILL: no detach
+        }
+        const ours = filterOnLo();
+        assert(ours, "the killed agent's tc filter is still on lo");
+        const argv = stopPost[2].split(" ").map((w) => w === "/etc/ja4ebpf/config.yaml" ? p.config : w);
+        const c = spawnBuilt(home, caps, argv);
+        const s = await Promise.race([c.status, delay(60_000).then(() => undefined)]);
+        if (!s) await c.kill();
+        assertEquals(s?.code, 0, `${stopPost[2]}:\n${c.stderr()}`);
+        assertMatch(c.stderr(), new RegExp(`removed tc filter handle 0x4a34 on lo \\(program ${ours}\\)`));
+        assertEquals(filterOnLo(), undefined, "nothing of ours left on lo");
+      },
+    );
 
     /** Starts with `set`; the ready line, or undefined when start failed (exit ≠ 0). Stops it. */
     const tryCaps = async (name: string, set: string[]): Promise<{ ready?: string; stderr: string }> => {

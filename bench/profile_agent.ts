@@ -1,0 +1,104 @@
+/**
+ * A CPU profile of the running agent under load: nginx (1 worker) + the agent (packaged V8 flags, file sink)
+ * + wrk for a while, sampled by `perf record -e cpu-clock` (a timer, no PMU needed) with V8's
+ * --perf-basic-prof symbol map; samples are split by the stages of bench/stages.ts (by source file).
+ * Not V8's own --cpu-prof: its SIGPROF sampling interrupts the BPF verifier at load (EAGAIN, retried until
+ * libbpf gives up), so the agent cannot start under it.
+ *
+ *   deno run -A bench/profile_agent.ts [--mode close|http] [--seconds 10] [--dir bench/out/agent-prof]
+ */
+import { parseArgs } from "node:util";
+import { AGENT_V8_FLAGS, startAgent } from "../tests/helpers/agent.ts";
+import { startNginx } from "../tests/helpers/servers.ts";
+import { wrk } from "../tests/helpers/clients.ts";
+import { requireRoot } from "../tests/helpers/proc.ts";
+import { stageOf } from "./stages.ts";
+
+const PORT = 22280;
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    mode: { type: "string", default: "close" },
+    seconds: { type: "string", default: "10" },
+    dir: { type: "string", default: new URL("./out/agent-prof", import.meta.url).pathname },
+  },
+});
+requireRoot("the agent profile (the agent loads BPF programs)");
+await Deno.mkdir(values.dir!, { recursive: true });
+await using ng = await startNginx({ port: PORT, workers: 1 });
+const agent = await startAgent({
+  metricsPort: 22437,
+  config: { capture: { ports: [PORT] }, metrics: { enabled: true } },
+  v8Flags: AGENT_V8_FLAGS + ",--perf-basic-prof",
+  readyTimeoutMs: 90_000,
+});
+const data = `${values.dir}/perf.data`;
+const perf = new Deno.Command("perf", {
+  args: [
+    "record",
+    "-e",
+    "cpu-clock",
+    "-F",
+    "997",
+    "-g",
+    "-p",
+    String(agent.pid),
+    "-o",
+    data,
+    "--",
+    "sleep",
+    String(Number(values.seconds) + 3),
+  ],
+  stdout: "null",
+  stderr: "null",
+}).spawn();
+const w = await wrk({
+  url: ng.url,
+  threads: 1,
+  connections: 32,
+  duration: Number(values.seconds),
+  headers: values.mode === "close" ? ["Connection: close"] : [],
+});
+await perf.status;
+await agent.stop("SIGTERM", 30_000);
+await agent.close();
+const rep = new TextDecoder().decode(
+  (await new Deno.Command("perf", {
+    args: [
+      "report",
+      "-i",
+      data,
+      "--stdio",
+      "--no-children",
+      "--sort",
+      "sym",
+      "-g",
+      "none",
+      "--percent-limit",
+      "0",
+    ],
+    stderr: "null",
+  }).output()).stdout,
+);
+// Lines: "    12.34%  [.] LazyCompile:*push file:///…/src/capture/requests.ts:168" (JS) or a native symbol.
+const stages = new Map<string, number>();
+let total = 0;
+for (const l of rep.split("\n")) {
+  const m = /^\s+([\d.]+)%\s+\[(.)\]\s+(.*)$/.exec(l);
+  if (!m) continue;
+  const pct = Number(m[1]), sym = m[3];
+  total += pct;
+  const url = /(file:\/\/\S+|ext:\S+)/.exec(sym)?.[1] ?? "";
+  let stage = m[2] === "k"
+    ? "kernel (syscalls, page faults)"
+    : url
+    ? stageOf(url, "")
+    : "native (V8, GC, runtime, libc)";
+  if (stage === "") stage = "runtime (ext:)";
+  stages.set(stage, (stages.get(stage) ?? 0) + pct);
+}
+console.log(`wrk ${w.requests} requests (${values.mode}); ${total.toFixed(1)} % of samples attributed`);
+console.log("| stage | share of agent CPU |\n| --- | ---: |");
+for (const [k, v] of [...stages].sort((a, b) => b[1] - a[1])) console.log(`| ${k} | ${v.toFixed(1)} % |`);
+console.log(rep.split("\n").filter((l) => /^\s+[\d.]+%/.test(l)).slice(0, 40).join("\n"));

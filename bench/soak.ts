@@ -1,0 +1,128 @@
+/**
+ * Memory soak: the agent (packaged V8 flags, production defaults, file sink) watches nginx while wrk opens one
+ * connection per request (`Connection: close`) for a long time; the agent's RSS is sampled every second.
+ * The claim checked: RSS stays under the budget and does not grow after the first minute.
+ *
+ *   deno run -A bench/soak.ts [--minutes 10] [--budget-mib 100] [--connections 32] [--json FILE]
+ *
+ * Reports connections served (distinct client ports × reuse), rows, RSS at 1 min / max / last, and the slope of
+ * a least-squares line through the samples after the first minute (MiB per minute).
+ */
+import { parseArgs } from "node:util";
+import { AGENT_V8_FLAGS, startAgent } from "../tests/helpers/agent.ts";
+import { startNginx } from "../tests/helpers/servers.ts";
+import { wrk } from "../tests/helpers/clients.ts";
+import { delay, requireRoot } from "../tests/helpers/proc.ts";
+
+const HTTP_PORT = 22180;
+const METRICS_PORT = 22436;
+
+/**
+ * RSS and its parts, kB: anonymous (the JS heap, malloc), file (the executable and libraries) and shared
+ * memory (the BPF ring buffer's pages, mapped by the agent — its data area twice — but owned by the kernel).
+ */
+function rssKb(pid: number): { rss: number; anon: number; file: number; shmem: number } {
+  try {
+    const st = Deno.readTextFileSync(`/proc/${pid}/status`);
+    const f = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+) kB`).exec(st)?.[1] ?? 0);
+    return { rss: f("VmRSS"), anon: f("RssAnon"), file: f("RssFile"), shmem: f("RssShmem") };
+  } catch {
+    return { rss: 0, anon: 0, file: 0, shmem: 0 };
+  }
+}
+
+/** Least-squares slope of y over x. */
+function slope(xs: number[], ys: number[]): number {
+  const n = xs.length;
+  if (n < 2) return 0;
+  const mx = xs.reduce((a, b) => a + b, 0) / n, my = ys.reduce((a, b) => a + b, 0) / n;
+  let num = 0, den = 0;
+  for (let i = 0; i < n; i++) {
+    num += (xs[i] - mx) * (ys[i] - my);
+    den += (xs[i] - mx) ** 2;
+  }
+  return den === 0 ? 0 : num / den;
+}
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      minutes: { type: "string", default: "10" },
+      "budget-mib": { type: "string", default: "100" },
+      connections: { type: "string", default: "32" },
+      json: { type: "string" },
+    },
+  });
+  requireRoot("the soak (the agent loads BPF programs)");
+  const minutes = Number(values.minutes), budget = Number(values["budget-mib"]);
+  await using ng = await startNginx({ port: HTTP_PORT, workers: 1 });
+  await using agent = await startAgent({
+    metricsPort: METRICS_PORT,
+    config: {
+      capture: { ports: [HTTP_PORT] },
+      output: { file: { max_size_mb: 64, max_files: 2 }, clickhouse: { spool_dir: "" } },
+      metrics: { enabled: true },
+    },
+    readyTimeoutMs: 90_000,
+    v8Flags: AGENT_V8_FLAGS,
+  });
+  const samples: { t: number; rssMiB: number; anonMiB: number; fileMiB: number; shmemMiB: number }[] = [];
+  const t0 = performance.now();
+  const sampler = setInterval(() => {
+    const r = rssKb(agent.pid);
+    samples.push({
+      t: (performance.now() - t0) / 60_000,
+      rssMiB: r.rss / 1024,
+      anonMiB: r.anon / 1024,
+      fileMiB: r.file / 1024,
+      shmemMiB: r.shmem / 1024,
+    });
+  }, 1000);
+  // wrk in one-minute slices so a long soak reports progress (and a failed slice shows at once).
+  let requests = 0;
+  for (let m = 0; m < minutes; m++) {
+    const w = await wrk({
+      url: ng.url,
+      threads: 1,
+      connections: Number(values.connections),
+      duration: 60,
+      headers: ["Connection: close"],
+    });
+    requests += w.requests;
+    const last = samples.at(-1)?.rssMiB ?? 0;
+    console.error(
+      `minute ${m + 1}: ${w.requests} connections (${requests} in all), agent RSS ${last.toFixed(1)} MiB`,
+    );
+  }
+  await delay(3000);
+  clearInterval(sampler);
+  const metrics = await agent.metrics();
+  const rows = [...metrics].filter(([k]) => k.startsWith("ja4ebpf_rows_captured_total")).reduce(
+    (s, [, v]) => s + v,
+    0,
+  );
+  const after = samples.filter((s) => s.t >= 1);
+  const result = {
+    minutes,
+    connections: requests,
+    rows,
+    rssAt1MinMiB: after[0]?.rssMiB ?? NaN,
+    rssMaxAfter1MinMiB: Math.max(...after.map((s) => s.rssMiB)),
+    rssLastMiB: samples.at(-1)?.rssMiB ?? NaN,
+    rssMaxMiB: Math.max(...samples.map((s) => s.rssMiB)),
+    anonMaxMiB: Math.max(...samples.map((s) => s.anonMiB)),
+    fileMaxMiB: Math.max(...samples.map((s) => s.fileMiB)),
+    shmemMaxMiB: Math.max(...samples.map((s) => s.shmemMiB)),
+    anonSlopeMiBPerMin: slope(after.map((s) => s.t), after.map((s) => s.anonMiB)),
+    slopeMiBPerMin: slope(after.map((s) => s.t), after.map((s) => s.rssMiB)),
+    budgetMiB: budget,
+    v8Flags: AGENT_V8_FLAGS,
+    samples: samples.length,
+  };
+  console.log(JSON.stringify(result, null, 1));
+  if (values.json) await Deno.writeTextFile(values.json, JSON.stringify({ ...result, series: samples }));
+  return result.rssMaxMiB <= budget ? 0 : 1;
+}
+
+if (import.meta.main) Deno.exit(await main());

@@ -1,0 +1,88 @@
+/**
+ * Typed access to the maps user space writes or reads (bpf/common.bpf.h): keys and values encoded here
+ * (host byte order: little-endian on x86-64 and arm64) instead of by hand at each call. Each checks the map's key/value sizes when
+ * wrapped, so a change of the C declaration fails loudly instead of writing wrong bytes.
+ */
+import type { BpfMap } from "./object.ts";
+import type { ServerKind } from "./layout.gen.ts";
+
+/** The map's key and value sizes, or a clear error naming the drift. */
+function checkSizes(map: BpfMap, key: number, value: number): BpfMap {
+  if (map.keySize !== key || map.valueSize !== value) {
+    throw new Error(
+      `map ${map.name}: key/value ${map.keySize}/${map.valueSize} bytes, expected ${key}/${value}`,
+    );
+  }
+  return map;
+}
+
+function u32(n: number): Uint8Array<ArrayBuffer> {
+  const b = new Uint8Array(4);
+  new DataView(b.buffer).setUint32(0, n, true);
+  return b;
+}
+
+function u16(n: number): Uint8Array<ArrayBuffer> {
+  const b = new Uint8Array(2);
+  new DataView(b.buffer).setUint16(0, n, true);
+  return b;
+}
+
+const readU32 = (b: Uint8Array) => new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(0, true);
+
+/** traced_pids: tgid (u32) → ServerKind (u32); the follow programs update it in the kernel too. */
+export class TracedPids {
+  readonly map: BpfMap;
+  constructor(map: BpfMap) {
+    this.map = checkSizes(map, 4, 4);
+  }
+  static of(map: BpfMap | undefined): TracedPids | undefined {
+    return map && new TracedPids(map);
+  }
+  set(pid: number, kind: ServerKind): void {
+    this.map.update(u32(pid), u32(kind));
+  }
+  delete(pid: number): boolean {
+    return this.map.delete(u32(pid));
+  }
+  /** Every entry: keys first, then values (deleting while walking restarts the walk). */
+  entries(): Map<number, number> {
+    const out = new Map<number, number>();
+    for (const k of [...this.map.keys()]) {
+      const v = this.map.lookup(k);
+      if (v) out.set(readU32(k), readU32(v));
+    }
+    return out;
+  }
+}
+
+/** listen_ports: server TCP port (u16, host order) → 1; tc reports SYNs and first bytes to these. */
+export class ListenPorts {
+  readonly map: BpfMap;
+  constructor(map: BpfMap) {
+    this.map = checkSizes(map, 2, 1);
+  }
+  static of(map: BpfMap | undefined): ListenPorts | undefined {
+    return map && new ListenPorts(map);
+  }
+  add(port: number): void {
+    this.map.update(u16(port), new Uint8Array([1]));
+  }
+  delete(port: number): boolean {
+    return this.map.delete(u16(port));
+  }
+}
+
+/** drops: per-CPU u64 counters indexed by DropReason (u32); user space sums the CPUs. */
+export class DropCounters {
+  readonly map: BpfMap;
+  constructor(map: BpfMap) {
+    this.map = checkSizes(map, 4, 8);
+  }
+  static of(map: BpfMap | undefined): DropCounters | undefined {
+    return map && new DropCounters(map);
+  }
+  total(reason: number): bigint {
+    return this.map.sumU64(u32(reason));
+  }
+}
