@@ -3,9 +3,10 @@
  *
  * Three variants in ABCCBA order per pair: no agent; the agent with the probes on the servers' own files
  * (`uprobes.tls_probes: auto`, the default); the agent with the probes on libssl (`library`, the former
- * design). Each run: wrk over TLS against nginx (keep-alive, full speed), then the bystander — a Python `ssl`
- * client doing 3,000 requests on one keep-alive connection — whose own CPU (user/system, getrusage around
- * the loop) shows what the probes cost a process that is not the server. Traps are the agent's own per-process
+ * design). Each run: first the bystander — a Python `ssl` client doing 3,000 requests on one keep-alive
+ * connection to the same nginx, while the agent is idle — whose own CPU (user/system, getrusage around
+ * the loop) shows what the probes cost a process that is not the server; then wrk over TLS against nginx
+ * (keep-alive, full speed). Traps are the agent's own per-process
  * probe hit counter (BPF map `ssl_hits`, entry + return runs). Rows are counted against nginx's access log.
  */
 import { startNginx, type WebServer } from "../tests/helpers/servers.ts";
@@ -99,6 +100,12 @@ async function oneProbeRun(
       });
     }
     const pids = () => [ng.pids().master, ...ng.pids().workers];
+    // The bystander first, while the agent is idle: after wrk, the agent's backlog of rows competes for the
+    // same 2 CPUs and would show in the bystander's figures without being a probe cost.
+    await delay(1000);
+    const logB = await logLines(ng.accessLogPath);
+    const by = await bystander(TLS_PORT, o.requests, "/bystander");
+    await delay(300);
     const log0 = await logLines(ng.accessLogPath);
     const hits0 = agent ? hitsOf(await sslHits(agent.pid), pids()) : 0;
     const c0 = nginxCpu(ng);
@@ -112,14 +119,12 @@ async function oneProbeRun(
     const hits1 = agent ? hitsOf(await sslHits(agent.pid), pids()) : 0;
     await delay(300);
     const log1 = await logLines(ng.accessLogPath);
-    const by = await bystander(TLS_PORT, o.requests, "/bystander");
-    await delay(300);
-    const log2 = await logLines(ng.accessLogPath);
+    const log2 = log1;
     const run: ProbeRun = {
       variant,
       wrk: w,
       logged: log1 - log0,
-      bystanderLogged: log2 - log1,
+      bystanderLogged: log0 - logB,
       nginx: { user: c1.user - c0.user, sys: c1.sys - c0.sys },
       by,
     };
@@ -128,7 +133,7 @@ async function oneProbeRun(
       run.byTraps = (await sslHits(agent.pid)).get(by.pid) ?? 0;
       run.readyLine = agent.readyLine;
       // Every request of the run (wrk's and the bystander's) should be a row once the agent drained.
-      const want = log2 - log0;
+      const want = log2 - logB;
       const deadline = Date.now() + 60_000;
       let rows = await rowsFor(agent, TLS_PORT);
       while (rows < want && Date.now() < deadline) {
