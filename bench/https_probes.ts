@@ -207,13 +207,11 @@ function render(
     `(bench/https_probes.ts). Machine: ${facts}.`,
     "",
     "Variants in ABCCBA order per pair: no agent; probes on the server's own file (`uprobes.tls_probes: auto`,",
-    "the default: nginx's `ngx_ssl_recv`); probes on libssl (`library`, the former design). Each run: `wrk` over",
-    `TLS 1.3 against nginx (2 workers, keep-alive, ${o.duration} s), then the bystander: a Python \`ssl\` client`,
-    `doing ${
-      o.requests.toLocaleString("en-US")
-    } requests on one keep-alive connection (its CPU by getrusage around`,
-    "the loop). Traps: the agent's per-process probe hit counter (entry + return program runs). wrk links libssl",
-    "too, so with probes on libssl it traps on its own reads as well.",
+    "the default: nginx's `ngx_ssl_recv`); probes on libssl (`library`, the former design). Each run: first the",
+    `bystander, a Python \`ssl\` client doing ${o.requests} requests to nginx on one keep-alive connection`,
+    "while the agent is idle (its own CPU by getrusage around the loop); then `wrk` over TLS 1.3 against nginx",
+    `(2 workers, keep-alive, ${o.duration} s). Traps: the agent's per-process probe hit counter (entry + return`,
+    "program runs). wrk links libssl too, so with probes on libssl it traps on its own reads as well.",
     "",
     "| variant | nginx req/s | ratio to no agent | nginx CPU µs/req user + sys | nginx traps/request | bystander CPU µs/req user + sys | bystander ratio (goal ≤ 1.05) | bystander traps/request | bystander `[uprobes]` | rows / requests |",
     "|---|---:|---:|---|---:|---|---:|---:|---|---:|",
