@@ -13,11 +13,20 @@ import { startNginx, type WebServer } from "../tests/helpers/servers.ts";
 import { wrk, type WrkResult } from "../tests/helpers/clients.ts";
 import { type RunningAgent, startAgent } from "../tests/helpers/agent.ts";
 import { delay, makeTempDir, requirePortsFree } from "../tests/helpers/proc.ts";
-import { bystander, type BystanderResult, hitsOf, sslHits } from "../tests/helpers/tls_load.ts";
+import {
+  bystander,
+  type BystanderResult,
+  hitsOf,
+  sslHits,
+  startBystanderServer,
+} from "../tests/helpers/tls_load.ts";
+import { makeCert } from "../tests/helpers/certs.ts";
 
 const HTTP_PORT = 22080;
 const TLS_PORT = 22443;
 const METRICS_PORT = 22435;
+/** A Python TLS server no agent follows: the bystander's second peer (nothing on its path is traced). */
+const OTHER_TLS_PORT = 22445;
 const DOC = new URL("../docs/performance.md", import.meta.url);
 export const TLS_HEADING = "## HTTPS probes: who pays (nginx + wrk over TLS, and a bystander TLS client)";
 
@@ -41,6 +50,9 @@ interface ProbeRun {
   by: BystanderResult;
   /** Traps of the bystander process (agent on). */
   byTraps?: number;
+  /** The same client against the unfollowed Python TLS server. */
+  by2: BystanderResult;
+  by2Traps?: number;
   /** Rows for the TLS port (wrk + bystander). */
   rows?: number;
   readyLine?: string;
@@ -107,6 +119,7 @@ async function oneProbeRun(
     const by = await bystander(TLS_PORT, o.requests, "/bystander");
     await delay(300);
     const log0 = await logLines(ng.accessLogPath);
+    const by2 = await bystander(OTHER_TLS_PORT, o.requests, "/");
     const hits0 = agent ? hitsOf(await sslHits(agent.pid), pids()) : 0;
     const c0 = nginxCpu(ng);
     const w = await wrk({
@@ -127,10 +140,13 @@ async function oneProbeRun(
       bystanderLogged: log0 - logB,
       nginx: { user: c1.user - c0.user, sys: c1.sys - c0.sys },
       by,
+      by2,
     };
     if (agent) {
       run.nginxTraps = hits1 - hits0;
-      run.byTraps = (await sslHits(agent.pid)).get(by.pid) ?? 0;
+      const hits = await sslHits(agent.pid);
+      run.byTraps = hits.get(by.pid) ?? 0;
+      run.by2Traps = hits.get(by2.pid) ?? 0;
       run.readyLine = agent.readyLine;
       // Every request of the run (wrk's and the bystander's) should be a row once the agent drained.
       const want = log2 - logB;
@@ -165,6 +181,10 @@ interface VariantSummary {
   bySys: number;
   byTraps: number;
   byArea: boolean;
+  /** The client against the unfollowed server. */
+  by2User: number;
+  by2Sys: number;
+  by2Traps: number;
   rows: number;
   requests: number;
 }
@@ -185,6 +205,9 @@ function summarize(runs: ProbeRun[], requests: number): VariantSummary[] {
       bySys: mean(rs.map((r) => r.by.sys_s * 1e6 / requests)),
       byTraps: mean(rs.map((r) => (r.byTraps ?? 0) / requests)),
       byArea: rs.some((r) => r.by.uprobes_area),
+      by2User: mean(rs.map((r) => r.by2.user_s * 1e6 / requests)),
+      by2Sys: mean(rs.map((r) => r.by2.sys_s * 1e6 / requests)),
+      by2Traps: mean(rs.map((r) => (r.by2Traps ?? 0) / requests)),
       rows: rs.reduce((s, r) => s + (r.rows ?? 0), 0),
       requests: logged,
     };
@@ -200,6 +223,7 @@ function render(
   const ss = summarize(runs, o.requests);
   const off = ss.find((s) => s.variant === "off")!;
   const by = (s: VariantSummary) => s.byUser + s.bySys;
+  const by2 = (s: VariantSummary) => s.by2User + s.by2Sys;
   const lines = [
     TLS_HEADING,
     "",
@@ -211,10 +235,12 @@ function render(
     `bystander, a Python \`ssl\` client doing ${o.requests} requests to nginx on one keep-alive connection`,
     "while the agent is idle (its own CPU by getrusage around the loop); then `wrk` over TLS 1.3 against nginx",
     `(2 workers, keep-alive, ${o.duration} s). Traps: the agent's per-process probe hit counter (entry + return`,
-    "program runs). wrk links libssl too, so with probes on libssl it traps on its own reads as well.",
+    "program runs). wrk links libssl too, so with probes on libssl it traps on its own reads as well. The",
+    'same client then talks to a Python TLS server no agent follows ("unfollowed peer"): nothing on its path',
+    "is traced, so what it pays is the agent's tax on unrelated processes alone.",
     "",
-    "| variant | nginx req/s | ratio to no agent | nginx CPU µs/req user + sys | nginx traps/request | bystander CPU µs/req user + sys | bystander ratio (goal ≤ 1.05) | bystander traps/request | bystander `[uprobes]` | rows / requests |",
-    "|---|---:|---:|---|---:|---|---:|---:|---|---:|",
+    "| variant | nginx req/s | ratio to no agent | nginx CPU µs/req user + sys | nginx traps/request | bystander → nginx CPU µs/req user + sys | ratio (goal ≤ 1.05) | traps/request | `[uprobes]` | bystander → unfollowed peer CPU µs/req | ratio (goal ≤ 1.05) | traps/request | rows / requests |",
+    "|---|---:|---:|---|---:|---|---:|---:|---|---|---:|---:|---:|",
   ];
   for (const s of ss) {
     const on = s.variant !== "off";
@@ -223,7 +249,9 @@ function render(
         f(s.nginxUser)
       } + ${f(s.nginxSys)} | ${on ? f(s.traps, 2) : ""} | ${f(s.byUser)} + ${f(s.bySys)} | ${
         f(by(s) / by(off), 3)
-      } | ${on ? f(s.byTraps, 2) : ""} | ${on ? (s.byArea ? "yes" : "no") : ""} | ${
+      } | ${on ? f(s.byTraps, 2) : ""} | ${on ? (s.byArea ? "yes" : "no") : ""} | ${f(s.by2User)} + ${
+        f(s.by2Sys)
+      } | ${f(by2(s) / by2(off), 3)} | ${on ? f(s.by2Traps, 2) : ""} | ${
         on
           ? `${s.rows.toLocaleString("en-US")} / ${s.requests.toLocaleString("en-US")} = ${
             (100 * s.rows / Math.max(1, s.requests)).toFixed(3)
@@ -236,14 +264,16 @@ function render(
     "",
     "Runs:",
     "",
-    "| # | variant | wrk req/s | logged | nginx traps | bystander user s | sys s | traps | rows |",
+    "| # | variant | wrk req/s | logged | nginx traps | bystander user s | sys s | traps | → unfollowed user s | sys s | traps | rows |",
   );
-  lines.push("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+  lines.push("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
   runs.forEach((r, i) =>
     lines.push(
       `| ${i + 1} | ${r.variant} | ${f(r.wrk.requestsPerSec, 0)} | ${r.logged + r.bystanderLogged} | ${
         r.nginxTraps ?? ""
-      } | ${r.by.user_s.toFixed(3)} | ${r.by.sys_s.toFixed(3)} | ${r.byTraps ?? ""} | ${r.rows ?? ""} |`,
+      } | ${r.by.user_s.toFixed(3)} | ${r.by.sys_s.toFixed(3)} | ${r.byTraps ?? ""} | ${
+        r.by2.user_s.toFixed(3)
+      } | ${r.by2.sys_s.toFixed(3)} | ${r.by2Traps ?? ""} | ${r.rows ?? ""} |`,
     )
   );
   return lines.join("\n") + "\n";
@@ -277,6 +307,8 @@ export async function httpsProbesBench(
     http2: false,
     keepaliveRequests: Math.max(1000, o.requests + 1000),
   });
+  await using cert = await makeCert();
+  await using _other = await startBystanderServer(OTHER_TLS_PORT, cert.certPath, cert.keyPath);
   await wrk({ url: ng.tlsUrl!, threads: o.threads, connections: o.connections, duration: 2 }); // warm-up
   await bystander(TLS_PORT, 300, "/warm");
   const runs: ProbeRun[] = [];
@@ -289,6 +321,9 @@ export async function httpsProbesBench(
         `pair ${p + 1} ${v.padEnd(7)} ${f(r.wrk.requestsPerSec, 0)} req/s; nginx traps/req ${
           r.nginxTraps === undefined ? "-" : f(r.nginxTraps / r.logged, 2)
         }; bystander ${r.by.user_s.toFixed(3)} + ${r.by.sys_s.toFixed(3)} s, traps ${r.byTraps ?? "-"}, ` +
+          `unfollowed peer ${r.by2.user_s.toFixed(3)} + ${r.by2.sys_s.toFixed(3)} s, traps ${
+            r.by2Traps ?? "-"
+          }, ` +
           `[uprobes] ${r.by.uprobes_area}; rows ${r.rows ?? "-"} / ${r.logged + r.bystanderLogged}`,
       );
     }
