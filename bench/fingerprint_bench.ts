@@ -9,9 +9,10 @@ import { readClientHello } from "../src/parse/tls.ts";
 import { parseRequestHead } from "../src/parse/http1.ts";
 import { ja4 } from "../src/fingerprint/ja4.ts";
 import { ja4h } from "../src/fingerprint/ja4h.ts";
-import { clearHash12Cache, hash12, hash12Node, hash12Pure } from "../src/fingerprint/sha.ts";
+import { clearHash12Cache, hash12, hash12Pure } from "../src/fingerprint/sha.ts";
+import { hash12Node } from "../tests/helpers/hash.ts";
+import { fromHex } from "../src/parse/bytes.ts";
 
-const fromHex = (s: string) => new Uint8Array(s.match(/../g)?.map((x) => parseInt(x, 16)) ?? []);
 const tls = JSON.parse(
   await Deno.readTextFile(new URL("../src/fingerprint/testdata/foxio_tls.json", import.meta.url)),
 ) as { client_hex: string }[];

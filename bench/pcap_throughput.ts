@@ -11,7 +11,8 @@
  *       own set of streams, laid out one after the other in time.
  *   deno run -A bench/pcap_throughput.ts big.pcap [--ja4py PATH/ja4.py] [--runs 3] [--ja4py-runs 1]
  *       measures (median of the runs); the reference tool is found through --ja4py or $JA4PY (skipped, and
- *       said so, without it). It needs tshark (Debian: apt-get install tshark).
+ *       said so, without it). It needs tshark (Debian: apt-get install tshark). `--base OTHER/src/main.ts`
+ *       also runs another checkout's offline mode, alternating with this one (before/after ratio).
  *   (or record real traffic: bash scripts/gen-capture.sh big.pcap 100000; root, nginx, tcpdump, wrk)
  *
  * Under `deno bench` it measures the in-process pipeline on a FoxIO fixture instead (no big capture needed).
@@ -241,15 +242,20 @@ async function measure(
   ja4py: string | undefined,
   runs: number,
   refRuns: number,
+  baseMain: string | undefined,
 ): Promise<void> {
   const size = Deno.statSync(capture).size;
   const ours: Run[] = [];
   const theirs: Run[] = [];
+  const base: Run[] = [];
   // Alternate the tools so a change in the machine's load hits both alike (the reference tool takes minutes
   // on a big capture: by default it runs once, after our first run).
   for (let i = 0; i < Math.max(runs, refRuns); i++) {
     if (i < runs) {
       ours.push(await timed(Deno.execPath(), ["run", "-A", MAIN.href, "fingerprint", "--pcap", capture]));
+    }
+    if (baseMain && i < runs) {
+      base.push(await timed(Deno.execPath(), ["run", "-A", baseMain, "fingerprint", "--pcap", capture]));
     }
     if (ja4py && i < refRuns) theirs.push(await timed("python3", [ja4py, capture, "-J"]));
   }
@@ -271,6 +277,15 @@ async function measure(
     mb_per_s: Number((size / 1e6 / secs).toFixed(1)),
     peak_rss_mb: Number(Math.max(...ours.map((r) => r.peakRssMb)).toFixed(1)),
   };
+  if (baseMain) {
+    const b = median(base.map((r) => r.seconds));
+    report.base = baseMain;
+    report.base_seconds = Number(b.toFixed(3));
+    report.base_seconds_all = base.map((r) => Number(r.seconds.toFixed(3)));
+    report.base_streams_per_s = Math.round(streams / b);
+    report.base_peak_rss_mb = Number(Math.max(...base.map((r) => r.peakRssMb)).toFixed(1));
+    report.speedup_over_base = Number((b / secs).toFixed(2));
+  }
   if (ja4py) {
     const ref = median(theirs.map((r) => r.seconds));
     report.ja4py_seconds = Number(ref.toFixed(3));
@@ -308,6 +323,7 @@ if (import.meta.main) {
       flag("--ja4py") ?? Deno.env.get("JA4PY"),
       Number(flag("--runs") ?? 3),
       Number(flag("--ja4py-runs") ?? 1),
+      flag("--base"),
     );
   }
 } else {

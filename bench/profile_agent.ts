@@ -12,7 +12,7 @@ import { AGENT_V8_FLAGS, startAgent } from "../tests/helpers/agent.ts";
 import { startNginx } from "../tests/helpers/servers.ts";
 import { wrk } from "../tests/helpers/clients.ts";
 import { requireRoot } from "../tests/helpers/proc.ts";
-import { stageOf } from "./stages.ts";
+import { stageOf, stageTimes } from "./stages.ts";
 
 const PORT = 22280;
 
@@ -27,12 +27,41 @@ const { values } = parseArgs({
 requireRoot("the agent profile (the agent loads BPF programs)");
 await Deno.mkdir(values.dir!, { recursive: true });
 await using ng = await startNginx({ port: PORT, workers: 1 });
+
+/** A Chrome DevTools Protocol session over the agent's inspector WebSocket. */
+async function inspector(port: number) {
+  const list = await (await fetch(`http://127.0.0.1:${port}/json/list`)).json() as {
+    webSocketDebuggerUrl: string;
+  }[];
+  const ws = new WebSocket(list[0].webSocketDebuggerUrl);
+  await new Promise((r, j) => (ws.onopen = r, ws.onerror = j));
+  let id = 0;
+  const waiting = new Map<number, (v: unknown) => void>();
+  ws.onmessage = (e) => {
+    const m = JSON.parse(e.data);
+    if (m.id !== undefined) waiting.get(m.id)?.(m.result);
+  };
+  const call = (method: string, params: unknown = {}) =>
+    new Promise<unknown>((r) => {
+      waiting.set(++id, r);
+      ws.send(JSON.stringify({ id, method, params }));
+    });
+  return { call, close: () => ws.close() };
+}
+
 const agent = await startAgent({
   metricsPort: 22437,
   config: { capture: { ports: [PORT] }, metrics: { enabled: true } },
   v8Flags: AGENT_V8_FLAGS + ",--perf-basic-prof",
+  // The inspector samples only between Profiler.start and stop: after the BPF load (V8's --cpu-prof samples
+  // from the start, and its SIGPROF makes the verifier return EAGAIN).
+  denoFlags: ["--inspect=127.0.0.1:9339"],
   readyTimeoutMs: 90_000,
 });
+const cdp = await inspector(9339);
+await cdp.call("Profiler.enable");
+await cdp.call("Profiler.setSamplingInterval", { interval: 500 });
+await cdp.call("Profiler.start");
 const data = `${values.dir}/perf.data`;
 const perf = new Deno.Command("perf", {
   args: [
@@ -61,6 +90,9 @@ const w = await wrk({
   headers: values.mode === "close" ? ["Connection: close"] : [],
 });
 await perf.status;
+const { profile } = await cdp.call("Profiler.stop") as { profile: Parameters<typeof stageTimes>[0] };
+cdp.close();
+await Deno.writeTextFile(`${values.dir}/agent.cpuprofile`, JSON.stringify(profile));
 await agent.stop("SIGTERM", 30_000);
 await agent.close();
 const rep = new TextDecoder().decode(
@@ -89,7 +121,8 @@ for (const l of rep.split("\n")) {
   if (!m) continue;
   const pct = Number(m[1]), sym = m[3];
   total += pct;
-  const url = /(file:\/\/\S+|ext:\S+)/.exec(sym)?.[1] ?? "";
+  // V8's perf map names JS code `JS:*'name file:///…/x.ts:LINE:COL`: the file decides the stage.
+  const url = (/(file:\/\/\S+|ext:\S+)/.exec(sym)?.[1] ?? "").replace(/(:\d+)+$/, "");
   let stage = m[2] === "k"
     ? "kernel (syscalls, page faults)"
     : url
@@ -102,3 +135,15 @@ console.log(`wrk ${w.requests} requests (${values.mode}); ${total.toFixed(1)} % 
 console.log("| stage | share of agent CPU |\n| --- | ---: |");
 for (const [k, v] of [...stages].sort((a, b) => b[1] - a[1])) console.log(`| ${k} | ${v.toFixed(1)} % |`);
 console.log(rep.split("\n").filter((l) => /^\s+[\d.]+%/.test(l)).slice(0, 40).join("\n"));
+
+// The JavaScript side from V8's own sampler (the native part stays opaque: the npm build of Deno is stripped).
+const times = stageTimes(profile);
+const sum = [...times.values()].reduce((a, b) => a + b, 0);
+console.log(
+  `\nV8 profile (${
+    (sum / 1e6).toFixed(2)
+  } s sampled):\n| stage | µs/request | share |\n| --- | ---: | ---: |`,
+);
+for (const [k, v] of [...times].sort((a, b) => b[1] - a[1])) {
+  console.log(`| ${k} | ${(v / w.requests).toFixed(2)} | ${(100 * v / sum).toFixed(1)} % |`);
+}

@@ -200,7 +200,14 @@ static __always_inline int ja4_output(void *ctx, void *ev, __u64 size)
 {
 	long err;
 	if (use_ringbuf) {
-		err = bpf_ringbuf_output(&events, ev, size, 0);
+		/* Wake the reader only when data backs up (1/16 of the ring): a wake-up per record puts a
+		 * scheduler round trip into the web server's system call. The reader polls with a short
+		 * timeout, so a trickle is read within that; under load it reads on its own timer. */
+		__u64 flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >=
+				      bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 16
+				  ? BPF_RB_FORCE_WAKEUP
+				  : BPF_RB_NO_WAKEUP;
+		err = bpf_ringbuf_output(&events, ev, size, flags);
 		if (err)
 			count_drop(JA4_DROP_RINGBUF);
 	} else {

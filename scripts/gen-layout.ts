@@ -5,6 +5,8 @@
 //   deno run --allow-read --allow-write --allow-run scripts/gen-layout.ts OBJECT OUT.ts   write OUT.ts if changed
 //   deno run --allow-read --allow-run scripts/gen-layout.ts OBJECT                         print to stdout
 
+import { ElfError, ElfFile } from "../src/bpf/elf.ts";
+
 /** One type of `bpftool -j btf dump file`. */
 export interface BtfType {
   id: number;
@@ -53,57 +55,24 @@ export interface ElfSymbol {
 }
 
 /**
- * Symbols of a little-endian ELF64 object (the BPF object). The BTF DATASEC of an
+ * Symbols of a little-endian ELF64 object (the BPF object), read by src/bpf/elf.ts. The BTF DATASEC of an
  * unloaded object has zero offsets (libbpf fills them from these symbols at open).
  */
 export function elfSymbols(bytes: Uint8Array): { symbols: ElfSymbol[]; sectionSizes: Map<string, number> } {
-  const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  if (v.getUint32(0) !== 0x7f454c46 || bytes[4] !== 2 || bytes[5] !== 1) {
-    throw new LayoutError("not a little-endian ELF64 object");
+  let elf: ElfFile;
+  try {
+    elf = new ElfFile(bytes, "object");
+  } catch (e) {
+    if (e instanceof ElfError) throw new LayoutError(e.message);
+    throw e;
   }
-  const shoff = Number(v.getBigUint64(0x28, true));
-  const shentsize = v.getUint16(0x3a, true);
-  const shnum = v.getUint16(0x3c, true);
-  const shstrndx = v.getUint16(0x3e, true);
-  const sh = (i: number) => {
-    const o = shoff + i * shentsize;
-    return {
-      name: v.getUint32(o, true),
-      type: v.getUint32(o + 4, true),
-      offset: Number(v.getBigUint64(o + 0x18, true)),
-      size: Number(v.getBigUint64(o + 0x20, true)),
-      link: v.getUint32(o + 0x28, true),
-    };
-  };
-  const cstr = (off: number) => {
-    let end = off;
-    while (end < bytes.length && bytes[end] !== 0) end++;
-    return new TextDecoder().decode(bytes.subarray(off, end));
-  };
-  const shstr = sh(shstrndx);
-  const names: string[] = [];
-  const sectionSizes = new Map<string, number>();
-  for (let i = 0; i < shnum; i++) {
-    const s = sh(i);
-    names.push(cstr(shstr.offset + s.name));
-    sectionSizes.set(names[i], s.size);
-  }
-  const symbols: ElfSymbol[] = [];
-  for (let i = 0; i < shnum; i++) {
-    const s = sh(i);
-    if (s.type !== 2) continue; // SHT_SYMTAB
-    const strtab = sh(s.link);
-    for (let o = s.offset; o + 24 <= s.offset + s.size; o += 24) {
-      const shndx = v.getUint16(o + 6, true);
-      if (shndx === 0 || shndx >= shnum) continue;
-      symbols.push({
-        name: cstr(strtab.offset + v.getUint32(o, true)),
-        section: names[shndx],
-        offset: Number(v.getBigUint64(o + 8, true)),
-        size: Number(v.getBigUint64(o + 16, true)),
-      });
-    }
-  }
+  const sectionSizes = new Map(elf.sections.map((s) => [s.name, s.size]));
+  const symbols = elf.definedSymbols().map(({ name, section, value, size }) => ({
+    name,
+    section,
+    offset: value,
+    size,
+  }));
   return { symbols, sectionSizes };
 }
 

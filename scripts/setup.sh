@@ -17,8 +17,11 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # Packages the agent needs to build and run.
 pkgs=(clang llvm bpftool libbpf1 libbpf-dev linux-libc-dev curl iproute2 ca-certificates)
 # Servers and tools the tests start themselves.
+# qemu-system-arm, gcc-aarch64-linux-gnu: the arm64 kernel check (tests/kernels/, run.sh --arch arm64); the
+# aarch64 build (packaging test) takes Deno's linux-arm64 runtime from npm, as Deno itself below.
 test_pkgs=(nginx-light apache2 tshark tcpdump wrk clickhouse-server qemu-system-x86 busybox-static rpm
-  chromium libcap2-bin procps psmisc ethtool openssl python3 systemd gcc libc6-dev util-linux)
+  chromium libcap2-bin procps psmisc ethtool openssl python3 systemd gcc libc6-dev util-linux
+  qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 [ $want_test = 1 ] && pkgs+=("${test_pkgs[@]}")
 
 missing=()

@@ -166,6 +166,7 @@ export class Agent {
   /** The apr uprobes on every libapr file in use (the located one and those Apache maps), once in use. */
   private apr?: LibraryProbes;
   private stopped = false;
+  private stopping?: Promise<void>;
   /** The server pids and time of the last listening-port scan (see refreshProcesses). */
   private portScanPids = "";
   private portScanMs = 0;
@@ -358,7 +359,8 @@ export class Agent {
     const events = this.planned.obj.map(ringbuf ? "events" : "events_perf");
     const onRecord = (rec: Uint8Array) => this.onRecord(rec);
     this.reader = ringbuf
-      ? new RingReader(events, { onRecord })
+      // Views, not copies: the trackers copy the few bytes they keep (a split head, a TLS record in pieces).
+      ? new RingReader(events, { onRecord, views: true })
       : new PerfReader(events, { onRecord }, perfPagesPerCpu(cfg.capture.ring_size_mb));
     this.reader.start();
 
@@ -768,8 +770,15 @@ export class Agent {
   }
 
   /** Detaches everything, flushes held rows and sinks. */
-  async stop(): Promise<void> {
-    if (this.stopped) return;
+  /**
+   * Stops once; a second call (SIGTERM during a fatal-error stop, or the other way round) gets the same
+   * promise, so nobody exits before the flush is done.
+   */
+  stop(): Promise<void> {
+    return this.stopping ??= this.stopOnce();
+  }
+
+  private async stopOnce(): Promise<void> {
     this.stopped = true;
     // A start-up in progress gives up at its next step; what it attached until then is removed below.
     await this.starting?.catch(() => {});

@@ -123,6 +123,31 @@ export class ElfFile {
     throw new ElfError(`address 0x${vaddr.toString(16)} is in no PT_LOAD segment`, this.path);
   }
 
+  /**
+   * Every symbol of the SHT_SYMTAB tables that is defined in a section, with that section's name (a BPF
+   * object's variables and programs: the layout generator reads their section offsets here).
+   */
+  definedSymbols(): { name: string; section: string; value: number; size: number }[] {
+    const out: { name: string; section: string; value: number; size: number }[] = [];
+    for (const sec of this.sections) {
+      if (sec.type !== 2 /* SHT_SYMTAB */) continue;
+      const strtab = this.sections[sec.link];
+      if (!strtab) continue;
+      for (let o = sec.offset; o + 24 <= sec.offset + sec.size; o += 24) {
+        this.#need(o + 24);
+        const shndx = this.#dv.getUint16(o + 6, true);
+        if (shndx === 0 || shndx >= this.sections.length) continue;
+        out.push({
+          name: this.#cstr(strtab.offset + this.#dv.getUint32(o, true)),
+          section: this.sections[shndx].name,
+          value: this.#u64(o + 8),
+          size: this.#u64(o + 16),
+        });
+      }
+    }
+    return out;
+  }
+
   /** A defined function symbol by name: .dynsym first (exported), then .symtab (unstripped files). */
   findSymbol(name: string): ElfSymbol | undefined {
     for (const table of [".dynsym", ".symtab"] as const) {

@@ -153,31 +153,30 @@ function reader(f: FieldLayout): Reader {
 
 const dec = new TextDecoder();
 
-/** Socket addresses: IPv4-mapped IPv6 (a dual-stack listener's IPv4 clients) as plain IPv4. */
-export function formatIpv4(b: Uint8Array): string {
-  return formatIPv4(b);
-}
-
-export function formatIpv6(b: Uint8Array): string {
-  return formatIPv6(b, 0, "v4");
-}
-
-const H = EVENT_HDR.fields;
-const rKind = reader(H.kind), rHook = reader(H.hook), rFamily = reader(H.family), rFlags = reader(H.flags);
-const rPid = reader(H.pid), rTid = reader(H.tid), rFd = reader(H.fd);
-const rSport = reader(H.sport), rDport = reader(H.dport);
-const rDataLen = reader(H.data_len), rTotal = reader(H.total), rOffset = reader(H.offset);
-const DF = DATA_EVENT.fields, SF = SYN_EVENT.fields, PF = PKT_EVENT.fields, CF = CLOSE_EVENT.fields;
-const rDataPos = reader(DF.pos);
-const rSynSeq = reader(SF.seq), rSynWindow = reader(SF.window), rSynTtl = reader(SF.ttl);
-const rSynIpLen = reader(SF.ip_len), rSynIpFlags = reader(SF.ip_flags), rSynTcpFlags = reader(SF.tcp_flags);
-const rSynOptLen = reader(SF.opt_len);
-const rPktSeq = reader(PF.seq);
-const rPosRaw = reader(CF.pos_raw), rPosPlaintext = reader(CF.pos_plaintext);
+const HDR_F = EVENT_HDR.fields;
+const rKind = reader(HDR_F.kind),
+  rHook = reader(HDR_F.hook),
+  rFamily = reader(HDR_F.family),
+  rFlags = reader(HDR_F.flags);
+const rPid = reader(HDR_F.pid), rTid = reader(HDR_F.tid), rFd = reader(HDR_F.fd);
+const rSport = reader(HDR_F.sport), rDport = reader(HDR_F.dport);
+const rDataLen = reader(HDR_F.data_len), rTotal = reader(HDR_F.total), rOffset = reader(HDR_F.offset);
+const DATA_F = DATA_EVENT.fields,
+  SYN_F = SYN_EVENT.fields,
+  PKT_F = PKT_EVENT.fields,
+  CLOSE_F = CLOSE_EVENT.fields;
+const rDataPos = reader(DATA_F.pos);
+const rSynSeq = reader(SYN_F.seq), rSynWindow = reader(SYN_F.window), rSynTtl = reader(SYN_F.ttl);
+const rSynIpLen = reader(SYN_F.ip_len),
+  rSynIpFlags = reader(SYN_F.ip_flags),
+  rSynTcpFlags = reader(SYN_F.tcp_flags);
+const rSynOptLen = reader(SYN_F.opt_len);
+const rPktSeq = reader(PKT_F.seq);
+const rPosRaw = reader(CLOSE_F.pos_raw), rPosPlaintext = reader(CLOSE_F.pos_plaintext);
 
 /** The process name: NUL-terminated, nearly always ASCII (decoded without a TextDecoder call then). */
 function commOf(rec: Uint8Array): string {
-  const from = H.comm.offset, to = from + H.comm.size;
+  const from = HDR_F.comm.offset, to = from + HDR_F.comm.size;
   let s = "";
   for (let i = from; i < to; i++) {
     const c = rec[i];
@@ -192,9 +191,10 @@ function commOf(rec: Uint8Array): string {
   return s;
 }
 
+/** Socket addresses; an IPv4-mapped IPv6 one (a dual-stack listener's IPv4 client) as plain IPv4. */
 function addrOf(rec: Uint8Array, family: number, f: FieldLayout): string {
-  if (family === Family.INET) return formatIpv4(rec.subarray(f.offset, f.offset + f.size));
-  if (family === Family.INET6) return formatIpv6(rec.subarray(f.offset, f.offset + f.size));
+  if (family === Family.INET) return formatIPv4(rec, f.offset);
+  if (family === Family.INET6) return formatIPv6(rec, f.offset, "v4");
   return "";
 }
 
@@ -215,12 +215,32 @@ function need(rec: Uint8Array, min: number, what: string): void {
   }
 }
 
+/** The header fields every event kind shares. */
+function header(rec: Uint8Array, dv: DataView, family: number, flags: number): EventHeader {
+  return {
+    hook: HOOK_METHOD[rHook(dv)] ?? "unknown",
+    pid: rPid(dv),
+    tid: rTid(dv),
+    fd: rFd(dv),
+    comm: commOf(rec),
+    tsNs: dv.getBigUint64(HDR_F.ts_ns.offset, true),
+    family: familyName(family),
+    srcAddr: addrOf(rec, family, HDR_F.saddr),
+    srcPort: rSport(dv),
+    dstAddr: addrOf(rec, family, HDR_F.daddr),
+    dstPort: rDport(dv),
+    total: rTotal(dv),
+    offset: rOffset(dv),
+    truncated: (flags & EventFlags.TRUNCATED) !== 0,
+    flags,
+  };
+}
+
 /**
  * Decodes one record (a copy from the reader; payloads are views into it). Throws EventDecodeError on a
  * short record, an unknown kind, or a length that runs past the record.
  *
- * Each kind is built as one object literal (header fields first, in EventHeader order): no intermediate
- * header object and no spread on this per-event path.
+ * Tests and tools use this; the agent's per-event path is EventView, which allocates nothing.
  */
 export function decodeEvent(rec: Uint8Array): CaptureEvent {
   if (rec.length < EVENT_HDR.size) {
@@ -235,27 +255,13 @@ export function decodeEvent(rec: Uint8Array): CaptureEvent {
   const flags = rFlags(dv);
   switch (kind) {
     case EventKind.DATA: {
-      need(rec, DF.data.offset, "data");
+      need(rec, DATA_F.data.offset, "data");
       const dataLen = rDataLen(dv);
       return {
         type: "data",
-        hook: HOOK_METHOD[rHook(dv)] ?? "unknown",
-        pid: rPid(dv),
-        tid: rTid(dv),
-        fd: rFd(dv),
-        comm: commOf(rec),
-        tsNs: dv.getBigUint64(H.ts_ns.offset, true),
-        family: familyName(family),
-        srcAddr: addrOf(rec, family, H.saddr),
-        srcPort: rSport(dv),
-        dstAddr: addrOf(rec, family, H.daddr),
-        dstPort: rDport(dv),
-        total: rTotal(dv),
-        offset: rOffset(dv),
-        truncated: (flags & EventFlags.TRUNCATED) !== 0,
-        flags,
+        ...header(rec, dv, family, flags),
         pos: rDataPos(dv),
-        bytes: payload(rec, DF.data, dataLen, "data"),
+        bytes: payload(rec, DATA_F.data, dataLen, "data"),
         plaintext: (flags & EventFlags.PLAINTEXT) !== 0,
         lastChunk: (flags & EventFlags.LAST_CHUNK) !== 0,
         readFailed: (flags & EventFlags.READ_FAILED) !== 0,
@@ -263,98 +269,40 @@ export function decodeEvent(rec: Uint8Array): CaptureEvent {
     }
     case EventKind.SYN: {
       need(rec, SYN_EVENT.size, "syn");
-      const optLen = Math.min(rSynOptLen(dv), SF.options.size);
+      const optLen = Math.min(rSynOptLen(dv), SYN_F.options.size);
       return {
         type: "syn",
-        hook: HOOK_METHOD[rHook(dv)] ?? "unknown",
-        pid: rPid(dv),
-        tid: rTid(dv),
-        fd: rFd(dv),
-        comm: commOf(rec),
-        tsNs: dv.getBigUint64(H.ts_ns.offset, true),
-        family: familyName(family),
-        srcAddr: addrOf(rec, family, H.saddr),
-        srcPort: rSport(dv),
-        dstAddr: addrOf(rec, family, H.daddr),
-        dstPort: rDport(dv),
-        total: rTotal(dv),
-        offset: rOffset(dv),
-        truncated: (flags & EventFlags.TRUNCATED) !== 0,
-        flags,
+        ...header(rec, dv, family, flags),
         seq: rSynSeq(dv),
         window: rSynWindow(dv),
         ttl: rSynTtl(dv),
         ipLen: rSynIpLen(dv),
         ipFlags: rSynIpFlags(dv),
         tcpFlags: rSynTcpFlags(dv),
-        options: rec.subarray(SF.options.offset, SF.options.offset + optLen),
+        options: rec.subarray(SYN_F.options.offset, SYN_F.options.offset + optLen),
       };
     }
     case EventKind.PKT: {
-      need(rec, PF.data.offset, "pkt");
+      need(rec, PKT_F.data.offset, "pkt");
       const dataLen = rDataLen(dv);
       return {
         type: "pkt",
-        hook: HOOK_METHOD[rHook(dv)] ?? "unknown",
-        pid: rPid(dv),
-        tid: rTid(dv),
-        fd: rFd(dv),
-        comm: commOf(rec),
-        tsNs: dv.getBigUint64(H.ts_ns.offset, true),
-        family: familyName(family),
-        srcAddr: addrOf(rec, family, H.saddr),
-        srcPort: rSport(dv),
-        dstAddr: addrOf(rec, family, H.daddr),
-        dstPort: rDport(dv),
-        total: rTotal(dv),
-        offset: rOffset(dv),
-        truncated: (flags & EventFlags.TRUNCATED) !== 0,
-        flags,
+        ...header(rec, dv, family, flags),
         seq: rPktSeq(dv),
-        bytes: payload(rec, PF.data, dataLen, "pkt"),
+        bytes: payload(rec, PKT_F.data, dataLen, "pkt"),
       };
     }
     case EventKind.CLOSE: {
       need(rec, CLOSE_EVENT.size, "close");
       return {
         type: "close",
-        hook: HOOK_METHOD[rHook(dv)] ?? "unknown",
-        pid: rPid(dv),
-        tid: rTid(dv),
-        fd: rFd(dv),
-        comm: commOf(rec),
-        tsNs: dv.getBigUint64(H.ts_ns.offset, true),
-        family: familyName(family),
-        srcAddr: addrOf(rec, family, H.saddr),
-        srcPort: rSport(dv),
-        dstAddr: addrOf(rec, family, H.daddr),
-        dstPort: rDport(dv),
-        total: rTotal(dv),
-        offset: rOffset(dv),
-        truncated: (flags & EventFlags.TRUNCATED) !== 0,
-        flags,
+        ...header(rec, dv, family, flags),
         posRaw: rPosRaw(dv),
         posPlaintext: rPosPlaintext(dv),
       };
     }
     default:
       throw new EventDecodeError(`unknown event kind ${kind}`, "kind");
-  }
-}
-
-/** decodeEvent with malformed records counted instead of thrown (the reader's onRecord uses this). */
-export class EventDecoder {
-  readonly malformed: Record<EventDecodeError["reason"], number> = { short: 0, kind: 0, length: 0 };
-  decode(rec: Uint8Array): CaptureEvent | undefined {
-    try {
-      return decodeEvent(rec);
-    } catch (e) {
-      if (e instanceof EventDecodeError) {
-        this.malformed[e.reason]++;
-        return undefined;
-      }
-      throw e;
-    }
   }
 }
 
@@ -416,9 +364,9 @@ export class EventView {
     this.tid = rTid(dv);
     this.fd = rFd(dv);
     this.tsNs = rTs(dv);
-    this.src = addrText(rec, family, H.saddr.offset);
+    this.src = addrText(rec, family, HDR_F.saddr.offset);
     this.src_port = rSport(dv);
-    this.dst = addrText(rec, family, H.daddr.offset);
+    this.dst = addrText(rec, family, HDR_F.daddr.offset);
     this.dst_port = rDport(dv);
     this.total = rTotal(dv);
     this.offset = rOffset(dv);
@@ -427,7 +375,7 @@ export class EventView {
     this.#connKey = undefined;
     switch (kind) {
       case EventKind.DATA: {
-        const len = rDataLen(dv), at = DF.data.offset;
+        const len = rDataLen(dv), at = DATA_F.data.offset;
         if (rec.length < at || at + len > rec.length) return this.#bad(rec.length < at ? "short" : "length");
         this.pos = rDataPos(dv);
         this.data = rec.subarray(at, at + len);
@@ -440,12 +388,12 @@ export class EventView {
         if (rec.length < SYN_EVENT.size) return this.#bad("short");
         this.seq = rSynSeq(dv);
         this.window = rSynWindow(dv);
-        const n = Math.min(rSynOptLen(dv), SF.options.size);
-        this.data = rec.subarray(SF.options.offset, SF.options.offset + n);
+        const n = Math.min(rSynOptLen(dv), SYN_F.options.size);
+        this.data = rec.subarray(SYN_F.options.offset, SYN_F.options.offset + n);
         return true;
       }
       case EventKind.PKT: {
-        const len = rDataLen(dv), at = PF.data.offset;
+        const len = rDataLen(dv), at = PKT_F.data.offset;
         if (rec.length < at || at + len > rec.length) return this.#bad(rec.length < at ? "short" : "length");
         this.seq = rPktSeq(dv);
         this.data = rec.subarray(at, at + len);
@@ -500,7 +448,7 @@ export class EventView {
 }
 
 const EMPTY = new Uint8Array(0);
-const rTs = reader(H.ts_ns);
+const rTs = reader(HDR_F.ts_ns);
 
 /**
  * Address text by value: a server sees the same few thousand client addresses again and again, so their
@@ -528,7 +476,7 @@ function addrText(rec: Uint8Array, family: number, o: number): string {
     let s = V6_TEXT.get(k);
     if (s === undefined) {
       if (V6_TEXT.size >= ADDR_CACHE_MAX) V6_TEXT.clear();
-      s = formatIpv6(rec.subarray(o, o + 16));
+      s = formatIPv6(rec, o, "v4");
       V6_TEXT.set(k, s);
     }
     return s;

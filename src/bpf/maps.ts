@@ -3,7 +3,7 @@
  * (host byte order: little-endian on x86-64 and arm64) instead of by hand at each call. Each checks the map's key/value sizes when
  * wrapped, so a change of the C declaration fails loudly instead of writing wrong bytes.
  */
-import type { BpfMap } from "./object.ts";
+import { type BpfMap, u32Key } from "./object.ts";
 import type { ServerKind } from "./layout.gen.ts";
 
 /** The map's key and value sizes, or a clear error naming the drift. */
@@ -16,13 +16,8 @@ function checkSizes(map: BpfMap, key: number, value: number): BpfMap {
   return map;
 }
 
-function u32(n: number): Uint8Array<ArrayBuffer> {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, n, true);
-  return b;
-}
-
-function u16(n: number): Uint8Array<ArrayBuffer> {
+/** A u16 key in host byte order. */
+function u16Key(n: number): Uint8Array<ArrayBuffer> {
   const b = new Uint8Array(2);
   new DataView(b.buffer).setUint16(0, n, true);
   return b;
@@ -40,10 +35,10 @@ export class TracedPids {
     return map && new TracedPids(map);
   }
   set(pid: number, kind: ServerKind): void {
-    this.map.update(u32(pid), u32(kind));
+    this.map.update(u32Key(pid), u32Key(kind));
   }
   delete(pid: number): boolean {
-    return this.map.delete(u32(pid));
+    return this.map.delete(u32Key(pid));
   }
   /** Every entry: keys first, then values (deleting while walking restarts the walk). */
   entries(): Map<number, number> {
@@ -66,10 +61,10 @@ export class ListenPorts {
     return map && new ListenPorts(map);
   }
   add(port: number): void {
-    this.map.update(u16(port), new Uint8Array([1]));
+    this.map.update(u16Key(port), new Uint8Array([1]));
   }
   delete(port: number): boolean {
-    return this.map.delete(u16(port));
+    return this.map.delete(u16Key(port));
   }
 }
 
@@ -83,6 +78,6 @@ export class DropCounters {
     return map && new DropCounters(map);
   }
   total(reason: number): bigint {
-    return this.map.sumU64(u32(reason));
+    return this.map.sumU64(u32Key(reason));
   }
 }

@@ -347,6 +347,7 @@ export function possibleCpus(): number {
   return cpus;
 }
 
+/** A u32 map key in host byte order. */
 export function u32Key(n: number): Uint8Array<ArrayBuffer> {
   return new Uint8Array(new Uint32Array([n]).buffer);
 }

@@ -16,13 +16,10 @@ import {
   quietLibbpf,
 } from "./ffi.ts";
 import { type AttachHandle, BpfObject, type GlobalValue, probeRingbuf } from "./object.ts";
-import { type LibaprInfo, probeLibapr } from "./probes.ts";
+import { type LibaprInfo, probeLibapr, SYSCALL_NUMBERS } from "./probes.ts";
 import { attachKretprobeEvent, kretprobeMaxactive } from "./kprobe_events.ts";
 import type { Config } from "../config/config.ts";
 
-export type NginxMethod = "tracepoint" | "raw_tp" | "fexit" | "kretprobe";
-export type ApacheMethod = "uprobe" | "read_tracepoint";
-export type PacketMethod = "tc";
 export type HookName = "nginx" | "apache" | "packets" | "close" | "follow";
 
 /** How one program attaches. */
@@ -284,6 +281,10 @@ function openWith(
     // Ring buffer off: the branch that names `events` must be dead, or the load refers to an uncreated map.
     if (declared.has("use_ringbuf")) values.use_ringbuf = cfg.ringbuf !== false;
     if (declared.has("has_task_btf")) values.has_task_btf = cfg.taskBtf ?? probeTaskBtf();
+    // The object's defaults are x86-64's: on arm64 they name other syscalls and raw_tp would see nothing.
+    const nr = SYSCALL_NUMBERS[Deno.build.arch];
+    if (nr && declared.has("nr_recvfrom")) values.nr_recvfrom = nr.recvfrom;
+    if (nr && declared.has("nr_read")) values.nr_read = nr.read;
     Object.assign(values, globals);
     if (Object.keys(values).length) o.setGlobals(values);
   } catch (e) {

@@ -78,6 +78,16 @@ export function probeKallsyms(names: string[]): Record<string, boolean> {
   return out;
 }
 
+/**
+ * The syscall numbers the raw_tp/tp_btf programs filter on (`nr_recvfrom`, `nr_read` in .rodata): fixed by
+ * each architecture's ABI, and the agent runs under the kernel's own ABI. x86-64 numbers its syscalls itself;
+ * arm64 uses the generic table (include/uapi/asm-generic/unistd.h).
+ */
+export const SYSCALL_NUMBERS: Partial<Record<typeof Deno.build.arch, { recvfrom: number; read: number }>> = {
+  x86_64: { recvfrom: 45, read: 0 },
+  aarch64: { recvfrom: 207, read: 63 },
+};
+
 export function syscallPrefix(): string {
   return Deno.build.arch === "x86_64" ? "__x64_sys_" : "__arm64_sys_";
 }

@@ -31,13 +31,22 @@ export interface ReaderStats {
 }
 
 export interface ReaderOptions {
-  /** Receives a copy of each record's bytes (safe to keep). */
+  /**
+   * Receives each record's bytes: a copy (safe to keep), or with `views` a view into the mapped ring, valid
+   * only during the call (the space is handed back to the producer after the batch).
+   */
   onRecord: (data: Uint8Array) => void;
+  /** Hand out views instead of copies (RingReader only): no allocation per record; the consumer copies what it keeps. */
+  views?: boolean;
   /** Records per tick before yielding to the event loop (default 8192). */
   budget?: number;
   /** Timer between drains while data flows, ms (default 5). */
   intervalMs?: number;
-  /** Upper bound of one idle poll(2), ms (default 1000); close() wakes it at once. */
+  /**
+   * Upper bound of one idle poll(2), ms (RingReader default 50: the agent's BPF side wakes the reader only
+   * once data backs up, so this bounds how long a trickle waits; PerfReader default 1000); close() wakes it
+   * at once.
+   */
   idlePollMs?: number;
 }
 
@@ -100,7 +109,7 @@ export class RingReader implements EventReader {
     const fd = map.fd;
     if (fd < 0) throw new BpfError("RingReader", 9, `${map.name} has no fd (object not loaded?)`);
     this.size = map.maxEntries;
-    this.#opts = { budget: 8192, intervalMs: 5, idlePollMs: 1000, ...opts };
+    this.#opts = { budget: 8192, intervalMs: 5, idlePollMs: 50, views: false, ...opts };
     this.#page = pageSize();
     const c = libc();
     // Our own fd: the reader outlives nothing, but an in-flight poll(2) must never see a reused fd number.
@@ -156,6 +165,7 @@ export class RingReader implements EventReader {
   drain(budget = this.#opts.budget): number {
     if (this.#state === "closed") return 0;
     const data = this.#data, i32 = this.#dataI32, s = this.stats, cb = this.#opts.onRecord;
+    const views = this.#opts.views === true;
     let cons = this.#cons;
     let prod = this.#producerPos();
     let n = 0;
@@ -174,7 +184,9 @@ export class RingReader implements EventReader {
       if (hdr & DISCARD) {
         s.discarded++;
       } else {
-        const copy = data.slice(off + HDR, off + HDR + len);
+        const copy = views
+          ? data.subarray(off + HDR, off + HDR + len)
+          : data.slice(off + HDR, off + HDR + len);
         s.records++;
         s.bytes += len;
         try {
@@ -187,7 +199,7 @@ export class RingReader implements EventReader {
       n++;
     }
     if (n > 0) {
-      // Payloads were copied above: only now may the producer reuse the space.
+      // Payloads were copied (or their views used) above: only now may the producer reuse the space.
       this.#cons = cons;
       Atomics.store(this.#consPos, 0, BigInt(cons));
       s.batches++;
@@ -278,7 +290,7 @@ export class PerfReader implements EventReader {
   #batch = 0;
 
   constructor(map: BpfMap | { fd: number; name: string }, opts: ReaderOptions, pagesPerCpu = 64) {
-    this.#opts = { budget: 8192, intervalMs: 10, idlePollMs: 1000, ...opts };
+    this.#opts = { budget: 8192, intervalMs: 10, idlePollMs: 1000, views: false, ...opts };
     const s = this.stats;
     this.#sample = new Deno.UnsafeCallback(
       { parameters: ["pointer", "i32", "pointer", "u32"], result: "void" } as const,

@@ -121,7 +121,7 @@ export class PacketTracker {
         if (!m.needMore) {
           this.s.parse_errors++;
           this.finish(key, flow);
-        }
+        } else tls.ownBuffered(); // the hello continues in the next segment: keep these bytes, copied
         return undefined;
       }
       if (m.value.type !== HS_CLIENT_HELLO) continue;

@@ -257,7 +257,9 @@ export class RequestTracker {
       st.errorsSeen = errs;
     } else if (st.proto === "h2") {
       const h2 = st.h2!;
-      for (const r of h2.push(bytes)) {
+      // The HTTP/2 stream keeps the chunks of a frame in pieces: give it bytes of its own (the caller's may
+      // be a view into the ring buffer).
+      for (const r of h2.push(bytes.slice())) {
         const fp = ja4h({ method: r.method ?? "", version: "20", headers: r.headers });
         this.s.requests++;
         this.sink.request(
@@ -315,7 +317,7 @@ export class RequestTracker {
       if (tls.encrypted || tls.failed) {
         st.proto = "other";
         st.tls = undefined;
-      }
+      } else tls.ownBuffered(); // a record in pieces is kept: copy it out of the caller's bytes
     }
   }
 

@@ -87,4 +87,48 @@ Deno.test("RequestTracker", async (t) => {
     assertEquals(rt.stats().streams, 10);
     assertEquals(rt.stats().evicted_lru, 15);
   });
+  await t.step(
+    "chunks handed as views of a reused buffer (the ring reader's): what is kept is copied",
+    async () => {
+      // The agent's reader hands out views into the ring, reused once the call returns. Split HTTP/1 heads and a
+      // ClientHello in 120-byte segments, each pushed from one buffer overwritten after every push, must give
+      // what fresh copies give.
+      const hello = JSON.parse(
+        await Deno.readTextFile(
+          new URL("../fingerprint/testdata/local_small_mss_clienthello.json", import.meta.url),
+        ),
+      ).segments as string[];
+      const fromHex = (h: string) => Uint8Array.from(h.match(/../g)!.map((x) => parseInt(x, 16)));
+      const http = enc(
+        "GET /v1 HTTP/1.1\r\nHost: h\r\nUser-Agent: ua\r\n\r\nGET /v2 HTTP/1.1\r\nHost: h\r\n\r\n",
+      );
+      const pieces = (b: Uint8Array, n: number) =>
+        Array.from({ length: Math.ceil(b.length / n) }, (_, i) => b.subarray(i * n, i * n + n));
+      const run = (reuse: boolean) => {
+        const got = tracker();
+        const scratch = new Uint8Array(4096);
+        const feed = (fd: number, parts: Uint8Array[]) => {
+          let pos = 0;
+          for (const p of parts) {
+            const c = chunk(fd, pos, "");
+            if (reuse) {
+              scratch.set(p);
+              c.data = scratch.subarray(0, p.length);
+            } else c.data = p.slice();
+            got.rt.push(c);
+            if (reuse) scratch.fill(0xaa); // the ring's space is reused after the call
+            pos += p.length;
+          }
+        };
+        feed(3, pieces(http, 7));
+        feed(4, hello.map(fromHex));
+        return got;
+      };
+      const fresh = run(false), reused = run(true);
+      assertEquals(reused.rows.map((r) => r.path), ["/v1", "/v2"]);
+      assertEquals(reused.rows, fresh.rows);
+      assertEquals(reused.hellos.length, 1, "the ClientHello reassembled from reused buffers");
+      assertEquals(reused.hellos.map((h) => h.fp.ja4), fresh.hellos.map((h) => h.fp.ja4));
+    },
+  );
 });

@@ -1,18 +1,10 @@
 import { parseFlags } from "./args.ts";
-import { type Config, ConfigError, DEFAULT_CONFIG_PATH, loadConfig, redacted } from "../config/config.ts";
+import { ConfigError, DEFAULT_CONFIG_PATH, loadConfig, redacted } from "../config/config.ts";
 import { configureLog, log } from "../log.ts";
 import { Agent, StartAbortedError } from "../agent/agent.ts";
+import { rowsGoNowhere } from "../config/outputs.ts";
 
-/**
- * Why a configuration would discard every row (no stdout, no file, no ClickHouse), or undefined. The agent
- * refuses to start on it rather than capture for nothing.
- */
-export function rowsGoNowhere(cfg: Config): string | undefined {
-  const o = cfg.output;
-  if (o.stdout || o.file.path || o.clickhouse.url) return undefined;
-  return "no output for rows: output.stdout is false and output.file.path and output.clickhouse.url are " +
-    "empty, so every captured row would be discarded; set at least one of them";
-}
+export { rowsGoNowhere };
 
 const USAGE = `Usage: ja4ebpf run [--config FILE]
   Captures the HTTP requests of nginx and Apache with eBPF and writes one row per request.

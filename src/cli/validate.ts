@@ -7,6 +7,7 @@
  */
 import { parseFlags } from "./args.ts";
 import { type Config, ConfigError, DEFAULT_CONFIG_PATH, loadConfig } from "../config/config.ts";
+import { rowsGoNowhere } from "../config/outputs.ts";
 
 const USAGE = `Usage: ja4ebpf --validate [--json] [--config FILE]
 
@@ -138,6 +139,9 @@ export async function validate(cfg: Config): Promise<ValidateReport> {
     capabilities: Object.fromEntries(Object.entries(env.capabilities).filter(([k]) => k !== "raw")),
     libapr: env.libapr,
   });
+  // `run` refuses such a configuration: say so here too.
+  const nowhere = rowsGoNowhere(cfg);
+  if (nowhere) r.reasons.push(nowhere);
   if (cfg.capture.ringbuf === "ringbuf" && !env.ringbuf) {
     r.reasons.push("capture.ringbuf is 'ringbuf' but the kernel has no BPF ring buffers");
   }

@@ -5,6 +5,7 @@ import fc from "fast-check";
 import { ja4s } from "./ja4s.ts";
 import { parseServerHello } from "../parse/tls.ts";
 import { alpnCode } from "./common.ts";
+import { fromHex } from "../parse/bytes.ts";
 
 const h = (s: string) => s.split(",").map((x) => parseInt(x, 16));
 const bytes = (...b: number[]) => new Uint8Array(b);
@@ -124,7 +125,6 @@ interface TlsVector {
   [k: string]: string | number | undefined;
 }
 
-const fromHex = (s: string) => new Uint8Array(s.match(/../g)?.map((x) => parseInt(x, 16)) ?? []);
 const vectors: TlsVector[] = JSON.parse(
   await Deno.readTextFile(new URL("./testdata/foxio_tls.json", import.meta.url)),
 );

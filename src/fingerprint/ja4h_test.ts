@@ -1,8 +1,7 @@
 import { assertEquals } from "../testing/asserts.ts";
 import { Http1RequestStream } from "../parse/http1.ts";
 import { acceptLanguageCode, type HttpRequestHead, ja4h, methodCode } from "./ja4h.ts";
-
-const fromHex = (s: string) => new Uint8Array(s.match(/../g)?.map((x) => parseInt(x, 16)) ?? []);
+import { fromHex } from "../parse/bytes.ts";
 
 // Spec §3.8: http1-with-cookies.pcapng (FoxIO's numbers).
 const curl: HttpRequestHead = {

@@ -8,8 +8,6 @@
  * version is used; node:crypto stays as the cross-check in tests and the benchmark. Both are synchronous.
  * hash12 also memoises (see below): the same lists recur across clients, and a hit skips SHA-256 entirely.
  */
-import { createHash } from "node:crypto";
-
 const K = new Int32Array([
   0x428a2f98,
   0x71374491,
@@ -192,14 +190,6 @@ export function sha256Hex(s: string): string {
   return out;
 }
 
-/** First 12 hex digits of SHA-256 of the bytes (no empty-string special case). */
-export function sha256Hex12Bytes(b: Uint8Array): string {
-  ensure(b.length + 72);
-  block.set(b, 0);
-  const h = sha256Words(block, b.length);
-  return hex12(h[0], h[1]);
-}
-
 // Real traffic repeats a small set of cipher/extension lists, so hash12 results are memoised. Bounded: the
 // map is emptied when full (a cheap, allocation-free policy; a refill costs one SHA-256 per distinct list).
 const CACHE_MAX = 4096;
@@ -232,10 +222,4 @@ export function hash12Pure(s: string): string {
   const len = load(s);
   const h = sha256Words(block, len);
   return hex12(h[0], h[1]);
-}
-
-/** hash12 always through node:crypto (for tests and the benchmark). */
-export function hash12Node(s: string): string {
-  if (s.length === 0) return EMPTY12;
-  return createHash("sha256").update(s).digest("hex").slice(0, 12);
 }

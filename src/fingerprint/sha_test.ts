@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import { assertEquals } from "../testing/asserts.ts";
-import { clearHash12Cache, hash12, hash12Node, hash12Pure, sha256Hex } from "./sha.ts";
+import { clearHash12Cache, hash12, hash12Pure, sha256Hex } from "./sha.ts";
+import { hash12Node } from "../../tests/helpers/hash.ts";
 
 Deno.test("sha256 / hash12", async (t) => {
   await t.step("empty string is all zeros (JA4+ rule)", () => assertEquals(hash12(""), "000000000000"));

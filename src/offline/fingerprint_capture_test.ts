@@ -9,7 +9,8 @@ import {
 import { bytesSource, type CapturedPacket, CaptureReader } from "../parse/pcap.ts";
 import { DEFAULT_LIMITS } from "../capture/tcp_reassembly.ts";
 import { decodePacket } from "../parse/packet.ts";
-import { keyLogFromPcapng, parseKeyLog, TlsKeyLog } from "../parse/tls_decrypt.ts";
+import { parseKeyLog, TlsKeyLog } from "../parse/tls_decrypt.ts";
+import { keyLogFromPcapng } from "../../tests/helpers/tls_session.ts";
 
 const enc = new TextEncoder();
 const be16 = (v: number) => [v >> 8, v & 0xff];

@@ -1,5 +1,5 @@
 /** Recognising what a direction of a connection carries from its first bytes. */
-import { MAX_HEAD, parseRequestHead } from "../parse/http1.ts";
+import { headEnd as http1HeadEnd, MAX_HEAD } from "../parse/http1.ts";
 
 /** TLS: a handshake record (0x16) of major version 3. Undefined: one byte only, can't tell yet. */
 export function looksLikeTls(b: Uint8Array): boolean | undefined {
@@ -28,24 +28,8 @@ export function startsWith(b: Uint8Array, s: string): boolean {
 
 /**
  * Offset just past the empty line that ends the HTTP head at the start of b (a tunnel's reply to CONNECT),
- * or -1 while it has not arrived. The HTTP/1 parser's head search decides: parseRequestHead asks for more
- * bytes exactly while a prefix holds no end of head, so the end is the shortest prefix it does not, found
- * by bisection (a reply head is read once per CONNECT, and is a few hundred bytes).
+ * or -1 while it has not arrived: the HTTP/1 parser's own head search.
  */
 export function headEnd(b: Uint8Array): number {
-  const complete = (n: number) => {
-    const r = parseRequestHead(b.subarray(0, n));
-    return r.ok || r.needMore !== true;
-  };
-  // Past MAX_HEAD the parser answers "oversize" whether or not a head ended: look no further.
-  const n = Math.min(b.length, MAX_HEAD - 1);
-  if (!complete(n)) return -1;
-  let lo = 0; // incomplete
-  let hi = n; // complete
-  while (hi - lo > 1) {
-    const mid = (lo + hi) >>> 1;
-    if (complete(mid)) hi = mid;
-    else lo = mid;
-  }
-  return hi;
+  return http1HeadEnd(b, 0, MAX_HEAD);
 }

@@ -14,13 +14,6 @@ export type ParseErrorCode =
   /** Well-formed but not something this parser handles (e.g. a record type other than handshake). */
   | "unsupported";
 
-export const PARSE_ERROR_CODES: readonly ParseErrorCode[] = [
-  "truncated",
-  "malformed",
-  "oversize",
-  "unsupported",
-];
-
 export class ParseError extends Error {
   readonly code: ParseErrorCode;
   /** Byte offset in the parser's input where the problem was found, when known. */

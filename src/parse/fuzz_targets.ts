@@ -13,7 +13,7 @@ import fc from "fast-check";
 import { parseClientHello, parseServerHello, TlsHandshakeReader } from "./tls.ts";
 import { Http1RequestStream, parseRequestHead } from "./http1.ts";
 import { parseTcpOptions } from "./tcp_options.ts";
-import { type HeaderField, HpackDecoder, hpackEncode, huffmanDecode, huffmanEncode } from "./hpack.ts";
+import { type HeaderField, HpackDecoder, huffmanDecode, huffmanEncode } from "./hpack.ts";
 import { H2_PREFACE, h2Frame, Http2RequestStream } from "./http2.ts";
 import { decodePacket } from "./packet.ts";
 import { bytesSource, CaptureFormatError, CaptureReader } from "./pcap.ts";
@@ -27,6 +27,8 @@ import { ja4 } from "../fingerprint/ja4.ts";
 import { ja4s } from "../fingerprint/ja4s.ts";
 import { ja4h } from "../fingerprint/ja4h.ts";
 import { ja4t } from "../fingerprint/ja4t.ts";
+import { fromHex } from "./bytes.ts";
+import { hpackEncode } from "../../tests/helpers/hpack_encode.ts";
 
 /** The output broke a property that must hold for any input. */
 export class InvariantError extends Error {
@@ -36,7 +38,6 @@ export class InvariantError extends Error {
   }
 }
 
-const fromHex = (s: string) => new Uint8Array(s.match(/../g)?.map((x) => parseInt(x, 16)) ?? []);
 const FIX = new URL("../../tests/fixtures/", import.meta.url);
 
 export interface Seeds {

@@ -1,6 +1,7 @@
 import { assert, assertEquals } from "../testing/asserts.ts";
 import fc from "fast-check";
-import { type HeaderField, HpackDecoder, hpackEncode, huffmanDecode, huffmanEncode } from "./hpack.ts";
+import { type HeaderField, HpackDecoder, huffmanDecode, huffmanEncode } from "./hpack.ts";
+import { hpackEncode } from "../../tests/helpers/hpack_encode.ts";
 
 const hex = (s: string) =>
   Uint8Array.from((s.replace(/\s+/g, "").match(/../g) ?? []).map((h) => parseInt(h, 16)));

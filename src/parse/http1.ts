@@ -39,8 +39,12 @@ const LF = 0x0a;
 const CR = 0x0d;
 const decoder = new TextDecoder();
 
-/** Offset just past the empty line that ends a head starting at `from`, or -1 if not there yet. */
-function headEnd(b: Uint8Array, from: number, limit: number): number {
+/**
+ * Offset just past the empty line that ends a head starting at `from` (bare LF line ends accepted), or -1 if
+ * not there yet; only line ends before `limit` count. The one head search of the program (offline CONNECT
+ * replies use it too).
+ */
+export function headEnd(b: Uint8Array, from = 0, limit = MAX_HEAD): number {
   const n = Math.min(b.length, limit);
   let i = b.indexOf(LF, from);
   while (i >= 0 && i < n) {

@@ -7,6 +7,7 @@
  * drop the connection's state (`dropped`), because HPACK state can't be trusted after them; bytes
  * pushed afterwards are counted in `droppedBytes` and ignored.
  */
+import { be16, be24, be32, concatBytes } from "./bytes.ts";
 import { type ErrorCounts, newErrorCounts, type ParseErrorCode } from "./errors.ts";
 import { DEFAULT_MAX_HEADER_LIST_SIZE, type HeaderField, HpackDecoder } from "./hpack.ts";
 
@@ -23,15 +24,6 @@ export const H2_FRAME = {
   GOAWAY: 0x7,
   WINDOW_UPDATE: 0x8,
   CONTINUATION: 0x9,
-} as const;
-
-export const H2_SETTINGS = {
-  HEADER_TABLE_SIZE: 0x1,
-  ENABLE_PUSH: 0x2,
-  MAX_CONCURRENT_STREAMS: 0x3,
-  INITIAL_WINDOW_SIZE: 0x4,
-  MAX_FRAME_SIZE: 0x5,
-  MAX_HEADER_LIST_SIZE: 0x6,
 } as const;
 
 const FLAG_END_STREAM = 0x1;
@@ -196,9 +188,9 @@ export class Http2RequestStream {
       }
       if (this.state !== "frames" || this.buffered < 9) return;
       const h = this.peek(9);
-      const length = (h[0] << 16) | (h[1] << 8) | h[2];
+      const length = be24(h, 0);
       const type = h[3], flags = h[4];
-      const streamId = ((h[5] & 0x7f) << 24 | (h[6] << 16) | (h[7] << 8) | h[8]) >>> 0;
+      const streamId = u31(h, 5);
       if (type === H2_FRAME.DATA && this.block === undefined) {
         // Bodies are not buffered: skip what's here, remember the rest.
         this.discard(9);
@@ -260,8 +252,8 @@ export class Http2RequestStream {
           return this.drop("malformed", "bad SETTINGS frame");
         }
         for (let i = 0; i < p.length; i += 6) {
-          const id = (p[i] << 8) | p[i + 1];
-          const v = ((p[i + 2] << 24) | (p[i + 3] << 16) | (p[i + 4] << 8) | p[i + 5]) >>> 0;
+          const id = be16(p, i);
+          const v = be32(p, i + 2);
           this.clientSettings.set(id, v);
         }
         break;
@@ -270,7 +262,7 @@ export class Http2RequestStream {
         break;
       case H2_FRAME.GOAWAY:
         if (streamId !== 0 || p.length < 8) return this.drop("malformed", "bad GOAWAY frame");
-        this.goaway = { lastStreamId: u31(p, 0), errorCode: u32(p, 4) };
+        this.goaway = { lastStreamId: u31(p, 0), errorCode: be32(p, 4) };
         break;
       case H2_FRAME.WINDOW_UPDATE:
         if (p.length !== 4) return this.drop("malformed", "bad WINDOW_UPDATE frame");
@@ -331,7 +323,7 @@ export class Http2RequestStream {
   private finishBlock(out: H2Request[]): void {
     const b = this.block!;
     this.block = undefined;
-    const block = b.parts.length === 1 ? b.parts[0] : concat(b.parts, b.size);
+    const block = b.parts.length === 1 ? b.parts[0] : concatBytes(b.parts, b.size);
     const r = this.hpack.decode(block);
     if (!r.ok) return this.drop(r.error.code, `hpack: ${r.error.message}`);
     if (b.streamId <= this.lastStreamId) {
@@ -364,7 +356,7 @@ export class Http2RequestStream {
 
   private peek(n: number): Uint8Array {
     if (this.chunks.length > 0 && this.chunks[0].length >= n) return this.chunks[0].subarray(0, n);
-    const all = concat(this.chunks, this.buffered);
+    const all = concatBytes(this.chunks, this.buffered);
     this.chunks = all.length > 0 ? [all] : [];
     return all.subarray(0, n);
   }
@@ -392,22 +384,9 @@ export class Http2RequestStream {
   }
 }
 
-function u32(p: Uint8Array, i: number): number {
-  return ((p[i] << 24) | (p[i + 1] << 16) | (p[i + 2] << 8) | p[i + 3]) >>> 0;
-}
-
+/** A 31-bit stream id or window increment (the top bit is reserved). */
 function u31(p: Uint8Array, i: number): number {
-  return u32(p, i) & 0x7fffffff;
-}
-
-function concat(parts: Uint8Array[], size: number): Uint8Array {
-  const out = new Uint8Array(size);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
+  return be32(p, i) & 0x7fffffff;
 }
 
 /** Builds one HTTP/2 frame (for tests, fixtures and tools). */

@@ -1,6 +1,6 @@
 import { assert, assertEquals } from "../testing/asserts.ts";
 import fc from "fast-check";
-import { type HeaderField, hpackEncode } from "./hpack.ts";
+import type { HeaderField } from "./hpack.ts";
 import {
   H2_FRAME,
   H2_PREFACE,
@@ -9,6 +9,7 @@ import {
   type Http2Limits,
   Http2RequestStream,
 } from "./http2.ts";
+import { hpackEncode } from "../../tests/helpers/hpack_encode.ts";
 
 const u8 = (...a: number[]) => Uint8Array.from(a);
 function cat(...parts: Uint8Array[]): Uint8Array {

@@ -3,6 +3,7 @@
  * MPLS, GRE incl. ERSPAN I/II/III, VXLAN, Geneve, IP-in-IP). Pure: bytes in, a TcpSegment or a typed reason
  * out. The innermost TCP header wins; the TTL reported is that of the IP header carrying it.
  */
+import { be16, be32 } from "./bytes.ts";
 import { formatIPv4, formatIPv6 } from "./addr.ts";
 import { fail as newFail, ok, type Parsed } from "./errors.ts";
 
@@ -77,14 +78,6 @@ function fail(code: "truncated" | "malformed" | "unsupported", message: string):
 const v4Text = new Map<number, string>();
 const NO_BYTES = new Uint8Array(0);
 
-function u16(b: Uint8Array, o: number): number {
-  return (b[o] << 8) | b[o + 1];
-}
-
-function u32(b: Uint8Array, o: number): number {
-  return ((b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]) >>> 0;
-}
-
 /** TTL of the first IP header of the frame being decoded (decoding is synchronous, so one slot suffices). */
 let outerTtl = -1;
 
@@ -98,12 +91,12 @@ export function decodePacket(linkType: number, data: Uint8Array): Result {
       if (data.length < 4) return fail("truncated", "null/loopback header");
       // Host byte order of the capturing machine: the family fits in one byte, so pick the order that does.
       const le = data[0] | (data[1] << 8) | (data[2] << 16) | (data[3] << 24);
-      const fam = le > 0xffff ? u32(data, 0) : le;
+      const fam = le > 0xffff ? be32(data, 0) : le;
       return loopFamily(fam, data.subarray(4));
     }
     case LINKTYPE_LOOP:
       if (data.length < 4) return fail("truncated", "loop header");
-      return loopFamily(u32(data, 0), data.subarray(4));
+      return loopFamily(be32(data, 0), data.subarray(4));
     case LINKTYPE_RAW:
     case 12:
     case 14:
@@ -114,10 +107,10 @@ export function decodePacket(linkType: number, data: Uint8Array): Result {
       return ipv6(data, 0);
     case LINKTYPE_LINUX_SLL:
       if (data.length < 16) return fail("truncated", "linux cooked header");
-      return etherType(u16(data, 14), data.subarray(16), 0);
+      return etherType(be16(data, 14), data.subarray(16), 0);
     case LINKTYPE_LINUX_SLL2:
       if (data.length < 20) return fail("truncated", "linux cooked v2 header");
-      return etherType(u16(data, 0), data.subarray(20), 0);
+      return etherType(be16(data, 0), data.subarray(20), 0);
     default:
       return fail("unsupported", `link type ${linkType}`);
   }
@@ -132,7 +125,7 @@ function loopFamily(fam: number, rest: Uint8Array): Result {
 
 function ethernet(b: Uint8Array, o: number, depth: number): Result {
   if (b.length - o < 14) return fail("truncated", "ethernet header");
-  return etherType(u16(b, o + 12), b.subarray(o + 14), depth);
+  return etherType(be16(b, o + 12), b.subarray(o + 14), depth);
 }
 
 function etherType(type: number, b: Uint8Array, depth: number): Result {
@@ -140,7 +133,7 @@ function etherType(type: number, b: Uint8Array, depth: number): Result {
   // 802.1Q, 802.1ad (QinQ) and the old 0x9100 QinQ tag: 4 bytes each, stacked.
   while (type === 0x8100 || type === 0x88a8 || type === 0x9100) {
     if (b.length - o < 4) return fail("truncated", "vlan tag");
-    type = u16(b, o + 2);
+    type = be16(b, o + 2);
     o += 4;
   }
   switch (type) {
@@ -176,7 +169,7 @@ function ipAny(b: Uint8Array, depth: number): Result {
 }
 
 function ipv4Addr(b: Uint8Array, o: number): string {
-  const n = u32(b, o);
+  const n = be32(b, o);
   let t = v4Text.get(n);
   if (t === undefined) {
     if (v4Text.size >= 65536) v4Text.clear();
@@ -197,12 +190,12 @@ function ipv4(b: Uint8Array, depth: number, inIcmp = false): Result {
   const ihl = (b[0] & 0x0f) * 4;
   if (ihl < 20) return fail("malformed", "ipv4 header length");
   if (b.length < ihl) return fail("truncated", "ipv4 options");
-  let total = u16(b, 2);
+  let total = be16(b, 2);
   // 0 means TSO/GSO offload on the capturing host: trust the captured length.
   // A quoted header inside an ICMP error keeps its original length although the quote is cut short.
   if (total === 0 || inIcmp) total = b.length;
   if (total < ihl) return fail("malformed", "ipv4 total length");
-  const fragOff = u16(b, 6) & 0x1fff;
+  const fragOff = be16(b, 6) & 0x1fff;
   if (fragOff !== 0) return fail("unsupported", "ipv4 non-first fragment");
   const proto = b[9];
   const payload = b.subarray(ihl, Math.min(total, b.length));
@@ -212,7 +205,7 @@ function ipv4(b: Uint8Array, depth: number, inIcmp = false): Result {
 function ipv6(b: Uint8Array, depth: number, inIcmp = false): Result {
   if (b.length < 40) return fail("truncated", "ipv6 header");
   if (b[0] >> 4 !== 6) return fail("malformed", "ipv6 version");
-  const plen = u16(b, 4);
+  const plen = be16(b, 4);
   const end = plen === 0 || inIcmp ? b.length : Math.min(40 + plen, b.length);
   let next = b[6];
   let o = 40;
@@ -225,7 +218,7 @@ function ipv6(b: Uint8Array, depth: number, inIcmp = false): Result {
       next = n;
     } else if (next === 44) {
       if (end - o < 8) return fail("truncated", "ipv6 fragment header");
-      if ((u16(b, o + 2) & 0xfff8) !== 0) return fail("unsupported", "ipv6 non-first fragment");
+      if ((be16(b, o + 2) & 0xfff8) !== 0) return fail("unsupported", "ipv6 non-first fragment");
       next = b[o];
       o += 8;
     } else if (next === 51) {
@@ -291,49 +284,36 @@ function tcp(
   ttl: number,
   inIcmp: boolean,
 ): Result {
-  if (inIcmp && p.length >= 8 && p.length < 20) {
-    const e = NO_BYTES;
-    return ok({
-      ipVersion: ver,
-      src: ver === 4 ? ipv4Addr(hdr, srcOff) : ipv6Addr(hdr, srcOff),
-      dst: ver === 4 ? ipv4Addr(hdr, dstOff) : ipv6Addr(hdr, dstOff),
-      ttl: outerTtl < 0 ? ttl : outerTtl,
-      innerTtl: ttl,
-      srcPort: u16(p, 0),
-      dstPort: u16(p, 2),
-      seq: u32(p, 4),
-      ack: 0,
-      flags: 0,
-      window: 0,
-      options: e,
-      payload: e,
-    });
+  // A header quoted by an ICMP error may hold only its first 8 bytes: the ports and the sequence number.
+  const quoted = inIcmp && p.length >= 8 && p.length < 20;
+  let doff = 0;
+  if (!quoted) {
+    if (p.length < 20) return fail("truncated", "tcp header");
+    doff = (p[12] >> 4) * 4;
+    if (doff < 20) return fail("malformed", "tcp data offset");
+    if (p.length < doff) return fail("truncated", "tcp options");
   }
-  if (p.length < 20) return fail("truncated", "tcp header");
-  const doff = (p[12] >> 4) * 4;
-  if (doff < 20) return fail("malformed", "tcp data offset");
-  if (p.length < doff) return fail("truncated", "tcp options");
   return ok({
     ipVersion: ver,
     src: ver === 4 ? ipv4Addr(hdr, srcOff) : ipv6Addr(hdr, srcOff),
     dst: ver === 4 ? ipv4Addr(hdr, dstOff) : ipv6Addr(hdr, dstOff),
     ttl: outerTtl < 0 ? ttl : outerTtl,
     innerTtl: ttl,
-    srcPort: u16(p, 0),
-    dstPort: u16(p, 2),
-    seq: u32(p, 4),
-    ack: u32(p, 8),
-    flags: p[13],
-    window: u16(p, 14),
-    options: p.subarray(20, doff),
-    payload: p.subarray(doff),
+    srcPort: be16(p, 0),
+    dstPort: be16(p, 2),
+    seq: be32(p, 4),
+    ack: quoted ? 0 : be32(p, 8),
+    flags: quoted ? 0 : p[13],
+    window: quoted ? 0 : be16(p, 14),
+    options: quoted ? NO_BYTES : p.subarray(20, doff),
+    payload: quoted ? NO_BYTES : p.subarray(doff),
   });
 }
 
 function udp(p: Uint8Array, depth: number): Result {
   if (p.length < 8) return fail("truncated", "udp header");
-  const sport = u16(p, 0);
-  const dport = u16(p, 2);
+  const sport = be16(p, 0);
+  const dport = be16(p, 2);
   const body = p.subarray(8);
   // Like Wireshark, a tunnel port on either side selects the tunnel (some senders use it as source).
   const port = dport === UDP_VXLAN || dport === UDP_GENEVE ? dport : sport;
@@ -347,7 +327,7 @@ function udp(p: Uint8Array, depth: number): Result {
     if (body.length < 8) return fail("truncated", "geneve header");
     const hlen = 8 + (body[0] & 0x3f) * 4;
     if (body.length < hlen) return fail("truncated", "geneve options");
-    const proto = u16(body, 2);
+    const proto = be16(body, 2);
     if (proto === 0x6558) return ethernet(body, hlen, depth);
     return etherType(proto, body.subarray(hlen), depth);
   }
@@ -356,9 +336,9 @@ function udp(p: Uint8Array, depth: number): Result {
 
 function gre(p: Uint8Array, depth: number): Result {
   if (p.length < 4) return fail("truncated", "gre header");
-  const flags = u16(p, 0);
+  const flags = be16(p, 0);
   const ver = flags & 7;
-  const proto = u16(p, 2);
+  const proto = be16(p, 2);
   let o = 4;
   if (ver === 0) {
     if (flags & 0xc000) o += 4; // checksum (and offset) present when C or R is set

@@ -185,6 +185,7 @@ Deno.test("packet: TCP quoted in an ICMP error is flagged", () => {
   const s = expectTcp(eth(0x0800, ipv4(1, b(3, 1, 0, 0, 0, 0, 0, 0, quotedIp))), 1);
   assert(s.icmpError === true);
   assertEquals([s.srcPort, s.dstPort, s.seq], [40000, 443, 1000]);
+  assertEquals([s.ack, s.flags, s.window, s.options.length, s.payload.length], [0, 0, 0, 0, 0]);
 });
 
 Deno.test("packet: non-TCP and bad frames are typed results, never exceptions", async (t) => {

@@ -4,6 +4,7 @@
  * Decryption Secrets Blocks handed to `onDecryptionSecrets`, unknown blocks skipped). Reads through a fixed-size
  * window, so a capture of any size costs the same memory.
  */
+import { be32, le32 } from "./bytes.ts";
 
 /** The input is not a capture file, or its headers are inconsistent. */
 export class CaptureFormatError extends Error {
@@ -53,10 +54,8 @@ const NG_DSB = 0x0000000a;
 /** Records above this are corrupt, not big: no link layer carries 256 MiB frames. */
 const MAX_RECORD = 256 * 1024 * 1024;
 
-function u32(b: Uint8Array, o: number, le: boolean): number {
-  return le
-    ? ((b[o + 3] << 24) | (b[o + 2] << 16) | (b[o + 1] << 8) | b[o]) >>> 0
-    : ((b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]) >>> 0;
+function read32(b: Uint8Array, o: number, le: boolean): number {
+  return le ? le32(b, o) : be32(b, o);
 }
 
 /** A read window over a ByteSource that can hand out contiguous views of up to MAX_RECORD bytes. */
@@ -162,8 +161,8 @@ export class CaptureReader {
     this.w = new Window(src, windowBytes);
     if (!this.w.ensure(4)) throw new CaptureFormatError("not a capture file: fewer than 4 bytes");
     const h = this.w.peek(4);
-    const be = ((h[0] << 24) | (h[1] << 16) | (h[2] << 8) | h[3]) >>> 0;
-    const le = ((h[3] << 24) | (h[2] << 16) | (h[1] << 8) | h[0]) >>> 0;
+    const be = be32(h, 0);
+    const le = le32(h, 0);
     if (be === NG_SHB) {
       this.format = "pcapng";
       this.readShb(true);
@@ -216,10 +215,10 @@ export class CaptureReader {
     // Read in place: a DataView per record showed in the profile of big captures.
     const h = this.w.peek(16);
     const le = this.le;
-    const sec = u32(h, 0, le);
-    const frac = u32(h, 4, le);
-    const incl = u32(h, 8, le);
-    const orig = u32(h, 12, le);
+    const sec = read32(h, 0, le);
+    const frac = read32(h, 4, le);
+    const incl = read32(h, 8, le);
+    const orig = read32(h, 12, le);
     if (incl > MAX_RECORD) return this.stop(`corrupt record after frame ${this.frame}: length ${incl}`);
     this.w.skip(16);
     if (!this.w.ensure(incl)) {
@@ -247,8 +246,8 @@ export class CaptureReader {
       return;
     }
     const b = this.w.peek(12);
-    const bomLe = ((b[11] << 24) | (b[10] << 16) | (b[9] << 8) | b[8]) >>> 0;
-    const bomBe = ((b[8] << 24) | (b[9] << 16) | (b[10] << 8) | b[11]) >>> 0;
+    const bomLe = le32(b, 8);
+    const bomBe = be32(b, 8);
     if (bomLe === NG_BOM) this.le = true;
     else if (bomBe === NG_BOM) this.le = false;
     else throw new CaptureFormatError("pcapng: bad byte-order magic in section header");

@@ -5,6 +5,7 @@
  * are listed; every other kind has a length byte covering kind + length + data; the walk stops at a length
  * below 2 or one that overruns the area.
  */
+import { be16, be32 } from "./bytes.ts";
 
 export const TCPOPT_EOL = 0;
 export const TCPOPT_NOP = 1;
@@ -37,10 +38,6 @@ export interface TcpOptions {
   malformed: boolean;
 }
 
-function u32(b: Uint8Array, o: number): number {
-  return ((b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]) >>> 0;
-}
-
 /** Parses an option area. Never throws; a bad length ends the walk and sets `malformed`. */
 export function parseTcpOptions(area: Uint8Array): TcpOptions {
   const out: TcpOptions = { options: [], sackPermitted: false, malformed: false };
@@ -64,7 +61,7 @@ export function parseTcpOptions(area: Uint8Array): TcpOptions {
     out.options.push({ kind, data });
     switch (kind) {
       case TCPOPT_MSS:
-        if (data.length === 2 && out.mss === undefined) out.mss = (data[0] << 8) | data[1];
+        if (data.length === 2 && out.mss === undefined) out.mss = be16(data, 0);
         break;
       case TCPOPT_WSCALE:
         if (data.length === 1 && out.wscale === undefined) out.wscale = data[0];
@@ -74,10 +71,10 @@ export function parseTcpOptions(area: Uint8Array): TcpOptions {
         break;
       case TCPOPT_SACK:
         out.sack = [];
-        for (let i = 0; i + 8 <= data.length; i += 8) out.sack.push([u32(data, i), u32(data, i + 4)]);
+        for (let i = 0; i + 8 <= data.length; i += 8) out.sack.push([be32(data, i), be32(data, i + 4)]);
         break;
       case TCPOPT_TIMESTAMP:
-        if (data.length === 8) out.timestamps = { value: u32(data, 0), echo: u32(data, 4) };
+        if (data.length === 8) out.timestamps = { value: be32(data, 0), echo: be32(data, 4) };
         break;
     }
     p += len;

@@ -2,6 +2,7 @@
  * TLS record layer, handshake reassembly and ClientHello / ServerHello parsing (RFC 8446 / 5246 layouts).
  * Pure: bytes in, plain objects out; bad input gives a typed error, never an exception.
  */
+import { be16, be24 } from "./bytes.ts";
 import {
   type ErrorCounts,
   fail,
@@ -30,7 +31,6 @@ export const EXT_SERVER_NAME = 0x0000;
 export const EXT_SIGNATURE_ALGORITHMS = 0x000d;
 export const EXT_ALPN = 0x0010;
 export const EXT_SUPPORTED_VERSIONS = 0x002b;
-export const EXT_QUIC_TRANSPORT_PARAMETERS = 0x0039;
 
 export interface ClientHello {
   /** The ClientHello's own version field (not the record version). */
@@ -114,18 +114,14 @@ export function looksLikeTls(b: Uint8Array): boolean {
   if (b.length < 1 || b[0] !== CONTENT_HANDSHAKE) return false;
   if (b.length >= 2 && b[1] !== 3) return false;
   if (b.length >= 3 && b[2] > 4) return false;
-  if (b.length >= 5 && ((b[3] << 8) | b[4]) === 0) return false;
+  if (b.length >= 5 && be16(b, 3) === 0) return false;
   if (b.length >= 6 && b[5] !== HS_CLIENT_HELLO) return false;
   return true;
 }
 
-function u16(b: Uint8Array, o: number): number {
-  return (b[o] << 8) | b[o + 1];
-}
-
 function readU16List(b: Uint8Array, start: number, end: number): number[] {
   const out: number[] = [];
-  for (let i = start; i + 1 < end; i += 2) out.push((b[i] << 8) | b[i + 1]);
+  for (let i = start; i + 1 < end; i += 2) out.push(be16(b, i));
   return out;
 }
 
@@ -140,13 +136,13 @@ export function parseClientHello(body: Uint8Array): Parsed<ClientHello> {
   const n = body.length;
   // version(2) random(32) session_id_len(1)
   if (n < 35) return fail("truncated", "ClientHello shorter than version+random", n);
-  const legacyVersion = u16(body, 0);
+  const legacyVersion = be16(body, 0);
   let p = 34;
   const sidLen = body[p++];
   if (sidLen > 32) return fail("malformed", "session_id longer than 32", p - 1);
   p += sidLen;
   if (p + 2 > n) return fail("truncated", "no cipher_suites length", p);
-  const csLen = u16(body, p);
+  const csLen = be16(body, p);
   p += 2;
   if (csLen & 1) return fail("malformed", "odd cipher_suites length", p - 2);
   if (p + csLen > n) return fail("truncated", "cipher_suites overrun", p);
@@ -169,14 +165,14 @@ export function parseClientHello(body: Uint8Array): Parsed<ClientHello> {
   // SSL 3.0 / TLS 1.0 hellos may end here: no extensions block at all.
   if (p === n) return ok(hello);
   if (p + 2 > n) return fail("truncated", "no extensions length", p);
-  const extLen = u16(body, p);
+  const extLen = be16(body, p);
   p += 2;
   if (p + extLen > n) return fail("truncated", "extensions overrun", p);
   const end = p + extLen;
   while (p < end) {
     if (p + 4 > end) return fail("malformed", "extension header overruns block", p);
-    const type = u16(body, p);
-    const len = u16(body, p + 2);
+    const type = be16(body, p);
+    const len = be16(body, p + 2);
     const d = p + 4;
     if (d + len > end) return fail("malformed", `extension ${type} overruns block`, p);
     hello.extensions.push(type);
@@ -185,10 +181,10 @@ export function parseClientHello(body: Uint8Array): Parsed<ClientHello> {
       case EXT_SERVER_NAME:
         // server_name_list: len(2) { type(1) len(2) name }; content never affects the fingerprint.
         if (len >= 2 && hello.serverName === undefined) {
-          const le = Math.min(de, d + 2 + u16(body, d));
+          const le = Math.min(de, d + 2 + be16(body, d));
           for (let q = d + 2; q + 3 <= le;) {
             const nt = body[q];
-            const nl = u16(body, q + 1);
+            const nl = be16(body, q + 1);
             if (q + 3 + nl > le) break;
             if (nt === 0) {
               hello.serverName = latin1(body, q + 3, q + 3 + nl);
@@ -200,7 +196,7 @@ export function parseClientHello(body: Uint8Array): Parsed<ClientHello> {
         break;
       case EXT_ALPN:
         if (len >= 2) {
-          const le = Math.min(de, d + 2 + u16(body, d));
+          const le = Math.min(de, d + 2 + be16(body, d));
           for (let q = d + 2; q < le;) {
             const pl = body[q];
             if (q + 1 + pl > le) break;
@@ -217,7 +213,7 @@ export function parseClientHello(body: Uint8Array): Parsed<ClientHello> {
         break;
       case EXT_SIGNATURE_ALGORITHMS:
         if (len >= 2) {
-          const le = Math.min(de, d + 2 + u16(body, d));
+          const le = Math.min(de, d + 2 + be16(body, d));
           hello.signatureAlgorithms = readU16List(body, d + 2, le);
         }
         break;
@@ -231,7 +227,7 @@ export function parseClientHello(body: Uint8Array): Parsed<ClientHello> {
 export function parseServerHello(body: Uint8Array): Parsed<ServerHello> {
   const n = body.length;
   if (n < 35) return fail("truncated", "ServerHello shorter than version+random", n);
-  const legacyVersion = u16(body, 0);
+  const legacyVersion = be16(body, 0);
   let hrr = true;
   for (let i = 0; i < 32; i++) {
     if (body[2 + i] !== HRR_RANDOM[i]) {
@@ -246,7 +242,7 @@ export function parseServerHello(body: Uint8Array): Parsed<ServerHello> {
   if (p + 3 > n) return fail("truncated", "no cipher_suite/compression", p);
   const sh: ServerHello = {
     legacyVersion,
-    cipherSuite: u16(body, p),
+    cipherSuite: be16(body, p),
     compressionMethod: body[p + 2],
     extensions: [],
     helloRetryRequest: hrr,
@@ -254,18 +250,18 @@ export function parseServerHello(body: Uint8Array): Parsed<ServerHello> {
   p += 3;
   if (p === n) return ok(sh);
   if (p + 2 > n) return fail("truncated", "no extensions length", p);
-  const extLen = u16(body, p);
+  const extLen = be16(body, p);
   p += 2;
   if (p + extLen > n) return fail("truncated", "extensions overrun", p);
   const end = p + extLen;
   while (p < end) {
     if (p + 4 > end) return fail("malformed", "extension header overruns block", p);
-    const type = u16(body, p);
-    const len = u16(body, p + 2);
+    const type = be16(body, p);
+    const len = be16(body, p + 2);
     const d = p + 4;
     if (d + len > end) return fail("malformed", `extension ${type} overruns block`, p);
     sh.extensions.push(type);
-    if (type === EXT_SUPPORTED_VERSIONS && len >= 2) sh.supportedVersion = u16(body, d);
+    if (type === EXT_SUPPORTED_VERSIONS && len >= 2) sh.supportedVersion = be16(body, d);
     else if (type === EXT_ALPN && len >= 3) {
       const pl = body[d + 2];
       if (d + 3 + pl <= d + len) sh.alpn = body.slice(d + 3, d + 3 + pl);
@@ -278,7 +274,7 @@ export function parseServerHello(body: Uint8Array): Parsed<ServerHello> {
 /** Record at r[0..5+rl) holds the start of a plaintext ClientHello whose length fits the record. */
 function plaintextClientHello(r: Uint8Array, rl: number): boolean {
   if (rl < 4 || r[5] !== HS_CLIENT_HELLO) return false;
-  const len = (r[6] << 16) | (r[7] << 8) | r[8];
+  const len = be24(r, 6);
   return len >= 38 && len <= MAX_HANDSHAKE && r[9] === 3;
 }
 
@@ -399,7 +395,7 @@ export class TlsHandshakeReader {
       // A whole handshake message already buffered?
       if (this.hs.length >= 4) {
         const h = this.hs.view();
-        const len = (h[1] << 16) | (h[2] << 8) | h[3];
+        const len = be24(h, 1);
         if (len > this.max) return this.die("oversize", `handshake message of ${len} bytes`);
         if (h.length >= 4 + len) {
           // Copy so the caller's message survives later pushes into a reused buffer.
@@ -416,7 +412,7 @@ export class TlsHandshakeReader {
       if (ct < CONTENT_CHANGE_CIPHER_SPEC || ct > CONTENT_APPLICATION_DATA || r[1] !== 3) {
         return this.die("malformed", `not a TLS record (type ${ct}, version ${r[1]}.${r[2]})`);
       }
-      const rl = u16(r, 3);
+      const rl = be16(r, 3);
       if (rl > MAX_RECORD) return this.die("oversize", `record of ${rl} bytes`);
       if (r.length < 5 + rl) return NEED_MORE;
       if (ct === CONTENT_HANDSHAKE) {
@@ -429,7 +425,7 @@ export class TlsHandshakeReader {
           this.hs.clear();
           return NEED_MORE;
         }
-        if (this.hs.length === 0 && rl >= 4 && 4 + ((r[6] << 16) | (r[7] << 8) | r[8]) === rl) {
+        if (this.hs.length === 0 && rl >= 4 && 4 + be24(r, 6) === rl) {
           // Fast path: one whole message in one record (almost every ClientHello): a single copy.
           const msg: HandshakeMessage = { type: r[5], body: r.slice(9, 5 + rl) };
           this.rec.consume(5 + rl);
@@ -463,8 +459,8 @@ export function readClientHello(bytes: Uint8Array): Streamed<ClientHello> {
   // Fast path (almost every hello): one handshake record holding exactly one whole ClientHello. Parsed in
   // place — parseClientHello copies what it keeps — which skips the reader's set-up and the body copy.
   if (bytes.length >= 9 && bytes[0] === CONTENT_HANDSHAKE && bytes[1] === 3 && bytes[5] === HS_CLIENT_HELLO) {
-    const rl = u16(bytes, 3);
-    const hl = (bytes[6] << 16) | (bytes[7] << 8) | bytes[8];
+    const rl = be16(bytes, 3);
+    const hl = be24(bytes, 6);
     if (rl <= MAX_RECORD && 5 + rl <= bytes.length && 4 + hl === rl) {
       return parseClientHello(bytes.subarray(9, 5 + rl));
     }

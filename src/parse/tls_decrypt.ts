@@ -6,6 +6,7 @@
  *
  * Never throws on bad input: problems are counted in `errors` and stop only the direction they hit.
  */
+import { be16, be24, fromHex, toHex } from "./bytes.ts";
 import { createDecipheriv, createHmac } from "node:crypto";
 import { type ErrorCounts, newErrorCounts, type ParseErrorCode } from "./errors.ts";
 import { parseClientHello, parseServerHello } from "./tls.ts";
@@ -14,18 +15,6 @@ import { parseClientHello, parseServerHello } from "./tls.ts";
 // Key log
 
 const HEX = /^[0-9a-fA-F]+$/;
-
-function fromHex(s: string): Uint8Array {
-  const out = new Uint8Array(s.length >> 1);
-  for (let i = 0; i < out.length; i++) out[i] = parseInt(s.slice(2 * i, 2 * i + 2), 16);
-  return out;
-}
-
-function toHex(b: Uint8Array): string {
-  let s = "";
-  for (const x of b) s += x.toString(16).padStart(2, "0");
-  return s;
-}
 
 /** Secrets of an NSS key log, by label and client random. */
 export class TlsKeyLog {
@@ -82,37 +71,6 @@ export function keyLogFromDecryptionSecrets(secretsType: number, data: Uint8Arra
   return parseKeyLog(new TextDecoder().decode(data));
 }
 
-/**
- * Walks a whole pcapng file for Decryption Secrets Blocks and merges their TLS key logs. A stop-gap
- * for callers whose capture reader does not surface DSBs; returns an empty log for classic pcap.
- */
-export function keyLogFromPcapng(file: Uint8Array): TlsKeyLog {
-  const log = new TlsKeyLog();
-  const dv = new DataView(file.buffer, file.byteOffset, file.byteLength);
-  let le = true;
-  let off = 0;
-  while (off + 12 <= file.length) {
-    let type = dv.getUint32(off, le);
-    if (type === 0x0a0d0d0a) {
-      // Section Header: byte-order magic decides the endianness of this section.
-      le = dv.getUint32(off + 8, true) === 0x1a2b3c4d;
-      type = 0x0a0d0d0a;
-    }
-    const len = dv.getUint32(off + 4, le);
-    if (len < 12 || len % 4 !== 0 || off + len > file.length) break;
-    if (type === 0x0000000a && len >= 20) {
-      const secretsType = dv.getUint32(off + 8, le);
-      const dataLen = dv.getUint32(off + 12, le);
-      if (16 + dataLen <= len) {
-        const kl = keyLogFromDecryptionSecrets(secretsType, file.subarray(off + 16, off + 16 + dataLen));
-        if (kl) log.merge(kl);
-      }
-    }
-    off += len;
-  }
-  return log;
-}
-
 // ---------------------------------------------------------------------------------------------------
 // Key schedule
 
@@ -150,9 +108,6 @@ const TLS12_SUITES: Record<number, Suite> = {
   0xcca9: CHACHA, // ECDHE_ECDSA
   0xccaa: CHACHA, // DHE_RSA
 };
-
-export const SUPPORTED_TLS13_SUITES: readonly number[] = Object.keys(TLS13_SUITES).map(Number);
-export const SUPPORTED_TLS12_SUITES: readonly number[] = Object.keys(TLS12_SUITES).map(Number);
 
 function hmac(hash: Hash, key: Uint8Array, ...data: Uint8Array[]): Uint8Array {
   const h = createHmac(hash, key);
@@ -425,7 +380,7 @@ export class TlsDecryptor {
     const d = this.dirs[dir];
     while (!d.stopped && d.buffered >= 5) {
       const h = d.peek(5);
-      const type = h[0], len = (h[3] << 8) | h[4];
+      const type = h[0], len = be16(h, 3);
       if (type < REC_CCS || type > REC_APPDATA || h[1] !== 3) {
         return this.stop(d, "malformed", `not a TLS record (type ${type})`);
       }
@@ -531,7 +486,7 @@ export class TlsDecryptor {
     hs.set(bytes, d.hs.length);
     let off = 0;
     while (off + 4 <= hs.length) {
-      const t = hs[off], len = (hs[off + 1] << 16) | (hs[off + 2] << 8) | hs[off + 3];
+      const t = hs[off], len = be24(hs, off + 1);
       if (off + 4 + len > hs.length) break;
       this.handshakeMessage(dir, d, t, hs.subarray(off + 4, off + 4 + len));
       off += 4 + len;
@@ -584,9 +539,9 @@ export class TlsDecryptor {
 
   private encryptedExtensions(body: Uint8Array): void {
     if (body.length < 2) return;
-    const end = Math.min(body.length, 2 + ((body[0] << 8) | body[1]));
+    const end = Math.min(body.length, 2 + be16(body, 0));
     for (let o = 2; o + 4 <= end;) {
-      const t = (body[o] << 8) | body[o + 1], l = (body[o + 2] << 8) | body[o + 3];
+      const t = be16(body, o), l = be16(body, o + 2);
       if (t === 0x0010 && l >= 3 && o + 4 + l <= end) {
         const n = body[o + 6];
         if (7 + n <= 4 + l) this.info.alpn = new TextDecoder().decode(body.subarray(o + 7, o + 7 + n));
@@ -626,34 +581,4 @@ export class TlsDecryptor {
     const ivOff = 2 * s.keyLen + (client ? 0 : ivLen);
     return { aead: s.aead, key: key.slice(), iv: kb.slice(ivOff, ivOff + ivLen), seq: 0n, hash: s.hash };
   }
-}
-
-export interface DecryptedSession {
-  info: TlsSessionInfo;
-  /** Client → server application data. */
-  client: Uint8Array;
-  /** Server → client application data. */
-  server: Uint8Array;
-  errors: ErrorCounts;
-  stats: TlsDecryptStats;
-  stopped: { client?: TlsStopReason; server?: TlsStopReason };
-}
-
-/** One-shot: decrypts both whole directions of a connection. */
-export function decryptTlsSession(
-  client: Uint8Array,
-  server: Uint8Array,
-  keyLog: TlsKeyLog,
-): DecryptedSession {
-  const t = new TlsDecryptor(keyLog, { maxPending: client.length + 1 });
-  t.push("client", client);
-  t.push("server", server);
-  return {
-    info: t.info,
-    client: t.take("client"),
-    server: t.take("server"),
-    errors: t.errors,
-    stats: t.stats,
-    stopped: { client: t.stopped("client"), server: t.stopped("server") },
-  };
 }

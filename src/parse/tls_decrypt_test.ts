@@ -6,18 +6,11 @@ import { TcpConnectionTable } from "../capture/tcp_reassembly.ts";
 import { Http2RequestStream } from "./http2.ts";
 import { Http1RequestStream } from "./http1.ts";
 import { ja4h } from "../fingerprint/ja4h.ts";
-import {
-  decryptTlsSession,
-  hkdfExpandLabel,
-  keyLogFromPcapng,
-  parseKeyLog,
-  TlsDecryptor,
-  TlsKeyLog,
-} from "./tls_decrypt.ts";
+import { hkdfExpandLabel, parseKeyLog, TlsDecryptor, TlsKeyLog } from "./tls_decrypt.ts";
+import { fromHex, toHex } from "./bytes.ts";
+import { decryptTlsSession, keyLogFromPcapng } from "../../tests/helpers/tls_session.ts";
 
 const FIX = new URL("../../tests/fixtures/", import.meta.url);
-const hex = (s: string) => Uint8Array.from((s.match(/../g) ?? []).map((h) => parseInt(h, 16)));
-const toHex = (b: Uint8Array) => [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
 
 /** Both directions of every TCP connection of a capture, via the project's pcap reader and reassembly. */
 function tcpStreams(bytes: Uint8Array): { client: Uint8Array; server: Uint8Array }[] {
@@ -155,13 +148,13 @@ Deno.test("tls_decrypt: key log parsing", () => {
   );
   assertEquals(log.size, 2);
   assertEquals(log.badLines, 3);
-  assertEquals(log.get("CLIENT_RANDOM", hex(cr))?.length, 48);
-  assertEquals(log.get("CLIENT_TRAFFIC_SECRET_0", hex(cr)), hex("02".repeat(32)));
-  assertEquals(log.get("CLIENT_RANDOM", hex("bb".repeat(32))), undefined);
+  assertEquals(log.get("CLIENT_RANDOM", fromHex(cr))?.length, 48);
+  assertEquals(log.get("CLIENT_TRAFFIC_SECRET_0", fromHex(cr)), fromHex("02".repeat(32)));
+  assertEquals(log.get("CLIENT_RANDOM", fromHex("bb".repeat(32))), undefined);
 });
 
 Deno.test("tls_decrypt: HKDF-Expand-Label matches RFC 8448 (simple 1-RTT, server handshake keys)", () => {
-  const secret = hex("b67b7d690cc16c4e75e54213cb2d37b4e9c912bcded9105d42befd59d391ad38");
+  const secret = fromHex("b67b7d690cc16c4e75e54213cb2d37b4e9c912bcded9105d42befd59d391ad38");
   assertEquals(
     toHex(hkdfExpandLabel("sha256", secret, "key", new Uint8Array(0), 16)),
     "3fce516009c21727d0f2e4e86ee403bc",

@@ -8,8 +8,8 @@ import {
   TlsHandshakeReader,
 } from "./tls.ts";
 import { ja4 } from "../fingerprint/ja4.ts";
+import { concatBytes, fromHex } from "./bytes.ts";
 
-const fromHex = (s: string) => new Uint8Array(s.match(/../g)?.map((x) => parseInt(x, 16)) ?? []);
 const vectors: { pcap: string; stream: number; client_hex: string; server_hello_body_hex?: string }[] = JSON
   .parse(
     await Deno.readTextFile(new URL("../fingerprint/testdata/foxio_tls.json", import.meta.url)),
@@ -23,17 +23,11 @@ function record(type: number, payload: Uint8Array): Uint8Array {
   r.set(payload, 5);
   return r;
 }
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let o = 0;
-  for (const p of parts) out.set(p, (o += p.length) - p.length);
-  return out;
-}
 /** Re-frames one handshake message into records of at most `size` bytes. */
 function reframe(hs: Uint8Array, size: number): Uint8Array {
   const recs: Uint8Array[] = [];
   for (let i = 0; i < hs.length; i += size) recs.push(record(22, hs.subarray(i, i + size)));
-  return concat(...recs);
+  return concatBytes(recs);
 }
 
 Deno.test("TLS parsing", async (t) => {
@@ -73,10 +67,10 @@ Deno.test("TLS parsing", async (t) => {
     const extra = new Uint8Array(4 + 1400);
     extra.set([0xfe, 0x0d, 1400 >> 8, 1400 & 0xff]);
     const oldExt = (body[extLenOff] << 8) | body[extLenOff + 1];
-    const nb = concat(body, extra);
+    const nb = concatBytes([body, extra]);
     nb[extLenOff] = (oldExt + extra.length) >> 8;
     nb[extLenOff + 1] = (oldExt + extra.length) & 0xff;
-    const hs = concat(new Uint8Array([1, 0, nb.length >> 8, nb.length & 0xff]), nb);
+    const hs = concatBytes([new Uint8Array([1, 0, nb.length >> 8, nb.length & 0xff]), nb]);
     const bytes = record(22, hs);
     assert(bytes.length > 1900);
     const reader = new TlsHandshakeReader();
@@ -98,13 +92,18 @@ Deno.test("TLS parsing", async (t) => {
     hrr.set(fromHex("cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c"), 2);
     const r = parseServerHello(hrr);
     assert(r.ok && r.value.helloRetryRequest);
-    const full = record(22, concat(new Uint8Array([2, 0, shBody.length >> 8, shBody.length & 0xff]), shBody));
+    const full = record(
+      22,
+      concatBytes([new Uint8Array([2, 0, shBody.length >> 8, shBody.length & 0xff]), shBody]),
+    );
     const rs = readServerHello(full);
     assert(rs.ok && rs.value.cipherSuite === 0x1301);
   });
   await t.step("alerts are skipped; application data stops the reader", () => {
     const reader = new TlsHandshakeReader();
-    reader.push(concat(record(21, new Uint8Array([1, 0])), chrome, record(23, new Uint8Array(10)), chrome));
+    reader.push(
+      concatBytes([record(21, new Uint8Array([1, 0])), chrome, record(23, new Uint8Array(10)), chrome]),
+    );
     assert(reader.next().ok);
     assertEquals(reader.next().ok, false);
     assert(reader.encrypted);

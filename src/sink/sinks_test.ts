@@ -272,3 +272,35 @@ Deno.test("clickhouse answers without a code (from a proxy) are classified", () 
   assertEquals(classifyFailure(500, 241), { cls: "transient", ambiguous: false });
   assertEquals(classifyFailure(500, 117), { cls: "data", ambiguous: false });
 });
+
+Deno.test("spool: dead/ is capped (counted by the caller); a failed move leaves the batch on disk", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const s = await Spool.open(`${dir}/spool`, 1000, 90);
+    const a = await s.put("legacy", "2026-01-01", 3, "a".repeat(32), new Uint8Array(40));
+    const b = await s.put("legacy", "2026-01-01", 4, "b".repeat(32), new Uint8Array(40));
+    const c = await s.put("legacy", "2026-01-01", 5, "c".repeat(32), new Uint8Array(40));
+    assert(a && b && c);
+    const ra = await s.quarantine(a, "Code: 27");
+    assert(ra.kept, "first fits");
+    // 40 + reason (9 bytes) kept; 49 more would pass 90 bytes, so b is deleted.
+    assertEquals(await s.quarantine(b, "Code: 27"), { kept: false, why: "dead_full" });
+    assert(
+      !Deno.statSync(`${dir}/spool`).isFile &&
+        ![...Deno.readDirSync(`${dir}/spool`)].some((e) => e.name.includes("b".repeat(32))),
+    );
+    // Reopen counts what dead/ already holds.
+    const r = await Spool.open(`${dir}/spool`, 1000, 90);
+    assertEquals(r.deadBytes, s.deadBytes);
+    // dead/ unwritable (a file in its place): the batch leaves the queue, stays in the spool for the next start.
+    const big = await Spool.open(`${dir}/other`, 1000, 1e9);
+    const d = await big.put("legacy", "2026-01-01", 5, "d".repeat(32), new Uint8Array(40));
+    await Deno.remove(`${dir}/other/dead`, { recursive: true });
+    await Deno.writeTextFile(`${dir}/other/dead`, "");
+    const rd = await big.quarantine(d!, "Code: 27");
+    assertEquals([rd.kept, !rd.kept && rd.why, big.length], [false, "dead_error", 0]);
+    assert(Deno.statSync(d!.path).isFile, "left on disk");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -157,14 +157,14 @@ export class Spool {
    */
   async quarantine(e: SpoolEntry, reason: string): Promise<DeadResult> {
     try {
-      if (this.#deadBytes + e.bytes > this.deadMaxBytes) {
+      const note = new TextEncoder().encode(reason.slice(0, 4000) + "\n");
+      if (this.#deadBytes + e.bytes + note.length > this.deadMaxBytes) {
         await Deno.remove(e.path).catch(() => {});
         return { kept: false, why: "dead_full" };
       }
       const name = e.path.slice(e.path.lastIndexOf("/") + 1);
       const dest = `${this.deadDir}/${name}`;
       await Deno.rename(e.path, dest);
-      const note = new TextEncoder().encode(reason.slice(0, 4000) + "\n");
       await Deno.writeFile(`${dest}.reason`, note, { mode: 0o600 });
       this.#deadBytes += e.bytes + note.length;
       await syncDir(this.dir);

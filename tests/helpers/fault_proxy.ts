@@ -5,6 +5,8 @@
  * One request per connection (`Connection: close`); requests are forwarded with fetch. Rules are tried in
  * order; a rule with `times` is used that many times, then skipped.
  */
+import { concatBytes } from "../../src/parse/bytes.ts";
+
 export interface ProxyRequest {
   method: string;
   /** The `query` URL parameter (INSERTs), else the body (SELECTs, DESCRIBE), as text. */
@@ -54,13 +56,6 @@ function indexOf(hay: Uint8Array, needle: Uint8Array, from = 0): number {
   return -1;
 }
 
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const o = new Uint8Array(a.length + b.length);
-  o.set(a);
-  o.set(b, a.length);
-  return o;
-}
-
 const REASONS: Record<number, string> = {
   200: "OK",
   400: "Bad Request",
@@ -100,7 +95,7 @@ export function startFaultProxy(upstream: string): FaultProxy {
     const head = `HTTP/1.1 ${status} ${REASONS[status] ?? "Status"}\r\n` +
       headers.map(([k, v]) => `${k}: ${v}\r\n`).join("") +
       `Content-Length: ${body.length}\r\nConnection: close\r\n\r\n`;
-    await write(c, concat(new TextEncoder().encode(head), body));
+    await write(c, concatBytes([new TextEncoder().encode(head), body]));
   };
 
   const handle = async (c: Deno.Conn) => {
@@ -113,7 +108,7 @@ export function startFaultProxy(upstream: string): FaultProxy {
       while ((end = indexOf(buf, HEAD_END)) < 0) {
         const n = await c.read(chunk);
         if (n === null) return;
-        buf = concat(buf, chunk.subarray(0, n));
+        buf = concatBytes([buf, chunk.subarray(0, n)]);
       }
       const head = new TextDecoder().decode(buf.subarray(0, end));
       const [reqLine, ...hl] = head.split("\r\n");
@@ -148,7 +143,7 @@ export function startFaultProxy(upstream: string): FaultProxy {
       while (body.length < length) {
         const n = await c.read(chunk);
         if (n === null) return;
-        body = concat(body, chunk.subarray(0, n));
+        body = concatBytes([body, chunk.subarray(0, n)]);
       }
       const action = rule();
       if (action.kind === "cut") return;

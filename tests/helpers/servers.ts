@@ -223,25 +223,80 @@ function nginxWorkers(master: number): number[] {
   return childPids(master).filter((p) => cmdline(p) === "nginx: worker process");
 }
 
+/**
+ * The set-up both servers share: their ports checked free, a temporary home directory, and close(), which
+ * stops the child (once `child` is set) and removes the certificate made here and the directory.
+ */
+async function serverHome(prefix: string, opts: ServerOptions, hosts: string[], stopMs: number) {
+  const ports = [opts.port, ...(opts.tlsPort === undefined ? [] : [opts.tlsPort])];
+  for (const h of hosts) requirePortsFree(ports, h);
+  const dir = await makeTempDir(prefix);
+  const ownCert = opts.tlsPort !== undefined && !opts.cert;
+  const home = {
+    dir,
+    ports,
+    child: undefined as Deno.ChildProcess | undefined,
+    cert: opts.cert,
+    /** Makes the server's own certificate when TLS is on and the caller gave none. */
+    async makeCert(): Promise<void> {
+      if (ownCert) home.cert = await makeCert({ dir: await Deno.makeTempDir({ dir, prefix: "cert-" }) });
+    },
+    async close(): Promise<void> {
+      if (home.child) await stopChild(home.child, "SIGTERM", stopMs);
+      home.child = undefined;
+      if (ownCert) await home.cert?.close();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    },
+  };
+  return home;
+}
+
+/** Waits until the server listens on every host and port, or fails with `why` (its error log). */
+async function waitListening(
+  hosts: string[],
+  ports: number[],
+  opts: ServerOptions,
+  child: Deno.ChildProcess,
+  why: () => Promise<string>,
+): Promise<void> {
+  for (const h of hosts) {
+    for (const p of ports) {
+      await waitForPort(connectHost(h), p, {
+        timeoutMs: opts.startTimeoutMs ?? 15_000,
+        exited: child.status,
+        why,
+      });
+    }
+  }
+}
+
+/** The WebServer fields both servers fill the same way. */
+function serverFields(dir: string, confPath: string, opts: ServerOptions, hosts: string[], body: string) {
+  const host = connectHost(hosts[0]);
+  return {
+    dir,
+    confPath,
+    accessLogPath: `${dir}/access.log`,
+    errorLogPath: `${dir}/error.log`,
+    host,
+    port: opts.port,
+    tlsPort: opts.tlsPort,
+    url: `http://${hostPort(host, opts.port)}/`,
+    tlsUrl: opts.tlsPort === undefined ? undefined : `https://${hostPort(host, opts.tlsPort)}/`,
+    body,
+  };
+}
+
 export async function startNginx(opts: ServerOptions): Promise<WebServer> {
   const bin = requireTool("nginx", "nginx-light");
   const { hosts, workers, body } = checkOpts(opts);
-  const ports = [opts.port, ...(opts.tlsPort === undefined ? [] : [opts.tlsPort])];
-  for (const h of hosts) requirePortsFree(ports, h);
-  const dir = await makeTempDir("ja4ebpf-nginx-");
-  let child: Deno.ChildProcess | undefined;
-  let cert = opts.cert;
-  const ownCert = opts.tlsPort !== undefined && !cert;
-  const close = async () => {
-    if (child) await stopChild(child, "SIGTERM", 5000);
-    child = undefined;
-    if (ownCert) await cert?.close();
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
-  };
+  const home = await serverHome("ja4ebpf-nginx-", opts, hosts, 5000);
+  const { dir, ports, close } = home;
   try {
     await Deno.mkdir(`${dir}/tmp`);
     await Deno.mkdir(`${dir}/logs`); // nginx insists on PREFIX/logs existing
-    if (ownCert) cert = await makeCert({ dir: await Deno.makeTempDir({ dir, prefix: "cert-" }) });
+    await home.makeCert();
+    const cert = home.cert;
     const confPath = `${dir}/nginx.conf`;
     await Deno.writeTextFile(confPath, nginxConf(dir, opts, hosts, workers, body, cert));
     const test = await new Deno.Command(bin, {
@@ -251,38 +306,19 @@ export async function startNginx(opts: ServerOptions): Promise<WebServer> {
     if (!test.success) {
       throw new HarnessError(`nginx -t rejected the config:\n${new TextDecoder().decode(test.stderr)}`);
     }
-    child = new Deno.Command(bin, {
+    const c = home.child = new Deno.Command(bin, {
       args: ["-p", dir, "-e", `${dir}/error.log`, "-c", confPath, "-g", "daemon off;"],
       stdin: "null",
       stdout: "null",
       stderr: "null",
     }).spawn();
-    const c = child;
     const why = () => tail(`${dir}/error.log`);
-    for (const h of hosts) {
-      for (const p of ports) {
-        await waitForPort(connectHost(h), p, {
-          timeoutMs: opts.startTimeoutMs ?? 15_000,
-          exited: c.status,
-          why,
-        });
-      }
-    }
+    await waitListening(hosts, ports, opts, c, why);
     await waitUntil(() => nginxWorkers(c.pid).length === workers, 10_000, `nginx: ${workers} workers`);
-    const host = connectHost(hosts[0]);
     const pids = (): ServerPids => ({ master: c.pid, workers: nginxWorkers(c.pid) });
     return {
       kind: "nginx",
-      dir,
-      confPath,
-      accessLogPath: `${dir}/access.log`,
-      errorLogPath: `${dir}/error.log`,
-      host,
-      port: opts.port,
-      tlsPort: opts.tlsPort,
-      url: `http://${hostPort(host, opts.port)}/`,
-      tlsUrl: opts.tlsPort === undefined ? undefined : `https://${hostPort(host, opts.tlsPort)}/`,
-      body,
+      ...serverFields(dir, confPath, opts, hosts, body),
       cert,
       pids,
       async reload() {
@@ -406,23 +442,14 @@ export async function startApache(opts: ServerOptions): Promise<WebServer> {
       throw new HarnessError(`${APACHE_MODULES}/mod_${m}.so missing: install Debian's apache2`);
     }
   }
-  const ports = [opts.port, ...(opts.tlsPort === undefined ? [] : [opts.tlsPort])];
-  for (const h of hosts) requirePortsFree(ports, h);
-  const dir = await makeTempDir("ja4ebpf-apache-");
-  let child: Deno.ChildProcess | undefined;
-  let cert = opts.cert;
-  const ownCert = opts.tlsPort !== undefined && !cert;
-  const close = async () => {
-    // SIGTERM: Apache stops its children and exits (graceful-stop would wait for keep-alive clients).
-    if (child) await stopChild(child, "SIGTERM", 8000);
-    child = undefined;
-    if (ownCert) await cert?.close();
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
-  };
+  // SIGTERM: Apache stops its children and exits (graceful-stop would wait for keep-alive clients).
+  const home = await serverHome("ja4ebpf-apache-", opts, hosts, 8000);
+  const { dir, ports, close } = home;
   try {
     for (const d of ["run", "lock", "htdocs"]) await Deno.mkdir(`${dir}/${d}`, { mode: 0o755 });
     await Deno.writeTextFile(`${dir}/htdocs/index.html`, body, { mode: 0o644 });
-    if (ownCert) cert = await makeCert({ dir: await Deno.makeTempDir({ dir, prefix: "cert-" }) });
+    await home.makeCert();
+    const cert = home.cert;
     const confPath = `${dir}/httpd.conf`;
     await Deno.writeTextFile(confPath, apacheConf(dir, opts, hosts, workers, cert, h2));
     // Debian's binary reads these when a config uses them; ours does not, but set them for its defaults.
@@ -440,39 +467,26 @@ export async function startApache(opts: ServerOptions): Promise<WebServer> {
     if (!test.success) {
       throw new HarnessError(`apache2 -t rejected the config:\n${new TextDecoder().decode(test.stderr)}`);
     }
-    child = new Deno.Command(bin, {
+    const c = home.child = new Deno.Command(bin, {
       args: [...args, "-DFOREGROUND"],
       env,
       stdin: "null",
       stdout: "null",
       stderr: "piped",
     }).spawn();
-    const c = child;
     const stderrText = new Response(c.stderr).text().catch(() => "");
     const why = async () => `${await tail(`${dir}/error.log`)}`;
-    for (const h of hosts) {
-      for (const p of ports) {
-        await waitForPort(connectHost(h), p, {
-          timeoutMs: opts.startTimeoutMs ?? 15_000,
-          exited: c.status,
-          why: async () => `${await why()}${await Promise.race([stderrText, Promise.resolve("")])}`,
-        });
-      }
-    }
+    await waitListening(
+      hosts,
+      ports,
+      opts,
+      c,
+      async () => `${await why()}${await Promise.race([stderrText, Promise.resolve("")])}`,
+    );
     await waitUntil(() => childPids(c.pid).length >= workers, 10_000, `apache: ${workers} children`);
-    const host = connectHost(hosts[0]);
     return {
       kind: "apache",
-      dir,
-      confPath,
-      accessLogPath: `${dir}/access.log`,
-      errorLogPath: `${dir}/error.log`,
-      host,
-      port: opts.port,
-      tlsPort: opts.tlsPort,
-      url: `http://${hostPort(host, opts.port)}/`,
-      tlsUrl: opts.tlsPort === undefined ? undefined : `https://${hostPort(host, opts.tlsPort)}/`,
-      body,
+      ...serverFields(dir, confPath, opts, hosts, body),
       cert,
       pids: () => ({ master: c.pid, workers: childPids(c.pid).filter(alive) }),
       async reload() {

@@ -556,6 +556,13 @@ Deno.test("agent runtime: a config that sends rows nowhere is refused naming the
     assertEquals(r.code, 2, `exit code; stderr: ${r.stderr}`);
     assertMatch(r.stderr, /nowhere\.yaml: no output for rows: output\.stdout is false/);
     assert(!/ready/.test(r.stderr), "nothing started");
+    // --validate ("exit 0 if it can run") agrees with run.
+    const v = await run([Deno.execPath(), "run", "-A", MAIN_TS, "--validate", "--config", path], {
+      env: { NO_COLOR: "1" },
+      timeoutMs: 60_000,
+    });
+    assertEquals(v.code, 1, `--validate exit code; stdout: ${v.stdout}\n${v.stderr}`);
+    assertMatch(v.stdout, /CANNOT RUN: .*no output for rows/);
   } finally {
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }

@@ -349,18 +349,17 @@ setTimeout(() => console.log("still running"), 5000);
         const [name] = spoolFiles(dir);
         const lines = (await gunzip(Deno.readFileSync(`${dir}/${name}`))).trim().split("\n");
         await ch.query(`INSERT INTO ja4ebpf.partial FORMAT JSONEachRow\n${lines.slice(0, 4).join("\n")}\n`);
-        const m = new AgentMetrics();
         const s = await ClickHouseSink.open({
           config: cfg(ch.url, dir, { table: "partial" }),
           retryMinMs: 50,
         });
-        s.observe(m.sinkObserver());
         assert(await s.drain(10_000), "drained");
         await s.close();
         const st = s.stats();
         assertEquals([st.shipped, st.dropped.partial, st.partial, st.quarantined], [4, 6, 1, 0]);
         assertEquals(await counts(ch, "partial"), { n: 4, uniq: 4 });
         assert(Deno.readTextFileSync(`${dir}/dead/${name}.reason`).includes("4 of 10"));
+        const m = new AgentMetrics();
         m.syncSinks([st]);
         const scrape = parsePrometheusText(m.render());
         assertEquals(scrape.get("ja4ebpf_clickhouse_partial_batches_total"), 1);

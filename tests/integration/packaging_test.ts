@@ -1,8 +1,11 @@
 /**
- * Packaging end to end: builds dist/ja4ebpf and the RPM once (scripts/build.sh --rpm), then checks the
- * executable offline with an empty HOME/DENO_DIR, the systemd unit with systemd-analyze, the RPM's files,
- * modes and scriptlets, and the capabilities of the executable run as an unprivileged user under the
- * unit's capability set. Needs root (unshare, setpriv), rpmbuild, systemd-analyze and setpriv.
+ * Packaging end to end: builds dist/ja4ebpf and its RPM (scripts/build.sh --rpm), and the other
+ * architecture's, dist/ja4ebpf-aarch64 and its RPM (scripts/build.sh --arch aarch64 --rpm), then checks both
+ * executables (launcher, runtime architecture, the BPF object built for that architecture), this machine's
+ * offline with an empty HOME/DENO_DIR, the launcher's check of the unpacked runtime, the systemd unit with
+ * systemd-analyze, both RPMs' architecture, files, modes, scriptlets and payload, and the capabilities of the
+ * executable run as an unprivileged user under the unit's capability set. Needs root (unshare, setpriv),
+ * rpmbuild, systemd-analyze, setpriv, and npm (Deno's linux-arm64 runtime) on first run.
  */
 import {
   assert,
@@ -15,6 +18,18 @@ import { VERSION } from "../../src/version.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const BIN = `${ROOT}dist/ja4ebpf`;
+// This machine's architecture and the other one: names as uname/RPM spell them, ELF e_machine, BPF arch.
+const HOST = Deno.build.arch === "x86_64"
+  ? { rpm: "x86_64", elf: 62, bpf: "x86" }
+  : { rpm: "aarch64", elf: 183, bpf: "arm64" };
+const OTHER = HOST.rpm === "x86_64"
+  ? { rpm: "aarch64", elf: 183, bpf: "arm64" }
+  : { rpm: "x86_64", elf: 62, bpf: "x86" };
+const BIN_OTHER = `${ROOT}dist/ja4ebpf-${OTHER.rpm}`;
+const BUILDS = [
+  { ...HOST, bin: BIN, object: `${ROOT}dist/bpf/ja4ebpf.bpf.o` },
+  { ...OTHER, bin: BIN_OTHER, object: `${ROOT}dist/bpf/${OTHER.bpf}/ja4ebpf.bpf.o` },
+];
 const UNIT = `${ROOT}rpm/ja4ebpf.service`;
 const DROPIN = `${ROOT}rpm/el8-capabilities.conf`;
 const NOBODY = 65534;
@@ -79,8 +94,65 @@ Deno.test("packaging: single executable, systemd unit, RPM, capabilities", async
       const m = /build: kind: (self-extracting|compiled) /.exec(r.stderr);
       assert(m, `build log names the kind:\n${r.stderr}`);
       kind = m[1];
-      assertMatch(r.stderr, new RegExp(`built dist/ja4ebpf: ${kind} build, \\d+ MiB`));
+      assertMatch(r.stderr, new RegExp(`built dist/ja4ebpf: ${kind} build, ${HOST.rpm}, \\d+ MiB`));
       console.log(`build: ${kind}, ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    });
+
+    await t.step(`build: scripts/build.sh --arch ${OTHER.rpm} --rpm`, async () => {
+      const t0 = performance.now();
+      const r = await sh("bash", [`${ROOT}scripts/build.sh`, "--arch", OTHER.rpm, "--rpm"], {
+        cwd: ROOT,
+        env: { BUILD_KIND_FORCE: "self-extracting" },
+      });
+      assertEquals(r.code, 0, `build failed:\n${r.stderr}`);
+      assertMatch(
+        r.stderr,
+        new RegExp(`built dist/ja4ebpf-${OTHER.rpm}: self-extracting build, ${OTHER.rpm}, `),
+      );
+      console.log(`build ${OTHER.rpm}: ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    });
+
+    await t.step("both executables: the runtime and the BPF object of their architecture", async () => {
+      const b64 = async (f: string) =>
+        btoa(Array.from(await Deno.readFile(f), (c) => String.fromCharCode(c)).join(""));
+      const objects = await Promise.all(BUILDS.map((b) => b64(b.object)));
+      assert(objects[0] !== objects[1], "the two BPF objects differ");
+      for (const [i, b] of BUILDS.entries()) {
+        if (b.bin === BIN && kind !== "self-extracting") continue; // a compiled ELF: checked below
+        const head = new TextDecoder().decode((await Deno.readFile(b.bin)).subarray(0, 4096));
+        assert(head.startsWith("#!/bin/sh\n"), `${b.rpm}: sh launcher`);
+        const off = Number(/^OFFSET=(\d+)/m.exec(head)?.[1]);
+        const dir = `${tmp}/payload-${b.rpm}`;
+        await Deno.mkdir(dir);
+        const x = await sh("sh", ["-c", `tail -c +${off + 1} '${b.bin}' | gzip -dc | tar -xf - -C '${dir}'`]);
+        assertEquals(x.code, 0, x.stderr);
+        const deno = await Deno.readFile(`${dir}/deno`);
+        assertEquals([...deno.subarray(0, 4)], [0x7f, 0x45, 0x4c, 0x46], `${b.rpm}: deno is ELF`);
+        const machine = new DataView(deno.buffer, deno.byteOffset).getUint16(18, true);
+        assertEquals(machine, b.elf, `${b.rpm}: deno's ELF machine`);
+        const js = await Deno.readTextFile(`${dir}/ja4ebpf.js`);
+        assert(js.includes(objects[i]), `${b.rpm}: the bundle embeds the ${b.bpf} BPF object`);
+        assert(!js.includes(objects[1 - i]), `${b.rpm}: and not the other architecture's`);
+        // The launcher's sums are the payload's.
+        for (
+          const [tool, key, hex] of [["b2sum", "SUMS_B2", 128], ["sha256sum", "SUMS_SHA256", 64]] as const
+        ) {
+          const sums = new RegExp(`^${key}="([0-9a-f]{${hex}}) ([0-9a-f]{${hex}})"$`, "m").exec(head);
+          assert(sums, `${b.rpm}: launcher carries ${key}`);
+          const got = await sh(tool, [`${dir}/deno`, `${dir}/ja4ebpf.js`]);
+          assertEquals(
+            got.stdout.split("\n").slice(0, 2).map((l) => l.slice(0, hex)),
+            [sums[1], sums[2]],
+            key,
+          );
+        }
+        await Deno.remove(dir, { recursive: true });
+        console.log(
+          `${b.rpm}: ${
+            ((await Deno.stat(b.bin)).size / 1048576).toFixed(1)
+          } MiB, deno ELF machine ${machine}`,
+        );
+      }
     });
 
     await t.step("the executable is real: launcher + gzip payload, or an ELF", async () => {
@@ -142,6 +214,54 @@ Deno.test("packaging: single executable, systemd unit, RPM, capabilities", async
       }
     });
 
+    await t.step("a changed runtime in the cache is unpacked again, never run", async () => {
+      if (kind !== "self-extracting") return;
+      const home = `${tmp}/home-tamper`;
+      await Deno.mkdir(home);
+      const env = ["env", "-i", `HOME=${home}`, "PATH=/usr/bin:/bin"];
+      const want = `ja4ebpf ${VERSION} (${kind} build, deno ${Deno.version.deno})`;
+      const first = await sh("unshare", ["-n", ...env, BIN, "version"]);
+      assertEquals(first.stdout.trim(), want, first.stderr);
+      const [dir] = [...Deno.readDirSync(`${home}/.cache/ja4ebpf`)].filter((e) => !e.name.startsWith("."));
+      const unpacked = `${home}/.cache/ja4ebpf/${dir.name}`;
+      const original = await Deno.readFile(`${unpacked}/deno`);
+      // What a user who can write the cache (the service user) could plant: another program as "deno", then
+      // a changed agent.
+      for (
+        const [file, planted] of [
+          ["deno", "#!/bin/sh\necho PLANTED\n"],
+          ["ja4ebpf.js", 'console.log("PLANTED");\n'],
+        ]
+      ) {
+        await Deno.writeTextFile(`${unpacked}/${file}`, planted);
+        await Deno.chmod(`${unpacked}/deno`, 0o755);
+        const r = await sh("unshare", ["-n", ...env, BIN, "version"]);
+        assertEquals(r.code, 0, r.stderr);
+        assertEquals(r.stdout.trim(), want, `the planted ${file} did not run`);
+        assertStringIncludes(r.stderr, "differs from this executable's: unpacking it again");
+        const again = await Deno.readFile(`${unpacked}/deno`);
+        assert(
+          again.length === original.length && again.every((b, i) => b === original[i]),
+          "runtime restored",
+        );
+      }
+      // A runtime that cannot be replaced is refused, not run: its directory made unwritable for its user.
+      await Deno.writeTextFile(`${unpacked}/ja4ebpf.js`, 'console.log("PLANTED");\n');
+      await sh("chown", ["-R", `${NOBODY}:${NOBODY}`, home]);
+      await Deno.chmod(unpacked, 0o500);
+      const r = await sh("setpriv", [
+        `--reuid=${NOBODY}`,
+        `--regid=${NOBODY}`,
+        "--clear-groups",
+        ...env,
+        BIN,
+        "version",
+      ]);
+      assert(r.code !== 0, `refused: exit ${r.code}`);
+      assert(!r.stdout.includes("PLANTED"), "the planted agent did not run");
+      assertStringIncludes(r.stderr, "refusing to run it");
+    });
+
     await t.step("systemd unit: hardening as specified, systemd-analyze verify is silent", async () => {
       const unit = await Deno.readTextFile(UNIT);
       // Why each: docs/operations.md; that each is needed: tests/integration/service_test.ts.
@@ -192,93 +312,111 @@ Deno.test("packaging: single executable, systemd unit, RPM, capabilities", async
       assert(Number(exposure[1]) <= 4, "exposure stays in systemd's OK range");
     });
 
-    await t.step("RPM: files, modes, licences, scriptlets, payload identical to dist/ja4ebpf", async () => {
-      const rpms = [...Deno.readDirSync(`${ROOT}dist/rpm`)].filter((e) => e.name.endsWith(".rpm"));
-      assertEquals(rpms.length, 1);
-      const rpm = `${ROOT}dist/rpm/${rpms[0].name}`;
-      assertMatch(rpms[0].name, new RegExp(`^ja4ebpf-${VERSION.replaceAll(".", "\\.")}-1\\.\\w+\\.rpm$`));
-      const ql = await sh("rpm", ["-qlp", rpm]);
-      assertEquals(ql.code, 0, ql.stderr);
-      const files = ql.stdout.trim().split("\n").sort();
-      assertEquals(files, [
-        "/etc/ja4ebpf",
-        "/etc/ja4ebpf/clickhouse.password",
-        "/etc/ja4ebpf/config.yaml",
-        "/usr/bin/ja4ebpf",
-        "/usr/lib/systemd/system/ja4ebpf.service",
-        "/usr/share/doc/ja4ebpf",
-        "/usr/share/doc/ja4ebpf/operations.md",
-        "/usr/share/ja4ebpf",
-        "/usr/share/ja4ebpf/el8-capabilities.conf",
-        "/usr/share/licenses/ja4ebpf",
-        "/usr/share/licenses/ja4ebpf/Deno-MIT.txt",
-        "/usr/share/licenses/ja4ebpf/FoxIO-License-1.1.txt",
-        "/usr/share/licenses/ja4ebpf/JA4-BSD-3-Clause.txt",
-        "/usr/share/licenses/ja4ebpf/NOTICE",
-        "/var/cache/ja4ebpf",
-        "/var/lib/ja4ebpf",
-        "/var/log/ja4ebpf",
-      ]);
-      const q = await sh("rpm", [
-        "-qp",
-        "--qf",
-        "[%{FILEMODES:perms} %{FILEUSERNAME} %{FILEGROUPNAME} %{FILEFLAGS:fflags} %{FILENAMES}\n]",
-        rpm,
-      ]);
-      const attrs = new Map(
-        q.stdout.trim().split("\n").map((l) => {
-          const [perms, user, group, flags, name] = l.split(" ");
-          return [name, `${perms} ${user}:${group} ${flags}`];
-        }),
+    await t.step("RPMs: one per architecture, its ARCH in the header", async () => {
+      const rpms = [...Deno.readDirSync(`${ROOT}dist/rpm`)].map((e) => e.name).filter((n) =>
+        n.endsWith(".rpm")
       );
-      const expect: [string, string][] = [
-        ["/usr/bin/ja4ebpf", "-rwxr-xr-x root:root "],
-        ["/usr/lib/systemd/system/ja4ebpf.service", "-rw-r--r-- root:root "],
-        ["/etc/ja4ebpf", "drwxr-x--- root:ja4ebpf "],
-        ["/etc/ja4ebpf/config.yaml", "-rw-r----- root:ja4ebpf cn"],
-        ["/etc/ja4ebpf/clickhouse.password", "-rw------- root:root cn"],
-        ["/var/lib/ja4ebpf", "drwx------ ja4ebpf:ja4ebpf "],
-        ["/var/cache/ja4ebpf", "drwx------ ja4ebpf:ja4ebpf "],
-        ["/usr/share/licenses/ja4ebpf/FoxIO-License-1.1.txt", "-rw-r--r-- root:root l"],
-        ["/usr/share/licenses/ja4ebpf/NOTICE", "-rw-r--r-- root:root l"],
-        ["/usr/share/doc/ja4ebpf/operations.md", "-rw-r--r-- root:root d"],
-      ];
-      for (const [f, a] of expect) assertEquals(attrs.get(f), a, f);
-      const scripts = await sh("rpm", ["-qp", "--scripts", rpm]);
-      const s = scripts.stdout;
-      for (
-        const [what, re] of [
-          ["preinstall creates the group", /preinstall scriptlet[\s\S]*groupadd -r ja4ebpf/],
-          [
-            "preinstall creates the system user",
-            /useradd -r -g ja4ebpf -d \/var\/lib\/ja4ebpf -s \/sbin\/nologin/,
-          ],
-          ["postinstall installs the EL8 drop-in when CAP_BPF is missing", /cap_last_cap[\s\S]*-lt 39/],
-          ["postinstall presets the unit on first install", /systemctl preset ja4ebpf\.service/],
-          ["preuninstall stops and disables on erase", /disable --now ja4ebpf\.service/],
-          ["postuninstall restarts on upgrade", /try-restart ja4ebpf\.service/],
-        ] as const
-      ) assertMatch(s, re, what);
-      // The packaged files are the built ones.
-      const x = `${tmp}/rpmroot`;
-      await Deno.mkdir(x);
-      const ex = await sh("sh", ["-c", `rpm2archive - <'${rpm}' | tar -xzf -`], { cwd: x });
-      assertEquals(ex.code, 0, ex.stderr);
-      const [a, b] = await Promise.all([
-        sh("sha256sum", [`${x}/usr/bin/ja4ebpf`]),
-        sh("sha256sum", [BIN]),
-      ]);
-      assertEquals(a.stdout.split(" ")[0], b.stdout.split(" ")[0], "packaged executable = dist/ja4ebpf");
-      assertEquals(
-        await Deno.readTextFile(`${x}/etc/ja4ebpf/config.yaml`),
-        await Deno.readTextFile(`${ROOT}rpm/config.yaml`),
-      );
-      assertStringIncludes(
-        await Deno.readTextFile(`${x}/usr/share/licenses/ja4ebpf/NOTICE`),
-        "FoxIO License 1.1",
-      );
-      console.log(`rpm: ${((await Deno.stat(rpm)).size / 1048576).toFixed(1)} MiB`);
+      assertEquals(rpms.sort(), BUILDS.map((b) => `ja4ebpf-${VERSION}-1.${b.rpm}.rpm`).sort());
+      for (const b of BUILDS) {
+        const q = await sh("rpm", [
+          "-qp",
+          "--qf",
+          "%{ARCH} %{NAME} %{VERSION}",
+          `${ROOT}dist/rpm/ja4ebpf-${VERSION}-1.${b.rpm}.rpm`,
+        ]);
+        assertEquals(q.stdout, `${b.rpm} ja4ebpf ${VERSION}`, q.stderr);
+      }
     });
+
+    for (const b of BUILDS) {
+      await t.step(
+        `RPM ${b.rpm}: files, modes, licences, scriptlets, payload identical to ${b.bin.slice(ROOT.length)}`,
+        async () => {
+          const rpm = `${ROOT}dist/rpm/ja4ebpf-${VERSION}-1.${b.rpm}.rpm`;
+          const ql = await sh("rpm", ["-qlp", rpm]);
+          assertEquals(ql.code, 0, ql.stderr);
+          const files = ql.stdout.trim().split("\n").sort();
+          assertEquals(files, [
+            "/etc/ja4ebpf",
+            "/etc/ja4ebpf/clickhouse.password",
+            "/etc/ja4ebpf/config.yaml",
+            "/usr/bin/ja4ebpf",
+            "/usr/lib/systemd/system/ja4ebpf.service",
+            "/usr/share/doc/ja4ebpf",
+            "/usr/share/doc/ja4ebpf/operations.md",
+            "/usr/share/ja4ebpf",
+            "/usr/share/ja4ebpf/el8-capabilities.conf",
+            "/usr/share/licenses/ja4ebpf",
+            "/usr/share/licenses/ja4ebpf/Deno-MIT.txt",
+            "/usr/share/licenses/ja4ebpf/FoxIO-License-1.1.txt",
+            "/usr/share/licenses/ja4ebpf/JA4-BSD-3-Clause.txt",
+            "/usr/share/licenses/ja4ebpf/NOTICE",
+            "/var/cache/ja4ebpf",
+            "/var/lib/ja4ebpf",
+            "/var/log/ja4ebpf",
+          ]);
+          const q = await sh("rpm", [
+            "-qp",
+            "--qf",
+            "[%{FILEMODES:perms} %{FILEUSERNAME} %{FILEGROUPNAME} %{FILEFLAGS:fflags} %{FILENAMES}\n]",
+            rpm,
+          ]);
+          const attrs = new Map(
+            q.stdout.trim().split("\n").map((l) => {
+              const [perms, user, group, flags, name] = l.split(" ");
+              return [name, `${perms} ${user}:${group} ${flags}`];
+            }),
+          );
+          const expect: [string, string][] = [
+            ["/usr/bin/ja4ebpf", "-rwxr-xr-x root:root "],
+            ["/usr/lib/systemd/system/ja4ebpf.service", "-rw-r--r-- root:root "],
+            ["/etc/ja4ebpf", "drwxr-x--- root:ja4ebpf "],
+            ["/etc/ja4ebpf/config.yaml", "-rw-r----- root:ja4ebpf cn"],
+            ["/etc/ja4ebpf/clickhouse.password", "-rw------- root:root cn"],
+            ["/var/lib/ja4ebpf", "drwx------ ja4ebpf:ja4ebpf "],
+            ["/var/cache/ja4ebpf", "drwx------ ja4ebpf:ja4ebpf "],
+            ["/usr/share/licenses/ja4ebpf/FoxIO-License-1.1.txt", "-rw-r--r-- root:root l"],
+            ["/usr/share/licenses/ja4ebpf/NOTICE", "-rw-r--r-- root:root l"],
+            ["/usr/share/doc/ja4ebpf/operations.md", "-rw-r--r-- root:root d"],
+          ];
+          for (const [f, a] of expect) assertEquals(attrs.get(f), a, f);
+          const scripts = await sh("rpm", ["-qp", "--scripts", rpm]);
+          const s = scripts.stdout;
+          for (
+            const [what, re] of [
+              ["preinstall creates the group", /preinstall scriptlet[\s\S]*groupadd -r ja4ebpf/],
+              [
+                "preinstall creates the system user",
+                /useradd -r -g ja4ebpf -d \/var\/lib\/ja4ebpf -s \/sbin\/nologin/,
+              ],
+              ["postinstall installs the EL8 drop-in when CAP_BPF is missing", /cap_last_cap[\s\S]*-lt 39/],
+              ["postinstall presets the unit on first install", /systemctl preset ja4ebpf\.service/],
+              ["preuninstall stops and disables on erase", /disable --now ja4ebpf\.service/],
+              ["postuninstall restarts on upgrade", /try-restart ja4ebpf\.service/],
+            ] as const
+          ) assertMatch(s, re, what);
+          // The packaged files are the built ones.
+          const x = `${tmp}/rpmroot-${b.rpm}`;
+          await Deno.mkdir(x);
+          const ex = await sh("sh", ["-c", `rpm2archive - <'${rpm}' | tar -xzf -`], { cwd: x });
+          assertEquals(ex.code, 0, ex.stderr);
+          const [a, c] = await Promise.all([
+            sh("sha256sum", [`${x}/usr/bin/ja4ebpf`]),
+            sh("sha256sum", [b.bin]),
+          ]);
+          assertEquals(a.stdout.split(" ")[0], c.stdout.split(" ")[0], `packaged executable = ${b.bin}`);
+          assertEquals(
+            await Deno.readTextFile(`${x}/etc/ja4ebpf/config.yaml`),
+            await Deno.readTextFile(`${ROOT}rpm/config.yaml`),
+          );
+          assertStringIncludes(
+            await Deno.readTextFile(`${x}/usr/share/licenses/ja4ebpf/NOTICE`),
+            "FoxIO License 1.1",
+          );
+          console.log(`rpm ${b.rpm}: ${((await Deno.stat(rpm)).size / 1048576).toFixed(1)} MiB`);
+        },
+      );
+    }
 
     await t.step("capabilities: run as nobody with the unit's set, CapEff is exactly that set", async () => {
       const unit = await Deno.readTextFile(UNIT);

@@ -4,7 +4,8 @@
  * openssl s_client with -keylogfile, then decrypt the recorded bytes and find the request and the response.
  */
 import { assert, assertEquals, assertStringIncludes } from "../../src/testing/asserts.ts";
-import { decryptTlsSession, parseKeyLog } from "../../src/parse/tls_decrypt.ts";
+import { parseKeyLog } from "../../src/parse/tls_decrypt.ts";
+import { decryptTlsSession } from "../helpers/tls_session.ts";
 
 async function have(cmd: string): Promise<boolean> {
   try {

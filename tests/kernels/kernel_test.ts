@@ -1,20 +1,24 @@
 /**
  * Boots Debian 12's 6.1 kernel under QEMU (TCG) and checks, inside it, that the agent validates and captures
- * nginx and Apache requests with the right JA4H. The full matrix (5.10, 6.1, 6.12, every method, the idle
- * recvfrom adversary, perf buffer, the host) is tests/kernels/matrix.sh; this keeps one kernel in the normal
- * test run, and the host's own kernel with a method it refuses.
- * Needs: root, qemu-system-x86, busybox-static, nginx, apache2, curl, gcc, libbpf1, and Debian's mirror on
- * first run.
+ * nginx and Apache requests with the right JA4H; the same for Debian 12's arm64 kernel under
+ * qemu-system-aarch64 (a smoke check: boot, --validate, nginx on raw_tp, ~2.5 min). The full matrix (5.10, 6.1,
+ * 6.12, 6.1 arm64, every method, the idle recvfrom adversary, perf buffer, the host) is tests/kernels/matrix.sh;
+ * this keeps one kernel per architecture in the normal test run, and the host's own kernel with a method it
+ * refuses.
+ * Needs: root, qemu-system-x86, qemu-system-arm, gcc-aarch64-linux-gnu, busybox-static, nginx, apache2, curl,
+ * gcc, libbpf1, npm, and Debian's mirror and the npm registry on first run (kernels, arm64 packages, Deno's
+ * linux-arm64 runtime).
  */
 import { assert, assertEquals, assertGreater, assertMatch } from "../../src/testing/asserts.ts";
 import { type GuestLine, parseKernelRun, runKernel } from "./results.ts";
 
 const REQUESTS = 5;
 
-async function requireTools(): Promise<void> {
+async function requireTools(extra: string[][] = []): Promise<void> {
   const missing: string[] = [];
   for (
     const [tool, pkg] of [
+      ...extra,
       ["qemu-system-x86_64", "qemu-system-x86"],
       ["busybox", "busybox-static"],
       ["nginx", "nginx-light"],
@@ -92,6 +96,60 @@ Deno.test({
     assertEquals(one(L, "SUMMARY", "failures")?.fields.failures, "0", `the guest reported failures${ctx}`);
     assertEquals(run.code, 0, `run.sh exit code${ctx}`);
     assertGreater(run.seconds, 0);
+  },
+});
+
+const ARM64_TOOLS = [
+  ["qemu-system-aarch64", "qemu-system-arm"],
+  ["aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"],
+  ["npm", "npm"],
+];
+
+Deno.test({
+  name:
+    "Debian 6.1 arm64 under qemu-system-aarch64: boot, validate, nginx on raw_tp and Apache with the right JA4H",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await requireTools(ARM64_TOOLS);
+    const run = await runKernel("6.1", {
+      arch: "arm64",
+      requests: REQUESTS,
+      // raw_tp: the method that depends most on the architecture (arm64's pt_regs, its syscall numbers).
+      methods: ["raw_tp"],
+      idle: 0,
+      perfbuf: false,
+      timeoutSeconds: 420,
+    });
+    const ctx = `\n--- run.sh --arch arm64 (${
+      run.seconds.toFixed(0)
+    } s, exit ${run.code}) ---\n${run.stdout}\n${run.stderr.slice(-2000)}`;
+    const L = run.lines;
+    assert(run.code !== 124, `the VM timed out${ctx}`);
+    assert(one(L, "BOOT", "uptime"), `the guest never started its init${ctx}`);
+    const info = one(L, "INFO", "kernel")?.fields;
+    assert(info?.kernel.startsWith("6.1.") && info.kernel.endsWith("-arm64"), `not a 6.1 arm64 kernel${ctx}`);
+    assertEquals(info?.arch, "aarch64", `uname -m in the guest${ctx}`);
+    const sym = one(L, "CHECK", "symbol")?.fields;
+    assertEquals([sym?.symbol, sym?.present], ["__arm64_sys_recvfrom", "1"], `arm64 syscall wrapper${ctx}`);
+    const rt = one(L, "CHECK", "runtime")?.fields.runtime ?? "";
+    assertMatch(rt, /aarch64-unknown-linux-gnu/, `the guest runs Deno's arm64 build${ctx}`);
+    const v = one(L, "VALIDATE", "rc");
+    assertEquals(v?.fields.rc, "0", `ja4ebpf --validate failed${ctx}`);
+    const vj = JSON.parse(v!.fields.json);
+    assertEquals([vj.ok, vj.arch], [true, "aarch64"], `--validate --json${ctx}`);
+    // The attach plan found the arm64 wrapper itself (probed in kallsyms, not named after uname).
+    assertEquals(vj.kallsyms.__arm64_sys_recvfrom, true, `validate probed __arm64_sys_recvfrom${ctx}`);
+    for (const [server, hook] of [["nginx", "raw_tp"], ["apache", "uprobe"]]) {
+      const m = L.find((l) =>
+        l.kind === "METHOD" && l.fields.method === "raw_tp" && l.fields.server === server
+      );
+      assert(m && m.fields.attached === hook, `${server}: not attached through ${hook}${ctx}`);
+      assertEquals(m.fields.rows, String(REQUESTS), `${server}: rows != requests${ctx}`);
+      assertEquals(m.fields.right_ja4h, String(REQUESTS), `${server}: wrong JA4H${ctx}`);
+    }
+    assertEquals(one(L, "SUMMARY", "failures")?.fields.failures, "0", `the guest reported failures${ctx}`);
+    assertEquals(run.code, 0, `run.sh exit code${ctx}`);
   },
 });
 

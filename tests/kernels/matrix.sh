@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# Runs the kernel matrix (every VERSION through run.sh, and "host": the same checks on this machine's own
-# kernel through host.sh) and rewrites the table section of docs/validation.md (between the "matrix:begin" and
-# "matrix:end" markers) from the results.
+# Runs the kernel matrix (every VERSION through run.sh, VERSION-arm64 through run.sh --arch arm64, and "host":
+# the same checks on this machine's own kernel through host.sh) and rewrites the table section of
+# docs/validation.md (between the "matrix:begin" and "matrix:end" markers) from the results.
 #   tests/kernels/matrix.sh [run.sh options...]          e.g. --requests 50
 #   VERSIONS="6.1 host" tests/kernels/matrix.sh          a subset
-# Exits non-zero if any kernel's guest reported failures; the table is written either way.
+#   VERSIONS=6.1-arm64 tests/kernels/matrix.sh           Debian 12's arm64 kernel (~15 min under TCG)
+#   VERSIONS=none tests/kernels/matrix.sh                no run: the tables from the cached results
+# A kernel without a result in the cache keeps its rows from the document as they are. Exits non-zero if any
+# kernel's guest reported failures; the table is written either way.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 CACHE=${KERNELS_CACHE:-$HERE/cache}
 DOC=$ROOT/docs/validation.md
-versions=${VERSIONS:-5.10 6.1 6.12 host}
-today=$(date -u +%Y-%m-%d)
+ALL="5.10 6.1 6.12 6.1-arm64 6.12-arm64 host"
+versions=${VERSIONS:-5.10 6.1 6.12 6.1-arm64 host}
+[ "$versions" = none ] && versions="" # only rewrite the tables from the results at hand
 status=0
 for v in $versions; do
   mkdir -p "$CACHE/$v"
@@ -19,6 +23,8 @@ for v in $versions; do
   echo "matrix: kernel $v" >&2
   if [ "$v" = host ]; then
     bash "$HERE/host.sh" "$@" >"$out" 2>"$CACHE/$v/result.err"
+  elif [[ $v == *-arm64 ]]; then
+    bash "$HERE/run.sh" "${v%-arm64}" --arch arm64 "$@" >"$out" 2>"$CACHE/$v/result.err"
   else
     bash "$HERE/run.sh" "$v" "$@" >"$out" 2>"$CACHE/$v/result.err"
   fi
@@ -29,7 +35,7 @@ for v in $versions; do
   [ $rc -eq 0 ] || status=1
 done
 # The tables cover every kernel with a result in the cache, so a subset run keeps the others' rows.
-versions=$(for v in 5.10 6.1 6.12 host; do [ -f "$CACHE/$v/result.txt" ] && echo "$v"; done)
+versions=$(for v in $ALL; do [ -f "$CACHE/$v/result.txt" ] && echo "$v"; done)
 
 distro() {
   case $1 in
@@ -37,8 +43,32 @@ distro() {
     5.10) echo "Debian 11 (bullseye)" ;;
     6.1) echo "Debian 12 (bookworm)" ;;
     6.12) echo "Debian 12 (bookworm-security, 6.12 LTS)" ;;
+    6.1-arm64) echo "Debian 12 (bookworm), arm64" ;;
+    6.12-arm64) echo "Debian 12 (bookworm-security, 6.12 LTS), arm64" ;;
     *) echo "?" ;;
   esac
+}
+# The matrix VERSION a table row's kernel cell stands for: "6.1.0-56-cloud-amd64" -> 6.1,
+# "6.1.0-57-cloud-arm64" -> 6.1-arm64, "6.18.44 (host)" -> host.
+row_key() {
+  local k=$1
+  case $k in *"(host)"*) echo host; return ;; esac
+  k=$(sed -E 's/^([0-9]+\.[0-9]+).*/\1/' <<<"$1")
+  [[ $1 == *arm64* ]] && k=$k-arm64
+  echo "$k"
+}
+# Rows of table N (1: kernels, 2: methods) in the current document, for kernels whose result is not in the cache.
+old_rows() { # table, version
+  [ -f "$DOC" ] || return 0
+  awk -v want="$1" '/<!-- matrix:begin -->/ {on = 1; n = 0; next} /<!-- matrix:end -->/ {on = 0}
+    on && /^\| kernel / {n++; hdr = 1; next} on && hdr && /^\|[-| ]+\|$/ {hdr = 0; next}
+    on && n == want && /^\| / {print}' "$DOC" | while IFS= read -r line; do
+    cell=$(cut -d'|' -f2 <<<"$line" | sed 's/^ *//; s/ *$//')
+    [ "$(row_key "$cell")" = "$2" ] || continue
+    # Older documents showed the x86 wrapper's count (1) in the wrapper column.
+    [ "$1" = 1 ] && line=$(awk -F'|' 'BEGIN {OFS = "|"} $5 ~ /^ *1 *$/ {$5 = " `__x64_sys_recvfrom` "} {print}' <<<"$line")
+    echo "$line"
+  done
 }
 # kv KEY LINE: the value of KEY=... in a result line (values quoted with "..." may hold spaces).
 kv() { sed -n "s/.*\\b$1=\\(\"[^\"]*\"\\|[^ ]*\\).*/\\1/p" <<<"$2" | tr -d '"'; }
@@ -53,16 +83,22 @@ table=$(mktemp)
   echo "*packets* = the TC packet hook (JA4, JA4T) as the agent reported it, *JA4T* = rows that carry a JA4T;"
   echo "*missed* = kretprobe misses (\`kretprobe_missed\` reason, from \`kprobe_profile\`). The *host* rows ran the"
   echo "same checks on the development machine's own kernel, without a VM (\`host.sh\`: nginx and Apache on ports"
-  echo "31080/31081); *refused* methods show the errno the agent reported."
+  echo "31080/31081); *refused* methods show the errno the agent reported. The *arm64* kernels ran under"
+  echo "\`qemu-system-aarch64 -M virt -cpu max\` with Debian's arm64 userland and \`dist/ja4ebpf-aarch64\`'s runtime"
+  echo "and BPF object; *syscall wrapper* = the arch's \`recvfrom\` wrapper found in \`/proc/kallsyms\`."
   echo
-  echo "| kernel | distribution | boot s | \`__x64_sys_recvfrom\` | BTF | validate | packets | initramfs MiB |"
+  echo "| kernel | distribution | boot s | syscall wrapper | BTF | validate | packets | initramfs MiB |"
   echo "|---|---|---|---|---|---|---|---|"
-  for v in $versions; do
+  for v in $ALL; do
     f=$CACHE/$v/result.txt
-    [ -f "$f" ] || continue
+    if [ ! -f "$f" ]; then
+      old_rows 1 "$v"
+      continue
+    fi
     rel=$(kv kernel "$(grep -m1 '^INFO kernel=' "$f")")
     boot=$(kv uptime "$(grep -m1 '^BOOT ' "$f")")
-    sym=$(kv present "$(grep -m1 '^CHECK symbol=' "$f")")
+    sym=$(grep -m1 '^CHECK symbol=' "$f")
+    sym=$([ "$(kv present "$sym")" -ge 1 ] 2>/dev/null && echo "\`$(kv symbol "$sym")\`" || echo "missing")
     btf=$(grep -q '^CHECK btf=1' "$f" && echo yes || echo no)
     val=$(grep -m1 '^VALIDATE ' "$f" | grep -o 'rc=[0-9]*' | head -1)
     [ -n "$val" ] || val=$(grep -q '^SKIP validate' "$f" && echo "not built" || echo "-")
@@ -73,16 +109,20 @@ table=$(mktemp)
     # The packet hook as the first agent run that started reported it (0 = refused).
     pk=$(kv packets "$(grep -m1 '^METHOD .*packets=' "$f")")
     [ "$pk" = 0 ] && pk="refused"
-    echo "| $rel | $(distro "$v") | ${boot:--} | ${sym:-0} | $btf | $val | ${pk:--} | ${size:--} |"
+    echo "| $rel | $(distro "$v") | ${boot:--} | $sym | $btf | $val | ${pk:--} | ${size:--} |"
   done
   echo
   echo "| kernel | method asked | server | idle | buffer | attached | sent | rows | JA4H ok | JA4T | drops | missed | date |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-  for v in $versions; do
+  for v in $ALL; do
     f=$CACHE/$v/result.txt
-    [ -f "$f" ] || continue
+    if [ ! -f "$f" ]; then
+      old_rows 2 "$v"
+      continue
+    fi
     rel=$(kv kernel "$(grep -m1 '^INFO kernel=' "$f")")
     [ "$v" = host ] && rel="$rel (host)"
+    day=$(date -u -r "$f" +%Y-%m-%d)
     grep '^METHOD ' "$f" | while read -r line; do
       att=$(kv attached "$line")
       [ "$att" = 0 ] && att="no: $(kv refused "$line" | cut -c1-70)$(kv error "$line" | cut -c1-70)"
@@ -91,7 +131,7 @@ table=$(mktemp)
       echo "| ${rel:-$v} | $(kv method "$line") | $(kv server "$line") | $(kv idle "$line") |" \
         "$buf | $att |" \
         "$(kv sent "$line") | $(kv rows "$line") | $(kv right_ja4h "$line") | $(kv ja4t "$line") | $(kv drops "$line") |" \
-        "$(kv kretprobe_missed "$line") | $today |"
+        "$(kv kretprobe_missed "$line") | $day |"
     done
   done
 } >"$table"

@@ -25,6 +25,8 @@ export interface RunOptions {
   idle?: number;
   perfbuf?: boolean;
   timeoutSeconds?: number;
+  /** The guest's architecture (run.sh --arch): x86 (default) or arm64. */
+  arch?: "x86" | "arm64";
 }
 
 const KIND = /^[A-Z]+$/;
@@ -62,6 +64,7 @@ export async function runKernel(version: string, opts: RunOptions = {}): Promise
   if (opts.idle !== undefined) args.push("--idle", String(opts.idle));
   if (opts.perfbuf === false) args.push("--no-perfbuf");
   if (opts.timeoutSeconds !== undefined) args.push("--timeout", String(opts.timeoutSeconds));
+  if (opts.arch !== undefined && !host) args.push("--arch", opts.arch);
   const t0 = performance.now();
   const r = await new Deno.Command("bash", { args, stdout: "piped", stderr: "piped" }).output();
   const stdout = new TextDecoder().decode(r.stdout);

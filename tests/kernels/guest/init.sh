@@ -17,6 +17,7 @@ echo "JA4K BOOT uptime=$(cut -d' ' -f1 /proc/uptime)"
 set -a
 [ -f /guest/params.env ] && . /guest/params.env
 set +a
+echo "JA4K INFO expect_refused=\"$EXPECT_REFUSED\""
 sh /guest/test.sh
 rc=$?
 echo "JA4K RESULT rc=$rc"

@@ -21,11 +21,16 @@ out() { echo "JA4K $* t=$(cut -d' ' -f1 /proc/uptime)"; }
 fail() { out "FAIL $*"; failures=$((failures + 1)); }
 
 # --- The kernel and what it offers, found without bpftool ---
-out INFO kernel="$(uname -r)" cpus="$(nproc)" mem_kb="$(awk '/MemTotal/ {print $2}' /proc/meminfo)"
+out INFO kernel="$(uname -r)" arch="$(uname -m)" cpus="$(nproc)" mem_kb="$(awk '/MemTotal/ {print $2}' /proc/meminfo)"
 out INFO version="\"$(cat /proc/version)\""
-syms=$(grep -c ' __x64_sys_recvfrom$' /proc/kallsyms)
-out CHECK symbol=__x64_sys_recvfrom present="$syms"
-[ "$syms" -ge 1 ] || fail symbol __x64_sys_recvfrom missing from kallsyms
+# The syscall wrapper this architecture's kernel should have (the agent finds its own in kallsyms).
+case $(uname -m) in
+  aarch64) wrapper=__arm64_sys_recvfrom ;;
+  *) wrapper=__x64_sys_recvfrom ;;
+esac
+syms=$(grep -c " $wrapper\$" /proc/kallsyms)
+out CHECK symbol=$wrapper present="$syms"
+[ "$syms" -ge 1 ] || fail symbol $wrapper missing from kallsyms
 if [ -e /sys/kernel/btf/vmlinux ]; then out CHECK btf=1 size="$(wc -c </sys/kernel/btf/vmlinux)"; else fail btf /sys/kernel/btf/vmlinux missing; fi
 T=/sys/kernel/tracing
 [ -d $T/events ] || T=/sys/kernel/debug/tracing
@@ -39,7 +44,7 @@ else
   fail tracepoint sys_exit_recvfrom format not readable
 fi
 [ -e $T/kprobe_events ] && out CHECK kprobe_events=1 || out CHECK kprobe_events=0
-[ -e $T/available_filter_functions ] && out CHECK ftrace=1 fexit_target="$(grep -c '^__x64_sys_recvfrom' $T/available_filter_functions 2>/dev/null)" || out CHECK ftrace=0
+[ -e $T/available_filter_functions ] && out CHECK ftrace=1 fexit_target="$(grep -c "^$wrapper" $T/available_filter_functions 2>/dev/null)" || out CHECK ftrace=0
 out CHECK preempt="$(grep -o 'PREEMPT[A-Z_]*' /proc/version | head -1)"
 if command -v bpftool >/dev/null; then
   for f in ringbuf perf_event_array; do

@@ -1,0 +1,46 @@
+import { assertEquals } from "../testing/asserts.ts";
+import { newStats } from "../sink/sink.ts";
+import { AgentMetrics } from "./agent.ts";
+
+Deno.test("ledger follows the primary sink: replayed rows enter and leave the spool stage", () => {
+  const m = new AgentMetrics();
+  const st = newStats("clickhouse");
+  const check = (spool: number, memory: number) => {
+    m.syncSinks([structuredClone(st)]);
+    assertEquals([m.rows.inStage("spool"), m.rows.inStage("memory"), m.rows.imbalance()], [spool, memory, 0]);
+    assertEquals(m.rows.errors.get(), 0, "no clamped move");
+  };
+  // 50 rows left by an earlier process.
+  st.replayed = 50;
+  check(50, 0);
+  // 30 new rows: emitted, then sealed into the spool.
+  m.rows.capture(30);
+  m.rows.move("correlate", "memory", 30);
+  check(50, 30);
+  st.sealed = 30;
+  check(80, 0);
+  // The replayed batches ship first, then one bad batch is quarantined, then 5 rows of a partial batch lost.
+  st.shipped = 50;
+  check(30, 0);
+  st.quarantined = 10;
+  st.dropped.partial = 5;
+  st.shipped = 65;
+  check(0, 0);
+  // Rows refused before the spool (full) leave memory.
+  m.rows.capture(7);
+  m.rows.move("correlate", "memory", 7);
+  st.dropped.spool_full = 7;
+  check(0, 0);
+  assertEquals([m.rows.shipped.get(), m.rows.quarantined.get(), m.rows.dropped.sum()], [65, 10, 12]);
+});
+
+Deno.test("kernel ring drops enter the ledger and /healthz", () => {
+  const m = new AgentMetrics();
+  m.rows.capture(1000);
+  assertEquals(m.health.check(Date.now()).healthy, true);
+  m.kernelDrop("ringbuf", 130); // records: counted only
+  m.kernelDrop("lost_read", 120); // the reads among them: requests lost
+  assertEquals([m.rows.captured.get(), m.rows.dropped.get({ reason: "ringbuf_full" })], [1120, 120]);
+  assertEquals(m.bpfDrops.get({ reason: "ringbuf" }), 130);
+  assertEquals(m.health.check(Date.now()).healthy, false);
+});
