@@ -6,6 +6,9 @@
  * peak RSS, and nginx's CPU per request (the BPF programs run in nginx's syscalls, so their cost lands there).
  *
  *   deno task bench-capture [--duration 30] [--pairs 3] [--https-pairs 3] [--write-doc]
+ *   deno task bench-capture --tls-probes [--duration 10] [--pairs 1] [--requests 3000] [--write-doc]
+ *     (HTTPS: no agent / probes on the server's file / probes on libssl, plus a bystander TLS client:
+ *     bench/https_probes.ts)
  *
  * A script, not a test: root, nginx-light, wrk and openssl required. Ports: 22080 (HTTP), 22443 (TLS),
  * 22435 (agent metrics). `--write-doc` replaces the "Capture overhead" section of docs/performance.md.
@@ -15,6 +18,7 @@ import { startNginx, type WebServer } from "../tests/helpers/servers.ts";
 import { wrk, type WrkResult } from "../tests/helpers/clients.ts";
 import { AGENT_V8_FLAGS, type RunningAgent, startAgent } from "../tests/helpers/agent.ts";
 import { delay, makeTempDir, requirePortsFree, requireRoot, requireTool } from "../tests/helpers/proc.ts";
+import { httpsProbesBench } from "./https_probes.ts";
 
 const HTTP_PORT = 22080;
 const TLS_PORT = 22443;
@@ -550,6 +554,8 @@ async function main(): Promise<number> {
       verbose: { type: "boolean", short: "v", default: false },
       "keep-rows": { type: "boolean", default: false },
       "from-json": { type: "string" },
+      "tls-probes": { type: "boolean", default: false },
+      requests: { type: "string", default: "3000" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -597,6 +603,13 @@ async function main(): Promise<number> {
   requireTool("wrk", "wrk");
   requirePortsFree([METRICS_PORT]);
   let facts = await machineFacts();
+  if (values["tls-probes"]) {
+    return await httpsProbesBench(
+      { ...o, requests: int("requests", values.requests, 1) },
+      facts,
+      values["write-doc"] === true,
+    );
+  }
   const date = new Date().toISOString().slice(0, 16).replace("T", " ") + " UTC";
   console.error(`machine: ${facts}`);
 

@@ -140,6 +140,9 @@ struct ssl_stash {
 	__u64 readbytes; /* size_t * of SSL_read_ex, 0 otherwise */
 	__s32 fd;        /* -1 until learned */
 	__u32 hook;
+	__u32 outer;     /* set by ngx_ssl_recv: SSL_* probes inside it (a libssl fallback for another
+			  * server) leave it to the outer probe */
+	__u32 _pad0;
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

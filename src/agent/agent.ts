@@ -14,7 +14,6 @@ import {
   openPlanned,
   planFromConfig,
   type PlannedObject,
-  SSL_UPROBES,
 } from "../bpf/plan.ts";
 import { loadWithFallback } from "../bpf/load.ts";
 import { DropCounters, ListenPorts, TracedPids } from "../bpf/maps.ts";
@@ -25,6 +24,8 @@ import { possibleCpus } from "../bpf/object.ts";
 import type { AttachHandle, BpfMap } from "../bpf/object.ts";
 import { EventView, HOOK_METHODS } from "../bpf/events.ts";
 import { LibraryProbes, type UprobePair } from "./lib_probes.ts";
+import { TlsProbes } from "../capture/tls_probes.ts";
+import { installedServerFiles, TLS_PROGRAMS } from "../capture/tls_sites.ts";
 import { type EventReader, PerfReader, RingReader } from "../bpf/ringbuf.ts";
 import { DropReason, EventKind, ServerKind } from "../bpf/layout.gen.ts";
 import { type CapturedHello, RequestTracker } from "../capture/requests.ts";
@@ -64,8 +65,6 @@ const DROP_NAMES: Record<number, string> = Object.fromEntries(
   Object.entries(DropReason).map(([k, v]) => [v, k.toLowerCase()]),
 );
 
-/** Entry before return, per function (a return probe without its entry would see no stash). */
-const SSL_PROGRAMS: readonly UprobePair[] = SSL_UPROBES;
 const READ_PROGRAMS = ["tp_enter_read", "tp_exit_read"];
 /** Apache's apr_socket_recv uprobes. */
 const APR_PROGRAMS: readonly UprobePair[] = [
@@ -157,8 +156,8 @@ export class Agent {
   private followActive = false;
   private tcLinks = new Map<string, AttachHandle>();
   private ticks = 0;
-  /** The SSL uprobes on every libssl file the servers map (set when the SSL programs are loaded). */
-  private tls?: LibraryProbes;
+  /** The HTTPS probes on the servers' files (or libssl) (set when the SSL programs are loaded). */
+  private tls?: TlsProbes;
   /** Wall-clock ms minus monotonic ms, estimated from events (smallest difference seen). */
   private clockOffsetMs: number | undefined;
   private aprRetries = 0;
@@ -304,7 +303,7 @@ export class Agent {
     // Where nginx runs on raw_tp (no syscall tracepoints), the raw_tp programs take read() too.
     const rawTpReads = this.plan.hooks.find((h) => h.hook === "nginx")?.method === "raw_tp";
     const ownReads = !apacheReads && !rawTpReads;
-    const tlsProgs = [...programsOf(SSL_PROGRAMS), ...(ownReads ? READ_PROGRAMS : [])];
+    const tlsProgs = [...TLS_PROGRAMS, ...(ownReads ? READ_PROGRAMS : [])];
     // Apache uprobes the plan did not choose (libapr missing at start) may be attached by the retry.
     const aprProgs = cfg.uprobes.enabled && servers.includes("apache") && apacheHook?.method !== "uprobe"
       ? programsOf(APR_PROGRAMS)
@@ -375,7 +374,7 @@ export class Agent {
     log.info("ready", {
       capture: this.plan.hooks.filter((h) => h.method).map((h) => `${h.hook}=${h.method}`).join(" "),
       buffer: ringbuf ? "ringbuf" : "perfbuf",
-      https: this.tls ? this.tls.libraries().join(",") || "waiting for libssl" : "off",
+      https: this.tls ? this.tls.describe().join(",") || "waiting for a TLS server" : "off",
       interfaces: [...this.tcIfaces].join(","),
       ports: [...this.ports].join(","),
     });
@@ -497,7 +496,7 @@ export class Agent {
     }
   }
 
-  /** Keeps the SSL uprobes on every libssl file the servers map (see LibraryProbes). */
+  /** Keeps the HTTPS probes on the servers' files, or libssl as the fallback (see TlsProbes). */
   refreshTls(): Promise<void> {
     return this.stopped || !this.tls ? Promise.resolve() : this.tls.refresh();
   }
@@ -523,12 +522,13 @@ export class Agent {
     });
   }
 
-  private tlsProbes(): LibraryProbes {
-    return this.libraryProbes(/^libssl\.so/, SSL_PROGRAMS, ["nginx", "apache"], {
-      attached: "HTTPS plaintext capture attached",
-      reattached: "HTTPS plaintext capture re-attached: libssl was replaced",
-      detached: "HTTPS plaintext capture detached: no process maps this libssl any more",
-      failed: "SSL uprobe attach failed",
+  private tlsProbes(): TlsProbes {
+    const obj = this.planned!.obj;
+    return new TlsProbes({
+      mode: this.cfg.uprobes.tls_probes,
+      attach: (prog, path, offset, retprobe) => obj.program(prog).attachUprobe({ path, offset, retprobe }),
+      pids: () => this.traced.keys(),
+      preload: installedServerFiles(this.cfg.uprobes.servers),
     });
   }
 

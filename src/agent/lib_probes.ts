@@ -6,7 +6,8 @@
  * An upgrade replaces the file at a path (new inode). Running processes keep mapping the old, now deleted,
  * file (nginx reload and Apache graceful restart fork new workers from the same master), so the old inode
  * keeps its probes while a traced process maps it; the new file at the path is probed at its own symbol
- * offsets, ready for the next fresh start. A deleted file never probed (upgraded before the agent started)
+ * offsets, ready for the next fresh start. Also used for the servers' own files (HTTPS probe sites: see
+ * src/capture/tls_probes.ts), with a per-file `sites` resolver instead of fixed pairs. A deleted file never probed (upgraded before the agent started)
  * is reached through /proc/PID/map_files. A file nobody maps (and no longer at a kept path) is detached.
  * One set of probes per inode: two would see every read twice.
  */
@@ -21,13 +22,23 @@ export interface LibraryProbesOptions {
   /** Basename of the library files (matched against /proc/PID/maps), e.g. /^libssl\.so/. */
   library: RegExp;
   /** Probes per file. A symbol the file lacks is skipped (SSL_read_ex: OpenSSL ≥ 1.1.1); none found fails. */
-  pairs: readonly UprobePair[];
+  pairs?: readonly UprobePair[];
+  /** Instead of `pairs`: the probe sites of one file (e.g. PLT stubs); none fails with `why`. */
+  sites?: (elf: ElfFile) => { method?: string; sites: Site[]; why?: string };
   /** Attaches one program at a file offset. */
   attach(program: string, path: string, offset: number, retprobe: boolean): AttachHandle;
   /** The processes whose mappings count (read at every refresh). */
   pids(): Iterable<number>;
   /** Log messages; fields: library, inode, probes and `via` (the map_files path of a deleted file). */
   messages: { attached: string; reattached: string; detached: string; failed: string };
+}
+
+/** A probe pair at a file offset. */
+export interface Site {
+  symbol: string;
+  entry: string;
+  ret: string;
+  offset: number;
 }
 
 interface Wanted {
@@ -51,7 +62,7 @@ export class LibraryProbes {
   /** Paths kept probed whatever file they name now (the next fresh start loads that file). */
   readonly paths = new Set<string>();
   /** "dev:inode" → path and links. */
-  readonly #links = new Map<string, { path: string; links: AttachHandle[] }>();
+  readonly #links = new Map<string, { path: string; links: AttachHandle[]; method?: string }>();
   /** Files whose attach failed: not retried every refresh. */
   readonly #failed = new Set<string>();
   #running?: Promise<void>;
@@ -67,6 +78,11 @@ export class LibraryProbes {
   /** Paths of the probed files (a path once per file probed there). */
   libraries(): string[] {
     return [...this.#links.values()].map((g) => g.path);
+  }
+
+  /** Probed files: path, "dev:inode" and the method the `sites` resolver chose. */
+  probed(): { key: string; path: string; method?: string }[] {
+    return [...this.#links].map(([key, g]) => ({ key, path: g.path, method: g.method }));
   }
 
   /** Takes over links attached elsewhere (the attach plan's) for the file at `path`. */
@@ -125,15 +141,20 @@ export class LibraryProbes {
       };
       let links: AttachHandle[] = [];
       try {
-        links = await this.#attach(attachPath);
+        let method: string | undefined;
+        ({ links, method } = await this.#attach(attachPath));
         // Replaced (or the process gone) between the symbol lookup and the attach: the next refresh probes
         // what is there then.
         if (statKey(attachPath) !== key || this.#closed) {
           for (const l of links) l.close();
           continue;
         }
-        this.#links.set(key, { path, links });
-        log.info(replaced ? msg.reattached : msg.attached, { ...fields, probes: links.length });
+        this.#links.set(key, { path, links, method });
+        log.info(replaced ? msg.reattached : msg.attached, {
+          ...fields,
+          probes: links.length,
+          ...(method ? { method } : {}),
+        });
       } catch (e) {
         for (const l of links) l.close();
         // Only a file still there failed for real; a vanished one is simply not wanted next time.
@@ -149,23 +170,27 @@ export class LibraryProbes {
     }
   }
 
-  async #attach(path: string): Promise<AttachHandle[]> {
+  async #attach(path: string): Promise<{ links: AttachHandle[]; method?: string }> {
     const elf = await ElfFile.open(path);
     const links: AttachHandle[] = [];
-    try {
-      for (const [symbol, entry, ret] of this.opts.pairs) {
+    const pairs = this.opts.pairs ?? [];
+    const choice = this.opts.sites?.(elf) ?? {
+      sites: pairs.flatMap(([symbol, entry, ret]) => {
         const sym = elf.findSymbol(symbol);
-        if (!sym) continue;
-        links.push(this.opts.attach(entry, path, sym.offset, false));
-        links.push(this.opts.attach(ret, path, sym.offset, true));
+        return sym ? [{ symbol, entry, ret, offset: sym.offset }] : [];
+      }),
+      why: `none of ${pairs.map(([s]) => s).join(", ")} in ${path}`,
+    };
+    try {
+      for (const { entry, ret, offset } of choice.sites) {
+        links.push(this.opts.attach(entry, path, offset, false));
+        links.push(this.opts.attach(ret, path, offset, true));
       }
     } catch (e) {
       for (const l of links) l.close();
       throw e;
     }
-    if (!links.length) {
-      throw new Error(`none of ${this.opts.pairs.map(([s]) => s).join(", ")} in ${path}`);
-    }
-    return links;
+    if (!links.length) throw new Error(choice.why ?? `no probe site in ${path}`);
+    return { links, method: choice.method };
   }
 }

@@ -122,8 +122,9 @@ export const DEFAULT_HOOKS: HookSpec[] = [
 ];
 
 /**
- * HTTPS plaintext: [function, entry program, return program] attached to each libssl at run time (entry
- * before return: a return probe without its entry would see no stash). SSL_read_ex is absent before 1.1.1.
+ * HTTPS plaintext: [function, entry program, return program] (entry before return: a return probe without its
+ * entry would see no stash). SSL_read_ex is absent before 1.1.1. Attached at run time where
+ * src/capture/tls_sites.ts says: the server's own file first, libssl as the fallback.
  */
 export const SSL_UPROBES: readonly (readonly [string, string, string])[] = [
   ["SSL_do_handshake", "up_ssl_hshake", "uret_ssl_hshake"],

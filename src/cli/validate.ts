@@ -71,10 +71,25 @@ export interface HttpsLibrary {
   error?: string;
 }
 
+/** Where the HTTPS probes of one server file would go (the agent decides the same way, src/capture/tls_sites.ts). */
+export interface HttpsMethod {
+  /** The server file (nginx executable, mod_ssl.so). */
+  file: string;
+  source: "process" | "installed";
+  /** server_symbol / plt: only the server traps; library: every process mapping libssl traps. */
+  method: "server_symbol" | "plt" | "library";
+  /** Probed functions or stubs, e.g. ngx_ssl_recv, SSL_read@plt. */
+  sites: string[];
+  /** Why the fallback (method library). */
+  why?: string;
+}
+
 export interface HttpsReport {
   available: boolean;
   /** In words: why (not). */
   reason: string;
+  /** The method chosen per server file. */
+  methods: HttpsMethod[];
   libraries: HttpsLibrary[];
   /** The agent's SSL programs loaded and attached to the first usable library, then detached. */
   uprobes: { ok: boolean; library?: string; stage?: string; error?: string; programs: string[] } | null;
@@ -238,7 +253,13 @@ async function probeHttps(cfg: Config, bytes: Uint8Array, ringbuf: boolean): Pro
       }
     }
   }
-  const out: HttpsReport = { available: false, reason: "", libraries, uprobes: null };
+  const out: HttpsReport = {
+    available: false,
+    reason: "",
+    methods: await httpsMethods(cfg, mappedFiles, findServerProcesses(servers).map((s) => s.pid)),
+    libraries,
+    uprobes: null,
+  };
   const usable = libraries.find((l) => l.offsets.SSL_read != null);
   if (!cfg.uprobes.enabled) {
     out.reason = "uprobes.enabled is false";
@@ -268,9 +289,46 @@ async function probeHttps(cfg: Config, bytes: Uint8Array, ringbuf: boolean): Pro
   const mapped = libraries.some((l) => l.source === "process");
   out.reason = a.ok
     ? mapped
-      ? "SSL_read uprobes attach: HTTPS requests are captured as plaintext"
-      : "SSL_read uprobes attach: HTTPS requests are captured once a server maps libssl"
+      ? "uprobes attach: HTTPS requests are captured as plaintext (method per server file below)"
+      : "uprobes attach: HTTPS requests are captured once a server runs (method per server file below)"
     : `SSL uprobes refused at ${a.stage}: ${a.error}`;
+  return out;
+}
+
+/** The HTTPS probe method per server file: the running servers' files, else the installed ones. */
+async function httpsMethods(
+  cfg: Config,
+  mapped: typeof import("../bpf/elf.ts").mappedFiles,
+  pids: number[],
+): Promise<HttpsMethod[]> {
+  const { ElfFile } = await import("../bpf/elf.ts");
+  const { SERVER_FILES, serverSites, installedServerFiles } = await import("../capture/tls_sites.ts");
+  const files = new Map<string, HttpsMethod["source"]>();
+  for (const m of mapped(pids, SERVER_FILES)) if (!m.deleted) files.set(m.path, "process");
+  if (!files.size) { for (const f of installedServerFiles(cfg.uprobes.servers)) files.set(f, "installed"); }
+  const out: HttpsMethod[] = [];
+  for (const [file, source] of files) {
+    if (cfg.uprobes.tls_probes === "library") {
+      out.push({ file, source, method: "library", sites: [], why: "uprobes.tls_probes is library" });
+      continue;
+    }
+    try {
+      const c = serverSites(await ElfFile.open(file));
+      out.push(
+        c.method
+          ? { file, source, method: c.method, sites: c.sites.map((s) => s.symbol) }
+          : { file, source, method: "library", sites: [], why: c.why },
+      );
+    } catch (e) {
+      out.push({
+        file,
+        source,
+        method: "library",
+        sites: [],
+        why: e instanceof Error ? e.message : String(e),
+      });
+    }
+  }
   return out;
 }
 
@@ -325,6 +383,15 @@ export function formatReport(r: ValidateReport): string {
   if (r.https) {
     const h = r.https;
     row("HTTPS", `${h.available ? "plaintext capture available" : "NO plaintext capture"}: ${h.reason}`);
+    for (const m of h.methods) {
+      lines.push(
+        `  method      ${m.method} for ${m.file} (${m.source}): ${
+          m.method === "library"
+            ? `probes on libssl, every process mapping it traps on every call (${m.why})`
+            : `${m.sites.join(", ")}; only processes mapping this file trap`
+        }`,
+      );
+    }
     for (const l of h.libraries) {
       const where = l.source === "process" ? `mapped by pid ${l.pids!.join(", ")}` : "ld.so.cache";
       const offs = Object.entries(l.offsets).map(([fn, o]) =>

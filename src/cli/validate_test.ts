@@ -91,6 +91,11 @@ Deno.test("--validate --json: a dry run of the plan on this kernel", async () =>
     assertEquals(lib.offsets[fn], await binutilsOffset(lib.path, fn), `${fn} offset`);
   }
   assertEquals(https.uprobes!.programs.length, 6, "entry + return per function");
+  // The running Apache's mod_ssl.so is probed at its SSL_read PLT stub: only Apache traps.
+  const modSsl = https.methods.find((m) => /mod_ssl\.so$/.test(m.file));
+  assert(modSsl, `mod_ssl.so in the methods: ${JSON.stringify(https.methods)}`);
+  assertEquals([modSsl.source, modSsl.method], ["process", "plt"]);
+  assert(modSsl.sites.includes("SSL_read@plt"), modSsl.sites.join(", "));
 });
 
 Deno.test("--validate: human output, forced method from the config, bad config", async (t) => {
@@ -104,12 +109,24 @@ Deno.test("--validate: human output, forced method from the config, bad config",
       assertMatch(stdout, /nginx +NONE \(configured: fexit\)/);
       assertMatch(stdout, /fexit +refused at load: EPERM: Operation not permitted/);
       assertStringIncludes(stdout, "result        OK");
-      assertMatch(stdout, /^HTTPS +plaintext capture available: SSL_read uprobes attach/m);
+      assertMatch(stdout, /^HTTPS +plaintext capture available: uprobes attach/m);
+      // The method per server file: nginx's own function, mod_ssl's PLT stubs.
+      assertMatch(stdout, /^ {2}method +server_symbol for \/\S*nginx \(\w+\): ngx_ssl_recv; only processes/m);
+      assertMatch(stdout, /^ {2}method +plt for \/\S*mod_ssl\.so \(\w+\): .*SSL_read@plt/m);
       assertMatch(
         stdout,
         /^ {2}libssl +\/\S+\/libssl\.so\.\d\S* \(.*\): SSL_do_handshake 0x[0-9a-f]+, SSL_read 0x/m,
       );
       assertMatch(stdout, /^ {2}uprobes +work \(6 programs on /m);
+    });
+    await t.step("tls_probes: library: the fallback and its cost are named", async () => {
+      await Deno.writeTextFile(`${dir}/l.yaml`, "uprobes:\n  tls_probes: library\n");
+      const { code, stdout } = await run(["--validate", "--config", `${dir}/l.yaml`]);
+      assertEquals(code, 0);
+      assertMatch(
+        stdout,
+        /^ {2}method +library for \/\S*nginx .*every process mapping it traps.*\(uprobes\.tls_probes is library\)$/m,
+      );
     });
     await t.step("uprobes disabled: no HTTPS plaintext capture, said so; still OK", async () => {
       await Deno.writeTextFile(`${dir}/u.yaml`, "uprobes:\n  enabled: false\n");

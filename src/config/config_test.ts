@@ -30,6 +30,7 @@ Deno.test("embedded default: stdout on, metrics on, no ClickHouse; original upro
     servers: ["nginx", "apache"],
     max_retries: 30,
     retry_interval_sec: 2,
+    tls_probes: "auto",
   });
   assertEquals(parseConfig("", "c.yaml"), DEFAULT_CONFIG);
   assertEquals(parseConfig("# only a comment\n", "c.yaml"), DEFAULT_CONFIG);

@@ -55,6 +55,13 @@ export const SCHEMA = {
       doc: "attempts to find and attach to a server that is not running yet",
     },
     retry_interval_sec: { t: "int", def: 2, min: 1, max: 3600, doc: "seconds between attach attempts" },
+    tls_probes: {
+      t: "enum",
+      def: "auto",
+      values: ["auto", "library"],
+      doc:
+        "HTTPS probes: auto = on the server's own file (only servers trap); library = on libssl (every process mapping it traps)",
+    },
   },
   capture: {
     nginx: {

@@ -9,7 +9,9 @@
  * file and is captured too, after which the old inode's probes are detached. An agent started after an
  * upgrade probes the deleted file Apache still runs. Every request is one row.
  *
- * libssl the same way under nginx (TLS, HTTP/1.1 and HTTP/2): `nginx -s reload` forks new workers from the
+ * libssl the same way under nginx (TLS, HTTP/1.1 and HTTP/2), with the HTTPS probes on libssl
+ * (`uprobes.tls_probes: library`, the fallback for servers whose own files give no probe site; by default
+ * nginx is probed in its own file, which the same code follows): `nginx -s reload` forks new workers from the
  * old master, so they keep the old (deleted) libssl; a fresh nginx maps the new one. Every request over TLS
  * is exactly one row: none lost, none read twice.
  *
@@ -251,7 +253,10 @@ Deno.test("agent: libssl replaced under nginx is probed again; every TLS request
   if (!system) throw new HarnessError(`${LIBSSL} not found: install Debian's libssl3`);
   const dir = await makeTempDir("ja4ebpf-libssl-");
   const lib = `${dir}/${LIBSSL}`;
-  const cfg = { uprobes: { servers: ["nginx"] }, capture: { ports: [NGINX, NGINX_TLS] } };
+  const cfg = {
+    uprobes: { servers: ["nginx"], tls_probes: "library" },
+    capture: { ports: [NGINX, NGINX_TLS] },
+  };
   const ssl = /^libssl\.so/;
   let nginx: WebServer | undefined;
   let agent: RunningAgent | undefined;
