@@ -7,7 +7,7 @@
 import { stringify } from "yaml";
 import { type Row, rowFromJson } from "../../src/sink/row.ts";
 import { parsePrometheusText } from "../../src/metrics/registry.ts";
-import { delay, HarnessError, makeTempDir, requireRoot, requireTool, runOk } from "./proc.ts";
+import { delay, HarnessError, makeTempDir, requireRoot, requireTool, runOk, waitUntil } from "./proc.ts";
 
 export const MAIN_TS = new URL("../../src/main.ts", import.meta.url).pathname;
 /**
@@ -338,4 +338,31 @@ export async function startAgent(opts: AgentStartOptions = {}): Promise<RunningA
     close,
     [Symbol.asyncDispose]: close,
   };
+}
+
+/**
+ * Resolves once every row the agent captured has reached the file sink: nothing held for correlation or
+ * batched (`ja4ebpf_rows_spooled` 0) and the captured count no longer ahead of the file. A row emitted twice
+ * (a duplicate) would be in the file by then. `context` adds to the timeout's message.
+ */
+export async function rowsSettled(agent: RunningAgent, context: () => string = () => ""): Promise<void> {
+  let last = "";
+  await waitUntil(
+    async () => {
+      const m = await agent.metrics();
+      const captured = m.get("ja4ebpf_rows_captured_total") ?? 0;
+      const dropped = [...m].filter(([k]) => k.startsWith("ja4ebpf_rows_dropped_total")).reduce(
+        (a, [, v]) => a + v,
+        0,
+      );
+      const inFile = (await agent.rows()).length;
+      last = `spooled ${
+        m.get("ja4ebpf_rows_spooled")
+      }, captured ${captured}, dropped ${dropped}, in the file ${inFile}`;
+      return m.get("ja4ebpf_rows_spooled") === 0 && inFile >= captured - dropped;
+    },
+    10_000,
+    "the agent's captured rows all in the file sink",
+    () => Promise.resolve(`${last}\n${context()}`),
+  );
 }

@@ -9,7 +9,7 @@
 import { assert, assertEquals, assertGreater } from "../../src/testing/asserts.ts";
 import type { Row } from "../../src/sink/row.ts";
 import type { StreamRecord } from "../../src/offline/fingerprint_capture.ts";
-import { MAIN_TS, type RunningAgent, startAgent, tracedPids } from "../helpers/agent.ts";
+import { MAIN_TS, rowsSettled, type RunningAgent, startAgent, tracedPids } from "../helpers/agent.ts";
 import { startApache, startNginx, type WebServer } from "../helpers/servers.ts";
 import { startTcpdump } from "../helpers/capture.ts";
 import { bigHeader, curl, httpRequest, rawHttp } from "../helpers/clients.ts";
@@ -64,32 +64,8 @@ function excerpt(agent: RunningAgent): string {
   return agent.stderr().split("\n").filter((l) => !/ DEBUG /.test(l)).slice(-40).join("\n");
 }
 
-/**
- * Resolves once every row the agent captured has reached the file sink: nothing held for correlation or
- * batched (`ja4ebpf_rows_spooled` 0) and the captured count no longer ahead of the file. A row emitted twice
- * (a duplicate) would be in the file by then.
- */
-async function settled(agent: RunningAgent): Promise<void> {
-  let last = "";
-  await waitUntil(
-    async () => {
-      const m = await agent.metrics();
-      const captured = m.get("ja4ebpf_rows_captured_total") ?? 0;
-      const dropped = [...m].filter(([k]) => k.startsWith("ja4ebpf_rows_dropped_total")).reduce(
-        (a, [, v]) => a + v,
-        0,
-      );
-      const inFile = (await agent.rows()).length;
-      last = `spooled ${
-        m.get("ja4ebpf_rows_spooled")
-      }, captured ${captured}, dropped ${dropped}, in the file ${inFile}`;
-      return m.get("ja4ebpf_rows_spooled") === 0 && inFile >= captured - dropped;
-    },
-    10_000,
-    "the agent's captured rows all in the file sink",
-    () => Promise.resolve(`${last}\n${excerpt(agent)}`),
-  );
-}
+/** Every captured row in the file sink (tests/helpers/agent.ts), with the agent's log on a timeout. */
+const settled = (agent: RunningAgent) => rowsSettled(agent, () => excerpt(agent));
 
 /** The Apache processes are in the agent's traced_pids and its libapr uprobes (if it uses them) attached. */
 async function followsApache(agent: RunningAgent, apache: WebServer): Promise<boolean> {

@@ -13,7 +13,7 @@
 import { assert, assertEquals, assertGreater } from "../../src/testing/asserts.ts";
 import type { Row } from "../../src/sink/row.ts";
 import type { StreamRecord } from "../../src/offline/fingerprint_capture.ts";
-import { MAIN_TS, type RunningAgent, startAgent } from "../helpers/agent.ts";
+import { MAIN_TS, rowsSettled, type RunningAgent, startAgent } from "../helpers/agent.ts";
 import { type AccessEntry, startApache, startNginx } from "../helpers/servers.ts";
 import { startTcpdump, tsharkFields } from "../helpers/capture.ts";
 import { chromium, curl } from "../helpers/clients.ts";
@@ -319,7 +319,7 @@ Deno.test("agent HTTPS: nginx (h1, h2, Chromium over a veth) and Apache rows car
         }`,
       );
     }
-    await delay(800); // duplicates would show up by now
+    await rowsSettled(agent, () => excerpt(agent)); // every captured row written: a duplicate would be there
     rows = (await agent.rows()).filter((r) => TLS_PORTS.has(r.dst_port));
     nginxLog = (await nginx.accessLog()).filter((e) => e.serverPort === NGINX_TLS);
     nNginx = nginxLog.length;
