@@ -19,6 +19,7 @@ import { wrk, type WrkResult } from "../tests/helpers/clients.ts";
 import { AGENT_V8_FLAGS, type RunningAgent, startAgent } from "../tests/helpers/agent.ts";
 import { delay, makeTempDir, requirePortsFree, requireRoot, requireTool } from "../tests/helpers/proc.ts";
 import { httpsProbesBench } from "./https_probes.ts";
+import { cpuSplitUs, starve } from "./proc_cpu.ts";
 
 const HTTP_PORT = 22080;
 const TLS_PORT = 22443;
@@ -65,37 +66,6 @@ interface RunFigures {
   /** Most other agents seen on the host around the wrk run (their probes slow this nginx and wrk too). */
   otherAgents?: number;
   agent?: AgentFigures;
-}
-
-const TICK_US = 1e6 / Number(
-  new TextDecoder().decode(
-    new Deno.Command("getconf", { args: ["CLK_TCK"] })
-      .outputSync().stdout,
-  ).trim() || 100,
-);
-
-/**
- * The overload policy run: every thread of the agent at nice 19, below the server (the unit's Nice= and
- * CPUWeight= do the same for a whole service). Threads are reniced one by one: setpriority(PRIO_PROCESS, pid)
- * moves only the thread whose id is the pid.
- */
-function starve(pid: number): void {
-  for (const t of Deno.readDirSync(`/proc/${pid}/task`)) {
-    new Deno.Command("renice", { args: ["-n", "19", "-p", t.name], stdout: "null", stderr: "null" })
-      .outputSync();
-  }
-}
-
-/** utime and stime of a process (all its threads), µs; 0 once it is gone. */
-function cpuSplitUs(pid: number): { user: number; sys: number } {
-  try {
-    const s = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    // Fields after the parenthesised command name (which may hold spaces): state is field 3, utime 14, stime 15.
-    const f = s.slice(s.lastIndexOf(")") + 2).split(" ");
-    return { user: Number(f[11]) * TICK_US, sys: Number(f[12]) * TICK_US };
-  } catch {
-    return { user: 0, sys: 0 };
-  }
 }
 
 /** utime + stime of a process (all its threads), µs; 0 once it is gone. */

@@ -9,6 +9,7 @@
  * (keep-alive, full speed). Traps are the agent's own per-process
  * probe hit counter (BPF map `ssl_hits`, entry + return runs). Rows are counted against nginx's access log.
  */
+import { cpuSplitUs } from "./proc_cpu.ts";
 import { startNginx, type WebServer } from "../tests/helpers/servers.ts";
 import { wrk, type WrkResult } from "../tests/helpers/clients.ts";
 import { type RunningAgent, startAgent } from "../tests/helpers/agent.ts";
@@ -58,19 +59,8 @@ interface ProbeRun {
   readyLine?: string;
 }
 
-const TICK_US = 1e6 / Number(
-  new TextDecoder().decode(new Deno.Command("getconf", { args: ["CLK_TCK"] }).outputSync().stdout).trim() ||
-    100,
-);
-
 function cpuOf(pid: number): Cpu {
-  try {
-    const s = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    const f = s.slice(s.lastIndexOf(")") + 2).split(" ");
-    return { user: Number(f[11]) * TICK_US, sys: Number(f[12]) * TICK_US };
-  } catch {
-    return { user: 0, sys: 0 };
-  }
+  return cpuSplitUs(pid);
 }
 
 function nginxCpu(ng: WebServer): Cpu {

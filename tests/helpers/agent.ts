@@ -114,8 +114,8 @@ export function parseRows(text: string): Row[] {
   return out;
 }
 
-/** BPF program ids referenced by a process's fds (program fds and link fds both show `prog_id:`). */
-export function bpfProgIds(pid: number): number[] {
+/** Ids named by `key:` lines of a process's fdinfo files (`prog_id`, `map_id`), sorted. */
+function fdinfoIds(pid: number, key: "prog_id" | "map_id"): number[] {
   const ids = new Set<number>();
   let entries: Deno.DirEntry[] = [];
   try {
@@ -123,32 +123,24 @@ export function bpfProgIds(pid: number): number[] {
   } catch {
     return [];
   }
+  const re = new RegExp(`^${key}:\\s*(\\d+)`, "m");
   for (const e of entries) {
     try {
-      const t = Deno.readTextFileSync(`/proc/${pid}/fdinfo/${e.name}`);
-      const m = /^prog_id:\s*(\d+)/m.exec(t);
+      const m = re.exec(Deno.readTextFileSync(`/proc/${pid}/fdinfo/${e.name}`));
       if (m) ids.add(Number(m[1]));
     } catch { /* fd closed meanwhile */ }
   }
   return [...ids].sort((a, b) => a - b);
 }
 
+/** BPF program ids referenced by a process's fds (program fds and link fds both show `prog_id:`). */
+export function bpfProgIds(pid: number): number[] {
+  return fdinfoIds(pid, "prog_id");
+}
+
 /** BPF map ids referenced by a process's fds (`map_id:` in fdinfo). */
 export function bpfMapIds(pid: number): number[] {
-  const ids = new Set<number>();
-  let entries: Deno.DirEntry[] = [];
-  try {
-    entries = [...Deno.readDirSync(`/proc/${pid}/fdinfo`)];
-  } catch {
-    return [];
-  }
-  for (const e of entries) {
-    try {
-      const m = /^map_id:\s*(\d+)/m.exec(Deno.readTextFileSync(`/proc/${pid}/fdinfo/${e.name}`));
-      if (m) ids.add(Number(m[1]));
-    } catch { /* fd closed meanwhile */ }
-  }
-  return [...ids].sort((a, b) => a - b);
+  return fdinfoIds(pid, "map_id");
 }
 
 /** A u32 from bpftool's JSON: a number (BTF-formatted) or little-endian hex byte strings. */
