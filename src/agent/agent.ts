@@ -30,13 +30,8 @@ import { type EventReader, PerfReader, RingReader } from "../bpf/ringbuf.ts";
 import { DropReason, EventKind, ServerKind } from "../bpf/layout.gen.ts";
 import { type CapturedHello, RequestTracker } from "../capture/requests.ts";
 import { type HelloOut, PacketTracker } from "../capture/packets.ts";
-import {
-  findServerProcesses,
-  listeningPorts,
-  processSockets,
-  type ServerKind as Server,
-  serverOfComm,
-} from "../capture/procfs.ts";
+import { processSockets, type ServerKind as Server } from "../capture/procfs.ts";
+import { ServerFollower } from "../capture/follow.ts";
 import { Correlator } from "../correlate/correlator.ts";
 import { makeRedactor, openOutputs, type OutputSink } from "../sink/mod.ts";
 import type { SyncWriter } from "../sink/stdout.ts";
@@ -71,20 +66,6 @@ const APR_PROGRAMS: readonly UprobePair[] = [
   ["apr_socket_recv", "uprobe_apr_socket_recv_entry", "uretprobe_apr_socket_recv"],
 ];
 const programsOf = (pairs: readonly UprobePair[]) => pairs.flatMap(([, entry, ret]) => [entry, ret]);
-
-/** Listening ports are read again at least this often when the servers' processes did not change. */
-const PORT_RESCAN_MS = 30_000;
-
-/** The process has exited (no /proc entry, or a zombie / dead task waiting to be reaped). */
-function procGone(pid: number): boolean {
-  try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
-    return state === "Z" || state === "X";
-  } catch {
-    return true;
-  }
-}
 
 /** capture.ring_size_mb spread over the CPUs' perf rings: a power of two of pages per CPU (≥ 8). */
 export function perfPagesPerCpu(ringMb: number, cpus = possibleCpus(), page = pageSize()): number {
@@ -131,6 +112,8 @@ export class Agent {
   readonly metrics: AgentMetrics;
   readonly requests: RequestTracker;
   readonly packets = new PacketTracker();
+  /** The web servers' processes and listening ports (src/capture/follow.ts). */
+  readonly follow: ServerFollower;
   readonly correlator: Correlator;
   plan!: AttachPlan;
   private planned?: PlannedObject;
@@ -144,16 +127,11 @@ export class Agent {
   /** Capture method per server, resolved from the plan once (not per event). */
   private methods = new Map<string, string>();
   private timers: ReturnType<typeof setInterval>[] = [];
-  /** tgid → server, as written into the BPF process filter. */
-  private traced = new Map<number, Server>();
-  private ports = new Set<number>();
   private extraLinks: AttachHandle[] = [];
   private tlsCapture = false;
   /** Interfaces with our TC filter; interfaces that come up later get one too (capture.interfaces: auto). */
   private tcIfaces = new Set<string>();
   private tcEnabled = false;
-  /** The kernel follows forks/execs/exits of servers into traced_pids (plan hook "follow"). */
-  private followActive = false;
   private tcLinks = new Map<string, AttachHandle>();
   private ticks = 0;
   /** The HTTPS probes on the servers' files (or libssl) (set when the SSL programs are loaded). */
@@ -167,9 +145,6 @@ export class Agent {
   private apr?: LibraryProbes;
   private stopped = false;
   private stopping?: Promise<void>;
-  /** The server pids and time of the last listening-port scan (see refreshProcesses). */
-  private portScanPids = "";
-  private portScanMs = 0;
   private removeFatalHandler?: () => void;
   /** The running start(), which stop() waits for before tearing down. */
   private starting?: Promise<void>;
@@ -179,6 +154,7 @@ export class Agent {
   private hostname = Deno.hostname();
 
   constructor(readonly cfg: Config, private readonly opts: AgentOptions = {}) {
+    this.follow = new ServerFollower(cfg.uprobes.servers as Server[], cfg.capture.ports);
     this.metrics = new AgentMetrics();
     this.requests = new RequestTracker({
       request: (row, fd, tsNs, tls) => {
@@ -348,7 +324,7 @@ export class Agent {
       }
     }
     this.tcEnabled = !!this.plan.hooks.find((h) => h.hook === "packets")?.method;
-    this.followActive = !!this.plan.hooks.find((h) => h.hook === "follow")?.method;
+    this.follow.followActive = !!this.plan.hooks.find((h) => h.hook === "follow")?.method;
     this.checkStopped();
     await this.refreshInterfaces();
     this.checkStopped();
@@ -376,7 +352,7 @@ export class Agent {
       buffer: ringbuf ? "ringbuf" : "perfbuf",
       https: this.tls ? this.tls.describe().join(",") || "waiting for a TLS server" : "off",
       interfaces: [...this.tcIfaces].join(","),
-      ports: [...this.ports].join(","),
+      ports: [...this.follow.ports].join(","),
     });
   }
 
@@ -401,59 +377,7 @@ export class Agent {
 
   /** Follows server processes (new workers after reloads and restarts) into the BPF filter and ports. */
   refreshProcesses(): void {
-    const procs = findServerProcesses(this.cfg.uprobes.servers as Server[]);
-    const now = new Map(procs.map((p) => [p.pid, p.server] as const));
-    const pids = TracedPids.of(this.map("traced_pids"));
-    // The map, not this.traced, is the truth: the follow programs add forked/exec'd servers and remove
-    // exited ones in the kernel. Read whole first, then changed.
-    const inMap = pids?.entries() ?? new Map<number, number>();
-    const traced = new Map<number, Server>();
-    for (const [pid, server] of now) {
-      const kind = server === "nginx" ? ServerKind.NGINX : ServerKind.APACHE;
-      if (pids && inMap.get(pid) !== kind) {
-        // A zombie the exit program already removed must not come back (its pid may be reused).
-        if (inMap.has(pid) || !procGone(pid)) pids.set(pid, kind);
-        else continue;
-      }
-      traced.set(pid, server);
-    }
-    for (const [pid, kind] of inMap) {
-      if (now.has(pid)) continue;
-      if (this.followActive && !procGone(pid)) {
-        // Added by the kernel side and still running (a forked worker that renamed itself): keep it.
-        const server = kind === ServerKind.NGINX
-          ? "nginx"
-          : kind === ServerKind.APACHE
-          ? "apache"
-          : undefined;
-        if (server) traced.set(pid, server);
-        continue;
-      }
-      pids?.delete(pid);
-    }
-    this.traced = traced;
-    // Listening ports come from /proc/PID/net/tcp, which also lists every TIME_WAIT connection: tens of
-    // thousands of lines on a server closing 10k connections a second. Read it when the servers' processes
-    // changed, else every PORT_RESCAN_MS, not every second.
-    const pidKey = [...now.keys()].join(",");
-    const rescan = pidKey !== this.portScanPids || Date.now() - this.portScanMs >= PORT_RESCAN_MS;
-    if (!this.cfg.capture.ports.length && !rescan) return;
-    this.portScanPids = pidKey;
-    this.portScanMs = Date.now();
-    const ports = this.cfg.capture.ports.length ? this.cfg.capture.ports : listeningPorts([...now.keys()]);
-    const lp = ListenPorts.of(this.map("listen_ports"));
-    for (const p of ports) {
-      if (this.ports.has(p)) continue;
-      lp?.add(p);
-      this.ports.add(p);
-    }
-    if (!this.cfg.capture.ports.length) {
-      for (const p of [...this.ports]) {
-        if (ports.includes(p)) continue;
-        lp?.delete(p);
-        this.ports.delete(p);
-      }
-    }
+    this.follow.refresh(TracedPids.of(this.map("traced_pids")), ListenPorts.of(this.map("listen_ports")));
   }
 
   /**
@@ -517,7 +441,7 @@ export class Agent {
       library,
       pairs,
       attach: (prog, path, offset, retprobe) => obj.program(prog).attachUprobe({ path, offset, retprobe }),
-      pids: () => [...this.traced].filter(([, s]) => servers.includes(s)).map(([pid]) => pid),
+      pids: () => [...this.follow.traced].filter(([, s]) => servers.includes(s)).map(([pid]) => pid),
       messages,
     });
   }
@@ -527,7 +451,7 @@ export class Agent {
     return new TlsProbes({
       mode: this.cfg.uprobes.tls_probes,
       attach: (prog, path, offset, retprobe) => obj.program(prog).attachUprobe({ path, offset, retprobe }),
-      pids: () => this.traced.keys(),
+      pids: () => this.follow.traced.keys(),
       preload: installedServerFiles(this.cfg.uprobes.servers),
     });
   }
@@ -545,7 +469,7 @@ export class Agent {
   private seedConnections(): void {
     const now = Date.now();
     let n = 0;
-    for (const s of processSockets([...this.traced.keys()])) {
+    for (const s of processSockets([...this.follow.traced.keys()])) {
       if (s.state !== 1) continue;
       this.correlator.bind(
         { src: s.remote, src_port: s.remotePort, dst: s.local, dst_port: s.localPort },
@@ -588,7 +512,7 @@ export class Agent {
     switch (ev.kind) {
       case EventKind.DATA: {
         if (ev.readFailed) return;
-        const server = this.traced.get(ev.pid) ?? (ev.comm === "nginx" ? "nginx" : "apache");
+        const server = this.follow.traced.get(ev.pid) ?? (ev.comm === "nginx" ? "nginx" : "apache");
         ev.server = server;
         ev.capture = ev.plaintext ? "ssl_uprobe" : this.methodOf(server);
         this.requests.push(ev);
@@ -620,33 +544,9 @@ export class Agent {
     );
   }
 
-  /**
-   * Workers forked by a traced master (nginx reload, Apache replacing children) read requests at once; the
-   * full /proc scan runs only once a second, so look at the masters' children on every tick (cheap: one file
-   * per traced process) to shrink the window in which their reads are filtered out.
-   */
+  /** New workers of the traced servers, between two full scans (see ServerFollower). */
   followChildren(): void {
-    if (this.followActive) return; // the kernel adds them at fork
-    const pids = TracedPids.of(this.map("traced_pids"));
-    for (const [pid, server] of [...this.traced]) {
-      let text: string;
-      try {
-        text = Deno.readTextFileSync(`/proc/${pid}/task/${pid}/children`);
-      } catch {
-        continue; // gone, or a kernel without CONFIG_PROC_CHILDREN: the slow scan covers it
-      }
-      for (const c of text.split(" ")) {
-        const child = Number(c);
-        if (!child || this.traced.has(child)) continue;
-        let comm = "";
-        try {
-          comm = Deno.readTextFileSync(`/proc/${child}/comm`).trim();
-        } catch { /* exited */ }
-        if (serverOfComm(comm) !== server) continue;
-        pids?.set(child, server === "nginx" ? ServerKind.NGINX : ServerKind.APACHE);
-        this.traced.set(child, server);
-      }
-    }
+    this.follow.followChildren(TracedPids.of(this.map("traced_pids")));
   }
 
   private tick(): void {
