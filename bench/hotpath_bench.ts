@@ -47,7 +47,6 @@ export async function runHotpath(mode: string, requests: number): Promise<Hotpat
   let bytesOut = 0;
   const out = await openOutputs(cfg, { stdout: { writeSync: (p) => (bytesOut += p.length, p.length) } });
   const agent = new Agent(cfg);
-  (globalThis as unknown as { agent: Agent }).agent = agent; // for heap inspection
   agent.correlator.opts.orderedEvents = true; // as with the ring buffer (start() sets it)
   // Agent.start() would plan real hooks; the dispatch only needs to know which method nginx uses.
   agent.plan = { hooks: [{ hook: "nginx", method: "tracepoint" }] } as unknown as AttachPlan;

@@ -375,10 +375,8 @@ export class EventView {
     this.#connKey = undefined;
     switch (kind) {
       case EventKind.DATA: {
-        const len = rDataLen(dv), at = DATA_F.data.offset;
-        if (rec.length < at || at + len > rec.length) return this.#bad(rec.length < at ? "short" : "length");
+        if (!this.#payload(rec, dv, DATA_F.data.offset)) return false;
         this.pos = rDataPos(dv);
-        this.data = rec.subarray(at, at + len);
         if ((flags & EventFlags.TRUNCATED) !== 0 && (flags & EventFlags.LAST_CHUNK) !== 0) {
           this.lostTo = this.pos - this.offset + this.total;
         }
@@ -392,13 +390,10 @@ export class EventView {
         this.data = rec.subarray(SYN_F.options.offset, SYN_F.options.offset + n);
         return true;
       }
-      case EventKind.PKT: {
-        const len = rDataLen(dv), at = PKT_F.data.offset;
-        if (rec.length < at || at + len > rec.length) return this.#bad(rec.length < at ? "short" : "length");
+      case EventKind.PKT:
+        if (!this.#payload(rec, dv, PKT_F.data.offset)) return false;
         this.seq = rPktSeq(dv);
-        this.data = rec.subarray(at, at + len);
         return true;
-      }
       case EventKind.CLOSE:
         if (rec.length < CLOSE_EVENT.size) return this.#bad("short");
         this.posRaw = rPosRaw(dv);
@@ -439,6 +434,15 @@ export class EventView {
   /** The process name (decoded on demand: most events never need it). */
   get comm(): string {
     return commOf(this.#rec);
+  }
+
+  /** `data` = the data_len payload bytes at `at`; false (counted) when the record does not hold them. */
+  #payload(rec: Uint8Array, dv: DataView, at: number): boolean {
+    const len = rDataLen(dv);
+    if (rec.length < at) return this.#bad("short");
+    if (at + len > rec.length) return this.#bad("length");
+    this.data = rec.subarray(at, at + len);
+    return true;
   }
 
   #bad(reason: EventDecodeError["reason"]): false {

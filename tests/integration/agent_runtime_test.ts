@@ -74,10 +74,24 @@ async function tcProgIds(): Promise<number[]> {
   return [...(await loIngress()).matchAll(/ bpf .*? id (\d+)/g)].map((m) => Number(m[1]));
 }
 
+/** Removes the foreign filter (no error when it is not there). */
+async function removeForeignFilter(): Promise<void> {
+  await run([
+    requireTool("tc", "iproute2"),
+    "filter",
+    "del",
+    "dev",
+    "lo",
+    "ingress",
+    "prio",
+    String(FOREIGN_PRIO),
+  ]);
+}
+
 async function addForeignFilter(): Promise<void> {
   const tc = requireTool("tc", "iproute2");
   await run([tc, "qdisc", "add", "dev", "lo", "clsact"]); // EEXIST when another tool put it there: fine
-  await run([tc, "filter", "del", "dev", "lo", "ingress", "prio", String(FOREIGN_PRIO)]);
+  await removeForeignFilter();
   await runOk([
     tc,
     "filter",
@@ -165,16 +179,7 @@ Deno.test("agent runtime: SIGTERM detaches everything; SIGKILL leftovers are cle
       assert(await foreignFilterThere(), `foreign u32 filter kept:\n${await loIngress()}`);
     });
   } finally {
-    await run([
-      requireTool("tc", "iproute2"),
-      "filter",
-      "del",
-      "dev",
-      "lo",
-      "ingress",
-      "prio",
-      String(FOREIGN_PRIO),
-    ]);
+    await removeForeignFilter();
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 });
@@ -501,16 +506,7 @@ Deno.test("agent runtime: SIGKILL leftovers are swept on every interface; cleanu
       assertEquals(filterOn("lo", handle), undefined, "gone with its SIGTERM");
     });
   } finally {
-    await run([
-      requireTool("tc", "iproute2"),
-      "filter",
-      "del",
-      "dev",
-      "lo",
-      "ingress",
-      "prio",
-      String(FOREIGN_PRIO),
-    ]);
+    await removeForeignFilter();
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 });
