@@ -2,7 +2,8 @@
  * Rows as JSON lines in a file (mode 0600), rotated by size: path → path.1 → … → path.N (oldest removed).
  * fsync on rotation and close.
  */
-import { jsonLines, type Row } from "./row.ts";
+import { JsonLinesEncoder } from "./jsonl.ts";
+import type { Row } from "./row.ts";
 import { countInto, newStats, type Sink, type SinkStats } from "./sink.ts";
 import { writeAll } from "./stdout.ts";
 
@@ -17,7 +18,8 @@ export class FileSink implements Sink {
   #f: Deno.FsFile | undefined;
   #size = 0;
   #stats = newStats("file");
-  #enc = new TextEncoder();
+  /** Rows straight to bytes in one reused buffer (written before the next batch reuses it). */
+  #jsonl = new JsonLinesEncoder();
 
   constructor(o: FileSinkOptions) {
     this.#o = o;
@@ -51,7 +53,7 @@ export class FileSink implements Sink {
     if (rows.length === 0) return;
     this.#stats.emitted += rows.length;
     try {
-      const bytes = this.#enc.encode(jsonLines(rows));
+      const bytes = this.#jsonl.encode(rows);
       if (this.#size > 0 && this.#size + bytes.length > this.#o.maxSizeBytes) this.#rotate();
       if (!this.#f) this.#open();
       writeAll(this.#f!, bytes);

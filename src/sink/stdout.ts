@@ -1,5 +1,6 @@
 /** Rows as JSON lines on stdout (the default output). */
-import { jsonLines, type Row } from "./row.ts";
+import { JsonLinesEncoder } from "./jsonl.ts";
+import type { Row } from "./row.ts";
 import { newStats, type Sink, type SinkStats } from "./sink.ts";
 
 export interface SyncWriter {
@@ -9,7 +10,8 @@ export interface SyncWriter {
 export class StdoutSink implements Sink {
   #out: SyncWriter;
   #stats = newStats("stdout");
-  #enc = new TextEncoder();
+  /** Rows straight to bytes in one reused buffer (written before the next batch reuses it). */
+  #jsonl = new JsonLinesEncoder();
 
   constructor(out: SyncWriter = Deno.stdout) {
     this.#out = out;
@@ -18,7 +20,7 @@ export class StdoutSink implements Sink {
   write(rows: Row[]): void {
     if (rows.length === 0) return;
     this.#stats.emitted += rows.length;
-    const bytes = this.#enc.encode(jsonLines(rows));
+    const bytes = this.#jsonl.encode(rows);
     try {
       writeAll(this.#out, bytes);
       this.#stats.shipped += rows.length;

@@ -1,0 +1,175 @@
+/**
+ * Rows as JSON lines, encoded straight into one reusable byte buffer: the bytes of
+ * `new TextEncoder().encode(jsonLines(rows))` without the per-row strings, the batch string and the UTF-8 copy
+ * that way allocates (garbage the collector then pays for at every request). Values that repeat from row to
+ * row (addresses, Host, User-Agent, fingerprints) are kept as their quoted UTF-8 bytes; the rest is written
+ * byte by byte when it is plain ASCII, and through JSON.stringify + UTF-8 otherwise.
+ */
+import { jsonString, type Row } from "./row.ts";
+
+const utf8 = new TextEncoder();
+const bytes = (s: string) => utf8.encode(s);
+
+const F_TS = bytes('{"ts":');
+const F_HOST = bytes(',"host":');
+const F_SERVER = bytes(',"server":');
+const F_PID = bytes(',"pid":');
+const F_CAPTURE = bytes(',"capture":');
+const F_SRC = bytes(',"src":');
+const F_SRC_PORT = bytes(',"src_port":');
+const F_DST = bytes(',"dst":');
+const F_DST_PORT = bytes(',"dst_port":');
+const F_METHOD = bytes(',"method":');
+const F_PATH = bytes(',"path":');
+const F_VERSION = bytes(',"http_version":');
+const F_HOST_HEADER = bytes(',"host_header":');
+const F_UA = bytes(',"user_agent":');
+const F_JA4H = bytes(',"ja4h":');
+const F_JA4H_R = bytes(',"ja4h_r":');
+const F_JA4H_O = bytes(',"ja4h_o":');
+const F_JA4H_RO = bytes(',"ja4h_ro":');
+const F_JA4 = bytes(',"ja4":');
+const F_JA4_R = bytes(',"ja4_r":');
+const F_JA4T = bytes(',"ja4t":');
+const F_SNI = bytes(',"tls_server_name":');
+const END_TRUE = bytes(',"truncated":true}\n');
+const END_FALSE = bytes(',"truncated":false}\n');
+
+/** Quoted values kept at most; the cache starts over when full (values that repeat come back at once). */
+const CACHE_ENTRIES = 8192;
+/** Longer values are not kept (a User-Agent is ~100–300 bytes; this bounds the cache to a few MiB). */
+const CACHE_MAX_CHARS = 512;
+/** Room every row may need beyond its strings' bytes: names, numbers, punctuation. */
+const ROW_FIXED = 512;
+
+export class JsonLinesEncoder {
+  #buf: Uint8Array;
+  #pos = 0;
+  #quoted = new Map<string, Uint8Array>();
+
+  constructor(initialBytes = 64 * 1024) {
+    this.#buf = new Uint8Array(initialBytes);
+  }
+
+  /** The rows' JSON lines; a view into the encoder's buffer, valid until the next call. */
+  encode(rows: readonly Row[]): Uint8Array {
+    this.#pos = 0;
+    for (let i = 0; i < rows.length; i++) this.#row(rows[i]);
+    return this.#buf.subarray(0, this.#pos);
+  }
+
+  /** One row, fields in ROW_FIELDS order, absent strings left out (as rowJson). */
+  #row(r: Row): void {
+    // Worst case per UTF-16 unit: 6 bytes ("\uXXXX"); checked once per row, so no write below checks.
+    this.#room(
+      ROW_FIXED + 6 * (r.ts.length + r.host.length + r.server.length + r.capture.length + r.src.length +
+            r.dst.length + r.method.length + r.path.length + r.http_version.length + r.host_header.length +
+            r.user_agent.length + r.ja4h.length + r.ja4h_r.length + r.ja4h_o.length + r.ja4h_ro.length +
+            r.ja4.length + r.ja4_r.length + r.ja4t.length + r.tls_server_name.length),
+    );
+    this.#put(F_TS);
+    this.#str(r.ts);
+    if (r.host !== "") this.#field(F_HOST, r.host);
+    if (r.server !== "") this.#field(F_SERVER, r.server);
+    this.#put(F_PID);
+    this.#num(r.pid);
+    if (r.capture !== "") this.#field(F_CAPTURE, r.capture);
+    if (r.src !== "") this.#field(F_SRC, r.src);
+    this.#put(F_SRC_PORT);
+    this.#num(r.src_port);
+    if (r.dst !== "") this.#field(F_DST, r.dst);
+    this.#put(F_DST_PORT);
+    this.#num(r.dst_port);
+    if (r.method !== "") this.#field(F_METHOD, r.method);
+    if (r.path !== "") {
+      this.#put(F_PATH);
+      this.#str(r.path);
+    }
+    if (r.http_version !== "") this.#field(F_VERSION, r.http_version);
+    if (r.host_header !== "") this.#field(F_HOST_HEADER, r.host_header);
+    if (r.user_agent !== "") this.#field(F_UA, r.user_agent);
+    if (r.ja4h !== "") this.#field(F_JA4H, r.ja4h);
+    if (r.ja4h_r !== "") {
+      this.#put(F_JA4H_R);
+      this.#str(r.ja4h_r);
+    }
+    if (r.ja4h_o !== "") {
+      this.#put(F_JA4H_O);
+      this.#str(r.ja4h_o);
+    }
+    if (r.ja4h_ro !== "") {
+      this.#put(F_JA4H_RO);
+      this.#str(r.ja4h_ro);
+    }
+    if (r.ja4 !== "") this.#field(F_JA4, r.ja4);
+    if (r.ja4_r !== "") this.#field(F_JA4_R, r.ja4_r);
+    if (r.ja4t !== "") this.#field(F_JA4T, r.ja4t);
+    if (r.tls_server_name !== "") this.#field(F_SNI, r.tls_server_name);
+    this.#put(r.truncated ? END_TRUE : END_FALSE);
+  }
+
+  #room(n: number): void {
+    if (this.#pos + n <= this.#buf.length) return;
+    const grown = new Uint8Array(Math.max(this.#buf.length * 2, this.#pos + n));
+    grown.set(this.#buf.subarray(0, this.#pos));
+    this.#buf = grown;
+  }
+
+  #put(b: Uint8Array): void {
+    const buf = this.#buf, n = b.length;
+    const p = this.#pos;
+    // A call into the native copy costs more than a short loop.
+    if (n > 16) buf.set(b, p);
+    else for (let i = 0; i < n; i++) buf[p + i] = b[i];
+    this.#pos = p + n;
+  }
+
+  /** A repeating value: its quoted bytes from the cache. */
+  #field(name: Uint8Array, s: string): void {
+    this.#put(name);
+    if (s.length > CACHE_MAX_CHARS) return this.#str(s);
+    let q = this.#quoted.get(s);
+    if (q === undefined) {
+      if (this.#quoted.size >= CACHE_ENTRIES) this.#quoted.clear();
+      q = utf8.encode(jsonString(s));
+      this.#quoted.set(s, q);
+    }
+    this.#put(q);
+  }
+
+  /** A JSON string literal: plain printable ASCII byte by byte, anything else as JSON.stringify + UTF-8. */
+  #str(s: string): void {
+    const buf = this.#buf, n = s.length;
+    const p = this.#pos;
+    buf[p] = 0x22;
+    for (let i = 0; i < n; i++) {
+      const c = s.charCodeAt(i);
+      if (c < 0x20 || c === 0x22 || c === 0x5c || c > 0x7e) {
+        // The room reserved for the row covers the worst case of the slow path too.
+        this.#pos = p + utf8.encodeInto(jsonString(s), buf.subarray(p)).written;
+        return;
+      }
+      buf[p + 1 + i] = c;
+    }
+    buf[p + 1 + n] = 0x22;
+    this.#pos = p + n + 2;
+  }
+
+  /** A number as JSON writes it: digits for a non-negative safe integer, String() otherwise. */
+  #num(v: number): void {
+    if (!(v >= 0 && v <= 0xffffffff && v === Math.floor(v))) {
+      this.#put(utf8.encode(String(v)));
+      return;
+    }
+    const buf = this.#buf;
+    let digits = 1;
+    for (let t = v; t >= 10; t = Math.floor(t / 10)) digits++;
+    let p = this.#pos + digits;
+    this.#pos = p;
+    do {
+      const q = Math.floor(v / 10);
+      buf[--p] = 0x30 + (v - q * 10);
+      v = q;
+    } while (v > 0);
+  }
+}
