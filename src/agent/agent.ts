@@ -23,7 +23,7 @@ import { claimTc, PROBE_TC, sweepTc, type TcClaim, TcHandleBusyError, type TcIde
 import { possibleCpus } from "../bpf/object.ts";
 import type { AttachHandle, BpfMap } from "../bpf/object.ts";
 import { EventView, HOOK_METHODS } from "../bpf/events.ts";
-import { LibraryProbes, type UprobePair } from "./lib_probes.ts";
+import { LibraryProbes, type UprobePair } from "../capture/lib_probes.ts";
 import { TlsProbes } from "../capture/tls_probes.ts";
 import { installedServerFiles, TLS_PROGRAMS } from "../capture/tls_sites.ts";
 import { type EventReader, PerfReader, RingReader } from "../bpf/ringbuf.ts";

@@ -5,7 +5,7 @@
  */
 import type { AttachHandle } from "../bpf/object.ts";
 import { mappedFiles } from "../bpf/elf.ts";
-import { LibraryProbes } from "../agent/lib_probes.ts";
+import { LibraryProbes } from "./lib_probes.ts";
 import { log } from "../log.ts";
 import { librarySites, LIBSSL, SERVER_FILES, serverSites } from "./tls_sites.ts";
 

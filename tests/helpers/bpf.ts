@@ -10,6 +10,7 @@ import { type CaptureEvent, decodeEvent } from "../../src/bpf/events.ts";
 import { DropReason, ServerKind } from "../../src/bpf/layout.gen.ts";
 import { SSL_UPROBES } from "../../src/bpf/plan.ts";
 import { ensureTracefs } from "../../src/bpf/tracefs.ts";
+import { libbpf } from "../../src/bpf/ffi.ts";
 import { HarnessError, requireRoot } from "./proc.ts";
 
 /**
@@ -195,4 +196,101 @@ export function sslPairs(libssl: string): TestAttach[] {
     { program: entry, path: libssl, func, retprobe: false },
     { program: ret, path: libssl, func, retprobe: true },
   ]);
+}
+
+/** A uprobe as the kernel holds it: its file (the path the inode is reached by now) and file offset. */
+export interface KernelUprobe {
+  file: string;
+  offset: number;
+  retprobe: boolean;
+}
+
+/** The id of a loaded program, from its fd's fdinfo. */
+export function progIdOfFd(fd: number): number {
+  const m = /^prog_id:\s*(\d+)/m.exec(Deno.readTextFileSync(`/proc/self/fdinfo/${fd}`));
+  if (!m) throw new HarnessError(`fd ${fd} is not a BPF program`);
+  return Number(m[1]);
+}
+
+/**
+ * The uprobe links of this process that run a program (by its fd), read back from the kernel
+ * (bpf_link_info.perf_event.uprobe, kernel ≥ 6.6): what is really attached, not what the caller thinks.
+ */
+export function uprobeLinks(progFd: number): KernelUprobe[] {
+  const id = progIdOfFd(progFd);
+  const out: KernelUprobe[] = [];
+  for (const e of Deno.readDirSync("/proc/self/fdinfo")) {
+    let text: string;
+    try {
+      text = Deno.readTextFileSync(`/proc/self/fdinfo/${e.name}`);
+    } catch {
+      continue; // closed meanwhile (the readdir's own fd)
+    }
+    if (!/^link_type:/m.test(text) || Number(/^prog_id:\s*(\d+)/m.exec(text)?.[1]) !== id) continue;
+    // struct bpf_link_info: type@0; perf_event.type@16; uprobe {file_name@24 (in: buffer), name_len@32,
+    // offset@36}. BPF_LINK_TYPE_PERF_EVENT = 7; BPF_PERF_EVENT_UPROBE = 1, URETPROBE = 2.
+    const info = new Uint8Array(128);
+    const name = new Uint8Array(4096);
+    const dv = new DataView(info.buffer);
+    dv.setBigUint64(24, BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(name))), true);
+    dv.setUint32(32, name.length, true);
+    const len = new Uint32Array([info.length]);
+    const rc = libbpf().bpf_obj_get_info_by_fd(Number(e.name), info, new Uint8Array(len.buffer));
+    if (rc < 0) throw new HarnessError(`bpf_obj_get_info_by_fd(${e.name}): ${rc}`);
+    const pt = dv.getUint32(16, true);
+    if (dv.getUint32(0, true) !== 7 || (pt !== 1 && pt !== 2)) continue;
+    const end = name.indexOf(0);
+    out.push({
+      file: new TextDecoder().decode(name.subarray(0, end < 0 ? name.length : end)),
+      offset: dv.getUint32(36, true),
+      retprobe: pt === 2,
+    });
+  }
+  return out;
+}
+
+/** The real object with only these programs loaded (nothing attached): for code that attaches them itself. */
+export function loadPrograms(names: readonly string[]): BpfObject {
+  requireRoot("loading BPF programs");
+  const obj = BpfObject.openMem(embeddedObject());
+  try {
+    for (const p of obj.programs()) p.autoload = names.includes(p.name);
+    obj.setRingSize("events", 1 << 20);
+    obj.setGlobals({ self_tgid: Deno.pid, use_ringbuf: true });
+    obj.load();
+  } catch (e) {
+    obj.close();
+    throw e;
+  }
+  return obj;
+}
+
+/** A process (a `sleep`) that maps a shared library through LD_PRELOAD, as a server maps its libraries. */
+export interface LibraryUser extends AsyncDisposable {
+  pid: number;
+  kill(): Promise<void>;
+}
+
+export async function libraryUser(path: string): Promise<LibraryUser> {
+  const child = new Deno.Command("sleep", {
+    args: ["60"],
+    env: { LD_PRELOAD: path },
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  // Mapped once the dynamic loader is done: wait for the library to show in its maps.
+  for (let i = 0; i < 200; i++) {
+    try {
+      if (Deno.readTextFileSync(`/proc/${child.pid}/maps`).includes(path)) break;
+    } catch { /* not yet */ }
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  let done = false;
+  const kill = async () => {
+    if (done) return;
+    done = true;
+    child.kill("SIGKILL");
+    await child.status;
+  };
+  return { pid: child.pid, kill, [Symbol.asyncDispose]: kill };
 }

@@ -7,8 +7,9 @@
  * file (nginx reload and Apache graceful restart fork new workers from the same master), so the old inode
  * keeps its probes while a traced process maps it; the new file at the path is probed at its own symbol
  * offsets, ready for the next fresh start. Also used for the servers' own files (HTTPS probe sites: see
- * src/capture/tls_probes.ts), with a per-file `sites` resolver instead of fixed pairs. A deleted file never probed (upgraded before the agent started)
- * is reached through /proc/PID/map_files. A file nobody maps (and no longer at a kept path) is detached.
+ * tls_probes.ts), with a per-file `sites` resolver instead of fixed pairs. A deleted file never probed
+ * (upgraded before the agent started) is reached through /proc/PID/map_files. A file nobody maps (and no
+ * longer at a kept path) is detached.
  * One set of probes per inode: two would see every read twice.
  */
 import { ElfFile, mappedFiles } from "../bpf/elf.ts";
