@@ -6,6 +6,7 @@
  */
 import { changedKeys, type Config, loadConfig } from "../config/config.ts";
 import { configureLog, log } from "../log.ts";
+import { installFatalHandler } from "./fatal.ts";
 import { embeddedObject } from "../bpf/embedded.ts";
 import { pageSize } from "../bpf/ffi.ts";
 import {
@@ -71,41 +72,6 @@ const programsOf = (pairs: readonly UprobePair[]) => pairs.flatMap(([, entry, re
 export function perfPagesPerCpu(ringMb: number, cpus = possibleCpus(), page = pageSize()): number {
   const want = Math.max(8, Math.floor((ringMb * 1024 * 1024) / (cpus * page)));
   return 2 ** Math.floor(Math.log2(want));
-}
-
-/**
- * An exception nothing caught (an unhandled rejection, a throw in a timer) would end the process at once:
- * TC filters stay attached (they outlive the process), rows held in memory are lost uncounted. Instead: log
- * it, run `stop` (detach, flush into the spool), and exit 1 so systemd restarts the agent (Restart=on-failure)
- * and the spool is replayed. Returns the uninstaller.
- */
-export function installFatalHandler(
-  stop: () => Promise<void>,
-  exit: (code: number) => void = (code) => Deno.exit(code),
-  graceMs = 25_000,
-): () => void {
-  let fatal = false;
-  const onFatal = (e: Event) => {
-    e.preventDefault();
-    const err = e instanceof PromiseRejectionEvent ? e.reason : (e as ErrorEvent).error;
-    log.error("uncaught error: stopping", {
-      error: err instanceof Error ? err.stack ?? err.message : String(err),
-    });
-    if (fatal) return;
-    fatal = true;
-    // Bounded: a stop that hangs must still end the process before systemd's TimeoutStopSec.
-    const t = setTimeout(() => exit(1), graceMs);
-    stop().catch((s) => log.error("stop failed", { error: String(s) })).finally(() => {
-      clearTimeout(t);
-      exit(1);
-    });
-  };
-  globalThis.addEventListener("unhandledrejection", onFatal);
-  globalThis.addEventListener("error", onFatal);
-  return () => {
-    globalThis.removeEventListener("unhandledrejection", onFatal);
-    globalThis.removeEventListener("error", onFatal);
-  };
 }
 
 export class Agent {

@@ -175,7 +175,7 @@ Deno.test({
       });
 
       await step(t, "an uncaught error stops the agent cleanly and exits 1", async () => {
-        const agentUrl = new URL("../../src/agent/agent.ts", import.meta.url).href;
+        const fatalUrl = new URL("../../src/agent/fatal.ts", import.meta.url).href;
         for (
           const fault of [
             "setTimeout(() => { throw new Error('boom'); }, 10);",
@@ -185,7 +185,7 @@ Deno.test({
           const child = `${tmp}/fatal.ts`;
           await Deno.writeTextFile(
             child,
-            `import { installFatalHandler } from ${JSON.stringify(agentUrl)};
+            `import { installFatalHandler } from ${JSON.stringify(fatalUrl)};
 installFatalHandler(async () => { await new Promise((r) => setTimeout(r, 50)); console.log("stopped"); });
 ${fault}
 setTimeout(() => console.log("still running"), 5000);
