@@ -4,9 +4,10 @@
  *
  * Everything that can fail at start-up fails before the `ready` log line; everything after it is counted.
  */
-import { changedKeys, type Config, loadConfig } from "../config/config.ts";
-import { configureLog, log } from "../log.ts";
+import type { Config } from "../config/config.ts";
+import { log } from "../log.ts";
 import { installFatalHandler } from "./fatal.ts";
+import { reloadConfig } from "./reload.ts";
 import { embeddedObject } from "../bpf/embedded.ts";
 import { pageSize } from "../bpf/ffi.ts";
 import {
@@ -34,7 +35,7 @@ import { type HelloOut, PacketTracker } from "../capture/packets.ts";
 import { processSockets, type ServerKind as Server } from "../capture/procfs.ts";
 import { ServerFollower } from "../capture/follow.ts";
 import { Correlator } from "../correlate/correlator.ts";
-import { makeRedactor, openOutputs, type OutputSink } from "../sink/mod.ts";
+import { openOutputs, type OutputSink } from "../sink/mod.ts";
 import type { SyncWriter } from "../sink/stdout.ts";
 import type { Row } from "../sink/row.ts";
 import { AgentMetrics } from "../metrics/agent.ts";
@@ -53,9 +54,6 @@ export class StartAbortedError extends Error {
     this.name = "StartAbortedError";
   }
 }
-
-/** What reload() applies without a restart; any other changed key is reported as needing one. */
-const APPLIED_ON_RELOAD = ["log.", "privacy."];
 
 const DROP_NAMES: Record<number, string> = Object.fromEntries(
   Object.entries(DropReason).map(([k, v]) => [v, k.toLowerCase()]),
@@ -619,23 +617,7 @@ export class Agent {
    * other changed keys are named in a warning. Counters and held rows are untouched.
    */
   async reload(path?: string): Promise<void> {
-    const next = await loadConfig(path);
-    const changed = changedKeys(this.cfg, next);
-    // Only what is really applied below is reported as applied; the rest takes effect at the next start.
-    const now = changed.filter((k) => APPLIED_ON_RELOAD.some((p) => k.startsWith(p)));
-    const later = changed.filter((k) => !now.includes(k));
-    if (now.some((k) => k.startsWith("log."))) {
-      configureLog({ level: next.log.level, format: next.log.format });
-    }
-    if (now.some((k) => k.startsWith("privacy.")) && this.outputs) {
-      this.outputs.setRedactor(await makeRedactor(next.privacy));
-    }
-    this.cfg.log = next.log;
-    this.cfg.privacy = next.privacy;
-    log.info("configuration reloaded", { applied: now.join(",") || "none", needs_restart: later.join(",") });
-    if (later.length) {
-      log.warn("configuration changes need a restart to take effect", { keys: later.join(",") });
-    }
+    await reloadConfig(this.cfg, path, this.outputs);
   }
 
   /** Detaches everything, flushes held rows and sinks. */
