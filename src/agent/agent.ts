@@ -10,18 +10,12 @@ import { installFatalHandler } from "./fatal.ts";
 import { reloadConfig } from "./reload.ts";
 import { embeddedObject } from "../bpf/embedded.ts";
 import { pageSize } from "../bpf/ffi.ts";
-import {
-  type AttachPlan,
-  captureInterfaces,
-  openPlanned,
-  planFromConfig,
-  type PlannedObject,
-} from "../bpf/plan.ts";
+import { type AttachPlan, openPlanned, planFromConfig, type PlannedObject } from "../bpf/plan.ts";
 import { loadWithFallback } from "../bpf/load.ts";
 import { DropCounters, ListenPorts, TracedPids } from "../bpf/maps.ts";
 import { probeLibapr } from "../bpf/probes.ts";
 import { ensureTracefs } from "../bpf/tracefs.ts";
-import { claimTc, PROBE_TC, sweepTc, type TcClaim, TcHandleBusyError, type TcIdentity } from "../bpf/tc.ts";
+import { TcCapture } from "../capture/tc_capture.ts";
 import { possibleCpus } from "../bpf/object.ts";
 import type { AttachHandle, BpfMap } from "../bpf/object.ts";
 import { EventView, HOOK_METHODS } from "../bpf/events.ts";
@@ -93,10 +87,8 @@ export class Agent {
   private timers: ReturnType<typeof setInterval>[] = [];
   private extraLinks: AttachHandle[] = [];
   private tlsCapture = false;
-  /** Interfaces with our TC filter; interfaces that come up later get one too (capture.interfaces: auto). */
-  private tcIfaces = new Set<string>();
-  private tcEnabled = false;
-  private tcLinks = new Map<string, AttachHandle>();
+  /** Our tc filters, per capture interface (src/capture/tc_capture.ts). */
+  private readonly tc: TcCapture;
   private ticks = 0;
   /** The HTTPS probes on the servers' files (or libssl) (set when the SSL programs are loaded). */
   private tls?: TlsProbes;
@@ -107,18 +99,19 @@ export class Agent {
   private aprLoaded = false;
   /** The apr uprobes on every libapr file in use (the located one and those Apache maps), once in use. */
   private apr?: LibraryProbes;
-  private stopped = false;
+  /** Aborted by stop() (with StartAbortedError): start-up and the probes' refreshes attach nothing more. */
+  private readonly abort = new AbortController();
   private stopping?: Promise<void>;
   private removeFatalHandler?: () => void;
   /** The running start(), which stop() waits for before tearing down. */
   private starting?: Promise<void>;
-  /** This agent's tc handle/priority, held for its lifetime (src/bpf/tc.ts). */
-  private tcClaim?: TcClaim;
   readonly kernelDrops = new Map<string, bigint>();
   private hostname = Deno.hostname();
 
   constructor(readonly cfg: Config, private readonly opts: AgentOptions = {}) {
     this.follow = new ServerFollower(cfg.uprobes.servers as Server[], cfg.capture.ports);
+    const signal = this.abort.signal;
+    this.tc = new TcCapture({ handle: cfg.capture.tc_handle, interfaces: cfg.capture.interfaces, signal });
     this.metrics = new AgentMetrics();
     this.requests = new RequestTracker({
       request: (row, fd, tsNs, tls) => {
@@ -157,51 +150,13 @@ export class Agent {
 
   /** Throws once stop() was called: start-up checks after every await, before attaching anything more. */
   private checkStopped(): void {
-    if (this.stopped) throw new StartAbortedError();
-  }
-
-  /**
-   * Claims this agent's tc handle/priority for its lifetime (a second agent with the same one is refused)
-   * and removes the filters with it left on any interface by an agent that died without detaching
-   * (SIGKILL), also on interfaces this run will not attach to.
-   */
-  private async claimAndSweepTc(): Promise<void> {
-    const h = this.cfg.capture.tc_handle;
-    if (h === PROBE_TC.handle) {
-      throw new Error(`capture.tc_handle ${h} (0x${h.toString(16)}) is reserved for the start-up probe`);
-    }
-    const ours: TcIdentity = { handle: h, priority: h };
-    this.tcClaim = claimTc(ours);
-    const ids = [ours];
-    // The plan's probe filter: swept when no other agent is probing right now (it holds that claim briefly).
-    let probe: TcClaim | undefined;
-    for (let i = 0; i < 50 && !probe; i++) {
-      try {
-        probe = claimTc(PROBE_TC);
-      } catch (e) {
-        if (!(e instanceof TcHandleBusyError)) throw e;
-        await new Promise((r) => setTimeout(r, 100));
-        this.checkStopped();
-      }
-    }
-    if (probe) ids.push(PROBE_TC);
-    try {
-      const { removed, errors } = sweepTc(ids);
-      if (removed.length) {
-        log.warn("removed tc filters left by an agent that did not stop", {
-          filters: removed.map((f) => `${f.iface}:0x${f.handle.toString(16)}`).join(","),
-        });
-      }
-      if (errors.length) log.warn("tc sweep incomplete", { errors: errors.join("; ") });
-    } finally {
-      probe?.release();
-    }
+    this.abort.signal.throwIfAborted();
   }
 
   private async startUp(): Promise<void> {
     const cfg = this.cfg;
     // Before anything else: a second agent owning our tc handle is refused without touching anything.
-    await this.claimAndSweepTc();
+    await this.tc.claim();
     if (cfg.metrics.enabled) {
       this.metricsServer = startMetricsServer(this.metrics, cfg.metrics) ?? undefined;
       log.info("metrics listening", { listen: cfg.metrics.listen });
@@ -287,10 +242,12 @@ export class Agent {
         log.warn("read tracepoints unavailable: HTTPS fd learning limited", { error: String(e) });
       }
     }
-    this.tcEnabled = !!this.plan.hooks.find((h) => h.hook === "packets")?.method;
+    if (this.plan.hooks.find((h) => h.hook === "packets")?.method) {
+      this.tc.enable(this.planned.obj.program("tc_ingress"));
+    }
     this.follow.followActive = !!this.plan.hooks.find((h) => h.hook === "follow")?.method;
     this.checkStopped();
-    await this.refreshInterfaces();
+    await this.tc.refresh();
     this.checkStopped();
     this.refreshProcesses();
     await this.refreshTls();
@@ -315,7 +272,7 @@ export class Agent {
       capture: this.plan.hooks.filter((h) => h.method).map((h) => `${h.hook}=${h.method}`).join(" "),
       buffer: ringbuf ? "ringbuf" : "perfbuf",
       https: this.tls ? this.tls.describe().join(",") || "waiting for a TLS server" : "off",
-      interfaces: [...this.tcIfaces].join(","),
+      interfaces: this.tc.interfaces.join(","),
       ports: [...this.follow.ports].join(","),
     });
   }
@@ -330,10 +287,6 @@ export class Agent {
     return m;
   }
 
-  private interfaces(): Promise<string[]> {
-    return captureInterfaces(this.cfg.capture.interfaces);
-  }
-
   private map(name: string): BpfMap | undefined {
     const o = this.planned?.obj;
     return o && o.hasMap(name) ? o.map(name) : undefined;
@@ -344,54 +297,14 @@ export class Agent {
     this.follow.refresh(TracedPids.of(this.map("traced_pids")), ListenPorts.of(this.map("listen_ports")));
   }
 
-  /**
-   * Attaches the TC program to every capture interface; with capture.interfaces auto, also to interfaces
-   * that come up later (and forgets those that went away). A failing interface is logged and skipped.
-   */
-  async refreshInterfaces(): Promise<void> {
-    if (!this.planned || !this.tcEnabled) return;
-    const want = this.cfg.capture.interfaces;
-    const auto = want.length === 0 || want.includes("auto");
-    if (!auto && this.tcIfaces.size) return;
-    const now = new Set(await this.interfaces());
-    if (this.stopped) return; // stop() ran meanwhile: attach nothing more
-    const ctx = this.plan.context;
-    for (const iface of now) {
-      if (this.tcIfaces.has(iface)) continue;
-      try {
-        this.tcLinks.set(
-          iface,
-          this.planned.obj.program("tc_ingress").attachTc({
-            iface,
-            direction: "ingress",
-            handle: ctx.tcHandle,
-            priority: ctx.tcPriority,
-          }),
-        );
-        this.tcIfaces.add(iface);
-        log.info("packet capture attached", { interface: iface });
-      } catch (e) {
-        log.warn("tc attach failed", { interface: iface, error: e instanceof Error ? e.message : String(e) });
-      }
-    }
-    for (const iface of [...this.tcIfaces]) {
-      if (!auto || now.has(iface)) continue;
-      try {
-        this.tcLinks.get(iface)?.close();
-      } catch { /* the interface and its filters are gone already */ }
-      this.tcLinks.delete(iface);
-      this.tcIfaces.delete(iface);
-    }
-  }
-
   /** Keeps the HTTPS probes on the servers' files, or libssl as the fallback (see TlsProbes). */
   refreshTls(): Promise<void> {
-    return this.stopped || !this.tls ? Promise.resolve() : this.tls.refresh();
+    return this.abort.signal.aborted || !this.tls ? Promise.resolve() : this.tls.refresh();
   }
 
   /** Keeps the apr_socket_recv uprobes on every libapr file in use (see LibraryProbes). */
   refreshApr(): Promise<void> {
-    return this.stopped || !this.apr ? Promise.resolve() : this.apr.refresh();
+    return this.abort.signal.aborted || !this.apr ? Promise.resolve() : this.apr.refresh();
   }
 
   private libraryProbes(
@@ -545,7 +458,7 @@ export class Agent {
       this.refreshTls().catch((e) => log.warn("TLS refresh failed", { error: String(e) }));
       this.refreshApr().catch((e) => log.warn("libapr refresh failed", { error: String(e) }));
       if (++this.ticks % 5 === 0) {
-        this.refreshInterfaces().catch((e) => log.warn("interface refresh failed", { error: String(e) }));
+        this.tc.refresh().catch((e) => log.warn("interface refresh failed", { error: String(e) }));
       }
     } catch (e) {
       log.warn("process refresh failed", { error: e instanceof Error ? e.message : String(e) });
@@ -586,7 +499,7 @@ export class Agent {
     if (!this.aprLoaded) return; // warned at start
     const { max_retries, retry_interval_sec } = this.cfg.uprobes;
     const t = setInterval(async () => {
-      if (this.stopped) return clearInterval(t);
+      if (this.abort.signal.aborted) return clearInterval(t);
       this.aprRetries++;
       const info = await probeLibapr();
       if (info.path && info.offset !== undefined && this.planned) {
@@ -630,7 +543,7 @@ export class Agent {
   }
 
   private async stopOnce(): Promise<void> {
-    this.stopped = true;
+    this.abort.abort(new StartAbortedError());
     // A start-up in progress gives up at its next step; what it attached until then is removed below.
     await this.starting?.catch(() => {});
     for (const t of this.timers) clearInterval(t);
@@ -644,12 +557,7 @@ export class Agent {
     for (const l of this.extraLinks) l.close();
     this.tls?.close();
     this.apr?.close();
-    for (const l of this.tcLinks.values()) {
-      try {
-        l.close();
-      } catch { /* interface gone */ }
-    }
-    this.tcLinks.clear();
+    this.tc.close();
     try {
       this.reader?.drain();
     } catch { /* closing anyway */ }
@@ -661,7 +569,7 @@ export class Agent {
     await this.metricsServer?.close();
     this.removeFatalHandler?.();
     // Our filters are detached: another agent may take the handle now.
-    this.tcClaim?.release();
+    this.tc.release();
     log.info("stopped", { rows: this.correlator.stats().rows_emitted });
   }
 }
