@@ -13,13 +13,12 @@ import { pageSize } from "../bpf/ffi.ts";
 import { type AttachPlan, openPlanned, planFromConfig, type PlannedObject } from "../bpf/plan.ts";
 import { loadWithFallback } from "../bpf/load.ts";
 import { DropCounters, ListenPorts, TracedPids } from "../bpf/maps.ts";
-import { probeLibapr } from "../bpf/probes.ts";
 import { ensureTracefs } from "../bpf/tracefs.ts";
 import { TcCapture } from "../capture/tc_capture.ts";
 import { possibleCpus } from "../bpf/object.ts";
 import type { AttachHandle, BpfMap } from "../bpf/object.ts";
 import { EventView, HOOK_METHODS } from "../bpf/events.ts";
-import { LibraryProbes, type UprobePair } from "../capture/lib_probes.ts";
+import { APR_PROGRAMS, AprProbes, programsOf } from "../capture/apr_probes.ts";
 import { TlsProbes } from "../capture/tls_probes.ts";
 import { installedServerFiles, TLS_PROGRAMS } from "../capture/tls_sites.ts";
 import { type EventReader, PerfReader, RingReader } from "../bpf/ringbuf.ts";
@@ -54,11 +53,6 @@ const DROP_NAMES: Record<number, string> = Object.fromEntries(
 );
 
 const READ_PROGRAMS = ["tp_enter_read", "tp_exit_read"];
-/** Apache's apr_socket_recv uprobes. */
-const APR_PROGRAMS: readonly UprobePair[] = [
-  ["apr_socket_recv", "uprobe_apr_socket_recv_entry", "uretprobe_apr_socket_recv"],
-];
-const programsOf = (pairs: readonly UprobePair[]) => pairs.flatMap(([, entry, ret]) => [entry, ret]);
 
 /** capture.ring_size_mb spread over the CPUs' perf rings: a power of two of pages per CPU (≥ 8). */
 export function perfPagesPerCpu(ringMb: number, cpus = possibleCpus(), page = pageSize()): number {
@@ -94,11 +88,8 @@ export class Agent {
   private tls?: TlsProbes;
   /** Wall-clock ms minus monotonic ms, estimated from events (smallest difference seen). */
   private clockOffsetMs: number | undefined;
-  private aprRetries = 0;
-  /** The apr_socket_recv programs are loaded (chosen by the plan, or loaded for a later attach). */
-  private aprLoaded = false;
-  /** The apr uprobes on every libapr file in use (the located one and those Apache maps), once in use. */
-  private apr?: LibraryProbes;
+  /** Apache's apr_socket_recv uprobes, when their programs are loaded (chosen by the plan, or for a retry). */
+  private apr?: AprProbes;
   /** Aborted by stop() (with StartAbortedError): start-up and the probes' refreshes attach nothing more. */
   private readonly abort = new AbortController();
   private stopping?: Promise<void>;
@@ -220,19 +211,18 @@ export class Agent {
     const loaded = loadWithFallback(open, { tls: cfg.uprobes.enabled ? tlsProgs : [], apr: aprProgs });
     this.planned = loaded.planned;
     this.tlsCapture = loaded.tls;
-    this.aprLoaded = loaded.apr || apacheHook?.method === "uprobe";
+    if (loaded.apr || apacheHook?.method === "uprobe") this.apr = this.aprProbes();
     const errs = loaded.errors;
     if (!this.tlsCapture && cfg.uprobes.enabled) {
       log.warn("HTTPS plaintext capture unavailable", { error: errs.tls ?? "" });
     }
-    if (aprProgs.length && !this.aprLoaded) {
+    if (aprProgs.length && !this.apr) {
       log.warn("apache uprobe programs cannot be loaded: no later attach", { error: errs.apr ?? "" });
     }
     if (apacheHook?.method === "uprobe" && this.plan.context.libapr?.path) {
       // The plan attached them: track them per file so a replaced libapr is probed again.
       const links = programsOf(APR_PROGRAMS).flatMap((p) => this.planned!.programLinks.get(p) ?? []);
-      this.apr = this.aprProbes();
-      this.apr.adopt(this.plan.context.libapr.path, links);
+      this.apr?.adopt(this.plan.context.libapr.path, links);
     }
     if (this.tlsCapture) this.tls = this.tlsProbes();
     if (this.tlsCapture && ownReads) {
@@ -267,7 +257,7 @@ export class Agent {
     this.timers.push(setInterval(() => this.tick(), 100));
     this.timers.push(setInterval(() => this.slowTick(), 1000));
     const apache = this.plan.hooks.find((h) => h.hook === "apache");
-    if (apache && !apache.method && cfg.uprobes.enabled) this.scheduleAprRetry();
+    if (apache && !apache.method && cfg.uprobes.enabled) this.apr?.scheduleRetry();
     log.info("ready", {
       capture: this.plan.hooks.filter((h) => h.method).map((h) => `${h.hook}=${h.method}`).join(" "),
       buffer: ringbuf ? "ringbuf" : "perfbuf",
@@ -302,25 +292,9 @@ export class Agent {
     return this.abort.signal.aborted || !this.tls ? Promise.resolve() : this.tls.refresh();
   }
 
-  /** Keeps the apr_socket_recv uprobes on every libapr file in use (see LibraryProbes). */
+  /** Keeps the apr_socket_recv uprobes on every libapr file in use (see AprProbes). */
   refreshApr(): Promise<void> {
     return this.abort.signal.aborted || !this.apr ? Promise.resolve() : this.apr.refresh();
-  }
-
-  private libraryProbes(
-    library: RegExp,
-    pairs: readonly UprobePair[],
-    servers: Server[],
-    messages: LibraryProbes["opts"]["messages"],
-  ): LibraryProbes {
-    const obj = this.planned!.obj;
-    return new LibraryProbes({
-      library,
-      pairs,
-      attach: (prog, path, offset, retprobe) => obj.program(prog).attachUprobe({ path, offset, retprobe }),
-      pids: () => [...this.follow.traced].filter(([, s]) => servers.includes(s)).map(([pid]) => pid),
-      messages,
-    });
   }
 
   private tlsProbes(): TlsProbes {
@@ -333,12 +307,18 @@ export class Agent {
     });
   }
 
-  private aprProbes(): LibraryProbes {
-    return this.libraryProbes(/^libapr-1\.so/, APR_PROGRAMS, ["apache"], {
-      attached: "apache uprobes attached",
-      reattached: "apache uprobes re-attached: libapr was replaced",
-      detached: "apache uprobes detached: no process maps this libapr any more",
-      failed: "apache uprobe attach failed",
+  private aprProbes(): AprProbes {
+    const obj = this.planned!.obj;
+    const { max_retries, retry_interval_sec } = this.cfg.uprobes;
+    return new AprProbes({
+      attach: (prog, path, offset, retprobe) => obj.program(prog).attachUprobe({ path, offset, retprobe }),
+      pids: () => [...this.follow.traced].filter(([, s]) => s === "apache").map(([pid]) => pid),
+      maxRetries: max_retries,
+      retryIntervalSec: retry_interval_sec,
+      onRetryAttached: () => {
+        const hook = this.plan.hooks.find((h) => h.hook === "apache");
+        if (hook) hook.method = "uprobe";
+      },
     });
   }
 
@@ -492,37 +472,6 @@ export class Agent {
         }
       }
     }
-  }
-
-  /** Apache or libapr not there yet: look again every retry_interval_sec, max_retries times. */
-  private scheduleAprRetry(): void {
-    if (!this.aprLoaded) return; // warned at start
-    const { max_retries, retry_interval_sec } = this.cfg.uprobes;
-    const t = setInterval(async () => {
-      if (this.abort.signal.aborted) return clearInterval(t);
-      this.aprRetries++;
-      const info = await probeLibapr();
-      if (info.path && info.offset !== undefined && this.planned) {
-        // Attached (and later re-attached on replacement) the same way as the plan's.
-        this.apr ??= this.aprProbes();
-        this.apr.paths.add(info.path);
-        await this.refreshApr();
-        if (this.apr.size) {
-          const hook = this.plan.hooks.find((h) => h.hook === "apache");
-          if (hook) hook.method = "uprobe";
-          log.info("apache uprobes attached after retry", { attempt: this.aprRetries, library: info.path });
-          clearInterval(t);
-          return;
-        }
-        this.apr.close();
-        this.apr = undefined;
-      }
-      if (this.aprRetries >= max_retries) {
-        log.warn("apache: giving up on uprobes", { retries: this.aprRetries, reason: info.error ?? "" });
-        clearInterval(t);
-      }
-    }, retry_interval_sec * 1000);
-    this.timers.push(t);
   }
 
   /**

@@ -133,6 +133,7 @@ export class LibraryProbes {
     const msg = this.opts.messages;
     const want = this.wanted();
     for (const [key, { path, attachPath }] of want) {
+      if (this.#closed) return; // closed while an attach was awaited: attach nothing more
       if (this.#links.has(key) || this.#failed.has(key)) continue;
       const replaced = [...this.#links.values()].some((g) => g.path === path);
       const fields = {
@@ -174,6 +175,7 @@ export class LibraryProbes {
   async #attach(path: string): Promise<{ links: AttachHandle[]; method?: string }> {
     const elf = await ElfFile.open(path);
     const links: AttachHandle[] = [];
+    if (this.#closed) return { links }; // closed while the file was read
     const pairs = this.opts.pairs ?? [];
     const choice = this.opts.sites?.(elf) ?? {
       sites: pairs.flatMap(([symbol, entry, ret]) => {

@@ -98,6 +98,17 @@ Deno.test("LibraryProbes: one probe set per inode in use, following a replaced l
       assert(logs.some((l) => /detached/.test(l)));
     });
 
+    await t.step("close() while a refresh reads the file: nothing attached", async () => {
+      const racing = probes();
+      racing.paths.add(path);
+      const before = attaches;
+      const p = racing.refresh();
+      racing.close();
+      await p;
+      assertEquals([attaches - before, racing.size], [0, 0]);
+      assertEquals(kernelProbes(obj), { [path]: 1 }, "lp's own set only");
+    });
+
     await t.step("close() detaches everything; a refresh after it attaches nothing", async () => {
       lp.close();
       assertEquals([lp.size, kernelProbes(obj)], [0, {}]);
