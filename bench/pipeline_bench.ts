@@ -95,7 +95,7 @@ async function runMode(url: string, mode: string, seconds: number): Promise<Mode
   });
   const agent = new Agent(cfg, { rowHook: () => {} });
   // Agent.start() would plan real hooks; the dispatch only needs to know which method nginx uses.
-  agent.plan = { hooks: [{ hook: "nginx", method: "tracepoint" }] } as unknown as AttachPlan;
+  agent.kernel.plan = { hooks: [{ hook: "nginx", method: "tracepoint" }] } as unknown as AttachPlan;
   // Half the connections plain HTTP (their rows wait hold_ms for a hello that never comes), 4 requests each.
   const traffic = new Traffic({ requestsPerConn: 4, tlsShare: 0.5 });
   // generate is the bench's own work (building records): subtracted from the agent's CPU time.

@@ -1,28 +1,19 @@
 /**
- * The running agent: attach plan → BPF object → ring-buffer reader → request/packet trackers →
- * correlator → sinks, plus the timers that follow server processes, read kernel drop counters and flush.
+ * The running agent, wiring only: the kernel side (src/agent/kernel.ts: plan, load, probes, TC, reader) hands
+ * each record to onRecord, which decodes it into the one reusable view and passes it to the tracker of its
+ * kind; requests leave the tracker as rows for the correlator (RequestSink), rows leave the correlator for
+ * the sinks. Plus the timers (follow the servers, expire, flush, read kernel drops), reload and stop.
  *
  * Everything that can fail at start-up fails before the `ready` log line; everything after it is counted.
  */
 import type { Config } from "../config/config.ts";
 import { log } from "../log.ts";
 import { installFatalHandler } from "./fatal.ts";
+import { KernelCapture } from "./kernel.ts";
 import { reloadConfig } from "./reload.ts";
-import { embeddedObject } from "../bpf/embedded.ts";
-import { pageSize } from "../bpf/ffi.ts";
-import { type AttachPlan, openPlanned, planFromConfig, type PlannedObject } from "../bpf/plan.ts";
-import { loadWithFallback } from "../bpf/load.ts";
-import { DropCounters, ListenPorts, TracedPids } from "../bpf/maps.ts";
-import { ensureTracefs } from "../bpf/tracefs.ts";
-import { TcCapture } from "../capture/tc_capture.ts";
-import { possibleCpus } from "../bpf/object.ts";
-import type { AttachHandle, BpfMap } from "../bpf/object.ts";
+import type { AttachPlan } from "../bpf/plan.ts";
 import { EventView, HOOK_METHODS } from "../bpf/events.ts";
-import { APR_PROGRAMS, AprProbes, programsOf } from "../capture/apr_probes.ts";
-import { TlsProbes } from "../capture/tls_probes.ts";
-import { installedServerFiles, TLS_PROGRAMS } from "../capture/tls_sites.ts";
-import { type EventReader, PerfReader, RingReader } from "../bpf/ringbuf.ts";
-import { DropReason, EventKind, ServerKind } from "../bpf/layout.gen.ts";
+import { EventKind } from "../bpf/layout.gen.ts";
 import { type CapturedHello, RequestTracker } from "../capture/requests.ts";
 import { type HelloOut, PacketTracker } from "../capture/packets.ts";
 import { processSockets, type ServerKind as Server } from "../capture/procfs.ts";
@@ -48,18 +39,6 @@ export class StartAbortedError extends Error {
   }
 }
 
-const DROP_NAMES: Record<number, string> = Object.fromEntries(
-  Object.entries(DropReason).map(([k, v]) => [v, k.toLowerCase()]),
-);
-
-const READ_PROGRAMS = ["tp_enter_read", "tp_exit_read"];
-
-/** capture.ring_size_mb spread over the CPUs' perf rings: a power of two of pages per CPU (≥ 8). */
-export function perfPagesPerCpu(ringMb: number, cpus = possibleCpus(), page = pageSize()): number {
-  const want = Math.max(8, Math.floor((ringMb * 1024 * 1024) / (cpus * page)));
-  return 2 ** Math.floor(Math.log2(want));
-}
-
 export class Agent {
   readonly metrics: AgentMetrics;
   readonly requests: RequestTracker;
@@ -67,9 +46,8 @@ export class Agent {
   /** The web servers' processes and listening ports (src/capture/follow.ts). */
   readonly follow: ServerFollower;
   readonly correlator: Correlator;
-  plan!: AttachPlan;
-  private planned?: PlannedObject;
-  private reader?: EventReader;
+  /** Plan, BPF object, probes, TC, reader (src/agent/kernel.ts). */
+  readonly kernel: KernelCapture;
   private outputs?: OutputSink;
   private metricsServer?: MetricsServer;
   /** The one reusable view every ring record is decoded into (nothing allocated per event). */
@@ -79,30 +57,20 @@ export class Agent {
   /** Capture method per server, resolved from the plan once (not per event). */
   private methods = new Map<string, string>();
   private timers: ReturnType<typeof setInterval>[] = [];
-  private extraLinks: AttachHandle[] = [];
-  private tlsCapture = false;
-  /** Our tc filters, per capture interface (src/capture/tc_capture.ts). */
-  private readonly tc: TcCapture;
   private ticks = 0;
-  /** The HTTPS probes on the servers' files (or libssl) (set when the SSL programs are loaded). */
-  private tls?: TlsProbes;
   /** Wall-clock ms minus monotonic ms, estimated from events (smallest difference seen). */
   private clockOffsetMs: number | undefined;
-  /** Apache's apr_socket_recv uprobes, when their programs are loaded (chosen by the plan, or for a retry). */
-  private apr?: AprProbes;
   /** Aborted by stop() (with StartAbortedError): start-up and the probes' refreshes attach nothing more. */
   private readonly abort = new AbortController();
   private stopping?: Promise<void>;
   private removeFatalHandler?: () => void;
   /** The running start(), which stop() waits for before tearing down. */
   private starting?: Promise<void>;
-  readonly kernelDrops = new Map<string, bigint>();
   private hostname = Deno.hostname();
 
   constructor(readonly cfg: Config, private readonly opts: AgentOptions = {}) {
     this.follow = new ServerFollower(cfg.uprobes.servers as Server[], cfg.capture.ports);
-    const signal = this.abort.signal;
-    this.tc = new TcCapture({ handle: cfg.capture.tc_handle, interfaces: cfg.capture.interfaces, signal });
+    this.kernel = new KernelCapture({ cfg, follow: this.follow, signal: this.abort.signal });
     this.metrics = new AgentMetrics();
     this.requests = new RequestTracker({
       request: (row, fd, tsNs, tls) => {
@@ -147,7 +115,7 @@ export class Agent {
   private async startUp(): Promise<void> {
     const cfg = this.cfg;
     // Before anything else: a second agent owning our tc handle is refused without touching anything.
-    await this.tc.claim();
+    await this.kernel.tc.claim();
     if (cfg.metrics.enabled) {
       this.metricsServer = startMetricsServer(this.metrics, cfg.metrics) ?? undefined;
       log.info("metrics listening", { listen: cfg.metrics.listen });
@@ -159,167 +127,31 @@ export class Agent {
     this.removeFatalHandler = installFatalHandler(() => this.stop());
     this.checkStopped();
 
-    // Tracepoints attach by name through tracefs, which a host as it boots may not have mounted yet.
-    const tracefs = ensureTracefs();
-    if (tracefs.mounted) log.info("tracefs mounted", { path: tracefs.path ?? "" });
-    else if (!tracefs.path) log.warn("tracefs unavailable: no tracepoints", { error: tracefs.error ?? "" });
-
-    const servers = cfg.uprobes.servers as Server[];
-    const bytes = embeddedObject();
-    // The same function --validate reports from: methods, channel, libapr and interfaces follow from cfg.
-    this.plan = await planFromConfig(bytes, cfg);
-    this.checkStopped();
-    const ringbuf = this.plan.ringbuf;
+    await this.kernel.attach();
     // One ring keeps each connection's events in order (per-CPU perf buffers do not): closed connections
     // need not linger for late events.
-    this.correlator.opts.orderedEvents = ringbuf;
-    for (const h of this.plan.hooks) {
-      const refused = h.attempts.filter((a) => !a.ok).map((a) => `${a.method}: ${a.error ?? a.stage}`);
-      if (h.method) {
-        log.info("hook attached", { hook: h.hook, method: h.method, refused: refused.join("; ") });
-      } else log.warn("hook unavailable", { hook: h.hook, reason: h.reason ?? refused.join("; ") });
-    }
-    if (!this.plan.hooks.some((h) => (h.hook === "nginx" || h.hook === "apache") && h.method)) {
-      throw new Error("no capture method works for nginx or apache on this kernel (see ja4ebpf --validate)");
-    }
-    const apacheHook = this.plan.hooks.find((h) => h.hook === "apache");
-    const apacheReads = apacheHook?.method === "read_tracepoint";
-    // HTTPS: SSL_read uprobes give the plaintext; nginx's read() of the socket teaches them the fd and
-    // carries the raw ClientHello. Loaded with the rest, attached once a server maps libssl.
-    // Where nginx runs on raw_tp (no syscall tracepoints), the raw_tp programs take read() too.
-    const rawTpReads = this.plan.hooks.find((h) => h.hook === "nginx")?.method === "raw_tp";
-    const ownReads = !apacheReads && !rawTpReads;
-    const tlsProgs = [...TLS_PROGRAMS, ...(ownReads ? READ_PROGRAMS : [])];
-    // Apache uprobes the plan did not choose (libapr missing at start) may be attached by the retry.
-    const aprProgs = cfg.uprobes.enabled && servers.includes("apache") && apacheHook?.method !== "uprobe"
-      ? programsOf(APR_PROGRAMS)
-      : [];
-    const open = (loadOnly: string[]) =>
-      // TC filters are attached per interface below, so a vanishing interface costs only itself.
-      openPlanned(bytes, this.plan, { tcInterfaces: [] }, {
-        ringBytes: cfg.capture.ring_size_mb * 1024 * 1024,
-        globals: {
-          max_capture: Math.min(cfg.capture.max_head_bytes, 16384),
-          raw_tp_reads: rawTpReads && cfg.uprobes.enabled,
-          // The exec follower adds only the configured servers (bit 1 << ServerKind).
-          follow_servers: (servers.includes("nginx") ? 1 << ServerKind.NGINX : 0) |
-            (servers.includes("apache") ? 1 << ServerKind.APACHE : 0),
-        },
-        loadOnly,
-      });
-    // Optional programs the kernel refuses cost that feature only (uprobes.enabled covers the TLS libraries).
-    const loaded = loadWithFallback(open, { tls: cfg.uprobes.enabled ? tlsProgs : [], apr: aprProgs });
-    this.planned = loaded.planned;
-    this.tlsCapture = loaded.tls;
-    if (loaded.apr || apacheHook?.method === "uprobe") this.apr = this.aprProbes();
-    const errs = loaded.errors;
-    if (!this.tlsCapture && cfg.uprobes.enabled) {
-      log.warn("HTTPS plaintext capture unavailable", { error: errs.tls ?? "" });
-    }
-    if (aprProgs.length && !this.apr) {
-      log.warn("apache uprobe programs cannot be loaded: no later attach", { error: errs.apr ?? "" });
-    }
-    if (apacheHook?.method === "uprobe" && this.plan.context.libapr?.path) {
-      // The plan attached them: track them per file so a replaced libapr is probed again.
-      const links = programsOf(APR_PROGRAMS).flatMap((p) => this.planned!.programLinks.get(p) ?? []);
-      this.apr?.adopt(this.plan.context.libapr.path, links);
-    }
-    if (this.tlsCapture) this.tls = this.tlsProbes();
-    if (this.tlsCapture && ownReads) {
-      try {
-        for (const p of READ_PROGRAMS) this.extraLinks.push(this.planned.obj.program(p).attach());
-      } catch (e) {
-        log.warn("read tracepoints unavailable: HTTPS fd learning limited", { error: String(e) });
-      }
-    }
-    if (this.plan.hooks.find((h) => h.hook === "packets")?.method) {
-      this.tc.enable(this.planned.obj.program("tc_ingress"));
-    }
-    this.follow.followActive = !!this.plan.hooks.find((h) => h.hook === "follow")?.method;
-    this.checkStopped();
-    await this.tc.refresh();
-    this.checkStopped();
-    this.refreshProcesses();
-    await this.refreshTls();
-    this.checkStopped();
-    await this.refreshApr();
-    this.checkStopped();
+    this.correlator.opts.orderedEvents = this.kernel.plan.ringbuf;
     this.seedConnections();
-
-    const events = this.planned.obj.map(ringbuf ? "events" : "events_perf");
-    const onRecord = (rec: Uint8Array) => this.onRecord(rec);
-    this.reader = ringbuf
-      // Views, not copies: the trackers copy the few bytes they keep (a split head, a TLS record in pieces).
-      ? new RingReader(events, { onRecord, views: true })
-      : new PerfReader(events, { onRecord }, perfPagesPerCpu(cfg.capture.ring_size_mb));
-    this.reader.start();
+    this.kernel.startReader((rec) => this.onRecord(rec));
 
     this.timers.push(setInterval(() => this.tick(), 100));
     this.timers.push(setInterval(() => this.slowTick(), 1000));
-    const apache = this.plan.hooks.find((h) => h.hook === "apache");
-    if (apache && !apache.method && cfg.uprobes.enabled) this.apr?.scheduleRetry();
-    log.info("ready", {
-      capture: this.plan.hooks.filter((h) => h.method).map((h) => `${h.hook}=${h.method}`).join(" "),
-      buffer: ringbuf ? "ringbuf" : "perfbuf",
-      https: this.tls ? this.tls.describe().join(",") || "waiting for a TLS server" : "off",
-      interfaces: this.tc.interfaces.join(","),
-      ports: [...this.follow.ports].join(","),
-    });
+    log.info("ready", { ...this.kernel.describe(), ports: [...this.follow.ports].join(",") });
+  }
+
+  /** The attach plan start() made (for --validate's comparison). */
+  get plan(): AttachPlan {
+    return this.kernel.plan;
   }
 
   /** Method name put on rows: the hook's chosen method. */
   private methodOf(server: string): string {
     let m = this.methods.get(server);
     if (m === undefined) {
-      m = this.plan.hooks.find((h) => h.hook === server)?.method ?? "";
+      m = this.kernel.plan.hooks.find((h) => h.hook === server)?.method ?? "";
       this.methods.set(server, m);
     }
     return m;
-  }
-
-  private map(name: string): BpfMap | undefined {
-    const o = this.planned?.obj;
-    return o && o.hasMap(name) ? o.map(name) : undefined;
-  }
-
-  /** Follows server processes (new workers after reloads and restarts) into the BPF filter and ports. */
-  refreshProcesses(): void {
-    this.follow.refresh(TracedPids.of(this.map("traced_pids")), ListenPorts.of(this.map("listen_ports")));
-  }
-
-  /** Keeps the HTTPS probes on the servers' files, or libssl as the fallback (see TlsProbes). */
-  refreshTls(): Promise<void> {
-    return this.abort.signal.aborted || !this.tls ? Promise.resolve() : this.tls.refresh();
-  }
-
-  /** Keeps the apr_socket_recv uprobes on every libapr file in use (see AprProbes). */
-  refreshApr(): Promise<void> {
-    return this.abort.signal.aborted || !this.apr ? Promise.resolve() : this.apr.refresh();
-  }
-
-  private tlsProbes(): TlsProbes {
-    const obj = this.planned!.obj;
-    return new TlsProbes({
-      mode: this.cfg.uprobes.tls_probes,
-      attach: (prog, path, offset, retprobe) => obj.program(prog).attachUprobe({ path, offset, retprobe }),
-      pids: () => this.follow.traced.keys(),
-      preload: installedServerFiles(this.cfg.uprobes.servers),
-    });
-  }
-
-  private aprProbes(): AprProbes {
-    const obj = this.planned!.obj;
-    const { max_retries, retry_interval_sec } = this.cfg.uprobes;
-    return new AprProbes({
-      attach: (prog, path, offset, retprobe) => obj.program(prog).attachUprobe({ path, offset, retprobe }),
-      pids: () => [...this.follow.traced].filter(([, s]) => s === "apache").map(([pid]) => pid),
-      maxRetries: max_retries,
-      retryIntervalSec: retry_interval_sec,
-      onRetryAttached: () => {
-        const hook = this.plan.hooks.find((h) => h.hook === "apache");
-        if (hook) hook.method = "uprobe";
-      },
-    });
   }
 
   /** Keep-alive connections accepted before the agent started: bind (pid, fd) to their 4-tuple. */
@@ -401,14 +233,9 @@ export class Agent {
     );
   }
 
-  /** New workers of the traced servers, between two full scans (see ServerFollower). */
-  followChildren(): void {
-    this.follow.followChildren(TracedPids.of(this.map("traced_pids")));
-  }
-
   private tick(): void {
     try {
-      this.followChildren();
+      this.kernel.followChildren();
     } catch (e) {
       log.warn("following server children failed", { error: e instanceof Error ? e.message : String(e) });
     }
@@ -428,50 +255,23 @@ export class Agent {
    * Moves rows through the ledger as the primary sink reports them sealed, delivered, quarantined or dropped,
    * so captured = shipped + spooled + quarantined + dropped holds at every scrape.
    */
-  syncLedger(): void {
+  private syncLedger(): void {
     this.metrics.syncSinks(this.outputs?.allStats() ?? []);
   }
 
   private slowTick(): void {
     try {
-      this.refreshProcesses();
-      this.refreshTls().catch((e) => log.warn("TLS refresh failed", { error: String(e) }));
-      this.refreshApr().catch((e) => log.warn("libapr refresh failed", { error: String(e) }));
-      if (++this.ticks % 5 === 0) {
-        this.tc.refresh().catch((e) => log.warn("interface refresh failed", { error: String(e) }));
-      }
+      this.kernel.refresh(++this.ticks % 5 === 0);
     } catch (e) {
       log.warn("process refresh failed", { error: e instanceof Error ? e.message : String(e) });
     }
     const nowNs = (Date.now() - (this.clockOffsetMs ?? 0)) * 1e6;
     this.requests.expire(nowNs);
     this.packets.expire(nowNs);
-    this.readKernelDrops();
+    // Ring records lost for want of space enter the row ledger too (captured and dropped), so /healthz and
+    // the accounting identity see them.
+    this.kernel.readDrops((reason, n) => this.metrics.kernelDrop(reason, n));
     this.syncLedger();
-  }
-
-  /** Sums the per-CPU drop counters of the BPF side into metrics. */
-  readKernelDrops(): void {
-    const drops = DropCounters.of(this.map("drops"));
-    if (!drops) return;
-    for (const [code, name] of Object.entries(DROP_NAMES)) {
-      const v = drops.total(Number(code));
-      const prev = this.kernelDrops.get(name) ?? 0n;
-      // Ring records lost for want of space enter the row ledger too (captured and dropped), so /healthz
-      // and the accounting identity see them.
-      if (v > prev) this.metrics.kernelDrop(name, Number(v - prev));
-      this.kernelDrops.set(name, v);
-    }
-    for (const l of this.planned?.links ?? []) {
-      const missed = (l as { nmissed?: () => number | undefined }).nmissed?.();
-      if (missed) {
-        const prev = this.kernelDrops.get("kretprobe_missed") ?? 0n;
-        if (BigInt(missed) > prev) {
-          this.metrics.kernelDrop("kretprobe_missed", missed - Number(prev));
-          this.kernelDrops.set("kretprobe_missed", BigInt(missed));
-        }
-      }
-    }
   }
 
   /**
@@ -482,9 +282,8 @@ export class Agent {
     await reloadConfig(this.cfg, path, this.outputs);
   }
 
-  /** Detaches everything, flushes held rows and sinks. */
   /**
-   * Stops once; a second call (SIGTERM during a fatal-error stop, or the other way round) gets the same
+   * Detaches everything, flushes held rows and sinks. Stops once; a second call (SIGTERM during a fatal-error stop, or the other way round) gets the same
    * promise, so nobody exits before the flush is done.
    */
   stop(): Promise<void> {
@@ -496,29 +295,15 @@ export class Agent {
     // A start-up in progress gives up at its next step; what it attached until then is removed below.
     await this.starting?.catch(() => {});
     for (const t of this.timers) clearInterval(t);
-    // Detach before draining: with the hooks still attached, a busy host (every server on it is traced)
-    // refills the ring as fast as it drains and the exit took > 15 s.
-    for (const l of this.planned?.links ?? []) {
-      try {
-        l.close();
-      } catch { /* closed with the object below */ }
-    }
-    for (const l of this.extraLinks) l.close();
-    this.tls?.close();
-    this.apr?.close();
-    this.tc.close();
-    try {
-      this.reader?.drain();
-    } catch { /* closing anyway */ }
-    await this.reader?.close();
-    this.planned?.close();
+    // Detached first, then the ring drained (into the trackers and the correlator), then the held rows out.
+    await this.kernel.close();
     this.emit(this.correlator.flush());
     await this.outputs?.flush();
     await this.outputs?.close();
     await this.metricsServer?.close();
     this.removeFatalHandler?.();
     // Our filters are detached: another agent may take the handle now.
-    this.tc.release();
+    this.kernel.release();
     log.info("stopped", { rows: this.correlator.stats().rows_emitted });
   }
 }
