@@ -283,8 +283,8 @@ export class Agent {
   }
 
   /**
-   * Detaches everything, flushes held rows and sinks. Stops once; a second call (SIGTERM during a fatal-error stop, or the other way round) gets the same
-   * promise, so nobody exits before the flush is done.
+   * Detaches everything, flushes held rows and sinks. Stops once; a second call (SIGTERM during a fatal-error
+   * stop, or the other way round) gets the same promise, so nobody exits before the flush is done.
    */
   stop(): Promise<void> {
     return this.stopping ??= this.stopOnce();

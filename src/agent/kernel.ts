@@ -62,13 +62,11 @@ export class KernelCapture {
   private readonly signal: AbortSignal;
 
   constructor(opts: KernelCaptureOptions) {
-    ({ cfg: this.cfg, follow: this.follow, signal: this.signal } = opts);
-    const cfg = this.cfg;
-    this.tc = new TcCapture({
-      handle: cfg.capture.tc_handle,
-      interfaces: cfg.capture.interfaces,
-      signal: opts.signal,
-    });
+    this.cfg = opts.cfg;
+    this.follow = opts.follow;
+    this.signal = opts.signal;
+    const { tc_handle, interfaces } = opts.cfg.capture;
+    this.tc = new TcCapture({ handle: tc_handle, interfaces, signal: opts.signal });
   }
 
   /** Throws once the agent stops: start-up checks after every await, before attaching anything more. */
