@@ -14,6 +14,7 @@ import {
   openPlanned,
   planFromConfig,
   type PlannedObject,
+  readPrograms,
 } from "../bpf/plan.ts";
 import { loadWithFallback } from "../bpf/load.ts";
 import { DropCounters, ListenPorts, TracedPids } from "../bpf/maps.ts";
@@ -60,7 +61,6 @@ const DROP_NAMES: Record<number, string> = Object.fromEntries(
   Object.entries(DropReason).map(([k, v]) => [v, k.toLowerCase()]),
 );
 
-const READ_PROGRAMS = ["tp_enter_read", "tp_exit_read"];
 /** Apache's apr_socket_recv uprobes. */
 const APR_PROGRAMS: readonly UprobePair[] = [
   ["apr_socket_recv", "uprobe_apr_socket_recv_entry", "uretprobe_apr_socket_recv"],
@@ -279,7 +279,7 @@ export class Agent {
     // Where nginx runs on raw_tp (no syscall tracepoints), the raw_tp programs take read() too.
     const rawTpReads = this.plan.hooks.find((h) => h.hook === "nginx")?.method === "raw_tp";
     const ownReads = !apacheReads && !rawTpReads;
-    const tlsProgs = [...TLS_PROGRAMS, ...(ownReads ? READ_PROGRAMS : [])];
+    const tlsProgs = [...TLS_PROGRAMS, ...(ownReads ? readPrograms() : [])];
     // Apache uprobes the plan did not choose (libapr missing at start) may be attached by the retry.
     const aprProgs = cfg.uprobes.enabled && servers.includes("apache") && apacheHook?.method !== "uprobe"
       ? programsOf(APR_PROGRAMS)
@@ -318,7 +318,7 @@ export class Agent {
     if (this.tlsCapture) this.tls = this.tlsProbes();
     if (this.tlsCapture && ownReads) {
       try {
-        for (const p of READ_PROGRAMS) this.extraLinks.push(this.planned.obj.program(p).attach());
+        for (const p of readPrograms()) this.extraLinks.push(this.planned.obj.program(p).attach());
       } catch (e) {
         log.warn("read tracepoints unavailable: HTTPS fd learning limited", { error: String(e) });
       }
@@ -337,10 +337,12 @@ export class Agent {
 
     const events = this.planned.obj.map(ringbuf ? "events" : "events_perf");
     const onRecord = (rec: Uint8Array) => this.onRecord(rec);
+    // Rows completed by a batch go out at its end, not at the next 100 ms tick (see ReaderOptions.onBatch).
+    const onBatch = () => this.flushReady();
     this.reader = ringbuf
       // Views, not copies: the trackers copy the few bytes they keep (a split head, a TLS record in pieces).
-      ? new RingReader(events, { onRecord, views: true })
-      : new PerfReader(events, { onRecord }, perfPagesPerCpu(cfg.capture.ring_size_mb));
+      ? new RingReader(events, { onRecord, onBatch, views: true })
+      : new PerfReader(events, { onRecord, onBatch }, perfPagesPerCpu(cfg.capture.ring_size_mb));
     this.reader.start();
 
     this.timers.push(setInterval(() => this.tick(), 100));
@@ -556,6 +558,11 @@ export class Agent {
       log.warn("following server children failed", { error: e instanceof Error ? e.message : String(e) });
     }
     const rows = this.correlator.tick(Date.now());
+    if (rows.length) this.emit(rows);
+  }
+
+  private flushReady(): void {
+    const rows = this.correlator.takeReady();
     if (rows.length) this.emit(rows);
   }
 
