@@ -211,6 +211,9 @@ int tc_ingress(struct __sk_buff *skb)
 		return JA4_TC_ACT_UNSPEC;
 	}
 
+	/* A bare ACK carries nothing and ends nothing: no flow lookup (most packets of a connection). */
+	if (payload == 0 && !(th.flags & (TC_FIN | TC_RST)))
+		return JA4_TC_ACT_UNSPEC;
 	fv = bpf_map_lookup_elem(&flows, &fk);
 	if (!fv)
 		return JA4_TC_ACT_UNSPEC;
