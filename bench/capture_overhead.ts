@@ -19,7 +19,7 @@ import { wrk, type WrkResult } from "../tests/helpers/clients.ts";
 import { AGENT_V8_FLAGS, type RunningAgent, startAgent } from "../tests/helpers/agent.ts";
 import { delay, makeTempDir, requirePortsFree, requireRoot, requireTool } from "../tests/helpers/proc.ts";
 import { httpsProbesBench } from "./https_probes.ts";
-import { cpuSplitUs, starve } from "./proc_cpu.ts";
+import { batchPolicy, cpuSplitUs, starve } from "./proc_cpu.ts";
 import { enableBpfStats, type ProgCost, progCosts, progCounters } from "./bpf_stats.ts";
 
 const HTTP_PORT = 22080;
@@ -160,6 +160,7 @@ async function oneRun(
     connections: number;
     keep: boolean;
     starve: boolean;
+    batch: boolean;
     v8Flags: string;
     bpfStats: boolean;
   },
@@ -188,6 +189,7 @@ async function oneRun(
       });
       readyMs = performance.now() - t0;
       if (o.starve) starve(agent.pid);
+      if (o.batch) batchPolicy(agent.pid);
     }
     const logFrom = (await Deno.stat(ng.accessLogPath).catch(() => ({ size: 0 }))).size;
     const agentCpu0 = agent ? cpuSplitUs(agent.pid) : { user: 0, sys: 0 };
@@ -471,6 +473,7 @@ function section(
     workers?: number;
     modes?: Mode[];
     starve?: boolean;
+    batch?: boolean;
   },
   ss: ModeSummary[],
 ): string {
@@ -479,7 +482,7 @@ function section(
     ` --connections ${o.connections} --workers ${o.workers ?? 2} --modes ${
       (o.modes ?? ["http", "https"]).join(",")
     }` +
-    (o.starve ? " --starve" : "");
+    (o.starve ? " --starve" : "") + (o.batch ? " --batch" : "");
   return `${HEADING}
 
 Measured ${date} with \`deno task bench-capture ${flags}\`
@@ -494,6 +497,8 @@ request: SYN, request read and close for every request), **HTTPS** keep-alive.${
     o.starve
       ? " **Starved**: every agent thread at nice 19 (the overload policy: the agent below the server)."
       : ""
+  }${
+    o.batch ? " **Batch**: every agent thread under SCHED_BATCH (the unit's CPUSchedulingPolicy=batch)." : ""
   }
 Load: \`wrk -t${o.threads} -c${o.connections} -d${o.duration}s\` at full speed. wrk runs on the same 2 vCPUs as
 nginx and the agent, so the agent's CPU comes straight out of nginx's and wrk's share: on a 2-core box this is a
@@ -554,6 +559,7 @@ async function main(): Promise<number> {
       modes: { type: "string", default: "http,close,https" },
       starve: { type: "boolean", default: false },
       "bpf-stats": { type: "boolean", default: false },
+      batch: { type: "boolean", default: false },
       "v8-flags": { type: "string", default: AGENT_V8_FLAGS },
       "write-doc": { type: "boolean", default: false },
       "no-agent": { type: "boolean", default: false },
@@ -572,6 +578,7 @@ async function main(): Promise<number> {
         "  [--connections C] [--workers W] [--modes http,close,https] [--starve]\n" +
         "  [--write-doc] [--json FILE] [--no-agent (baseline runs only, checks the set-up)]\n" +
         "  --starve: every agent thread at nice 19 (below the server) — the overload policy run\n" +
+        "  --batch: every agent thread under SCHED_BATCH (the unit's CPUSchedulingPolicy=batch)\n" +
         "  --bpf-stats: kernel.bpf_stats_enabled during the runs with the agent; each BPF program's runs\n" +
         "    and ns per request",
     );
@@ -596,6 +603,7 @@ async function main(): Promise<number> {
     }),
     starve: values.starve === true,
     bpfStats: values["bpf-stats"] === true,
+    batch: values.batch === true,
     // As packaged (scripts/agent-v8-flags); JA4EBPF_AGENT_MAIN=<other checkout>/src/main.ts with that
     // checkout's flags measures an earlier version the same way.
     v8Flags: values["v8-flags"]!,
