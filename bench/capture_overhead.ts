@@ -19,7 +19,8 @@ import { wrk, type WrkResult } from "../tests/helpers/clients.ts";
 import { AGENT_V8_FLAGS, type RunningAgent, startAgent } from "../tests/helpers/agent.ts";
 import { delay, makeTempDir, requirePortsFree, requireRoot, requireTool } from "../tests/helpers/proc.ts";
 import { httpsProbesBench } from "./https_probes.ts";
-import { cpuSplitUs, starve } from "./proc_cpu.ts";
+import { batchPolicy, cpuSplitUs, starve } from "./proc_cpu.ts";
+import { enableBpfStats, type ProgCost, progCosts, progCounters } from "./bpf_stats.ts";
 
 const HTTP_PORT = 22080;
 const TLS_PORT = 22443;
@@ -53,6 +54,8 @@ interface AgentFigures {
   counters: Record<string, number>;
   /** WARN/ERROR lines the agent logged. */
   warnings: string[];
+  /** With --bpf-stats: each BPF program's runs and time per request over the wrk run. */
+  bpf?: ProgCost[];
 }
 
 interface RunFigures {
@@ -157,7 +160,9 @@ async function oneRun(
     connections: number;
     keep: boolean;
     starve: boolean;
+    batch: boolean;
     v8Flags: string;
+    bpfStats: boolean;
   },
 ): Promise<RunFigures> {
   const port = mode === "https" ? TLS_PORT : HTTP_PORT;
@@ -184,6 +189,7 @@ async function oneRun(
       });
       readyMs = performance.now() - t0;
       if (o.starve) starve(agent.pid);
+      if (o.batch) batchPolicy(agent.pid);
     }
     const logFrom = (await Deno.stat(ng.accessLogPath).catch(() => ({ size: 0 }))).size;
     const agentCpu0 = agent ? cpuSplitUs(agent.pid) : { user: 0, sys: 0 };
@@ -191,6 +197,8 @@ async function oneRun(
     const mine = withAgent ? 1 : 0;
     let others = otherAgents() - mine;
     const sampler = setInterval(() => others = Math.max(others, otherAgents() - mine), 2000);
+    const restoreStats = agent && o.bpfStats ? enableBpfStats() : undefined;
+    const progs0 = restoreStats ? progCounters(agent!.pid) : undefined;
     const w = await wrk({
       url,
       threads: o.threads,
@@ -199,6 +207,8 @@ async function oneRun(
       headers: mode === "close" ? ["Connection: close"] : [],
     });
     const ngCpu = nginxCpuUs(ng) - ngCpu0;
+    const progs1 = restoreStats ? progCounters(agent!.pid) : undefined;
+    restoreStats?.();
     clearInterval(sampler);
     await delay(300); // nginx logs after the response
     const logged = await countLinesFrom(ng.accessLogPath, logFrom);
@@ -232,6 +242,7 @@ async function oneRun(
           ),
         ),
         warnings: agent.stderr().split("\n").filter((l) => / (WARN|ERROR) /.test(l)).slice(0, 20),
+        bpf: progs0 && progs1 ? progCosts(progs0, progs1, logged) : undefined,
       };
     }
     return fig;
@@ -385,6 +396,32 @@ async function machineFacts(): Promise<string> {
   }, Deno ${Deno.version.deno}; load average at start ${load}, other ja4ebpf agents running at start: ${others}`;
 }
 
+/** Kernel side (--bpf-stats): each program's runs and time per request, from the first run with the agent. */
+function bpfTable(ss: ModeSummary[]): string {
+  const rows: string[] = [];
+  for (const s of ss) {
+    const costs = s.runs.find((r) => r.agent?.bpf)?.agent?.bpf;
+    if (!costs) continue;
+    const total = costs.reduce((a, c) => a + c.nsPerRequest, 0);
+    for (const c of costs) {
+      rows.push(
+        `| ${s.mode} | \`${c.name}\` | ${c.runsPerRequest.toFixed(2)} | ${fmt(c.nsPerRun)} | ${
+          fmt(c.nsPerRequest)
+        } |`,
+      );
+    }
+    rows.push(`| ${s.mode} | **all programs** | | | **${fmt(total)}** |`);
+  }
+  if (rows.length === 0) return "";
+  return `BPF programs during the runs with the agent (\`kernel.bpf_stats_enabled=1\`; the program bodies only —
+the tracepoint and uprobe machinery around them comes on top, in the traced processes' system time):
+
+| mode | program | runs/request | ns/run | ns/request |
+| ---- | ------- | -----------: | -----: | ---------: |
+${rows.join("\n")}
+`;
+}
+
 /** Plain-language verdicts against the goals, with the agent's own explanation for missing rows. */
 function findings(ss: ModeSummary[]): string {
   const out: string[] = [];
@@ -436,6 +473,7 @@ function section(
     workers?: number;
     modes?: Mode[];
     starve?: boolean;
+    batch?: boolean;
   },
   ss: ModeSummary[],
 ): string {
@@ -444,7 +482,7 @@ function section(
     ` --connections ${o.connections} --workers ${o.workers ?? 2} --modes ${
       (o.modes ?? ["http", "https"]).join(",")
     }` +
-    (o.starve ? " --starve" : "");
+    (o.starve ? " --starve" : "") + (o.batch ? " --batch" : "");
   return `${HEADING}
 
 Measured ${date} with \`deno task bench-capture ${flags}\`
@@ -459,6 +497,8 @@ request: SYN, request read and close for every request), **HTTPS** keep-alive.${
     o.starve
       ? " **Starved**: every agent thread at nice 19 (the overload policy: the agent below the server)."
       : ""
+  }${
+    o.batch ? " **Batch**: every agent thread under SCHED_BATCH (the unit's CPUSchedulingPolicy=batch)." : ""
   }
 Load: \`wrk -t${o.threads} -c${o.connections} -d${o.duration}s\` at full speed. wrk runs on the same 2 vCPUs as
 nginx and the agent, so the agent's CPU comes straight out of nginx's and wrk's share: on a 2-core box this is a
@@ -485,6 +525,7 @@ ${summaryTable(ss)}
 
 ${findings(ss)}
 
+${bpfTable(ss)}
 Runs:
 
 ${ss.map(runTable).join("\n\n")}
@@ -517,6 +558,8 @@ async function main(): Promise<number> {
       workers: { type: "string", default: "1" },
       modes: { type: "string", default: "http,close,https" },
       starve: { type: "boolean", default: false },
+      "bpf-stats": { type: "boolean", default: false },
+      batch: { type: "boolean", default: false },
       "v8-flags": { type: "string", default: AGENT_V8_FLAGS },
       "write-doc": { type: "boolean", default: false },
       "no-agent": { type: "boolean", default: false },
@@ -534,7 +577,10 @@ async function main(): Promise<number> {
       "Usage: deno task bench-capture [--duration S] [--pairs N] [--https-pairs N] [--threads T]\n" +
         "  [--connections C] [--workers W] [--modes http,close,https] [--starve]\n" +
         "  [--write-doc] [--json FILE] [--no-agent (baseline runs only, checks the set-up)]\n" +
-        "  --starve: every agent thread at nice 19 (below the server) — the overload policy run",
+        "  --starve: every agent thread at nice 19 (below the server) — the overload policy run\n" +
+        "  --batch: every agent thread under SCHED_BATCH (the unit's CPUSchedulingPolicy=batch)\n" +
+        "  --bpf-stats: kernel.bpf_stats_enabled during the runs with the agent; each BPF program's runs\n" +
+        "    and ns per request",
     );
     return 0;
   }
@@ -556,6 +602,8 @@ async function main(): Promise<number> {
       return m as Mode;
     }),
     starve: values.starve === true,
+    bpfStats: values["bpf-stats"] === true,
+    batch: values.batch === true,
     // As packaged (scripts/agent-v8-flags); JA4EBPF_AGENT_MAIN=<other checkout>/src/main.ts with that
     // checkout's flags measures an earlier version the same way.
     v8Flags: values["v8-flags"]!,
@@ -615,6 +663,13 @@ async function main(): Promise<number> {
               } µs/req, RSS ${fmt(a.peakRssKb / 1024)} MiB, ready in ${fmt(a.readyMs)} ms`
               : ""),
         );
+        for (const c of a?.bpf ?? []) {
+          console.error(
+            `  bpf ${c.name.padEnd(16)} ${c.runsPerRequest.toFixed(2)} runs/req × ${fmt(c.nsPerRun)} ns = ${
+              fmt(c.nsPerRequest)
+            } ns/req`,
+          );
+        }
         if (a && (values.verbose || a.rows < r.logged)) {
           console.error(`  ${a.readyLine.trim()}\n  counters ${JSON.stringify(a.counters)}`);
           for (const w of a.warnings) console.error(`  ${w}`);

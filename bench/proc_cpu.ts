@@ -19,6 +19,17 @@ export function starve(pid: number): void {
   }
 }
 
+/**
+ * Every thread of the agent under SCHED_BATCH, as the unit's CPUSchedulingPolicy=batch does: its wake-ups do not
+ * preempt the running server.
+ */
+export function batchPolicy(pid: number): void {
+  for (const t of Deno.readDirSync(`/proc/${pid}/task`)) {
+    new Deno.Command("chrt", { args: ["-b", "-p", "0", t.name], stdout: "null", stderr: "null" })
+      .outputSync();
+  }
+}
+
 /** utime and stime of a process (all its threads), µs; 0 once it is gone. */
 export function cpuSplitUs(pid: number): { user: number; sys: number } {
   try {

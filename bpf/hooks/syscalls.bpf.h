@@ -44,17 +44,19 @@ static __always_inline void handle_readv(void *ctx, __u8 hook, __s32 fd, const s
 	__u64 budget = max_capture;
 	__u64 base = 0, pos0, pv;
 
-	if (raw_skip(tgid, fd, total))
+	struct conn_val *cv = conn_lookup(tgid, fd, JA4_STREAM_RAW);
+
+	if (raw_skip(cv, total))
 		return;
 	ev = scratch_get(SCRATCH_TASK);
 	if (!ev)
 		return;
-	if (fill_task_hdr(&ev->hdr, JA4_EV_DATA, hook, fd) > 0)
+	if (fill_conn_hdr(&ev->hdr, JA4_EV_DATA, hook, fd, cv) > 0)
 		return;
 	if (budget > JA4_CAPTURE_MAX)
 		budget = JA4_CAPTURE_MAX;
 	ev->hdr.total = total > 0xffffffffULL ? 0xffffffff : (__u32)total;
-	pv = advance_pos(tgid, fd, JA4_STREAM_RAW, total);
+	pv = advance_pos(tgid, fd, JA4_STREAM_RAW, total, cv, &ev->hdr);
 	pos0 = pv & JA4_POS_MASK;
 	/* TLS detection as in handle_read: the first byte of the first iovec */
 	if (pos0 == 0 && raw_tls_bytes != 0 && iovcnt > 0) {
@@ -155,6 +157,76 @@ SEC("tracepoint/syscalls/sys_exit_recvfrom")
 int tp_sys_exit_recvfrom(struct syscall_trace_exit___ja4 *ctx)
 {
 	stash_exit(ctx, ctx->ret, false);
+	return 0;
+}
+
+/* ---- exit only: the arguments from the task's saved user registers ---- */
+
+/*
+ * At a syscall's exit the registers user space entered with are still saved on the task's stack, so with
+ * bpf_task_pt_regs (5.15+) the exit alone sees fd, buffer and flags: no entry program, no stash — half the
+ * program runs, and no hash update and delete, per call. Kernels without the helper refuse these programs
+ * at load; the plan then takes the entry/exit pairs above.
+ */
+static __always_inline struct pt_regs *ja4_user_regs(void)
+{
+	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+}
+
+/*
+ * What stash_enter does at a call's entry, done at its exit: teaches an SSL_read in progress its fd (before
+ * its return probe, which runs after this exit). Returns false when the bytes are apr_socket_recv's (its
+ * uprobe pair reports them).
+ */
+static __always_inline bool exit_learn(__u64 id, __s32 fd)
+{
+	struct ssl_stash *ss = bpf_map_lookup_elem(&ssl_stash, &id);
+
+	if (ss) {
+		struct ssl_key k = {.ssl = ss->ssl, .tgid = id >> 32};
+		ss->fd = fd;
+		bpf_map_update_elem(&ssl_fds, &k, &fd, BPF_ANY);
+	}
+	return !bpf_map_lookup_elem(&apr_stash, &id);
+}
+
+SEC("tracepoint/syscalls/sys_exit_recvfrom")
+int tp_exit_recvfrom_regs(struct syscall_trace_exit___ja4 *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	long ret = ctx->ret;
+	struct pt_regs *regs;
+	__s32 fd;
+
+	if (!is_traced(id >> 32))
+		return 0;
+	regs = ja4_user_regs();
+	if (PT_REGS_PARM4_CORE_SYSCALL(regs) & JA4_MSG_PEEK)
+		return 0;
+	fd = (__s32)PT_REGS_PARM1_CORE_SYSCALL(regs);
+	if (!exit_learn(id, fd) || ret <= 0)
+		return 0;
+	handle_read(ctx, JA4_HOOK_TP_RECVFROM, fd, (const void *)PT_REGS_PARM2_CORE_SYSCALL(regs), ret,
+		    JA4_STREAM_RAW);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_read")
+int tp_exit_read_regs(struct syscall_trace_exit___ja4 *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	long ret = ctx->ret;
+	struct pt_regs *regs;
+	__s32 fd;
+
+	if (!is_traced(id >> 32))
+		return 0;
+	regs = ja4_user_regs();
+	fd = (__s32)PT_REGS_PARM1_CORE_SYSCALL(regs);
+	if (!exit_learn(id, fd) || ret <= 0)
+		return 0;
+	handle_read(ctx, JA4_HOOK_TP_READ, fd, (const void *)PT_REGS_PARM2_CORE_SYSCALL(regs), ret,
+		    JA4_STREAM_RAW);
 	return 0;
 }
 
@@ -285,27 +357,26 @@ int tp_enter_close(struct syscall_trace_enter___ja4 *ctx)
 	struct ja4_conn_key kr = {.tgid = tgid, .fd = fd, .stream = JA4_STREAM_RAW};
 	struct ja4_conn_key kp = {.tgid = tgid, .fd = fd, .stream = JA4_STREAM_PLAINTEXT};
 	struct ja4_close_event *ev;
-	__u64 *p, pos_raw = 0, pos_pt = 0;
-	bool seen = false;
+	struct conn_val *p, *cv;
+	__u64 pos_raw = 0, pos_pt = 0;
 
 	if (!is_traced(tgid))
 		return 0;
-	p = bpf_map_lookup_elem(&conn_pos, &kr);
-	if (p) {
-		pos_raw = *p & JA4_POS_MASK; /* flags off */
-		seen = true;
-	}
+	cv = p = bpf_map_lookup_elem(&conn_pos, &kr);
+	if (p)
+		pos_raw = p->pos & JA4_POS_MASK; /* flags off */
 	p = bpf_map_lookup_elem(&conn_pos, &kp);
 	if (p) {
-		pos_pt = *p;
-		seen = true;
+		pos_pt = p->pos;
+		if (!cv)
+			cv = p;
 	}
-	if (!seen)
+	if (!cv)
 		return 0; /* never read from: not a connection we reported */
 	ev = scratch_get(SCRATCH_TASK);
 	if (!ev)
 		return 0;
-	fill_task_hdr(&ev->hdr, JA4_EV_CLOSE, JA4_HOOK_TP_CLOSE, fd);
+	fill_conn_hdr(&ev->hdr, JA4_EV_CLOSE, JA4_HOOK_TP_CLOSE, fd, cv);
 	ev->pos_raw = pos_raw;
 	ev->pos_plaintext = pos_pt;
 	bpf_map_delete_elem(&conn_pos, &kr);

@@ -118,10 +118,18 @@ int tc_ingress(struct __sk_buff *skb)
 	__u16 ip_len;
 	__u8 ttl, ip_flags = 0;
 
+	/* One helper call for the IP and TCP headers together in the common case (no IP options): every
+	 * packet on the interface, the server's own replies included, passes here. */
 	if (proto == JA4_ETH_P_IP) {
+		struct {
+			struct tc_iph ip;
+			struct tc_tcph th;
+		} h4;
 		struct tc_iph ip;
-		if (bpf_skb_load_bytes_relative(skb, 0, &ip, sizeof(ip), BPF_HDR_START_NET))
+		if (bpf_skb_load_bytes_relative(skb, 0, &h4, sizeof(h4), BPF_HDR_START_NET))
 			return JA4_TC_ACT_UNSPEC;
+		ip = h4.ip;
+		th = h4.th;
 		if (ip.protocol != JA4_IPPROTO_TCP || (bpf_ntohs(ip.frag_off) & 0x1fff))
 			return JA4_TC_ACT_UNSPEC;
 		ip_hlen = (ip.ver_ihl & 0x0f) * 4;
@@ -138,9 +146,15 @@ int tc_ingress(struct __sk_buff *skb)
 			return JA4_TC_ACT_UNSPEC;
 		payload -= ip_hlen;
 	} else if (proto == JA4_ETH_P_IPV6) {
+		struct {
+			struct tc_ip6h ip6;
+			struct tc_tcph th;
+		} h6;
 		struct tc_ip6h ip6;
-		if (bpf_skb_load_bytes_relative(skb, 0, &ip6, sizeof(ip6), BPF_HDR_START_NET))
+		if (bpf_skb_load_bytes_relative(skb, 0, &h6, sizeof(h6), BPF_HDR_START_NET))
 			return JA4_TC_ACT_UNSPEC;
+		ip6 = h6.ip6;
+		th = h6.th;
 		if (ip6.nexthdr != JA4_IPPROTO_TCP)
 			return JA4_TC_ACT_UNSPEC;
 		ip_hlen = sizeof(ip6);
@@ -153,7 +167,9 @@ int tc_ingress(struct __sk_buff *skb)
 	} else {
 		return JA4_TC_ACT_UNSPEC;
 	}
-	if (bpf_skb_load_bytes_relative(skb, ip_hlen, &th, sizeof(th), BPF_HDR_START_NET))
+	/* IPv4 options: the TCP header starts later */
+	if (ip_hlen != sizeof(struct tc_iph) && proto == JA4_ETH_P_IP &&
+	    bpf_skb_load_bytes_relative(skb, ip_hlen, &th, sizeof(th), BPF_HDR_START_NET))
 		return JA4_TC_ACT_UNSPEC;
 	fk.dport = bpf_ntohs(th.dest);
 	if (!bpf_map_lookup_elem(&listen_ports, &fk.dport))
@@ -195,6 +211,9 @@ int tc_ingress(struct __sk_buff *skb)
 		return JA4_TC_ACT_UNSPEC;
 	}
 
+	/* A bare ACK carries nothing and ends nothing: no flow lookup (most packets of a connection). */
+	if (payload == 0 && !(th.flags & (TC_FIN | TC_RST)))
+		return JA4_TC_ACT_UNSPEC;
 	fv = bpf_map_lookup_elem(&flows, &fk);
 	if (!fv)
 		return JA4_TC_ACT_UNSPEC;

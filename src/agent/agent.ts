@@ -132,7 +132,8 @@ export class Agent {
     // need not linger for late events.
     this.correlator.opts.orderedEvents = this.kernel.plan.ringbuf;
     this.seedConnections();
-    this.kernel.startReader((rec) => this.onRecord(rec));
+    // Rows completed by a batch go out at its end, not at the next 100 ms tick (see ReaderOptions.onBatch).
+    this.kernel.startReader((rec) => this.onRecord(rec), () => this.flushReady());
 
     this.timers.push(setInterval(() => this.tick(), 100));
     this.timers.push(setInterval(() => this.slowTick(), 1000));
@@ -240,6 +241,11 @@ export class Agent {
       log.warn("following server children failed", { error: e instanceof Error ? e.message : String(e) });
     }
     const rows = this.correlator.tick(Date.now());
+    if (rows.length) this.emit(rows);
+  }
+
+  private flushReady(): void {
+    const rows = this.correlator.takeReady();
     if (rows.length) this.emit(rows);
   }
 

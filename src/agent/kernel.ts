@@ -8,7 +8,13 @@ import type { Config } from "../config/config.ts";
 import { log } from "../log.ts";
 import { embeddedObject } from "../bpf/embedded.ts";
 import { pageSize } from "../bpf/ffi.ts";
-import { type AttachPlan, openPlanned, planFromConfig, type PlannedObject } from "../bpf/plan.ts";
+import {
+  type AttachPlan,
+  openPlanned,
+  planFromConfig,
+  type PlannedObject,
+  readPrograms,
+} from "../bpf/plan.ts";
 import { loadWithFallback } from "../bpf/load.ts";
 import { DropCounters, ListenPorts, TracedPids } from "../bpf/maps.ts";
 import { ensureTracefs } from "../bpf/tracefs.ts";
@@ -25,8 +31,6 @@ import { installedServerFiles, TLS_PROGRAMS } from "../capture/tls_sites.ts";
 const DROP_NAMES: Record<number, string> = Object.fromEntries(
   Object.entries(DropReason).map(([k, v]) => [v, k.toLowerCase()]),
 );
-
-const READ_PROGRAMS = ["tp_enter_read", "tp_exit_read"];
 
 /** capture.ring_size_mb spread over the CPUs' perf rings: a power of two of pages per CPU (≥ 8). */
 export function perfPagesPerCpu(ringMb: number, cpus = possibleCpus(), page = pageSize()): number {
@@ -106,7 +110,7 @@ export class KernelCapture {
     // Where nginx runs on raw_tp (no syscall tracepoints), the raw_tp programs take read() too.
     const rawTpReads = this.plan.hooks.find((h) => h.hook === "nginx")?.method === "raw_tp";
     const ownReads = !apacheReads && !rawTpReads;
-    const tlsProgs = [...TLS_PROGRAMS, ...(ownReads ? READ_PROGRAMS : [])];
+    const tlsProgs = [...TLS_PROGRAMS, ...(ownReads ? readPrograms() : [])];
     // Apache uprobes the plan did not choose (libapr missing at start) may be attached by the retry.
     const aprProgs = cfg.uprobes.enabled && servers.includes("apache") && apacheHook?.method !== "uprobe"
       ? programsOf(APR_PROGRAMS)
@@ -143,7 +147,7 @@ export class KernelCapture {
     if (loaded.tls) this.tls = this.tlsProbes();
     if (loaded.tls && ownReads) {
       try {
-        for (const p of READ_PROGRAMS) this.extraLinks.push(this.planned.obj.program(p).attach());
+        for (const p of readPrograms()) this.extraLinks.push(this.planned.obj.program(p).attach());
       } catch (e) {
         log.warn("read tracepoints unavailable: HTTPS fd learning limited", { error: String(e) });
       }
@@ -164,14 +168,17 @@ export class KernelCapture {
     if (apacheHook && !apacheHook.method && cfg.uprobes.enabled) this.apr?.scheduleRetry();
   }
 
-  /** Starts reading the ring (or perf) buffer: every record goes to onRecord, synchronously, as a view. */
-  startReader(onRecord: (rec: Uint8Array) => void): void {
+  /**
+   * Starts reading the ring (or perf) buffer: every record goes to onRecord, synchronously, as a view;
+   * onBatch runs after each batch that consumed records.
+   */
+  startReader(onRecord: (rec: Uint8Array) => void, onBatch?: () => void): void {
     const ringbuf = this.plan.ringbuf;
     const events = this.planned!.obj.map(ringbuf ? "events" : "events_perf");
     this.reader = ringbuf
       // Views, not copies: the trackers copy the few bytes they keep (a split head, a TLS record in pieces).
-      ? new RingReader(events, { onRecord, views: true })
-      : new PerfReader(events, { onRecord }, perfPagesPerCpu(this.cfg.capture.ring_size_mb));
+      ? new RingReader(events, { onRecord, onBatch, views: true })
+      : new PerfReader(events, { onRecord, onBatch }, perfPagesPerCpu(this.cfg.capture.ring_size_mb));
     this.reader.start();
   }
 

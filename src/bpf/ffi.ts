@@ -351,6 +351,7 @@ export const MapType = {
 // bpf_func_id values probed (uapi/linux/bpf.h).
 export const BpfFunc = {
   GET_CURRENT_TASK_BTF: 158,
+  TASK_PT_REGS: 175,
 } as const;
 
 export const ProgType = {

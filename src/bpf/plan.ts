@@ -61,7 +61,11 @@ export const DEFAULT_HOOKS: HookSpec[] = [
   {
     hook: "nginx",
     methods: [
-      { method: "tracepoint", variants: [auto("tp_sys_enter_recvfrom", "tp_sys_exit_recvfrom")] },
+      {
+        method: "tracepoint",
+        // The exit alone where the kernel gives a task's saved registers (5.15+): half the program runs.
+        variants: [auto("tp_exit_recvfrom_regs"), auto("tp_sys_enter_recvfrom", "tp_sys_exit_recvfrom")],
+      },
       {
         method: "raw_tp",
         variants: [auto("raw_tp_sys_enter", "raw_tp_sys_exit"), auto("tp_btf_sys_enter", "tp_btf_sys_exit")],
@@ -96,7 +100,10 @@ export const DEFAULT_HOOKS: HookSpec[] = [
       },
       {
         method: "read_tracepoint",
-        variants: [auto("tp_enter_read", "tp_exit_read", "tp_enter_readv", "tp_exit_readv")],
+        variants: [
+          auto("tp_exit_read_regs", "tp_enter_readv", "tp_exit_readv"),
+          auto("tp_enter_read", "tp_exit_read", "tp_enter_readv", "tp_exit_readv"),
+        ],
       },
     ],
   },
@@ -211,6 +218,26 @@ export function probeTaskBtf(): boolean {
       : false;
   }
   return taskBtfProbed;
+}
+
+let ptRegsProbed: boolean | undefined;
+/**
+ * Whether tracepoint programs may call bpf_task_pt_regs() (helper 175, 5.15+): then a syscall's exit
+ * program reads the call's arguments itself and needs no entry program (`*_regs` programs).
+ */
+export function probeTaskPtRegs(): boolean {
+  if (ptRegsProbed === undefined) {
+    const probe = libbpf().libbpf_probe_bpf_helper;
+    ptRegsProbed = probe
+      ? quietLibbpf(() => probe(ProgType.TRACEPOINT, BpfFunc.TASK_PT_REGS, null)) === 1
+      : false;
+  }
+  return ptRegsProbed;
+}
+
+/** The read() programs that teach the HTTPS probes their fd and carry nginx's raw TLS stream. */
+export function readPrograms(ptRegs = probeTaskPtRegs()): string[] {
+  return ptRegs ? ["tp_exit_read_regs"] : ["tp_enter_read", "tp_exit_read"];
 }
 
 function errText(e: unknown): { error: string; errno?: number } {

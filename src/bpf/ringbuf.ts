@@ -36,6 +36,12 @@ export interface ReaderOptions {
    * only during the call (the space is handed back to the producer after the batch).
    */
   onRecord: (data: Uint8Array) => void;
+  /**
+   * Called after each drain pass that consumed records (both readers): the consumer hands on what the batch
+   * produced while it is young (rows kept until a 100 ms timer outlive V8's young generation and are
+   * promoted, copied and later swept: most of the agent's GC work).
+   */
+  onBatch?: () => void;
   /** Hand out views instead of copies (RingReader only): no allocation per record; the consumer copies what it keeps. */
   views?: boolean;
   /** Records per tick before yielding to the event loop (default 8192). */
@@ -49,6 +55,8 @@ export interface ReaderOptions {
    */
   idlePollMs?: number;
 }
+
+type ResolvedOptions = Required<Omit<ReaderOptions, "onBatch">> & Pick<ReaderOptions, "onBatch">;
 
 export interface EventReader {
   readonly kind: "ringbuf" | "perfbuf";
@@ -99,7 +107,7 @@ export class RingReader implements EventReader {
   #data: Uint8Array;
   #dataI32: Int32Array;
   #cons: number;
-  #opts: Required<ReaderOptions>;
+  #opts: ResolvedOptions;
   #timer: Timer | undefined;
   #inflight: Promise<unknown> | undefined;
   #pollfds = new Uint8Array(16);
@@ -204,6 +212,7 @@ export class RingReader implements EventReader {
       Atomics.store(this.#consPos, 0, BigInt(cons));
       s.batches++;
       if (n > s.maxBatch) s.maxBatch = n;
+      this.#opts.onBatch?.();
     }
     return n;
   }
@@ -285,7 +294,7 @@ export class PerfReader implements EventReader {
   #pb: Deno.PointerObject | null;
   #sample: Deno.UnsafeCallback<{ parameters: ["pointer", "i32", "pointer", "u32"]; result: "void" }>;
   #lost: Deno.UnsafeCallback<{ parameters: ["pointer", "i32", "u64"]; result: "void" }>;
-  #opts: Required<ReaderOptions>;
+  #opts: ResolvedOptions;
   #timer: ReturnType<typeof setInterval> | undefined;
   #batch = 0;
 
@@ -338,6 +347,7 @@ export class PerfReader implements EventReader {
     if (this.#batch) {
       this.stats.batches++;
       if (this.#batch > this.stats.maxBatch) this.stats.maxBatch = this.#batch;
+      this.#opts.onBatch?.();
     }
     return this.#batch;
   }

@@ -31,11 +31,15 @@ async function until(cond: () => boolean, ms: number): Promise<void> {
 Deno.test("RingReader: every event of a real trigger arrives, in order, with no drops", async () => {
   const o = await loaded(1);
   const seqs: number[] = [];
-  let badPid = 0;
+  let badPid = 0, batchEnds = 0, seenAtBatchEnd = 0;
   const r = new RingReader(o.map("rb"), {
     onRecord: (rec) => {
       seqs.push(seqOf(rec));
       if (pidOf(rec) !== Deno.pid) badPid++;
+    },
+    onBatch: () => {
+      batchEnds++;
+      seenAtBatchEnd = seqs.length;
     },
   });
   try {
@@ -53,6 +57,8 @@ Deno.test("RingReader: every event of a real trigger arrives, in order, with no 
     assertEquals(r.stats.records, 3000);
     assertEquals(r.stats.bytes, 3000 * 64);
     assertGreater(r.stats.polls, 0, "went idle in poll(2) at least once");
+    assertEquals(batchEnds, r.stats.batches, "onBatch after every batch");
+    assertEquals(seenAtBatchEnd, 3000, "the last batch end saw every record");
   } finally {
     await r.close();
     o.close();

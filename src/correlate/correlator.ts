@@ -143,6 +143,7 @@ interface Held {
 }
 
 /** The held rows of a connection that has none (most): shared, never written. */
+const NO_ROWS: Row[] = [];
 const NO_HELD: Held[] = [];
 
 const ZERO_STATS = (): CorrelatorStats => ({
@@ -564,6 +565,17 @@ export class Correlator {
       c.closedAt = now;
       this.#closing.push({ key: c.key, at: now });
     }
+  }
+
+  /**
+   * The rows completed since the last call (or tick), without advancing time: the agent takes them after
+   * every ring batch, so rows reach the sinks while they are young (cheap for the garbage collector).
+   */
+  takeReady(): Row[] {
+    if (this.#ready.length === 0) return NO_ROWS;
+    const out = this.#ready;
+    this.#ready = [];
+    return out;
   }
 
   /** Advances time: releases rows whose hold expired and forgets idle/closed connections. */

@@ -85,6 +85,18 @@ Deno.test("correlator joins per connection", async (t) => {
     assertBalanced(c);
   });
 
+  await t.step("takeReady: completed rows without advancing time; held rows stay held", () => {
+    const c = new Correlator({ holdMs: 2000 });
+    c.onSyn(tup(3), "64240_2-4-8-1-3_1460_7", T0);
+    c.onRequest(tup(3), 1, 3, req("/now"), T0 + 1, false);
+    c.onRequest(tup(4), 1, 4, req("/held"), T0 + 1); // no SYN, no ClientHello: held
+    assertEquals(c.takeReady().map((r) => r.path), ["/now"]);
+    assertEquals(c.takeReady(), [], "taken once");
+    assertEquals(c.stats().held, 1);
+    assertEquals(c.tick(T0 + 2001).map((r) => r.path), ["/held"], "the hold still ends on tick");
+    assertBalanced(c);
+  });
+
   await t.step("request first: held, then released early when the facts arrive", () => {
     const c = new Correlator({ holdMs: 2000 });
     c.onRequest(tup(2), 1, 3, req("/early"), T0);

@@ -29,6 +29,9 @@ const RECVFROM: TestAttach[] = [
   { program: "tp_enter_close" },
 ];
 
+/** The exit alone, arguments from the task's saved registers (bpf_task_pt_regs, 5.15+). */
+const RECVFROM_REGS: TestAttach[] = [{ program: "tp_exit_recvfrom_regs" }, { program: "tp_enter_close" }];
+
 const isData = (e: CaptureEvent): e is DataEvent => e.type === "data";
 const isClose = (e: CaptureEvent): e is CloseEvent => e.type === "close";
 const sorted = (xs: string[]) => [...xs].sort();
@@ -201,6 +204,41 @@ async function dropAccounting(
   }
 }
 
+/** nginx over TLS: the SSL probes learn the fd from the read() inside SSL_read (`reads`: its programs). */
+async function nginxTls(workers: number[], reads: string[]): Promise<void> {
+  const libssl = mappedLibrary(workers[0], /^libssl\.so\.(3|1\.1)(\.\d+)*$/);
+  await using l = TestLoader.open({
+    // The read programs first: the SSL programs learn the fd from the read entered inside SSL_read.
+    attach: [...reads.map((program) => ({ program })), { program: "tp_enter_close" }, ...sslPairs(libssl)],
+    pids: workers,
+  });
+  l.reader.start();
+  const h1 = await tlsCurl(`https://127.0.0.1:${NGINX_TLS}/h1`, "--http1.1");
+  const h2 = await tlsCurl(`https://127.0.0.1:${NGINX_TLS}/h2`, "--http2");
+  await waitUntil(
+    () => [h1, h2].every((p) => l.events.some((e) => e.type === "close" && e.srcPort === p)),
+    5000,
+    "close events of both TLS connections",
+  );
+  l.detach();
+  await l.reader.close();
+  assertEquals(l.drops(), {}, "drops (SSL_NO_FD, NO_STASH…)");
+  assertEquals(l.decodeErrors, [], "records the decoder refused");
+  const common = { serverPort: NGINX_TLS, rawHook: "read_tracepoint" };
+  checkTlsConnection(l.events, {
+    ...common,
+    clientPort: h1,
+    plaintextStart: "GET /h1 HTTP/1.1\r\n",
+    what: "nginx h1",
+  });
+  checkTlsConnection(l.events, {
+    ...common,
+    clientPort: h2,
+    plaintextStart: "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    what: "nginx h2",
+  });
+}
+
 Deno.test({
   name: "BPF delivery paths (ring drops, perf, has_task_btf=0, SSL) through the TypeScript reader",
   sanitizeOps: false,
@@ -210,101 +248,86 @@ Deno.test({
   await using nginx = await startNginx({ port: NGINX, tlsPort: NGINX_TLS, workers: 2 });
   const workers = nginx.pids().workers;
 
-  await t.step("perf buffer and has_task_btf=0 deliver the ring buffer's events", async () => {
-    const before = (await settledLog(nginx)).length;
-    await using ring = TestLoader.open({ attach: RECVFROM, pids: workers });
-    await using perf = TestLoader.open({ attach: RECVFROM, pids: workers, ringbuf: false });
-    await using noBtf = TestLoader.open({
-      attach: RECVFROM,
-      pids: workers,
-      globals: { has_task_btf: false },
-    });
-    for (const l of [ring, perf, noBtf]) l.reader.start();
-    // Keep-alive, HTTP/1.0, pipelining and a header big enough to be read in a 2-chunk recvfrom.
-    const base = `http://127.0.0.1:${NGINX}`;
-    assertEquals((await curl(["-o", "/dev/null", `${base}/a`, `${base}/b?x=1`, `${base}/c`])).code, 0);
-    assertEquals((await curl(["--http1.0", "-o", "/dev/null", `${base}/ten`])).code, 0);
-    const pipelined = Array.from({ length: 20 }, (_, i) => httpRequest({ path: `/p${i}` })).join("");
-    assertEquals((await rawHttp("127.0.0.1", NGINX, pipelined, { responses: 20 })).responses.length, 20);
-    const big = httpRequest({ path: "/big", headers: [bigHeader(7000)] });
-    assertEquals((await rawHttp("127.0.0.1", NGINX, big)).responses[0]?.status, 200);
-    const log = (await settledLog(nginx)).slice(before);
-    assertEquals(log.length, 25, "access log lines");
-    // Every connection closed (4 of them): then nothing more is coming.
-    await waitUntil(() => ring.events.filter(isClose).length >= 4, 5000, "4 close events (ring)");
-    await delay(100);
-    for (const l of [ring, perf, noBtf]) l.detach();
-    for (const l of [ring, perf, noBtf]) await l.reader.close();
+  await t.step(
+    "perf buffer, has_task_btf=0 and the exit-only program deliver the ring buffer's events",
+    async () => {
+      const before = (await settledLog(nginx)).length;
+      await using ring = TestLoader.open({ attach: RECVFROM, pids: workers });
+      await using perf = TestLoader.open({ attach: RECVFROM, pids: workers, ringbuf: false });
+      await using noBtf = TestLoader.open({
+        attach: RECVFROM,
+        pids: workers,
+        globals: { has_task_btf: false },
+      });
+      await using regs = TestLoader.open({ attach: RECVFROM_REGS, pids: workers });
+      for (const l of [ring, perf, noBtf, regs]) l.reader.start();
+      // Keep-alive, HTTP/1.0, pipelining and a header big enough to be read in a 2-chunk recvfrom.
+      const base = `http://127.0.0.1:${NGINX}`;
+      assertEquals((await curl(["-o", "/dev/null", `${base}/a`, `${base}/b?x=1`, `${base}/c`])).code, 0);
+      assertEquals((await curl(["--http1.0", "-o", "/dev/null", `${base}/ten`])).code, 0);
+      const pipelined = Array.from({ length: 20 }, (_, i) => httpRequest({ path: `/p${i}` })).join("");
+      assertEquals((await rawHttp("127.0.0.1", NGINX, pipelined, { responses: 20 })).responses.length, 20);
+      const big = httpRequest({ path: "/big", headers: [bigHeader(7000)] });
+      assertEquals((await rawHttp("127.0.0.1", NGINX, big)).responses[0]?.status, 200);
+      const log = (await settledLog(nginx)).slice(before);
+      assertEquals(log.length, 25, "access log lines");
+      // Every connection closed (4 of them): then nothing more is coming.
+      await waitUntil(() => ring.events.filter(isClose).length >= 4, 5000, "4 close events (ring)");
+      await delay(100);
+      for (const l of [ring, perf, noBtf, regs]) l.detach();
+      for (const l of [ring, perf, noBtf, regs]) await l.reader.close();
 
-    for (const [name, l] of [["ring", ring], ["perf", perf], ["has_task_btf=0", noBtf]] as const) {
-      assertEquals(l.drops(), {}, `${name}: drops`);
-      assertEquals(l.decodeErrors, [], `${name}: records the decoder refused`);
-    }
-    const ref = ring.events;
-    const data = ref.filter(isData);
-    assertEquals(ref.filter(isClose).length, 4, "close events");
-    assert(data.some((e) => e.offset > 0), "a multi-chunk call (the big header)");
-    assertGreater(data.length, 6, "data events");
-    const refKeys = sorted(ref.map(eventKey));
-    assertEquals(sorted(perf.events.map(eventKey)), refKeys, "perf buffer events == ring buffer events");
-    assertEquals(sorted(noBtf.events.map(eventKey)), refKeys, "has_task_btf=0 events == ring buffer events");
+      for (
+        const [name, l] of [["ring", ring], ["perf", perf], ["has_task_btf=0", noBtf], [
+          "exit-only",
+          regs,
+        ]] as const
+      ) {
+        assertEquals(l.drops(), {}, `${name}: drops`);
+        assertEquals(l.decodeErrors, [], `${name}: records the decoder refused`);
+      }
+      const ref = ring.events;
+      const data = ref.filter(isData);
+      assertEquals(ref.filter(isClose).length, 4, "close events");
+      assert(data.some((e) => e.offset > 0), "a multi-chunk call (the big header)");
+      assertGreater(data.length, 6, "data events");
+      const refKeys = sorted(ref.map(eventKey));
+      assertEquals(sorted(perf.events.map(eventKey)), refKeys, "perf buffer events == ring buffer events");
+      assertEquals(
+        sorted(noBtf.events.map(eventKey)),
+        refKeys,
+        "has_task_btf=0 events == ring buffer events",
+      );
+      assertEquals(sorted(regs.events.map(eventKey)), refKeys, "exit-only events == entry/exit pair events");
 
-    // The ring delivers exactly fixed part + data_len; perf rounds the sample up (size + 4 ≡ 0 mod 8)
-    // and the decoder still takes data_len bytes.
-    const fixed = (e: CaptureEvent) => e.type === "data" ? DATA_EVENT.fields.data.offset : CLOSE_EVENT.size;
-    for (const r of ring.received) {
-      const len = fixed(r.event) + (isData(r.event) ? r.event.bytes.length : 0);
-      assertEquals(r.recordLength, len, "ring record length");
-    }
-    let padded = 0;
-    for (const r of perf.received) {
-      const len = fixed(r.event) + (isData(r.event) ? r.event.bytes.length : 0);
-      assert(r.recordLength >= len && r.recordLength < len + 8, `perf record ${r.recordLength} for ${len}`);
-      assertEquals((r.recordLength + 4) % 8, 0, "perf sample size alignment");
-      if (r.recordLength > len) padded++;
-    }
-    assertGreater(padded, 0, "perf padded some records (so data_len is what cut them)");
-  });
+      // The ring delivers exactly fixed part + data_len; perf rounds the sample up (size + 4 ≡ 0 mod 8)
+      // and the decoder still takes data_len bytes.
+      const fixed = (e: CaptureEvent) => e.type === "data" ? DATA_EVENT.fields.data.offset : CLOSE_EVENT.size;
+      for (const r of ring.received) {
+        const len = fixed(r.event) + (isData(r.event) ? r.event.bytes.length : 0);
+        assertEquals(r.recordLength, len, "ring record length");
+      }
+      let padded = 0;
+      for (const r of perf.received) {
+        const len = fixed(r.event) + (isData(r.event) ? r.event.bytes.length : 0);
+        assert(r.recordLength >= len && r.recordLength < len + 8, `perf record ${r.recordLength} for ${len}`);
+        assertEquals((r.recordLength + 4) % 8, 0, "perf sample size alignment");
+        if (r.recordLength > len) padded++;
+      }
+      assertGreater(padded, 0, "perf padded some records (so data_len is what cut them)");
+    },
+  );
 
-  await t.step("nginx HTTPS: SSL_read plaintext and the raw read stream", async () => {
-    const libssl = mappedLibrary(workers[0], /^libssl\.so\.(3|1\.1)(\.\d+)*$/);
-    await using l = TestLoader.open({
-      // The read pair first: the SSL programs learn the fd from the read entered inside SSL_read.
-      attach: [
-        { program: "tp_enter_read" },
-        { program: "tp_exit_read" },
-        { program: "tp_enter_close" },
-        ...sslPairs(libssl),
-      ],
-      pids: workers,
-    });
-    l.reader.start();
-    const h1 = await tlsCurl(`https://127.0.0.1:${NGINX_TLS}/h1`, "--http1.1");
-    const h2 = await tlsCurl(`https://127.0.0.1:${NGINX_TLS}/h2`, "--http2");
-    await waitUntil(
-      () => [h1, h2].every((p) => l.events.some((e) => e.type === "close" && e.srcPort === p)),
-      5000,
-      "close events of both TLS connections",
+  for (
+    const reads of [["tp_enter_read", "tp_exit_read"], ["tp_exit_read_regs"]]
+  ) {
+    await t.step(
+      `nginx HTTPS: SSL_read plaintext and the raw read stream (${reads.join(" + ")})`,
+      async () => {
+        await nginxTls(workers, reads);
+      },
     );
-    l.detach();
-    await l.reader.close();
-    assertEquals(l.drops(), {}, "drops (SSL_NO_FD, NO_STASH…)");
-    assertEquals(l.decodeErrors, [], "records the decoder refused");
-    const common = { serverPort: NGINX_TLS, rawHook: "read_tracepoint" };
-    checkTlsConnection(l.events, {
-      ...common,
-      clientPort: h1,
-      plaintextStart: "GET /h1 HTTP/1.1\r\n",
-      what: "nginx h1",
-    });
-    checkTlsConnection(l.events, {
-      ...common,
-      clientPort: h2,
-      plaintextStart: "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-      what: "nginx h2",
-    });
-  });
-
+  }
   await t.step("one-page ring buffer under wrk: received + drops[RINGBUF] == attempted", async () => {
     await dropAccounting(nginx, workers, "ringbuf");
   });

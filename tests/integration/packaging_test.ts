@@ -278,6 +278,10 @@ Deno.test("packaging: single executable, systemd unit, RPM, capabilities", async
           "ProtectSystem=strict",
           "LimitMEMLOCK=infinity",
           "Restart=on-failure",
+          // The overload policy (docs/operations.md "systemd"): below the servers it watches.
+          "CPUWeight=20",
+          "Nice=10",
+          "CPUSchedulingPolicy=batch",
         ]
       ) assert(unit.split("\n").includes(line), `unit has ${line}`);
       for (
