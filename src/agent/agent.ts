@@ -138,6 +138,7 @@ export class Agent {
   private tls?: TlsProbes;
   /** Wall-clock ms minus monotonic ms, estimated from events (smallest difference seen). */
   private clockOffsetMs: number | undefined;
+  private clockReads = 0;
   private aprRetries = 0;
   /** The apr_socket_recv programs are loaded (chosen by the plan, or loaded for a later attach). */
   private aprLoaded = false;
@@ -487,8 +488,12 @@ export class Agent {
   /** Wall-clock ms of a monotonic ns time (the offset is the smallest difference seen, i.e. least delayed). */
   private wallMs(tsNs: number): number {
     const mono = tsNs / 1e6;
-    const diff = Date.now() - mono;
-    if (this.clockOffsetMs === undefined || diff < this.clockOffsetMs) this.clockOffsetMs = diff;
+    // The offset only moves when the wall clock is stepped: one clock read per 64 events keeps it current
+    // without a system call per event.
+    if (this.clockOffsetMs === undefined || (++this.clockReads & 63) === 0) {
+      const diff = Date.now() - mono;
+      if (this.clockOffsetMs === undefined || diff < this.clockOffsetMs) this.clockOffsetMs = diff;
+    }
     return mono + this.clockOffsetMs;
   }
 
