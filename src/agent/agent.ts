@@ -342,7 +342,13 @@ export class Agent {
     const onBatch = () => this.flushReady();
     this.reader = ringbuf
       // Views, not copies: the trackers copy the few bytes they keep (a split head, a TLS record in pieces).
-      ? new RingReader(events, { onRecord, onBatch, views: true })
+      ? new RingReader(events, {
+        onRecord,
+        // Decoded in place in the mapped ring: no view or DataView allocated per record.
+        onRecordAt: (area, dv, off, len) => this.onRecordAt(area, dv, off, len),
+        onBatch,
+        views: true,
+      })
       : new PerfReader(events, { onRecord, onBatch }, perfPagesPerCpu(cfg.capture.ring_size_mb));
     this.reader.start();
 
@@ -503,8 +509,16 @@ export class Agent {
    * here again.
    */
   onRecord(rec: Uint8Array): void {
+    if (this.view.load(rec)) this.handle(); // else counted in view.malformed
+  }
+
+  /** One record at `off` of the mapped ring area (RingReader's onRecordAt). */
+  onRecordAt(area: Uint8Array, dv: DataView, off: number, len: number): void {
+    if (this.view.loadAt(area, dv, off, len)) this.handle();
+  }
+
+  private handle(): void {
     const ev = this.view;
-    if (!ev.load(rec)) return; // counted in view.malformed
     this.eventCounts[ev.hookId] = (this.eventCounts[ev.hookId] ?? 0) + 1;
     try {
       this.dispatch(ev);
