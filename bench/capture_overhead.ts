@@ -61,6 +61,8 @@ interface AgentFigures {
 interface RunFigures {
   mode: Mode;
   withAgent: boolean;
+  /** With --base: the run was of the earlier checkout's agent. */
+  base?: boolean;
   wrk: WrkResult;
   /** Requests nginx logged during the run. */
   logged: number;
@@ -164,6 +166,8 @@ async function oneRun(
     v8Flags: string;
     bpfStats: boolean;
   },
+  /** The earlier checkout whose agent runs instead (--base). */
+  baseDir?: string,
 ): Promise<RunFigures> {
   const port = mode === "https" ? TLS_PORT : HTTP_PORT;
   const url = mode === "https" ? ng.tlsUrl! : ng.url;
@@ -185,7 +189,9 @@ async function oneRun(
           metrics: { enabled: true },
         },
         readyTimeoutMs: 90_000,
-        v8Flags: o.v8Flags,
+        // The earlier version with its own packaged V8 flags.
+        v8Flags: baseDir ? baseV8Flags(baseDir) : o.v8Flags,
+        main: baseDir ? `${baseDir}/src/main.ts` : undefined,
       });
       readyMs = performance.now() - t0;
       if (o.starve) starve(agent.pid);
@@ -213,6 +219,7 @@ async function oneRun(
     await delay(300); // nginx logs after the response
     const logged = await countLinesFrom(ng.accessLogPath, logFrom);
     const fig: RunFigures = { mode, withAgent, wrk: w, logged, nginxCpuUs: ngCpu, otherAgents: others };
+    if (baseDir) fig.base = true;
     if (agent) {
       const m = await drain(agent);
       const split = cpuSplitUs(agent.pid);
@@ -250,6 +257,14 @@ async function oneRun(
     await agent?.close();
     if (dir && !o.keep) await Deno.remove(dir, { recursive: true }).catch(() => {});
     else if (dir) console.error(`  kept ${dir}`);
+  }
+}
+
+function baseV8Flags(dir: string): string {
+  try {
+    return Deno.readTextFileSync(`${dir}/scripts/agent-v8-flags`).trim().split(/\s+/).join(",");
+  } catch {
+    return "";
   }
 }
 
@@ -394,6 +409,53 @@ async function machineFacts(): Promise<string> {
   }, ${
     out("wrk", ["-v"]).split("\n")[0].split(" [")[0]
   }, Deno ${Deno.version.deno}; load average at start ${load}, other ja4ebpf agents running at start: ${others}`;
+}
+
+function existsFile(p: string): boolean {
+  try {
+    return Deno.statSync(p).isFile;
+  } catch {
+    return false;
+  }
+}
+
+/** --base: this agent and the earlier one, measured in the same pairs. */
+function sideBySide(baseDir: string, now: ModeSummary[], before: ModeSummary[]): string {
+  const bpfNs = (s: ModeSummary) => {
+    const on = s.runs.filter((r) => r.agent?.bpf);
+    if (on.length === 0) return NaN;
+    return mean(on.map((r) => r.agent!.bpf!.reduce((a, c) => a + c.nsPerRequest, 0)));
+  };
+  const lines = [
+    "| mode | agent | nginx req/s with | ratio to without | agent CPU µs/req (user + sys) | BPF ns/req | nginx CPU µs/req | peak RSS MiB | rows / requests |",
+    "| ---- | ----- | ---------------: | ---------------: | ----------------------------- | ---------: | ---------------: | -----------: | --------------- |",
+  ];
+  for (const s of now) {
+    const b = before.find((x) => x.mode === s.mode);
+    if (!b) continue;
+    for (const [name, x] of [["before", b], ["after", s]] as const) {
+      lines.push(
+        `| ${s.mode} | ${name} | ${fmt(x.rpsOn)} | ${x.ratio.toFixed(3)} | ${fmt(x.agentUsPerReq, 2)} (${
+          fmt(x.agentUserUsPerReq, 2)
+        } + ${fmt(x.agentSysUsPerReq, 2)}) | ${fmt(bpfNs(x))} | ${fmt(x.nginxUsPerReqOn, 1)} | ${
+          fmt(x.peakRssMb)
+        } | ${pct(x.completeness, 3)} |`,
+      );
+    }
+    lines.push(
+      `| ${s.mode} | **after / before** | ${(s.rpsOn / b.rpsOn).toFixed(2)}× | | **${
+        (s.agentUsPerReq / b.agentUsPerReq).toFixed(2)
+      }×** | ${(bpfNs(s) / bpfNs(b)).toFixed(2)}× | ${
+        (s.nginxUsPerReqOn / b.nginxUsPerReqOn).toFixed(2)
+      }× | ${(s.peakRssMb / b.peakRssMb).toFixed(2)}× | |`,
+    );
+  }
+  return `Side by side with an earlier version (\`--base\`: the agent of another checkout — its code, BPF object and
+V8 flags — run as a third variant in each pair, order reversed every other pair; "without" is the same pairs'
+runs without an agent):
+
+${lines.join("\n")}
+`;
 }
 
 /** Kernel side (--bpf-stats): each program's runs and time per request, from the first run with the agent. */
@@ -559,6 +621,7 @@ async function main(): Promise<number> {
       modes: { type: "string", default: "http,close,https" },
       starve: { type: "boolean", default: false },
       "bpf-stats": { type: "boolean", default: false },
+      base: { type: "string" },
       batch: { type: "boolean", default: false },
       "v8-flags": { type: "string", default: AGENT_V8_FLAGS },
       "write-doc": { type: "boolean", default: false },
@@ -579,6 +642,8 @@ async function main(): Promise<number> {
         "  [--write-doc] [--json FILE] [--no-agent (baseline runs only, checks the set-up)]\n" +
         "  --starve: every agent thread at nice 19 (below the server) — the overload policy run\n" +
         "  --batch: every agent thread under SCHED_BATCH (the unit's CPUSchedulingPolicy=batch)\n" +
+        "  --base DIR: also an earlier checkout's agent (its src/main.ts, its BPF object, its V8 flags) in\n" +
+        "    each pair (ABCCBA), and a side-by-side table of the two\n" +
         "  --bpf-stats: kernel.bpf_stats_enabled during the runs with the agent; each BPF program's runs\n" +
         "    and ns per request",
     );
@@ -618,6 +683,10 @@ async function main(): Promise<number> {
     return 0;
   }
   requireRoot("the capture benchmark (the agent loads BPF programs)");
+  const baseDir = values.base ? Deno.realPathSync(values.base) : undefined;
+  if (baseDir && !existsFile(`${baseDir}/src/main.ts`)) {
+    throw new Error(`--base: no src/main.ts in ${baseDir}`);
+  }
   requireTool("wrk", "wrk");
   requirePortsFree([METRICS_PORT]);
   let facts = await machineFacts();
@@ -633,6 +702,7 @@ async function main(): Promise<number> {
 
   await using ng = await startNginx({ port: HTTP_PORT, tlsPort: TLS_PORT, workers: o.workers, http2: false });
   const summaries: ModeSummary[] = [];
+  const baseSummaries: ModeSummary[] = [];
   for (const mode of o.modes) {
     const pairs = mode === "https" ? o.httpsPairs : o.pairs;
     if (pairs === 0) continue;
@@ -646,15 +716,22 @@ async function main(): Promise<number> {
     });
     const runs: RunFigures[] = [];
     for (let p = 0; p < pairs; p++) {
-      const order = values["no-agent"] ? [false, false] : p % 2 === 0 ? [false, true] : [true, false];
-      for (const on of order) {
-        const r = await oneRun(ng, mode, on, o);
+      // off, this agent (, the earlier one with --base); reversed every other pair (ABBA / ABCCBA).
+      const one: ("off" | "on" | "base")[] = values["no-agent"]
+        ? ["off", "off"]
+        : baseDir
+        ? ["off", "on", "base"]
+        : ["off", "on"];
+      const order = p % 2 === 0 ? one : [...one].reverse();
+      for (const v of order) {
+        const on = v !== "off";
+        const r = await oneRun(ng, mode, on, o, v === "base" ? baseDir : undefined);
         runs.push(r);
         const a = r.agent;
         console.error(
-          `${mode} pair ${p + 1} agent=${on ? "on " : "off"} ${fmt(r.wrk.requestsPerSec)} req/s, ${
-            fmt(r.wrk.requests)
-          } wrk / ${fmt(r.logged)} logged` +
+          `${mode} pair ${p + 1} agent=${v === "base" ? "base" : on ? "on " : "off"} ${
+            fmt(r.wrk.requestsPerSec)
+          } req/s, ${fmt(r.wrk.requests)} wrk / ${fmt(r.logged)} logged` +
             (a
               ? `, ${fmt(a.rows)} rows (${
                 pct(a.rows / r.logged, 3)
@@ -681,16 +758,22 @@ async function main(): Promise<number> {
         }
       }
     }
-    if (!values["no-agent"]) summaries.push(summarize(mode, runs));
-    else console.log(runs.map((r) => `${mode}: ${fmt(r.wrk.requestsPerSec)} req/s`).join("\n"));
+    if (!values["no-agent"]) {
+      summaries.push(summarize(mode, runs.filter((r) => !r.base)));
+      if (baseDir) baseSummaries.push(summarize(mode, runs.filter((r) => !r.withAgent || r.base)));
+    } else console.log(runs.map((r) => `${mode}: ${fmt(r.wrk.requestsPerSec)} req/s`).join("\n"));
   }
   if (values["no-agent"]) return 0;
   const loadEnd = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
   facts += `; at the end: load average ${loadEnd}, other agents ${otherAgents()}`;
-  const text = section(date, facts, o, summaries);
+  let text = section(date, facts, o, summaries);
+  if (baseDir) text += "\n" + sideBySide(baseDir, summaries, baseSummaries);
   console.log(text);
   if (values.json) {
-    await Deno.writeTextFile(values.json, JSON.stringify({ date, facts, o, summaries }, null, 1));
+    await Deno.writeTextFile(
+      values.json,
+      JSON.stringify({ date, facts, o, summaries, baseSummaries }, null, 1),
+    );
   }
   if (values["write-doc"]) await writeDoc(text);
   return 0;

@@ -165,18 +165,12 @@ struct {
 } ssl_fds SEC(".maps");
 
 /* (tgid, fd, stream) -> bytes read so far: the `pos` of the next event, in the low 62 bits.
- * Raw streams carry flags in the top bits (JA4_POS_*): mask with JA4_POS_MASK. Beside it the
- * connection's 4-tuple as its first read found it: every later read of a keep-alive connection
- * copies it instead of walking task -> files -> file -> socket again (~15 kernel reads). Both live
- * exactly as long as the position: until the fd's close(). */
+ * Raw streams carry flags in the top bits (JA4_POS_*): mask with JA4_POS_MASK.
+ * The 4-tuple is not kept here: an fd reused without a close() this program saw (close_range, dup2,
+ * a kernel without the close hook) would carry the old connection's address onto the new one's rows;
+ * walked from the fd on every read, the tuple is always the socket's own. */
 struct conn_val {
 	__u64 pos;
-	__u8 saddr[16];
-	__u8 daddr[16];
-	__u16 sport;
-	__u16 dport;
-	__u8 family; /* 0: no tuple kept (the walk failed): walk again */
-	__u8 _pad0[3];
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -325,10 +319,11 @@ static __always_inline int fd_tuple(__s32 fd, struct ja4_event_hdr *h)
 	return 0;
 }
 
-/* Fills the task part of the header, all but the 4-tuple. */
-static __always_inline void fill_task_base(struct ja4_event_hdr *h, __u8 kind, __u8 hook, __s32 fd)
+/* Fills the task part of the header; returns fd_tuple()'s result. */
+static __always_inline int fill_task_hdr(struct ja4_event_hdr *h, __u8 kind, __u8 hook, __s32 fd)
 {
 	__u64 id = bpf_get_current_pid_tgid();
+	int r;
 
 	h->kind = kind;
 	h->hook = hook;
@@ -344,14 +339,6 @@ static __always_inline void fill_task_base(struct ja4_event_hdr *h, __u8 kind, _
 	h->data_len = 0;
 	h->total = 0;
 	h->offset = 0;
-}
-
-/* Fills the task part of the header; returns fd_tuple()'s result. */
-static __always_inline int fill_task_hdr(struct ja4_event_hdr *h, __u8 kind, __u8 hook, __s32 fd)
-{
-	int r;
-
-	fill_task_base(h, kind, hook, fd);
 	r = fd_tuple(fd, h);
 	if (r < 0) {
 		count_drop(JA4_DROP_READ_KERNEL);
@@ -369,11 +356,10 @@ static __always_inline int fill_task_hdr(struct ja4_event_hdr *h, __u8 kind, __u
 #define JA4_POS_DONE (1ULL << 62) /* TLS stream whose plaintext has begun: handshake read */
 #define JA4_POS_MASK (JA4_POS_DONE - 1)
 
-/* Reserves `n` stream bytes on (tgid, fd, stream), whose value `cv` is (NULL: not seen yet; the new
- * entry keeps the tuple of `h`); returns the value before them: the position (JA4_POS_MASK) and the
+/* Reserves `n` stream bytes on (tgid, fd, stream), whose value `cv` is (NULL: not seen yet), with one
+ * map lookup per read (the caller's); returns the value before them: the position (JA4_POS_MASK) and the
  * flags. */
-static __always_inline __u64 advance_pos(__u32 tgid, __s32 fd, __u32 stream, __u64 n, struct conn_val *cv,
-					 const struct ja4_event_hdr *h)
+static __always_inline __u64 advance_pos(__u32 tgid, __s32 fd, __u32 stream, __u64 n, struct conn_val *cv)
 {
 	if (cv) {
 		__u64 pos = cv->pos;
@@ -382,30 +368,7 @@ static __always_inline __u64 advance_pos(__u32 tgid, __s32 fd, __u32 stream, __u
 	}
 	struct ja4_conn_key k = {.tgid = tgid, .fd = fd, .stream = stream};
 	struct conn_val v = {.pos = n};
-	if (!(h->flags & JA4_F_NO_TUPLE)) {
-		__builtin_memcpy(v.saddr, h->saddr, 16);
-		__builtin_memcpy(v.daddr, h->daddr, 16);
-		v.sport = h->sport;
-		v.dport = h->dport;
-		v.family = h->family;
-	}
 	bpf_map_update_elem(&conn_pos, &k, &v, BPF_ANY);
-	return 0;
-}
-
-/* The header's 4-tuple: kept in `cv` since the connection's first read, else walked from the fd (and
- * kept in `cv` from now on). Returns fd_tuple()'s result. */
-static __always_inline int fill_conn_hdr(struct ja4_event_hdr *h, __u8 kind, __u8 hook, __s32 fd,
-					 struct conn_val *cv)
-{
-	if (!cv || !cv->family)
-		return fill_task_hdr(h, kind, hook, fd);
-	fill_task_base(h, kind, hook, fd);
-	__builtin_memcpy(h->saddr, cv->saddr, 16);
-	__builtin_memcpy(h->daddr, cv->daddr, 16);
-	h->sport = cv->sport;
-	h->dport = cv->dport;
-	h->family = cv->family;
 	return 0;
 }
 
@@ -531,7 +494,7 @@ static __always_inline void handle_read(void *ctx, __u8 hook, __s32 fd, const vo
 				 : SCRATCH_TASK);
 	if (!ev)
 		return;
-	if (fill_conn_hdr(&ev->hdr, JA4_EV_DATA, hook, fd, cv) > 0)
+	if (fill_task_hdr(&ev->hdr, JA4_EV_DATA, hook, fd) > 0)
 		return; /* not a TCP socket */
 	if (budget > JA4_CAPTURE_MAX)
 		budget = JA4_CAPTURE_MAX;
@@ -540,7 +503,7 @@ static __always_inline void handle_read(void *ctx, __u8 hook, __s32 fd, const vo
 		ev->hdr.flags |= JA4_F_PLAINTEXT;
 	if (total > budget)
 		count_drop(JA4_DROP_TRUNCATED); /* the capture limit; the TLS cut below is intended */
-	v = advance_pos(tgid, fd, stream, total, cv, &ev->hdr);
+	v = advance_pos(tgid, fd, stream, total, cv);
 	pos0 = v & JA4_POS_MASK;
 	cap = budget;
 	if (stream == JA4_STREAM_RAW) {

@@ -51,12 +51,12 @@ static __always_inline void handle_readv(void *ctx, __u8 hook, __s32 fd, const s
 	ev = scratch_get(SCRATCH_TASK);
 	if (!ev)
 		return;
-	if (fill_conn_hdr(&ev->hdr, JA4_EV_DATA, hook, fd, cv) > 0)
+	if (fill_task_hdr(&ev->hdr, JA4_EV_DATA, hook, fd) > 0)
 		return;
 	if (budget > JA4_CAPTURE_MAX)
 		budget = JA4_CAPTURE_MAX;
 	ev->hdr.total = total > 0xffffffffULL ? 0xffffffff : (__u32)total;
-	pv = advance_pos(tgid, fd, JA4_STREAM_RAW, total, cv, &ev->hdr);
+	pv = advance_pos(tgid, fd, JA4_STREAM_RAW, total, cv);
 	pos0 = pv & JA4_POS_MASK;
 	/* TLS detection as in handle_read: the first byte of the first iovec */
 	if (pos0 == 0 && raw_tls_bytes != 0 && iovcnt > 0) {
@@ -357,26 +357,28 @@ int tp_enter_close(struct syscall_trace_enter___ja4 *ctx)
 	struct ja4_conn_key kr = {.tgid = tgid, .fd = fd, .stream = JA4_STREAM_RAW};
 	struct ja4_conn_key kp = {.tgid = tgid, .fd = fd, .stream = JA4_STREAM_PLAINTEXT};
 	struct ja4_close_event *ev;
-	struct conn_val *p, *cv;
+	struct conn_val *p;
 	__u64 pos_raw = 0, pos_pt = 0;
+	bool seen = false;
 
 	if (!is_traced(tgid))
 		return 0;
-	cv = p = bpf_map_lookup_elem(&conn_pos, &kr);
-	if (p)
+	p = bpf_map_lookup_elem(&conn_pos, &kr);
+	if (p) {
 		pos_raw = p->pos & JA4_POS_MASK; /* flags off */
+		seen = true;
+	}
 	p = bpf_map_lookup_elem(&conn_pos, &kp);
 	if (p) {
 		pos_pt = p->pos;
-		if (!cv)
-			cv = p;
+		seen = true;
 	}
-	if (!cv)
+	if (!seen)
 		return 0; /* never read from: not a connection we reported */
 	ev = scratch_get(SCRATCH_TASK);
 	if (!ev)
 		return 0;
-	fill_conn_hdr(&ev->hdr, JA4_EV_CLOSE, JA4_HOOK_TP_CLOSE, fd, cv);
+	fill_task_hdr(&ev->hdr, JA4_EV_CLOSE, JA4_HOOK_TP_CLOSE, fd);
 	ev->pos_raw = pos_raw;
 	ev->pos_plaintext = pos_pt;
 	bpf_map_delete_elem(&conn_pos, &kr);

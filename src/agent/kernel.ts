@@ -19,7 +19,7 @@ import { loadWithFallback } from "../bpf/load.ts";
 import { DropCounters, ListenPorts, TracedPids } from "../bpf/maps.ts";
 import { ensureTracefs } from "../bpf/tracefs.ts";
 import { type AttachHandle, type BpfMap, possibleCpus } from "../bpf/object.ts";
-import { type EventReader, PerfReader, RingReader } from "../bpf/ringbuf.ts";
+import { type EventReader, PerfReader, type ReaderOptions, RingReader } from "../bpf/ringbuf.ts";
 import { DropReason, ServerKind } from "../bpf/layout.gen.ts";
 import { APR_PROGRAMS, AprProbes, programsOf } from "../capture/apr_probes.ts";
 import type { ServerFollower } from "../capture/follow.ts";
@@ -169,15 +169,16 @@ export class KernelCapture {
   }
 
   /**
-   * Starts reading the ring (or perf) buffer: every record goes to onRecord, synchronously, as a view;
-   * onBatch runs after each batch that consumed records.
+   * Starts reading the ring (or perf) buffer: every record goes to the agent synchronously (in place in the
+   * mapped ring where the reader can, else as a view), and onBatch runs after each batch that consumed records.
    */
-  startReader(onRecord: (rec: Uint8Array) => void, onBatch?: () => void): void {
+  startReader(to: Pick<ReaderOptions, "onRecord" | "onRecordAt" | "onBatch">): void {
+    const { onRecord, onRecordAt, onBatch } = to;
     const ringbuf = this.plan.ringbuf;
     const events = this.planned!.obj.map(ringbuf ? "events" : "events_perf");
     this.reader = ringbuf
       // Views, not copies: the trackers copy the few bytes they keep (a split head, a TLS record in pieces).
-      ? new RingReader(events, { onRecord, onBatch, views: true })
+      ? new RingReader(events, { onRecord, onRecordAt, onBatch, views: true })
       : new PerfReader(events, { onRecord, onBatch }, perfPagesPerCpu(this.cfg.capture.ring_size_mb));
     this.reader.start();
   }

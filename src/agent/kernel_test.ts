@@ -92,10 +92,13 @@ Deno.test("KernelCapture: plan → load → probes → tc → reader on this ker
       "startReader: a request to nginx arrives as its SYN (tc) and its head (recvfrom); each batch ends with onBatch",
       async () => {
         let batches = 0, lastBatchAt = -1;
-        kc.startReader((rec) => {
-          const e = decodeEvent(rec);
-          if (e.dstPort === NGINX) events.push(e);
-        }, () => (batches++, lastBatchAt = events.length));
+        kc.startReader({
+          onRecord: (rec) => {
+            const e = decodeEvent(rec);
+            if (e.dstPort === NGINX) events.push(e);
+          },
+          onBatch: () => (batches++, lastBatchAt = events.length),
+        });
         const r = await curl(["-o", "/dev/null", `http://127.0.0.1:${NGINX}/kernel-capture`]);
         assertEquals(r.code, 0, r.stderr);
         const dec = new TextDecoder();

@@ -118,7 +118,8 @@ export class EventDecodeError extends Error {
   }
 }
 
-type Reader = (dv: DataView) => number;
+/** A field of the record at `b` (default 0) of the view. */
+type Reader = (dv: DataView, b?: number) => number;
 
 /**
  * One reader per field, chosen once from its layout kind (the per-record decode then does no switch).
@@ -129,21 +130,21 @@ function reader(f: FieldLayout): Reader {
   const o = f.offset;
   switch (f.kind) {
     case "u8":
-      return (dv) => dv.getUint8(o);
+      return (dv, b = 0) => dv.getUint8(b + o);
     case "s8":
-      return (dv) => dv.getInt8(o);
+      return (dv, b = 0) => dv.getInt8(b + o);
     case "u16":
-      return (dv) => dv.getUint16(o, true);
+      return (dv, b = 0) => dv.getUint16(b + o, true);
     case "s16":
-      return (dv) => dv.getInt16(o, true);
+      return (dv, b = 0) => dv.getInt16(b + o, true);
     case "u32":
-      return (dv) => dv.getUint32(o, true);
+      return (dv, b = 0) => dv.getUint32(b + o, true);
     case "s32":
-      return (dv) => dv.getInt32(o, true);
+      return (dv, b = 0) => dv.getInt32(b + o, true);
     case "u64":
-      return (dv) => dv.getUint32(o + 4, true) * 4294967296 + dv.getUint32(o, true);
+      return (dv, b = 0) => dv.getUint32(b + o + 4, true) * 4294967296 + dv.getUint32(b + o, true);
     case "s64":
-      return (dv) => dv.getInt32(o + 4, true) * 4294967296 + dv.getUint32(o, true);
+      return (dv, b = 0) => dv.getInt32(b + o + 4, true) * 4294967296 + dv.getUint32(b + o, true);
     default:
       return () => {
         throw new EventDecodeError(`field at ${o} is not a number`, "kind");
@@ -175,8 +176,8 @@ const rPktSeq = reader(PKT_F.seq);
 const rPosRaw = reader(CLOSE_F.pos_raw), rPosPlaintext = reader(CLOSE_F.pos_plaintext);
 
 /** The process name: NUL-terminated, nearly always ASCII (decoded without a TextDecoder call then). */
-function commOf(rec: Uint8Array): string {
-  const from = HDR_F.comm.offset, to = from + HDR_F.comm.size;
+function commOf(rec: Uint8Array, b = 0): string {
+  const from = b + HDR_F.comm.offset, to = from + HDR_F.comm.size;
   let s = "";
   for (let i = from; i < to; i++) {
     const c = rec[i];
@@ -346,58 +347,68 @@ export class EventView {
   capture = "";
   /** DATA: the call read more than was copied: bytes [pos + data.length, lostTo) are missing; else undefined. */
   lostTo: number | undefined = undefined;
-  #rec: Uint8Array = EMPTY;
+  #buf: Uint8Array = EMPTY;
+  #base = 0;
   #connKey: string | undefined = undefined;
   readonly malformed: Record<EventDecodeError["reason"], number> = { short: 0, kind: 0, length: 0 };
 
   /** Fills the view from one record; false (counted in `malformed`) when the record is not well formed. */
   load(rec: Uint8Array): boolean {
-    if (rec.length < EVENT_HDR.size) return this.#bad("short");
-    const dv = new DataView(rec.buffer, rec.byteOffset, rec.byteLength);
-    this.#rec = rec;
-    const kind = rKind(dv), flags = rFlags(dv), family = rFamily(dv);
+    return this.loadAt(rec, new DataView(rec.buffer, rec.byteOffset, rec.byteLength), 0, rec.length);
+  }
+
+  /**
+   * The same for the record of `len` bytes at `b` of `buf`, read through `dv` (a view of the same bytes as
+   * `buf`): a ring reader passes its whole mapped area and one DataView made once, so nothing is allocated
+   * per record but the payload's view.
+   */
+  loadAt(buf: Uint8Array, dv: DataView, b: number, len: number): boolean {
+    if (len < EVENT_HDR.size) return this.#bad("short");
+    this.#buf = buf;
+    this.#base = b;
+    const kind = rKind(dv, b), flags = rFlags(dv, b), family = rFamily(dv, b);
     this.kind = kind;
     this.flags = flags;
     this.family = family;
-    this.hookId = rHook(dv);
-    this.pid = rPid(dv);
-    this.tid = rTid(dv);
-    this.fd = rFd(dv);
-    this.tsNs = rTs(dv);
-    this.src = addrText(rec, family, HDR_F.saddr.offset);
-    this.src_port = rSport(dv);
-    this.dst = addrText(rec, family, HDR_F.daddr.offset);
-    this.dst_port = rDport(dv);
-    this.total = rTotal(dv);
-    this.offset = rOffset(dv);
+    this.hookId = rHook(dv, b);
+    this.pid = rPid(dv, b);
+    this.tid = rTid(dv, b);
+    this.fd = rFd(dv, b);
+    this.tsNs = rTs(dv, b);
+    this.src = addrText(buf, family, b + HDR_F.saddr.offset);
+    this.src_port = rSport(dv, b);
+    this.dst = addrText(buf, family, b + HDR_F.daddr.offset);
+    this.dst_port = rDport(dv, b);
+    this.total = rTotal(dv, b);
+    this.offset = rOffset(dv, b);
     this.plaintext = (flags & EventFlags.PLAINTEXT) !== 0;
     this.lostTo = undefined;
     this.#connKey = undefined;
     switch (kind) {
       case EventKind.DATA: {
-        if (!this.#payload(rec, dv, DATA_F.data.offset)) return false;
-        this.pos = rDataPos(dv);
+        if (!this.#payload(buf, dv, b, len, DATA_F.data.offset)) return false;
+        this.pos = rDataPos(dv, b);
         if ((flags & EventFlags.TRUNCATED) !== 0 && (flags & EventFlags.LAST_CHUNK) !== 0) {
           this.lostTo = this.pos - this.offset + this.total;
         }
         return true;
       }
       case EventKind.SYN: {
-        if (rec.length < SYN_EVENT.size) return this.#bad("short");
-        this.seq = rSynSeq(dv);
-        this.window = rSynWindow(dv);
-        const n = Math.min(rSynOptLen(dv), SYN_F.options.size);
-        this.data = rec.subarray(SYN_F.options.offset, SYN_F.options.offset + n);
+        if (len < SYN_EVENT.size) return this.#bad("short");
+        this.seq = rSynSeq(dv, b);
+        this.window = rSynWindow(dv, b);
+        const n = Math.min(rSynOptLen(dv, b), SYN_F.options.size);
+        this.data = buf.subarray(b + SYN_F.options.offset, b + SYN_F.options.offset + n);
         return true;
       }
       case EventKind.PKT:
-        if (!this.#payload(rec, dv, PKT_F.data.offset)) return false;
-        this.seq = rPktSeq(dv);
+        if (!this.#payload(buf, dv, b, len, PKT_F.data.offset)) return false;
+        this.seq = rPktSeq(dv, b);
         return true;
       case EventKind.CLOSE:
-        if (rec.length < CLOSE_EVENT.size) return this.#bad("short");
-        this.posRaw = rPosRaw(dv);
-        this.posPlaintext = rPosPlaintext(dv);
+        if (len < CLOSE_EVENT.size) return this.#bad("short");
+        this.posRaw = rPosRaw(dv, b);
+        this.posPlaintext = rPosPlaintext(dv, b);
         return true;
       default:
         return this.#bad("kind");
@@ -433,15 +444,15 @@ export class EventView {
 
   /** The process name (decoded on demand: most events never need it). */
   get comm(): string {
-    return commOf(this.#rec);
+    return commOf(this.#buf, this.#base);
   }
 
   /** `data` = the data_len payload bytes at `at`; false (counted) when the record does not hold them. */
-  #payload(rec: Uint8Array, dv: DataView, at: number): boolean {
-    const len = rDataLen(dv);
-    if (rec.length < at) return this.#bad("short");
-    if (at + len > rec.length) return this.#bad("length");
-    this.data = rec.subarray(at, at + len);
+  #payload(buf: Uint8Array, dv: DataView, b: number, recLen: number, at: number): boolean {
+    const len = rDataLen(dv, b);
+    if (recLen < at) return this.#bad("short");
+    if (at + len > recLen) return this.#bad("length");
+    this.data = buf.subarray(b + at, b + at + len);
     return true;
   }
 

@@ -159,3 +159,56 @@ Deno.test("events: IPv6 text form (RFC 5952)", () => {
   ];
   for (const [hex, text] of cases) assertEquals(formatIPv6(h(hex), 0, "v4"), text);
 });
+
+Deno.test("events: EventView.loadAt at an offset of a larger area reads what load() reads of the record", async (t) => {
+  const data = record(DATA_EVENT.fields.data.offset + HTTP.length, {
+    kind: EventKind.DATA,
+    hook: Hook.TP_RECVFROM,
+    family: Family.INET,
+    pid: 77,
+    fd: 5,
+    ts_ns: 123456789n,
+    comm: new TextEncoder().encode("nginx"),
+    saddr: v4([10, 1, 2, 3]),
+    daddr: v4([10, 0, 0, 1]),
+    sport: 50000,
+    dport: 80,
+    data_len: HTTP.length,
+    total: HTTP.length,
+  }, [[DATA_EVENT.fields.pos, 300]]);
+  data.set(HTTP, DATA_EVENT.fields.data.offset);
+  const close = record(CLOSE_EVENT.size, { kind: EventKind.CLOSE, hook: Hook.TP_CLOSE, fd: 5 }, [
+    [CLOSE_EVENT.fields.pos_raw, 327],
+  ]);
+  const cut = record(DATA_EVENT.fields.data.offset + 4, { kind: EventKind.DATA, data_len: 5 });
+  const fields = (v: EventView) =>
+    JSON.stringify([
+      v.kind,
+      v.pid,
+      v.fd,
+      v.tsNs,
+      v.src,
+      v.src_port,
+      v.dst,
+      v.dst_port,
+      v.pos,
+      v.posRaw,
+      v.comm,
+      [...v.data],
+    ]);
+  for (
+    const [name, rec, ok] of [["data", data, true], ["close", close, true], ["cut", cut, false]] as const
+  ) {
+    await t.step(name, () => {
+      // The record at an odd offset of an area, garbage around it (as in the mapped ring).
+      const at = 37;
+      const area = new Uint8Array(at + rec.length + 64).fill(0xa5);
+      area.set(rec, at);
+      const a = new EventView(), b = new EventView();
+      assertEquals(a.load(rec), ok);
+      assertEquals(b.loadAt(area, new DataView(area.buffer), at, rec.length), ok);
+      if (ok) assertEquals(fields(b), fields(a));
+      else assertEquals(b.malformed, a.malformed);
+    });
+  }
+});

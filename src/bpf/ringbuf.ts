@@ -37,6 +37,11 @@ export interface ReaderOptions {
    */
   onRecord: (data: Uint8Array) => void;
   /**
+   * RingReader only, instead of onRecord: each record as (the whole mapped data area, one DataView of it made
+   * once, the record's offset, its length): no view is allocated per record. Valid only during the call.
+   */
+  onRecordAt?: (area: Uint8Array, dv: DataView, offset: number, length: number) => void;
+  /**
    * Called after each drain pass that consumed records (both readers): the consumer hands on what the batch
    * produced while it is young (rows kept until a 100 ms timer outlive V8's young generation and are
    * promoted, copied and later swept: most of the agent's GC work).
@@ -56,7 +61,9 @@ export interface ReaderOptions {
   idlePollMs?: number;
 }
 
-type ResolvedOptions = Required<Omit<ReaderOptions, "onBatch">> & Pick<ReaderOptions, "onBatch">;
+type ResolvedOptions =
+  & Required<Omit<ReaderOptions, "onBatch" | "onRecordAt">>
+  & Pick<ReaderOptions, "onBatch" | "onRecordAt">;
 
 export interface EventReader {
   readonly kind: "ringbuf" | "perfbuf";
@@ -106,6 +113,7 @@ export class RingReader implements EventReader {
   #prodU32: Uint32Array;
   #data: Uint8Array;
   #dataI32: Int32Array;
+  #dataView: DataView;
   #cons: number;
   #opts: ResolvedOptions;
   #timer: Timer | undefined;
@@ -148,6 +156,7 @@ export class RingReader implements EventReader {
     this.#prodU32 = new Uint32Array(prodAb, 0, 2);
     this.#data = new Uint8Array(prodAb, this.#page, 2 * this.size);
     this.#dataI32 = new Int32Array(prodAb, this.#page, (2 * this.size) >> 2);
+    this.#dataView = new DataView(prodAb, this.#page, 2 * this.size);
     this.#cons = Number(Atomics.load(this.#consPos, 0));
     const dv = new DataView(this.#pollfds.buffer);
     dv.setInt32(0, this.#fd, true);
@@ -174,6 +183,7 @@ export class RingReader implements EventReader {
     if (this.#state === "closed") return 0;
     const data = this.#data, i32 = this.#dataI32, s = this.stats, cb = this.#opts.onRecord;
     const views = this.#opts.views === true;
+    const at = this.#opts.onRecordAt, dv = this.#dataView;
     let cons = this.#cons;
     let prod = this.#producerPos();
     let n = 0;
@@ -192,13 +202,11 @@ export class RingReader implements EventReader {
       if (hdr & DISCARD) {
         s.discarded++;
       } else {
-        const copy = views
-          ? data.subarray(off + HDR, off + HDR + len)
-          : data.slice(off + HDR, off + HDR + len);
         s.records++;
         s.bytes += len;
         try {
-          cb(copy);
+          if (at !== undefined) at(data, dv, off + HDR, len);
+          else cb(views ? data.subarray(off + HDR, off + HDR + len) : data.slice(off + HDR, off + HDR + len));
         } catch {
           s.callbackErrors++;
         }
@@ -268,6 +276,7 @@ export class RingReader implements EventReader {
     c.munmap(this.#consPtr, BigInt(this.#page));
     this.#prodPtr = this.#consPtr = null;
     this.#data = this.#dataI32 = new Uint8Array(0) as never;
+    this.#dataView = new DataView(new ArrayBuffer(0));
     c.close(this.#fd);
     c.close(this.#efd);
   }

@@ -65,6 +65,36 @@ Deno.test("RingReader: every event of a real trigger arrives, in order, with no 
   }
 });
 
+Deno.test("RingReader: onRecordAt hands out the same records in place (offset into the mapped area)", async () => {
+  const o = await loaded(1);
+  const seqs: number[] = [];
+  let wrongLen = 0;
+  const r = new RingReader(o.map("rb"), {
+    onRecord: () => {
+      throw new Error("onRecordAt takes precedence");
+    },
+    onRecordAt: (area, dv, off, len) => {
+      seqs.push(Number(dv.getBigUint64(off, true)));
+      if (len !== 64 || area[off + 8] !== (Deno.pid & 0xff)) wrongLen++;
+    },
+  });
+  try {
+    r.start();
+    for (let i = 0; i < 10; i++) {
+      getppidTimes(100);
+      await new Promise((res) => setTimeout(res, 3));
+    }
+    await until(() => seqs.length >= 1000, 2000);
+    assertEquals(seqs.length, 1000);
+    assert(seqs.every((s, i) => s === i), "records in producer order");
+    assertEquals(wrongLen, 0, "length and pid byte at the offset");
+    assertEquals(r.stats.callbackErrors, 0);
+  } finally {
+    await r.close();
+    o.close();
+  }
+});
+
 Deno.test("RingReader: a full ring drops in the kernel; drops are counted; the rest is intact", async () => {
   const o = await loaded(1, 4096);
   const seqs: number[] = [];

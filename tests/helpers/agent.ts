@@ -24,6 +24,8 @@ export const AGENT_V8_FLAGS = Deno.readTextFileSync(new URL("../../scripts/agent
 export type ConfigPatch = { [k: string]: unknown };
 
 export interface AgentStartOptions {
+  /** Another checkout's src/main.ts to run (benchmarks: an earlier version side by side); default AGENT_MAIN. */
+  main?: string;
   /** Merged over the test base config (file sink in the temp dir, stdout off, metrics on metricsPort). */
   config?: ConfigPatch;
   /** Metrics port; default 24435. */
@@ -184,7 +186,7 @@ export async function startAgent(opts: AgentStartOptions = {}): Promise<RunningA
       "-A",
       ...(opts.v8Flags ? [`--v8-flags=${opts.v8Flags}`] : []),
       ...(opts.denoFlags ?? []),
-      AGENT_MAIN,
+      opts.main ?? AGENT_MAIN,
       "run",
       "--config",
       configPath,
