@@ -110,21 +110,21 @@ Deno.test("spool: atomic files listed in order after reopen; cap refuses; quaran
   try {
     const s = await Spool.open(`${dir}/spool`, 100);
     assertEquals(Deno.statSync(`${dir}/spool`).mode! & 0o777, 0o700);
-    const a = await s.put("legacy", "2026-01-01", 3, "a".repeat(32), new Uint8Array(40));
-    const b = await s.put("legacy", "2026-01-02", 2, "b".repeat(32), new Uint8Array(40));
+    const a = await s.put("legacy", "2026-01-01", 3, "a".repeat(32), new Uint8Array(40), "rowbinary");
+    const b = await s.put("legacy", "2026-01-02", 2, "b".repeat(32), new Uint8Array(40), "jsonl");
     assert(a && b);
     assertEquals(
-      await s.put("legacy", "2026-01-02", 9, "c".repeat(32), new Uint8Array(40)),
+      await s.put("legacy", "2026-01-02", 9, "c".repeat(32), new Uint8Array(40), "rowbinary"),
       undefined,
       "over cap",
     );
     Deno.writeFileSync(`${dir}/spool/.tmp-partial`, new Uint8Array(5));
     const r = await Spool.open(`${dir}/spool`, 100);
-    assertEquals(r.entries().map((e) => [e.id[0], e.rows, e.date]), [["a", 3, "2026-01-01"], [
-      "b",
-      2,
-      "2026-01-02",
-    ]]);
+    assertEquals(r.entries().map((e) => [e.id[0], e.rows, e.date, e.format]), [
+      ["a", 3, "2026-01-01", "rowbinary"],
+      ["b", 2, "2026-01-02", "jsonl"],
+    ]);
+    assertEquals(a.path.slice(-13), ".rowbinary.gz");
     assertEquals([r.rows, r.bytes], [5, 80]);
     assert(
       ![...Deno.readDirSync(`${dir}/spool`)].some((e) => e.name.startsWith(".tmp-")),
@@ -277,9 +277,9 @@ Deno.test("spool: dead/ is capped (counted by the caller); a failed move leaves 
   const dir = await Deno.makeTempDir();
   try {
     const s = await Spool.open(`${dir}/spool`, 1000, 90);
-    const a = await s.put("legacy", "2026-01-01", 3, "a".repeat(32), new Uint8Array(40));
-    const b = await s.put("legacy", "2026-01-01", 4, "b".repeat(32), new Uint8Array(40));
-    const c = await s.put("legacy", "2026-01-01", 5, "c".repeat(32), new Uint8Array(40));
+    const a = await s.put("legacy", "2026-01-01", 3, "a".repeat(32), new Uint8Array(40), "rowbinary");
+    const b = await s.put("legacy", "2026-01-01", 4, "b".repeat(32), new Uint8Array(40), "rowbinary");
+    const c = await s.put("legacy", "2026-01-01", 5, "c".repeat(32), new Uint8Array(40), "rowbinary");
     assert(a && b && c);
     const ra = await s.quarantine(a, "Code: 27");
     assert(ra.kept, "first fits");
@@ -294,7 +294,7 @@ Deno.test("spool: dead/ is capped (counted by the caller); a failed move leaves 
     assertEquals(r.deadBytes, s.deadBytes);
     // dead/ unwritable (a file in its place): the batch leaves the queue, stays in the spool for the next start.
     const big = await Spool.open(`${dir}/other`, 1000, 1e9);
-    const d = await big.put("legacy", "2026-01-01", 5, "d".repeat(32), new Uint8Array(40));
+    const d = await big.put("legacy", "2026-01-01", 5, "d".repeat(32), new Uint8Array(40), "rowbinary");
     await Deno.remove(`${dir}/other/dead`, { recursive: true });
     await Deno.writeTextFile(`${dir}/other/dead`, "");
     const rd = await big.quarantine(d!, "Code: 27");
