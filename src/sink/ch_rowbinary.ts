@@ -26,6 +26,10 @@ const CACHE_MAX_CHARS = 512;
  * length prefixes of at most 5 bytes.
  */
 const ROW_FIXED = 256;
+/** Columns written through the cache (#cached's `k`). */
+const CACHED_COLUMNS = 14;
+/** "" as a RowBinary String. */
+const EMPTY = new Uint8Array(1);
 
 /** `INSERT INTO t (<this>) FORMAT RowBinary`: the columns the encoder writes, in its order. */
 export function columnList(gen: Generation): string {
@@ -213,6 +217,12 @@ export function ipv6Text(b: Uint8Array): string {
 export class RowBinaryEncoder {
   #strs = new Map<string, Uint8Array>();
   #ips = new Map<string, Uint8Array>();
+  /**
+   * Per cached column, the last value and its bytes: rows of one connection or one client repeat them, and
+   * comparing with the last one (the same string object, mostly) is cheaper than a hash lookup.
+   */
+  #lastS: string[] = new Array<string>(CACHED_COLUMNS).fill("");
+  #lastB: Uint8Array[] = new Array<Uint8Array>(CACHED_COLUMNS).fill(EMPTY);
 
   /** The most bytes `write` may take for this row (check room once per row, no check per value). */
   maxBytes(r: Row, id: Uint8Array): number {
@@ -239,36 +249,34 @@ export class RowBinaryEncoder {
       p = u32(b, p, secs);
       p = u16(b, p, ms - secs * 1000);
     }
-    p = this.#cached(b, p, r.host);
-    p = this.#cached(b, p, r.server);
+    p = this.#cached(b, p, r.host, 0);
+    p = this.#cached(b, p, r.server, 1);
     p = u32(b, p, r.pid);
-    p = this.#cached(b, p, r.capture);
-    p = modern ? this.#ip(b, p, r.src) : this.#cached(b, p, r.src);
+    p = this.#cached(b, p, r.capture, 2);
+    p = modern ? this.#ip(b, p, r.src) : this.#cached(b, p, r.src, 3);
     p = u16(b, p, r.src_port);
-    p = modern ? this.#ip(b, p, r.dst) : this.#cached(b, p, r.dst);
+    p = modern ? this.#ip(b, p, r.dst) : this.#cached(b, p, r.dst, 4);
     p = u16(b, p, r.dst_port);
-    p = this.#cached(b, p, r.method);
+    p = this.#cached(b, p, r.method, 5);
     p = str(b, p, r.path);
-    p = this.#cached(b, p, r.http_version);
-    p = this.#cached(b, p, r.host_header);
-    p = this.#cached(b, p, r.user_agent);
-    p = this.#cached(b, p, r.ja4h);
+    p = this.#cached(b, p, r.http_version, 6);
+    p = this.#cached(b, p, r.host_header, 7);
+    p = this.#cached(b, p, r.user_agent, 8);
+    p = this.#cached(b, p, r.ja4h, 9);
     p = str(b, p, r.ja4h_r);
     p = str(b, p, r.ja4h_o);
     p = str(b, p, r.ja4h_ro);
-    p = this.#cached(b, p, r.ja4);
-    p = this.#cached(b, p, r.ja4_r);
-    p = this.#cached(b, p, r.ja4t);
-    p = this.#cached(b, p, r.tls_server_name);
+    p = this.#cached(b, p, r.ja4, 10);
+    p = this.#cached(b, p, r.ja4_r, 11);
+    p = this.#cached(b, p, r.ja4t, 12);
+    p = this.#cached(b, p, r.tls_server_name, 13);
     b[p++] = r.truncated ? 1 : 0;
     return put(b, p, id);
   }
 
-  #cached(b: Uint8Array, p: number, s: string): number {
-    if (s.length === 0) {
-      b[p] = 0;
-      return p + 1;
-    }
+  /** A repeating value (column `k` of the last-value memo): its bytes from the cache. */
+  #cached(b: Uint8Array, p: number, s: string, k: number): number {
+    if (s === this.#lastS[k]) return put(b, p, this.#lastB[k]);
     if (s.length > CACHE_MAX_CHARS) return str(b, p, s);
     let e = this.#strs.get(s);
     if (e === undefined) {
@@ -276,6 +284,8 @@ export class RowBinaryEncoder {
       e = stringBytes(s);
       this.#strs.set(s, e);
     }
+    this.#lastS[k] = s;
+    this.#lastB[k] = e;
     return put(b, p, e);
   }
 
