@@ -290,8 +290,9 @@ export class ClickHouseSink implements Sink {
     let day = "";
     let b: Batch | undefined;
     for (const r of rows) {
-      // Rows of one write are nearly always of one day: look the batch up only when the day changes.
-      if (b === undefined || !r.ts.startsWith(day)) {
+      // Rows of one write are nearly always of one day: look the batch up only when the day changes (a ts
+      // shorter than a day, i.e. not one the agent writes, is always looked up).
+      if (b === undefined || r.ts.length < 10 || !r.ts.startsWith(day)) {
         day = rowDate(r);
         b = this.#buf.get(day);
         if (!b) {

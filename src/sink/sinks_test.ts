@@ -10,13 +10,16 @@ import {
   errorCode,
   parseVersion,
 } from "./ch_schema.ts";
-import { classifyFailure, gunzip, gzip, STOP_BUDGET_MS } from "./clickhouse.ts";
+import { classifyFailure, ClickHouseSink, gunzip, gunzipBytes, gzip, STOP_BUDGET_MS } from "./clickhouse.ts";
+import { decodeRowBinary } from "./ch_rowbinary.ts";
 import { FileSink } from "./file.ts";
 import { openOutputs } from "./mod.ts";
 import { hmacIp, loadIpKey, Redactor, stripQuery } from "./redact.ts";
 import { emptyRow, jsonLines, type Row, rowFromJson, rowJson } from "./row.ts";
 import { Spool } from "./spool.ts";
 import { StdoutSink } from "./stdout.ts";
+import { testRow } from "../../tests/helpers/rows.ts";
+import { setLogSink } from "../log.ts";
 
 function row(over: Partial<Row> = {}): Row {
   return { ...emptyRow(), ts: "2026-03-04T05:06:07.089Z", server: "nginx", src: "192.0.2.7", ...over };
@@ -301,6 +304,56 @@ Deno.test("spool: dead/ is capped (counted by the caller); a failed move leaves 
     assertEquals([rd.kept, !rd.kept && rd.why, big.length], [false, "dead_error", 0]);
     assert(Deno.statSync(d!.path).isFile, "left on disk");
   } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("clickhouse sink without a server: one RowBinary batch per day, a random id per batch", async () => {
+  const dir = await Deno.makeTempDir();
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const url = `http://127.0.0.1:${(l.addr as Deno.NetAddr).port}`;
+  l.close();
+  const prevLog = setLogSink(() => {});
+  try {
+    const sink = await ClickHouseSink.open({
+      config: { ...DEFAULT_CONFIG.output.clickhouse, url, spool_dir: dir, batch_rows: 50 },
+      retryMinMs: 60_000,
+    });
+    const day = (d: number, i: number) => ({
+      ...testRow(i, "d"),
+      ts: `2026-01-${d}T10:00:00.${String(i).padStart(3, "0")}Z`,
+    });
+    // Days interleaved within one write; 120 rows of day 15 pass batch_rows (50) twice.
+    const rows = Array.from({ length: 150 }, (_, i) => day(i % 5 === 0 ? 16 : 15, i));
+    sink.write(rows);
+    await sink.persist();
+    await sink.abandon();
+    const names = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.endsWith(".gz")).sort();
+    assert(
+      names.every((n) => /^\d{12}-legacy-2026-01-1[56]-\d+-[0-9a-f]{32}\.rowbinary\.gz$/.test(n)),
+      names.join(),
+    );
+    const back: Row[] = [];
+    const ids = new Set<string>();
+    for (const n of names) {
+      const id = n.slice(-45, -13);
+      ids.add(id);
+      const { rows: got, ids: rowIds } = decodeRowBinary(
+        await gunzipBytes(Deno.readFileSync(`${dir}/${n}`)),
+        "legacy",
+      );
+      assertEquals(new Set(rowIds), new Set([id]), "every row carries its file's id");
+      assertEquals(new Set(got.map((r) => r.ts.slice(0, 10))).size, 1, "one day per batch");
+      assertEquals(Number(n.split("-")[5]), got.length, "row count in the name");
+      back.push(...got);
+    }
+    assertEquals(ids.size, names.length, "a fresh id per batch");
+    assertEquals(
+      back.sort((a, b) => a.path.localeCompare(b.path)),
+      rows.sort((a, b) => a.path.localeCompare(b.path)),
+    );
+  } finally {
+    setLogSink(prevLog);
     await Deno.remove(dir, { recursive: true });
   }
 });
