@@ -9,8 +9,11 @@
  * Agent.onRecord and the correlator, as bench/pipeline_bench.ts), so both sinks get the agent's real rows and
  * string sharing; making them is outside the measurement. Each run is its own child process with the packaged
  * V8 flags; runs alternate base/this in ABBA order per mode. Reported per run: CPU of the whole process (all
- * threads: JS, gzip pool, HTTP client) from the first write until ClickHouse acknowledged the last row,
- * per row; the JS thread's time inside write(); rows landed (counted in the table) and dropped.
+ * threads: JS, gzip, HTTP client, GC) from the first write until ClickHouse acknowledged the last row, per
+ * row; the time inside write() (wall time of a synchronous call, i.e. the JS thread's); rows landed (counted
+ * in the table) and dropped. A slow paced mode (e.g. 100) measures what the process costs per second
+ * whatever the rows (timers, one insert a second, the runtime): the summary subtracts it from the other
+ * paced modes to give the cost per row on top.
  *  - max: 2,000 rows per write() as fast as the sink takes them (`--rows` in all).
  *  - a number: that many rows per second, written every 100 ms as the agent's correlator tick does
  *    (`--seconds` long).
@@ -28,6 +31,8 @@ interface RunResult {
   landed: number;
   dropped: Record<string, number>;
   cpuS: number;
+  /** Wall seconds of the measurement (writes and drain). */
+  wallS: number;
   writeNsPerRow: number;
   usPerRow: number;
   rssPeakMiB: number;
@@ -47,10 +52,6 @@ function threadCpu(): Record<string, number> {
     } catch { /* thread ended */ }
   }
   return out;
-}
-
-function threadNs(): number {
-  return Number(Deno.readTextFileSync("/proc/thread-self/schedstat").split(" ")[0]);
 }
 
 function cpuS(): number {
@@ -103,7 +104,8 @@ async function child(dir: string, url: string, mode: string, table: string, tota
   gc?.();
   const threads0 = threadCpu();
   let rss = 0;
-  const sampler = setInterval(() => rss = Math.max(rss, Deno.memoryUsage().rss), 100);
+  // Once a second: a Deno process with two 100 ms timers costs ~5 ms of CPU a second by itself (measured).
+  const sampler = setInterval(() => rss = Math.max(rss, Deno.memoryUsage().rss), 1000);
   let at = 0;
   const next = (k: number) => {
     if (at + k > pool.length) at = 0;
@@ -113,13 +115,14 @@ async function child(dir: string, url: string, mode: string, table: string, tota
   };
   let writeNs = 0;
   const cpu0 = cpuS();
+  const wall0 = performance.now();
   let written = 0;
   if (rate === null) {
     while (written < n) {
       const batch = next(Math.min(2000, n - written));
-      const t = threadNs();
+      const t = performance.now();
       sink.write(batch);
-      writeNs += threadNs() - t;
+      writeNs += (performance.now() - t) * 1e6;
       written += batch.length;
       await new Promise((r) => setTimeout(r, 0));
     }
@@ -128,9 +131,9 @@ async function child(dir: string, url: string, mode: string, table: string, tota
     for (let tick = 1; written < n; tick++) {
       const due = Math.min(n, Math.round(rate * tick / 10));
       const batch = next(due - written);
-      const t = threadNs();
+      const t = performance.now();
       sink.write(batch);
-      writeNs += threadNs() - t;
+      writeNs += (performance.now() - t) * 1e6;
       written += batch.length;
       const wait = t0 + tick * 100 - performance.now();
       await new Promise((r) => setTimeout(r, Math.max(0, wait)));
@@ -138,6 +141,7 @@ async function child(dir: string, url: string, mode: string, table: string, tota
   }
   const drained = await sink.drain(120_000);
   const cpu = cpuS() - cpu0;
+  const wallS = (performance.now() - wall0) / 1000;
   const threads1 = threadCpu();
   clearInterval(sampler);
   const st = sink.stats();
@@ -155,6 +159,7 @@ async function child(dir: string, url: string, mode: string, table: string, tota
     landed,
     dropped,
     cpuS: Math.round(cpu * 1000) / 1000,
+    wallS: Math.round(wallS * 100) / 100,
     writeNsPerRow: Math.round(writeNs / written),
     usPerRow: Math.round(cpu / landed * 1e6 * 100) / 100,
     rssPeakMiB: Math.round(rss / 2 ** 20),
@@ -245,21 +250,35 @@ if (import.meta.main) {
       }
     }
     console.log("\nmedians (µs of process CPU per row; write() ns/row) and this/base:");
+    const label = (mode: string) => mode === "max" ? "unpaced" : `paced ${Number(mode) / 1000}k/s`;
+    const slow = modes.filter((m) => m !== "max" && Number(m) <= 1000).sort((a, b) => +a - +b)[0];
+    const of = (mode: string, v: string) => results.filter((r) => r.mode === mode && r.variant === v);
+    // CPU a second whatever the rows, from the slowest paced mode.
+    const fixed = (v: string) => slow ? median(of(slow, v).map((r) => r.cpuS / r.wallS)) : 0;
     for (const mode of modes) {
-      const m = (v: string, f: (r: RunResult) => number) =>
-        median(results.filter((r) => r.mode === mode && r.variant === v).map(f));
+      const m = (v: string, f: (r: RunResult) => number) => median(of(mode, v).map(f));
       const [b, t] = [m("base", (r) => r.usPerRow), m("this", (r) => r.usPerRow)];
       const [bw, tw] = [m("base", (r) => r.writeNsPerRow), m("this", (r) => r.writeNsPerRow)];
       const drops = results.filter((r) => r.mode === mode).reduce(
         (a, r) => a + (r.dropped.queue_full ?? 0),
         0,
       );
+      let extra = "";
+      if (slow && mode !== "max" && mode !== slow) {
+        const on = (v: string) => m(v, (r) => (r.cpuS - fixed(v) * r.wallS) / r.landed * 1e6);
+        extra =
+          `; on top of the fixed ${(fixed("base") * 1000).toFixed(1)} / ${
+            (fixed("this") * 1000).toFixed(1)
+          } ` +
+          `ms a second: base ${on("base").toFixed(2)} → this ${on("this").toFixed(2)} µs/row = ` +
+          `${(on("this") / on("base")).toFixed(2)}×`;
+      }
       console.log(
-        `${
-          (mode === "max" ? "unpaced" : `paced ${Number(mode) / 1000}k/s`).padEnd(12)
-        } base ${b} → this ${t} ` +
-          `µs/row = ${(t / b).toFixed(2)}×; write() ${bw} → ${tw} ns/row = ${(tw / bw).toFixed(2)}×; ` +
-          `queue_full drops ${drops}`,
+        `${label(mode).padEnd(12)} base ${b.toFixed(2)} → this ${t.toFixed(2)} µs/row = ${
+          (t / b).toFixed(2)
+        }×; ` +
+          `write() ${Math.round(bw)} → ${Math.round(tw)} ns/row = ${(tw / bw).toFixed(2)}×; ` +
+          `queue_full drops ${drops}${extra}`,
       );
     }
     console.log(`load average after: ${load()}`);
