@@ -144,6 +144,7 @@ async function child(dir: string, url: string, mode: string, table: string, tota
   const wallS = (performance.now() - wall0) / 1000;
   const threads1 = threadCpu();
   clearInterval(sampler);
+  rss = Math.max(rss, Deno.memoryUsage().rss);
   const st = sink.stats();
   await sink.close();
   await Deno.remove(spool, { recursive: true }).catch(() => {});
