@@ -49,7 +49,7 @@ export async function runHotpath(mode: string, requests: number): Promise<Hotpat
   const agent = new Agent(cfg);
   agent.correlator.opts.orderedEvents = true; // as with the ring buffer (start() sets it)
   // Agent.start() would plan real hooks; the dispatch only needs to know which method nginx uses.
-  agent.kernel.plan = { hooks: [{ hook: "nginx", method: "tracepoint" }] } as unknown as AttachPlan;
+  agent.plan = { hooks: [{ hook: "nginx", method: "tracepoint" }] } as unknown as AttachPlan;
   // JA4EBPF_PLAIN_PKT=1: the tc events of the BPF object before plain-HTTP first segments were dropped there.
   const traffic = new Traffic({ ...MODES[mode], plainPkt: Deno.env.get("JA4EBPF_PLAIN_PKT") === "1" });
   let rows = 0;

@@ -1,26 +1,32 @@
 /**
  * The whole row pipeline as the agent runs it, minus the kernel: synthetic BPF ring-buffer records (built
  * from layout.gen.ts) → Agent.onRecord (decodeEvent → PacketTracker / RequestTracker → JA4T, JA4, JA4H →
- * Correlator) → Correlator.tick → ClickHouseSink (JSONEachRow → hash → gzip → spool → HTTP insert) → a real
- * clickhouse-server. Goal: ≥ 100k rows/s on one core, RSS ≤ 150 MB at that rate.
+ * Correlator) → Correlator.tick → privacy filter → ClickHouseSink (RowBinary → gzip → spool → HTTP insert) → a
+ * real clickhouse-server. Goal: ≥ 100k rows/s on one core, RSS ≤ 150 MB at that rate.
  *
- *   deno run -A bench/pipeline_bench.ts [--seconds=15] [--modes=max,10000,50000]
+ *   deno run -A bench/pipeline_bench.ts [--seconds=15] [--modes=max,10000,50000] [--base DIR] [--pairs=1]
+ *
+ * --base DIR: the same pipeline from another checkout (DIR: its agent, sink and configuration; the record
+ * generator is this one's), run alternately with this checkout in ABBA order per mode; a summary gives the
+ * medians and their ratio.
  *
  * Each mode runs in its own child process (so one mode's heap does not inflate the next one's RSS) with the
  * V8 flags the packaged agent uses. Throughput is rows per second of the agent process's CPU time (all its
  * threads: JS, gzip pool, HTTP client), not wall time: the machine may be shared. Per-stage figures are CPU
- * time of the JS thread only (/proc/thread-self/schedstat).
+ * time of the JS thread only (/proc/thread-self/schedstat), except privacy and sink_write: wall time of those
+ * synchronous calls (the thread's clock advances in scheduler ticks, too coarse for one call).
  */
-import { Agent } from "../src/agent/agent.ts";
+import type { Agent as AgentT } from "../src/agent/agent.ts";
 import type { AttachPlan } from "../src/bpf/plan.ts";
 import { Traffic } from "./traffic.ts";
 
 const te = new TextEncoder();
-import { DEFAULT_CONFIG } from "../src/config/config.ts";
+import type { Config } from "../src/config/config.ts";
 import { encodeLineOpen } from "../src/sink/ch_schema.ts";
-import { ClickHouseSink } from "../src/sink/clickhouse.ts";
+import type { ClickHouseSink as SinkT } from "../src/sink/clickhouse.ts";
+import { RowBinaryEncoder, stringBytes } from "../src/sink/ch_rowbinary.ts";
+import type { Redactor } from "../src/sink/redact.ts";
 import type { Row } from "../src/sink/row.ts";
-import { setLogSink } from "../src/log.ts";
 import { startClickHouse } from "../tests/helpers/clickhouse.ts";
 import { gzipSync } from "node:zlib";
 import process from "node:process";
@@ -46,6 +52,8 @@ function processCpuS(): number {
 }
 
 interface ModeResult {
+  /** "this" or "base" (--base). */
+  variant: string;
   mode: string;
   rate: number | null;
   seconds: number;
@@ -84,36 +92,52 @@ function threadCpu(): Record<string, number> {
   return out;
 }
 
-async function runMode(url: string, mode: string, seconds: number): Promise<ModeResult> {
+async function runMode(
+  dir: string,
+  url: string,
+  mode: string,
+  seconds: number,
+  table: string,
+): Promise<Omit<ModeResult, "variant">> {
+  // The pipeline of the checkout at `dir` (this one, or --base).
+  const { Agent } = await import(`${dir}/src/agent/agent.ts`);
+  const { DEFAULT_CONFIG } = await import(`${dir}/src/config/config.ts`);
+  const { ClickHouseSink } = await import(`${dir}/src/sink/clickhouse.ts`);
+  const { setLogSink } = await import(`${dir}/src/log.ts`);
+  const { makeRedactor } = await import(`${dir}/src/sink/mod.ts`);
   const rate = mode === "max" ? null : Number(mode);
-  const table = `bench_${mode}`;
   const spool = await Deno.makeTempDir({ prefix: "ja4ebpf-bench-" });
   setLogSink(() => {});
-  const cfg = structuredClone(DEFAULT_CONFIG);
-  const sink = await ClickHouseSink.open({
+  const cfg = structuredClone(DEFAULT_CONFIG) as Config;
+  const sink: SinkT = await ClickHouseSink.open({
     config: { ...cfg.output.clickhouse, url, table, spool_dir: spool },
   });
-  const agent = new Agent(cfg, { rowHook: () => {} });
+  // As the agent's outputs: the privacy filter (defaults) in place, then the sink.
+  const redactor: Redactor = await makeRedactor(cfg.privacy);
+  const agent: AgentT = new Agent(cfg, { rowHook: () => {} });
   // Agent.start() would plan real hooks; the dispatch only needs to know which method nginx uses.
-  agent.kernel.plan = { hooks: [{ hook: "nginx", method: "tracepoint" }] } as unknown as AttachPlan;
+  agent.plan = { hooks: [{ hook: "nginx", method: "tracepoint" }] } as unknown as AttachPlan;
   // Half the connections plain HTTP (their rows wait hold_ms for a hello that never comes), 4 requests each.
   const traffic = new Traffic({ requestsPerConn: 4, tlsShare: 0.5 });
   // generate is the bench's own work (building records): subtracted from the agent's CPU time.
-  const stage = { generate: 0, decode_correlate: 0, tick: 0, sink_write: 0 };
+  const stage = { generate: 0, decode_correlate: 0, tick: 0, privacy: 0, sink_write: 0 };
   let emitted = 0;
   let heldPeak = 0;
 
   const pump = () => {
-    let t = threadNs();
+    const t = threadNs();
     const rows = agent.correlator.tick(Date.now());
-    const t2 = threadNs();
-    stage.tick += t2 - t;
+    stage.tick += threadNs() - t;
     heldPeak = Math.max(heldPeak, agent.correlator.stats().held);
     if (rows.length) {
       emitted += rows.length;
+      // Wall time of synchronous calls (the thread's CPU clock ticks too coarsely for one call).
+      const w0 = performance.now();
+      redactor.applyInPlace(rows as Row[]);
+      const w1 = performance.now();
       sink.write(rows as Row[]);
-      t = threadNs();
-      stage.sink_write += t - t2;
+      stage.privacy += (w1 - w0) * 1e6;
+      stage.sink_write += (performance.now() - w1) * 1e6;
     }
   };
   const feed = (n: number) => {
@@ -186,7 +210,7 @@ async function runMode(url: string, mode: string, seconds: number): Promise<Mode
   // Close out: release what the correlator holds, then wait for ClickHouse to acknowledge everything.
   const rest = agent.correlator.flush();
   emitted += rest.length;
-  sink.write(rest);
+  sink.write(redactor.applyInPlace(rest));
   const drained = await sink.drain(180_000);
   const cpuS = processCpuS() - cpu0 - stage.generate / 1e9;
   const wallS = (performance.now() - t0) / 1000;
@@ -239,22 +263,26 @@ async function countRows(url: string, table: string): Promise<number> {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Serialization variants, side by side (JS-thread CPU per row; compressed share of the JSON).
+// Serialization variants, side by side (JS-thread CPU per row; compressed share of each body).
 
 function formats(rows: Row[]): string[] {
   const lines = rows.map((r) => encodeLineOpen(r, "legacy") + `,"batch_id":"${"0".repeat(32)}"}`);
-  const body = te.encode(lines.join("\n") + "\n");
-  const out = [`${rows.length} rows, JSONEachRow ${Math.round(body.length / rows.length)} B/row`];
-  for (const level of [0, 1, 6]) {
-    const t = threadNs();
-    let z: Uint8Array = body;
-    for (let i = 0; i < 3; i++) z = level ? gzipSync(body, { level }) : body;
-    const ns = (threadNs() - t) / 3 / rows.length;
-    out.push(
-      level
-        ? `gzip -${level}: ${(z.length / body.length).toFixed(3)} of the JSON, ${Math.round(ns)} ns/row`
-        : "no compression: 1.000 of the JSON, 0 ns/row",
-    );
+  const json = te.encode(lines.join("\n") + "\n");
+  const enc = new RowBinaryEncoder();
+  const id = stringBytes("0".repeat(32));
+  const rb = new Uint8Array(rows.reduce((n, r) => n + enc.maxBytes(r, id), 0));
+  let p = 0;
+  for (const r of rows) p = enc.write(r, "legacy", rb, p, id);
+  const out: string[] = [];
+  for (const [name, body] of [["JSONEachRow", json], ["RowBinary", rb.subarray(0, p)]] as const) {
+    out.push(`${rows.length} rows, ${name} ${Math.round(body.length / rows.length)} B/row`);
+    for (const level of [1, 6]) {
+      const t = performance.now();
+      let z: Uint8Array = body;
+      for (let i = 0; i < 3; i++) z = gzipSync(body, { level });
+      const ns = (performance.now() - t) * 1e6 / 3 / rows.length;
+      out.push(`  gzip -${level}: ${(z.length / body.length).toFixed(3)} of it, ${Math.round(ns)} ns/row`);
+    }
   }
   return out;
 }
@@ -265,10 +293,17 @@ if (import.meta.main) {
   const arg = (k: string, d: string) =>
     Deno.args.find((a) => a.startsWith(`--${k}=`))?.slice(k.length + 3) ?? d;
   if (Deno.args[0] === "--child") {
-    const r = await runMode(Deno.args[1], Deno.args[2], Number(Deno.args[3]));
+    const [, dir, url, mode, seconds, table] = Deno.args;
+    const r = await runMode(dir, url, mode, Number(seconds), table);
     console.log(JSON.stringify(r));
     Deno.exit(0);
   }
+  const baseArg = Deno.args.includes("--base") ? Deno.args[Deno.args.indexOf("--base") + 1] : arg("base", "");
+  const here = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
+  const variants: Record<string, string> = { this: here };
+  if (baseArg) variants.base = Deno.realPathSync(baseArg);
+  const order = baseArg ? ["base", "this", "this", "base"] : ["this"];
+  const pairs = baseArg ? Number(arg("pairs", "1")) : 1;
   const seconds = Number(arg("seconds", "15"));
   const modes = arg("modes", "max,10000,50000").split(",");
   const v8 = arg("v8", V8_FLAGS);
@@ -281,49 +316,78 @@ if (import.meta.main) {
     const load = Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
     console.log(`load average before: ${load}; ${navigator.hardwareConcurrency} CPUs; V8 flags ${v8}`);
     const results: ModeResult[] = [];
+    let run = 0;
     for (const mode of modes) {
-      const p = new Deno.Command(Deno.execPath(), {
-        args: [
-          "run",
-          "-A",
-          `--v8-flags=${v8}`,
-          // --prof-dir=DIR: a V8 CPU profile of each mode's child (bench/stages.ts reads them).
-          ...(arg("prof-dir", "") ? ["--cpu-prof", `--cpu-prof-dir=${arg("prof-dir", "")}`] : []),
-          new URL(import.meta.url).pathname,
-          "--child",
-          ch.url,
-          mode,
-          String(seconds),
-        ],
-        stdout: "piped",
-        stderr: "inherit",
-      }).spawn();
-      const o = await p.output();
-      const out = new TextDecoder().decode(o.stdout).trim().split("\n").at(-1) ?? "";
-      if (!o.success || !out.startsWith("{")) {
-        console.log(`${mode}: the child failed (exit ${o.code}${o.signal ? ", " + o.signal : ""})`);
-        continue;
+      for (const variant of Array.from({ length: pairs }, () => order).flat()) {
+        const p = new Deno.Command(Deno.execPath(), {
+          args: [
+            "run",
+            "-A",
+            `--v8-flags=${v8}`,
+            // --prof-dir=DIR: a V8 CPU profile of each mode's child (bench/stages.ts reads them).
+            ...(arg("prof-dir", "") ? ["--cpu-prof", `--cpu-prof-dir=${arg("prof-dir", "")}`] : []),
+            new URL(import.meta.url).pathname,
+            "--child",
+            variants[variant],
+            ch.url,
+            mode,
+            String(seconds),
+            `bench_${mode}_${run++}`,
+          ],
+          stdout: "piped",
+          stderr: "inherit",
+        }).spawn();
+        const o = await p.output();
+        const out = new TextDecoder().decode(o.stdout).trim().split("\n").at(-1) ?? "";
+        if (!o.success || !out.startsWith("{")) {
+          console.log(`${mode}: the child failed (exit ${o.code}${o.signal ? ", " + o.signal : ""})`);
+          continue;
+        }
+        const r = { variant, ...JSON.parse(out) } as ModeResult;
+        results.push(r);
+        const label = (baseArg ? `${variant} ` : "") +
+          (r.rate === null ? "unpaced" : `paced ${r.rate / 1000}k/s`);
+        console.log(
+          `${
+            label.padEnd(12)
+          } offered ${r.offeredRate} rows/s; ${r.landed} rows landed of ${r.generated} in ` +
+            `${r.wallS} s wall, ` +
+            `${r.cpuS} s CPU → ${r.rowsPerCpuS} rows per CPU-second = ${
+              (1e6 / r.rowsPerCpuS).toFixed(2)
+            } µs of agent CPU per row (goal ≤ 3; ${
+              (r.rowsPerCpuS / GOAL).toFixed(2)
+            }× the 100k rows/CPU-s goal); ` +
+            `RSS start ${r.rssStartMiB} / median ${r.rssMedianMiB} / peak ${r.rssPeakMiB} MiB ` +
+            `(V8 heap peak ${r.heapPeakMiB}); dropped ${JSON.stringify(r.dropped)}${
+              r.drained ? "" : " [not drained]"
+            }`,
+        );
+        console.log(
+          `${"".padEnd(12)} JS thread ns/row ${JSON.stringify(r.stagesNsPerRow)}; thread CPU s ` +
+            `${JSON.stringify(r.threads)}; correlator ${JSON.stringify(r.correlator)}`,
+        );
       }
-      const r = JSON.parse(out) as ModeResult;
-      results.push(r);
-      const label = r.rate === null ? "unpaced" : `paced ${r.rate / 1000}k/s`;
-      console.log(
-        `${label.padEnd(12)} offered ${r.offeredRate} rows/s; ${r.landed} rows landed of ${r.generated} in ` +
-          `${r.wallS} s wall, ` +
-          `${r.cpuS} s CPU → ${r.rowsPerCpuS} rows per CPU-second = ${
-            (1e6 / r.rowsPerCpuS).toFixed(2)
-          } µs of agent CPU per row (goal ≤ 3; ${
-            (r.rowsPerCpuS / GOAL).toFixed(2)
-          }× the 100k rows/CPU-s goal); ` +
-          `RSS start ${r.rssStartMiB} / median ${r.rssMedianMiB} / peak ${r.rssPeakMiB} MiB ` +
-          `(V8 heap peak ${r.heapPeakMiB}); dropped ${JSON.stringify(r.dropped)}${
-            r.drained ? "" : " [not drained]"
-          }`,
-      );
-      console.log(
-        `${"".padEnd(12)} JS thread ns/row ${JSON.stringify(r.stagesNsPerRow)}; thread CPU s ` +
-          `${JSON.stringify(r.threads)}; correlator ${JSON.stringify(r.correlator)}`,
-      );
+    }
+    if (baseArg) {
+      console.log("medians, µs of agent CPU per row (all threads), this/base:");
+      const med = (a: number[]) => {
+        const s = [...a].sort((x, y) => x - y);
+        return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+      };
+      for (const mode of modes) {
+        const of = (v: string) => results.filter((r) => r.mode === mode && r.variant === v);
+        const us = (v: string) => med(of(v).map((r) => 1e6 / r.rowsPerCpuS));
+        const sinkNs = (v: string) => med(of(v).map((r) => r.stagesNsPerRow.sink_write));
+        const drops = (v: string) => of(v).reduce((a, r) => a + (r.dropped.queue_full ?? 0), 0);
+        console.log(
+          `${(mode === "max" ? "unpaced" : `paced ${Number(mode) / 1000}k/s`).padEnd(12)} base ` +
+            `${us("base").toFixed(2)} → this ${us("this").toFixed(2)} µs/row = ${
+              (us("this") / us("base")).toFixed(2)
+            }×; ` +
+            `sink_write (JS thread) ${sinkNs("base")} → ${sinkNs("this")} ns/row; ` +
+            `queue_full drops base ${drops("base")}, this ${drops("this")}`,
+        );
+      }
     }
     const { testRow } = await import("../tests/helpers/rows.ts");
     for (const l of formats(Array.from({ length: 20_000 }, (_, i) => testRow(i, "fmt")))) console.log(l);

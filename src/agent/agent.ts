@@ -146,9 +146,12 @@ export class Agent {
     log.info("ready", { ...this.kernel.describe(), ports: [...this.follow.ports].join(",") });
   }
 
-  /** The attach plan start() made (for --validate's comparison). */
+  /** The attach plan start() made (--validate's comparison); benches set one instead of starting. */
   get plan(): AttachPlan {
     return this.kernel.plan;
+  }
+  set plan(plan: AttachPlan) {
+    this.kernel.plan = plan;
   }
 
   /** Method name put on rows: the hook's chosen method. */

@@ -216,7 +216,7 @@ export const SCHEMA = {
         def: 8388608,
         min: 1024,
         max: 268435456,
-        doc: "send when the buffered JSON reaches this many bytes",
+        doc: "send when the buffered rows reach this many encoded bytes",
       },
       flush_interval_ms: {
         t: "int",

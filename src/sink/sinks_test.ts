@@ -10,13 +10,16 @@ import {
   errorCode,
   parseVersion,
 } from "./ch_schema.ts";
-import { classifyFailure, gunzip, gzip, STOP_BUDGET_MS } from "./clickhouse.ts";
+import { classifyFailure, ClickHouseSink, gunzip, gunzipBytes, gzip, STOP_BUDGET_MS } from "./clickhouse.ts";
+import { decodeRowBinary } from "./ch_rowbinary.ts";
 import { FileSink } from "./file.ts";
 import { openOutputs } from "./mod.ts";
 import { hmacIp, loadIpKey, Redactor, stripQuery } from "./redact.ts";
 import { emptyRow, jsonLines, type Row, rowFromJson, rowJson } from "./row.ts";
 import { Spool } from "./spool.ts";
 import { StdoutSink } from "./stdout.ts";
+import { testRow } from "../../tests/helpers/rows.ts";
+import { setLogSink } from "../log.ts";
 
 function row(over: Partial<Row> = {}): Row {
   return { ...emptyRow(), ts: "2026-03-04T05:06:07.089Z", server: "nginx", src: "192.0.2.7", ...over };
@@ -110,21 +113,21 @@ Deno.test("spool: atomic files listed in order after reopen; cap refuses; quaran
   try {
     const s = await Spool.open(`${dir}/spool`, 100);
     assertEquals(Deno.statSync(`${dir}/spool`).mode! & 0o777, 0o700);
-    const a = await s.put("legacy", "2026-01-01", 3, "a".repeat(32), new Uint8Array(40));
-    const b = await s.put("legacy", "2026-01-02", 2, "b".repeat(32), new Uint8Array(40));
+    const a = await s.put("legacy", "2026-01-01", 3, "a".repeat(32), new Uint8Array(40), "rowbinary");
+    const b = await s.put("legacy", "2026-01-02", 2, "b".repeat(32), new Uint8Array(40), "jsonl");
     assert(a && b);
     assertEquals(
-      await s.put("legacy", "2026-01-02", 9, "c".repeat(32), new Uint8Array(40)),
+      await s.put("legacy", "2026-01-02", 9, "c".repeat(32), new Uint8Array(40), "rowbinary"),
       undefined,
       "over cap",
     );
     Deno.writeFileSync(`${dir}/spool/.tmp-partial`, new Uint8Array(5));
     const r = await Spool.open(`${dir}/spool`, 100);
-    assertEquals(r.entries().map((e) => [e.id[0], e.rows, e.date]), [["a", 3, "2026-01-01"], [
-      "b",
-      2,
-      "2026-01-02",
-    ]]);
+    assertEquals(r.entries().map((e) => [e.id[0], e.rows, e.date, e.format]), [
+      ["a", 3, "2026-01-01", "rowbinary"],
+      ["b", 2, "2026-01-02", "jsonl"],
+    ]);
+    assertEquals(a.path.slice(-13), ".rowbinary.gz");
     assertEquals([r.rows, r.bytes], [5, 80]);
     assert(
       ![...Deno.readDirSync(`${dir}/spool`)].some((e) => e.name.startsWith(".tmp-")),
@@ -277,9 +280,9 @@ Deno.test("spool: dead/ is capped (counted by the caller); a failed move leaves 
   const dir = await Deno.makeTempDir();
   try {
     const s = await Spool.open(`${dir}/spool`, 1000, 90);
-    const a = await s.put("legacy", "2026-01-01", 3, "a".repeat(32), new Uint8Array(40));
-    const b = await s.put("legacy", "2026-01-01", 4, "b".repeat(32), new Uint8Array(40));
-    const c = await s.put("legacy", "2026-01-01", 5, "c".repeat(32), new Uint8Array(40));
+    const a = await s.put("legacy", "2026-01-01", 3, "a".repeat(32), new Uint8Array(40), "rowbinary");
+    const b = await s.put("legacy", "2026-01-01", 4, "b".repeat(32), new Uint8Array(40), "rowbinary");
+    const c = await s.put("legacy", "2026-01-01", 5, "c".repeat(32), new Uint8Array(40), "rowbinary");
     assert(a && b && c);
     const ra = await s.quarantine(a, "Code: 27");
     assert(ra.kept, "first fits");
@@ -294,13 +297,63 @@ Deno.test("spool: dead/ is capped (counted by the caller); a failed move leaves 
     assertEquals(r.deadBytes, s.deadBytes);
     // dead/ unwritable (a file in its place): the batch leaves the queue, stays in the spool for the next start.
     const big = await Spool.open(`${dir}/other`, 1000, 1e9);
-    const d = await big.put("legacy", "2026-01-01", 5, "d".repeat(32), new Uint8Array(40));
+    const d = await big.put("legacy", "2026-01-01", 5, "d".repeat(32), new Uint8Array(40), "rowbinary");
     await Deno.remove(`${dir}/other/dead`, { recursive: true });
     await Deno.writeTextFile(`${dir}/other/dead`, "");
     const rd = await big.quarantine(d!, "Code: 27");
     assertEquals([rd.kept, !rd.kept && rd.why, big.length], [false, "dead_error", 0]);
     assert(Deno.statSync(d!.path).isFile, "left on disk");
   } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("clickhouse sink without a server: one RowBinary batch per day, a random id per batch", async () => {
+  const dir = await Deno.makeTempDir();
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const url = `http://127.0.0.1:${(l.addr as Deno.NetAddr).port}`;
+  l.close();
+  const prevLog = setLogSink(() => {});
+  try {
+    const sink = await ClickHouseSink.open({
+      config: { ...DEFAULT_CONFIG.output.clickhouse, url, spool_dir: dir, batch_rows: 50 },
+      retryMinMs: 60_000,
+    });
+    const day = (d: number, i: number) => ({
+      ...testRow(i, "d"),
+      ts: `2026-01-${d}T10:00:00.${String(i).padStart(3, "0")}Z`,
+    });
+    // Days interleaved within one write; 120 rows of day 15 pass batch_rows (50) twice.
+    const rows = Array.from({ length: 150 }, (_, i) => day(i % 5 === 0 ? 16 : 15, i));
+    sink.write(rows);
+    await sink.persist();
+    await sink.abandon();
+    const names = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.endsWith(".gz")).sort();
+    assert(
+      names.every((n) => /^\d{12}-legacy-2026-01-1[56]-\d+-[0-9a-f]{32}\.rowbinary\.gz$/.test(n)),
+      names.join(),
+    );
+    const back: Row[] = [];
+    const ids = new Set<string>();
+    for (const n of names) {
+      const id = n.slice(-45, -13);
+      ids.add(id);
+      const { rows: got, ids: rowIds } = decodeRowBinary(
+        await gunzipBytes(Deno.readFileSync(`${dir}/${n}`)),
+        "legacy",
+      );
+      assertEquals(new Set(rowIds), new Set([id]), "every row carries its file's id");
+      assertEquals(new Set(got.map((r) => r.ts.slice(0, 10))).size, 1, "one day per batch");
+      assertEquals(Number(n.split("-")[5]), got.length, "row count in the name");
+      back.push(...got);
+    }
+    assertEquals(ids.size, names.length, "a fresh id per batch");
+    assertEquals(
+      back.sort((a, b) => a.path.localeCompare(b.path)),
+      rows.sort((a, b) => a.path.localeCompare(b.path)),
+    );
+  } finally {
+    setLogSink(prevLog);
     await Deno.remove(dir, { recursive: true });
   }
 });

@@ -2,7 +2,8 @@
  * The on-disk queue of batches not yet acknowledged: one gzip file per batch, written to a temporary name,
  * fsynced and renamed (so a crash leaves either the whole batch or nothing), the directory fsynced, removed
  * only after the destination acknowledged it. Files are named so that a restart can list them in order
- * without reading them:  <seq>-<generation>-<date>-<rows>-<batch id>.jsonl.gz
+ * without reading them:  <seq>-<generation>-<date>-<rows>-<batch id>.<format>.gz, format `rowbinary` (this
+ * version) or `jsonl` (JSONEachRow: earlier versions, and batches written while the table takes only that).
  * Bad-data batches move to dead/ with a .reason file next to them; dead/ is capped too (a batch that would pass
  * the cap is deleted instead, and the caller counts its rows as dropped).
  */
@@ -12,9 +13,13 @@ export interface SpoolEntry {
   date: string;
   rows: number;
   id: string;
+  /** The body's format, named in the file (files of earlier versions are jsonl). */
+  format: SpoolFormat;
   bytes: number;
   path: string;
 }
+
+export type SpoolFormat = "rowbinary" | "jsonl";
 
 /** Where a batch sent to dead/ went. */
 export type DeadResult = { kept: true; path: string } | {
@@ -23,7 +28,7 @@ export type DeadResult = { kept: true; path: string } | {
   error?: string;
 };
 
-const NAME = /^(\d{12})-([a-z]+)-(\d{4}-\d{2}-\d{2})-(\d+)-([0-9a-f]{16,64})\.jsonl\.gz$/;
+const NAME = /^(\d{12})-([a-z]+)-(\d{4}-\d{2}-\d{2})-(\d+)-([0-9a-f]{16,64})\.(rowbinary|jsonl)\.gz$/;
 
 export class Spool {
   readonly dir: string;
@@ -70,6 +75,7 @@ export class Spool {
         date: m[3],
         rows: Number(m[4]),
         id: m[5],
+        format: m[6] as SpoolFormat,
         bytes: st.size,
         path,
       });
@@ -110,10 +116,11 @@ export class Spool {
     rows: number,
     id: string,
     body: Uint8Array,
+    format: SpoolFormat,
   ): Promise<SpoolEntry | undefined> {
     if (this.#bytes + body.length > this.maxBytes) return undefined;
     const seq = ++this.#seq;
-    const name = `${String(seq).padStart(12, "0")}-${gen}-${date}-${rows}-${id}.jsonl.gz`;
+    const name = `${String(seq).padStart(12, "0")}-${gen}-${date}-${rows}-${id}.${format}.gz`;
     const tmp = `${this.dir}/.tmp-${name}`;
     const f = await Deno.open(tmp, { write: true, create: true, truncate: true, mode: 0o600 });
     try {
@@ -126,7 +133,7 @@ export class Spool {
     const path = `${this.dir}/${name}`;
     await Deno.rename(tmp, path);
     await syncDir(this.dir);
-    const e: SpoolEntry = { seq, gen, date, rows, id, bytes: body.length, path };
+    const e: SpoolEntry = { seq, gen, date, rows, id, format, bytes: body.length, path };
     this.#entries.push(e);
     this.#bytes += e.bytes;
     this.#rows += e.rows;

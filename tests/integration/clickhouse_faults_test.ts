@@ -6,8 +6,9 @@
  */
 import { assert, assertEquals, assertGreater, assertStringIncludes } from "../../src/testing/asserts.ts";
 import { type ClickHouseConfig, DEFAULT_CONFIG, Secret } from "../../src/config/config.ts";
-import { ClickHouseSink, gunzip } from "../../src/sink/clickhouse.ts";
-import { columns, ddl, parseVersion } from "../../src/sink/ch_schema.ts";
+import { ClickHouseSink, gunzipBytes } from "../../src/sink/clickhouse.ts";
+import { columns, ddl, encodeLineOpen, parseVersion } from "../../src/sink/ch_schema.ts";
+import { decodeRowBinary } from "../../src/sink/ch_rowbinary.ts";
 import { setLogSink } from "../../src/log.ts";
 import { AgentMetrics } from "../../src/metrics/agent.ts";
 import { identityFromScrape } from "../../src/metrics/ledger.ts";
@@ -76,7 +77,7 @@ async function leaveSpool(dir: string, table: string, tag: string, batches: numb
 }
 
 function spoolFiles(dir: string): string[] {
-  return [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.endsWith(".jsonl.gz")).sort();
+  return [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.endsWith(".rowbinary.gz")).sort();
 }
 
 /** CREATE TABLE for the 18.x schema, without the named columns. */
@@ -347,8 +348,14 @@ setTimeout(() => console.log("still running"), 5000);
         const dir = `${tmp}/partial`;
         await leaveSpool(dir, "partial", "part", [10]);
         const [name] = spoolFiles(dir);
-        const lines = (await gunzip(Deno.readFileSync(`${dir}/${name}`))).trim().split("\n");
-        await ch.query(`INSERT INTO ja4ebpf.partial FORMAT JSONEachRow\n${lines.slice(0, 4).join("\n")}\n`);
+        const { rows, ids } = decodeRowBinary(
+          await gunzipBytes(Deno.readFileSync(`${dir}/${name}`)),
+          "legacy",
+        );
+        const lines = rows.slice(0, 4).map((r, i) =>
+          encodeLineOpen(r, "legacy") + `,"batch_id":"${ids[i]}"}`
+        );
+        await ch.query(`INSERT INTO ja4ebpf.partial FORMAT JSONEachRow\n${lines.join("\n")}\n`);
         const s = await ClickHouseSink.open({
           config: cfg(ch.url, dir, { table: "partial" }),
           retryMinMs: 50,

@@ -5,8 +5,10 @@
  */
 import { assert, assertEquals, assertGreater } from "../../src/testing/asserts.ts";
 import { type ClickHouseConfig, DEFAULT_CONFIG, Secret } from "../../src/config/config.ts";
-import { ClickHouseSink } from "../../src/sink/clickhouse.ts";
-import { decodeRow } from "../../src/sink/ch_schema.ts";
+import { ClickHouseSink, gzip } from "../../src/sink/clickhouse.ts";
+import { ddl, decodeRow, encodeLineOpen, parseVersion } from "../../src/sink/ch_schema.ts";
+import { columnList, RowBinaryEncoder, stringBytes } from "../../src/sink/ch_rowbinary.ts";
+import { emptyRow, type Row } from "../../src/sink/row.ts";
 import { setLogSink } from "../../src/log.ts";
 import { type ClickHouseServer, delay, startClickHouse } from "../helpers/clickhouse.ts";
 import { testRow } from "../helpers/rows.ts";
@@ -125,6 +127,7 @@ Deno.test({
         assert(await sink.drain(20_000), "drained");
         await sink.close();
         assertEquals(sink.server()?.generation, "legacy");
+        assertEquals(sink.server()?.format, "RowBinary");
         const text = await ch.query("SELECT * FROM ja4ebpf.rt ORDER BY ts FORMAT JSONEachRow");
         const back = text.trim().split("\n").map((l) => decodeRow(JSON.parse(l)));
         assertEquals(back.length, rows.length);
@@ -136,6 +139,122 @@ Deno.test({
           "SELECT count(DISTINCT batch_id), count(DISTINCT date) FROM ja4ebpf.rt FORMAT TSV",
         );
         assertEquals(parts.trim().split("\t")[1], "2");
+      });
+
+      await t.step("RowBinary of odd values reads back equal (encoder straight to the server)", async () => {
+        for (
+          const sql of ddl({
+            database: "ja4ebpf",
+            table: "odd",
+            onCluster: "",
+            distributedTable: "",
+            ttlDays: 0,
+            version: parseVersion("18.16.1"),
+          })
+        ) await ch.query(sql);
+        const rows: Row[] = [
+          { ...emptyRow(), ts: "2026-01-15T00:00:00.000Z", path: "/empty" },
+          { ...testRow(1, "odd"), ts: "2028-02-29T23:59:59.999Z", pid: 0xffffffff, src_port: 65535 },
+          { ...testRow(2, "odd"), user_agent: "Mozilla/5.0 ".repeat(60), path: "/p?q=ü€😀&x=\"'\\" },
+          {
+            ...testRow(3, "odd"),
+            path: "/ctl\u0001\t\n\r\u001f",
+            ja4h_r: "raw_a,b",
+            ja4h_o: "o",
+            ja4h_ro: "ro",
+          },
+          { ...testRow(4, "odd"), src: "2001:db8::1", dst: "::1", truncated: true },
+          // (18.16 shows DateTime 0 as 0000-00-00 00:00:00, whatever the format it came in.)
+          { ...testRow(5, "odd"), ts: "1970-01-02T00:00:00.001Z" },
+        ];
+        const enc = new RowBinaryEncoder();
+        const id = stringBytes("f".repeat(32));
+        const b = new Uint8Array(rows.reduce((n, r) => n + enc.maxBytes(r, id), 0));
+        let p = 0;
+        for (const r of rows) p = enc.write(r, "legacy", b, p, id);
+        const q = encodeURIComponent(`INSERT INTO ja4ebpf.odd (${columnList("legacy")}) FORMAT RowBinary`);
+        const res = await fetch(`${ch.url}/?query=${q}`, { method: "POST", body: b.subarray(0, p) });
+        assertEquals([res.status, await res.text()], [200, ""]);
+        const text = await ch.query("SELECT * FROM ja4ebpf.odd FORMAT JSONEachRow");
+        const back = new Map(
+          text.trim().split("\n").map((l) => decodeRow(JSON.parse(l))).map((r) => [r.path, r]),
+        );
+        for (const r of rows) assertEquals(back.get(r.path), r, r.path);
+        assertEquals(back.size, rows.length);
+      });
+
+      await t.step(
+        "a table that differs gets JSONEachRow (ALTER … MODIFY COLUMN); every row once",
+        async () => {
+          const dir = `${tmp}/fmt`;
+          const sink = await ClickHouseSink.open({
+            config: chConfig(ch, dir, { table: "fmt" }),
+            retryMinMs: 50,
+          });
+          const rows = Array.from({ length: 60 }, (_, i) => testRow(i, "fmt"));
+          sink.write(rows.slice(0, 30));
+          assert(await sink.drain(10_000), "first half");
+          assertEquals(sink.server()?.format, "RowBinary");
+          // A wider pid: a RowBinary body would be misread from there on (the server runs out of bytes).
+          await ch.query("ALTER TABLE ja4ebpf.fmt MODIFY COLUMN pid UInt64");
+          sink.write(rows.slice(30, 45));
+          await sink.persist();
+          sink.write(rows.slice(45));
+          assert(await sink.drain(10_000), "second half");
+          await sink.close();
+          assertEquals(sink.server()?.format, "JSONEachRow");
+          const st = sink.stats();
+          assertEquals([st.shipped, st.quarantined], [60, 0]);
+          assertEquals(st.errors.data, 1, "the misread RowBinary insert, then JSONEachRow");
+          const text = await ch.query("SELECT * FROM ja4ebpf.fmt FORMAT JSONEachRow");
+          const back = new Map(
+            text.trim().split("\n").map((l) => decodeRow(JSON.parse(l))).map((r) => [r.path, r]),
+          );
+          assertEquals(back.size, 60);
+          for (const r of rows) assertEquals(back.get(r.path), r, r.path);
+          assertEquals(await counts(ch, "fmt"), { n: 60, uniq: 60 });
+          // A sink started on the altered table chooses JSONEachRow at once, and spools in it.
+          const again = await ClickHouseSink.open({ config: chConfig(ch, `${tmp}/fmt2`, { table: "fmt" }) });
+          const extra = Array.from({ length: 5 }, (_, i) => testRow(100 + i, "fmt"));
+          for (const end = Date.now() + 5000; !again.server() && Date.now() < end;) await delay(20);
+          assertEquals(again.server()?.format, "JSONEachRow");
+          again.write(extra);
+          await again.persist();
+          const names = [...Deno.readDirSync(`${tmp}/fmt2`)].map((e) => e.name).filter((n) =>
+            n.endsWith(".gz")
+          );
+          assert(names.every((n) => n.endsWith(".jsonl.gz")), names.join(","));
+          assert(await again.drain(10_000));
+          await again.close();
+          assertEquals(await counts(ch, "fmt"), { n: 65, uniq: 65 });
+        },
+      );
+
+      await t.step("spool files of an earlier version (.jsonl.gz) are still shipped, once", async () => {
+        const dir = `${tmp}/old`;
+        await Deno.mkdir(dir, { recursive: true });
+        // As the version before RowBinary wrote them: JSONEachRow lines, the batch id in every row and the name.
+        const rows = Array.from({ length: 40 }, (_, i) => testRow(i, "old"));
+        const id = "0123456789abcdef0123456789abcdef";
+        const body = rows.map((r) => encodeLineOpen(r, "legacy") + `,"batch_id":"${id}"}\n`).join("");
+        await Deno.writeFile(`${dir}/000000000007-legacy-2026-01-15-40-${id}.jsonl.gz`, await gzip(body));
+        const sink = await ClickHouseSink.open({ config: chConfig(ch, dir, { table: "old" }) });
+        assertEquals(sink.stats().replayed, 40);
+        sink.write(Array.from({ length: 10 }, (_, i) => testRow(40 + i, "old")));
+        assert(await sink.drain(10_000), "drained");
+        await sink.close();
+        assertEquals([sink.stats().shipped, sink.server()?.format], [50, "RowBinary"]);
+        assertEquals(await counts(ch, "old"), { n: 50, uniq: 50 });
+        const text = await ch.query(`SELECT * FROM ja4ebpf.old WHERE batch_id = '${id}' FORMAT JSONEachRow`);
+        const back = new Map(
+          text.trim().split("\n").map((l) => decodeRow(JSON.parse(l))).map((r) => [r.path, r]),
+        );
+        for (const r of rows) assertEquals(back.get(r.path), r, r.path);
+        assertEquals(
+          [...Deno.readDirSync(dir)].filter((e) => e.name.endsWith(".gz")).length,
+          0,
+          "spool empty",
+        );
       });
 
       await t.step("docs/clickhouse.md example queries run on this server", async () => {
