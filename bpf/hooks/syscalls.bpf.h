@@ -190,43 +190,35 @@ static __always_inline bool exit_learn(__u64 id, __s32 fd)
 	return !bpf_map_lookup_elem(&apr_stash, &id);
 }
 
-SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int tp_exit_recvfrom_regs(struct syscall_trace_exit___ja4 *ctx)
+/* The body of the exit-only programs: `recvfrom` also skips MSG_PEEK calls (its flags are argument 4). */
+static __always_inline void exit_regs(void *ctx, long ret, __u8 hook, const bool recvfrom)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	long ret = ctx->ret;
 	struct pt_regs *regs;
 	__s32 fd;
 
 	if (!is_traced(id >> 32))
-		return 0;
+		return;
 	regs = ja4_user_regs();
-	if (PT_REGS_PARM4_CORE_SYSCALL(regs) & JA4_MSG_PEEK)
-		return 0;
+	if (recvfrom && (PT_REGS_PARM4_CORE_SYSCALL(regs) & JA4_MSG_PEEK))
+		return;
 	fd = (__s32)PT_REGS_PARM1_CORE_SYSCALL(regs);
 	if (!exit_learn(id, fd) || ret <= 0)
-		return 0;
-	handle_read(ctx, JA4_HOOK_TP_RECVFROM, fd, (const void *)PT_REGS_PARM2_CORE_SYSCALL(regs), ret,
-		    JA4_STREAM_RAW);
+		return;
+	handle_read(ctx, hook, fd, (const void *)PT_REGS_PARM2_CORE_SYSCALL(regs), ret, JA4_STREAM_RAW);
+}
+
+SEC("tracepoint/syscalls/sys_exit_recvfrom")
+int tp_exit_recvfrom_regs(struct syscall_trace_exit___ja4 *ctx)
+{
+	exit_regs(ctx, ctx->ret, JA4_HOOK_TP_RECVFROM, true);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_read")
 int tp_exit_read_regs(struct syscall_trace_exit___ja4 *ctx)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	long ret = ctx->ret;
-	struct pt_regs *regs;
-	__s32 fd;
-
-	if (!is_traced(id >> 32))
-		return 0;
-	regs = ja4_user_regs();
-	fd = (__s32)PT_REGS_PARM1_CORE_SYSCALL(regs);
-	if (!exit_learn(id, fd) || ret <= 0)
-		return 0;
-	handle_read(ctx, JA4_HOOK_TP_READ, fd, (const void *)PT_REGS_PARM2_CORE_SYSCALL(regs), ret,
-		    JA4_STREAM_RAW);
+	exit_regs(ctx, ctx->ret, JA4_HOOK_TP_READ, false);
 	return 0;
 }
 

@@ -204,35 +204,33 @@ export interface AttachPlan {
   context: Pick<PlanConfig, "libapr" | "tcInterfaces" | "tcHandle" | "tcPriority" | "kretprobeMaxactive">;
 }
 
-let taskBtfProbed: boolean | undefined;
-/**
- * Whether the kernel offers bpf_get_current_task_btf() (helper 158, 5.11+; not in RHEL 8's 4.18) to
- * tracepoint programs, probed by loading one that calls it. A libbpf without the probe (< 0.8) or a failed
- * probe answers false: the bpf_get_current_task() path gives the same events on every kernel.
- */
-export function probeTaskBtf(): boolean {
-  if (taskBtfProbed === undefined) {
+const helperProbed = new Map<number, boolean>();
+/** Whether tracepoint programs may call BPF helper `id` on this kernel (probed once by loading one). */
+function probeHelper(id: number): boolean {
+  let ok = helperProbed.get(id);
+  if (ok === undefined) {
     const probe = libbpf().libbpf_probe_bpf_helper;
-    taskBtfProbed = probe
-      ? quietLibbpf(() => probe(ProgType.TRACEPOINT, BpfFunc.GET_CURRENT_TASK_BTF, null)) === 1
-      : false;
+    ok = probe ? quietLibbpf(() => probe(ProgType.TRACEPOINT, id, null)) === 1 : false;
+    helperProbed.set(id, ok);
   }
-  return taskBtfProbed;
+  return ok;
 }
 
-let ptRegsProbed: boolean | undefined;
+/**
+ * Whether the kernel offers bpf_get_current_task_btf() (helper 158, 5.11+; not in RHEL 8's 4.18) to
+ * tracepoint programs. A libbpf without the probe (< 0.8) or a failed probe answers false: the
+ * bpf_get_current_task() path gives the same events on every kernel.
+ */
+export function probeTaskBtf(): boolean {
+  return probeHelper(BpfFunc.GET_CURRENT_TASK_BTF);
+}
+
 /**
  * Whether tracepoint programs may call bpf_task_pt_regs() (helper 175, 5.15+): then a syscall's exit
  * program reads the call's arguments itself and needs no entry program (`*_regs` programs).
  */
 export function probeTaskPtRegs(): boolean {
-  if (ptRegsProbed === undefined) {
-    const probe = libbpf().libbpf_probe_bpf_helper;
-    ptRegsProbed = probe
-      ? quietLibbpf(() => probe(ProgType.TRACEPOINT, BpfFunc.TASK_PT_REGS, null)) === 1
-      : false;
-  }
-  return ptRegsProbed;
+  return probeHelper(BpfFunc.TASK_PT_REGS);
 }
 
 /** The read() programs that teach the HTTPS probes their fd and carry nginx's raw TLS stream. */

@@ -13,6 +13,7 @@
  */
 import { columns, type Generation } from "./ch_schema.ts";
 import { emptyRow, type Row } from "./row.ts";
+import { formatIPv6 } from "../parse/addr.ts";
 
 const utf8 = new TextEncoder();
 const utf8Decoder = new TextDecoder();
@@ -190,27 +191,8 @@ function quad(t: string): number[] | undefined {
 
 /** 16 bytes → the row's address text: "" for ::, a.b.c.d for ::ffff:a.b.c.d, else RFC 5952 IPv6. */
 export function ipv6Text(b: Uint8Array): string {
-  let zero = true;
-  for (let i = 0; i < 16; i++) if (b[i] !== 0) zero = false;
-  if (zero) return "";
-  let mapped = b[10] === 0xff && b[11] === 0xff;
-  for (let i = 0; i < 10 && mapped; i++) if (b[i] !== 0) mapped = false;
-  if (mapped) return `${b[12]}.${b[13]}.${b[14]}.${b[15]}`;
-  const g = Array.from({ length: 8 }, (_, i) => (b[2 * i] << 8) | b[2 * i + 1]);
-  // The longest run of two or more zero groups (the first on a tie) becomes "::".
-  let best = -1, bestLen = 1;
-  for (let i = 0; i < 8;) {
-    if (g[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && g[j] === 0) j++;
-    if (j - i > bestLen) [best, bestLen] = [i, j - i];
-    i = j;
-  }
-  const hex = (a: number[]) => a.map((x) => x.toString(16)).join(":");
-  return best < 0 ? hex(g) : `${hex(g.slice(0, best))}::${hex(g.slice(best + bestLen))}`;
+  for (let i = 0; i < 16; i++) if (b[i] !== 0) return formatIPv6(b, 0, "v4");
+  return "";
 }
 
 /** Writes rows as RowBinary; holds the caches of repeating values, so one encoder serves every batch. */
