@@ -199,13 +199,14 @@ static __always_inline void exit_regs(void *ctx, long ret, __u8 hook, const bool
 
 	if (!is_traced(id >> 32))
 		return;
+	/* A trusted BTF pointer: its fields are plain loads (CO-RE relocated), no probe-read helper call. */
 	regs = ja4_user_regs();
-	if (recvfrom && (PT_REGS_PARM4_CORE_SYSCALL(regs) & JA4_MSG_PEEK))
+	if (recvfrom && (PT_REGS_PARM4_SYSCALL(regs) & JA4_MSG_PEEK))
 		return;
-	fd = (__s32)PT_REGS_PARM1_CORE_SYSCALL(regs);
+	fd = (__s32)PT_REGS_PARM1_SYSCALL(regs);
 	if (!exit_learn(id, fd) || ret <= 0)
 		return;
-	handle_read(ctx, hook, fd, (const void *)PT_REGS_PARM2_CORE_SYSCALL(regs), ret, JA4_STREAM_RAW);
+	handle_read(ctx, hook, fd, (const void *)PT_REGS_PARM2_SYSCALL(regs), ret, JA4_STREAM_RAW);
 }
 
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
