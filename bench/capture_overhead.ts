@@ -536,6 +536,8 @@ function section(
     modes?: Mode[];
     starve?: boolean;
     batch?: boolean;
+    bpfStats?: boolean;
+    base?: string;
   },
   ss: ModeSummary[],
 ): string {
@@ -544,7 +546,8 @@ function section(
     ` --connections ${o.connections} --workers ${o.workers ?? 2} --modes ${
       (o.modes ?? ["http", "https"]).join(",")
     }` +
-    (o.starve ? " --starve" : "") + (o.batch ? " --batch" : "");
+    (o.starve ? " --starve" : "") + (o.batch ? " --batch" : "") + (o.bpfStats ? " --bpf-stats" : "") +
+    (o.base ? ` --base ${o.base}` : "");
   return `${HEADING}
 
 Measured ${date} with \`deno task bench-capture ${flags}\`
@@ -669,6 +672,7 @@ async function main(): Promise<number> {
     starve: values.starve === true,
     bpfStats: values["bpf-stats"] === true,
     batch: values.batch === true,
+    base: values.base ?? "",
     // As packaged (scripts/agent-v8-flags); JA4EBPF_AGENT_MAIN=<other checkout>/src/main.ts with that
     // checkout's flags measures an earlier version the same way.
     v8Flags: values["v8-flags"]!,
@@ -677,7 +681,11 @@ async function main(): Promise<number> {
     // Re-render a saved run (e.g. after a change to the report's layout) without measuring again.
     const j = JSON.parse(await Deno.readTextFile(values["from-json"]));
     const ss = (j.summaries as ModeSummary[]).map((s) => summarize(s.mode, s.runs));
-    const text = section(j.date, j.facts, j.o, ss);
+    let text = section(j.date, j.facts, j.o, ss);
+    if (j.baseSummaries?.length && j.o.base) {
+      const bs = (j.baseSummaries as ModeSummary[]).map((s) => summarize(s.mode, s.runs));
+      text += "\n" + sideBySide(j.o.base, ss, bs);
+    }
     console.log(text);
     if (values["write-doc"]) await writeDoc(text);
     return 0;
