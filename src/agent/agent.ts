@@ -159,7 +159,8 @@ export class Agent {
     let m = this.methods.get(server);
     if (m === undefined) {
       m = this.kernel.plan.hooks.find((h) => h.hook === server)?.method ?? "";
-      this.methods.set(server, m);
+      // Not kept while unknown: a later attach (Apache's uprobe retry) names the method.
+      if (m !== "") this.methods.set(server, m);
     }
     return m;
   }
