@@ -420,7 +420,7 @@ function existsFile(p: string): boolean {
 }
 
 /** --base: this agent and the earlier one, measured in the same pairs. */
-function sideBySide(baseDir: string, now: ModeSummary[], before: ModeSummary[]): string {
+function sideBySide(now: ModeSummary[], before: ModeSummary[]): string {
   const bpfNs = (s: ModeSummary) => {
     const on = s.runs.filter((r) => r.agent?.bpf);
     if (on.length === 0) return NaN;
@@ -684,7 +684,7 @@ async function main(): Promise<number> {
     let text = section(j.date, j.facts, j.o, ss);
     if (j.baseSummaries?.length && j.o.base) {
       const bs = (j.baseSummaries as ModeSummary[]).map((s) => summarize(s.mode, s.runs));
-      text += "\n" + sideBySide(j.o.base, ss, bs);
+      text += "\n" + sideBySide(ss, bs);
     }
     console.log(text);
     if (values["write-doc"]) await writeDoc(text);
@@ -775,7 +775,7 @@ async function main(): Promise<number> {
   const loadEnd = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
   facts += `; at the end: load average ${loadEnd}, other agents ${otherAgents()}`;
   let text = section(date, facts, o, summaries);
-  if (baseDir) text += "\n" + sideBySide(baseDir, summaries, baseSummaries);
+  if (baseDir) text += "\n" + sideBySide(summaries, baseSummaries);
   console.log(text);
   if (values.json) {
     await Deno.writeTextFile(

@@ -73,7 +73,8 @@ Deno.test("KernelCapture: plan → load → probes → tc → reader on this ker
         };
         read(); // whatever was counted before
         // Until the 1 MiB ring overflows (a loaded machine may need more than one second of requests).
-        let first: Record<string, number> = {}, requests = 0;
+        const first: Record<string, number> = {};
+        let requests = 0;
         for (let i = 0; i < 5 && !first.ringbuf; i++) {
           requests +=
             (await wrk({ url: `http://127.0.0.1:${NGINX}/`, connections: 4, duration: 1 })).requests;
