@@ -120,8 +120,19 @@ YAML
     i=0
     while [ $i -lt "$REQUESTS" ]; do request "http://127.0.0.1:${srv#*:}/kt?m=$m&i=$i" >/dev/null; i=$((i + 1)); done
   done
-  sleep 1
+  # Until every request of this round is a row (a slow emulated CPU may take a while), at most 15 s; then at
+  # least 1 s, so rows that should not be there would show too.
+  i=0
+  # (strip_query is on: the rows' path is /kt; the agent's output file holds this round's rows only.)
+  while [ $i -lt 150 ] && [ "$(grep -c '"path":"/kt"' $W/rows.json 2>/dev/null)" -lt $((2 * REQUESTS)) ]; do
+    sleep 0.1
+    i=$((i + 1))
+  done
+  [ $i -lt 10 ] && sleep 1
   curl -s -m 5 http://127.0.0.1:$METRICS_PORT/metrics >$W/metrics.txt
+  # What the agent saw (events by hook, rows captured/emitted), for a round that misses rows.
+  out INFO method=$m counters="\"$(grep -E '^ja4ebpf_(events_total|rows_captured_total|rows_emitted_total)' \
+    $W/metrics.txt | tr '\n"' " '" | cut -c1-300)\""
   # Legacy (tracefs) kprobes list their misses here; libbpf's perf-event kprobes show them only in the link
   # info of kernels >= 6.7, which the agent exports as ja4ebpf_bpf_drops_total{reason="kretprobe_missed"}.
   nmissed=$(awk '{s += $3} END {print s + 0}' $T/kprobe_profile 2>/dev/null)
