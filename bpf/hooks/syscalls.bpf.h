@@ -6,25 +6,30 @@
  * body (stash_exit); only the way arguments are fetched differs.
  */
 
+/*
+ * A traced thread's syscall on `fd`, at its entry or (exit-only programs) its exit: inside SSL_read or
+ * SSL_do_handshake this is that SSL *'s fd (learned before its return probe runs). Returns false when the
+ * bytes are apr_socket_recv's (its uprobe pair reports them).
+ */
+static __always_inline bool learn_fd(__u64 id, __s32 fd)
+{
+	struct ssl_stash *ss = bpf_map_lookup_elem(&ssl_stash, &id);
+
+	if (ss) {
+		struct ssl_key k = {.ssl = ss->ssl, .tgid = id >> 32};
+		ss->fd = fd;
+		bpf_map_update_elem(&ssl_fds, &k, &fd, BPF_ANY);
+	}
+	return !bpf_map_lookup_elem(&apr_stash, &id);
+}
+
 /* Remembers (fd, buf) of a syscall a traced thread entered. */
 static __always_inline void stash_enter(__u8 hook, __s32 fd, __u64 buf, __u32 iovcnt, bool is_iov)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	__u32 tgid = id >> 32;
 	struct sys_stash st = {.buf = buf, .fd = fd, .hook = hook, .iovcnt = iovcnt, .is_iov = is_iov};
-	struct ssl_stash *ss;
 
-	if (!is_traced(tgid))
-		return;
-	/* Inside SSL_read/SSL_do_handshake: this is the fd of that SSL *. */
-	ss = bpf_map_lookup_elem(&ssl_stash, &id);
-	if (ss) {
-		struct ssl_key k = {.ssl = ss->ssl, .tgid = tgid};
-		ss->fd = fd;
-		bpf_map_update_elem(&ssl_fds, &k, &fd, BPF_ANY);
-	}
-	/* Inside apr_socket_recv: the uprobe pair reports these bytes. */
-	if (bpf_map_lookup_elem(&apr_stash, &id))
+	if (!is_traced(id >> 32) || !learn_fd(id, fd))
 		return;
 	if (bpf_map_update_elem(&sys_stash, &id, &st, BPF_ANY))
 		count_drop(JA4_DROP_STASH_FULL);
@@ -173,23 +178,6 @@ static __always_inline struct pt_regs *ja4_user_regs(void)
 	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 }
 
-/*
- * What stash_enter does at a call's entry, done at its exit: teaches an SSL_read in progress its fd (before
- * its return probe, which runs after this exit). Returns false when the bytes are apr_socket_recv's (its
- * uprobe pair reports them).
- */
-static __always_inline bool exit_learn(__u64 id, __s32 fd)
-{
-	struct ssl_stash *ss = bpf_map_lookup_elem(&ssl_stash, &id);
-
-	if (ss) {
-		struct ssl_key k = {.ssl = ss->ssl, .tgid = id >> 32};
-		ss->fd = fd;
-		bpf_map_update_elem(&ssl_fds, &k, &fd, BPF_ANY);
-	}
-	return !bpf_map_lookup_elem(&apr_stash, &id);
-}
-
 /* The body of the exit-only programs: `recvfrom` also skips MSG_PEEK calls (its flags are argument 4). */
 static __always_inline void exit_regs(void *ctx, long ret, __u8 hook, const bool recvfrom)
 {
@@ -204,7 +192,7 @@ static __always_inline void exit_regs(void *ctx, long ret, __u8 hook, const bool
 	if (recvfrom && (PT_REGS_PARM4_SYSCALL(regs) & JA4_MSG_PEEK))
 		return;
 	fd = (__s32)PT_REGS_PARM1_SYSCALL(regs);
-	if (!exit_learn(id, fd) || ret <= 0)
+	if (!learn_fd(id, fd) || ret <= 0)
 		return;
 	handle_read(ctx, hook, fd, (const void *)PT_REGS_PARM2_SYSCALL(regs), ret, JA4_STREAM_RAW);
 }
