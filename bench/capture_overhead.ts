@@ -16,7 +16,7 @@
 import { parseArgs } from "node:util";
 import { startNginx, type WebServer } from "../tests/helpers/servers.ts";
 import { wrk, type WrkResult } from "../tests/helpers/clients.ts";
-import { AGENT_V8_FLAGS, type RunningAgent, startAgent } from "../tests/helpers/agent.ts";
+import { AGENT_V8_FLAGS, agentV8Flags, type RunningAgent, startAgent } from "../tests/helpers/agent.ts";
 import { delay, makeTempDir, requirePortsFree, requireRoot, requireTool } from "../tests/helpers/proc.ts";
 import { httpsProbesBench } from "./https_probes.ts";
 import { batchPolicy, cpuSplitUs, starve } from "./proc_cpu.ts";
@@ -262,9 +262,9 @@ async function oneRun(
 
 function baseV8Flags(dir: string): string {
   try {
-    return Deno.readTextFileSync(`${dir}/scripts/agent-v8-flags`).trim().split(/\s+/).join(",");
+    return agentV8Flags(`${dir}/scripts/agent-v8-flags`);
   } catch {
-    return "";
+    return ""; // an older checkout without the file
   }
 }
 

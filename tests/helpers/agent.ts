@@ -16,9 +16,13 @@ export const MAIN_TS = new URL("../../src/main.ts", import.meta.url).pathname;
  */
 const AGENT_MAIN = Deno.env.get("JA4EBPF_AGENT_MAIN") || MAIN_TS;
 
-/** The V8 flags the packaged agent runs with (scripts/agent-v8-flags), comma-joined for --v8-flags. */
-export const AGENT_V8_FLAGS = Deno.readTextFileSync(new URL("../../scripts/agent-v8-flags", import.meta.url))
-  .trim().split(/\s+/).join(",");
+/** The V8 flags a checkout packages its agent with (its scripts/agent-v8-flags), comma-joined for --v8-flags. */
+export function agentV8Flags(file: string | URL): string {
+  return Deno.readTextFileSync(file).trim().split(/\s+/).join(",");
+}
+
+/** This checkout's. */
+export const AGENT_V8_FLAGS = agentV8Flags(new URL("../../scripts/agent-v8-flags", import.meta.url));
 
 /** Nested plain objects, merged key by key into the base config. */
 export type ConfigPatch = { [k: string]: unknown };
