@@ -28,6 +28,8 @@ export interface ReaderStats {
   maxBatch: number;
   /** onRecord threw: the record is dropped and counted here. */
   callbackErrors: number;
+  /** Ring records that ran past the end of the data area and were copied together (RingReader). */
+  wrapped: number;
 }
 
 export interface ReaderOptions {
@@ -84,6 +86,7 @@ function newStats(): ReaderStats {
     polls: 0,
     maxBatch: 0,
     callbackErrors: 0,
+    wrapped: 0,
   };
 }
 
@@ -139,9 +142,12 @@ export class RingReader implements EventReader {
     let consPtr: Deno.PointerObject | null = null;
     let prodPtr: Deno.PointerObject;
     try {
-      // Consumer page rw at 0; producer page then the data area, mapped twice by the kernel, ro.
+      // Consumer page rw at 0; producer page then the data area, ro. The kernel maps the data area twice in a
+      // row so a record that wraps reads contiguously; libbpf maps both copies, and every page of a ring mapping
+      // is present from the start, so the agent's RSS counted the ring twice (32 MiB for the default 16 MiB).
+      // One copy is mapped here; the few records that wrap are copied together (#wrapped).
       consPtr = mmapChecked(this.#page, 3, this.#fd, 0, `${map.name} consumer page`);
-      prodPtr = mmapChecked(this.#page + 2 * this.size, 1, this.#fd, this.#page, `${map.name} data`);
+      prodPtr = mmapChecked(this.#page + this.size, 1, this.#fd, this.#page, `${map.name} data`);
     } catch (e) {
       if (consPtr) c.munmap(consPtr, BigInt(this.#page));
       c.close(this.#fd);
@@ -151,12 +157,12 @@ export class RingReader implements EventReader {
     this.#consPtr = consPtr;
     this.#prodPtr = prodPtr;
     const consAb = Deno.UnsafePointerView.getArrayBuffer(consPtr, this.#page);
-    const prodAb = Deno.UnsafePointerView.getArrayBuffer(prodPtr, this.#page + 2 * this.size);
+    const prodAb = Deno.UnsafePointerView.getArrayBuffer(prodPtr, this.#page + this.size);
     this.#consPos = new BigUint64Array(consAb, 0, 1);
     this.#prodU32 = new Uint32Array(prodAb, 0, 2);
-    this.#data = new Uint8Array(prodAb, this.#page, 2 * this.size);
-    this.#dataI32 = new Int32Array(prodAb, this.#page, (2 * this.size) >> 2);
-    this.#dataView = new DataView(prodAb, this.#page, 2 * this.size);
+    this.#data = new Uint8Array(prodAb, this.#page, this.size);
+    this.#dataI32 = new Int32Array(prodAb, this.#page, this.size >> 2);
+    this.#dataView = new DataView(prodAb, this.#page, this.size);
     this.#cons = Number(Atomics.load(this.#consPos, 0));
     const dv = new DataView(this.#pollfds.buffer);
     dv.setInt32(0, this.#fd, true);
@@ -205,7 +211,12 @@ export class RingReader implements EventReader {
         s.records++;
         s.bytes += len;
         try {
-          if (at !== undefined) at(data, dv, off + HDR, len);
+          // Headers are 8-byte aligned and never wrap; a payload may run past the end of the one mapped copy.
+          if (off + HDR + len > this.size) {
+            const w = this.#wrapped(off + HDR, len);
+            if (at !== undefined) at(w, this.#wrapDv!, 0, len);
+            else cb(views ? w.subarray(0, len) : w.slice(0, len));
+          } else if (at !== undefined) at(data, dv, off + HDR, len);
           else cb(views ? data.subarray(off + HDR, off + HDR + len) : data.slice(off + HDR, off + HDR + len));
         } catch {
           s.callbackErrors++;
@@ -223,6 +234,22 @@ export class RingReader implements EventReader {
       this.#opts.onBatch?.();
     }
     return n;
+  }
+
+  #wrap = new Uint8Array(0);
+  #wrapDv: DataView | undefined;
+
+  /** The record of `len` bytes at `start` that runs past the end of the data area, copied into one buffer. */
+  #wrapped(start: number, len: number): Uint8Array {
+    if (this.#wrap.length < len) {
+      this.#wrap = new Uint8Array(Math.max(len, 4096));
+      this.#wrapDv = new DataView(this.#wrap.buffer);
+    }
+    const head = this.size - start;
+    this.#wrap.set(this.#data.subarray(start, this.size), 0);
+    this.#wrap.set(this.#data.subarray(0, len - head), head);
+    this.stats.wrapped++;
+    return this.#wrap;
   }
 
   start(): void {
@@ -272,7 +299,7 @@ export class RingReader implements EventReader {
     if (wasRunning) this.#drainAll();
     this.#state = "closed";
     const c = libc();
-    c.munmap(this.#prodPtr, BigInt(this.#page + 2 * this.size));
+    c.munmap(this.#prodPtr, BigInt(this.#page + this.size));
     c.munmap(this.#consPtr, BigInt(this.#page));
     this.#prodPtr = this.#consPtr = null;
     this.#data = this.#dataI32 = new Uint8Array(0) as never;
