@@ -1,4 +1,5 @@
 import { assertEquals } from "../testing/asserts.ts";
+import fc from "fast-check";
 import { parseTcpOptions } from "../parse/tcp_options.ts";
 import { ja4t, ja4ts } from "./ja4t.ts";
 import { ja4lClient, ja4lServer } from "./ja4l.ts";
@@ -110,4 +111,34 @@ Deno.test("ja4l / ja4ls (spec §6.2 worked example, tls3.pcapng stream 7)", asyn
     assertEquals(ja4lClient({ b: 10, c: 5 }, 64), undefined);
     assertEquals(ja4lClient({ b: 1, c: 9 }, 64, { appLatency: true }), "4_64");
   });
+});
+
+Deno.test("ja4t from raw option bytes (walked in place, memoised) equals ja4t from parsed options", () => {
+  // Real-looking areas (MSS, NOP, WS, SACK-permitted, timestamps with random values, EOL padding) and random
+  // bytes (bogus lengths, truncation); each checked twice so the second call is a memo hit.
+  const opt = fc.oneof(
+    fc.integer({ min: 0, max: 0xffff }).map((m) => [2, 4, m >> 8, m & 0xff]),
+    fc.constant([1]),
+    fc.constant([0]),
+    fc.integer({ min: 0, max: 14 }).map((s) => [3, 3, s]),
+    fc.constant([4, 2]),
+    fc.array(fc.integer({ min: 0, max: 255 }), { minLength: 8, maxLength: 8 }).map((t) => [8, 10, ...t]),
+    // Any small kind with any length byte (wrong-size MSS/WS, lengths below 2 or past the end).
+    fc.tuple(fc.integer({ min: 2, max: 9 }), fc.integer({ min: 0, max: 12 })).map((
+      [k, l],
+    ) => [k, l, ...new Array(Math.max(0, l - 2)).fill(5)]),
+  );
+  const area = fc.oneof(
+    fc.array(opt, { maxLength: 10 }).map((os) => new Uint8Array(os.flat())),
+    fc.uint8Array({ maxLength: 44 }),
+  );
+  fc.assert(
+    fc.property(fc.integer({ min: 0, max: 0xffff }), area, fc.boolean(), (window, bytes, foxio) => {
+      const absent = foxio ? "foxio" as const : "rust" as const;
+      const want = ja4t({ window, options: parseTcpOptions(bytes).options }, { absent });
+      assertEquals(ja4t({ window, options: bytes }, { absent }), want);
+      assertEquals(ja4t({ window, options: bytes.slice() }, { absent }), want);
+    }),
+    { numRuns: 3000 },
+  );
 });
