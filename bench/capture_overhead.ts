@@ -16,7 +16,13 @@
 import { parseArgs } from "node:util";
 import { startNginx, type WebServer } from "../tests/helpers/servers.ts";
 import { wrk, type WrkResult } from "../tests/helpers/clients.ts";
-import { AGENT_V8_FLAGS, agentV8Flags, type RunningAgent, startAgent } from "../tests/helpers/agent.ts";
+import {
+  AGENT_V8_FLAGS,
+  agentEnv,
+  agentV8Flags,
+  type RunningAgent,
+  startAgent,
+} from "../tests/helpers/agent.ts";
 import { delay, makeTempDir, requirePortsFree, requireRoot, requireTool } from "../tests/helpers/proc.ts";
 import { httpsProbesBench } from "./https_probes.ts";
 import { batchPolicy, cpuSplitUs, starve } from "./proc_cpu.ts";
@@ -191,6 +197,7 @@ async function oneRun(
         readyTimeoutMs: 90_000,
         // The earlier version with its own packaged V8 flags.
         v8Flags: baseDir ? baseV8Flags(baseDir) : o.v8Flags,
+        env: baseDir ? agentEnv(`${baseDir}/scripts/agent-env`) : undefined,
         main: baseDir ? `${baseDir}/src/main.ts` : undefined,
       });
       readyMs = performance.now() - t0;

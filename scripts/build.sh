@@ -222,6 +222,8 @@ SUMS_SHA256="$s256"
 OFFSET=0000000000
 PERMS="${PERMS[*]} $V8FLAGS"
 EOF
+    # scripts/agent-env; a value already set in the environment wins.
+    grep -E '^[A-Z_][A-Z0-9_]*=' scripts/agent-env | sed 's/^\([^=]*\)=\(.*\)$/export \1="${\1:-\2}"/'
     cat <<'EOF'
 self=$0
 case $self in */*) ;; *) self=$(command -v -- "$self") ;; esac

@@ -7,4 +7,9 @@ DENO=$(bash scripts/setup.sh | tail -1)
 export DENO_NO_UPDATE_CHECK=1
 # The V8 heap limits the packaged agent runs with (one file for the build, this script and the benchmarks).
 V8FLAGS=$(tr ' ' ',' <scripts/agent-v8-flags | tr -d '\n')
+# ... and its environment (a value already set wins).
+while IFS='=' read -r k v; do
+  case $k in '' | '#'*) continue ;; esac
+  [ -n "${!k:-}" ] || export "$k=$v"
+done <scripts/agent-env
 exec "$DENO" run -A --v8-flags="$V8FLAGS" src/main.ts run "$@"

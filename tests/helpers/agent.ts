@@ -24,6 +24,25 @@ export function agentV8Flags(file: string | URL): string {
 /** This checkout's. */
 export const AGENT_V8_FLAGS = agentV8Flags(new URL("../../scripts/agent-v8-flags", import.meta.url));
 
+/** The environment a checkout packages its agent with (its scripts/agent-env; {} for one without the file). */
+export function agentEnv(file: string | URL): Record<string, string> {
+  let text = "";
+  try {
+    text = Deno.readTextFileSync(file);
+  } catch {
+    return {};
+  }
+  const env: Record<string, string> = {};
+  for (const line of text.split("\n")) {
+    const m = /^([A-Z_][A-Z0-9_]*)=(.*)$/.exec(line.trim());
+    if (m) env[m[1]] = m[2];
+  }
+  return env;
+}
+
+/** This checkout's. */
+export const AGENT_ENV = agentEnv(new URL("../../scripts/agent-env", import.meta.url));
+
 /** Nested plain objects, merged key by key into the base config. */
 export type ConfigPatch = { [k: string]: unknown };
 
@@ -39,6 +58,8 @@ export interface AgentStartOptions {
   /** Reuse this directory (config, rows file, spool) instead of a new temp dir (restart tests). */
   dir?: string;
   /** V8 flags for the agent process (benchmarks use the packaged ones). */
+  /** Environment beside NO_COLOR (default: this checkout's scripts/agent-env). */
+  env?: Record<string, string>;
   v8Flags?: string;
   /** More `deno run` flags (e.g. --cpu-prof for a profile of the agent under load). */
   denoFlags?: string[];
@@ -195,7 +216,7 @@ export async function startAgent(opts: AgentStartOptions = {}): Promise<RunningA
       "--config",
       configPath,
     ],
-    env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
+    env: { ...(opts.env ?? AGENT_ENV), NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
     stdin: "null",
     stdout: "null",
     stderr: "piped",

@@ -15,6 +15,7 @@ import {
   assertStringIncludes,
 } from "../../src/testing/asserts.ts";
 import { VERSION } from "../../src/version.ts";
+import { AGENT_ENV } from "../helpers/agent.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const BIN = `${ROOT}dist/ja4ebpf`;
@@ -174,6 +175,10 @@ Deno.test("packaging: single executable, systemd unit, RPM, capabilities", async
         assertEquals(list.code, 0, list.stderr);
         assertMatch(list.stdout, /\bdeno\n/);
         assertMatch(list.stdout, /\bja4ebpf\.js\n/);
+        // The environment the agent is packaged with (scripts/agent-env), exported unless already set.
+        for (const [k, v] of Object.entries(AGENT_ENV)) {
+          assert(text.split("\n").includes(`export ${k}="\${${k}:-${v}}"`), `launcher exports ${k}=${v}`);
+        }
         console.log(`executable: ${(st.size / 1048576).toFixed(1)} MiB`);
       } else {
         assertEquals([...head.slice(0, 4)], [0x7f, 0x45, 0x4c, 0x46], "ELF");
@@ -282,6 +287,8 @@ Deno.test("packaging: single executable, systemd unit, RPM, capabilities", async
           "CPUWeight=20",
           "Nice=10",
           "CPUSchedulingPolicy=batch",
+          // The packaged environment (scripts/agent-env), e.g. one malloc arena.
+          ...Object.entries(AGENT_ENV).map(([k, v]) => `Environment=${k}=${v}`),
         ]
       ) assert(unit.split("\n").includes(line), `unit has ${line}`);
       for (
