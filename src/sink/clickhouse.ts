@@ -27,7 +27,7 @@ import {
   type ServerVersion,
 } from "./ch_schema.ts";
 import type { Row } from "./row.ts";
-import { countInto, newStats, type Sink, type SinkObserver, type SinkStats } from "./sink.ts";
+import { copyStats, countInto, newStats, type Sink, type SinkObserver, type SinkStats } from "./sink.ts";
 import { type DeadResult, Spool, type SpoolEntry, type SpoolFormat } from "./spool.ts";
 import { columnList, decodeRowBinary, RowBinaryEncoder, stringBytes } from "./ch_rowbinary.ts";
 import { gunzip as zGunzip, gzip as zGzip } from "node:zlib";
@@ -1005,7 +1005,7 @@ export class ClickHouseSink implements Sink {
   }
 
   stats(): SinkStats {
-    const s = structuredClone(this.#stats);
+    const s = copyStats(this.#stats);
     s.spooled = this.#spool.rows;
     s.buffered = this.#bufRows + this.#sealingRows;
     return s;

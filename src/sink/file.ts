@@ -4,7 +4,7 @@
  */
 import { JsonLinesEncoder } from "./jsonl.ts";
 import type { Row } from "./row.ts";
-import { countInto, newStats, type Sink, type SinkStats } from "./sink.ts";
+import { copyStats, countInto, newStats, type Sink, type SinkStats } from "./sink.ts";
 import { writeAll } from "./stdout.ts";
 
 export interface FileSinkOptions {
@@ -86,6 +86,6 @@ export class FileSink implements Sink {
   }
 
   stats(): SinkStats {
-    return structuredClone(this.#stats);
+    return copyStats(this.#stats);
   }
 }

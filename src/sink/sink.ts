@@ -101,3 +101,11 @@ export class MultiSink implements Sink {
     return this.sinks.map((s) => s.stats());
   }
 }
+
+/**
+ * A snapshot of a sink's stats (the agent reads them after every batch of rows: a structured clone cost ~15 µs
+ * each, two copies of flat objects almost nothing).
+ */
+export function copyStats(s: SinkStats): SinkStats {
+  return { ...s, dropped: { ...s.dropped }, errors: { ...s.errors } };
+}

@@ -87,6 +87,26 @@ Deno.test("stdout sink writes JSON lines and counts", () => {
   assertEquals(broken.stats().dropped, { write_error: 1 });
 });
 
+Deno.test("a sink's stats() is a snapshot: neither the sink's later counting nor the reader's edits cross", () => {
+  const broken = new StdoutSink({
+    writeSync: () => {
+      throw new Deno.errors.BrokenPipe("closed");
+    },
+  });
+  broken.write([row()]);
+  const snap = broken.stats();
+  snap.dropped.write_error = 99;
+  snap.errors.network = 5;
+  snap.emitted = 42;
+  assertEquals([broken.stats().dropped, broken.stats().errors, broken.stats().emitted], [
+    { write_error: 1 },
+    {},
+    1,
+  ]);
+  broken.write([row()]);
+  assertEquals([snap.dropped.write_error, broken.stats().dropped.write_error], [99, 2]);
+});
+
 Deno.test("file sink: mode 0600, size rotation keeps N files", async () => {
   const dir = await Deno.makeTempDir();
   try {

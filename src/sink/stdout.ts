@@ -1,7 +1,7 @@
 /** Rows as JSON lines on stdout (the default output). */
 import { JsonLinesEncoder } from "./jsonl.ts";
 import type { Row } from "./row.ts";
-import { newStats, type Sink, type SinkStats } from "./sink.ts";
+import { copyStats, newStats, type Sink, type SinkStats } from "./sink.ts";
 
 export interface SyncWriter {
   writeSync(p: Uint8Array): number;
@@ -40,7 +40,7 @@ export class StdoutSink implements Sink {
   }
 
   stats(): SinkStats {
-    return structuredClone(this.#stats);
+    return copyStats(this.#stats);
   }
 }
 
