@@ -74,11 +74,18 @@ export class Agent {
     this.kernel = new KernelCapture({ cfg, follow: this.follow, signal: this.abort.signal });
     this.metrics = new AgentMetrics();
     this.requests = new RequestTracker({
-      request: (row, fd, tsNs, tls) => {
+      request: (row, fd, tsNs, tls, conn) => {
         this.metrics.rows.capture(1);
         // A plaintext (SSL_read) request is TLS; HTTP parsed from the raw socket stream is a plain-HTTP
         // connection, so its row need not wait for a ClientHello that will never come.
-        this.correlator.onRequest(row.src_port !== 0 ? row : null, row.pid, fd, row, this.wallMs(tsNs), tls);
+        this.correlator.onRequest(
+          conn.src_port !== 0 ? conn : null,
+          row.pid,
+          fd,
+          row,
+          this.wallMs(tsNs),
+          tls,
+        );
       },
       hello: (h) => this.onHello(h),
     }, { maxStreams: cfg.capture.max_connections, maxHead: 64 * 1024 });

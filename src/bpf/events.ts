@@ -3,6 +3,7 @@
  * object's BTF): nothing here knows a byte position by heart. Malformed records are typed errors.
  */
 import { formatIPv4, formatIPv6 } from "../parse/addr.ts";
+import { type ConnKey, textKey, v4Key } from "../capture/connkey.ts";
 import {
   CLOSE_EVENT,
   DATA_EVENT,
@@ -349,7 +350,7 @@ export class EventView {
   lostTo: number | undefined = undefined;
   #buf: Uint8Array = EMPTY;
   #base = 0;
-  #connKey: string | undefined = undefined;
+  #connKey: ConnKey | undefined = undefined;
   readonly malformed: Record<EventDecodeError["reason"], number> = { short: 0, kind: 0, length: 0 };
 
   /** Fills the view from one record; false (counted in `malformed`) when the record is not well formed. */
@@ -416,11 +417,22 @@ export class EventView {
   }
 
   /**
-   * The connection's key (`src|src_port|dst|dst_port`, addresses as the trackers and the correlator write
-   * them), built once per event and shared by every map lookup of it: one string, hashed once.
+   * The connection's key for the packet tracker's and the correlator's maps (src/capture/connkey.ts), made
+   * once per event and shared by every lookup of it.
    */
-  get connKey(): string {
-    return this.#connKey ??= this.src + "|" + this.src_port + "|" + this.dst + "|" + this.dst_port;
+  get connKey(): ConnKey {
+    return this.#connKey ??= this.#key();
+  }
+
+  /** From the record's address bytes: IPv4 and IPv4-mapped IPv6 as numbers (src/capture/connkey.ts). */
+  #key(): ConnKey {
+    const s = v4At(this.#buf, this.family, this.#base + HDR_F.saddr.offset);
+    const d = s < 0 ? -1 : v4At(this.#buf, this.family, this.#base + HDR_F.daddr.offset);
+    if (d >= 0) {
+      const k = v4Key(s, this.src_port, d, this.dst_port);
+      if (k >= 0) return k;
+    }
+    return textKey(this.src, this.src_port, this.dst, this.dst_port);
   }
 
   /** SYN: the TCP options (PacketTracker's name for them). */
@@ -464,6 +476,19 @@ export class EventView {
 
 const EMPTY = new Uint8Array(0);
 const rTs = reader(HDR_F.ts_ns);
+
+/** The IPv4 address at `o` (an IPv4-mapped IPv6 one too) as an unsigned number; -1 for other IPv6. */
+function v4At(b: Uint8Array, family: number, o: number): number {
+  if (family === Family.INET6) {
+    if (
+      b[o] | b[o + 1] | b[o + 2] | b[o + 3] | b[o + 4] | b[o + 5] | b[o + 6] | b[o + 7] | b[o + 8] |
+        b[o + 9] ||
+      (b[o + 10] & b[o + 11]) !== 0xff
+    ) return -1;
+    o += 12;
+  } else if (family !== Family.INET) return -1;
+  return ((b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]) >>> 0;
+}
 
 /**
  * Address text by value: a server sees the same few thousand client addresses again and again, so their

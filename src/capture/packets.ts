@@ -11,21 +11,24 @@ import type { ClientHello } from "../parse/tls.ts";
 import { type Ja4, ja4 } from "../fingerprint/ja4.ts";
 import { type AbsentConvention, ja4t } from "../fingerprint/ja4t.ts";
 import type { Tuple } from "../sink/row.ts";
+import { type ConnKey, connKeyOf, type Keyed } from "./connkey.ts";
 
-export interface SynFacts extends Tuple {
+export interface SynFacts extends Keyed {
   tsNs: number;
   seq: number;
   window: number;
   options: Uint8Array;
 }
 
-export interface SegmentFacts extends Tuple {
+export interface SegmentFacts extends Keyed {
   tsNs: number;
   seq: number;
   bytes: Uint8Array;
 }
 
 export interface HelloOut extends Tuple {
+  /** The connection's key, as the correlator looks it up. */
+  connKey: ConnKey;
   tsNs: number;
   hello: ClientHello;
   fp: Ja4;
@@ -50,19 +53,12 @@ interface Flow {
   lastNs: number;
 }
 
-/** A tuple that may carry its key already (the agent's EventView builds it once per event). */
-type Keyed = Tuple & { readonly connKey?: string };
-
-export function tupleKey(t: Keyed): string {
-  return t.connKey ?? t.src + "|" + t.src_port + "|" + t.dst + "|" + t.dst_port;
-}
-
 export class PacketTracker {
   /**
    * Live flows, and finished ones (hello out, or not TLS) as tombstones: just the time last seen (ns), so a
    * tombstone costs its map entry only. It stays until idle so later segments are ignored cheaply.
    */
-  private readonly flows: LruMap<string, Flow | number>;
+  private readonly flows: LruMap<ConnKey, Flow | number>;
   private readonly s: PacketTrackerStats = {
     flows: 0,
     syns: 0,
@@ -86,7 +82,7 @@ export class PacketTracker {
   /** A client SYN: returns its JA4T, and starts a flow so the hello's segments are ordered from ISN + 1. */
   syn(f: SynFacts): string {
     this.s.syns++;
-    const flow = this.newFlow(tupleKey(f), f.tsNs);
+    const flow = this.newFlow(connKeyOf(f), f.tsNs);
     flow.base = (f.seq + 1) >>> 0;
     return ja4t({ window: f.window, options: f.options }, { absent: this.opts.ja4tAbsent ?? "foxio" });
   }
@@ -94,7 +90,7 @@ export class PacketTracker {
   /** First client bytes of a connection; returns the ClientHello once it is whole. */
   segment(f: SegmentFacts): HelloOut | undefined {
     this.s.segments++;
-    const key = tupleKey(f);
+    const key = connKeyOf(f);
     const got = this.flows.get(key);
     if (typeof got === "number") return undefined; // finished
     const flow = got ?? this.newFlow(key, f.tsNs);
@@ -137,6 +133,7 @@ export class PacketTracker {
         src_port: f.src_port,
         dst: f.dst,
         dst_port: f.dst_port,
+        connKey: key,
         tsNs: f.tsNs,
         hello: ch.value,
         fp: ja4(ch.value),
@@ -148,8 +145,8 @@ export class PacketTracker {
    * The server closed the connection: its flow goes at once (a plain-HTTP connection's flow never sees a
    * payload segment — tc does not send one — so it would otherwise wait for the idle expiry).
    */
-  close(t: Tuple): void {
-    this.flows.delete(tupleKey(t));
+  close(t: Keyed): void {
+    this.flows.delete(connKeyOf(t));
   }
 
   /** Forgets flows idle for longer than idleNs (default 30 s). */
@@ -165,11 +162,11 @@ export class PacketTracker {
     }
   }
 
-  private finish(key: string, flow: Flow): void {
+  private finish(key: ConnKey, flow: Flow): void {
     this.flows.set(key, flow.lastNs);
   }
 
-  private newFlow(key: string, tsNs: number): Flow {
+  private newFlow(key: ConnKey, tsNs: number): Flow {
     const flow: Flow = {
       base: undefined,
       asm: null,

@@ -16,6 +16,7 @@ import { type Ja4h, ja4h } from "../fingerprint/ja4h.ts";
 import { type Ja4, ja4 } from "../fingerprint/ja4.ts";
 import type { ClientHello } from "../parse/tls.ts";
 import type { Row, Tuple } from "../sink/row.ts";
+import { type ConnKey, connKeyOf, type Keyed } from "./connkey.ts";
 
 export type { Tuple };
 
@@ -23,7 +24,7 @@ export type { Tuple };
  * One chunk of bytes a server process read from a client socket. The agent passes its reusable EventView,
  * which has exactly these fields: nothing is allocated per chunk.
  */
-export interface PayloadChunk extends Tuple {
+export interface PayloadChunk extends Keyed {
   pid: number;
   fd: number;
   /** Monotonic nanoseconds (bpf_ktime_get_ns), as a double. */
@@ -41,6 +42,8 @@ export interface PayloadChunk extends Tuple {
 }
 
 export interface CapturedHello extends Tuple {
+  /** The connection's key, as the correlator looks it up. */
+  connKey: ConnKey;
   tsNs: number;
   pid: number;
   fd: number;
@@ -53,9 +56,10 @@ export interface RequestSink {
   /**
    * One HTTP request as its row, request-side fields filled (tuple as the kernel resolved it, pid, server,
    * capture, method, path, version, Host, User-Agent, JA4H forms, truncated); the correlator fills the rest.
-   * `tls`: the request came from SSL_read plaintext.
+   * `tls`: the request came from SSL_read plaintext. `conn`: the connection's tuple as the kernel resolved it,
+   * with its map key (the correlator's lookup needs no key made from the row's text).
    */
-  request(row: Row, fd: number, tsNs: number, tls: boolean): void;
+  request(row: Row, fd: number, tsNs: number, tls: boolean, conn: ConnTuple): void;
   /** A ClientHello read from a raw TLS stream. */
   hello(h: CapturedHello): void;
 }
@@ -79,9 +83,12 @@ export interface RequestTrackerStats {
 
 type Proto = "unknown" | "http1" | "h2" | "tls" | "other";
 
+/** A stream's tuple with its connection key (src/capture/connkey.ts), made once per stream. */
+export type ConnTuple = Tuple & { readonly connKey: ConnKey };
+
 interface Stream {
   key: number;
-  tuple: Tuple;
+  tuple: ConnTuple;
   asm: StreamAssembler;
   proto: Proto;
   h1?: Http1RequestStream;
@@ -179,7 +186,7 @@ export class RequestTracker {
     if (!st) {
       st = {
         key,
-        tuple: { src: c.src, src_port: c.src_port, dst: c.dst, dst_port: c.dst_port },
+        tuple: { src: c.src, src_port: c.src_port, dst: c.dst, dst_port: c.dst_port, connKey: connKeyOf(c) },
         asm: new StreamAssembler(),
         proto: "unknown",
         sniff: NOTHING,
@@ -277,6 +284,7 @@ export class RequestTracker {
           c.fd,
           c.tsNs,
           c.plaintext,
+          st.tuple,
         );
       }
       if (h2.dropped) {
@@ -306,6 +314,7 @@ export class RequestTracker {
           src_port: t.src_port,
           dst: t.dst,
           dst_port: t.dst_port,
+          connKey: t.connKey,
           tsNs: c.tsNs,
           pid: c.pid,
           fd: c.fd,
@@ -353,6 +362,7 @@ export class RequestTracker {
       c.fd,
       c.tsNs,
       c.plaintext,
+      st.tuple,
     );
   }
 }

@@ -9,6 +9,7 @@
  */
 import type { Row, Tuple } from "../sink/row.ts";
 import { LruMap } from "../capture/lru.ts";
+import { type ConnKey, connKeyOf, normAddr } from "../capture/connkey.ts";
 
 /**
  * Row.ts as `new Date(ts).toISOString()` (a non-finite ts as the epoch). Rows come in bursts within the same
@@ -112,7 +113,7 @@ export interface CorrelatorStats {
 
 /** A connection's state. */
 interface Conn {
-  key: string;
+  key: ConnKey;
   tuple: Tuple | null;
   /** pidFdKey(pid, fd) of the socket bound to it. */
   pidfd: number | null;
@@ -170,11 +171,6 @@ const ZERO_STATS = (): CorrelatorStats => ({
   tuple_reused: 0,
 });
 
-/** "::ffff:1.2.3.4" and "1.2.3.4" are the same client. */
-function normAddr(a: string): string {
-  return a.startsWith("::ffff:") && a.includes(".") ? a.slice(7) : a.toLowerCase();
-}
-
 function validPort(p: unknown): p is number {
   return typeof p === "number" && Number.isInteger(p) && p >= 0 && p <= 65535;
 }
@@ -190,20 +186,12 @@ function pidFdKey(pid: number, fd: number): number {
   return pid * 2147483648 + (fd & 0x7fffffff);
 }
 
-/**
- * The connection's map key. A tuple from the agent's event view carries it already (`connKey`, built once
- * per event from addresses that are already normal: IPv4-mapped written as IPv4, IPv6 in lower case).
- */
-export function tupleKey(t: Tuple & { readonly connKey?: string }): string {
-  return t.connKey ?? normAddr(t.src) + "|" + t.src_port + "|" + normAddr(t.dst) + "|" + t.dst_port;
-}
-
 export class Correlator {
   readonly opts: CorrelatorOptions;
   /** LRU order: Map iteration order is insertion order, and every touch re-inserts. */
-  #conns: LruMap<string, Conn>;
+  #conns: LruMap<ConnKey, Conn>;
   /** (pid, fd) → connection key. */
-  #bindings = new Map<number, string>();
+  #bindings = new Map<number, ConnKey>();
   /** Held rows, in deadline order (holdMs is constant and the clock is made monotonic). */
   #heldQueue: Held[] = [];
   #heldHead = 0;
@@ -213,7 +201,7 @@ export class Correlator {
    * Closed connections by key and close time, in close order, to forget after closeLingerMs. Keys, not the
    * Conn objects: a connection evicted meanwhile is not kept alive by this queue.
    */
-  #closing: { key: string; at: number }[] = [];
+  #closing: { key: ConnKey; at: number }[] = [];
   #closingHead = 0;
   /** Rows released since the last tick. */
   #ready: Row[] = [];
@@ -242,7 +230,7 @@ export class Correlator {
     this.#conns.get(c.key);
   }
 
-  #newConn(key: string, tuple: Tuple | null, now: number): Conn {
+  #newConn(key: ConnKey, tuple: Tuple | null, now: number): Conn {
     const c: Conn = {
       key,
       tuple,
@@ -262,7 +250,7 @@ export class Correlator {
   }
 
   #connForTuple(t: Tuple, now: number): Conn {
-    const key = tupleKey(t);
+    const key = connKeyOf(t);
     const c = this.#conns.peek(key);
     if (c) {
       this.#touch(c, now);
@@ -362,7 +350,7 @@ export class Correlator {
       return;
     }
     this.#s.syns++;
-    let c = this.#conns.peek(tupleKey(tuple));
+    let c = this.#conns.peek(connKeyOf(tuple));
     if (
       c &&
       (c.ja4t !== "" && (c.hello !== null || c.requests > 0 || c.closedAt > 0) || c.hello !== null ||
@@ -545,7 +533,7 @@ export class Correlator {
     const now = this.#clock(ts);
     this.#s.closes++;
     let c: Conn | undefined;
-    if (tuple !== null && validTuple(tuple)) c = this.#conns.peek(tupleKey(tuple));
+    if (tuple !== null && validTuple(tuple)) c = this.#conns.peek(connKeyOf(tuple));
     const pidfd = Number.isInteger(pid) && Number.isInteger(fd) ? pidFdKey(pid, fd) : null;
     if (pidfd !== null) {
       const key = this.#bindings.get(pidfd);

@@ -1,5 +1,6 @@
 import { assert, assertEquals, assertGreater } from "../testing/asserts.ts";
-import { Correlator, type HelloFacts, type Tuple, tupleKey } from "./correlator.ts";
+import { Correlator, type HelloFacts, type Tuple } from "./correlator.ts";
+import { connKeyOf } from "../capture/connkey.ts";
 import { emptyRow, type Row } from "../sink/row.ts";
 
 const T0 = Date.UTC(2025, 0, 2, 3, 4, 5, 678);
@@ -206,7 +207,7 @@ Deno.test("correlator joins per connection", async (t) => {
     c.onSyn({ ...tup(10), src: "::ffff:10.0.0.10" }, "syn10", T0);
     c.onRequest(tup(10), 1, 1, req("/m"), T0, false);
     assertEquals(c.tick(T0).map((r) => [r.src, r.ja4t]), [["10.0.0.10", "syn10"]]);
-    assertEquals(tupleKey({ ...tup(10), src: "::ffff:10.0.0.10" }), tupleKey(tup(10)));
+    assertEquals(connKeyOf({ ...tup(10), src: "::ffff:10.0.0.10" }), connKeyOf(tup(10)));
   });
 
   await t.step("LRU eviction releases held rows instead of losing them", () => {
