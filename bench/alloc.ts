@@ -17,7 +17,7 @@ import type { AttachPlan } from "../src/bpf/plan.ts";
 import { DEFAULT_CONFIG } from "../src/config/config.ts";
 import { setLogSink } from "../src/log.ts";
 import { openOutputs } from "../src/sink/mod.ts";
-import { Traffic, type TrafficOptions } from "./traffic.ts";
+import { type RingBatch, ringBatch, Traffic, type TrafficOptions } from "./traffic.ts";
 
 const MODES: Record<string, TrafficOptions> = {
   keepalive: { requestsPerConn: 100, tlsShare: 0 },
@@ -57,7 +57,7 @@ export async function allocPerRequest(
   agent.correlator.opts.orderedEvents = true;
   agent.plan = { hooks: [{ hook: "nginx", method: "tracepoint" }] } as unknown as AttachPlan;
   const traffic = new Traffic(MODES[mode]);
-  const area = new Uint8Array(8 << 20), dv = new DataView(area.buffer);
+  let ring: RingBatch | undefined;
   const session = withSites ? new Session() : undefined;
   session?.connect();
   const post = (m: string, p: object = {}) =>
@@ -74,17 +74,12 @@ export async function allocPerRequest(
     const recs: Uint8Array[] = [];
     let got = 0;
     while (got < 1000) got += traffic.connection(recs);
-    const offs: number[] = [];
-    let off = 0;
-    for (const r of recs) {
-      area.set(r, off + 8);
-      offs.push(off + 8);
-      off += (r.length + 8 + 7) & ~7;
-    }
+    ring = ringBatch(recs, ring);
+    const { area, view, offs } = ring;
     const measure = round >= 20; // after the JIT settled
     if (measure && session) await post("HeapProfiler.startSampling", { samplingInterval: 256 });
     const h0 = Deno.memoryUsage().heapUsed;
-    for (let i = 0; i < recs.length; i++) agent.onRecordAt(area, dv, offs[i], recs[i].length);
+    for (let i = 0; i < recs.length; i++) agent.onRecordAt(area, view, offs[i], recs[i].length);
     out.write(agent.correlator.tick(Date.now()));
     const h1 = Deno.memoryUsage().heapUsed;
     if (measure && session) sites((await post("HeapProfiler.stopSampling")).profile!.head, bySite);

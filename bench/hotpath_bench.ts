@@ -16,7 +16,7 @@ import type { AttachPlan } from "../src/bpf/plan.ts";
 import { DEFAULT_CONFIG } from "../src/config/config.ts";
 import { setLogSink } from "../src/log.ts";
 import { openOutputs } from "../src/sink/mod.ts";
-import { Traffic, type TrafficOptions } from "./traffic.ts";
+import { type RingBatch, ringBatch, Traffic, type TrafficOptions } from "./traffic.ts";
 
 const MODES: Record<string, TrafficOptions> = {
   keepalive: { requestsPerConn: 100, tlsShare: 0 },
@@ -54,28 +54,15 @@ export async function runHotpath(mode: string, requests: number): Promise<Hotpat
   const traffic = new Traffic({ ...MODES[mode], plainPkt: Deno.env.get("JA4EBPF_PLAIN_PKT") === "1" });
   let rows = 0;
   const st = { onRecord: 0, tick: 0, sink: 0 };
-  let area = new Uint8Array(1 << 20), areaView = new DataView(area.buffer);
+  let ring: RingBatch | undefined;
   const batch = (n: number, measure: boolean) => {
     const recs: Uint8Array[] = [];
     let got = 0;
     while (got < n) got += traffic.connection(recs);
-    // Laid out as in the mapped ring (8-byte aligned, behind an 8-byte header) and handed over in place, as
-    // RingReader's onRecordAt does.
-    let size = 0;
-    for (const r of recs) size += (r.length + 8 + 7) & ~7;
-    if (area.length < size) {
-      area = new Uint8Array(size * 2);
-      areaView = new DataView(area.buffer);
-    }
-    const offs: number[] = [];
-    let off = 0;
-    for (const r of recs) {
-      area.set(r, off + 8);
-      offs.push(off + 8);
-      off += (r.length + 8 + 7) & ~7;
-    }
+    ring = ringBatch(recs, ring);
+    const { area, view, offs } = ring;
     let t = threadNs();
-    for (let i = 0; i < recs.length; i++) agent.onRecordAt(area, areaView, offs[i], recs[i].length);
+    for (let i = 0; i < recs.length; i++) agent.onRecordAt(area, view, offs[i], recs[i].length);
     let t2 = threadNs();
     if (measure) st.onRecord += t2 - t;
     const rs = agent.correlator.tick(Date.now());
