@@ -129,7 +129,7 @@ if (import.meta.main) {
     console.log(`| ${mode} | ${r.bytes} | ${r.batches} |`);
     if (r.sites) {
       const total = r.sites.reduce((s, [, v]) => s + v, 0);
-      for (const [k, v] of r.sites.slice(0, 15)) {
+      for (const [k, v] of r.sites.slice(0, Number(Deno.env.get("SITES_TOP") ?? 15))) {
         console.log(`  ${(100 * v / total).toFixed(1).padStart(5)} %  ${k}`);
       }
     }

@@ -1,5 +1,8 @@
+import { HybridMap } from "./nummap.ts";
+
 /**
- * A bounded map with least-recently-used eviction in O(1): a Map for lookup plus an intrusive doubly linked
+ * A bounded map with least-recently-used eviction in O(1): a hash table for lookup (HybridMap: number keys
+ * in a NumMap, which allocates nothing per insert or delete) plus an intrusive doubly linked
  * list for recency. Touching an entry relinks two pointers; it never deletes and re-inserts the Map key.
  *
  * Why not Map's insertion order (delete + set on every touch, evict `keys().next()`): V8 leaves a hole per
@@ -18,7 +21,8 @@ export interface LruNode<K, V> {
 }
 
 export class LruMap<K, V> {
-  #map = new Map<K, LruNode<K, V>>();
+  /** Number keys (stream and connection keys) in a table that allocates nothing per insert/delete. */
+  #map = new HybridMap<K, LruNode<K, V>>();
   #head: LruNode<K, V> | null = null; // least recently used
   #tail: LruNode<K, V> | null = null; // most recently used
   #bytes = 0;

@@ -10,6 +10,7 @@
 import type { Row, Tuple } from "../sink/row.ts";
 import { LruMap } from "../capture/lru.ts";
 import { type ConnKey, connKeyOf, normAddr } from "../capture/connkey.ts";
+import { NumMap } from "../capture/nummap.ts";
 
 /**
  * Row.ts as `new Date(ts).toISOString()` (a non-finite ts as the epoch). Rows come in bursts within the same
@@ -191,7 +192,7 @@ export class Correlator {
   /** LRU order: Map iteration order is insertion order, and every touch re-inserts. */
   #conns: LruMap<ConnKey, Conn>;
   /** (pid, fd) → connection key. */
-  #bindings = new Map<number, ConnKey>();
+  #bindings = new NumMap<ConnKey>();
   /** Held rows, in deadline order (holdMs is constant and the clock is made monotonic). */
   #heldQueue: Held[] = [];
   #heldHead = 0;
