@@ -500,7 +500,7 @@ const ADDR_CACHE_MAX = 16384;
 
 function addrText(rec: Uint8Array, family: number, o: number): string {
   if (family === Family.INET) {
-    const k = ((rec[o] << 24) | (rec[o + 1] << 16) | (rec[o + 2] << 8) | rec[o + 3]) >>> 0;
+    const k = v4At(rec, family, o);
     let s = V4_TEXT.get(k);
     if (s === undefined) {
       if (V4_TEXT.size >= ADDR_CACHE_MAX) V4_TEXT.clear();

@@ -120,6 +120,11 @@ export function hash(k: number): number {
   return h ^ (h >>> 16);
 }
 
+/** Keys a NumMap holds: numbers but NaN (a Map finds NaN by SameValueZero; NaN !== NaN in a Float64Array). */
+function isNumKey(k: unknown): k is number {
+  return typeof k === "number" && k === k;
+}
+
 /** Number keys in a NumMap, other keys (strings, NaN) in a Map. */
 export class HybridMap<K, V> {
   #num = new NumMap<V>();
@@ -130,21 +135,21 @@ export class HybridMap<K, V> {
   }
 
   get(k: K): V | undefined {
-    return typeof k === "number" && k === k ? this.#num.get(k) : this.#other.get(k);
+    return isNumKey(k) ? this.#num.get(k) : this.#other.get(k);
   }
 
   has(k: K): boolean {
-    return typeof k === "number" && k === k ? this.#num.has(k) : this.#other.has(k);
+    return isNumKey(k) ? this.#num.has(k) : this.#other.has(k);
   }
 
   set(k: K, v: V): this {
-    if (typeof k === "number" && k === k) this.#num.set(k, v);
+    if (isNumKey(k)) this.#num.set(k, v);
     else this.#other.set(k, v);
     return this;
   }
 
   delete(k: K): boolean {
-    return typeof k === "number" && k === k ? this.#num.delete(k) : this.#other.delete(k);
+    return isNumKey(k) ? this.#num.delete(k) : this.#other.delete(k);
   }
 
   clear(): void {

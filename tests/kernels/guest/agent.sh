@@ -53,6 +53,12 @@ expected_ja4h() {
   echo "ge11nn04enus_${b}_000000000000_000000000000"
 }
 
+# attached_hook SERVER: the method the agent attached for it, from its "ready" line ("nginx=kretprobe
+# apache=uprobe close=tracepoint"); empty when none attached.
+attached_hook() {
+  grep '"msg":"ready"' $W/agent.err | grep -o "[\" ]$1=[a-z_]*" | cut -d= -f2
+}
+
 # run_method METHOD IDLE PERFBUF: runs the agent with nginx forced onto METHOD (Apache on its uprobe, or
 # auto when METHOD is auto), sends REQUESTS to each server, counts rows with the right JA4H. One METHOD line per
 # server: method asked, method attached (0 = refused, with the reason), rows, drops from the agent's metrics,
@@ -124,8 +130,7 @@ YAML
   # lacks leaves nginx without one: expected, not a miss to wait for or retry).
   want_rows=0
   for srv in nginx apache; do
-    h=$(grep '"msg":"ready"' $W/agent.err | grep -o "[\" ]$srv=[a-z_]*" | cut -d= -f2)
-    [ -n "$h" ] && want_rows=$((want_rows + REQUESTS))
+    [ -n "$(attached_hook $srv)" ] && want_rows=$((want_rows + REQUESTS))
   done
   # Until every request of this round is a row (a slow emulated CPU may take a while), at most 15 s; then at
   # least 1 s, so rows that should not be there would show too.
@@ -170,8 +175,7 @@ YAML
   drops=$(awk '/^ja4ebpf_bpf_drops_total/ {s += $NF} END {print s + 0}' $W/metrics.txt)
   kmissed=$(awk '/^ja4ebpf_bpf_drops_total.*kretprobe_missed/ {s += $NF} END {print s + 0}' $W/metrics.txt)
   for s in nginx apache; do
-    # The "ready" line lists what attached: "nginx=kretprobe apache=uprobe close=tracepoint".
-    hook=$(grep '"msg":"ready"' $W/agent.err | grep -o "[\" ]$s=[a-z_]*" | cut -d= -f2)
+    hook=$(attached_hook $s)
     why=""
     [ -z "$hook" ] && why=$(grep '"msg":"hook unavailable"' $W/agent.err | grep "\"hook\":\"$s\"" | grep -o '"reason":"[^"]*"' | cut -d'"' -f4 | cut -c1-160)
     # Only rows for this server's port: on the host, other nginx/Apache instances may be running.
