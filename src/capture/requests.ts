@@ -336,22 +336,27 @@ export class RequestTracker {
     const b = head.block;
     if (b !== undefined) {
       // A header block seen before: Host, User-Agent and the JA4H (per method and version) come from it.
-      const d = b.derived;
-      let h = d.get("host") as string | undefined;
-      if (h === undefined) {
-        h = header(head.headers, "host");
-        d.set("host", h);
-        d.set("ua", header(head.headers, "user-agent"));
+      if (b.host === undefined) {
+        b.host = header(head.headers, "host");
+        b.ua = header(head.headers, "user-agent");
       }
-      host = h;
-      ua = d.get("ua") as string;
-      const k = head.method + " " + head.version;
-      let f = d.get(k) as Ja4h | undefined;
-      if (f === undefined) {
-        f = ja4h(head);
-        d.set(k, f);
+      host = b.host;
+      ua = b.ua!;
+      if (head.method === b.lastMethod && head.version === b.lastVersion) fp = b.last as Ja4h;
+      else {
+        // Another method or version with the same headers (a GET then a POST): its JA4H from the map, and
+        // it becomes the block's last.
+        const k = head.method + " " + head.version;
+        let f = b.derived.get(k) as Ja4h | undefined;
+        if (f === undefined) {
+          f = ja4h(head);
+          b.derived.set(k, f);
+        }
+        b.lastMethod = head.method;
+        b.lastVersion = head.version;
+        b.last = f;
+        fp = f;
       }
-      fp = f;
     } else {
       host = header(head.headers, "host");
       ua = header(head.headers, "user-agent");

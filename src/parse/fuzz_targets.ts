@@ -11,7 +11,7 @@
  */
 import fc from "fast-check";
 import { parseClientHello, parseServerHello, TlsHandshakeReader } from "./tls.ts";
-import { Http1RequestStream, parseRequestHead } from "./http1.ts";
+import { HeaderBlockCache, Http1RequestStream, parseRequestHead, type RequestHead } from "./http1.ts";
 import { parseTcpOptions } from "./tcp_options.ts";
 import { type HeaderField, HpackDecoder, huffmanDecode, huffmanEncode } from "./hpack.ts";
 import { H2_PREFACE, h2Frame, Http2RequestStream } from "./http2.ts";
@@ -262,10 +262,34 @@ export function tlsTarget(pushes: Uint8Array[]): string[] {
 /** HTTP/1: the stream over the given pushes, each head through JA4H; also the one-shot parser. */
 export function http1Target(pushes: Uint8Array[]): string[] {
   const s = new Http1RequestStream();
+  // The same pushes through a stream with the header-block cache (shared across inputs, as the agent's is):
+  // a cached head must be the head a fresh parse gives.
+  const cached = new Http1RequestStream({ cache: fuzzHeadCache });
   const out: string[] = [];
-  for (const p of pushes) for (const h of s.push(p)) out.push(ja4h(h).ja4h_ro + "|" + h.headLength);
+  for (const p of pushes) {
+    const fresh = s.push(p).map(headText);
+    const viaCache = cached.push(p).map(headText);
+    if (fresh.join("\n") !== viaCache.join("\n")) {
+      throw new InvariantError(`cached head differs: ${viaCache.join(" ")} vs ${fresh.join(" ")}`);
+    }
+    out.push(...fresh);
+  }
   if (pushes.length > 0) parseRequestHead(pushes[0]);
   return out;
+}
+
+const fuzzHeadCache = new HeaderBlockCache(64, 64 * 1024);
+
+function headText(h: RequestHead): string {
+  return JSON.stringify([
+    h.method,
+    h.target,
+    h.version,
+    h.versionText,
+    h.headers,
+    h.headLength,
+    ja4h(h).ja4h_ro,
+  ]);
 }
 
 export function tcpTarget(area: Uint8Array): string {

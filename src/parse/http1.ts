@@ -88,9 +88,8 @@ export function parseRequestHead(buf: Uint8Array, maxHead = MAX_HEAD): Streamed<
   const text = decoder.decode(buf.subarray(0, end));
   const lines = text.split("\n");
   // lines ends with "", "" (or "\r" variants) from the empty line.
-  const reqLine = parseRequestLine(lines[0]);
-  if (!reqLine.ok) return reqLine;
-  const { method, target, version, versionText } = reqLine.value;
+  const r = parseRequestLine(text, lines[0].length);
+  if (!r.ok) return r;
   const headers: [string, string][] = [];
   for (let i = 1; i < lines.length; i++) {
     let line = lines[i];
@@ -110,27 +109,29 @@ export function parseRequestHead(buf: Uint8Array, maxHead = MAX_HEAD): Streamed<
     }
     headers.push([line.slice(0, colon), trimOws(line.slice(colon + 1))]);
   }
-  return ok({ method, target, version, versionText, headers, headLength: end });
+  r.value.headers = headers;
+  r.value.headLength = end;
+  return r;
 }
 
-interface RequestLine {
-  method: string;
-  target: string;
-  version: string;
-  versionText: string;
-}
+const NO_HEADERS: [string, string][] = [];
 
-/** The request line (without its line end): method token, target, HTTP/1.x version. */
-function parseRequestLine(line: string): Parsed<RequestLine> {
-  const rl = line.endsWith("\r") ? line.slice(0, -1) : line;
-  const sp1 = rl.indexOf(" ");
-  const sp2 = rl.lastIndexOf(" ");
+/**
+ * The request line text[0, lf) (lf: its line feed; a CR before it is not part of the line): method token,
+ * target, HTTP/1.x version, as a head without headers (the caller sets headers, headLength and block).
+ * Reads `text` in place: no copy of the line.
+ */
+function parseRequestLine(text: string, lf: number): Parsed<RequestHead> {
+  const e = lf > 0 && text.charCodeAt(lf - 1) === 0x0d ? lf - 1 : lf;
+  let sp1 = text.indexOf(" ");
+  if (sp1 >= e) sp1 = -1;
+  const sp2 = e > 0 ? text.lastIndexOf(" ", e - 1) : -1;
   if (sp1 <= 0 || sp2 === sp1) return fail("malformed", "request line without method, target and version", 0);
-  const method = rl.slice(0, sp1);
-  for (let i = 0; i < method.length; i++) {
-    if (!isTokenChar(method.charCodeAt(i))) return fail("malformed", "method is not a token", i);
+  const method = text.slice(0, sp1);
+  for (let i = 0; i < sp1; i++) {
+    if (!isTokenChar(text.charCodeAt(i))) return fail("malformed", "method is not a token", i);
   }
-  const versionText = rl.slice(sp2 + 1);
+  const versionText = text.slice(sp2 + 1, e);
   let version: string;
   // Nearly every request says HTTP/1.1 or HTTP/1.0: no regex match (and its array) for those.
   if (versionText === "HTTP/1.1") version = "11";
@@ -143,9 +144,10 @@ function parseRequestLine(line: string): Parsed<RequestLine> {
     if (vm[1] !== "1") return fail("unsupported", `HTTP/${vm[1]}.${vm[2]} head`, sp2 + 1);
     version = vm[1] + vm[2];
   }
-  const target = rl.slice(sp1 + 1, sp2).trim();
+  const target = text.slice(sp1 + 1, sp2).trim();
   if (target.length === 0) return fail("malformed", "empty request target", sp1);
-  return ok({ method, target, version, versionText });
+  // Every field set here, in one order: one object shape for every head.
+  return ok({ method, target, version, versionText, headers: NO_HEADERS, headLength: 0, block: undefined });
 }
 
 /**
@@ -157,7 +159,35 @@ function parseRequestLine(line: string): Parsed<RequestLine> {
 export interface HeaderBlock {
   headers: [name: string, value: string][];
   framing: number | "chunked" | "malformed";
+  /** Host and User-Agent values, filled by the first head that needs them (typed fields: no map lookup). */
+  host: string | undefined;
+  ua: string | undefined;
+  /**
+   * The caller's last result per (method, version), in fields: a block nearly always comes with one method and
+   * version, so most heads compare two short strings instead of building a key and hashing it.
+   */
+  lastMethod: string;
+  lastVersion: string;
+  last: unknown;
+  /** Results for other (method, version) pairs, by `${method} ${version}`. */
   derived: Map<string, unknown>;
+}
+
+/** A new block's derived state: nothing derived yet. */
+export function newHeaderBlock(
+  headers: [string, string][],
+  framing: number | "chunked" | "malformed",
+): HeaderBlock {
+  return {
+    headers,
+    framing,
+    host: undefined,
+    ua: undefined,
+    lastMethod: "",
+    lastVersion: "",
+    last: undefined,
+    derived: new Map(),
+  };
 }
 
 /**
@@ -202,37 +232,42 @@ export function parseRequestHeadCached(
   head: Uint8Array,
   cache: HeaderBlockCache,
   maxHead = MAX_HEAD,
-  /** The head already decoded (UTF-8), when the caller has it. */
-  decoded?: string,
-): Streamed<
-  RequestHead
-> {
+): Streamed<RequestHead> {
   if (head.length > maxHead) return parseRequestHead(head, maxHead);
-  const text = decoded ?? decoder.decode(head);
+  return cachedHead(head, 0, head.length, decoder.decode(head), cache, maxHead);
+}
+
+/**
+ * The head b[p, end), `text` its UTF-8 decoding (the caller's, made once). A hit in the cache parses the
+ * request line only; the bytes are read only on a miss.
+ */
+function cachedHead(
+  b: Uint8Array,
+  p: number,
+  end: number,
+  text: string,
+  cache: HeaderBlockCache,
+  maxHead: number,
+): Streamed<RequestHead> {
   const lf = text.indexOf("\n");
   const block = text.slice(lf + 1);
   const hit = cache.get(block);
   if (hit === undefined) {
-    const r = parseRequestHead(head, maxHead);
+    const r = parseRequestHead(b.subarray(p, end), maxHead);
     if (r.ok) {
       const h = r.value;
-      h.block = { headers: h.headers, framing: bodyFraming(h), derived: new Map() };
+      h.block = newHeaderBlock(h.headers, bodyFraming(h));
       cache.set(block, h.block);
     }
     return r;
   }
-  const line = parseRequestLine(text.slice(0, lf));
-  if (!line.ok) return line;
-  const { method, target, version, versionText } = line.value;
-  return ok({
-    method,
-    target,
-    version,
-    versionText,
-    headers: hit.headers,
-    headLength: head.length,
-    block: hit,
-  });
+  const r = parseRequestLine(text, lf);
+  if (r.ok) {
+    r.value.headers = hit.headers;
+    r.value.headLength = end - p;
+    r.value.block = hit;
+  }
+  return r;
 }
 
 /** Does the line starting at `p` look like a request line ("TOKEN SP ... HTTP/1.x")? undefined = line incomplete. */
@@ -444,7 +479,8 @@ export class Http1RequestStream {
         // searches of the text, instead of a byte-level search line by line. Text offsets are byte offsets
         // only for ASCII; otherwise (or when the head is not whole) the byte search below decides.
         const n = Math.min(b.length - p, this.maxHead);
-        const t = decoder.decode(b.subarray(p, p + n));
+        // The whole buffer (a read of one head, nearly always): no view to make.
+        const t = decoder.decode(p === 0 && n === b.length ? b : b.subarray(p, p + n));
         if (t.length === n) {
           const a = t.indexOf("\n\r\n"), c = t.indexOf("\n\n");
           const e = a < 0 ? (c < 0 ? -1 : c + 2) : c < 0 || a < c ? a + 3 : c + 2;
@@ -465,10 +501,11 @@ export class Http1RequestStream {
         break;
       }
       this.scan = 0;
-      const view = b.subarray(p, end < 0 ? b.length : end);
-      const r = end >= 0 && this.cache
-        ? parseRequestHeadCached(view, this.cache, this.maxHead, text)
-        : parseRequestHead(view, this.maxHead);
+      const r = text !== undefined
+        ? cachedHead(b, p, end, text, this.cache!, this.maxHead)
+        : end >= 0 && this.cache
+        ? parseRequestHeadCached(b.subarray(p, end), this.cache, this.maxHead)
+        : parseRequestHead(b.subarray(p, end < 0 ? b.length : end), this.maxHead);
       if (!r.ok) {
         if (r.needMore) break;
         this.count(r.error.code);

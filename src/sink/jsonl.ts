@@ -42,10 +42,45 @@ const CACHE_MAX_CHARS = 512;
 /** Room every row may need beyond its strings' bytes: names, numbers, punctuation. */
 const ROW_FIXED = 512;
 
+/** Tails longer than this are encoded every time (a raw JA4H with many cookies, a huge User-Agent). */
+const TAIL_MAX_BYTES = 2048;
+/** User-Agents kept at most, and their tails' bytes: the memo starts over past either (a working set refills). */
+const TAIL_ENTRIES = 1024;
+/** Tails per User-Agent. */
+const TAIL_WAYS = 4;
+const TAIL_BYTES = 1024 * 1024;
+
+/** A row's fields after `path` (but the User-Agent, its key), and their bytes (`store` holds them). */
+type Tail =
+  & Pick<
+    Row,
+    | "ja4h"
+    | "http_version"
+    | "host_header"
+    | "ja4h_r"
+    | "ja4h_o"
+    | "ja4h_ro"
+    | "ja4"
+    | "ja4_r"
+    | "ja4t"
+    | "tls_server_name"
+    | "truncated"
+  >
+  & { store: Uint8Array; bytes: Uint8Array };
+
+const NO_BYTES = new Uint8Array(0);
+/** #field call sites (each passes its own slot number). */
+const FIELD_SLOTS = 14;
+
 export class JsonLinesEncoder {
   #buf: Uint8Array;
   #pos = 0;
   #quoted = new Map<string, Uint8Array>();
+  #tails = new Map<string, Tail[]>();
+  /** Per #field slot: the value last written there (undefined: none yet) and its quoted bytes. */
+  #lastValue: (string | undefined)[] = new Array(FIELD_SLOTS).fill(undefined);
+  #lastQuoted: Uint8Array[] = new Array(FIELD_SLOTS).fill(NO_BYTES);
+  #tailBytes = 0;
 
   constructor(initialBytes = 64 * 1024) {
     this.#buf = new Uint8Array(initialBytes);
@@ -69,26 +104,113 @@ export class JsonLinesEncoder {
     );
     this.#put(F_TS);
     this.#str(r.ts);
-    if (r.host !== "") this.#field(F_HOST, r.host);
-    if (r.server !== "") this.#field(F_SERVER, r.server);
+    if (r.host !== "") this.#field(0, F_HOST, r.host);
+    if (r.server !== "") this.#field(1, F_SERVER, r.server);
     this.#put(F_PID);
     this.#num(r.pid);
-    if (r.capture !== "") this.#field(F_CAPTURE, r.capture);
-    if (r.src !== "") this.#field(F_SRC, r.src);
+    if (r.capture !== "") this.#field(2, F_CAPTURE, r.capture);
+    if (r.src !== "") this.#field(3, F_SRC, r.src);
     this.#put(F_SRC_PORT);
     this.#num(r.src_port);
-    if (r.dst !== "") this.#field(F_DST, r.dst);
+    if (r.dst !== "") this.#field(4, F_DST, r.dst);
     this.#put(F_DST_PORT);
     this.#num(r.dst_port);
-    if (r.method !== "") this.#field(F_METHOD, r.method);
+    if (r.method !== "") this.#field(5, F_METHOD, r.method);
     if (r.path !== "") {
       this.#put(F_PATH);
       this.#str(r.path);
     }
-    if (r.http_version !== "") this.#field(F_VERSION, r.http_version);
-    if (r.host_header !== "") this.#field(F_HOST_HEADER, r.host_header);
-    if (r.user_agent !== "") this.#field(F_UA, r.user_agent);
-    if (r.ja4h !== "") this.#field(F_JA4H, r.ja4h);
+    this.#tail(r);
+  }
+
+  /**
+   * Everything after the path: the same for every request of a keep-alive connection, and for every client of
+   * one build on one site. Up to TAIL_WAYS tails are kept per User-Agent (one build sends a few header sets:
+   * with and without a cookie, a referer, another method), each with its values; a row whose values are all
+   * the same (=== on each: the rows share the strings of one header block and one connection) gets its bytes
+   * in one copy instead of a dozen lookups. Keyed by User-Agent, not JA4H: many builds share one JA4H.
+   */
+  #tail(r: Row): void {
+    let ways = this.#tails.get(r.user_agent);
+    if (ways !== undefined) {
+      for (let i = 0; i < ways.length; i++) {
+        const t = ways[i];
+        if (
+          t.ja4h === r.ja4h && t.http_version === r.http_version && t.host_header === r.host_header &&
+          t.ja4h_r === r.ja4h_r && t.ja4h_o === r.ja4h_o && t.ja4h_ro === r.ja4h_ro && t.ja4 === r.ja4 &&
+          t.ja4_r === r.ja4_r && t.ja4t === r.ja4t && t.tls_server_name === r.tls_server_name &&
+          t.truncated === r.truncated
+        ) {
+          this.#put(t.bytes);
+          return;
+        }
+      }
+    }
+    const from = this.#pos;
+    this.#tailFields(r);
+    const n = this.#pos - from;
+    if (n > TAIL_MAX_BYTES) return;
+    if (ways === undefined) {
+      if (this.#tails.size >= TAIL_ENTRIES || this.#tailBytes + n > TAIL_BYTES) {
+        this.#tails.clear();
+        this.#tailBytes = 0;
+      }
+      ways = [];
+      this.#tails.set(r.user_agent, ways);
+    }
+    const bytes = this.#buf.subarray(from, this.#pos);
+    let t: Tail;
+    if (ways.length < TAIL_WAYS) {
+      this.#tailBytes += n;
+      t = {
+        ja4h: r.ja4h,
+        http_version: r.http_version,
+        host_header: r.host_header,
+        ja4h_r: r.ja4h_r,
+        ja4h_o: r.ja4h_o,
+        ja4h_ro: r.ja4h_ro,
+        ja4: r.ja4,
+        ja4_r: r.ja4_r,
+        ja4t: r.ja4t,
+        tls_server_name: r.tls_server_name,
+        truncated: r.truncated,
+        store: bytes.slice(),
+        bytes: NO_BYTES,
+      };
+      ways.push(t);
+    } else {
+      // All ways taken: replace the oldest, in place (no allocation while a few tails alternate).
+      t = ways[0];
+      ways.copyWithin(0, 1);
+      ways[TAIL_WAYS - 1] = t;
+      this.#fillTail(t, r);
+      if (t.store.length < n) {
+        this.#tailBytes += n - t.store.length;
+        t.store = bytes.slice();
+      } else t.store.set(bytes);
+    }
+    t.bytes = t.store.subarray(0, n);
+  }
+
+  #fillTail(t: Tail, r: Row): void {
+    t.ja4h = r.ja4h;
+    t.http_version = r.http_version;
+    t.host_header = r.host_header;
+    t.ja4h_r = r.ja4h_r;
+    t.ja4h_o = r.ja4h_o;
+    t.ja4h_ro = r.ja4h_ro;
+    t.ja4 = r.ja4;
+    t.ja4_r = r.ja4_r;
+    t.ja4t = r.ja4t;
+    t.tls_server_name = r.tls_server_name;
+    t.truncated = r.truncated;
+  }
+
+  #tailFields(r: Row): void {
+    if (r.http_version !== "") this.#field(6, F_VERSION, r.http_version);
+    if (r.host_header !== "") this.#field(7, F_HOST_HEADER, r.host_header);
+    if (r.user_agent !== "") this.#field(8, F_UA, r.user_agent);
+    if (r.ja4h !== "") this.#field(9, F_JA4H, r.ja4h);
     if (r.ja4h_r !== "") {
       this.#put(F_JA4H_R);
       this.#str(r.ja4h_r);
@@ -101,10 +223,10 @@ export class JsonLinesEncoder {
       this.#put(F_JA4H_RO);
       this.#str(r.ja4h_ro);
     }
-    if (r.ja4 !== "") this.#field(F_JA4, r.ja4);
-    if (r.ja4_r !== "") this.#field(F_JA4_R, r.ja4_r);
-    if (r.ja4t !== "") this.#field(F_JA4T, r.ja4t);
-    if (r.tls_server_name !== "") this.#field(F_SNI, r.tls_server_name);
+    if (r.ja4 !== "") this.#field(10, F_JA4, r.ja4);
+    if (r.ja4_r !== "") this.#field(11, F_JA4_R, r.ja4_r);
+    if (r.ja4t !== "") this.#field(12, F_JA4T, r.ja4t);
+    if (r.tls_server_name !== "") this.#field(13, F_SNI, r.tls_server_name);
     this.#put(r.truncated ? END_TRUE : END_FALSE);
   }
 
@@ -124,9 +246,13 @@ export class JsonLinesEncoder {
     this.#pos = p + n;
   }
 
-  /** A repeating value: its quoted bytes from the cache. */
-  #field(name: Uint8Array, s: string): void {
+  /**
+   * A repeating value: its quoted bytes, kept per field (`slot`) for the value last written there (one
+   * comparison when a value repeats, as host, server and method nearly always do), else from the cache.
+   */
+  #field(slot: number, name: Uint8Array, s: string): void {
     this.#put(name);
+    if (s === this.#lastValue[slot]) return this.#put(this.#lastQuoted[slot]);
     if (s.length > CACHE_MAX_CHARS) return this.#str(s);
     let q = this.#quoted.get(s);
     if (q === undefined) {
@@ -135,6 +261,8 @@ export class JsonLinesEncoder {
       this.#quoted.set(s, q);
     }
     this.#put(q);
+    this.#lastValue[slot] = s;
+    this.#lastQuoted[slot] = q;
   }
 
   /** A JSON string literal: plain printable ASCII byte by byte, anything else as JSON.stringify + UTF-8. */

@@ -97,3 +97,59 @@ Deno.test("JsonLinesEncoder: random rows, one encoder across batches (cache and 
     assertEquals(enc.encode(rows), reference(rows), `batch ${batch}`);
   }
 });
+
+Deno.test("JsonLinesEncoder: rows that share all but one field after the path (the tail memo)", () => {
+  // Rows are one base row with at most one field after the path changed (to a shorter, as long or longer
+  // value), so most rows find a memo entry for their JA4H that differs from them in exactly one field:
+  // every row must be encoded from its own values, never from the entry's.
+  const base: Partial<Row> = {
+    ts: "2026-12-06T03:00:00.000Z",
+    src: "10.0.0.1",
+    src_port: 40000,
+    method: "GET",
+    path: "/a",
+    http_version: "11",
+    host_header: "h.example",
+    user_agent: "ua/1",
+    ja4h: "ge11nn02_a",
+    ja4h_r: "rr",
+    ja4h_o: "oo",
+    ja4h_ro: "ro",
+    ja4: "t13d",
+    ja4_r: "t13d_r",
+    ja4t: "64240_2-4-8-1-3_1460_7",
+    tls_server_name: "h.example",
+    truncated: false,
+  };
+  const other: Partial<Row> = {
+    http_version: "10",
+    host_header: "",
+    user_agent: "ua/22",
+    ja4h: "ge11nn02_b",
+    ja4h_r: "",
+    ja4h_o: 'o"',
+    ja4h_ro: "rx",
+    ja4: "t12d",
+    ja4_r: "",
+    ja4t: "65495_2-4-8-1-3_65495_7",
+    tls_server_name: "ü.example",
+    truncated: true,
+  };
+  const keys = Object.keys(other) as (keyof Row)[];
+  // mulberry32: every key gets picked (the low bits of a power-of-two LCG cycle through a few values only).
+  let seed = 11;
+  const rnd = (n: number) => {
+    let z = (seed = (seed + 0x6d2b79f5) | 0);
+    z = Math.imul(z ^ (z >>> 15), z | 1);
+    z ^= z + Math.imul(z ^ (z >>> 7), z | 61);
+    return ((z ^ (z >>> 14)) >>> 0) % n;
+  };
+  const enc = new JsonLinesEncoder(16);
+  for (let batch = 0; batch < 400; batch++) {
+    const rows = Array.from({ length: 1 + rnd(4) }, () => {
+      const k = keys[rnd(keys.length * 2)];
+      return row(k === undefined ? base : { ...base, [k]: other[k] });
+    });
+    assertEquals(enc.encode(rows), reference(rows), `batch ${batch}`);
+  }
+});

@@ -14,6 +14,7 @@ import { classifyFailure, ClickHouseSink, gunzip, gunzipBytes, gzip, STOP_BUDGET
 import { decodeRowBinary } from "./ch_rowbinary.ts";
 import { FileSink } from "./file.ts";
 import { openOutputs } from "./mod.ts";
+import fc from "fast-check";
 import { hmacIp, loadIpKey, Redactor, stripQuery } from "./redact.ts";
 import { emptyRow, jsonLines, type Row, rowFromJson, rowJson } from "./row.ts";
 import { Spool } from "./spool.ts";
@@ -54,9 +55,19 @@ Deno.test("redactor: raw JA4H blanked, query stripped, IP hashed — each switch
     assertMatch(a, /^fd[0-9a-f]{0,2}(:[0-9a-f]{1,4}){7}$/);
   });
   await t.step("stripQuery", () => {
-    for (const [i, o] of [["/", "/"], ["/x?", "/x"], ["/x#y?z", "/x"], ["", ""]]) {
+    for (
+      const [i, o] of [["/", "/"], ["/x?", "/x"], ["/x#y?z", "/x"], ["/x?y#z", "/x"], ["/a/b#c", "/a/b"], [
+        "",
+        "",
+      ]]
+    ) {
       assertEquals(stripQuery(i), o);
     }
+    // Same as cutting at the first '?' or '#', whatever the order and count of both.
+    fc.assert(fc.property(fc.stringMatching(/^[/a-z?#]{0,12}$/), (p) => {
+      const m = p.search(/[?#]/);
+      assertEquals(stripQuery(p), m < 0 ? p : p.slice(0, m));
+    }));
   });
 });
 
