@@ -103,6 +103,11 @@ export class Agent {
       const m = this.view.malformed, events = this.metrics.events;
       pe.setTotal({ parser: "event", kind: "malformed" }, m.short + m.kind + m.length);
       this.eventCounts.forEach((n, id) => n && events.setTotal({ hook: HOOK_METHODS[id] ?? "unknown" }, n));
+      const rd = this.kernel.readerStats();
+      if (rd) {
+        this.metrics.ringSize.set(undefined, rd.ringBytes);
+        this.metrics.ringBacklogMax.set(undefined, rd.stats.maxBacklog);
+      }
     });
   }
 

@@ -19,7 +19,13 @@ import { loadWithFallback } from "../bpf/load.ts";
 import { DropCounters, ListenPorts, TracedPids } from "../bpf/maps.ts";
 import { ensureTracefs } from "../bpf/tracefs.ts";
 import { type AttachHandle, type BpfMap, possibleCpus } from "../bpf/object.ts";
-import { type EventReader, PerfReader, type ReaderOptions, RingReader } from "../bpf/ringbuf.ts";
+import {
+  type EventReader,
+  PerfReader,
+  type ReaderOptions,
+  type ReaderStats,
+  RingReader,
+} from "../bpf/ringbuf.ts";
 import { DropReason, ServerKind } from "../bpf/layout.gen.ts";
 import { APR_PROGRAMS, AprProbes, programsOf } from "../capture/apr_probes.ts";
 import type { ServerFollower } from "../capture/follow.ts";
@@ -181,6 +187,13 @@ export class KernelCapture {
       ? new RingReader(events, { onRecord, onRecordAt, onBatch, views: true })
       : new PerfReader(events, { onRecord, onBatch }, perfPagesPerCpu(this.cfg.capture.ring_size_mb));
     this.reader.start();
+  }
+
+  /** The reader's counters and the ring's size in bytes (undefined before startReader, 0 for perf buffers). */
+  readerStats(): { stats: ReaderStats; ringBytes: number } | undefined {
+    const r = this.reader;
+    if (r === undefined) return undefined;
+    return { stats: r.stats, ringBytes: r instanceof RingReader ? r.size : 0 };
   }
 
   /** The `ready` line's fields: methods per hook, channel, HTTPS probe sites, interfaces. */

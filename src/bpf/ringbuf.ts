@@ -30,6 +30,11 @@ export interface ReaderStats {
   callbackErrors: number;
   /** Ring records that ran past the end of the data area and were copied together (RingReader). */
   wrapped: number;
+  /**
+   * Most bytes found unread at the start of a drain pass (RingReader; 0 for perf buffers): how close the ring
+   * came to full, i.e. whether capture.ring_size_mb has room for the reader's slowest pass.
+   */
+  maxBacklog: number;
 }
 
 export interface ReaderOptions {
@@ -87,6 +92,7 @@ function newStats(): ReaderStats {
     maxBatch: 0,
     callbackErrors: 0,
     wrapped: 0,
+    maxBacklog: 0,
   };
 }
 
@@ -192,6 +198,7 @@ export class RingReader implements EventReader {
     const at = this.#opts.onRecordAt, dv = this.#dataView;
     let cons = this.#cons;
     let prod = this.#producerPos();
+    if (prod - cons > s.maxBacklog) s.maxBacklog = prod - cons;
     let n = 0;
     while (n < budget) {
       if (cons >= prod) {

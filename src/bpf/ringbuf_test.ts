@@ -104,8 +104,11 @@ Deno.test("RingReader: a full ring drops in the kernel; drops are counted; the r
     const drops = Number(o.map("counters").sumU64(u32Key(0)));
     assertGreater(drops, 0, "reserve failures counted per CPU");
     assertEquals(r.pending(), 56 * 72);
+    assertEquals(r.stats.maxBacklog, 0, "no drain pass yet");
     assertEquals(r.drain(10), 10, "the budget bounds one drain");
+    assertEquals(r.stats.maxBacklog, 56 * 72, "the full ring's backlog seen by that pass");
     r.drain();
+    assertEquals(r.stats.maxBacklog, 56 * 72, "a high-water mark: the smaller backlog later leaves it");
     assertEquals(seqs.length + drops, 500, "every event either arrived or was counted as dropped");
     assert(seqs.every((s, i) => s === i), "the first records survive");
     // After the drain the ring takes events again, and across the wrap-around.

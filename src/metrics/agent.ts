@@ -41,6 +41,9 @@ export class AgentMetrics {
   readonly correlationRows: Counter;
   readonly correlationEvictions: Counter;
   readonly correlationInvalid: Counter;
+  /** The ring buffer's size and the most bytes a drain pass found unread (is capture.ring_size_mb enough?). */
+  readonly ringSize: Gauge;
+  readonly ringBacklogMax: Gauge;
   readonly rss: Gauge;
   readonly heap: Gauge;
   readonly healthy: Gauge;
@@ -58,6 +61,11 @@ export class AgentMetrics {
       .onCollect(() => this.rss.set(undefined, Deno.memoryUsage().rss));
     this.heap = r.gauge("ja4ebpf_heap_used_bytes", "V8 heap in use")
       .onCollect(() => this.heap.set(undefined, Deno.memoryUsage().heapUsed));
+    this.ringSize = r.gauge("ja4ebpf_ring_size_bytes", "size of the BPF ring buffer (0: perf buffer)");
+    this.ringBacklogMax = r.gauge(
+      "ja4ebpf_ring_backlog_max_bytes",
+      "most bytes the reader found unread in the ring at once since start (near the size: records were lost)",
+    );
     this.events = r.counter("ja4ebpf_events_total", "events read from the BPF ring buffer, by hook", [
       "hook",
     ]);
