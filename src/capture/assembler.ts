@@ -26,7 +26,15 @@ export class StreamAssembler {
   /** Known holes ahead of `next` (from → to), skipped silently when reached. */
   private lost: Map<number, number> = NONE_LOST;
   private pendingBytes = 0;
-  readonly stats: AssemblerStats = { delivered: 0, skipped: 0, gaps: 0, duplicate: 0 };
+  // Counters as fields, not a stats object: one object less per connection (stats builds one on demand).
+  private delivered = 0;
+  private skipped = 0;
+  private gaps = 0;
+  private duplicate = 0;
+
+  get stats(): AssemblerStats {
+    return { delivered: this.delivered, skipped: this.skipped, gaps: this.gaps, duplicate: this.duplicate };
+  }
 
   constructor(private readonly maxPending = 64 * 1024) {}
 
@@ -40,7 +48,7 @@ export class StreamAssembler {
       return false;
     }
     this.next += len;
-    this.stats.delivered += len;
+    this.delivered += len;
     return true;
   }
 
@@ -53,18 +61,18 @@ export class StreamAssembler {
     let gap = false;
     if (this.next === undefined) this.next = pos;
     if (pos + bytes.length <= this.next) {
-      this.stats.duplicate += bytes.length;
+      this.duplicate += bytes.length;
       return { out, gap };
     }
     if (pos < this.next) {
-      this.stats.duplicate += this.next - pos;
+      this.duplicate += this.next - pos;
       bytes = bytes.subarray(this.next - pos);
       pos = this.next;
     }
     if (pos === this.next) {
       out.push(bytes);
       this.next += bytes.length;
-      this.stats.delivered += bytes.length;
+      this.delivered += bytes.length;
       this.drain(out);
       return { out, gap };
     }
@@ -87,8 +95,8 @@ export class StreamAssembler {
   skipGap(out: Uint8Array[] = []): boolean {
     if (this.pending.size === 0 || this.next === undefined) return false;
     const first = Math.min(...this.pending.keys());
-    this.stats.gaps++;
-    this.stats.skipped += first - this.next;
+    this.gaps++;
+    this.skipped += first - this.next;
     this.next = first;
     this.drain(out);
     return true;
@@ -102,8 +110,8 @@ export class StreamAssembler {
     if (this.next === undefined) this.next = from;
     if (to <= this.next) return false;
     if (from <= this.next) {
-      this.stats.gaps++;
-      this.stats.skipped += to - this.next;
+      this.gaps++;
+      this.skipped += to - this.next;
       this.next = to;
       return true;
     }
@@ -124,8 +132,8 @@ export class StreamAssembler {
         if (from > this.next!) continue;
         this.lost.delete(from);
         if (to > this.next!) {
-          this.stats.gaps++;
-          this.stats.skipped += to - this.next!;
+          this.gaps++;
+          this.skipped += to - this.next!;
           this.next = to;
         }
         progressed = true;
@@ -136,12 +144,12 @@ export class StreamAssembler {
         this.pendingBytes -= b.length;
         if (p + b.length > this.next!) {
           const piece = b.subarray(this.next! - p);
-          this.stats.duplicate += b.length - piece.length;
+          this.duplicate += b.length - piece.length;
           out.push(piece);
           this.next! += piece.length;
-          this.stats.delivered += piece.length;
+          this.delivered += piece.length;
         } else {
-          this.stats.duplicate += b.length;
+          this.duplicate += b.length;
         }
         progressed = true;
       }

@@ -86,9 +86,9 @@ type Proto = "unknown" | "http1" | "h2" | "tls" | "other";
 /** A stream's tuple with its connection key (src/capture/connkey.ts), made once per stream. */
 export type ConnTuple = Tuple & { readonly connKey: ConnKey };
 
-interface Stream {
+/** A stream is its own tuple (the tuple's fields are the stream's: no tuple object per connection). */
+interface Stream extends ConnTuple {
   key: number;
-  tuple: ConnTuple;
   asm: StreamAssembler;
   proto: Proto;
   h1?: Http1RequestStream;
@@ -177,7 +177,7 @@ export class RequestTracker {
     let node = this.streams.node(key); // most recently used now
     let st = node?.value;
     if (
-      st && (st.tuple.src_port !== c.src_port || st.tuple.src !== c.src || c.pos < (st.asm.next ?? 0) - 65536)
+      st && (st.src_port !== c.src_port || st.src !== c.src || c.pos < (st.asm.next ?? 0) - 65536)
     ) {
       // The fd was reused for another connection without a close event reaching us.
       this.streams.delete(key);
@@ -186,7 +186,11 @@ export class RequestTracker {
     if (!st) {
       st = {
         key,
-        tuple: { src: c.src, src_port: c.src_port, dst: c.dst, dst_port: c.dst_port, connKey: connKeyOf(c) },
+        src: c.src,
+        src_port: c.src_port,
+        dst: c.dst,
+        dst_port: c.dst_port,
+        connKey: connKeyOf(c),
         asm: new StreamAssembler(),
         proto: "unknown",
         sniff: NOTHING,
@@ -271,7 +275,7 @@ export class RequestTracker {
         this.s.requests++;
         this.sink.request(
           requestRow(
-            st.tuple,
+            st,
             c,
             r.method ?? "",
             r.path ?? "",
@@ -284,7 +288,7 @@ export class RequestTracker {
           c.fd,
           c.tsNs,
           c.plaintext,
-          st.tuple,
+          st,
         );
       }
       if (h2.dropped) {
@@ -308,7 +312,7 @@ export class RequestTracker {
           continue;
         }
         this.s.hellos++;
-        const t = st.tuple;
+        const t: ConnTuple = st;
         this.sink.hello({
           src: t.src,
           src_port: t.src_port,
@@ -363,11 +367,11 @@ export class RequestTracker {
       fp = ja4h(head);
     }
     this.sink.request(
-      requestRow(st.tuple, c, head.method, head.target, head.version, host, ua, fp, truncated),
+      requestRow(st, c, head.method, head.target, head.version, host, ua, fp, truncated),
       c.fd,
       c.tsNs,
       c.plaintext,
-      st.tuple,
+      st,
     );
   }
 }

@@ -306,8 +306,15 @@ export interface Http1StreamOptions {
  * these bytes, in order. Errors are counted in `errors` (by code) and the stream resynchronises on the next
  * line that looks like a request line, so one bad request does not lose the rest of the connection.
  */
+/** What `errors` reads until a stream's first error: most streams never have one (no object per stream). */
+const NO_ERRORS: Readonly<ErrorCounts> = Object.freeze(newErrorCounts());
+
 export class Http1RequestStream {
-  readonly errors: ErrorCounts = newErrorCounts();
+  #errors: ErrorCounts | undefined;
+  /** Errors by code (a shared all-zero record until the first). */
+  get errors(): Readonly<ErrorCounts> {
+    return this.#errors ?? NO_ERRORS;
+  }
   /** Heads returned so far. */
   requests = 0;
   /** Body bytes skipped so far. */
@@ -378,7 +385,7 @@ export class Http1RequestStream {
   }
 
   private count(code: ParseErrorCode): void {
-    this.errors[code]++;
+    (this.#errors ??= newErrorCounts())[code]++;
   }
 
   push(bytes: Uint8Array): RequestHead[] {

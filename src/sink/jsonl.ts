@@ -109,7 +109,12 @@ export class JsonLinesEncoder {
     this.#put(F_PID);
     this.#num(r.pid);
     if (r.capture !== "") this.#field(2, F_CAPTURE, r.capture);
-    if (r.src !== "") this.#field(3, F_SRC, r.src);
+    if (r.src !== "") {
+      // Written out, not cached: on a busy server most connections come from an address not seen in a
+      // while (a cache entry per client would be garbage).
+      this.#put(F_SRC);
+      this.#str(r.src);
+    }
     this.#put(F_SRC_PORT);
     this.#num(r.src_port);
     if (r.dst !== "") this.#field(4, F_DST, r.dst);
