@@ -452,7 +452,7 @@ function sideBySide(now: ModeSummary[], before: ModeSummary[]): string {
     lines.push(
       `| ${s.mode} | **after / before** | ${(s.rpsOn / b.rpsOn).toFixed(2)}× | | **${
         (s.agentUsPerReq / b.agentUsPerReq).toFixed(2)
-      }×** | ${(bpfNs(s) / bpfNs(b)).toFixed(2)}× | ${
+      }×** | ${Number.isNaN(bpfNs(s) / bpfNs(b)) ? "—" : (bpfNs(s) / bpfNs(b)).toFixed(2) + "×"} | ${
         (s.nginxUsPerReqOn / b.nginxUsPerReqOn).toFixed(2)
       }× | ${(s.peakRssMb / b.peakRssMb).toFixed(2)}× | |`,
     );

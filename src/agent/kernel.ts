@@ -38,6 +38,33 @@ const DROP_NAMES: Record<number, string> = Object.fromEntries(
   Object.entries(DropReason).map(([k, v]) => [v, k.toLowerCase()]),
 );
 
+/** Online CPUs (/sys/devices/system/cpu/online, e.g. "0-3,6"); the runtime's count if that cannot be read. */
+export function onlineCpus(list?: string): number {
+  try {
+    list ??= Deno.readTextFileSync("/sys/devices/system/cpu/online");
+  } catch {
+    return navigator.hardwareConcurrency || 1;
+  }
+  let n = 0;
+  for (const part of list.trim().split(",")) {
+    const [a, b] = part.split("-").map(Number);
+    if (Number.isInteger(a)) n += Number.isInteger(b) ? b - a + 1 : 1;
+  }
+  return n > 0 ? n : navigator.hardwareConcurrency || 1;
+}
+
+/**
+ * capture.ring_size_mb, or for 0 (auto) 4 MiB per online CPU, a power of two between 8 and 64 MiB. The ring must
+ * hold what the servers send while the reader is off CPU (it runs below them: CPUWeight), and they send in
+ * proportion to the CPUs they run on. Measured on 2 vCPUs at full load: at most 0.4 MiB unread, 1.7 MiB with
+ * the agent at nice 19 (ja4ebpf_ring_backlog_max_bytes), so 8 MiB there keeps more than 4× that.
+ */
+export function ringSizeMb(configured: number, cpus = onlineCpus()): number {
+  if (configured > 0) return configured;
+  const want = Math.min(64, Math.max(8, 4 * cpus));
+  return 2 ** Math.ceil(Math.log2(want));
+}
+
 /** capture.ring_size_mb spread over the CPUs' perf rings: a power of two of pages per CPU (≥ 8). */
 export function perfPagesPerCpu(ringMb: number, cpus = possibleCpus(), page = pageSize()): number {
   const want = Math.max(8, Math.floor((ringMb * 1024 * 1024) / (cpus * page)));
@@ -124,7 +151,7 @@ export class KernelCapture {
     const open = (loadOnly: string[]) =>
       // TC filters are attached per interface below, so a vanishing interface costs only itself.
       openPlanned(bytes, this.plan, { tcInterfaces: [] }, {
-        ringBytes: cfg.capture.ring_size_mb * 1024 * 1024,
+        ringBytes: ringSizeMb(cfg.capture.ring_size_mb) * 1024 * 1024,
         globals: {
           max_capture: Math.min(cfg.capture.max_head_bytes, 16384),
           raw_tp_reads: rawTpReads && cfg.uprobes.enabled,
@@ -185,7 +212,11 @@ export class KernelCapture {
     this.reader = ringbuf
       // Views, not copies: the trackers copy the few bytes they keep (a split head, a TLS record in pieces).
       ? new RingReader(events, { onRecord, onRecordAt, onBatch, views: true })
-      : new PerfReader(events, { onRecord, onBatch }, perfPagesPerCpu(this.cfg.capture.ring_size_mb));
+      : new PerfReader(
+        events,
+        { onRecord, onBatch },
+        perfPagesPerCpu(ringSizeMb(this.cfg.capture.ring_size_mb)),
+      );
     this.reader.start();
   }
 
@@ -201,6 +232,7 @@ export class KernelCapture {
     return {
       capture: this.plan.hooks.filter((h) => h.method).map((h) => `${h.hook}=${h.method}`).join(" "),
       buffer: this.plan.ringbuf ? "ringbuf" : "perfbuf",
+      buffer_mb: String(ringSizeMb(this.cfg.capture.ring_size_mb)),
       https: this.tls ? this.tls.describe().join(",") || "waiting for a TLS server" : "off",
       interfaces: this.tc.interfaces.join(","),
     };

@@ -8,7 +8,7 @@ import { bpfProgIds } from "../../tests/helpers/agent.ts";
 import { curl, wrk } from "../../tests/helpers/clients.ts";
 import { requireRoot, waitUntil } from "../../tests/helpers/proc.ts";
 import { startNginx } from "../../tests/helpers/servers.ts";
-import { KernelCapture, perfPagesPerCpu } from "./kernel.ts";
+import { KernelCapture, onlineCpus, perfPagesPerCpu, ringSizeMb } from "./kernel.ts";
 
 const NGINX = 23180;
 /** This test's own tc handle (no agent's filter is touched). */
@@ -24,6 +24,28 @@ Deno.test("perfPagesPerCpu spreads the configured buffer over the CPUs in powers
   for (const [mb, cpus, page, want] of cases) {
     await t.step(`${mb} MiB on ${cpus} CPUs`, () => assertEquals(perfPagesPerCpu(mb, cpus, page), want));
   }
+});
+
+Deno.test("ringSizeMb: configured as is; 0 = 4 MiB per online CPU, a power of two in 8–64", async (t) => {
+  for (
+    const [cfg, cpus, want] of [[16, 2, 16], [3, 64, 3], [0, 1, 8], [0, 2, 8], [0, 3, 16], [0, 4, 16], [
+      0,
+      5,
+      32,
+    ], [
+      0,
+      16,
+      64,
+    ], [0, 512, 64]]
+  ) {
+    await t.step(`${cfg} MiB configured, ${cpus} CPUs`, () => assertEquals(ringSizeMb(cfg, cpus), want));
+  }
+  await t.step("online CPU lists", () => {
+    assertEquals(onlineCpus("0-1\n"), 2);
+    assertEquals(onlineCpus("0-3,6,8-9\n"), 7);
+    assertEquals(onlineCpus("0\n"), 1);
+    assert(onlineCpus() >= 1);
+  });
 });
 
 /** nginx only, tc on loopback with our handle, a 1 MiB ring (easy to fill while nobody reads it). */

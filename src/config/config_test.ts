@@ -86,8 +86,8 @@ Deno.test("invalid configs name file, line and key", async (t) => {
     ["bool as yes", "uprobes:\n  enabled: yes\n", "c.yaml:2: uprobes.enabled: must be true or false"],
     [
       "int range",
-      "\ncapture:\n  ring_size_mb: 0\n",
-      "c.yaml:3: capture.ring_size_mb: must be between 1 and 1024",
+      "\ncapture:\n  ring_size_mb: -1\n",
+      "c.yaml:3: capture.ring_size_mb: must be between 0 and 1024",
     ],
     ["int type", "capture:\n  hold_ms: 2s\n", "c.yaml:2: capture.hold_ms: must be an integer"],
     [

@@ -92,10 +92,11 @@ export const SCHEMA = {
     },
     ring_size_mb: {
       t: "int",
-      def: 16,
-      min: 1,
+      def: 0,
+      min: 0,
       max: 1024,
-      doc: "ring buffer size (MiB, rounded to a power of 2)",
+      doc:
+        "ring buffer size (MiB, rounded to a power of 2); 0: 4 MiB per online CPU, 8–64 (ja4ebpf_ring_backlog_max_bytes shows the room used)",
     },
     max_head_bytes: {
       t: "int",
