@@ -115,6 +115,19 @@ export function parseRequestHead(buf: Uint8Array, maxHead = MAX_HEAD): Streamed<
 }
 
 const NO_HEADERS: [string, string][] = [];
+const HTTP11 = "HTTP/1.1";
+const HTTP10 = "HTTP/1.0";
+/** Methods returned as shared strings (no copy per request; equal heads then share the same string). */
+const METHODS = ["GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE"];
+
+/** text[0, len) when it is one of METHODS (all tokens: no check needed), else undefined. */
+function knownMethod(text: string, len: number): string | undefined {
+  for (let i = 0; i < METHODS.length; i++) {
+    const m = METHODS[i];
+    if (m.length === len && text.startsWith(m)) return m;
+  }
+  return undefined;
+}
 
 /**
  * The request line text[0, lf) (lf: its line feed; a CR before it is not part of the line): method token,
@@ -127,16 +140,24 @@ function parseRequestLine(text: string, lf: number): Parsed<RequestHead> {
   if (sp1 >= e) sp1 = -1;
   const sp2 = e > 0 ? text.lastIndexOf(" ", e - 1) : -1;
   if (sp1 <= 0 || sp2 === sp1) return fail("malformed", "request line without method, target and version", 0);
-  const method = text.slice(0, sp1);
-  for (let i = 0; i < sp1; i++) {
-    if (!isTokenChar(text.charCodeAt(i))) return fail("malformed", "method is not a token", i);
+  let method = knownMethod(text, sp1);
+  if (method === undefined) {
+    for (let i = 0; i < sp1; i++) {
+      if (!isTokenChar(text.charCodeAt(i))) return fail("malformed", "method is not a token", i);
+    }
+    method = text.slice(0, sp1);
   }
-  const versionText = text.slice(sp2 + 1, e);
-  let version: string;
-  // Nearly every request says HTTP/1.1 or HTTP/1.0: no regex match (and its array) for those.
-  if (versionText === "HTTP/1.1") version = "11";
-  else if (versionText === "HTTP/1.0") version = "10";
-  else {
+  let versionText: string, version: string;
+  // Nearly every request says HTTP/1.1 or HTTP/1.0: compared in place, the shared strings taken (no copy of
+  // the token, no regex match and its array).
+  if (e - sp2 === 9 && text.startsWith(HTTP11, sp2 + 1)) {
+    versionText = HTTP11;
+    version = "11";
+  } else if (e - sp2 === 9 && text.startsWith(HTTP10, sp2 + 1)) {
+    versionText = HTTP10;
+    version = "10";
+  } else {
+    versionText = text.slice(sp2 + 1, e);
     const vm = VERSION_RE.exec(versionText);
     if (!vm) {
       return fail("malformed", `bad HTTP version ${JSON.stringify(versionText.slice(0, 16))}`, sp2 + 1);
