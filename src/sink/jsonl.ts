@@ -288,20 +288,37 @@ export class JsonLinesEncoder {
     this.#pos = p + n + 2;
   }
 
-  /** A number as JSON writes it: digits for a non-negative safe integer, String() otherwise. */
+  /** A number as JSON writes it: digits for a non-negative 31-bit integer (int32 division), String() otherwise. */
   #num(v: number): void {
-    if (!(v >= 0 && v <= 0xffffffff && v === Math.floor(v))) {
+    if (!(v >= 0 && (v | 0) === v)) {
       this.#put(utf8.encode(String(v)));
       return;
     }
     const buf = this.#buf;
-    let digits = 1;
-    for (let t = v; t >= 10; t = Math.floor(t / 10)) digits++;
+    const digits = v < 10
+      ? 1
+      : v < 100
+      ? 2
+      : v < 1000
+      ? 3
+      : v < 10000
+      ? 4
+      : v < 100000
+      ? 5
+      : v < 1000000
+      ? 6
+      : v < 10000000
+      ? 7
+      : v < 100000000
+      ? 8
+      : v < 1000000000
+      ? 9
+      : 10;
     let p = this.#pos + digits;
     this.#pos = p;
     do {
-      const q = Math.floor(v / 10);
-      buf[--p] = 0x30 + (v - q * 10);
+      const q = (v / 10) | 0;
+      buf[--p] = 0x30 + v - q * 10;
       v = q;
     } while (v > 0);
   }

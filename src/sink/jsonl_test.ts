@@ -50,6 +50,13 @@ Deno.test("JsonLinesEncoder: the bytes of jsonLines + UTF-8", async (t) => {
       row({ pid: 2 ** 40 }),
     ]],
     ["zeros", [row({ pid: 0, src_port: 0, dst_port: 0 })]],
+    ["digit counts", [
+      row({ pid: 9, src_port: 10, dst_port: 99 }),
+      row({ pid: 100, src_port: 65535, dst_port: 99999 }),
+      row({ pid: 4194304, src_port: 999999999, dst_port: 1000000000 }),
+      row({ pid: 2 ** 31 - 1, src_port: 2 ** 31, dst_port: 2 ** 32 - 1 }),
+      row({ pid: -0, src_port: 1e21, dst_port: 0.5 }),
+    ]],
     ["a long value (not cached)", [row({ user_agent: "u".repeat(5000), path: "/" + "p".repeat(70000) })]],
     ["the same row twice (cached values)", [typical, typical]],
   ];
