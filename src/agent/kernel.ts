@@ -97,9 +97,13 @@ export class KernelCapture {
   private readonly cfg: Config;
   private readonly follow: ServerFollower;
   private readonly signal: AbortSignal;
+  /** The ring's size in MiB (capture.ring_size_mb, or sized by the online CPUs): read once, used by the load,
+   * the perf fallback and the ready line alike. */
+  private readonly ringMb: number;
 
   constructor(opts: KernelCaptureOptions) {
     this.cfg = opts.cfg;
+    this.ringMb = ringSizeMb(opts.cfg.capture.ring_size_mb);
     this.follow = opts.follow;
     this.signal = opts.signal;
     const { tc_handle, interfaces } = opts.cfg.capture;
@@ -151,7 +155,7 @@ export class KernelCapture {
     const open = (loadOnly: string[]) =>
       // TC filters are attached per interface below, so a vanishing interface costs only itself.
       openPlanned(bytes, this.plan, { tcInterfaces: [] }, {
-        ringBytes: ringSizeMb(cfg.capture.ring_size_mb) * 1024 * 1024,
+        ringBytes: this.ringMb * 1024 * 1024,
         globals: {
           max_capture: Math.min(cfg.capture.max_head_bytes, 16384),
           raw_tp_reads: rawTpReads && cfg.uprobes.enabled,
@@ -215,7 +219,7 @@ export class KernelCapture {
       : new PerfReader(
         events,
         { onRecord, onBatch },
-        perfPagesPerCpu(ringSizeMb(this.cfg.capture.ring_size_mb)),
+        perfPagesPerCpu(this.ringMb),
       );
     this.reader.start();
   }
@@ -232,7 +236,7 @@ export class KernelCapture {
     return {
       capture: this.plan.hooks.filter((h) => h.method).map((h) => `${h.hook}=${h.method}`).join(" "),
       buffer: this.plan.ringbuf ? "ringbuf" : "perfbuf",
-      buffer_mb: String(ringSizeMb(this.cfg.capture.ring_size_mb)),
+      buffer_mb: String(this.ringMb),
       https: this.tls ? this.tls.describe().join(",") || "waiting for a TLS server" : "off",
       interfaces: this.tc.interfaces.join(","),
     };
