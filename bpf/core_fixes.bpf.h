@@ -24,12 +24,6 @@ struct syscall_trace_exit___ja4 {
 	long ret;
 } __attribute__((preserve_access_index));
 
-/* struct sock's sk_type was a bitfield before 5.6; read it either way. */
-static __always_inline __u16 ja4_sk_type(struct sock *sk)
-{
-	return (__u16)BPF_CORE_READ_BITFIELD_PROBED(sk, sk_type);
-}
-
 /* Syscall number from the pt_regs of raw_tp/tp_btf sys_exit. */
 static __always_inline long ja4_regs_syscall_nr(struct pt_regs *regs)
 {

@@ -6,7 +6,7 @@
  * agent. Needs root, nginx, apache2, tcpdump and curl. Rows are filtered by this file's ports: other agents
  * and servers may run on the host at the same time.
  */
-import { assert, assertEquals, assertGreater } from "../../src/testing/asserts.ts";
+import { assert, assertEquals, assertGreater, assertMatch } from "../../src/testing/asserts.ts";
 import type { Row } from "../../src/sink/row.ts";
 import type { StreamRecord } from "../../src/offline/fingerprint_capture.ts";
 import { MAIN_TS, rowsSettled, type RunningAgent, startAgent, tracedPids } from "../helpers/agent.ts";
@@ -255,7 +255,13 @@ Deno.test("agent capture: nginx + Apache requests are one row each, fingerprints
 });
 
 Deno.test("agent capture: Apache started later, nginx reload, keep-alive connection older than the agent", async (t) => {
-  await using nginx = await startNginx({ port: NGINX, workers: 2, keepaliveTimeout: 60 });
+  // ::1 too: the IPv6 step below reads a v6 socket's tuple in the kernel (a separate branch of fd_tuple).
+  await using nginx = await startNginx({
+    port: NGINX,
+    workers: 2,
+    keepaliveTimeout: 60,
+    hosts: ["127.0.0.1", "::1"],
+  });
   // A keep-alive connection with one request done before the agent exists.
   const old = await Deno.connect({ hostname: "127.0.0.1", port: NGINX });
   const oldPort = (old.localAddr as Deno.NetAddr).port;
@@ -291,6 +297,31 @@ Deno.test("agent capture: Apache started later, nginx reload, keep-alive connect
         0,
         "nothing invented",
       );
+    });
+
+    await t.step("an IPv6 client's requests carry its own 4-tuple", async () => {
+      const v6 = await Deno.connect({ hostname: "::1", port: NGINX });
+      try {
+        const v6Port = (v6.localAddr as Deno.NetAddr).port;
+        await ask(v6, "/v6-1");
+        await ask(v6, "/v6-2");
+        const got = await agent.waitForRows((r) => r.path.startsWith("/v6-"), 2, 8000).catch((e) => {
+          throw new Error(`${e.message}\n${excerpt(agent)}`);
+        });
+        for (const r of got) {
+          assertEquals([r.src, r.src_port, r.dst, r.dst_port, r.server], [
+            "::1",
+            v6Port,
+            "::1",
+            NGINX,
+            "nginx",
+          ], r.path);
+          // Its SYN came after the agent: tc's IPv6 flow joins the request stream by the same tuple.
+          assertMatch(r.ja4t, /^\d+_[\d-]+_\d+_\d+$/, `JA4T of the IPv6 connection (${r.path})`);
+        }
+      } finally {
+        v6.close();
+      }
     });
 
     await t.step("Apache started after the agent is picked up", async () => {
