@@ -189,6 +189,7 @@ struct ja4_btf_enums {
 	enum ja4_drop_reason drop;
 	enum ja4_limits limits;
 	enum ja4_family family;
+	enum ja4_traced_bits traced;
 };
 struct ja4_btf_enums *ja4_btf_anchor __attribute__((unused));
 
@@ -239,12 +240,28 @@ static __always_inline void *scratch_get(__u32 slot)
 	return p;
 }
 
+/* This tgid's traced_pids value (enum ja4_traced_bits), NULL when the agent does not trace it. */
+static __always_inline __u32 *traced_val(__u32 tgid)
+{
+	if (tgid == self_tgid)
+		return NULL;
+	return bpf_map_lookup_elem(&traced_pids, &tgid);
+}
+
 /* Whether this tgid is one the agent traces. */
 static __always_inline bool is_traced(__u32 tgid)
 {
-	if (tgid == self_tgid)
-		return false;
-	return bpf_map_lookup_elem(&traced_pids, &tgid) != NULL;
+	return traced_val(tgid) != NULL;
+}
+
+#define JA4_TRACED_COUNTER(v, shift) (((v) >> (shift)) & ((1u << JA4_TRACED_COUNTER_BITS) - 1))
+
+/* Raises the counter at `shift` of a traced_pids value from zero. An add on a zero field (no atomic OR
+ * before 5.12): threads racing here add more than one, which stays non-zero within the 12 bits. */
+static __always_inline void traced_mark(__u32 *v, __u32 shift)
+{
+	if (!JA4_TRACED_COUNTER(*v, shift))
+		__sync_fetch_and_add(v, 1u << shift);
 }
 
 static __always_inline struct task_struct *ja4_current_task(void)

@@ -55,6 +55,20 @@ enum ja4_server_kind {
 	JA4_SERVER_OTHER = 3,
 };
 
+/*
+ * The traced_pids value: the server kind in its low byte; above it two 12-bit counters that a process's
+ * entry probes raise from zero (once, or a few times when threads race: only zero vs non-zero matters).
+ * Non-zero tells the syscall hooks that this process's reads may sit inside an SSL_* call whose fd they
+ * must learn, or inside apr_socket_recv (whose probes report the bytes): a process that never ran those
+ * probes (nginx with its own ngx_ssl_recv probe, or plain HTTP) skips both map lookups on every read.
+ * User space reads the kind through JA4_TRACED_KIND_BITS.
+ */
+enum ja4_traced_bits {
+	JA4_TRACED_KIND_BITS = 8,  /* kind = value & ((1 << 8) - 1) */
+	JA4_TRACED_SSL_SHIFT = 8,  /* bits 8-19: SSL_read/SSL_read_ex/SSL_do_handshake entries stashed */
+	JA4_TRACED_APR_SHIFT = 20, /* bits 20-31: apr_socket_recv entries */
+	JA4_TRACED_COUNTER_BITS = 12,
+};
 /* Per-connection byte streams (key of conn_pos). */
 enum ja4_stream {
 	JA4_STREAM_RAW = 0,       /* bytes as read from the socket (TLS records for HTTPS) */

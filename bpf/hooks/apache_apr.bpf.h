@@ -11,9 +11,11 @@ int BPF_KPROBE(uprobe_apr_socket_recv_entry, void *sock, char *buf, __u64 *lenp)
 	__u64 id = bpf_get_current_pid_tgid();
 	struct apr_stash st = {.sock = (__u64)sock, .buf = (__u64)buf, .lenp = (__u64)lenp};
 	struct ssl_stash *ss;
+	__u32 *tv = traced_val(id >> 32);
 
-	if (!is_traced(id >> 32))
+	if (!tv)
 		return 0;
+	traced_mark(tv, JA4_TRACED_APR_SHIFT); /* before this call's read: the syscall hooks leave it to us */
 	/* mod_ssl: SSL_read reads through this call; learn the SSL *'s fd here too,
 	 * so the plaintext works without the read tracepoints. */
 	ss = bpf_map_lookup_elem(&ssl_stash, &id);

@@ -9,17 +9,23 @@
 /*
  * A traced thread's syscall on `fd`, at its entry or (exit-only programs) its exit: inside SSL_read or
  * SSL_do_handshake this is that SSL *'s fd (learned before its return probe runs). Returns false when the
- * bytes are apr_socket_recv's (its uprobe pair reports them).
+ * bytes are apr_socket_recv's (its uprobe pair reports them). `traced` is the process's traced_pids value:
+ * its counters say whether those entry probes ever ran in it (they raise them before the call's read), so
+ * nginx's plain reads, and its TLS reads inside ngx_ssl_recv (whose probe has the fd), skip both lookups.
  */
-static __always_inline bool learn_fd(__u64 id, __s32 fd)
+static __always_inline bool learn_fd(__u64 id, __s32 fd, __u32 traced)
 {
-	struct ssl_stash *ss = bpf_map_lookup_elem(&ssl_stash, &id);
+	if (JA4_TRACED_COUNTER(traced, JA4_TRACED_SSL_SHIFT)) {
+		struct ssl_stash *ss = bpf_map_lookup_elem(&ssl_stash, &id);
 
-	if (ss) {
-		struct ssl_key k = {.ssl = ss->ssl, .tgid = id >> 32};
-		ss->fd = fd;
-		bpf_map_update_elem(&ssl_fds, &k, &fd, BPF_ANY);
+		if (ss) {
+			struct ssl_key k = {.ssl = ss->ssl, .tgid = id >> 32};
+			ss->fd = fd;
+			bpf_map_update_elem(&ssl_fds, &k, &fd, BPF_ANY);
+		}
 	}
+	if (!JA4_TRACED_COUNTER(traced, JA4_TRACED_APR_SHIFT))
+		return true;
 	return !bpf_map_lookup_elem(&apr_stash, &id);
 }
 
@@ -28,8 +34,9 @@ static __always_inline void stash_enter(__u8 hook, __s32 fd, __u64 buf, __u32 io
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct sys_stash st = {.buf = buf, .fd = fd, .hook = hook, .iovcnt = iovcnt, .is_iov = is_iov};
+	__u32 *tv = traced_val(id >> 32);
 
-	if (!is_traced(id >> 32) || !learn_fd(id, fd))
+	if (!tv || !learn_fd(id, fd, *tv))
 		return;
 	if (bpf_map_update_elem(&sys_stash, &id, &st, BPF_ANY))
 		count_drop(JA4_DROP_STASH_FULL);
@@ -182,17 +189,18 @@ static __always_inline struct pt_regs *ja4_user_regs(void)
 static __always_inline void exit_regs(void *ctx, long ret, __u8 hook, const bool recvfrom)
 {
 	__u64 id = bpf_get_current_pid_tgid();
+	__u32 *tv = traced_val(id >> 32);
 	struct pt_regs *regs;
 	__s32 fd;
 
-	if (!is_traced(id >> 32))
+	if (!tv)
 		return;
 	/* A trusted BTF pointer: its fields are plain loads (CO-RE relocated), no probe-read helper call. */
 	regs = ja4_user_regs();
 	if (recvfrom && (PT_REGS_PARM4_SYSCALL(regs) & JA4_MSG_PEEK))
 		return;
 	fd = (__s32)PT_REGS_PARM1_SYSCALL(regs);
-	if (!learn_fd(id, fd) || ret <= 0)
+	if (!learn_fd(id, fd, *tv) || ret <= 0)
 		return;
 	handle_read(ctx, hook, fd, (const void *)PT_REGS_PARM2_SYSCALL(regs), ret, JA4_STREAM_RAW);
 }

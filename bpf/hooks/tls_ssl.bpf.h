@@ -43,14 +43,17 @@ static __always_inline void ssl_enter(__u8 hook, __u64 ssl, __u64 buf, __u64 rea
 	struct ssl_stash st = {.ssl = ssl, .buf = buf, .readbytes = readbytes, .fd = -1, .hook = hook};
 	struct ssl_key k = {.ssl = ssl, .tgid = tgid};
 	struct ssl_stash *prev;
+	__u32 *tv;
 	__s32 *fdp;
 
 	count_hit(tgid);
-	if (!is_traced(tgid))
+	tv = traced_val(tgid);
+	if (!tv)
 		return;
 	prev = bpf_map_lookup_elem(&ssl_stash, &id);
 	if (prev && prev->outer)
 		return; /* inside ngx_ssl_recv, which reports the bytes */
+	traced_mark(tv, JA4_TRACED_SSL_SHIFT); /* before this call's read: it learns the fd */
 	fdp = bpf_map_lookup_elem(&ssl_fds, &k);
 	if (fdp)
 		st.fd = *fdp;

@@ -228,3 +228,12 @@ export const Stream = {
   PLAINTEXT: 1,
 } as const;
 export type Stream = (typeof Stream)[keyof typeof Stream];
+
+/** enum ja4_traced_bits */
+export const TracedBits = {
+  KIND_BITS: 8,
+  SSL_SHIFT: 8,
+  APR_SHIFT: 20,
+  COUNTER_BITS: 12,
+} as const;
+export type TracedBits = (typeof TracedBits)[keyof typeof TracedBits];

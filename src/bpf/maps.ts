@@ -4,7 +4,7 @@
  * wrapped, so a change of the C declaration fails loudly instead of writing wrong bytes.
  */
 import { type BpfMap, u32Key } from "./object.ts";
-import type { ServerKind } from "./layout.gen.ts";
+import { type ServerKind, TracedBits } from "./layout.gen.ts";
 
 /** The map's key and value sizes, or a clear error naming the drift. */
 function checkSizes(map: BpfMap, key: number, value: number): BpfMap {
@@ -25,7 +25,13 @@ function u16Key(n: number): Uint8Array<ArrayBuffer> {
 
 const readU32 = (b: Uint8Array) => new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(0, true);
 
-/** traced_pids: tgid (u32) → ServerKind (u32); the follow programs update it in the kernel too. */
+/** The kind in a traced_pids value (the bits above it are the kernel's probe counters, enum ja4_traced_bits). */
+export const tracedKind = (value: number): number => value & ((1 << TracedBits.KIND_BITS) - 1);
+
+/**
+ * traced_pids: tgid (u32) → ServerKind (u32, low byte; the probes count in the bits above, which entries()
+ * leaves out); the follow programs update it in the kernel too.
+ */
 export class TracedPids {
   readonly map: BpfMap;
   constructor(map: BpfMap) {
@@ -45,7 +51,7 @@ export class TracedPids {
     const out = new Map<number, number>();
     for (const k of [...this.map.keys()]) {
       const v = this.map.lookup(k);
-      if (v) out.set(readU32(k), readU32(v));
+      if (v) out.set(readU32(k), tracedKind(readU32(v)));
     }
     return out;
   }

@@ -3,7 +3,7 @@ import { DropCounters, ListenPorts, TracedPids } from "./maps.ts";
 import { makePlan, openPlanned } from "./plan.ts";
 import { embeddedObject } from "./embedded.ts";
 import { possibleCpus } from "./object.ts";
-import { DropReason, ServerKind } from "./layout.gen.ts";
+import { DropReason, ServerKind, TracedBits } from "./layout.gen.ts";
 import { requireRoot } from "../../tests/fixtures/bpf/fixture.ts";
 
 Deno.test("typed map helpers write the bytes the BPF programs read (real object, maps only)", async (t) => {
@@ -19,6 +19,13 @@ Deno.test("typed map helpers write the bytes the BPF programs read (real object,
     pids.set(77, ServerKind.NGINX);
     assertEquals(raw("traced_pids").lookup(new Uint8Array([4, 3, 2, 1])), new Uint8Array([2, 0, 0, 0]));
     assertEquals(pids.entries(), new Map([[0x01020304, ServerKind.APACHE], [77, ServerKind.NGINX]]));
+    // The kernel's probe counters above the kind (an SSL_read and an apr_socket_recv entry ran) stay out.
+    const marked = (1 << TracedBits.SSL_SHIFT) + (3 << TracedBits.APR_SHIFT) + ServerKind.NGINX;
+    raw("traced_pids").update(
+      new Uint8Array([77, 0, 0, 0]),
+      new Uint8Array(new Uint32Array([marked]).buffer),
+    );
+    assertEquals(pids.entries().get(77), ServerKind.NGINX);
     assertEquals([pids.delete(77), pids.delete(77)], [true, false]);
     assertEquals([...pids.entries().keys()], [0x01020304]);
   });

@@ -7,6 +7,7 @@
 import { stringify } from "yaml";
 import { type Row, rowFromJson } from "../../src/sink/row.ts";
 import { parsePrometheusText } from "../../src/metrics/registry.ts";
+import { tracedKind } from "../../src/bpf/maps.ts";
 import { delay, HarnessError, makeTempDir, requireRoot, requireTool, runOk, waitUntil } from "./proc.ts";
 
 export const MAIN_TS = new URL("../../src/main.ts", import.meta.url).pathname;
@@ -192,7 +193,7 @@ export async function tracedPids(agentPid: number): Promise<Map<number, number>>
     key: unknown;
     value: unknown;
   }[];
-  return new Map(dump.map((e) => [u32Of(e.key), u32Of(e.value)]));
+  return new Map(dump.map((e) => [u32Of(e.key), tracedKind(u32Of(e.value))]));
 }
 
 export async function startAgent(opts: AgentStartOptions = {}): Promise<RunningAgent> {

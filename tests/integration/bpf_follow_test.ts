@@ -14,6 +14,7 @@ import { BpfObject, u32Key } from "../../src/bpf/object.ts";
 import { embeddedObject } from "../../src/bpf/embedded.ts";
 import { RingReader } from "../../src/bpf/ringbuf.ts";
 import { decodeEvent } from "../../src/bpf/events.ts";
+import { tracedKind } from "../../src/bpf/maps.ts";
 import { ServerKind } from "../../src/bpf/layout.gen.ts";
 import type { Row } from "../../src/sink/row.ts";
 import { TestLoader } from "../helpers/bpf.ts";
@@ -38,7 +39,12 @@ function tracedPids(l: TestLoader): Map<number, number> {
   const out = new Map<number, number>();
   for (const k of [...m.keys()]) {
     const v = m.lookup(k);
-    if (v) out.set(new DataView(k.buffer).getUint32(0, true), new DataView(v.buffer).getUint32(0, true));
+    if (v) {
+      out.set(
+        new DataView(k.buffer).getUint32(0, true),
+        tracedKind(new DataView(v.buffer).getUint32(0, true)),
+      );
+    }
   }
   return out;
 }

@@ -11,8 +11,9 @@
  */
 import { assert, assertEquals, assertGreater } from "../../src/testing/asserts.ts";
 import type { CaptureEvent, CloseEvent, DataEvent } from "../../src/bpf/events.ts";
-import { CLOSE_EVENT, DATA_EVENT, ServerKind } from "../../src/bpf/layout.gen.ts";
+import { CLOSE_EVENT, DATA_EVENT, ServerKind, TracedBits } from "../../src/bpf/layout.gen.ts";
 import { pageSize } from "../../src/bpf/ffi.ts";
+import { u32Key } from "../../src/bpf/object.ts";
 import { eventKey, mappedLibrary, sslPairs, type TestAttach, TestLoader } from "../helpers/bpf.ts";
 import { type AccessEntry, startApache, startNginx, type WebServer } from "../helpers/servers.ts";
 import { bigHeader, curl, httpRequest, rawHttp, wrk } from "../helpers/clients.ts";
@@ -235,6 +236,15 @@ async function dropAccounting(
   }
 }
 
+/** The probe counters of a traced_pids value (enum ja4_traced_bits): [SSL_* entries, apr_socket_recv entries]. */
+function probeCounters(l: TestLoader, pid: number): [number, number] {
+  const v = l.obj.map("traced_pids").lookup(u32Key(pid));
+  if (!v) throw new HarnessError(`pid ${pid} not in traced_pids`);
+  const n = new DataView(v.buffer, v.byteOffset).getUint32(0, true);
+  const field = (shift: number) => (n >>> shift) & ((1 << TracedBits.COUNTER_BITS) - 1);
+  return [field(TracedBits.SSL_SHIFT), field(TracedBits.APR_SHIFT)];
+}
+
 /** nginx over TLS: the SSL probes learn the fd from the read() inside SSL_read (`reads`: its programs). */
 async function nginxTls(workers: number[], reads: string[]): Promise<void> {
   const libssl = mappedLibrary(workers[0], /^libssl\.so\.(3|1\.1)(\.\d+)*$/);
@@ -251,6 +261,14 @@ async function nginxTls(workers: number[], reads: string[]): Promise<void> {
     5000,
     "close events of both TLS connections",
   );
+  // The worker that served marked itself at its first SSL_read entry (its reads then look up the SSL stash);
+  // no apr_socket_recv ran in nginx, so its reads skip that lookup.
+  const served = new Set(l.events.filter((e) => e.type === "data").map((e) => e.pid));
+  for (const pid of served) {
+    const [ssl, apr] = probeCounters(l, pid);
+    assertGreater(ssl, 0, `SSL counter of nginx worker ${pid}`);
+    assertEquals(apr, 0, `APR counter of nginx worker ${pid}`);
+  }
   l.detach();
   await l.reader.close();
   assertEquals(l.drops(), {}, "drops (SSL_NO_FD, NO_STASH…)");
@@ -391,6 +409,10 @@ Deno.test({
       8000,
       "close events of both TLS connections (Apache closes after lingering)",
     );
+    const served = new Set(l.events.filter((e) => e.type === "data").map((e) => e.pid));
+    for (const pid of served) {
+      assertGreater(probeCounters(l, pid)[1], 0, `APR counter of Apache child ${pid}`);
+    }
     l.detach();
     await l.reader.close();
     assertEquals(l.drops(), {}, "drops (SSL_NO_FD, NO_STASH…)");
