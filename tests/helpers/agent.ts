@@ -178,22 +178,30 @@ function u32Of(v: unknown): number {
   return v.slice(0, 4).reduceRight((acc: number, b: string) => acc * 256 + parseInt(b, 16), 0);
 }
 
+/** Every entry of the map `name` the agent's process holds, read with bpftool (raw key and value). */
+async function agentMap(agentPid: number, name: string): Promise<{ key: unknown; value: unknown }[]> {
+  const bpftool = requireTool("bpftool", "bpftool");
+  const held = new Set(bpfMapIds(agentPid));
+  // One listing of every map on the host, then the one this process holds.
+  const maps = JSON.parse(await runOk([bpftool, "-j", "map", "show"])) as { id: number; name?: string }[];
+  const id = maps.find((m) => held.has(m.id) && m.name === name)?.id;
+  if (id === undefined) throw new HarnessError(`agent ${agentPid} holds no ${name} map`);
+  return JSON.parse(await runOk([bpftool, "-j", "map", "dump", "id", String(id)]));
+}
+
 /**
  * The agent's traced_pids map (pid → server kind), read with bpftool from the map its process holds: the
  * kernel-side truth of which server processes it follows (an agent elsewhere on the host has its own map).
  */
 export async function tracedPids(agentPid: number): Promise<Map<number, number>> {
-  const bpftool = requireTool("bpftool", "bpftool");
-  const held = new Set(bpfMapIds(agentPid));
-  // One listing of every map on the host, then the one this process holds.
-  const maps = JSON.parse(await runOk([bpftool, "-j", "map", "show"])) as { id: number; name?: string }[];
-  const id = maps.find((m) => held.has(m.id) && m.name === "traced_pids")?.id;
-  if (id === undefined) throw new HarnessError(`agent ${agentPid} holds no traced_pids map`);
-  const dump = JSON.parse(await runOk([bpftool, "-j", "map", "dump", "id", String(id)])) as {
-    key: unknown;
-    value: unknown;
-  }[];
+  const dump = await agentMap(agentPid, "traced_pids");
   return new Map(dump.map((e) => [u32Of(e.key), tracedKind(u32Of(e.value))]));
+}
+
+/** The agent's listen_ports map: the server ports whose SYNs and first bytes tc reports (JA4T, JA4). */
+export async function listenPorts(agentPid: number): Promise<Set<number>> {
+  const dump = await agentMap(agentPid, "listen_ports");
+  return new Set(dump.map((e) => u32Of([...(e.key as string[]), "0", "0"])));
 }
 
 export async function startAgent(opts: AgentStartOptions = {}): Promise<RunningAgent> {

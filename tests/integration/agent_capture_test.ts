@@ -9,7 +9,14 @@
 import { assert, assertEquals, assertGreater, assertMatch } from "../../src/testing/asserts.ts";
 import type { Row } from "../../src/sink/row.ts";
 import type { StreamRecord } from "../../src/offline/fingerprint_capture.ts";
-import { MAIN_TS, rowsSettled, type RunningAgent, startAgent, tracedPids } from "../helpers/agent.ts";
+import {
+  listenPorts,
+  MAIN_TS,
+  rowsSettled,
+  type RunningAgent,
+  startAgent,
+  tracedPids,
+} from "../helpers/agent.ts";
 import { startApache, startNginx, type WebServer } from "../helpers/servers.ts";
 import { startTcpdump } from "../helpers/capture.ts";
 import { bigHeader, curl, httpRequest, rawHttp } from "../helpers/clients.ts";
@@ -72,6 +79,8 @@ async function followsApache(agent: RunningAgent, apache: WebServer): Promise<bo
   const { master, workers } = apache.pids();
   const traced = await tracedPids(agent.pid);
   if (![master, ...workers].every((p) => traced.has(p))) return false;
+  // The kernel adds an exec'd server to traced_pids at once; its port reaches tc at the agent's next scan.
+  if (!(await listenPorts(agent.pid)).has(apache.port)) return false;
   if (agent.capture.apache && agent.capture.apache !== "uprobe") return true;
   // The libapr probes' last word: attached at start (the ready line), after a retry or again, not detached.
   const said = [...agent.stderr().matchAll(/apache uprobes (attached|re-attached|detached)/g)].pop()?.[1];
@@ -325,7 +334,9 @@ Deno.test("agent capture: Apache started later, nginx reload, keep-alive connect
     });
 
     await t.step("Apache started after the agent is picked up", async () => {
-      await using apache = await startApache({ port: APACHE, workers: 2, http2: false });
+      // Dual-stack, as Apache's `Listen 80` binds: IPv4 clients reach it on an IPv6 socket as ::ffff:127.0.0.1,
+      // which the kernel side reads as an IPv6 tuple and the rows must show as the IPv4 client it is.
+      await using apache = await startApache({ port: APACHE, workers: 2, http2: false, hosts: ["::"] });
       // The agent follows new server processes at its next refresh (once a second): wait until it does.
       await waitUntil(
         () => followsApache(agent, apache),
@@ -336,15 +347,21 @@ Deno.test("agent capture: Apache started later, nginx reload, keep-alive connect
             JSON.stringify([...await tracedPids(agent.pid)])
           }\n${excerpt(agent)}`,
       );
-      const ports = await curlPorts([`${apache.url}late-1`, `${apache.url}late-2`, `${apache.url}late-3`]);
+      const v4 = `http://127.0.0.1:${APACHE}/`;
+      const ports = await curlPorts([`${v4}late-1`, `${v4}late-2`, `${v4}late-3`]);
       const got = await agent.waitForRows((r) => r.dst_port === APACHE, 3, 8000).catch((e) => {
         throw new Error(`${e.message}\n${excerpt(agent)}`);
       });
       assertEquals(got.map((r) => r.path).sort(), ["/late-1", "/late-2", "/late-3"]);
       for (const r of got) {
         assertEquals(r.server, "apache");
-        assertEquals(r.src_port, ports[0]);
+        assertEquals(
+          [r.src, r.src_port, r.dst, r.dst_port],
+          ["127.0.0.1", ports[0], "127.0.0.1", APACHE],
+          r.path,
+        );
         assertEquals(r.capture, agent.capture.apache || "uprobe");
+        assertMatch(r.ja4t, /^\d+_[\d-]+_\d+_\d+$/, `JA4T of the v4-mapped connection (${r.path})`);
       }
     });
 
