@@ -171,14 +171,18 @@ int tc_ingress(struct __sk_buff *skb)
 	if (ip_hlen != sizeof(struct tc_iph) && proto == JA4_ETH_P_IP &&
 	    bpf_skb_load_bytes_relative(skb, ip_hlen, &th, sizeof(th), BPF_HDR_START_NET))
 		return JA4_TC_ACT_UNSPEC;
-	fk.dport = bpf_ntohs(th.dest);
-	if (!bpf_map_lookup_elem(&listen_ports, &fk.dport))
-		return JA4_TC_ACT_UNSPEC;
-	fk.sport = bpf_ntohs(th.source);
 	doff = (th.doff_res >> 4) * 4;
 	if (doff < sizeof(th) || payload < doff)
 		return JA4_TC_ACT_UNSPEC;
 	payload -= doff;
+	/* A bare ACK carries nothing and ends nothing: decided before any map lookup (half the packets of a
+	 * connection, both directions on loopback). */
+	if (payload == 0 && !(th.flags & (TC_SYN | TC_FIN | TC_RST)))
+		return JA4_TC_ACT_UNSPEC;
+	fk.dport = bpf_ntohs(th.dest);
+	if (!bpf_map_lookup_elem(&listen_ports, &fk.dport))
+		return JA4_TC_ACT_UNSPEC;
+	fk.sport = bpf_ntohs(th.source);
 
 	if ((th.flags & (TC_SYN | TC_ACK)) == TC_SYN) {
 		struct ja4_syn_event *ev = scratch_get(SCRATCH_TC);
@@ -211,9 +215,6 @@ int tc_ingress(struct __sk_buff *skb)
 		return JA4_TC_ACT_UNSPEC;
 	}
 
-	/* A bare ACK carries nothing and ends nothing: no flow lookup (most packets of a connection). */
-	if (payload == 0 && !(th.flags & (TC_FIN | TC_RST)))
-		return JA4_TC_ACT_UNSPEC;
 	fv = bpf_map_lookup_elem(&flows, &fk);
 	if (!fv)
 		return JA4_TC_ACT_UNSPEC;

@@ -32,7 +32,11 @@ import type { ServerFollower } from "../capture/follow.ts";
 import type { ServerKind as Server } from "../capture/procfs.ts";
 import { TcCapture } from "../capture/tc_capture.ts";
 import { TlsProbes } from "../capture/tls_probes.ts";
-import { installedServerFiles, TLS_PROGRAMS } from "../capture/tls_sites.ts";
+import { installedServerFiles, NGX_SSL_RECV, TLS_PROGRAMS } from "../capture/tls_sites.ts";
+
+/** Probe programs that know their call's fd themselves (nginx's connection): no read() needed to learn it. */
+const FD_FROM_PROBE = new Set(NGX_SSL_RECV.slice(1));
+const MOD_SSL = /(^|\/)mod_ssl\.so$/;
 
 const DROP_NAMES: Record<number, string> = Object.fromEntries(
   Object.entries(DropReason).map(([k, v]) => [v, k.toLowerCase()]),
@@ -87,6 +91,9 @@ export class KernelCapture {
   private planned?: PlannedObject;
   private reader?: EventReader;
   private extraLinks: AttachHandle[] = [];
+  /** The read() programs are this object's to attach (not Apache's read hook, not raw_tp's), and whether they are. */
+  private ownReads = false;
+  private readsAttached = false;
   /** The HTTPS probes on the servers' files (or libssl) (set when the SSL programs are loaded). */
   private tls?: TlsProbes;
   /** Apache's apr_socket_recv uprobes, when their programs are loaded (chosen by the plan, or for a retry). */
@@ -181,17 +188,13 @@ export class KernelCapture {
       const links = programsOf(APR_PROGRAMS).flatMap((p) => this.planned!.programLinks.get(p) ?? []);
       this.apr?.adopt(this.plan.context.libapr.path, links);
     }
+    const packets = !!this.plan.hooks.find((h) => h.hook === "packets")?.method;
+    this.ownReads = !!loaded.tls && ownReads;
     if (loaded.tls) this.tls = this.tlsProbes();
-    if (loaded.tls && ownReads) {
-      try {
-        for (const p of readPrograms()) this.extraLinks.push(this.planned.obj.program(p).attach());
-      } catch (e) {
-        log.warn("read tracepoints unavailable: HTTPS fd learning limited", { error: String(e) });
-      }
-    }
-    if (this.plan.hooks.find((h) => h.hook === "packets")?.method) {
-      this.tc.enable(this.planned.obj.program("tc_ingress"));
-    }
+    // Without tc, nginx's raw read stream is where its ClientHellos come from: the reads go on at once. With tc,
+    // only when an SSL_* probe goes on (below): every read() on the host passes the tracepoint.
+    if (!packets) this.attachReads("no packet capture: the ClientHello from nginx's read()");
+    if (packets) this.tc.enable(this.planned.obj.program("tc_ingress"));
     this.follow.followActive = !!this.plan.hooks.find((h) => h.hook === "follow")?.method;
     this.checkStopped();
     await this.tc.refresh();
@@ -280,11 +283,35 @@ export class KernelCapture {
     return this.signal.aborted || !this.apr ? Promise.resolve() : this.apr.refresh();
   }
 
+  /**
+   * Attaches the read() programs (once) that teach SSL_* probes their fd (the read inside the call) and carry
+   * nginx's raw TLS stream. They run on every read() of every process on the host, so they go on only when
+   * something needs them: an SSL_* probe (ngx_ssl_recv's probe reads the fd from the connection itself, and
+   * tc gives the ClientHello), or no tc.
+   */
+  private attachReads(why: string): void {
+    if (!this.ownReads || this.readsAttached) return;
+    this.readsAttached = true;
+    try {
+      for (const p of readPrograms()) this.extraLinks.push(this.planned!.obj.program(p).attach());
+      log.info("read tracepoints attached", { why });
+    } catch (e) {
+      log.warn("read tracepoints unavailable: HTTPS fd learning limited", { error: String(e) });
+    }
+  }
+
   private tlsProbes(): TlsProbes {
     const obj = this.planned!.obj;
     return new TlsProbes({
       mode: this.cfg.uprobes.tls_probes,
-      attach: (prog, path, offset, retprobe) => obj.program(prog).attachUprobe({ path, offset, retprobe }),
+      attach: (prog, path, offset, retprobe) => {
+        // Before the probe: its first call's read() must already teach it the fd. Not needed where the fd
+        // comes from elsewhere: nginx's connection (ngx_ssl_recv), or Apache's apr_socket_recv probe, which
+        // mod_ssl's reads pass through (it learns the SSL *'s fd, bpf/hooks/apache_apr.bpf.h).
+        const fdKnown = FD_FROM_PROBE.has(prog) || (this.apr !== undefined && MOD_SSL.test(path));
+        if (!fdKnown) this.attachReads(`${prog} on ${path}`);
+        return obj.program(prog).attachUprobe({ path, offset, retprobe });
+      },
       pids: () => this.follow.traced.keys(),
       preload: installedServerFiles(this.cfg.uprobes.servers),
     });

@@ -166,6 +166,31 @@ export function bpfProgIds(pid: number): number[] {
   return fdinfoIds(pid, "prog_id");
 }
 
+/**
+ * Runs so far of the agent's program `name` (with kernel.bpf_stats_enabled on, else 0): whether a program
+ * the agent loaded is attached, whatever the kernel's way of attaching it (link or perf event).
+ */
+export async function progRuns(agentPid: number, name: string): Promise<number> {
+  const bpftool = requireTool("bpftool", "bpftool");
+  const held = new Set(bpfProgIds(agentPid));
+  const all = JSON.parse(await runOk([bpftool, "-j", "prog", "show"])) as {
+    id: number;
+    name?: string;
+    run_cnt?: number;
+  }[];
+  const mine = all.filter((p) => held.has(p.id) && p.name === name);
+  if (mine.length === 0) throw new HarnessError(`agent ${agentPid} holds no program ${name}`);
+  return mine.reduce((n, p) => n + (p.run_cnt ?? 0), 0);
+}
+
+/** Turns kernel.bpf_stats_enabled on (program run counts); dispose to put the old value back. */
+export function bpfStats(): Disposable {
+  const path = "/proc/sys/kernel/bpf_stats_enabled";
+  const old = Deno.readTextFileSync(path).trim();
+  Deno.writeTextFileSync(path, "1");
+  return { [Symbol.dispose]: () => Deno.writeTextFileSync(path, old) };
+}
+
 /** BPF map ids referenced by a process's fds (`map_id:` in fdinfo). */
 export function bpfMapIds(pid: number): number[] {
   return fdinfoIds(pid, "map_id");

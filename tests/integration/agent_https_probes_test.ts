@@ -13,7 +13,8 @@
  */
 import { assert, assertEquals, assertGreater } from "../../src/testing/asserts.ts";
 import type { Row } from "../../src/sink/row.ts";
-import { type RunningAgent, startAgent } from "../helpers/agent.ts";
+import { bpfStats, progRuns, type RunningAgent, startAgent } from "../helpers/agent.ts";
+import { readPrograms } from "../../src/bpf/plan.ts";
 import { type AccessEntry, startApache, startNginx, type WebServer } from "../helpers/servers.ts";
 import { makeCert } from "../helpers/certs.ts";
 import { delay, makeTempDir } from "../helpers/proc.ts";
@@ -73,8 +74,14 @@ Deno.test("HTTPS probes: servers trap once per request, a bystander TLS client a
     assertEquals(hits.get(client.pid) ?? 0, 0, "nginx's TLS client (Python) had no probe hit");
     assertEquals(client.uprobes_area, false, "nginx's TLS client has no [uprobes] area");
 
-    // The bystander pair: neither the client nor the server is followed.
+    // The bystander pair: neither the client nor the server is followed. No SSL_* probe is on (ngx_ssl_recv
+    // has its fd; mod_ssl's reads pass apr_socket_recv), so the read() programs are not attached: the
+    // bystanders' read() calls run none of the agent's programs.
+    using _stats = bpfStats();
+    const readRuns = await progRuns(agent.pid, readPrograms()[0]);
     const by = await bystander(OTHER_TLS, 300);
+    assertEquals(await progRuns(agent.pid, readPrograms()[0]) - readRuns, 0, "read() program runs");
+    assert(!/read tracepoints attached/.test(agent.stderr()), `no read tracepoints:\n${excerpt(agent)}`);
     const after = await sslHits(agent.pid);
     assertEquals(by.uprobes_area, false, "bystander client: no [uprobes] area (no breakpoint was hit)");
     assertEquals(after.get(by.pid) ?? 0, 0, "bystander client: 0 probe hits");
@@ -97,7 +104,12 @@ Deno.test("HTTPS probes: servers trap once per request, a bystander TLS client a
     });
     assert(/https=library:\S*libssl/.test(agent.readyLine), `library method named: ${agent.readyLine}`);
     await agent.waitForLog(/HTTPS probes on libssl for this server/, 5_000);
+    // SSL_read on libssl learns its fd from the read() inside it: the read programs are on, and run for the
+    // bystander's reads too.
+    using _stats = bpfStats();
+    const readRuns = await progRuns(agent.pid, readPrograms()[0]);
     const by = await bystander(OTHER_TLS, 300);
+    assertGreater(await progRuns(agent.pid, readPrograms()[0]) - readRuns, 300, "read() program runs");
     const hits = await sslHits(agent.pid);
     assertEquals(by.uprobes_area, true, "the bystander client hit a breakpoint");
     assertGreater(hits.get(by.pid) ?? 0, 300, "bystander client hits: at least one per request");
