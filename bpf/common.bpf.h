@@ -40,6 +40,8 @@ const volatile __u32 max_capture = JA4_CAPTURE_MAX;
 const volatile __u32 tc_capture_bytes = JA4_PKT_MAX;
 /* Server kinds the exec follower adds: bit (1 << enum ja4_server_kind). Default nginx and Apache. */
 const volatile __u32 follow_servers = (1u << JA4_SERVER_NGINX) | (1u << JA4_SERVER_APACHE);
+/* true: a traced server's listen() puts its port into listen_ports at once (false: capture.ports is fixed). */
+const volatile bool follow_listen = true;
 /* Raw-stream bytes copied of a TLS connection (first byte 0x16): the ClientHello is all user
  * space reads of it (a post-quantum one is ~1.9 KB). 0 = no limit. */
 const volatile __u32 raw_tls_bytes = 8192;

@@ -375,3 +375,29 @@ int tp_enter_close(struct syscall_trace_enter___ja4 *ctx)
 	ja4_output(ctx, ev, sizeof(*ev));
 	return 0;
 }
+
+/* ---- listen: a traced server's new listening port reaches tc before its first client ---- */
+
+/*
+ * The agent's /proc scan finds a new server's ports up to a scan later (a second or more); tc reports the SYNs
+ * and ClientHellos of listen_ports only, so the first connections of a server started after the agent would
+ * have no JA4T or JA4. At listen() the socket is bound: its local port goes in here. Ports a server stops
+ * listening on are removed by user space's scan.
+ */
+SEC("tracepoint/syscalls/sys_enter_listen")
+int tp_enter_listen(struct syscall_trace_enter___ja4 *ctx)
+{
+	struct ja4_event_hdr h;
+	__u8 one = 1;
+	int r;
+
+	if (!follow_listen || !is_traced(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	r = fd_tuple((__s32)ctx->args[0], &h);
+	if (r < 0)
+		count_drop(JA4_DROP_READ_KERNEL);
+	if (r != 0 || !h.dport)
+		return 0;
+	bpf_map_update_elem(&listen_ports, &h.dport, &one, BPF_NOEXIST);
+	return 0;
+}

@@ -166,6 +166,8 @@ export class KernelCapture {
         globals: {
           max_capture: Math.min(cfg.capture.max_head_bytes, 16384),
           raw_tp_reads: rawTpReads && cfg.uprobes.enabled,
+          // Fixed capture.ports: tc watches those alone, whatever the servers listen on.
+          follow_listen: cfg.capture.ports.length === 0,
           // The exec follower adds only the configured servers (bit 1 << ServerKind).
           follow_servers: (servers.includes("nginx") ? 1 << ServerKind.NGINX : 0) |
             (servers.includes("apache") ? 1 << ServerKind.APACHE : 0),

@@ -121,7 +121,7 @@ export const STRUCTS: readonly StructLayout[] = [
 /** The .rodata config variables (map `.rodata`): write them into its initial value before load. */
 export const RODATA = {
   name: ".rodata",
-  size: 44,
+  size: 48,
   fields: {
     self_tgid: { offset: 0, size: 4, kind: "u32" },
     use_ringbuf: { offset: 4, size: 1, kind: "u8" },
@@ -133,8 +133,9 @@ export const RODATA = {
     max_capture: { offset: 24, size: 4, kind: "u32" },
     tc_capture_bytes: { offset: 28, size: 4, kind: "u32" },
     follow_servers: { offset: 32, size: 4, kind: "u32" },
-    raw_tls_bytes: { offset: 36, size: 4, kind: "u32" },
-    ngx_conn_fd_off: { offset: 40, size: 4, kind: "u32" },
+    follow_listen: { offset: 36, size: 1, kind: "u8" },
+    raw_tls_bytes: { offset: 40, size: 4, kind: "u32" },
+    ngx_conn_fd_off: { offset: 44, size: 4, kind: "u32" },
   },
 } as const satisfies StructLayout;
 

@@ -20,7 +20,7 @@ import { type LibaprInfo, probeLibapr, SYSCALL_NUMBERS } from "./probes.ts";
 import { attachKretprobeEvent, kretprobeMaxactive } from "./kprobe_events.ts";
 import type { Config } from "../config/config.ts";
 
-export type HookName = "nginx" | "apache" | "packets" | "close" | "follow";
+export type HookName = "nginx" | "apache" | "packets" | "close" | "follow" | "listen";
 
 /** How one program attaches. */
 export type AttachSpec =
@@ -115,6 +115,11 @@ export const DEFAULT_HOOKS: HookSpec[] = [
     }],
   },
   { hook: "close", methods: [{ method: "tracepoint", variants: [auto("tp_enter_close")] }] },
+  /**
+   * A traced server's listen() adds its port to listen_ports in the kernel, so tc reports the first
+   * connections of a server started after the agent (their JA4T, JA4). Unavailable: the /proc scans alone.
+   */
+  { hook: "listen", methods: [{ method: "tracepoint", variants: [auto("tp_enter_listen")] }] },
   /**
    * traced_pids kept current in the kernel (fork of a traced process, exec of a server binary, exit), so new
    * workers are traced before their first read. Unavailable: the agent's /proc scans alone fill the map.

@@ -150,7 +150,13 @@ Deno.test("plan: the real object's kernel switches reach every probe load", asyn
   requireRoot();
   const bytes = embeddedObject();
   const hooks = DEFAULT_HOOKS.filter((h) => h.hook !== "apache");
-  const methods = { nginx: "tracepoint", packets: "tc", close: "tracepoint", follow: "tracepoint" };
+  const methods = {
+    nginx: "tracepoint",
+    packets: "tc",
+    close: "tracepoint",
+    follow: "tracepoint",
+    listen: "tracepoint",
+  };
 
   await t.step("probeTaskBtf: the helper exists on this kernel (6.18)", () => {
     assertEquals(probeTaskBtf(), true);

@@ -315,3 +315,85 @@ Deno.test("tc_ingress passes the packet on to the next filter (TC_ACT_UNSPEC)", 
     await first.close();
   }
 });
+
+/** Binds a TCP socket (v4 or v6 loopback), prints its port, listens on the first stdin line, then waits. */
+const LISTEN_PY = `
+import socket, sys
+six = sys.argv[1] == "6"
+s = socket.socket(socket.AF_INET6 if six else socket.AF_INET, socket.SOCK_STREAM)
+s.bind(("::1" if six else "127.0.0.1", 0))
+print(s.getsockname()[1], flush=True)
+sys.stdin.readline()
+s.listen(8)
+print("listening", flush=True)
+sys.stdin.readline()
+`;
+
+/** A bound, not yet listening socket in its own process: listen() when told. */
+async function lateListener(family: "4" | "6") {
+  const child = new Deno.Command("python3", {
+    args: ["-c", LISTEN_PY, family],
+    stdin: "piped",
+    stdout: "piped",
+  })
+    .spawn();
+  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  const writer = child.stdin.getWriter();
+  let buf = "";
+  const line = async () => {
+    while (!buf.includes("\n")) {
+      const { value, done } = await lines.read();
+      if (done) throw new HarnessError("listener exited");
+      buf += value;
+    }
+    const i = buf.indexOf("\n");
+    const l = buf.slice(0, i);
+    buf = buf.slice(i + 1);
+    return l;
+  };
+  const port = Number(await line());
+  return {
+    pid: child.pid,
+    port,
+    listen: async () => {
+      await writer.write(new TextEncoder().encode("go\n"));
+      assertEquals(await line(), "listening");
+    },
+    [Symbol.asyncDispose]: async () => {
+      await writer.close().catch(() => {});
+      await lines.cancel().catch(() => {});
+      await child.status;
+    },
+  };
+}
+
+Deno.test("tp_enter_listen: a traced server's new port reaches listen_ports at its listen()", async (t) => {
+  requireRoot("loading BPF programs");
+  const has = (l: TestLoader, port: number) =>
+    l.obj.map("listen_ports").lookup(new Uint8Array([port & 0xff, port >> 8])) !== undefined;
+  const trace = (l: TestLoader, pid: number) =>
+    l.obj.map("traced_pids").update(u32Key(pid), u32Key(ServerKind.NGINX));
+  for (const family of ["4", "6"] as const) {
+    await t.step(`IPv${family}: traced process added, untraced one not`, async () => {
+      await using l = TestLoader.open({ attach: [{ program: "tp_enter_listen" }], pids: [] });
+      await using traced = await lateListener(family);
+      await using other = await lateListener(family);
+      trace(l, traced.pid);
+      await traced.listen();
+      await other.listen();
+      assert(has(l, traced.port), `port ${traced.port} of the traced process`);
+      assert(!has(l, other.port), `port ${other.port} of an untraced process stays out`);
+    });
+  }
+  await t.step("follow_listen = false (fixed capture.ports): nothing added", async () => {
+    await using l = TestLoader.open({
+      attach: [{ program: "tp_enter_listen" }],
+      pids: [],
+      globals: { follow_listen: false },
+    });
+    await using traced = await lateListener("4");
+    trace(l, traced.pid);
+    await traced.listen();
+    assert(!has(l, traced.port), "fixed ports: the kernel adds none");
+  });
+});
