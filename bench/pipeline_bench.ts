@@ -4,7 +4,11 @@
  * Correlator) → Correlator.tick → privacy filter → ClickHouseSink (RowBinary → gzip → spool → HTTP insert) → a
  * real clickhouse-server. Goal: ≥ 100k rows/s on one core, RSS ≤ 150 MB at that rate.
  *
- *   deno run -A bench/pipeline_bench.ts [--seconds=15] [--modes=max,10000,50000] [--base DIR] [--pairs=1]
+ *   deno run -A bench/pipeline_bench.ts [--seconds=15] [--modes=max,10000,50000] [--base DIR] [--pairs=1] [--net]
+ *
+ * --net: per round also the bench alone (the same record generator and loop, an idle sink, no agent), and the
+ * agent's CPU per row net of it: what this machine's agent would pay for the rows, without the bench's own
+ * records and their garbage (collected on the agent's time otherwise).
  *
  * --base DIR: the same pipeline from another checkout (DIR: its agent, sink and configuration; the record
  * generator is this one's), run alternately with this checkout in ABBA order per mode; a summary gives the
@@ -65,6 +69,10 @@ interface ModeResult {
   dropped: Record<string, number>;
   /** Process CPU seconds (all threads) from start to drained, minus the record generator's. */
   cpuS: number;
+  /** The record generator's timed CPU seconds (JS thread), which cpuS leaves out. */
+  genS: number;
+  /** A --net calibration run: records generated and dropped, no agent, an idle sink. */
+  genOnly: boolean;
   wallS: number;
   rowsPerCpuS: number;
   rssStartMiB: number;
@@ -75,6 +83,14 @@ interface ModeResult {
   threads: Record<string, number>;
   correlator: { held_peak: number; released_timeout: number; released_overflow: number };
   drained: boolean;
+}
+
+/** µs of process CPU per generated row, the generator's included (the --net comparison). */
+const perRowUs = (r: ModeResult) => (r.cpuS + r.genS) * 1e6 / Math.max(1, r.generated);
+
+function medianOf(a: number[]): number {
+  const s = [...a].sort((x, y) => x - y);
+  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
 function threadCpu(): Record<string, number> {
@@ -128,7 +144,10 @@ async function runMode(
   let emitted = 0;
   let heldPeak = 0;
 
+  // --net calibration: the same loop generating the same records, which nothing reads.
+  const genOnly = Deno.env.get("PIPELINE_GEN_ONLY") === "1";
   const pump = () => {
+    if (genOnly) return;
     const t = threadNs();
     const rows = agent.correlator.tick(Date.now());
     stage.tick += threadNs() - t;
@@ -151,6 +170,7 @@ async function runMode(
     while (rows < n) rows += traffic.connection(recs);
     const t = threadNs();
     stage.generate += t - t0;
+    if (genOnly) return;
     for (const r of recs) agent.onRecord(r);
     stage.decode_correlate += threadNs() - t;
   };
@@ -241,6 +261,8 @@ async function runMode(
     landed,
     dropped: st.dropped,
     cpuS: Math.round(cpuS * 100) / 100,
+    genS: Math.round(stage.generate / 1e7) / 100,
+    genOnly,
     wallS: Math.round(wallS * 10) / 10,
     rowsPerCpuS: Math.round(landed / cpuS),
     rssStartMiB: mib(rssStart),
@@ -304,9 +326,12 @@ if (import.meta.main) {
   }
   const baseArg = Deno.args.includes("--base") ? Deno.args[Deno.args.indexOf("--base") + 1] : arg("base", "");
   const here = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
-  const variants: Record<string, string> = { this: here };
+  const variants: Record<string, string> = { this: here, gen: here };
   if (baseArg) variants.base = Deno.realPathSync(baseArg);
-  const order = baseArg ? ["base", "this", "this", "base"] : ["this"];
+  // --net: also the bench alone (the same record generator and loop, an idle sink, no agent) per round, so
+  // the agent's cost per row can be given net of the bench's own (its garbage is collected on the agent's time).
+  const net = Deno.args.includes("--net");
+  const order = [...(baseArg ? ["base", "this", "this", "base"] : ["this"]), ...(net ? ["gen"] : [])];
   const pairs = baseArg ? Number(arg("pairs", "1")) : 1;
   const seconds = Number(arg("seconds", "15"));
   const modes = arg("modes", "max,10000,50000").split(",");
@@ -324,6 +349,7 @@ if (import.meta.main) {
     for (const mode of modes) {
       for (const variant of Array.from({ length: pairs }, () => order).flat()) {
         const p = new Deno.Command(Deno.execPath(), {
+          env: variant === "gen" ? { PIPELINE_GEN_ONLY: "1" } : {},
           args: [
             "run",
             "-A",
@@ -349,6 +375,13 @@ if (import.meta.main) {
         }
         const r = { variant, ...JSON.parse(out) } as ModeResult;
         results.push(r);
+        if (r.genOnly) {
+          console.log(
+            `${"bench alone".padEnd(12)} ${r.generated} rows generated in ${r.wallS} s wall, ` +
+              `${(r.cpuS + r.genS).toFixed(2)} s CPU → ${perRowUs(r).toFixed(2)} µs per row`,
+          );
+          continue;
+        }
         const label = (baseArg ? `${variant} ` : "") +
           (r.rate === null ? "unpaced" : `paced ${r.rate / 1000}k/s`);
         console.log(
@@ -370,6 +403,20 @@ if (import.meta.main) {
           `${"".padEnd(12)} JS thread ns/row ${JSON.stringify(r.stagesNsPerRow)}; thread CPU s ` +
             `${JSON.stringify(r.threads)}; correlator ${JSON.stringify(r.correlator)}`,
         );
+      }
+    }
+    if (net) {
+      console.log(
+        "net of the bench (process CPU incl. the generator per generated row, minus the bench alone's):",
+      );
+      for (const mode of modes) {
+        const m = (v: string) =>
+          medianOf(results.filter((r) => r.mode === mode && r.variant === v).map(perRowUs));
+        const label = (mode === "max" ? "unpaced" : `paced ${Number(mode) / 1000}k/s`).padEnd(12);
+        const line = ["this", ...(baseArg ? ["base"] : [])].map((v) =>
+          `${v} ${m(v).toFixed(2)} − ${m("gen").toFixed(2)} = ${(m(v) - m("gen")).toFixed(2)} µs/row`
+        );
+        console.log(`${label} ${line.join("; ")}`);
       }
     }
     if (baseArg) {
