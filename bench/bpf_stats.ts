@@ -4,40 +4,9 @@
  * show`). The time is that of the program body only; the tracepoint or uprobe machinery around it comes on
  * top (it shows in the traced process's system time).
  */
-import { bpfProgIds } from "../tests/helpers/agent.ts";
-
-export interface ProgCounters {
-  name: string;
-  runs: number;
-  ns: number;
-}
-
-/** Turns the kernel's per-program run statistics on; returns a function that puts the old setting back. */
-export function enableBpfStats(): () => void {
-  const path = "/proc/sys/kernel/bpf_stats_enabled";
-  const old = Deno.readTextFileSync(path).trim();
-  Deno.writeTextFileSync(path, "1");
-  return () => Deno.writeTextFileSync(path, old);
-}
-
-/** Run counters of the programs a process holds (program and link fds), by program id. */
-export function progCounters(pid: number): Map<number, ProgCounters> {
-  const ids = new Set(bpfProgIds(pid));
-  const out = new Map<number, ProgCounters>();
-  if (ids.size === 0) return out;
-  const r = new Deno.Command("bpftool", { args: ["-j", "prog", "show"], stderr: "null" }).outputSync();
-  const all = JSON.parse(new TextDecoder().decode(r.stdout) || "[]") as {
-    id: number;
-    name?: string;
-    run_cnt?: number;
-    run_time_ns?: number;
-  }[];
-  for (const p of all) {
-    if (!ids.has(p.id)) continue;
-    out.set(p.id, { name: p.name ?? `prog${p.id}`, runs: p.run_cnt ?? 0, ns: p.run_time_ns ?? 0 });
-  }
-  return out;
-}
+// Shared with the tests (tests/helpers/agent.ts), which check programs are (not) attached by their run counts.
+export { enableBpfStats, type ProgCounters, progCounters } from "../tests/helpers/agent.ts";
+import type { ProgCounters } from "../tests/helpers/agent.ts";
 
 export interface ProgCost {
   name: string;

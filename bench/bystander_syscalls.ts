@@ -14,6 +14,7 @@ import { parseArgs } from "node:util";
 import { agentEnv, agentV8Flags, startAgent } from "../tests/helpers/agent.ts";
 import { startNginx } from "../tests/helpers/servers.ts";
 import { requireRoot, requireTool } from "../tests/helpers/proc.ts";
+import { median } from "./median.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -69,10 +70,6 @@ for (let round = 0; round < Number(values.rounds); round++) {
   );
 }
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 const off = median(ns.off);
 console.log(`\n${pairs} read()+write() pairs per run, ${values.rounds} rounds (median)`);
 console.log("| agent | ns per pair | vs no agent | added ns |");

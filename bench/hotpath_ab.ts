@@ -9,6 +9,7 @@
  * which may differ between versions). Hold the machine lock while it runs.
  */
 import { parseArgs } from "node:util";
+import { median } from "./median.ts";
 
 const here = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const { values, positionals } = parseArgs({
@@ -56,11 +57,6 @@ async function runOnce(tree: string): Promise<Map<string, Record<Stage, number>>
   }
   return res;
 }
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 
 const runs: Record<"a" | "b", Map<string, Record<Stage, number>>[]> = { a: [], b: [] };
 const rounds = Number(values.rounds);

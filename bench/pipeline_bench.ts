@@ -34,6 +34,7 @@ import type { Row } from "../src/sink/row.ts";
 import { startClickHouse } from "../tests/helpers/clickhouse.ts";
 import { gzipSync } from "node:zlib";
 import process from "node:process";
+import { median } from "./median.ts";
 
 const GOAL = 100_000;
 // As the agent is shipped (scripts/agent-v8-flags); --v8=… overrides.
@@ -87,11 +88,6 @@ interface ModeResult {
 
 /** µs of process CPU per generated row, the generator's included (the --net comparison). */
 const perRowUs = (r: ModeResult) => (r.cpuS + r.genS) * 1e6 / Math.max(1, r.generated);
-
-function medianOf(a: number[]): number {
-  const s = [...a].sort((x, y) => x - y);
-  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-}
 
 function threadCpu(): Record<string, number> {
   const out: Record<string, number> = {};
@@ -411,7 +407,7 @@ if (import.meta.main) {
       );
       for (const mode of modes) {
         const m = (v: string) =>
-          medianOf(results.filter((r) => r.mode === mode && r.variant === v).map(perRowUs));
+          median(results.filter((r) => r.mode === mode && r.variant === v).map(perRowUs));
         const label = (mode === "max" ? "unpaced" : `paced ${Number(mode) / 1000}k/s`).padEnd(12);
         const line = ["this", ...(baseArg ? ["base"] : [])].map((v) =>
           `${v} ${m(v).toFixed(2)} − ${m("gen").toFixed(2)} = ${(m(v) - m("gen")).toFixed(2)} µs/row`
@@ -421,14 +417,10 @@ if (import.meta.main) {
     }
     if (baseArg) {
       console.log("medians, µs of agent CPU per row (all threads), this/base:");
-      const med = (a: number[]) => {
-        const s = [...a].sort((x, y) => x - y);
-        return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-      };
       for (const mode of modes) {
         const of = (v: string) => results.filter((r) => r.mode === mode && r.variant === v);
-        const us = (v: string) => med(of(v).map((r) => 1e6 / r.rowsPerCpuS));
-        const sinkNs = (v: string) => med(of(v).map((r) => r.stagesNsPerRow.sink_write));
+        const us = (v: string) => median(of(v).map((r) => 1e6 / r.rowsPerCpuS));
+        const sinkNs = (v: string) => median(of(v).map((r) => r.stagesNsPerRow.sink_write));
         const drops = (v: string) => of(v).reduce((a, r) => a + (r.dropped.queue_full ?? 0), 0);
         console.log(
           `${(mode === "max" ? "unpaced" : `paced ${Number(mode) / 1000}k/s`).padEnd(12)} base ` +

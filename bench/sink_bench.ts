@@ -20,6 +20,7 @@
  */
 import process from "node:process";
 import { startClickHouse } from "../tests/helpers/clickhouse.ts";
+import { median } from "./median.ts";
 
 const HERE = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const V8_FLAGS = Deno.readTextFileSync(`${HERE}/scripts/agent-v8-flags`).trim().split(/\s+/).join(",");
@@ -176,11 +177,6 @@ async function count(url: string, table: string): Promise<number> {
   const r = await fetch(`${url}/?query=${encodeURIComponent(`SELECT count() FROM ja4ebpf.${table}`)}`);
   const t = await r.text();
   return r.ok ? Number(t.trim()) : 0;
-}
-
-function median(a: number[]): number {
-  const s = [...a].sort((x, y) => x - y);
-  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
 if (import.meta.main) {

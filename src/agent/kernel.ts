@@ -195,8 +195,8 @@ export class KernelCapture {
     if (loaded.tls) this.tls = this.tlsProbes();
     // Without tc, nginx's raw read stream is where its ClientHellos come from: the reads go on at once. With tc,
     // only when an SSL_* probe goes on (below): every read() on the host passes the tracepoint.
-    if (!packets) this.attachReads("no packet capture: the ClientHello from nginx's read()");
     if (packets) this.tc.enable(this.planned.obj.program("tc_ingress"));
+    else this.attachReads("no packet capture: the ClientHello from nginx's read()");
     this.follow.followActive = !!this.plan.hooks.find((h) => h.hook === "follow")?.method;
     this.checkStopped();
     await this.tc.refresh();

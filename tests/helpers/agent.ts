@@ -166,29 +166,51 @@ export function bpfProgIds(pid: number): number[] {
   return fdinfoIds(pid, "prog_id");
 }
 
-/**
- * Runs so far of the agent's program `name` (with kernel.bpf_stats_enabled on, else 0): whether a program
- * the agent loaded is attached, whatever the kernel's way of attaching it (link or perf event).
- */
-export async function progRuns(agentPid: number, name: string): Promise<number> {
-  const bpftool = requireTool("bpftool", "bpftool");
-  const held = new Set(bpfProgIds(agentPid));
-  const all = JSON.parse(await runOk([bpftool, "-j", "prog", "show"])) as {
-    id: number;
-    name?: string;
-    run_cnt?: number;
-  }[];
-  const mine = all.filter((p) => held.has(p.id) && p.name === name);
-  if (mine.length === 0) throw new HarnessError(`agent ${agentPid} holds no program ${name}`);
-  return mine.reduce((n, p) => n + (p.run_cnt ?? 0), 0);
+export interface ProgCounters {
+  name: string;
+  runs: number;
+  ns: number;
 }
 
-/** Turns kernel.bpf_stats_enabled on (program run counts); dispose to put the old value back. */
-export function bpfStats(): Disposable {
+/**
+ * Turns the kernel's per-program run statistics on (kernel.bpf_stats_enabled: `run_cnt`, `run_time_ns`);
+ * returns a function that puts the old setting back.
+ */
+export function enableBpfStats(): () => void {
   const path = "/proc/sys/kernel/bpf_stats_enabled";
   const old = Deno.readTextFileSync(path).trim();
   Deno.writeTextFileSync(path, "1");
-  return { [Symbol.dispose]: () => Deno.writeTextFileSync(path, old) };
+  return () => Deno.writeTextFileSync(path, old);
+}
+
+/** Run counters of the programs a process holds (program and link fds), by program id. */
+export function progCounters(pid: number): Map<number, ProgCounters> {
+  const ids = new Set(bpfProgIds(pid));
+  const out = new Map<number, ProgCounters>();
+  if (ids.size === 0) return out;
+  const r = new Deno.Command("bpftool", { args: ["-j", "prog", "show"], stderr: "null" }).outputSync();
+  const all = JSON.parse(new TextDecoder().decode(r.stdout) || "[]") as {
+    id: number;
+    name?: string;
+    run_cnt?: number;
+    run_time_ns?: number;
+  }[];
+  for (const p of all) {
+    if (!ids.has(p.id)) continue;
+    out.set(p.id, { name: p.name ?? `prog${p.id}`, runs: p.run_cnt ?? 0, ns: p.run_time_ns ?? 0 });
+  }
+  return out;
+}
+
+/**
+ * Runs so far of the agent's program `name` (with the statistics on, else 0): whether a program the agent
+ * loaded is attached, whatever the kernel's way of attaching it (link or perf event).
+ */
+export function progRuns(agentPid: number, name: string): number {
+  requireTool("bpftool", "bpftool");
+  const mine = [...progCounters(agentPid).values()].filter((p) => p.name === name);
+  if (mine.length === 0) throw new HarnessError(`agent ${agentPid} holds no program ${name}`);
+  return mine.reduce((n, p) => n + p.runs, 0);
 }
 
 /** BPF map ids referenced by a process's fds (`map_id:` in fdinfo). */

@@ -279,3 +279,26 @@ export async function makeTempDir(prefix: string): Promise<string> {
   await Deno.chmod(dir, 0o755);
   return dir;
 }
+
+/** A spawned child's stdout (`stdout: "piped"`) line by line: `next()` is the next line, trimmed. */
+export function stdoutLines(child: Deno.ChildProcess, what = "child"): {
+  next(): Promise<string>;
+  cancel(): Promise<void>;
+} {
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  return {
+    async next() {
+      while (!buf.includes("\n")) {
+        const { value, done } = await reader.read();
+        if (done) throw new HarnessError(`${what} exited; output so far: ${buf}`);
+        buf += value;
+      }
+      const i = buf.indexOf("\n");
+      const out = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      return out.trim();
+    },
+    cancel: () => reader.cancel().catch(() => {}),
+  };
+}

@@ -13,7 +13,7 @@
  */
 import { assert, assertEquals, assertGreater } from "../../src/testing/asserts.ts";
 import type { Row } from "../../src/sink/row.ts";
-import { bpfStats, progRuns, type RunningAgent, startAgent } from "../helpers/agent.ts";
+import { enableBpfStats, progRuns, type RunningAgent, startAgent } from "../helpers/agent.ts";
 import { readPrograms } from "../../src/bpf/plan.ts";
 import { type AccessEntry, startApache, startNginx, type WebServer } from "../helpers/servers.ts";
 import { makeCert } from "../helpers/certs.ts";
@@ -77,10 +77,16 @@ Deno.test("HTTPS probes: servers trap once per request, a bystander TLS client a
     // The bystander pair: neither the client nor the server is followed. No SSL_* probe is on (ngx_ssl_recv
     // has its fd; mod_ssl's reads pass apr_socket_recv), so the read() programs are not attached: the
     // bystanders' read() calls run none of the agent's programs.
-    using _stats = bpfStats();
-    const readRuns = await progRuns(agent.pid, readPrograms()[0]);
-    const by = await bystander(OTHER_TLS, 300);
-    assertEquals(await progRuns(agent.pid, readPrograms()[0]) - readRuns, 0, "read() program runs");
+    const readProg = readPrograms()[0];
+    const restoreStats = enableBpfStats();
+    let by: Awaited<ReturnType<typeof bystander>>;
+    try {
+      const readRuns = progRuns(agent.pid, readProg);
+      by = await bystander(OTHER_TLS, 300);
+      assertEquals(progRuns(agent.pid, readProg) - readRuns, 0, "read() program runs");
+    } finally {
+      restoreStats();
+    }
     assert(!/read tracepoints attached/.test(agent.stderr()), `no read tracepoints:\n${excerpt(agent)}`);
     const after = await sslHits(agent.pid);
     assertEquals(by.uprobes_area, false, "bystander client: no [uprobes] area (no breakpoint was hit)");
@@ -106,10 +112,16 @@ Deno.test("HTTPS probes: servers trap once per request, a bystander TLS client a
     await agent.waitForLog(/HTTPS probes on libssl for this server/, 5_000);
     // SSL_read on libssl learns its fd from the read() inside it: the read programs are on, and run for the
     // bystander's reads too.
-    using _stats = bpfStats();
-    const readRuns = await progRuns(agent.pid, readPrograms()[0]);
-    const by = await bystander(OTHER_TLS, 300);
-    assertGreater(await progRuns(agent.pid, readPrograms()[0]) - readRuns, 300, "read() program runs");
+    const readProg = readPrograms()[0];
+    const restoreStats = enableBpfStats();
+    let by: Awaited<ReturnType<typeof bystander>>;
+    try {
+      const readRuns = progRuns(agent.pid, readProg);
+      by = await bystander(OTHER_TLS, 300);
+      assertGreater(progRuns(agent.pid, readProg) - readRuns, 300, "read() program runs");
+    } finally {
+      restoreStats();
+    }
     const hits = await sslHits(agent.pid);
     assertEquals(by.uprobes_area, true, "the bystander client hit a breakpoint");
     assertGreater(hits.get(by.pid) ?? 0, 300, "bystander client hits: at least one per request");

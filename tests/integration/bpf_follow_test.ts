@@ -22,7 +22,15 @@ import { startAgent } from "../helpers/agent.ts";
 import { startApache, startNginx, type WebServer } from "../helpers/servers.ts";
 import { curl, httpRequest, rawHttp } from "../helpers/clients.ts";
 import { createNetns } from "../helpers/netns.ts";
-import { alive, delay, HarnessError, requireRoot, requireTool, waitUntil } from "../helpers/proc.ts";
+import {
+  alive,
+  delay,
+  HarnessError,
+  requireRoot,
+  requireTool,
+  stdoutLines,
+  waitUntil,
+} from "../helpers/proc.ts";
 
 const NGINX = 29080;
 const APACHE = 29081;
@@ -118,20 +126,9 @@ Deno.test("follow programs keep traced_pids current (fork, exec, exit), both var
         })
           .spawn();
         const w = py.stdin.getWriter();
-        const lines = py.stdout.pipeThrough(new TextDecoderStream()).getReader();
+        const lines = stdoutLines(py, "python");
+        const line = lines.next;
         let child = 0;
-        let buf = "";
-        const line = async (): Promise<string> => {
-          while (!buf.includes("\n")) {
-            const { value, done } = await lines.read();
-            if (done) throw new HarnessError(`python exited; output so far: ${buf}`);
-            buf += value;
-          }
-          const i = buf.indexOf("\n");
-          const out = buf.slice(0, i);
-          buf = buf.slice(i + 1);
-          return out.trim();
-        };
         try {
           // After its exec is over (an exec into a non-server removes the tgid).
           assertEquals(await line(), "ready");
@@ -154,7 +151,7 @@ Deno.test("follow programs keep traced_pids current (fork, exec, exit), both var
           assertEquals(m.size, 0, `nothing left: ${[...m.keys()]}`);
         } finally {
           await w.close().catch(() => {});
-          await lines.cancel().catch(() => {});
+          await lines.cancel();
           try {
             py.kill("SIGKILL");
           } catch { /* exited */ }
@@ -337,20 +334,9 @@ async function lateListener(family: "4" | "6") {
     stdout: "piped",
   })
     .spawn();
-  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  const lines = stdoutLines(child, "listener");
   const writer = child.stdin.getWriter();
-  let buf = "";
-  const line = async () => {
-    while (!buf.includes("\n")) {
-      const { value, done } = await lines.read();
-      if (done) throw new HarnessError("listener exited");
-      buf += value;
-    }
-    const i = buf.indexOf("\n");
-    const l = buf.slice(0, i);
-    buf = buf.slice(i + 1);
-    return l;
-  };
+  const line = lines.next;
   const port = Number(await line());
   return {
     pid: child.pid,
@@ -361,7 +347,7 @@ async function lateListener(family: "4" | "6") {
     },
     [Symbol.asyncDispose]: async () => {
       await writer.close().catch(() => {});
-      await lines.cancel().catch(() => {});
+      await lines.cancel();
       await child.status;
     },
   };
