@@ -38,6 +38,19 @@ async function keepAlive(port: number, requests: number, path: string) {
   return await bystander(port, requests, path);
 }
 
+/** The bystander client's 300 requests, and how often the agent's read() program ran meanwhile (run counts). */
+async function bystanderReads(agentPid: number) {
+  const readProg = readPrograms()[0];
+  const restoreStats = enableBpfStats();
+  try {
+    const before = progRuns(agentPid, readProg);
+    const by = await bystander(OTHER_TLS, 300);
+    return { by, readRuns: progRuns(agentPid, readProg) - before };
+  } finally {
+    restoreStats();
+  }
+}
+
 Deno.test("HTTPS probes: servers trap once per request, a bystander TLS client and server not at all", async (t) => {
   await using cert = await makeCert();
   await using nginx = await startNginx({ port: NGINX, tlsPort: NGINX_TLS, workers: 1, cert });
@@ -77,16 +90,8 @@ Deno.test("HTTPS probes: servers trap once per request, a bystander TLS client a
     // The bystander pair: neither the client nor the server is followed. No SSL_* probe is on (ngx_ssl_recv
     // has its fd; mod_ssl's reads pass apr_socket_recv), so the read() programs are not attached: the
     // bystanders' read() calls run none of the agent's programs.
-    const readProg = readPrograms()[0];
-    const restoreStats = enableBpfStats();
-    let by: Awaited<ReturnType<typeof bystander>>;
-    try {
-      const readRuns = progRuns(agent.pid, readProg);
-      by = await bystander(OTHER_TLS, 300);
-      assertEquals(progRuns(agent.pid, readProg) - readRuns, 0, "read() program runs");
-    } finally {
-      restoreStats();
-    }
+    const { by, readRuns } = await bystanderReads(agent.pid);
+    assertEquals(readRuns, 0, "read() program runs");
     assert(!/read tracepoints attached/.test(agent.stderr()), `no read tracepoints:\n${excerpt(agent)}`);
     const after = await sslHits(agent.pid);
     assertEquals(by.uprobes_area, false, "bystander client: no [uprobes] area (no breakpoint was hit)");
@@ -112,16 +117,8 @@ Deno.test("HTTPS probes: servers trap once per request, a bystander TLS client a
     await agent.waitForLog(/HTTPS probes on libssl for this server/, 5_000);
     // SSL_read on libssl learns its fd from the read() inside it: the read programs are on, and run for the
     // bystander's reads too.
-    const readProg = readPrograms()[0];
-    const restoreStats = enableBpfStats();
-    let by: Awaited<ReturnType<typeof bystander>>;
-    try {
-      const readRuns = progRuns(agent.pid, readProg);
-      by = await bystander(OTHER_TLS, 300);
-      assertGreater(progRuns(agent.pid, readProg) - readRuns, 300, "read() program runs");
-    } finally {
-      restoreStats();
-    }
+    const { by, readRuns } = await bystanderReads(agent.pid);
+    assertGreater(readRuns, 300, "read() program runs");
     const hits = await sslHits(agent.pid);
     assertEquals(by.uprobes_area, true, "the bystander client hit a breakpoint");
     assertGreater(hits.get(by.pid) ?? 0, 300, "bystander client hits: at least one per request");
