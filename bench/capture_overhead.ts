@@ -62,6 +62,10 @@ interface AgentFigures {
   warnings: string[];
   /** With --bpf-stats: each BPF program's runs and time per request over the wrk run. */
   bpf?: ProgCost[];
+  /** --agent-warmup: requests nginx logged and the agent's CPU (µs) over the warm-up load, before the
+   * measured run (V8 compiles the hot path in its first seconds under load: a one-time cost). */
+  warmupRequests?: number;
+  warmupCpuUs?: number;
 }
 
 interface RunFigures {
@@ -70,8 +74,10 @@ interface RunFigures {
   /** With --base: the run was of the earlier checkout's agent. */
   base?: boolean;
   wrk: WrkResult;
-  /** Requests nginx logged during the run. */
+  /** Requests nginx logged during the run (with --agent-warmup, the warm-up's too: rows are counted over both). */
   logged: number;
+  /** Requests nginx logged during the measured wrk run alone (CPU per request divides by these). */
+  measured?: number;
   /** utime+stime of nginx master + workers during the wrk run, µs. */
   nginxCpuUs: number;
   /** Most other agents seen on the host around the wrk run (their probes slow this nginx and wrk too). */
@@ -171,6 +177,7 @@ async function oneRun(
     batch: boolean;
     v8Flags: string;
     bpfStats: boolean;
+    agentWarmup: number;
   },
   /** The earlier checkout whose agent runs instead (--base). */
   baseDir?: string,
@@ -205,6 +212,25 @@ async function oneRun(
       if (o.batch) batchPolicy(agent.pid);
     }
     const logFrom = (await Deno.stat(ng.accessLogPath).catch(() => ({ size: 0 }))).size;
+    let warmup: { requests: number; cpuUs: number; captured: number } | undefined;
+    if (agent && o.agentWarmup > 0) {
+      // Steady state is what a long-running agent costs: the same load first, drained, not counted.
+      const c0 = cpuUs(agent.pid);
+      await wrk({
+        url,
+        threads: o.threads,
+        connections: o.connections,
+        duration: o.agentWarmup,
+        headers: mode === "close" ? ["Connection: close"] : [],
+      });
+      const m = await drain(agent);
+      warmup = {
+        cpuUs: cpuUs(agent.pid) - c0,
+        requests: await countLinesFrom(ng.accessLogPath, logFrom),
+        captured: sumSeries(m, "ja4ebpf_rows_captured_total"),
+      };
+    }
+    const measureFrom = (await Deno.stat(ng.accessLogPath).catch(() => ({ size: 0 }))).size;
     const agentCpu0 = agent ? cpuSplitUs(agent.pid) : { user: 0, sys: 0 };
     const ngCpu0 = nginxCpuUs(ng);
     const mine = withAgent ? 1 : 0;
@@ -225,7 +251,16 @@ async function oneRun(
     clearInterval(sampler);
     await delay(300); // nginx logs after the response
     const logged = await countLinesFrom(ng.accessLogPath, logFrom);
-    const fig: RunFigures = { mode, withAgent, wrk: w, logged, nginxCpuUs: ngCpu, otherAgents: others };
+    const measured = await countLinesFrom(ng.accessLogPath, measureFrom);
+    const fig: RunFigures = {
+      mode,
+      withAgent,
+      wrk: w,
+      logged,
+      measured,
+      nginxCpuUs: ngCpu,
+      otherAgents: others,
+    };
     if (baseDir) fig.base = true;
     if (agent) {
       const m = await drain(agent);
@@ -243,7 +278,7 @@ async function oneRun(
         rows: c.rows,
         rowsJa4: c.ja4,
         rowsJa4h: c.ja4h,
-        captured: sumSeries(m, "ja4ebpf_rows_captured_total"),
+        captured: sumSeries(m, "ja4ebpf_rows_captured_total") - (warmup?.captured ?? 0),
         bpfDrops: sumSeries(m, "ja4ebpf_bpf_drops_total"),
         rowsDropped: sumSeries(m, "ja4ebpf_rows_dropped_total"),
         peakRssKb: peak,
@@ -256,7 +291,9 @@ async function oneRun(
           ),
         ),
         warnings: agent.stderr().split("\n").filter((l) => / (WARN|ERROR) /.test(l)).slice(0, 20),
-        bpf: progs0 && progs1 ? progCosts(progs0, progs1, logged) : undefined,
+        bpf: progs0 && progs1 ? progCosts(progs0, progs1, measured) : undefined,
+        warmupRequests: warmup?.requests,
+        warmupCpuUs: warmup?.cpuUs,
       };
     }
     return fig;
@@ -301,6 +338,8 @@ interface ModeSummary {
   /** The same split into user and system time. */
   agentUserUsPerReq: number;
   agentSysUsPerReq: number;
+  /** --agent-warmup: the agent's CPU per request over its first seconds of load (JIT compilation included). */
+  warmupUsPerReq?: number;
   /** Agent CPU per row it actually captured (what a faster consumer would pay per request). */
   agentUsPerRow: number;
   peakRssMb: number;
@@ -316,6 +355,9 @@ function summarize(mode: Mode, runs: RunFigures[]): ModeSummary {
     pairRatios.push(b.wrk.requestsPerSec / a.wrk.requestsPerSec);
   }
   const requestsOn = on.reduce((s, r) => s + r.logged, 0);
+  // CPU per request over the measured runs (the warm-up's requests and CPU apart).
+  const measuredOn = on.reduce((s, r) => s + (r.measured ?? r.logged), 0);
+  const warm = on.filter((r) => r.agent!.warmupRequests);
   const rows = on.reduce((s, r) => s + r.agent!.rows, 0);
   const rpsOff = mean(off.map((r) => r.wrk.requestsPerSec)),
     rpsOn = mean(on.map((r) => r.wrk.requestsPerSec));
@@ -335,9 +377,13 @@ function summarize(mode: Mode, runs: RunFigures[]): ModeSummary {
     ja4Share: on.reduce((s, r) => s + r.agent!.rowsJa4, 0) / Math.max(rows, 1),
     bpfDrops: on.reduce((s, r) => s + r.agent!.bpfDrops, 0),
     rowsDropped: on.reduce((s, r) => s + r.agent!.rowsDropped, 0),
-    agentUsPerReq: on.reduce((s, r) => s + r.agent!.cpuUs, 0) / requestsOn,
-    agentUserUsPerReq: on.reduce((s, r) => s + (r.agent!.userUs ?? 0), 0) / requestsOn,
-    agentSysUsPerReq: on.reduce((s, r) => s + (r.agent!.sysUs ?? 0), 0) / requestsOn,
+    agentUsPerReq: on.reduce((s, r) => s + r.agent!.cpuUs, 0) / measuredOn,
+    agentUserUsPerReq: on.reduce((s, r) => s + (r.agent!.userUs ?? 0), 0) / measuredOn,
+    agentSysUsPerReq: on.reduce((s, r) => s + (r.agent!.sysUs ?? 0), 0) / measuredOn,
+    warmupUsPerReq: warm.length
+      ? warm.reduce((s, r) => s + r.agent!.warmupCpuUs!, 0) /
+        warm.reduce((s, r) => s + r.agent!.warmupRequests!, 0)
+      : undefined,
     agentUsPerRow: on.reduce((s, r) => s + r.agent!.cpuUs, 0) / on.reduce((s, r) => s + r.agent!.captured, 0),
     peakRssMb: Math.max(...on.map((r) => r.agent!.peakRssKb)) / 1024,
     nginxUsPerReqOff: perReq(off),
@@ -357,7 +403,7 @@ function runTable(s: ModeSummary): string {
         fmt(r.wrk.requestsPerSec)
       } | ${fmt(r.logged)} | ${a ? fmt(a.rows) : ""} | ${a && s.mode === "https" ? fmt(a.rowsJa4) : ""} | ${
         a ? fmt(a.bpfDrops) : ""
-      } | ${a ? fmt(a.rowsDropped) : ""} | ${a ? fmt(a.cpuUs / r.logged, 2) : ""} | ${
+      } | ${a ? fmt(a.rowsDropped) : ""} | ${a ? fmt(a.cpuUs / (r.measured ?? r.logged), 2) : ""} | ${
         a ? fmt(a.peakRssKb / 1024, 0) : ""
       } | ${fmt(r.nginxCpuUs / r.wrk.requests, 1)} | ${r.otherAgents ?? "?"} |`,
     );
@@ -367,8 +413,8 @@ function runTable(s: ModeSummary): string {
 
 function summaryTable(ss: ModeSummary[]): string {
   const lines = [
-    "| | nginx req/s without | with | ratio (goal ≥ 0.95) | pair ratios | rows / requests (goal 100 %) | misses | agent CPU µs/req (user + sys) | µs/captured row | agent peak RSS MiB | nginx CPU µs/req without → with |",
-    "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
+    "| | nginx req/s without | with | ratio (goal ≥ 0.95) | pair ratios | rows / requests (goal 100 %) | misses | agent CPU µs/req (user + sys) | µs/captured row | cold µs/req (warm-up) | agent peak RSS MiB | nginx CPU µs/req without → with |",
+    "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
   ];
   for (const s of ss) {
     lines.push(
@@ -377,8 +423,8 @@ function summaryTable(ss: ModeSummary[]): string {
       } | ${fmt(s.rows)} / ${fmt(s.requestsOn)} = ${pct(s.completeness, 3)} | ${fmt(s.misses)} | ${
         fmt(s.agentUsPerReq, 2)
       } (${fmt(s.agentUserUsPerReq, 2)} + ${fmt(s.agentSysUsPerReq, 2)}) | ${fmt(s.agentUsPerRow, 2)} | ${
-        fmt(s.peakRssMb)
-      } | ${fmt(s.nginxUsPerReqOff, 1)} → ${fmt(s.nginxUsPerReqOn, 1)} |`,
+        s.warmupUsPerReq === undefined ? "—" : fmt(s.warmupUsPerReq, 2)
+      } | ${fmt(s.peakRssMb)} | ${fmt(s.nginxUsPerReqOff, 1)} → ${fmt(s.nginxUsPerReqOn, 1)} |`,
     );
   }
   return lines.join("\n");
@@ -434,8 +480,8 @@ function sideBySide(now: ModeSummary[], before: ModeSummary[]): string {
     return mean(on.map((r) => r.agent!.bpf!.reduce((a, c) => a + c.nsPerRequest, 0)));
   };
   const lines = [
-    "| mode | agent | nginx req/s with | ratio to without | agent CPU µs/req (user + sys) | BPF ns/req | nginx CPU µs/req | peak RSS MiB | rows / requests |",
-    "| ---- | ----- | ---------------: | ---------------: | ----------------------------- | ---------: | ---------------: | -----------: | --------------- |",
+    "| mode | agent | nginx req/s with | ratio to without | agent CPU µs/req (user + sys) | cold µs/req | BPF ns/req | nginx CPU µs/req | peak RSS MiB | rows / requests |",
+    "| ---- | ----- | ---------------: | ---------------: | ----------------------------- | ----------: | ---------: | ---------------: | -----------: | --------------- |",
   ];
   for (const s of now) {
     const b = before.find((x) => x.mode === s.mode);
@@ -444,15 +490,19 @@ function sideBySide(now: ModeSummary[], before: ModeSummary[]): string {
       lines.push(
         `| ${s.mode} | ${name} | ${fmt(x.rpsOn)} | ${x.ratio.toFixed(3)} | ${fmt(x.agentUsPerReq, 2)} (${
           fmt(x.agentUserUsPerReq, 2)
-        } + ${fmt(x.agentSysUsPerReq, 2)}) | ${fmt(bpfNs(x))} | ${fmt(x.nginxUsPerReqOn, 1)} | ${
-          fmt(x.peakRssMb)
-        } | ${pct(x.completeness, 3)} |`,
+        } + ${fmt(x.agentSysUsPerReq, 2)}) | ${
+          x.warmupUsPerReq === undefined ? "—" : fmt(x.warmupUsPerReq, 2)
+        } | ${fmt(bpfNs(x))} | ${fmt(x.nginxUsPerReqOn, 1)} | ${fmt(x.peakRssMb)} | ${
+          pct(x.completeness, 3)
+        } |`,
       );
     }
     lines.push(
       `| ${s.mode} | **after / before** | ${(s.rpsOn / b.rpsOn).toFixed(2)}× | | **${
         (s.agentUsPerReq / b.agentUsPerReq).toFixed(2)
-      }×** | ${Number.isNaN(bpfNs(s) / bpfNs(b)) ? "—" : (bpfNs(s) / bpfNs(b)).toFixed(2) + "×"} | ${
+      }×** | ${
+        s.warmupUsPerReq && b.warmupUsPerReq ? (s.warmupUsPerReq / b.warmupUsPerReq).toFixed(2) + "×" : ""
+      } | ${Number.isNaN(bpfNs(s) / bpfNs(b)) ? "—" : (bpfNs(s) / bpfNs(b)).toFixed(2) + "×"} | ${
         (s.nginxUsPerReqOn / b.nginxUsPerReqOn).toFixed(2)
       }× | ${(s.peakRssMb / b.peakRssMb).toFixed(2)}× | |`,
     );
@@ -545,6 +595,7 @@ function section(
     batch?: boolean;
     bpfStats?: boolean;
     base?: string;
+    agentWarmup?: number;
   },
   ss: ModeSummary[],
 ): string {
@@ -554,7 +605,7 @@ function section(
       (o.modes ?? ["http", "https"]).join(",")
     }` +
     (o.starve ? " --starve" : "") + (o.batch ? " --batch" : "") + (o.bpfStats ? " --bpf-stats" : "") +
-    (o.base ? ` --base ${o.base}` : "");
+    (o.base ? ` --base ${o.base}` : "") + ` --agent-warmup ${o.agentWarmup ?? 0}`;
   return `${HEADING}
 
 Measured ${date} with \`deno task bench-capture ${flags}\`
@@ -576,7 +627,13 @@ Load: \`wrk -t${o.threads} -c${o.connections} -d${o.duration}s\` at full speed. 
 nginx and the agent, so the agent's CPU comes straight out of nginx's and wrk's share: on a 2-core box this is a
 worst case, not what a server with spare cores sees. Runs alternate without/with the agent in ABBA order; the
 agent is started fresh for each "with" run (\`run --config\`, file sink, metrics on, production defaults,
-\`capture.ports\` set to these two ports because the machine runs other nginx instances) and stopped after it.
+\`capture.ports\` set to these two ports because the machine runs other nginx instances) and stopped after it.${
+    o.agentWarmup
+      ? ` Each fresh agent first takes ${o.agentWarmup} s of the same load, drained and not counted: V8 compiles
+the hot path concurrently during an agent's first seconds under load, a one-time cost (shown apart as **cold
+µs/req**) that a long-running agent no longer pays. Rows / requests counts the warm-up's requests too.`
+      : ""
+  }
 
 The machine is shared with other engineers' test runs (see the load average): their CPU use and their
 agents' probes (syscall tracepoints filter in the kernel, but uprobes on the shared libssl fire in every process
@@ -587,8 +644,8 @@ Pair ratios vary by more than the goal's 5 % margin under such load, so treat si
 - **rows / requests**: rows in the agent's file for the port / requests in nginx's access log during the "with"
   runs (nginx's log is the ground truth; wrk's own count is in the run table). Every missing row is a drop.
 - **bpf drops / rows dropped**: \`ja4ebpf_bpf_drops_total\` and \`ja4ebpf_rows_dropped_total\` from /metrics.
-- **agent CPU µs/req**: utime+stime of the agent process (all threads) from /proc over the load window and the
-  drain that follows, divided by the requests; **µs/captured row** divides the same CPU by the rows the agent
+- **agent CPU µs/req**: utime+stime of the agent process (all threads) from /proc over the measured load window
+  and the drain that follows, divided by its requests; **µs/captured row** divides the same CPU by the rows the agent
   received (\`ja4ebpf_rows_captured_total\`), the cost per request once nothing is dropped. **Peak RSS**: VmHWM.
 - **nginx CPU µs/req**: utime+stime of nginx's master and workers; the BPF programs run inside nginx's
   system calls, so the kernel-side cost shows as the difference between without and with.
@@ -642,6 +699,7 @@ async function main(): Promise<number> {
       "from-json": { type: "string" },
       "tls-probes": { type: "boolean", default: false },
       requests: { type: "string", default: "3000" },
+      "agent-warmup": { type: "string", default: "8" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -655,7 +713,9 @@ async function main(): Promise<number> {
         "  --base DIR: also an earlier checkout's agent (its src/main.ts, its BPF object, its V8 flags) in\n" +
         "    each pair (ABCCBA), and a side-by-side table of the two\n" +
         "  --bpf-stats: kernel.bpf_stats_enabled during the runs with the agent; each BPF program's runs\n" +
-        "    and ns per request",
+        "    and ns per request\n" +
+        "  --agent-warmup S: S seconds of the same load on each fresh agent before its measured run, not\n" +
+        "    counted (V8 compiles the hot path in the first seconds; reported apart as a one-time cost); 0: cold",
     );
     return 0;
   }
@@ -678,6 +738,7 @@ async function main(): Promise<number> {
     }),
     starve: values.starve === true,
     bpfStats: values["bpf-stats"] === true,
+    agentWarmup: int("agent-warmup", values["agent-warmup"], 0),
     batch: values.batch === true,
     base: values.base ?? "",
     // As packaged (scripts/agent-v8-flags); JA4EBPF_AGENT_MAIN=<other checkout>/src/main.ts with that
@@ -751,7 +812,7 @@ async function main(): Promise<number> {
               ? `, ${fmt(a.rows)} rows (${
                 pct(a.rows / r.logged, 3)
               }), bpf drops ${a.bpfDrops}, rows dropped ${a.rowsDropped}, agent ${
-                fmt(a.cpuUs / r.logged, 1)
+                fmt(a.cpuUs / (r.measured ?? r.logged), 1)
               } µs/req, RSS ${fmt(a.peakRssKb / 1024)} MiB, ready in ${fmt(a.readyMs)} ms`
               : ""),
         );

@@ -5,7 +5,10 @@
  * Not V8's own --cpu-prof: its SIGPROF sampling interrupts the BPF verifier at load (EAGAIN, retried until
  * libbpf gives up), so the agent cannot start under it.
  *
- *   deno run -A bench/profile_agent.ts [--mode close|http] [--seconds 10] [--dir bench/out/agent-prof]
+ *   deno run -A bench/profile_agent.ts [--mode close|http] [--seconds 10] [--warmup 8] [--dir bench/out/agent-prof]
+ *
+ * --warmup: seconds of the same load before sampling starts, so that the profile is of the steady state (V8
+ * compiles the hot path concurrently during the agent's first seconds under load).
  */
 import { parseArgs } from "node:util";
 import { AGENT_V8_FLAGS, startAgent } from "../tests/helpers/agent.ts";
@@ -21,6 +24,9 @@ const { values } = parseArgs({
   options: {
     mode: { type: "string", default: "close" },
     seconds: { type: "string", default: "10" },
+    warmup: { type: "string", default: "8" },
+    // V8's sampler interrupts the agent with a signal every 500 µs: its own cost shows in perf's figures.
+    "no-inspector": { type: "boolean", default: false },
     dir: { type: "string", default: new URL("./out/agent-prof", import.meta.url).pathname },
   },
 });
@@ -55,13 +61,22 @@ const agent = await startAgent({
   v8Flags: AGENT_V8_FLAGS + ",--perf-basic-prof",
   // The inspector samples only between Profiler.start and stop: after the BPF load (V8's --cpu-prof samples
   // from the start, and its SIGPROF makes the verifier return EAGAIN).
-  denoFlags: ["--inspect=127.0.0.1:9339"],
+  denoFlags: values["no-inspector"] ? [] : ["--inspect=127.0.0.1:9339"],
   readyTimeoutMs: 90_000,
 });
-const cdp = await inspector(9339);
-await cdp.call("Profiler.enable");
-await cdp.call("Profiler.setSamplingInterval", { interval: 500 });
-await cdp.call("Profiler.start");
+const load = (seconds: number) =>
+  wrk({
+    url: ng.url,
+    threads: 1,
+    connections: 32,
+    duration: seconds,
+    headers: values.mode === "close" ? ["Connection: close"] : [],
+  });
+if (Number(values.warmup) > 0) await load(Number(values.warmup));
+const cdp = values["no-inspector"] ? undefined : await inspector(9339);
+await cdp?.call("Profiler.enable");
+await cdp?.call("Profiler.setSamplingInterval", { interval: 500 });
+await cdp?.call("Profiler.start");
 const data = `${values.dir}/perf.data`;
 const perf = new Deno.Command("perf", {
   args: [
@@ -82,17 +97,13 @@ const perf = new Deno.Command("perf", {
   stdout: "null",
   stderr: "null",
 }).spawn();
-const w = await wrk({
-  url: ng.url,
-  threads: 1,
-  connections: 32,
-  duration: Number(values.seconds),
-  headers: values.mode === "close" ? ["Connection: close"] : [],
-});
+const w = await load(Number(values.seconds));
 await perf.status;
-const { profile } = await cdp.call("Profiler.stop") as { profile: Parameters<typeof stageTimes>[0] };
-cdp.close();
-await Deno.writeTextFile(`${values.dir}/agent.cpuprofile`, JSON.stringify(profile));
+const profile = await cdp?.call("Profiler.stop").then((r) =>
+  (r as { profile: Parameters<typeof stageTimes>[0] }).profile
+);
+cdp?.close();
+if (profile) await Deno.writeTextFile(`${values.dir}/agent.cpuprofile`, JSON.stringify(profile));
 await agent.stop("SIGTERM", 30_000);
 await agent.close();
 const rep = new TextDecoder().decode(
@@ -137,13 +148,15 @@ for (const [k, v] of [...stages].sort((a, b) => b[1] - a[1])) console.log(`| ${k
 console.log(rep.split("\n").filter((l) => /^\s+[\d.]+%/.test(l)).slice(0, 40).join("\n"));
 
 // The JavaScript side from V8's own sampler (the native part stays opaque: the npm build of Deno is stripped).
-const times = stageTimes(profile);
-const sum = [...times.values()].reduce((a, b) => a + b, 0);
-console.log(
-  `\nV8 profile (${
-    (sum / 1e6).toFixed(2)
-  } s sampled):\n| stage | µs/request | share |\n| --- | ---: | ---: |`,
-);
-for (const [k, v] of [...times].sort((a, b) => b[1] - a[1])) {
-  console.log(`| ${k} | ${(v / w.requests).toFixed(2)} | ${(100 * v / sum).toFixed(1)} % |`);
+if (profile) {
+  const times = stageTimes(profile);
+  const sum = [...times.values()].reduce((a, b) => a + b, 0);
+  console.log(
+    `\nV8 profile (${
+      (sum / 1e6).toFixed(2)
+    } s sampled):\n| stage | µs/request | share |\n| --- | ---: | ---: |`,
+  );
+  for (const [k, v] of [...times].sort((a, b) => b[1] - a[1])) {
+    console.log(`| ${k} | ${(v / w.requests).toFixed(2)} | ${(100 * v / sum).toFixed(1)} % |`);
+  }
 }

@@ -153,7 +153,9 @@ export class Agent {
       onBatch: () => this.flushReady(),
     });
 
-    this.timers.push(setInterval(() => this.tick(), 100));
+    // The tick looks for new workers by /proc unless the kernel follows forks (then it only releases held rows
+    // and closed connections, which need no 100 ms precision); every wake-up of the agent costs CPU.
+    this.timers.push(setInterval(() => this.tick(), this.follow.followActive ? 250 : 100));
     this.timers.push(setInterval(() => this.slowTick(), 1000));
     log.info("ready", { ...this.kernel.describe(), ports: [...this.follow.ports].join(",") });
   }

@@ -37,6 +37,8 @@ import { installedServerFiles, NGX_SSL_RECV, TLS_PROGRAMS } from "../capture/tls
 /** Probe programs that know their call's fd themselves (nginx's connection): no read() needed to learn it. */
 const FD_FROM_PROBE = new Set(NGX_SSL_RECV.slice(1));
 const MOD_SSL = /(^|\/)mod_ssl\.so$/;
+/** The HTTPS and libapr probes look for replaced library files this often when the servers did not change. */
+export const LIB_RESCAN_MS = 5_000;
 
 const DROP_NAMES: Record<number, string> = Object.fromEntries(
   Object.entries(DropReason).map(([k, v]) => [v, k.toLowerCase()]),
@@ -93,6 +95,8 @@ export class KernelCapture {
   private extraLinks: AttachHandle[] = [];
   /** The read() programs are this object's to attach (not Apache's read hook, not raw_tp's), and whether they are. */
   private ownReads = false;
+  /** When the probes last looked at the servers' files (refresh). */
+  private libScanMs = -Infinity;
   private readsAttached = false;
   /** The HTTPS probes on the servers' files (or libssl) (set when the SSL programs are loaded). */
   private tls?: TlsProbes;
@@ -253,8 +257,11 @@ export class KernelCapture {
   }
 
   /** Follows server processes (new workers after reloads and restarts) into the BPF filter and ports. */
-  refreshProcesses(): void {
-    this.follow.refresh(TracedPids.of(this.map("traced_pids")), ListenPorts.of(this.map("listen_ports")));
+  refreshProcesses(): boolean {
+    return this.follow.refresh(
+      TracedPids.of(this.map("traced_pids")),
+      ListenPorts.of(this.map("listen_ports")),
+    );
   }
 
   /** New workers of the traced servers, between two full scans (see ServerFollower). */
@@ -266,10 +273,15 @@ export class KernelCapture {
    * The slow timer's share: the full process scan (throws on failure), the HTTPS and libapr probes, and
    * with `interfaces` the TC interfaces.
    */
-  refresh(interfaces: boolean): void {
-    this.refreshProcesses();
-    this.refreshTls().catch((e) => log.warn("TLS refresh failed", { error: String(e) }));
-    this.refreshApr().catch((e) => log.warn("libapr refresh failed", { error: String(e) }));
+  refresh(interfaces: boolean, nowMs = Date.now()): void {
+    const changed = this.refreshProcesses();
+    // The probes follow the files the servers map (one /proc/PID/maps read and parse per server process):
+    // at once when the servers changed, else every LIB_RESCAN_MS for a library replaced under them.
+    if (changed || nowMs - this.libScanMs >= LIB_RESCAN_MS) {
+      this.libScanMs = nowMs;
+      this.refreshTls().catch((e) => log.warn("TLS refresh failed", { error: String(e) }));
+      this.refreshApr().catch((e) => log.warn("libapr refresh failed", { error: String(e) }));
+    }
     if (interfaces) {
       this.tc.refresh().catch((e) => log.warn("interface refresh failed", { error: String(e) }));
     }

@@ -1,6 +1,6 @@
 import { assert, assertEquals, assertGreater } from "../testing/asserts.ts";
 import { BpfObject, u32Key } from "./object.ts";
-import { PerfReader, RingReader } from "./ringbuf.ts";
+import { batchIntervalMs, PerfReader, RingReader } from "./ringbuf.ts";
 import { probeTestObject, requireRoot } from "../../tests/fixtures/bpf/fixture.ts";
 import { getppidTimes } from "../../tests/fixtures/bpf/trigger.ts";
 
@@ -198,5 +198,19 @@ Deno.test("PerfReader: the fallback path delivers the same events", async () => 
   } finally {
     await r.close();
     o.close();
+  }
+});
+
+Deno.test("batchIntervalMs: the longest batch unless the rate would fill 1/16 of the ring sooner", async (t) => {
+  const MiB = 1 << 20;
+  const cases: [string, [number, number, number, number], number][] = [
+    ["a trickle waits the whole interval", [50, 8 * MiB, 4096, 50], 50],
+    ["12 MB/s into 8 MiB: 512 KiB take 43 ms", [50, 8 * MiB, 12_000, 1], 43],
+    ["a flood that fills 1/16 in under 1 ms: 1 ms", [50, 8 * MiB, 2 * MiB, 1], 1],
+    ["a small ring shortens the wait", [50, 256 * 1024, 12_000, 1], 1],
+    ["nothing read since a long idle wait", [50, 8 * MiB, 0, 10_000], 50],
+  ];
+  for (const [name, [max, size, bytes, since], want] of cases) {
+    await t.step(name, () => assertEquals(batchIntervalMs(max, size, bytes, since), want));
   }
 });

@@ -3,7 +3,7 @@
  * they listen on (into the tc port filter). Kept out of the agent, which only schedules it: the full /proc scan
  * once a second, and a look at the traced processes' children on every tick (new workers after a reload read
  * requests at once). Where the kernel follows forks and execs itself (the "follow" hook), the scan only
- * confirms and cleans up.
+ * confirms and cleans up, every FULL_SCAN_MS; the seconds in between read the kernel's map back.
  */
 import type { ListenPorts, TracedPids } from "../bpf/maps.ts";
 import { ServerKind } from "../bpf/layout.gen.ts";
@@ -11,6 +11,12 @@ import { findServerProcesses, listeningPorts, type ServerKind as Server, serverO
 
 /** Listening ports are read again at least this often when the servers' processes did not change. */
 export const PORT_RESCAN_MS = 30_000;
+/**
+ * Where the kernel follows forks, execs and exits, the full /proc scan (a few ms a second with a few hundred
+ * processes: one open and read per process) is only a safety net, run this often; in between the kernel's map
+ * is the truth.
+ */
+export const FULL_SCAN_MS = 30_000;
 
 /** The process has exited (no /proc entry, or a zombie / dead task waiting to be reaped). */
 function procGone(pid: number): boolean {
@@ -34,6 +40,7 @@ export class ServerFollower {
   followActive = false;
   #portScanPids = "";
   #portScanMs = 0;
+  #fullScanMs = -Infinity;
 
   constructor(
     private readonly servers: readonly Server[],
@@ -41,8 +48,34 @@ export class ServerFollower {
     private readonly fixedPorts: readonly number[],
   ) {}
 
-  /** The full scan: server processes into `pids` (the map is the truth), their listening ports into `lp`. */
-  refresh(pids: TracedPids | undefined, lp: ListenPorts | undefined): void {
+  /**
+   * Server processes into `pids`, their listening ports into `lp`: the full /proc scan, or where the kernel
+   * follows the servers (and the last full scan is recent) the kernel's map read back. True when the set of
+   * traced processes changed.
+   */
+  refresh(pids: TracedPids | undefined, lp: ListenPorts | undefined, nowMs = Date.now()): boolean {
+    const before = [...this.traced.keys()].join(",");
+    if (this.followActive && pids && nowMs - this.#fullScanMs < FULL_SCAN_MS) {
+      const traced = new Map<number, Server>();
+      for (const [pid, kind] of pids.entries()) {
+        const server = kind === ServerKind.NGINX
+          ? "nginx"
+          : kind === ServerKind.APACHE
+          ? "apache"
+          : undefined;
+        if (server) traced.set(pid, server);
+      }
+      this.traced = traced;
+    } else {
+      this.#fullScanMs = nowMs;
+      this.#scan(pids);
+    }
+    this.#ports(lp);
+    return [...this.traced.keys()].join(",") !== before;
+  }
+
+  /** The full scan: server processes into `pids` (the map is the truth). */
+  #scan(pids: TracedPids | undefined): void {
     const now = new Map(findServerProcesses(this.servers).map((p) => [p.pid, p.server] as const));
     // The follow programs add forked/exec'd servers and remove exited ones in the kernel: read the map whole
     // first, then change what differs.
@@ -71,15 +104,20 @@ export class ServerFollower {
       pids?.delete(pid);
     }
     this.traced = traced;
+  }
+
+  /** The listening ports of the traced processes (or the fixed ones) into `lp`. */
+  #ports(lp: ListenPorts | undefined): void {
     // Listening ports come from /proc/PID/net/tcp, which also lists every TIME_WAIT connection: tens of
     // thousands of lines on a server closing 10k connections a second. Read it when the servers' processes
     // changed, else every PORT_RESCAN_MS, not every second.
-    const pidKey = [...now.keys()].join(",");
+    const pids = [...this.traced.keys()].sort((a, b) => a - b);
+    const pidKey = pids.join(",");
     const rescan = pidKey !== this.#portScanPids || Date.now() - this.#portScanMs >= PORT_RESCAN_MS;
     if (!this.fixedPorts.length && !rescan) return;
     this.#portScanPids = pidKey;
     this.#portScanMs = Date.now();
-    const ports = this.fixedPorts.length ? this.fixedPorts : listeningPorts([...now.keys()]);
+    const ports = this.fixedPorts.length ? this.fixedPorts : listeningPorts(pids);
     for (const p of ports) {
       if (this.ports.has(p)) continue;
       lp?.add(p);
