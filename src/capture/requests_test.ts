@@ -1,6 +1,8 @@
 import { assert, assertEquals } from "../testing/asserts.ts";
 import { type CapturedHello, type PayloadChunk, RequestTracker } from "./requests.ts";
 import type { Row } from "../sink/row.ts";
+import { H2_FRAME, H2_PREFACE, h2Frame } from "../parse/http2.ts";
+import { hpackEncode } from "../../tests/helpers/hpack_encode.ts";
 
 const enc = (s: string) => new TextEncoder().encode(s);
 
@@ -131,4 +133,44 @@ Deno.test("RequestTracker", async (t) => {
       assertEquals(reused.hellos.map((h) => h.fp.ja4), fresh.hellos.map((h) => h.fp.ja4));
     },
   );
+
+  await t.step("the protocol is told by the first 4 bytes, however the reads split them", async (t) => {
+    const h2 = new Uint8Array([
+      ...H2_PREFACE,
+      ...h2Frame(
+        H2_FRAME.HEADERS,
+        0x5,
+        1,
+        hpackEncode([[":method", "GET"], [":scheme", "http"], [":path", "/h2"], [":authority", "h"]], {
+          huffman: false,
+          indexing: "incremental",
+        }),
+      ),
+    ]);
+    const h1 = enc("GET /h1 HTTP/1.1\r\nHost: h\r\n\r\n");
+    // "PRJ " is no preface: an HTTP/1 head that fails as one (counted), never HTTP/2.
+    const notH2 = enc("PRJ * HTTP/2.0\r\n\r\nGET /after HTTP/1.1\r\nHost: h\r\n\r\n");
+    const cases: [string, Uint8Array, number, [string, string][], number][] = [
+      ["HTTP/2 prior knowledge", h2, 0, [["/h2", "20"]], 0],
+      ["HTTP/2, preface split 2 + rest", h2, 2, [["/h2", "20"]], 0],
+      ["HTTP/2, preface split 3 + rest", h2, 3, [["/h2", "20"]], 0],
+      ["HTTP/1", h1, 0, [["/h1", "11"]], 0],
+      ["HTTP/1 split 1 + rest", h1, 1, [["/h1", "11"]], 0],
+      ["PRJ: HTTP/1 with a bad first line", notH2, 0, [["/after", "11"]], 1],
+    ];
+    for (const [name, bytes, cut, want, errors] of cases) {
+      await t.step(name, () => {
+        const { rt, rows } = tracker();
+        const c = chunk(9, 0, "");
+        const parts = cut ? [bytes.subarray(0, cut), bytes.subarray(cut)] : [bytes];
+        let pos = 0;
+        for (const p of parts) {
+          rt.push({ ...c, pos, data: p });
+          pos += p.length;
+        }
+        assertEquals(rows.map((r) => [r.path, r.http_version]), want);
+        assertEquals(rt.stats().parse_errors, errors);
+      });
+    }
+  });
 });
