@@ -11,7 +11,7 @@
  * Hold the machine lock while it runs.
  */
 import { parseArgs } from "node:util";
-import { agentEnv, agentV8Flags, startAgent } from "../tests/helpers/agent.ts";
+import { checkoutAgent, startAgent } from "../tests/helpers/agent.ts";
 import { startNginx } from "../tests/helpers/servers.ts";
 import { requireRoot, requireTool } from "../tests/helpers/proc.ts";
 import { median } from "./median.ts";
@@ -51,13 +51,7 @@ for (let round = 0; round < Number(values.rounds); round++) {
     }
     const agent = await startAgent({
       metricsPort: 22441,
-      ...(v === "base"
-        ? {
-          main: `${base}/src/main.ts`,
-          v8Flags: agentV8Flags(`${base}/scripts/agent-v8-flags`),
-          env: agentEnv(`${base}/scripts/agent-env`),
-        }
-        : {}),
+      ...(v === "base" ? checkoutAgent(base!) : {}),
     });
     try {
       ns[v].push(dd());

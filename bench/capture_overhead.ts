@@ -16,13 +16,7 @@
 import { parseArgs } from "node:util";
 import { startNginx, type WebServer } from "../tests/helpers/servers.ts";
 import { wrk, type WrkResult } from "../tests/helpers/clients.ts";
-import {
-  AGENT_V8_FLAGS,
-  agentEnv,
-  agentV8Flags,
-  type RunningAgent,
-  startAgent,
-} from "../tests/helpers/agent.ts";
+import { AGENT_V8_FLAGS, checkoutAgent, type RunningAgent, startAgent } from "../tests/helpers/agent.ts";
 import { delay, makeTempDir, requirePortsFree, requireRoot, requireTool } from "../tests/helpers/proc.ts";
 import { httpsProbesBench } from "./https_probes.ts";
 import { batchPolicy, cpuSplitUs, starve } from "./proc_cpu.ts";
@@ -203,9 +197,7 @@ async function oneRun(
         },
         readyTimeoutMs: 90_000,
         // The earlier version with its own packaged V8 flags.
-        v8Flags: baseDir ? baseV8Flags(baseDir) : o.v8Flags,
-        env: baseDir ? agentEnv(`${baseDir}/scripts/agent-env`) : undefined,
-        main: baseDir ? `${baseDir}/src/main.ts` : undefined,
+        ...(baseDir ? checkoutAgent(baseDir) : { v8Flags: o.v8Flags }),
       });
       readyMs = performance.now() - t0;
       if (o.starve) starve(agent.pid);
@@ -301,14 +293,6 @@ async function oneRun(
     await agent?.close();
     if (dir && !o.keep) await Deno.remove(dir, { recursive: true }).catch(() => {});
     else if (dir) console.error(`  kept ${dir}`);
-  }
-}
-
-function baseV8Flags(dir: string): string {
-  try {
-    return agentV8Flags(`${dir}/scripts/agent-v8-flags`);
-  } catch {
-    return ""; // an older checkout without the file
   }
 }
 

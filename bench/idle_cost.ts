@@ -11,7 +11,7 @@
  * Hold the machine lock while it runs.
  */
 import { parseArgs } from "node:util";
-import { AGENT_V8_FLAGS, agentEnv, agentV8Flags, startAgent } from "../tests/helpers/agent.ts";
+import { AGENT_V8_FLAGS, checkoutAgent, startAgent } from "../tests/helpers/agent.ts";
 import { startNginx } from "../tests/helpers/servers.ts";
 import { delay, requireRoot } from "../tests/helpers/proc.ts";
 import { median } from "./median.ts";
@@ -59,13 +59,7 @@ for (let round = 0; round < Number(values.rounds); round++) {
         metrics: { enabled: true },
       },
       readyTimeoutMs: 90_000,
-      ...(v === "base"
-        ? {
-          main: `${base}/src/main.ts`,
-          v8Flags: agentV8Flags(`${base}/scripts/agent-v8-flags`),
-          env: agentEnv(`${base}/scripts/agent-env`),
-        }
-        : { v8Flags: AGENT_V8_FLAGS }),
+      ...(v === "base" ? checkoutAgent(base!) : { v8Flags: AGENT_V8_FLAGS }),
     });
     await delay(5000); // past start-up (the first scans, the attach log)
     const a = threadNs(agent.pid);

@@ -30,6 +30,10 @@ function procGone(pid: number): boolean {
 }
 
 const kindOf = (server: Server) => server === "nginx" ? ServerKind.NGINX : ServerKind.APACHE;
+const serverOfKind = (kind: number): Server | undefined =>
+  kind === ServerKind.NGINX ? "nginx" : kind === ServerKind.APACHE ? "apache" : undefined;
+/** The traced pids in order: a set compared across refreshes whatever order the map iterates in. */
+const pidList = (m: Map<number, Server>) => [...m.keys()].sort((a, b) => a - b).join(",");
 
 export class ServerFollower {
   /** tgid → server, as written into the BPF process filter. */
@@ -54,15 +58,11 @@ export class ServerFollower {
    * traced processes changed.
    */
   refresh(pids: TracedPids | undefined, lp: ListenPorts | undefined, nowMs = Date.now()): boolean {
-    const before = [...this.traced.keys()].join(",");
+    const before = pidList(this.traced);
     if (this.followActive && pids && nowMs - this.#fullScanMs < FULL_SCAN_MS) {
       const traced = new Map<number, Server>();
       for (const [pid, kind] of pids.entries()) {
-        const server = kind === ServerKind.NGINX
-          ? "nginx"
-          : kind === ServerKind.APACHE
-          ? "apache"
-          : undefined;
+        const server = serverOfKind(kind);
         if (server) traced.set(pid, server);
       }
       this.traced = traced;
@@ -71,7 +71,7 @@ export class ServerFollower {
       this.#scan(pids);
     }
     this.#ports(lp);
-    return [...this.traced.keys()].join(",") !== before;
+    return pidList(this.traced) !== before;
   }
 
   /** The full scan: server processes into `pids` (the map is the truth). */
@@ -93,11 +93,7 @@ export class ServerFollower {
       if (now.has(pid)) continue;
       if (this.followActive && !procGone(pid)) {
         // Added by the kernel side and still running (a forked worker that renamed itself): keep it.
-        const server = kind === ServerKind.NGINX
-          ? "nginx"
-          : kind === ServerKind.APACHE
-          ? "apache"
-          : undefined;
+        const server = serverOfKind(kind);
         if (server) traced.set(pid, server);
         continue;
       }
@@ -111,8 +107,8 @@ export class ServerFollower {
     // Listening ports come from /proc/PID/net/tcp, which also lists every TIME_WAIT connection: tens of
     // thousands of lines on a server closing 10k connections a second. Read it when the servers' processes
     // changed, else every PORT_RESCAN_MS, not every second.
-    const pids = [...this.traced.keys()].sort((a, b) => a - b);
-    const pidKey = pids.join(",");
+    const pidKey = pidList(this.traced);
+    const pids = [...this.traced.keys()];
     const rescan = pidKey !== this.#portScanPids || Date.now() - this.#portScanMs >= PORT_RESCAN_MS;
     if (!this.fixedPorts.length && !rescan) return;
     this.#portScanPids = pidKey;

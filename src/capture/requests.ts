@@ -101,7 +101,6 @@ interface Stream extends ConnTuple {
   errorsSeen: number;
 }
 
-
 /** (pid, fd, plaintext) as one number: pid < 2^22, fd < 2^21, so the key stays below 2^44 (exact). */
 function streamKey(pid: number, fd: number, plaintext: boolean): number {
   return ((pid * 2097152) + (fd & 0x1fffff)) * 2 + (plaintext ? 1 : 0);

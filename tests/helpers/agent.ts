@@ -44,6 +44,18 @@ export function agentEnv(file: string | URL): Record<string, string> {
 /** This checkout's. */
 export const AGENT_ENV = agentEnv(new URL("../../scripts/agent-env", import.meta.url));
 
+/**
+ * startAgent's options for another checkout's agent (benchmarks' --base): its src/main.ts, and the V8 flags and
+ * environment it packages (none for a checkout older than those files).
+ */
+export function checkoutAgent(dir: string): { main: string; v8Flags: string; env: Record<string, string> } {
+  let v8Flags = "";
+  try {
+    v8Flags = agentV8Flags(`${dir}/scripts/agent-v8-flags`);
+  } catch { /* an older checkout without the file */ }
+  return { main: `${dir}/src/main.ts`, v8Flags, env: agentEnv(`${dir}/scripts/agent-env`) };
+}
+
 /** Nested plain objects, merged key by key into the base config. */
 export type ConfigPatch = { [k: string]: unknown };
 
