@@ -98,22 +98,13 @@ struct {
 	__type(value, __u32);
 } traced_pids SEC(".maps");
 
-/* Server TCP ports (host byte order) that tc watches: indexed by port, 1 = watched. tc looks a port up for
- * every packet on the interface (the server's own replies included); an array lookup is inlined by the JIT,
- * a hash lookup is a call and a bucket walk. */
+/* Server TCP ports (host byte order) that tc watches. */
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 65536);
-	__type(key, __u32);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u16);
 	__type(value, __u8);
 } listen_ports SEC(".maps");
-
-static __always_inline bool port_watched(__u16 port)
-{
-	__u32 k = port;
-	__u8 *w = bpf_map_lookup_elem(&listen_ports, &k);
-	return w && *w;
-}
 
 /* Entry -> exit state of a syscall (recvfrom/read/readv), keyed by pid_tgid. */
 struct sys_stash {

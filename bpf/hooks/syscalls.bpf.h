@@ -389,7 +389,6 @@ int tp_enter_listen(struct syscall_trace_enter___ja4 *ctx)
 {
 	struct ja4_event_hdr h;
 	__u8 one = 1;
-	__u32 port;
 	int r;
 
 	if (!follow_listen || !is_traced(bpf_get_current_pid_tgid() >> 32))
@@ -399,7 +398,6 @@ int tp_enter_listen(struct syscall_trace_enter___ja4 *ctx)
 		count_drop(JA4_DROP_READ_KERNEL);
 	if (r != 0 || !h.dport)
 		return 0;
-	port = h.dport;
-	bpf_map_update_elem(&listen_ports, &port, &one, BPF_ANY);
+	bpf_map_update_elem(&listen_ports, &h.dport, &one, BPF_NOEXIST);
 	return 0;
 }

@@ -180,7 +180,7 @@ int tc_ingress(struct __sk_buff *skb)
 	if (payload == 0 && !(th.flags & (TC_SYN | TC_FIN | TC_RST)))
 		return JA4_TC_ACT_UNSPEC;
 	fk.dport = bpf_ntohs(th.dest);
-	if (!port_watched(fk.dport))
+	if (!bpf_map_lookup_elem(&listen_ports, &fk.dport))
 		return JA4_TC_ACT_UNSPEC;
 	fk.sport = bpf_ntohs(th.source);
 

@@ -16,6 +16,13 @@ function checkSizes(map: BpfMap, key: number, value: number): BpfMap {
   return map;
 }
 
+/** A u16 key in host byte order. */
+function u16Key(n: number): Uint8Array<ArrayBuffer> {
+  const b = new Uint8Array(2);
+  new DataView(b.buffer).setUint16(0, n, true);
+  return b;
+}
+
 const readU32 = (b: Uint8Array) => new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(0, true);
 
 /** The kind in a traced_pids value (the bits above it are the kernel's probe counters, enum ja4_traced_bits). */
@@ -50,32 +57,22 @@ export class TracedPids {
   }
 }
 
-/**
- * listen_ports: an array indexed by server TCP port (u32 key, host order) → u8, 1 = watched; tc reports SYNs
- * and first bytes to these. Every port has an element: "removing" one writes 0.
- */
+/** listen_ports: server TCP port (u16, host order) → 1; tc reports SYNs and first bytes to these. */
 export class ListenPorts {
   readonly map: BpfMap;
   constructor(map: BpfMap) {
-    this.map = checkSizes(map, 4, 1);
+    this.map = checkSizes(map, 2, 1);
   }
   static of(map: BpfMap | undefined): ListenPorts | undefined {
     return map && new ListenPorts(map);
   }
   add(port: number): void {
-    this.map.update(u32Key(port), WATCHED);
+    this.map.update(u16Key(port), new Uint8Array([1]));
   }
-  has(port: number): boolean {
-    return this.map.lookup(u32Key(port))?.[0] === 1;
-  }
-  /** True when the port was watched. */
   delete(port: number): boolean {
-    const was = this.has(port);
-    if (was) this.map.update(u32Key(port), UNWATCHED);
-    return was;
+    return this.map.delete(u16Key(port));
   }
 }
-const WATCHED = new Uint8Array([1]), UNWATCHED = new Uint8Array([0]);
 
 /** drops: per-CPU u64 counters indexed by DropReason (u32); user space sums the CPUs. */
 export class DropCounters {

@@ -30,16 +30,11 @@ Deno.test("typed map helpers write the bytes the BPF programs read (real object,
     assertEquals([...pids.entries().keys()], [0x01020304]);
   });
 
-  await t.step("listen_ports: indexed by the port (u32, host order) → 1; removed is 0", () => {
+  await t.step("listen_ports: a u16 port in host order → 1", () => {
     const ports = new ListenPorts(raw("listen_ports"));
-    assertEquals(raw("listen_ports").maxEntries, 65536, "every TCP port has its element");
     ports.add(8443); // 0x20fb
-    assertEquals(raw("listen_ports").lookup(new Uint8Array([0xfb, 0x20, 0, 0])), new Uint8Array([1]));
-    assertEquals([ports.has(8443), ports.has(8444)], [true, false]);
+    assertEquals(raw("listen_ports").lookup(new Uint8Array([0xfb, 0x20])), new Uint8Array([1]));
     assertEquals([ports.delete(8443), ports.delete(8443)], [true, false]);
-    assertEquals(raw("listen_ports").lookup(new Uint8Array([0xfb, 0x20, 0, 0])), new Uint8Array([0]));
-    ports.add(65535);
-    assertEquals(ports.has(65535), true);
   });
 
   await t.step("drops: the per-CPU counters of a reason are summed", () => {
@@ -55,12 +50,8 @@ Deno.test("typed map helpers write the bytes the BPF programs read (real object,
   });
 
   await t.step("a map of another shape is refused by name, not written with wrong bytes", () => {
-    assertThrows(
-      () => new TracedPids(raw("listen_ports")),
-      Error,
-      "map listen_ports: key/value 4/1 bytes, expected 4/4",
-    );
-    assertThrows(() => new ListenPorts(raw("drops")), Error, "expected 4/1");
+    assertThrows(() => new TracedPids(raw("listen_ports")), Error, "map listen_ports: key/value 2/1 bytes");
+    assertThrows(() => new ListenPorts(raw("drops")), Error, "expected 2/1");
     assertEquals(TracedPids.of(undefined), undefined);
   });
 });

@@ -11,7 +11,6 @@ import { DropReason, ServerKind } from "../../src/bpf/layout.gen.ts";
 import { SSL_UPROBES } from "../../src/bpf/plan.ts";
 import { ensureTracefs } from "../../src/bpf/tracefs.ts";
 import { libbpf } from "../../src/bpf/ffi.ts";
-import { ListenPorts } from "../../src/bpf/maps.ts";
 import { HarnessError, requireRoot } from "./proc.ts";
 
 /**
@@ -74,8 +73,10 @@ export class TestLoader implements AsyncDisposable {
       obj.load();
       const pids = obj.map("traced_pids");
       for (const pid of o.pids) pids.update(u32Key(pid), u32Key(o.kind ?? ServerKind.NGINX));
-      const ports = new ListenPorts(obj.map("listen_ports"));
-      for (const p of o.listenPorts ?? []) ports.add(p);
+      const ports = obj.map("listen_ports");
+      for (const p of o.listenPorts ?? []) {
+        ports.update(new Uint8Array([p & 0xff, p >> 8]), new Uint8Array([1]));
+      }
       // The reader before the programs: a perf sample sent before perf_buffer__new has opened the CPU's
       // perf event fails (ENOENT) and is counted as a drop.
       const onRecord = (rec: Uint8Array) => {

@@ -14,7 +14,7 @@ import { BpfObject, u32Key } from "../../src/bpf/object.ts";
 import { embeddedObject } from "../../src/bpf/embedded.ts";
 import { RingReader } from "../../src/bpf/ringbuf.ts";
 import { decodeEvent } from "../../src/bpf/events.ts";
-import { ListenPorts, tracedKind } from "../../src/bpf/maps.ts";
+import { tracedKind } from "../../src/bpf/maps.ts";
 import { ServerKind } from "../../src/bpf/layout.gen.ts";
 import type { Row } from "../../src/sink/row.ts";
 import { TestLoader } from "../helpers/bpf.ts";
@@ -262,7 +262,7 @@ function tcInstance(dev: string, port: number, handle: number, priority: number)
     obj.setRingSize("events", 1 << 16);
     obj.setGlobals({ self_tgid: Deno.pid, use_ringbuf: true });
     obj.load();
-    new ListenPorts(obj.map("listen_ports")).add(port);
+    obj.map("listen_ports").update(new Uint8Array([port & 0xff, port >> 8]), new Uint8Array([1]));
     const syns: number[] = [];
     const reader = new RingReader(obj.map("events"), {
       onRecord: (rec) => {
@@ -355,7 +355,8 @@ async function lateListener(family: "4" | "6") {
 
 Deno.test("tp_enter_listen: a traced server's new port reaches listen_ports at its listen()", async (t) => {
   requireRoot("loading BPF programs");
-  const has = (l: TestLoader, port: number) => new ListenPorts(l.obj.map("listen_ports")).has(port);
+  const has = (l: TestLoader, port: number) =>
+    l.obj.map("listen_ports").lookup(new Uint8Array([port & 0xff, port >> 8])) !== undefined;
   const trace = (l: TestLoader, pid: number) =>
     l.obj.map("traced_pids").update(u32Key(pid), u32Key(ServerKind.NGINX));
   for (const family of ["4", "6"] as const) {
