@@ -204,17 +204,19 @@ async function oneRun(
       if (o.batch) batchPolicy(agent.pid);
     }
     const logFrom = (await Deno.stat(ng.accessLogPath).catch(() => ({ size: 0 }))).size;
+    const load = (duration: number) =>
+      wrk({
+        url,
+        threads: o.threads,
+        connections: o.connections,
+        duration,
+        headers: mode === "close" ? ["Connection: close"] : [],
+      });
     let warmup: { requests: number; cpuUs: number; captured: number } | undefined;
     if (agent && o.agentWarmup > 0) {
       // Steady state is what a long-running agent costs: the same load first, drained, not counted.
       const c0 = cpuUs(agent.pid);
-      await wrk({
-        url,
-        threads: o.threads,
-        connections: o.connections,
-        duration: o.agentWarmup,
-        headers: mode === "close" ? ["Connection: close"] : [],
-      });
+      await load(o.agentWarmup);
       const m = await drain(agent);
       warmup = {
         cpuUs: cpuUs(agent.pid) - c0,
@@ -230,13 +232,7 @@ async function oneRun(
     const sampler = setInterval(() => others = Math.max(others, otherAgents() - mine), 2000);
     const restoreStats = agent && o.bpfStats ? enableBpfStats() : undefined;
     const progs0 = restoreStats ? progCounters(agent!.pid) : undefined;
-    const w = await wrk({
-      url,
-      threads: o.threads,
-      connections: o.connections,
-      duration: o.duration,
-      headers: mode === "close" ? ["Connection: close"] : [],
-    });
+    const w = await load(o.duration);
     const ngCpu = nginxCpuUs(ng) - ngCpu0;
     const progs1 = restoreStats ? progCounters(agent!.pid) : undefined;
     restoreStats?.();

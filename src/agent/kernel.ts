@@ -273,8 +273,9 @@ export class KernelCapture {
    * The slow timer's share: the full process scan (throws on failure), the HTTPS and libapr probes, and
    * with `interfaces` the TC interfaces.
    */
-  refresh(interfaces: boolean, nowMs = Date.now()): void {
+  refresh(interfaces: boolean): void {
     const changed = this.refreshProcesses();
+    const nowMs = Date.now();
     // The probes follow the files the servers map (one /proc/PID/maps read and parse per server process):
     // at once when the servers changed, else every LIB_RESCAN_MS for a library replaced under them.
     if (changed || nowMs - this.libScanMs >= LIB_RESCAN_MS) {

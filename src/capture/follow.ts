@@ -70,8 +70,9 @@ export class ServerFollower {
       this.#fullScanMs = nowMs;
       this.#scan(pids);
     }
-    this.#ports(lp);
-    return pidList(this.traced) !== before;
+    const after = pidList(this.traced);
+    this.#ports(lp, after, nowMs);
+    return after !== before;
   }
 
   /** The full scan: server processes into `pids` (the map is the truth). */
@@ -102,18 +103,16 @@ export class ServerFollower {
     this.traced = traced;
   }
 
-  /** The listening ports of the traced processes (or the fixed ones) into `lp`. */
-  #ports(lp: ListenPorts | undefined): void {
+  /** The listening ports of the traced processes (`pidKey`: pidList of them) or the fixed ones into `lp`. */
+  #ports(lp: ListenPorts | undefined, pidKey: string, nowMs: number): void {
     // Listening ports come from /proc/PID/net/tcp, which also lists every TIME_WAIT connection: tens of
     // thousands of lines on a server closing 10k connections a second. Read it when the servers' processes
     // changed, else every PORT_RESCAN_MS, not every second.
-    const pidKey = pidList(this.traced);
-    const pids = [...this.traced.keys()];
-    const rescan = pidKey !== this.#portScanPids || Date.now() - this.#portScanMs >= PORT_RESCAN_MS;
+    const rescan = pidKey !== this.#portScanPids || nowMs - this.#portScanMs >= PORT_RESCAN_MS;
     if (!this.fixedPorts.length && !rescan) return;
     this.#portScanPids = pidKey;
-    this.#portScanMs = Date.now();
-    const ports = this.fixedPorts.length ? this.fixedPorts : listeningPorts(pids);
+    this.#portScanMs = nowMs;
+    const ports = this.fixedPorts.length ? this.fixedPorts : listeningPorts([...this.traced.keys()]);
     for (const p of ports) {
       if (this.ports.has(p)) continue;
       lp?.add(p);
