@@ -17,13 +17,7 @@ import type { AttachPlan } from "../src/bpf/plan.ts";
 import { DEFAULT_CONFIG } from "../src/config/config.ts";
 import { setLogSink } from "../src/log.ts";
 import { openOutputs } from "../src/sink/mod.ts";
-import { type RingBatch, ringBatch, Traffic, type TrafficOptions } from "./traffic.ts";
-
-const MODES: Record<string, TrafficOptions> = {
-  keepalive: { requestsPerConn: 100, tlsShare: 0 },
-  close: { requestsPerConn: 1, tlsShare: 0 },
-  tls: { requestsPerConn: 10, tlsShare: 1 },
-};
+import { type RingBatch, ringBatch, Traffic, TRAFFIC_MODES } from "./traffic.ts";
 
 interface ProfileNode {
   callFrame: { functionName: string; url: string; lineNumber: number };
@@ -56,7 +50,7 @@ export async function allocPerRequest(
   const agent = new Agent(cfg);
   agent.correlator.opts.orderedEvents = true;
   agent.plan = { hooks: [{ hook: "nginx", method: "tracepoint" }] } as unknown as AttachPlan;
-  const traffic = new Traffic(MODES[mode]);
+  const traffic = new Traffic(TRAFFIC_MODES[mode]);
   let ring: RingBatch | undefined;
   const session = withSites ? new Session() : undefined;
   session?.connect();

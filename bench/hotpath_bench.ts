@@ -7,7 +7,8 @@
  *   deno run -A bench/hotpath_bench.ts [--requests=200000] [--modes=keepalive,close,tls]
  *   deno run -A --cpu-prof --cpu-prof-dir=bench/out bench/hotpath_bench.ts --modes=close   # where it goes
  *
- * Modes: keepalive = plain HTTP, 100 requests per connection (one DATA event per request); close = plain HTTP,
+ * Modes: keepalive = plain HTTP, 100 requests per connection (one DATA event per request; the heads rotate);
+ * repeat = the same, each connection repeating one head (bots, API clients, load generators); close = plain HTTP,
  * one request per connection (SYN + first segment + DATA + close per request); tls = one TLS connection per
  * 10 requests (SYN + ClientHello segment + SSL_read plaintext + close).
  */
@@ -16,13 +17,7 @@ import type { AttachPlan } from "../src/bpf/plan.ts";
 import { DEFAULT_CONFIG } from "../src/config/config.ts";
 import { setLogSink } from "../src/log.ts";
 import { openOutputs } from "../src/sink/mod.ts";
-import { type RingBatch, ringBatch, Traffic, type TrafficOptions } from "./traffic.ts";
-
-const MODES: Record<string, TrafficOptions> = {
-  keepalive: { requestsPerConn: 100, tlsShare: 0 },
-  close: { requestsPerConn: 1, tlsShare: 0 },
-  tls: { requestsPerConn: 10, tlsShare: 1 },
-};
+import { type RingBatch, ringBatch, Traffic, TRAFFIC_MODES } from "./traffic.ts";
 
 /** CPU ns of the calling (JS) thread. */
 function threadNs(): number {
@@ -51,7 +46,10 @@ export async function runHotpath(mode: string, requests: number): Promise<Hotpat
   // Agent.start() would plan real hooks; the dispatch only needs to know which method nginx uses.
   agent.plan = { hooks: [{ hook: "nginx", method: "tracepoint" }] } as unknown as AttachPlan;
   // JA4EBPF_PLAIN_PKT=1: the tc events of the BPF object before plain-HTTP first segments were dropped there.
-  const traffic = new Traffic({ ...MODES[mode], plainPkt: Deno.env.get("JA4EBPF_PLAIN_PKT") === "1" });
+  const traffic = new Traffic({
+    ...TRAFFIC_MODES[mode],
+    plainPkt: Deno.env.get("JA4EBPF_PLAIN_PKT") === "1",
+  });
   let rows = 0;
   const st = { onRecord: 0, tick: 0, sink: 0 };
   let ring: RingBatch | undefined;

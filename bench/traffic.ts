@@ -154,7 +154,21 @@ export interface TrafficOptions {
   tlsShare: number;
   /** Also send a plain-HTTP connection's first segment from tc (what the BPF side did before it stopped). */
   plainPkt?: boolean;
+  /**
+   * Every request of a connection sends the same head (a bot, an API client, a load generator); otherwise
+   * the heads rotate (a browser loading a page: document, scripts, images, each its own headers).
+   */
+  sameHead?: boolean;
 }
+
+/** The benchmarks' traffic mixes, by name (bench/hotpath_bench.ts, bench/alloc.ts, bench/stages.ts). */
+export const TRAFFIC_MODES: Record<string, TrafficOptions> = {
+  keepalive: { requestsPerConn: 100, tlsShare: 0 },
+  /** keep-alive where a connection repeats one head */
+  repeat: { requestsPerConn: 100, tlsShare: 0, sameHead: true },
+  close: { requestsPerConn: 1, tlsShare: 0 },
+  tls: { requestsPerConn: 10, tlsShare: 1 },
+};
 
 export class Traffic {
   readonly heads = heads();
@@ -243,7 +257,7 @@ export class Traffic {
     }
     let pos = 0;
     for (let k = 0; k < this.opts.requestsPerConn; k++) {
-      const h = (c + k) % this.heads.length;
+      const h = (this.opts.sameHead ? c : c + k) % this.heads.length;
       const [rec, dv] = this.#rec(this.#data[tls ? 1 : 0][h], c);
       dv.setBigUint64(DATA_EVENT.fields.pos.offset, BigInt(pos), true);
       out.push(rec);

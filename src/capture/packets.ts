@@ -23,6 +23,8 @@ export interface SynFacts extends Keyed {
 export interface SegmentFacts extends Keyed {
   tsNs: number;
   seq: number;
+  /** Stream offset of bytes[0], counted from ISN + 1 by the kernel's flow (it sends no segment without one). */
+  offset: number;
   bytes: Uint8Array;
 }
 
@@ -44,10 +46,8 @@ export interface PacketTrackerStats {
   evicted: number;
 }
 
+/** Created by a connection's first payload segment: a SYN alone (every plain-HTTP connection) costs no entry. */
 interface Flow {
-  /** Sequence number of the first payload byte (ISN + 1), once known. */
-  base: number | undefined;
-  /** Created with the first payload segment: a SYN alone (every plain-HTTP connection) costs no parser. */
   asm: StreamAssembler | null;
   tls: TlsHandshakeReader | null;
   lastNs: number;
@@ -79,11 +79,13 @@ export class PacketTracker {
     return { ...this.s, flows: this.flows.size };
   }
 
-  /** A client SYN: returns its JA4T, and starts a flow so the hello's segments are ordered from ISN + 1. */
+  /**
+   * A client SYN: returns its JA4T. No flow starts here (the kernel orders segments from ISN + 1 itself, and
+   * plain-HTTP connections never send one); what a reused port left behind goes.
+   */
   syn(f: SynFacts): string {
     this.s.syns++;
-    const flow = this.newFlow(connKeyOf(f), f.tsNs);
-    flow.base = (f.seq + 1) >>> 0;
+    this.flows.delete(connKeyOf(f));
     return ja4t({ window: f.window, options: f.options }, { absent: this.opts.ja4tAbsent ?? "foxio" });
   }
 
@@ -93,12 +95,10 @@ export class PacketTracker {
     const key = connKeyOf(f);
     const got = this.flows.get(key);
     if (typeof got === "number") return undefined; // finished
+    const rel = f.offset >>> 0;
+    if (rel > 1 << 20) return undefined; // far beyond what we track
     const flow = got ?? this.newFlow(key, f.tsNs);
     flow.lastNs = f.tsNs;
-    // The SYN may have been missed (connection older than the agent): the first segment seen sets the base.
-    if (flow.base === undefined) flow.base = f.seq >>> 0;
-    const rel = (f.seq - flow.base) >>> 0;
-    if (rel > 1 << 20) return undefined; // before the base (old retransmit) or far beyond what we track
     const asm = flow.asm ??= new StreamAssembler(64 * 1024);
     const tls = flow.tls ??= new TlsHandshakeReader();
     const { out } = asm.push(rel, f.bytes);
@@ -168,7 +168,6 @@ export class PacketTracker {
 
   private newFlow(key: ConnKey, tsNs: number): Flow {
     const flow: Flow = {
-      base: undefined,
       asm: null,
       tls: null,
       lastNs: tsNs,

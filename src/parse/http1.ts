@@ -38,6 +38,7 @@ export interface RequestHead extends HttpRequestHead {
 const LF = 0x0a;
 const CR = 0x0d;
 const decoder = new TextDecoder();
+const NO_BYTES = new Uint8Array(0);
 
 /**
  * Offset just past the empty line that ends a head starting at `from` (bare LF line ends accepted), or -1 if
@@ -180,6 +181,11 @@ function parseRequestLine(text: string, lf: number): Parsed<RequestHead> {
 export interface HeaderBlock {
   headers: [name: string, value: string][];
   framing: number | "chunked" | "malformed";
+  /**
+   * The block's bytes (after the request line's LF, through the empty line), kept with the cache entry: a
+   * stream compares its next head against them (one byte loop) instead of decoding and hashing the head.
+   */
+  bytes: Uint8Array;
   /** Host and User-Agent values, filled by the first head that needs them (typed fields: no map lookup). */
   host: string | undefined;
   ua: string | undefined;
@@ -198,10 +204,12 @@ export interface HeaderBlock {
 export function newHeaderBlock(
   headers: [string, string][],
   framing: number | "chunked" | "malformed",
+  bytes: Uint8Array = NO_BYTES,
 ): HeaderBlock {
   return {
     headers,
     framing,
+    bytes,
     host: undefined,
     ua: undefined,
     lastMethod: "",
@@ -235,12 +243,23 @@ export class HeaderBlockCache {
 
   set(block: string, e: HeaderBlock): void {
     if (block.length > this.maxBlock) return;
-    if (this.#map.size >= this.maxEntries || this.#chars + block.length > this.maxChars) {
+    // The key's characters and the entry's bytes both count against maxChars.
+    const cost = block.length + e.bytes.length;
+    if (this.#map.size >= this.maxEntries || this.#chars + cost > this.maxChars) {
       this.#map.clear();
       this.#chars = 0;
     }
     this.#map.set(block, e);
-    this.#chars += block.length;
+    this.#chars += cost;
+  }
+
+  /** Hits found by a stream comparing a head with its previous block (no lookup), counted in `hits` too. */
+  byteHits = 0;
+
+  /** A stream's head matched its previous block byte for byte (no lookup needed): counted as a hit. */
+  countHit(): void {
+    this.hits++;
+    this.byteHits++;
   }
 }
 
@@ -277,7 +296,7 @@ function cachedHead(
     const r = parseRequestHead(b.subarray(p, end), maxHead);
     if (r.ok) {
       const h = r.value;
-      h.block = newHeaderBlock(h.headers, bodyFraming(h));
+      h.block = newHeaderBlock(h.headers, bodyFraming(h), b.slice(b.indexOf(LF, p) + 1, end));
       cache.set(block, h.block);
     }
     return r;
@@ -313,7 +332,6 @@ type BodyState =
   | { kind: "trailers" };
 
 /** Shared immutable states: a new stream (one per connection) allocates neither a buffer nor a state object. */
-const NO_BYTES = new Uint8Array(0);
 const BODY_NONE: BodyState = Object.freeze({ kind: "none" });
 
 export interface Http1StreamOptions {
@@ -355,6 +373,8 @@ export class Http1RequestStream {
   private resync = false;
   private readonly maxHead: number;
   private readonly cache: HeaderBlockCache | undefined;
+  /** The header block of the last head returned (from the cache): the next head is compared with it first. */
+  #last: HeaderBlock | undefined;
 
   constructor(opts: Http1StreamOptions = {}) {
     this.maxHead = opts.maxHead ?? MAX_HEAD;
@@ -502,7 +522,11 @@ export class Http1RequestStream {
       if (p >= b.length) break;
       // Find the end of the head first, resuming where the last push stopped (linear in the bytes sent).
       let end = -1, text: string | undefined;
-      if (this.cache !== undefined && this.scan === 0) {
+      // A keep-alive client repeats its header block: compared with the previous head's, byte for byte.
+      let r = this.cache !== undefined && this.scan === 0 && this.#last !== undefined
+        ? this.#sameBlock(b, p, this.#last)
+        : undefined;
+      if (r === undefined && this.cache !== undefined && this.scan === 0) {
         // Fast path for a head that arrives whole (nearly always): decode once (native), then two native
         // searches of the text, instead of a byte-level search line by line. Text offsets are byte offsets
         // only for ASCII; otherwise (or when the head is not whole) the byte search below decides.
@@ -519,21 +543,23 @@ export class Http1RequestStream {
           }
         }
       }
-      const from = Math.max(p, this.scan);
-      if (end < 0) {
-        end = headEnd(b, from, p + this.maxHead);
-        this.scanned += (end < 0 ? b.length : end) - from;
+      if (r === undefined) {
+        const from = Math.max(p, this.scan);
+        if (end < 0) {
+          end = headEnd(b, from, p + this.maxHead);
+          this.scanned += (end < 0 ? b.length : end) - from;
+        }
+        if (end < 0 && b.length - p < this.maxHead) {
+          this.scan = Math.max(p, b.length - 2);
+          break;
+        }
+        this.scan = 0;
+        r = text !== undefined
+          ? cachedHead(b, p, end, text, this.cache!, this.maxHead)
+          : end >= 0 && this.cache
+          ? parseRequestHeadCached(b.subarray(p, end), this.cache, this.maxHead)
+          : parseRequestHead(b.subarray(p, end < 0 ? b.length : end), this.maxHead);
       }
-      if (end < 0 && b.length - p < this.maxHead) {
-        this.scan = Math.max(p, b.length - 2);
-        break;
-      }
-      this.scan = 0;
-      const r = text !== undefined
-        ? cachedHead(b, p, end, text, this.cache!, this.maxHead)
-        : end >= 0 && this.cache
-        ? parseRequestHeadCached(b.subarray(p, end), this.cache, this.maxHead)
-        : parseRequestHead(b.subarray(p, end < 0 ? b.length : end), this.maxHead);
       if (!r.ok) {
         if (r.needMore) break;
         this.count(r.error.code);
@@ -550,6 +576,7 @@ export class Http1RequestStream {
       p += head.headLength;
       this.requests++;
       out.push(head);
+      if (head.block !== undefined && head.block.bytes.length !== 0) this.#last = head.block;
       const framing = head.block ? head.block.framing : bodyFraming(head);
       if (framing === "malformed") {
         this.count("malformed");
@@ -559,6 +586,30 @@ export class Http1RequestStream {
     }
     this.keep(b, p);
     return out;
+  }
+
+  /**
+   * The head at b[p..] when its header block is byte for byte the stream's previous one (`last`): only the
+   * request line is decoded and parsed — no decoding of the whole head, no hashing of its text for the cache.
+   * The same result as the cache's: equal bytes after the first LF end at the same empty line and hold the same
+   * headers. undefined: not the same block, not whole yet, or a request line that does not parse (the full
+   * path then reports it).
+   */
+  #sameBlock(b: Uint8Array, p: number, last: HeaderBlock): Streamed<RequestHead> | undefined {
+    const want = last.bytes, n = want.length;
+    const lf = b.indexOf(LF, p);
+    const end = lf + 1 + n;
+    if (lf < p || end > b.length || end - p > this.maxHead) return undefined;
+    for (let i = 0, q = lf + 1; i < n; i++, q++) if (b[q] !== want[i]) return undefined;
+    const line = decoder.decode(b.subarray(p, lf + 1));
+    const r = parseRequestLine(line, line.length - 1);
+    if (!r.ok) return undefined;
+    r.value.headers = last.headers;
+    r.value.headLength = end - p;
+    r.value.block = last;
+    this.scanned += end - p;
+    this.cache!.countHit();
+    return r;
   }
 
   /**
