@@ -8,7 +8,7 @@
  *   deno run -A bench/profile_agent.ts [--mode close|http] [--seconds 10] [--warmup 8] [--dir bench/out/agent-prof]
  *
  * --warmup: seconds of the same load before sampling starts, so that the profile is of the steady state (V8
- * compiles the hot path concurrently during the agent's first seconds under load).
+ * compiles the hot path during the agent's first seconds under load).
  */
 import { parseArgs } from "node:util";
 import { AGENT_V8_FLAGS, startAgent } from "../tests/helpers/agent.ts";

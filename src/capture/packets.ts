@@ -1,6 +1,6 @@
 /**
  * Packet side of the capture: client SYNs (→ JA4T) and the first client bytes of new connections
- * (→ the ClientHello, reassembled by TCP sequence number across segments, retransmits dropped) as the TC
+ * (→ the ClientHello, reassembled by stream offset across segments, retransmits dropped) as the TC
  * ingress program reports them. Bounded: flows are forgotten once their hello is out, after `idleNs`, or
  * least recently used first past `maxFlows`.
  */
@@ -15,14 +15,12 @@ import { type ConnKey, connKeyOf, type Keyed } from "./connkey.ts";
 
 export interface SynFacts extends Keyed {
   tsNs: number;
-  seq: number;
   window: number;
   options: Uint8Array;
 }
 
 export interface SegmentFacts extends Keyed {
   tsNs: number;
-  seq: number;
   /** Stream offset of bytes[0], counted from ISN + 1 by the kernel's flow (it sends no segment without one). */
   offset: number;
   bytes: Uint8Array;

@@ -38,7 +38,6 @@ export interface RequestHead extends HttpRequestHead {
 const LF = 0x0a;
 const CR = 0x0d;
 const decoder = new TextDecoder();
-const NO_BYTES = new Uint8Array(0);
 
 /**
  * Offset just past the empty line that ends a head starting at `from` (bare LF line ends accepted), or -1 if
@@ -204,7 +203,7 @@ export interface HeaderBlock {
 export function newHeaderBlock(
   headers: [string, string][],
   framing: number | "chunked" | "malformed",
-  bytes: Uint8Array = NO_BYTES,
+  bytes: Uint8Array,
 ): HeaderBlock {
   return {
     headers,
@@ -332,6 +331,7 @@ type BodyState =
   | { kind: "trailers" };
 
 /** Shared immutable states: a new stream (one per connection) allocates neither a buffer nor a state object. */
+const NO_BYTES = new Uint8Array(0);
 const BODY_NONE: BodyState = Object.freeze({ kind: "none" });
 
 export interface Http1StreamOptions {
@@ -576,7 +576,7 @@ export class Http1RequestStream {
       p += head.headLength;
       this.requests++;
       out.push(head);
-      if (head.block !== undefined && head.block.bytes.length !== 0) this.#last = head.block;
+      if (head.block !== undefined) this.#last = head.block;
       const framing = head.block ? head.block.framing : bodyFraming(head);
       if (framing === "malformed") {
         this.count("malformed");
