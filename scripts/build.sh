@@ -104,7 +104,7 @@ runtime_deno() {
   elif [ "$ARCH" = "$HOST_ARCH" ]; then
     d=$(readlink -f "$DENO")
   else
-    ver=$("$DENO" --version | head -1 | cut -d' ' -f2)
+    ver=$("$DENO" --version | awk 'NR == 1 {print $2}')
     d=$ROOT/.tools/deno-$ARCH/$ver/package/deno
     if [ ! -x "$d" ]; then
       command -v npm >/dev/null || die "npm is needed to fetch $DENO_NPM_PKG@$ver (apt-get install npm)"
@@ -143,7 +143,7 @@ build_bin() {
   self-extracting) ;;
   *) die "BUILD_KIND_FORCE must be self-extracting or compiled" ;;
   esac
-  log "kind: $kind (version $VERSION, deno $("$DENO" --version | head -1 | cut -d' ' -f2), $ARCH)"
+  log "kind: $kind (version $VERSION, deno $("$DENO" --version | awk 'NR == 1 {print $2}'), $ARCH)"
 
   rm -rf "$WORK"
   mkdir -p "$WORK/tree"

@@ -93,8 +93,9 @@ for m in mpm_event authz_core; do put_elf "/usr/lib/apache2/modules/mod_$m.so"; 
 put_elf /usr/bin/curl
 if [ $ARCH = x86 ]; then
   # glibc dlopens libgcc_s for pthread_cancel (Apache's children abort without it).
-  put "$(ldconfig -p | awk '/libgcc_s\.so\.1 .*x86-64/ {print $NF; exit}')"
-  libbpf=$(ldconfig -p | awk '/libbpf\.so\.1 .*x86-64/ {print $NF; exit}')
+  # awk reads to the end: leaving early would kill ldconfig with SIGPIPE, which pipefail turns into exit 141.
+  put "$(ldconfig -p | awk '/libgcc_s\.so\.1 .*x86-64/ && !f {print $NF; f = 1}')"
+  libbpf=$(ldconfig -p | awk '/libbpf\.so\.1 .*x86-64/ && !f {print $NF; f = 1}')
   [ -n "$libbpf" ] || { echo "initramfs: libbpf.so.1 not found (apt-get install libbpf1)" >&2; exit 1; }
   put_elf "$libbpf"
   # bpftool is optional: only for looking around in the guest by hand.

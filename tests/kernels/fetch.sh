@@ -51,7 +51,8 @@ if [ ! -e "$apt_dir/updated" ] || [ -n "$(find "$apt_dir/updated" -mmin +1440)" 
   touch "$apt_dir/updated"
 fi
 # The meta package names the current ABI's image package.
-pkg=$(apt-cache "${apt_opts[@]}" depends "$meta" | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+# (awk reads to the end: an early exit could kill apt-cache with SIGPIPE, fatal under pipefail.)
+pkg=$(apt-cache "${apt_opts[@]}" depends "$meta" | awk '/Depends: linux-image-[0-9]/ && !f {print $2; f = 1}')
 [ -n "$pkg" ] || { echo "fetch: $meta has no linux-image dependency in $suite" >&2; exit 1; }
 log "downloading $pkg"
 work=$(mktemp -d)
