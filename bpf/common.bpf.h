@@ -98,11 +98,14 @@ struct {
 	__type(value, __u32);
 } traced_pids SEC(".maps");
 
-/* Server TCP ports (host byte order) that tc watches. */
+/* Server TCP ports that tc watches: index = port (host byte order), value 1 = watched. An array, not a
+ * hash: tc looks up the destination port of every packet with a payload, and the verifier inlines an
+ * array lookup (no helper call, no hash). One element per port, so no writer read-modify-writes a word
+ * another port shares. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 256);
-	__type(key, __u16);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
 	__type(value, __u8);
 } listen_ports SEC(".maps");
 

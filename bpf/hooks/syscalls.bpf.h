@@ -389,6 +389,7 @@ int tp_enter_listen(struct syscall_trace_enter___ja4 *ctx)
 {
 	struct ja4_event_hdr h;
 	__u8 one = 1;
+	__u32 port;
 	int r;
 
 	if (!follow_listen || !is_traced(bpf_get_current_pid_tgid() >> 32))
@@ -398,6 +399,7 @@ int tp_enter_listen(struct syscall_trace_enter___ja4 *ctx)
 		count_drop(JA4_DROP_READ_KERNEL);
 	if (r != 0 || !h.dport)
 		return 0;
-	bpf_map_update_elem(&listen_ports, &h.dport, &one, BPF_NOEXIST);
+	port = h.dport;
+	bpf_map_update_elem(&listen_ports, &port, &one, BPF_ANY);
 	return 0;
 }

@@ -70,6 +70,57 @@ struct {
 } flows SEC(".maps");
 
 /*
+ * How many `flows` entries each client port has, at least: tc skips the flows lookup (a hash of the
+ * 40-byte key) when the count of a packet's source port is 0 — every request of a plain-HTTP connection
+ * after its first, whose flow is gone once its first bytes were seen. Counted up before an entry is
+ * created, down after tc deleted one, so a live entry's port never reads 0. An entry the LRU evicts
+ * (more than max_entries connections in their first bytes at once) leaves its port's count up: that
+ * port's packets pay the lookup they paid before.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u32);
+} flow_ports SEC(".maps");
+
+static __always_inline void flow_ports_add(__u16 sport, __s32 d)
+{
+	__u32 k = sport, *c = bpf_map_lookup_elem(&flow_ports, &k);
+
+	if (c)
+		__sync_fetch_and_add(c, d);
+}
+
+/* A client SYN: its flow starts, or restarts in place (a retransmitted SYN, the port reused). */
+static __always_inline void flow_start(const struct flow_key *fk, __u32 isn)
+{
+	struct flow_val nv = {.isn = isn}, *fv;
+
+	flow_ports_add(fk->sport, 1);
+	if (!bpf_map_update_elem(&flows, fk, &nv, BPF_NOEXIST))
+		return;
+	flow_ports_add(fk->sport, -1); /* the entry there is counted already */
+	fv = bpf_map_lookup_elem(&flows, fk);
+	if (fv) {
+		*fv = nv;
+		return;
+	}
+	/* deleted in between: create it once more, counted */
+	flow_ports_add(fk->sport, 1);
+	if (bpf_map_update_elem(&flows, fk, &nv, BPF_NOEXIST)) {
+		flow_ports_add(fk->sport, -1);
+		count_drop(JA4_DROP_FLOW_FULL);
+	}
+}
+
+static __always_inline void flow_end(const struct flow_key *fk)
+{
+	if (!bpf_map_delete_elem(&flows, fk))
+		flow_ports_add(fk->sport, -1);
+}
+
+/*
  * x (known to be in [1, pow2]) as a size the verifier can prove non-zero and bounded from the
  * arithmetic alone. clang fuses "x > 0 && x <= max" into one check on a copy ((x - 1) < max):
  * older verifiers (5.10, 6.1, 6.12; not 6.18) lose that bound for x and refuse the helper call with
@@ -112,7 +163,8 @@ int tc_ingress(struct __sk_buff *skb)
 	struct flow_key fk = {};
 	struct tc_tcph th;
 	struct flow_val *fv;
-	__u32 ip_hlen, doff, payload, off, budget = tc_capture_bytes;
+	__u32 ip_hlen, doff, payload, off, port, *live, budget = tc_capture_bytes;
+	__u8 *watched;
 	__u64 n;
 	__u16 proto = bpf_ntohs((__u16)skb->protocol);
 	__u16 ip_len;
@@ -176,25 +228,26 @@ int tc_ingress(struct __sk_buff *skb)
 		return JA4_TC_ACT_UNSPEC;
 	payload -= doff;
 	/* A bare ACK carries nothing and ends nothing: decided before any map lookup (half the packets of a
-	 * connection, both directions on loopback). */
+	 * connection, both directions on loopback). The two lookups after it are array reads the verifier
+	 * inlines; the flows hash is looked up only for ports that have a flow. */
 	if (payload == 0 && !(th.flags & (TC_SYN | TC_FIN | TC_RST)))
 		return JA4_TC_ACT_UNSPEC;
-	fk.dport = bpf_ntohs(th.dest);
-	if (!bpf_map_lookup_elem(&listen_ports, &fk.dport))
+	port = bpf_ntohs(th.dest);
+	watched = bpf_map_lookup_elem(&listen_ports, &port);
+	if (!watched || !*watched)
 		return JA4_TC_ACT_UNSPEC;
+	fk.dport = port;
 	fk.sport = bpf_ntohs(th.source);
 
 	if ((th.flags & (TC_SYN | TC_ACK)) == TC_SYN) {
 		struct ja4_syn_event *ev = scratch_get(SCRATCH_TC);
-		struct flow_val nv = {.isn = bpf_ntohl(th.seq)};
 		__u32 opt_len = doff - sizeof(th);
 
-		if (bpf_map_update_elem(&flows, &fk, &nv, BPF_ANY))
-			count_drop(JA4_DROP_FLOW_FULL);
+		flow_start(&fk, bpf_ntohl(th.seq));
 		if (!ev)
 			return JA4_TC_ACT_UNSPEC;
 		tc_fill_hdr(&ev->hdr, JA4_EV_SYN, &fk);
-		ev->seq = nv.isn;
+		ev->seq = bpf_ntohl(th.seq);
 		ev->window = bpf_ntohs(th.window);
 		ev->ttl = ttl;
 		ev->ip_len = ip_len;
@@ -215,6 +268,10 @@ int tc_ingress(struct __sk_buff *skb)
 		return JA4_TC_ACT_UNSPEC;
 	}
 
+	port = fk.sport;
+	live = bpf_map_lookup_elem(&flow_ports, &port);
+	if (!live || !*live)
+		return JA4_TC_ACT_UNSPEC; /* no flow from this port: the connection's first bytes were seen */
 	fv = bpf_map_lookup_elem(&flows, &fk);
 	if (!fv)
 		return JA4_TC_ACT_UNSPEC;
@@ -260,7 +317,7 @@ int tc_ingress(struct __sk_buff *skb)
 					 * the segment at offset 0 decides; a later one arriving first is sent. */
 					if (off == 0) {
 						if (ev->data[0] != 0x16 || (n >= 2 && ev->data[1] != 0x03)) {
-							bpf_map_delete_elem(&flows, &fk);
+							flow_end(&fk);
 							return JA4_TC_ACT_UNSPEC;
 						}
 						if (n >= 5)
@@ -273,6 +330,6 @@ int tc_ingress(struct __sk_buff *skb)
 		}
 	}
 	if (th.flags & (TC_FIN | TC_RST))
-		bpf_map_delete_elem(&flows, &fk);
+		flow_end(&fk);
 	return JA4_TC_ACT_UNSPEC;
 }

@@ -296,8 +296,10 @@ static int run(const char *path, int secs, const char *pids, unsigned short port
 		else
 			break;
 	}
-	if (port)
-		bpf_map_update_elem(bpf_object__find_map_fd_by_name(o, "listen_ports"), &port, &one, BPF_ANY);
+	if (port) {
+		__u32 key = port; /* listen_ports is an array indexed by the port */
+		bpf_map_update_elem(bpf_object__find_map_fd_by_name(o, "listen_ports"), &key, &one, BPF_ANY);
+	}
 	bpf_object__for_each_program(p, o)
 	{
 		const char *name = bpf_program__name(p);

@@ -16,13 +16,6 @@ function checkSizes(map: BpfMap, key: number, value: number): BpfMap {
   return map;
 }
 
-/** A u16 key in host byte order. */
-function u16Key(n: number): Uint8Array<ArrayBuffer> {
-  const b = new Uint8Array(2);
-  new DataView(b.buffer).setUint16(0, n, true);
-  return b;
-}
-
 const readU32 = (b: Uint8Array) => new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(0, true);
 
 /** The kind in a traced_pids value (the bits above it are the kernel's probe counters, enum ja4_traced_bits). */
@@ -57,22 +50,33 @@ export class TracedPids {
   }
 }
 
-/** listen_ports: server TCP port (u16, host order) → 1; tc reports SYNs and first bytes to these. */
+/**
+ * listen_ports: an array indexed by server TCP port (host order), 1 = tc reports SYNs and first bytes to
+ * it, 0 = not watched (array elements cannot be deleted, only cleared).
+ */
 export class ListenPorts {
   readonly map: BpfMap;
   constructor(map: BpfMap) {
-    this.map = checkSizes(map, 2, 1);
+    this.map = checkSizes(map, 4, 1);
   }
   static of(map: BpfMap | undefined): ListenPorts | undefined {
     return map && new ListenPorts(map);
   }
   add(port: number): void {
-    this.map.update(u16Key(port), new Uint8Array([1]));
+    this.map.update(u32Key(port), ON);
   }
+  /** true when the port was watched. */
   delete(port: number): boolean {
-    return this.map.delete(u16Key(port));
+    const was = this.has(port);
+    if (was) this.map.update(u32Key(port), OFF);
+    return was;
+  }
+  has(port: number): boolean {
+    return this.map.lookup(u32Key(port))?.[0] === 1;
   }
 }
+
+const ON = new Uint8Array([1]), OFF = new Uint8Array([0]);
 
 /** drops: per-CPU u64 counters indexed by DropReason (u32); user space sums the CPUs. */
 export class DropCounters {

@@ -30,11 +30,15 @@ Deno.test("typed map helpers write the bytes the BPF programs read (real object,
     assertEquals([...pids.entries().keys()], [0x01020304]);
   });
 
-  await t.step("listen_ports: a u16 port in host order → 1", () => {
+  await t.step("listen_ports: the element of a port (u32 index, host order) is 1, cleared to 0", () => {
     const ports = new ListenPorts(raw("listen_ports"));
+    assertEquals(ports.has(8443), false);
     ports.add(8443); // 0x20fb
-    assertEquals(raw("listen_ports").lookup(new Uint8Array([0xfb, 0x20])), new Uint8Array([1]));
+    assertEquals(raw("listen_ports").lookup(new Uint8Array([0xfb, 0x20, 0, 0])), new Uint8Array([1]));
+    assertEquals(ports.has(8443), true);
+    assertEquals(ports.has(8444), false);
     assertEquals([ports.delete(8443), ports.delete(8443)], [true, false]);
+    assertEquals(raw("listen_ports").lookup(new Uint8Array([0xfb, 0x20, 0, 0])), new Uint8Array([0]));
   });
 
   await t.step("drops: the per-CPU counters of a reason are summed", () => {
@@ -50,8 +54,8 @@ Deno.test("typed map helpers write the bytes the BPF programs read (real object,
   });
 
   await t.step("a map of another shape is refused by name, not written with wrong bytes", () => {
-    assertThrows(() => new TracedPids(raw("listen_ports")), Error, "map listen_ports: key/value 2/1 bytes");
-    assertThrows(() => new ListenPorts(raw("drops")), Error, "expected 2/1");
+    assertThrows(() => new TracedPids(raw("listen_ports")), Error, "map listen_ports: key/value 4/1 bytes");
+    assertThrows(() => new ListenPorts(raw("drops")), Error, "expected 4/1");
     assertEquals(TracedPids.of(undefined), undefined);
   });
 });

@@ -238,14 +238,19 @@ function u32Of(v: unknown): number {
 }
 
 /** Every entry of the map `name` the agent's process holds, read with bpftool (raw key and value). */
-async function agentMap(agentPid: number, name: string): Promise<{ key: unknown; value: unknown }[]> {
+async function agentMapId(agentPid: number, name: string): Promise<number> {
   const bpftool = requireTool("bpftool", "bpftool");
   const held = new Set(bpfMapIds(agentPid));
   // One listing of every map on the host, then the one this process holds.
   const maps = JSON.parse(await runOk([bpftool, "-j", "map", "show"])) as { id: number; name?: string }[];
   const id = maps.find((m) => held.has(m.id) && m.name === name)?.id;
   if (id === undefined) throw new HarnessError(`agent ${agentPid} holds no ${name} map`);
-  return JSON.parse(await runOk([bpftool, "-j", "map", "dump", "id", String(id)]));
+  return id;
+}
+
+async function agentMap(agentPid: number, name: string): Promise<{ key: unknown; value: unknown }[]> {
+  const id = await agentMapId(agentPid, name);
+  return JSON.parse(await runOk([requireTool("bpftool", "bpftool"), "-j", "map", "dump", "id", String(id)]));
 }
 
 /**
@@ -257,10 +262,14 @@ export async function tracedPids(agentPid: number): Promise<Map<number, number>>
   return new Map(dump.map((e) => [u32Of(e.key), tracedKind(u32Of(e.value))]));
 }
 
-/** The agent's listen_ports map: the server ports whose SYNs and first bytes tc reports (JA4T, JA4). */
-export async function listenPorts(agentPid: number): Promise<Set<number>> {
-  const dump = await agentMap(agentPid, "listen_ports");
-  return new Set(dump.map((e) => u32Of([...(e.key as string[]), "0", "0"])));
+/** Whether `port` is in the agent's listen_ports (the server ports whose SYNs and first bytes tc reports). */
+export async function listensOn(agentPid: number, port: number): Promise<boolean> {
+  const id = await agentMapId(agentPid, "listen_ports");
+  const key = [port & 0xff, port >> 8, 0, 0].map(String);
+  const got = JSON.parse(
+    await runOk([requireTool("bpftool", "bpftool"), "-j", "map", "lookup", "id", String(id), "key", ...key]),
+  ) as { value: string[] };
+  return Number(got.value[0]) === 1;
 }
 
 export async function startAgent(opts: AgentStartOptions = {}): Promise<RunningAgent> {

@@ -75,7 +75,7 @@ export class TestLoader implements AsyncDisposable {
       for (const pid of o.pids) pids.update(u32Key(pid), u32Key(o.kind ?? ServerKind.NGINX));
       const ports = obj.map("listen_ports");
       for (const p of o.listenPorts ?? []) {
-        ports.update(new Uint8Array([p & 0xff, p >> 8]), new Uint8Array([1]));
+        ports.update(u32Key(p), new Uint8Array([1]));
       }
       // The reader before the programs: a perf sample sent before perf_buffer__new has opened the CPU's
       // perf event fails (ENOENT) and is counted as a drop.

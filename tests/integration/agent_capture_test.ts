@@ -10,7 +10,7 @@ import { assert, assertEquals, assertGreater, assertMatch } from "../../src/test
 import type { Row } from "../../src/sink/row.ts";
 import type { StreamRecord } from "../../src/offline/fingerprint_capture.ts";
 import {
-  listenPorts,
+  listensOn,
   MAIN_TS,
   rowsSettled,
   type RunningAgent,
@@ -80,7 +80,7 @@ async function followsApache(agent: RunningAgent, apache: WebServer): Promise<bo
   const traced = await tracedPids(agent.pid);
   if (![master, ...workers].every((p) => traced.has(p))) return false;
   // The kernel adds an exec'd server to traced_pids at once; its port reaches tc at the agent's next scan.
-  if (!(await listenPorts(agent.pid)).has(apache.port)) return false;
+  if (!(await listensOn(agent.pid, apache.port))) return false;
   if (agent.capture.apache && agent.capture.apache !== "uprobe") return true;
   // The libapr probes' last word: attached at start (the ready line), after a retry or again, not detached.
   const said = [...agent.stderr().matchAll(/apache uprobes (attached|re-attached|detached)/g)].pop()?.[1];

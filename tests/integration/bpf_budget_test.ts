@@ -17,7 +17,8 @@ import { mappedLibrary, sslPairs, type TestAttach, TestLoader } from "../helpers
 import { startApache, startNginx } from "../helpers/servers.ts";
 import { ServerKind } from "../../src/bpf/layout.gen.ts";
 import { curl } from "../helpers/clients.ts";
-import { delay, HarnessError, requireRoot, waitUntil } from "../helpers/proc.ts";
+import { delay, HarnessError, requireRoot, requireTool, run, waitUntil } from "../helpers/proc.ts";
+import { u32Key } from "../../src/bpf/object.ts";
 
 const NGINX = 33080;
 const NGINX_TLS = 33443;
@@ -54,6 +55,32 @@ function segments(pkts: PacketEvent[]): PacketEvent[] {
   for (const p of pkts) if (!byOffset.has(p.offset)) byOffset.set(p.offset, p);
   return [...byOffset.values()].sort((a, b) => a.offset - b.offset);
 }
+
+/**
+ * Two connections from one client port: 127.0.0.1 → the TLS port, 127.0.0.2 → the plain port. The plain
+ * one's request is answered first; then the TLS one sends its "hello"; both close. Prints the answer.
+ */
+const SHARED_PORT_PY = `
+import json, socket, sys, time
+a = json.loads(sys.argv[1])
+def conn(local, port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((local, a['sport']))
+    s.connect(('127.0.0.1', port))
+    return s
+tls = conn('127.0.0.1', a['tls'])
+plain = conn('127.0.0.2', a['plain'])
+plain.sendall(b'GET /shared-port HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n')
+answer = plain.recv(4096)
+time.sleep(0.05)
+tls.sendall(bytes.fromhex(a['hello']))
+time.sleep(0.05)
+tls.close()
+plain.close()
+time.sleep(0.05)
+sys.stdout.write(answer.decode('latin-1'))
+`;
 
 /** The TLS request targets: 20 requests on one connection (a query: Apache serves only "/"). */
 const TLS_PATHS = Array.from({ length: 20 }, (_, i) => `/?tls-${i}`);
@@ -205,6 +232,54 @@ Deno.test({
       assertEquals(conn.filter(isPkt).length, 0, "PKT events for 50 plain-HTTP requests");
       assertEquals(conn.length, 1, "events of the connection");
     });
+
+    await t.step(
+      "tc_ingress: a client port shared by a plain and a TLS connection keeps the TLS one's hello",
+      async () => {
+        // tc looks the flow up only while its client port counts a live flow (flow_ports). Two connections
+        // from one port (two local addresses): the plain one's first segment ends its flow; the TLS one's
+        // hello, sent after that, must still be seen, and the port's count is back at 0 when both closed.
+        await using l = TestLoader.open({
+          attach: [{ program: "tc_ingress", tc: "lo" }],
+          pids: workers,
+          listenPorts: [NGINX, NGINX_TLS],
+        });
+        const sport = 20_000 + Math.floor(Math.random() * 5_000);
+        const hello = "16030100050100000100"; // a TLS handshake record header and 5 bytes: tc checks 16 03
+        const r = await run([
+          requireTool("python3", "python3"),
+          "-c",
+          SHARED_PORT_PY,
+          JSON.stringify({
+            sport,
+            tls: NGINX_TLS,
+            plain: NGINX,
+            hello,
+          }),
+        ], { timeoutMs: 15_000 });
+        if (r.code !== 0) throw new HarnessError(`shared-port client: exit ${r.code} ${r.stderr}`);
+        assert(
+          r.stdout.startsWith("HTTP/1.1 "),
+          `the plain connection was answered: ${r.stdout.slice(0, 80)}`,
+        );
+        await delay(100);
+        l.detach();
+        l.drainAll();
+        assertEquals(l.drops(), {}, "drops");
+        const mine = l.events.filter((e) => e.srcPort === sport);
+        const syns = mine.filter((e) => e.type === "syn").map((e) => `${e.srcAddr}>${e.dstPort}`).sort();
+        assertEquals(syns, [`127.0.0.1>${NGINX_TLS}`, `127.0.0.2>${NGINX}`], "one SYN per connection");
+        const pkts = mine.filter(isPkt);
+        assertEquals(
+          pkts.map((p) => [p.srcAddr, p.dstPort, p.offset]),
+          [["127.0.0.1", NGINX_TLS, 0]],
+          "PKT events",
+        );
+        assertEquals(Array.from(pkts[0].bytes, (b) => b.toString(16).padStart(2, "0")).join(""), hello);
+        const count = l.obj.map("flow_ports").lookup(u32Key(sport));
+        assertEquals(count && new DataView(count.buffer).getUint32(0, true), 0, "the port's flow count");
+      },
+    );
 
     await t.step(
       "nginx TLS, 20 requests: tc stops at the ClientHello record, raw read() at the plaintext",

@@ -262,7 +262,7 @@ function tcInstance(dev: string, port: number, handle: number, priority: number)
     obj.setRingSize("events", 1 << 16);
     obj.setGlobals({ self_tgid: Deno.pid, use_ringbuf: true });
     obj.load();
-    obj.map("listen_ports").update(new Uint8Array([port & 0xff, port >> 8]), new Uint8Array([1]));
+    obj.map("listen_ports").update(u32Key(port), new Uint8Array([1]));
     const syns: number[] = [];
     const reader = new RingReader(obj.map("events"), {
       onRecord: (rec) => {
@@ -355,8 +355,7 @@ async function lateListener(family: "4" | "6") {
 
 Deno.test("tp_enter_listen: a traced server's new port reaches listen_ports at its listen()", async (t) => {
   requireRoot("loading BPF programs");
-  const has = (l: TestLoader, port: number) =>
-    l.obj.map("listen_ports").lookup(new Uint8Array([port & 0xff, port >> 8])) !== undefined;
+  const has = (l: TestLoader, port: number) => l.obj.map("listen_ports").lookup(u32Key(port))?.[0] === 1;
   const trace = (l: TestLoader, pid: number) =>
     l.obj.map("traced_pids").update(u32Key(pid), u32Key(ServerKind.NGINX));
   for (const family of ["4", "6"] as const) {
