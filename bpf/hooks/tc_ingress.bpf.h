@@ -157,6 +157,34 @@ static __always_inline void tc_fill_hdr(struct ja4_event_hdr *h, __u8 kind, cons
 	h->offset = 0;
 }
 
+/*
+ * Bytes of the IP packet at `at` (from its network header) into `dst`. Payload often sits in page frags
+ * (loopback, GRO): bpf_skb_load_bytes reads them where they are, from skb->data (the L2 header at tc
+ * ingress), so the L2 length is needed: what the skb holds beyond the IP packet (`l2`, checked by the
+ * caller against the IP header). Where that is not known (l2 < 0) the head is linearised up to what is
+ * read (bpf_skb_pull_data: a reallocation of a paged skb's head) and read relative to the network header.
+ */
+static __always_inline long tc_load(struct __sk_buff *skb, int l2, __u32 at, void *dst, __u32 n)
+{
+	if (l2 >= 0)
+		return bpf_skb_load_bytes(skb, l2 + at, dst, n);
+	__u32 want = at + n + 64; /* + 64 for any L2 header */
+	if (want > skb->len)
+		want = skb->len;
+	bpf_skb_pull_data(skb, want);
+	return bpf_skb_load_bytes_relative(skb, at, dst, n, BPF_HDR_START_NET);
+}
+
+/* The L2 header's length (skb->len less the IP packet's), if the IP header's first word is found there. */
+static __always_inline int tc_l2_len(struct __sk_buff *skb, __u32 l3_len, __u32 word0)
+{
+	__u32 l2 = skb->len - l3_len, got;
+
+	if (skb->len < l3_len || l2 > 64 || bpf_skb_load_bytes(skb, l2, &got, sizeof(got)) || got != word0)
+		return -1;
+	return l2;
+}
+
 SEC("tc")
 int tc_ingress(struct __sk_buff *skb)
 {
@@ -169,6 +197,7 @@ int tc_ingress(struct __sk_buff *skb)
 	__u16 proto = bpf_ntohs((__u16)skb->protocol);
 	__u16 ip_len;
 	__u8 ttl, ip_flags = 0;
+	__u32 l3_len, word0; /* the IP packet's length, and its header's first 4 bytes as read */
 
 	/* One helper call for the IP and TCP headers together in the common case (no IP options): every
 	 * packet on the interface, the server's own replies included, passes here. */
@@ -193,6 +222,8 @@ int tc_ingress(struct __sk_buff *skb)
 		ttl = ip.ttl;
 		ip_len = bpf_ntohs(ip.tot_len);
 		ip_flags = bpf_ntohs(ip.frag_off) >> 13;
+		l3_len = ip_len;
+		__builtin_memcpy(&word0, &ip, sizeof(word0));
 		payload = ip_len;
 		if (payload < ip_hlen)
 			return JA4_TC_ACT_UNSPEC;
@@ -216,6 +247,8 @@ int tc_ingress(struct __sk_buff *skb)
 		ttl = ip6.hop_limit;
 		ip_len = bpf_ntohs(ip6.payload_len);
 		payload = ip_len;
+		l3_len = sizeof(ip6) + ip_len;
+		word0 = ip6.ver_tc_flow;
 	} else {
 		return JA4_TC_ACT_UNSPEC;
 	}
@@ -285,6 +318,25 @@ int tc_ingress(struct __sk_buff *skb)
 			budget = fv->end; /* the ClientHello's record is all user space needs */
 		off = seq - (fv->isn + 1); /* wraps to huge for data before the ISN: skipped */
 		if (off < budget) {
+			int l2 = tc_l2_len(skb, l3_len, word0);
+
+			/* The stream's first byte decides (as user space does: 16 03 starts a TLS handshake
+			 * record). Not TLS (plain HTTP): no event at all — user space has nothing to
+			 * fingerprint in it, and the request side already knows the connection is plain — and
+			 * the flow is forgotten so the rest of the connection costs nothing. One byte read: a
+			 * plain connection's first segment is not copied. */
+			if (off == 0) {
+				__u8 first = 0;
+
+				if (tc_load(skb, l2, ip_hlen + doff, &first, 1)) {
+					count_drop(JA4_DROP_SKB_LOAD);
+					return JA4_TC_ACT_UNSPEC;
+				}
+				if (first != 0x16) {
+					flow_end(&fk);
+					return JA4_TC_ACT_UNSPEC;
+				}
+			}
 			n = payload;
 			if (n > budget - off)
 				n = budget - off;
@@ -299,22 +351,12 @@ int tc_ingress(struct __sk_buff *skb)
 				ev->hdr.offset = off;
 				if (n < payload)
 					ev->hdr.flags |= JA4_F_TRUNCATED;
-				/* Payload often sits in page frags (loopback, GRO) and the _relative load reads
-				 * only the linear part: linearise just what is copied (+64 for any L2 header). */
-				__u32 want = ip_hlen + doff + n + 64;
-				if (want > skb->len)
-					want = skb->len;
-				bpf_skb_pull_data(skb, want);
 				n = tc_nonzero_size(n, JA4_PKT_MAX); /* JA4_PKT_MAX is a power of two */
-				if (bpf_skb_load_bytes_relative(skb, ip_hlen + doff, ev->data, n, BPF_HDR_START_NET)) {
+				if (tc_load(skb, l2, ip_hlen + doff, ev->data, n)) {
 					count_drop(JA4_DROP_SKB_LOAD);
 				} else {
-					/* The stream's first bytes decide (as user space does: 16 03 starts a TLS
-					 * handshake record). Not TLS (plain HTTP): no event at all — user space has
-					 * nothing to fingerprint in it, and the request side already knows the
-					 * connection is plain — and the flow is forgotten so the rest of the
-					 * connection costs nothing. TLS: stop at the end of the first record. Only
-					 * the segment at offset 0 decides; a later one arriving first is sent. */
+					/* TLS: stop at the end of the first record. Only the segment at offset 0
+					 * decides; a later one arriving first is sent. */
 					if (off == 0) {
 						if (ev->data[0] != 0x16 || (n >= 2 && ev->data[1] != 0x03)) {
 							flow_end(&fk);
