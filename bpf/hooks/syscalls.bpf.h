@@ -348,21 +348,19 @@ int tp_enter_close(struct syscall_trace_enter___ja4 *ctx)
 	struct ja4_close_event *ev;
 	struct conn_val *p;
 	__u64 pos_raw = 0, pos_pt = 0;
-	bool seen = false;
+	bool raw, pt;
 
 	if (!is_traced(tgid))
 		return 0;
 	p = bpf_map_lookup_elem(&conn_pos, &kr);
-	if (p) {
+	raw = p != NULL;
+	if (p)
 		pos_raw = p->pos & JA4_POS_MASK; /* flags off */
-		seen = true;
-	}
 	p = bpf_map_lookup_elem(&conn_pos, &kp);
-	if (p) {
+	pt = p != NULL;
+	if (p)
 		pos_pt = p->pos;
-		seen = true;
-	}
-	if (!seen)
+	if (!raw && !pt)
 		return 0; /* never read from: not a connection we reported */
 	ev = scratch_get(SCRATCH_TASK);
 	if (!ev)
@@ -370,8 +368,12 @@ int tp_enter_close(struct syscall_trace_enter___ja4 *ctx)
 	fill_task_hdr(&ev->hdr, JA4_EV_CLOSE, JA4_HOOK_TP_CLOSE, fd);
 	ev->pos_raw = pos_raw;
 	ev->pos_plaintext = pos_pt;
-	bpf_map_delete_elem(&conn_pos, &kr);
-	bpf_map_delete_elem(&conn_pos, &kp);
+	/* only what is there: a plain connection has no plaintext stream, and a delete that finds nothing
+	 * still hashes the key and walks the bucket under its lock */
+	if (raw)
+		bpf_map_delete_elem(&conn_pos, &kr);
+	if (pt)
+		bpf_map_delete_elem(&conn_pos, &kp);
 	ja4_output(ctx, ev, sizeof(*ev));
 	return 0;
 }
