@@ -60,7 +60,9 @@ struct flow_key {
 };
 struct flow_val {
 	__u32 isn;
-	__u32 end; /* stream offset where the first TLS record ends (5 + its length); 0 = not known yet */
+	__u32 end;  /* stream offset where the first TLS record ends (5 + its length); 0 = not known yet */
+	__u32 seen; /* stream bytes [0, seen) were seen without a gap: the flow ends when they cover `end` */
+	__u32 _pad;
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -311,6 +313,7 @@ int tc_ingress(struct __sk_buff *skb)
 	if (payload > 0) {
 		struct ja4_pkt_event *ev;
 		__u32 seq = bpf_ntohl(th.seq);
+		bool kept = true; /* false: this segment's bytes were wanted but not sent (a retransmit may be) */
 
 		if (budget > JA4_PKT_MAX)
 			budget = JA4_PKT_MAX;
@@ -343,6 +346,7 @@ int tc_ingress(struct __sk_buff *skb)
 			/* hide what the compiler knows so the checks the verifier needs stay */
 			asm volatile("" : "+r"(n));
 			ev = scratch_get(SCRATCH_TC);
+			kept = false;
 			if (ev && n > 0 && n <= JA4_PKT_MAX) {
 				tc_fill_hdr(&ev->hdr, JA4_EV_PKT, &fk);
 				ev->seq = seq;
@@ -367,8 +371,18 @@ int tc_ingress(struct __sk_buff *skb)
 					}
 					ev->hdr.data_len = n;
 					ja4_output(skb, ev, offsetof(struct ja4_pkt_event, data) + n);
+					kept = true;
 				}
 			}
+		}
+		/* Once the first record's bytes were all seen, in order, the flow ends: the connection's
+		 * later packets (every request of a TLS keep-alive connection) stop at flow_ports. A hole
+		 * (a segment lost before tc, or reordered) keeps it to FIN/RST, for the retransmit. */
+		if (kept && off <= fv->seen && off + payload > fv->seen)
+			fv->seen = off + payload;
+		if (fv->end && fv->seen >= fv->end) {
+			flow_end(&fk);
+			return JA4_TC_ACT_UNSPEC;
 		}
 	}
 	if (th.flags & (TC_FIN | TC_RST))

@@ -17,7 +17,7 @@ import { mappedLibrary, sslPairs, type TestAttach, TestLoader } from "../helpers
 import { startApache, startNginx } from "../helpers/servers.ts";
 import { ServerKind } from "../../src/bpf/layout.gen.ts";
 import { curl } from "../helpers/clients.ts";
-import { delay, HarnessError, requireRoot, requireTool, run, waitUntil } from "../helpers/proc.ts";
+import { delay, HarnessError, requireRoot, requireTool, waitUntil } from "../helpers/proc.ts";
 import { u32Key } from "../../src/bpf/object.ts";
 
 const NGINX = 33080;
@@ -69,17 +69,20 @@ def conn(local, port):
     s.bind((local, a['sport']))
     s.connect(('127.0.0.1', port))
     return s
+def say(line):
+    sys.stdout.write(line + '\\n')
+    sys.stdout.flush()
 tls = conn('127.0.0.1', a['tls'])
 plain = conn('127.0.0.2', a['plain'])
 plain.sendall(b'GET /shared-port HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n')
-answer = plain.recv(4096)
+say(plain.recv(4096).decode('latin-1').split('\\r\\n')[0])
 time.sleep(0.05)
-tls.sendall(bytes.fromhex(a['hello']))
-time.sleep(0.05)
+for i, part in enumerate(a['hello']):
+    tls.sendall(bytes.fromhex(part))
+    say('part %d' % (i + 1))
+    sys.stdin.readline()
 tls.close()
 plain.close()
-time.sleep(0.05)
-sys.stdout.write(answer.decode('latin-1'))
 `;
 
 /** The TLS request targets: 20 requests on one connection (a query: Apache serves only "/"). */
@@ -238,30 +241,63 @@ Deno.test({
       async () => {
         // tc looks the flow up only while its client port counts a live flow (flow_ports). Two connections
         // from one port (two local addresses): the plain one's first segment ends its flow; the TLS one's
-        // hello, sent after that, must still be seen, and the port's count is back at 0 when both closed.
+        // hello, sent after that in two segments, must still be seen. The TLS flow ends once its first
+        // record was seen whole, with the connection still open: the port's count is then 0.
         await using l = TestLoader.open({
           attach: [{ program: "tc_ingress", tc: "lo" }],
           pids: workers,
           listenPorts: [NGINX, NGINX_TLS],
         });
         const sport = 20_000 + Math.floor(Math.random() * 5_000);
-        const hello = "16030100050100000100"; // a TLS handshake record header and 5 bytes: tc checks 16 03
-        const r = await run([
-          requireTool("python3", "python3"),
-          "-c",
-          SHARED_PORT_PY,
-          JSON.stringify({
-            sport,
-            tls: NGINX_TLS,
-            plain: NGINX,
-            hello,
-          }),
-        ], { timeoutMs: 15_000 });
-        if (r.code !== 0) throw new HarnessError(`shared-port client: exit ${r.code} ${r.stderr}`);
-        assert(
-          r.stdout.startsWith("HTTP/1.1 "),
-          `the plain connection was answered: ${r.stdout.slice(0, 80)}`,
-        );
+        // A TLS handshake record with a 10-byte body (tc checks 16 03 and reads the length): 15 bytes, sent
+        // as 8 + 7.
+        const hello = ["160301000a010000", "06030300000000"];
+        const count = () => {
+          const v = l.obj.map("flow_ports").lookup(u32Key(sport));
+          return v && new DataView(v.buffer).getUint32(0, true);
+        };
+        const child = new Deno.Command(requireTool("python3", "python3"), {
+          args: ["-c", SHARED_PORT_PY, JSON.stringify({ sport, tls: NGINX_TLS, plain: NGINX, hello })],
+          stdin: "piped",
+          stdout: "piped",
+          stderr: "inherit",
+        }).spawn();
+        const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+        let buffered = "";
+        const nextLine = async (): Promise<string> => {
+          while (!buffered.includes("\n")) {
+            const { value, done } = await lines.read();
+            if (done) throw new HarnessError(`shared-port client ended early: ${buffered}`);
+            buffered += value;
+          }
+          const i = buffered.indexOf("\n");
+          const line = buffered.slice(0, i);
+          buffered = buffered.slice(i + 1);
+          return line;
+        };
+        const stdin = child.stdin.getWriter();
+        const go = () => stdin.write(new TextEncoder().encode("\n"));
+        let answer: string, counts: (number | undefined)[];
+        try {
+          answer = await nextLine();
+          assertEquals(await nextLine(), "part 1", "the client's progress");
+          await delay(50);
+          counts = [count()];
+          await go();
+          assertEquals(await nextLine(), "part 2", "the client's progress");
+          await delay(50);
+          counts.push(count());
+          await go();
+          assertEquals((await child.status).code, 0, "the shared-port client's exit code");
+        } finally {
+          await stdin.close().catch(() => {});
+          try {
+            child.kill();
+          } catch { /* exited */ }
+        }
+        assert(answer.startsWith("HTTP/1.1 "), `the plain connection was answered: ${answer.slice(0, 80)}`);
+        // After the plain connection's first bytes: the TLS flow alone; after the record's last byte: none.
+        assertEquals(counts, [1, 0], "the port's flow count after each part of the hello");
         await delay(100);
         l.detach();
         l.drainAll();
@@ -272,12 +308,12 @@ Deno.test({
         const pkts = mine.filter(isPkt);
         assertEquals(
           pkts.map((p) => [p.srcAddr, p.dstPort, p.offset]),
-          [["127.0.0.1", NGINX_TLS, 0]],
-          "PKT events",
+          [["127.0.0.1", NGINX_TLS, 0], ["127.0.0.1", NGINX_TLS, 8]],
+          "PKT events: the two parts of the hello",
         );
-        assertEquals(Array.from(pkts[0].bytes, (b) => b.toString(16).padStart(2, "0")).join(""), hello);
-        const count = l.obj.map("flow_ports").lookup(u32Key(sport));
-        assertEquals(count && new DataView(count.buffer).getUint32(0, true), 0, "the port's flow count");
+        const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+        assertEquals(pkts.map((p) => hex(p.bytes)), hello);
+        assertEquals(count(), 0, "the port's flow count after both closed");
       },
     );
 
