@@ -333,7 +333,7 @@ int tc_ingress(struct __sk_buff *skb)
 
 				if (tc_load(skb, l2, ip_hlen + doff, &first, 1)) {
 					count_drop(JA4_DROP_SKB_LOAD);
-					return JA4_TC_ACT_UNSPEC;
+					goto end; /* nothing learnt: a retransmit may tell */
 				}
 				if (first != 0x16) {
 					flow_end(&fk);
@@ -385,6 +385,7 @@ int tc_ingress(struct __sk_buff *skb)
 			return JA4_TC_ACT_UNSPEC;
 		}
 	}
+end:
 	if (th.flags & (TC_FIN | TC_RST))
 		flow_end(&fk);
 	return JA4_TC_ACT_UNSPEC;

@@ -237,7 +237,7 @@ function u32Of(v: unknown): number {
   return v.slice(0, 4).reduceRight((acc: number, b: string) => acc * 256 + parseInt(b, 16), 0);
 }
 
-/** Every entry of the map `name` the agent's process holds, read with bpftool (raw key and value). */
+/** The id of the map `name` the agent's process holds (an agent elsewhere on the host has its own). */
 async function agentMapId(agentPid: number, name: string): Promise<number> {
   const bpftool = requireTool("bpftool", "bpftool");
   const held = new Set(bpfMapIds(agentPid));
@@ -248,6 +248,7 @@ async function agentMapId(agentPid: number, name: string): Promise<number> {
   return id;
 }
 
+/** Every entry of the map `name` the agent's process holds, read with bpftool (raw key and value). */
 async function agentMap(agentPid: number, name: string): Promise<{ key: unknown; value: unknown }[]> {
   const id = await agentMapId(agentPid, name);
   return JSON.parse(await runOk([requireTool("bpftool", "bpftool"), "-j", "map", "dump", "id", String(id)]));
