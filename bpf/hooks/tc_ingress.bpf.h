@@ -359,10 +359,11 @@ int tc_ingress(struct __sk_buff *skb)
 				if (tc_load(skb, l2, ip_hlen + doff, ev->data, n)) {
 					count_drop(JA4_DROP_SKB_LOAD);
 				} else {
-					/* TLS: stop at the end of the first record. Only the segment at offset 0
-					 * decides; a later one arriving first is sent. */
+					/* TLS (its first byte, 16, was read above): stop at the end of the first
+					 * record. Only the segment at offset 0 decides; a later one arriving first
+					 * is sent. */
 					if (off == 0) {
-						if (ev->data[0] != 0x16 || (n >= 2 && ev->data[1] != 0x03)) {
+						if (n >= 2 && ev->data[1] != 0x03) {
 							flow_end(&fk);
 							return JA4_TC_ACT_UNSPEC;
 						}

@@ -58,7 +58,8 @@ function segments(pkts: PacketEvent[]): PacketEvent[] {
 
 /**
  * Two connections from one client port: 127.0.0.1 → the TLS port, 127.0.0.2 → the plain port. The plain
- * one's request is answered first; then the TLS one sends its "hello"; both close. Prints the answer.
+ * one's request is answered first (its status line is printed); then the TLS one sends its "hello" in the
+ * given parts, printing "part N" after each and waiting for a line on stdin before going on; both close.
  */
 const SHARED_PORT_PY = `
 import json, socket, sys, time
