@@ -417,8 +417,8 @@ function otherAgents(): number {
     if (!/^\d+$/.test(e.name)) continue;
     try {
       const c = Deno.readTextFileSync(`/proc/${e.name}/cmdline`).split("\0");
-      const i = c.indexOf("run");
-      if (i > 0 && /main\.ts$|ja4ebpf$/.test(c[i - 1])) n++;
+      // `deno run … src/main.ts run …`: the first "run" is deno's own subcommand, so look at each one
+      if (c.some((a, i) => a === "run" && i > 0 && /main\.ts$|ja4ebpf$/.test(c[i - 1]))) n++;
     } catch { /* gone */ }
   }
   return n;
