@@ -42,9 +42,6 @@ const volatile __u32 tc_capture_bytes = JA4_PKT_MAX;
 const volatile __u32 follow_servers = (1u << JA4_SERVER_NGINX) | (1u << JA4_SERVER_APACHE);
 /* true: a traced server's listen() puts its port into listen_ports at once (false: capture.ports is fixed). */
 const volatile bool follow_listen = true;
-/* true: tc reads the headers in place where it can prove the L2 length (false: always with the helper;
- * the tests run both ways). */
-const volatile bool tc_direct_read = true;
 /* Raw-stream bytes copied of a TLS connection (first byte 0x16): the ClientHello is all user
  * space reads of it (a post-quantum one is ~1.9 KB). 0 = no limit. */
 const volatile __u32 raw_tls_bytes = 8192;

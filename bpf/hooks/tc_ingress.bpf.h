@@ -187,36 +187,6 @@ static __always_inline int tc_l2_len(struct __sk_buff *skb, __u32 l3_len, __u32 
 	return l2;
 }
 
-/*
- * The IP and TCP headers (`n` bytes from the network header) into `dst` by direct packet access, without a
- * helper call, where the L2 header is Ethernet's 14 bytes (loopback, veth, NICs): its type field is
- * skb->protocol and the IP header's own length then matches skb->len exactly. Returns false (nothing
- * proved; the caller reads with the helper) otherwise: other L2 headers (raw IP on tun or WireGuard, an
- * in-band VLAN tag), frames padded to the Ethernet minimum, headers outside the skb's linear part.
- * `ip_len_at`: where the IP length field lies; `ip_len_add`: what it does not count; `version`: 4 or 6.
- */
-#define TC_ETH_HLEN 14
-
-static __always_inline bool tc_direct(struct __sk_buff *skb, void *dst, __u32 n, __u32 ip_len_at,
-				      __u32 ip_len_add, __u8 version)
-{
-	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
-	__u8 *ip = (__u8 *)data + TC_ETH_HLEN;
-	__u16 len;
-
-	if ((void *)(ip + n) > end) /* n is a constant where this is inlined */
-		return false;
-	if (*(__u16 *)(ip - 2) != (__u16)skb->protocol)
-		return false;
-	if ((ip[0] >> 4) != version)
-		return false;
-	__builtin_memcpy(&len, ip + ip_len_at, sizeof(len));
-	if ((__u32)bpf_ntohs(len) + ip_len_add + TC_ETH_HLEN != skb->len)
-		return false;
-	__builtin_memcpy(dst, ip, n);
-	return true;
-}
-
 SEC("tc")
 int tc_ingress(struct __sk_buff *skb)
 {
@@ -230,20 +200,16 @@ int tc_ingress(struct __sk_buff *skb)
 	__u16 ip_len;
 	__u8 ttl, ip_flags = 0;
 	__u32 l3_len, word0; /* the IP packet's length, and its header's first 4 bytes as read */
-	int l2 = -1;	     /* the L2 header's length where the direct read proved it, else -1 */
 
-	/* The IP and TCP headers together (no IP options, the common case), read in place where the L2
-	 * length is proved (tc_direct), else with one helper call: every packet on the interface, the
-	 * server's own replies included, passes here. */
+	/* One helper call for the IP and TCP headers together in the common case (no IP options): every
+	 * packet on the interface, the server's own replies included, passes here. */
 	if (proto == JA4_ETH_P_IP) {
 		struct {
 			struct tc_iph ip;
 			struct tc_tcph th;
 		} h4;
 		struct tc_iph ip;
-		if (tc_direct_read && tc_direct(skb, &h4, sizeof(h4), 2, 0, 4))
-			l2 = TC_ETH_HLEN;
-		else if (bpf_skb_load_bytes_relative(skb, 0, &h4, sizeof(h4), BPF_HDR_START_NET))
+		if (bpf_skb_load_bytes_relative(skb, 0, &h4, sizeof(h4), BPF_HDR_START_NET))
 			return JA4_TC_ACT_UNSPEC;
 		ip = h4.ip;
 		th = h4.th;
@@ -270,9 +236,7 @@ int tc_ingress(struct __sk_buff *skb)
 			struct tc_tcph th;
 		} h6;
 		struct tc_ip6h ip6;
-		if (tc_direct_read && tc_direct(skb, &h6, sizeof(h6), 4, sizeof(ip6), 6))
-			l2 = TC_ETH_HLEN;
-		else if (bpf_skb_load_bytes_relative(skb, 0, &h6, sizeof(h6), BPF_HDR_START_NET))
+		if (bpf_skb_load_bytes_relative(skb, 0, &h6, sizeof(h6), BPF_HDR_START_NET))
 			return JA4_TC_ACT_UNSPEC;
 		ip6 = h6.ip6;
 		th = h6.th;
@@ -357,8 +321,7 @@ int tc_ingress(struct __sk_buff *skb)
 			budget = fv->end; /* the ClientHello's record is all user space needs */
 		off = seq - (fv->isn + 1); /* wraps to huge for data before the ISN: skipped */
 		if (off < budget) {
-			if (l2 < 0)
-				l2 = tc_l2_len(skb, l3_len, word0);
+			int l2 = tc_l2_len(skb, l3_len, word0);
 
 			/* The stream's first byte decides (as user space does: 16 03 starts a TLS handshake
 			 * record). Not TLS (plain HTTP): no event at all — user space has nothing to

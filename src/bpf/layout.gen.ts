@@ -134,7 +134,6 @@ export const RODATA = {
     tc_capture_bytes: { offset: 28, size: 4, kind: "u32" },
     follow_servers: { offset: 32, size: 4, kind: "u32" },
     follow_listen: { offset: 36, size: 1, kind: "u8" },
-    tc_direct_read: { offset: 37, size: 1, kind: "u8" },
     raw_tls_bytes: { offset: 40, size: 4, kind: "u32" },
     ngx_conn_fd_off: { offset: 44, size: 4, kind: "u32" },
   },
