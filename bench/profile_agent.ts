@@ -11,7 +11,7 @@
  * compiles the hot path during the agent's first seconds under load).
  */
 import { parseArgs } from "node:util";
-import { AGENT_V8_FLAGS, startAgent } from "../tests/helpers/agent.ts";
+import { AGENT_DENO_FLAGS, AGENT_V8_FLAGS, startAgent } from "../tests/helpers/agent.ts";
 import { startNginx } from "../tests/helpers/servers.ts";
 import { wrk } from "../tests/helpers/clients.ts";
 import { requireRoot } from "../tests/helpers/proc.ts";
@@ -61,7 +61,7 @@ const agent = await startAgent({
   v8Flags: AGENT_V8_FLAGS + ",--perf-basic-prof",
   // The inspector samples only between Profiler.start and stop: after the BPF load (V8's --cpu-prof samples
   // from the start, and its SIGPROF makes the verifier return EAGAIN).
-  denoFlags: values["no-inspector"] ? [] : ["--inspect=127.0.0.1:9339"],
+  denoFlags: [...AGENT_DENO_FLAGS, ...(values["no-inspector"] ? [] : ["--inspect=127.0.0.1:9339"])],
   readyTimeoutMs: 90_000,
 });
 const load = (seconds: number) =>

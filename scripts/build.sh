@@ -88,6 +88,8 @@ ELF_MACHINE=$([ "$ARCH" = aarch64 ] && echo 183 || echo 62) # e_machine: EM_AARC
 PERMS=(--allow-all)
 # The agent's V8 heap limits: one file for this build, scripts/run.sh and the benchmarks.
 V8FLAGS=--v8-flags=$(tr ' ' ',' <scripts/agent-v8-flags | tr -d '\n')
+# ... and its `deno run` flags (scripts/agent-deno-flags, comments dropped), for both kinds.
+read -r -a DENOFLAGS <<<"$(sed 's/#.*//' scripts/agent-deno-flags | tr -s ' \n' ' ')"
 
 # e_machine of an ELF file (62 x86-64, 183 aarch64), empty if it is not ELF.
 elf_machine() {
@@ -169,7 +171,7 @@ build_bin() {
     local target=()
     [ "$ARCH" = "$HOST_ARCH" ] || target=(--target "$ARCH-unknown-linux-gnu")
     timeout 600 "$DENO" compile --quiet --no-check=remote --config "$WORK/tree/deno.json" "${PERMS[@]}" \
-      ${target[@]+"${target[@]}"} "$V8FLAGS" --output "$OUT" "$WORK/tree/src/main.ts" || die "deno compile failed"
+      ${target[@]+"${target[@]}"} "$V8FLAGS" ${DENOFLAGS[@]+"${DENOFLAGS[@]}"} --output "$OUT" "$WORK/tree/src/main.ts" || die "deno compile failed"
   else
     local runtime
     runtime=$(runtime_deno "$ELF_MACHINE")
@@ -220,7 +222,7 @@ HASH=$hash
 SUMS_B2="$b2"
 SUMS_SHA256="$s256"
 OFFSET=0000000000
-PERMS="${PERMS[*]} $V8FLAGS"
+PERMS="${PERMS[*]} $V8FLAGS${DENOFLAGS[*]+ ${DENOFLAGS[*]}}"
 EOF
     # scripts/agent-env; a value already set in the environment wins.
     grep -E '^[A-Z_][A-Z0-9_]*=' scripts/agent-env | sed 's/^\([^=]*\)=\(.*\)$/export \1="${\1:-\2}"/'

@@ -25,6 +25,20 @@ export function agentV8Flags(file: string | URL): string {
 /** This checkout's. */
 export const AGENT_V8_FLAGS = agentV8Flags(new URL("../../scripts/agent-v8-flags", import.meta.url));
 
+/** The `deno run` flags a checkout packages its agent with (its scripts/agent-deno-flags; [] without the file). */
+export function agentDenoFlags(file: string | URL): string[] {
+  let text = "";
+  try {
+    text = Deno.readTextFileSync(file);
+  } catch {
+    return [];
+  }
+  return text.split("\n").map((l) => l.replace(/#.*/, "")).join(" ").split(/\s+/).filter((f) => f !== "");
+}
+
+/** This checkout's. */
+export const AGENT_DENO_FLAGS = agentDenoFlags(new URL("../../scripts/agent-deno-flags", import.meta.url));
+
 /** The environment a checkout packages its agent with (its scripts/agent-env; {} for one without the file). */
 export function agentEnv(file: string | URL): Record<string, string> {
   let text = "";
@@ -48,12 +62,19 @@ export const AGENT_ENV = agentEnv(new URL("../../scripts/agent-env", import.meta
  * startAgent's options for another checkout's agent (benchmarks' --base): its src/main.ts, and the V8 flags and
  * environment it packages (none for a checkout older than those files).
  */
-export function checkoutAgent(dir: string): { main: string; v8Flags: string; env: Record<string, string> } {
+export function checkoutAgent(
+  dir: string,
+): { main: string; v8Flags: string; denoFlags: string[]; env: Record<string, string> } {
   let v8Flags = "";
   try {
     v8Flags = agentV8Flags(`${dir}/scripts/agent-v8-flags`);
   } catch { /* an older checkout without the file */ }
-  return { main: `${dir}/src/main.ts`, v8Flags, env: agentEnv(`${dir}/scripts/agent-env`) };
+  return {
+    main: `${dir}/src/main.ts`,
+    v8Flags,
+    denoFlags: agentDenoFlags(`${dir}/scripts/agent-deno-flags`),
+    env: agentEnv(`${dir}/scripts/agent-env`),
+  };
 }
 
 /** Nested plain objects, merged key by key into the base config. */
@@ -74,7 +95,7 @@ export interface AgentStartOptions {
   /** Environment beside NO_COLOR (default: this checkout's scripts/agent-env). */
   env?: Record<string, string>;
   v8Flags?: string;
-  /** More `deno run` flags (e.g. --cpu-prof for a profile of the agent under load). */
+  /** `deno run` flags (default: this checkout's scripts/agent-deno-flags; e.g. --cpu-prof for a profile). */
   denoFlags?: string[];
 }
 
@@ -288,7 +309,7 @@ export async function startAgent(opts: AgentStartOptions = {}): Promise<RunningA
       "run",
       "-A",
       ...(opts.v8Flags ? [`--v8-flags=${opts.v8Flags}`] : []),
-      ...(opts.denoFlags ?? []),
+      ...(opts.denoFlags ?? AGENT_DENO_FLAGS),
       opts.main ?? AGENT_MAIN,
       "run",
       "--config",

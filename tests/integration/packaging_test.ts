@@ -15,7 +15,7 @@ import {
   assertStringIncludes,
 } from "../../src/testing/asserts.ts";
 import { VERSION } from "../../src/version.ts";
-import { AGENT_ENV } from "../helpers/agent.ts";
+import { AGENT_DENO_FLAGS, AGENT_ENV } from "../helpers/agent.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const BIN = `${ROOT}dist/ja4ebpf`;
@@ -179,6 +179,11 @@ Deno.test("packaging: single executable, systemd unit, RPM, capabilities", async
         for (const [k, v] of Object.entries(AGENT_ENV)) {
           assert(text.split("\n").includes(`export ${k}="\${${k}:-${v}}"`), `launcher exports ${k}=${v}`);
         }
+        // ... and its `deno run` flags (scripts/agent-deno-flags), with the V8 flags in PERMS.
+        const perms = /^PERMS="(.*)"$/m.exec(text)?.[1].split(" ") ?? [];
+        assertGreater(AGENT_DENO_FLAGS.length, 0, "scripts/agent-deno-flags names a flag");
+        for (const f of AGENT_DENO_FLAGS) assert(perms.includes(f), `launcher runs deno with ${f}: ${perms}`);
+        assert(perms.some((f) => f.startsWith("--v8-flags=")), `launcher passes the V8 flags: ${perms}`);
         console.log(`executable: ${(st.size / 1048576).toFixed(1)} MiB`);
       } else {
         assertEquals([...head.slice(0, 4)], [0x7f, 0x45, 0x4c, 0x46], "ELF");
