@@ -9,7 +9,7 @@
  * a least-squares line through the samples after the first minute (MiB per minute).
  */
 import { parseArgs } from "node:util";
-import { AGENT_V8_FLAGS, startAgent } from "../tests/helpers/agent.ts";
+import { AGENT_DENO_FLAGS, AGENT_V8_FLAGS, startAgent } from "../tests/helpers/agent.ts";
 import { startNginx } from "../tests/helpers/servers.ts";
 import { wrk } from "../tests/helpers/clients.ts";
 import { delay, requireRoot } from "../tests/helpers/proc.ts";
@@ -118,6 +118,7 @@ async function main(): Promise<number> {
     slopeMiBPerMin: slope(after.map((s) => s.t), after.map((s) => s.rssMiB)),
     budgetMiB: budget,
     v8Flags: AGENT_V8_FLAGS,
+    denoFlags: AGENT_DENO_FLAGS.join(" "),
     samples: samples.length,
   };
   console.log(JSON.stringify(result, null, 1));
