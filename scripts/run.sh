@@ -12,7 +12,7 @@ while IFS='=' read -r k v; do
   case $k in '' | '#'*) continue ;; esac
   [ -n "${!k:-}" ] || export "$k=$v"
 done <scripts/agent-env
-# ... its `deno run` flags (comments dropped),
+# ... and its `deno run` flags (scripts/agent-deno-flags, comments dropped).
 DENOFLAGS=$(sed 's/#.*//' scripts/agent-deno-flags | tr -s ' \n' ' ')
 # shellcheck disable=SC2086 # DENOFLAGS is a list of flags
 exec "$DENO" run -A $DENOFLAGS --v8-flags="$V8FLAGS" src/main.ts run "$@"

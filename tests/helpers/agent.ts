@@ -59,8 +59,8 @@ export function agentEnv(file: string | URL): Record<string, string> {
 export const AGENT_ENV = agentEnv(new URL("../../scripts/agent-env", import.meta.url));
 
 /**
- * startAgent's options for another checkout's agent (benchmarks' --base): its src/main.ts, and the V8 flags and
- * environment it packages (none for a checkout older than those files).
+ * startAgent's options for another checkout's agent (benchmarks' --base): its src/main.ts, and the V8 flags,
+ * `deno run` flags and environment it packages (none for a checkout older than those files).
  */
 export function checkoutAgent(
   dir: string,
