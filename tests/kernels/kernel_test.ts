@@ -10,7 +10,7 @@
  * linux-arm64 runtime).
  */
 import { assert, assertEquals, assertGreater, assertMatch } from "../../src/testing/asserts.ts";
-import { type GuestLine, parseKernelRun, runKernel } from "./results.ts";
+import { type GuestLine, lockupLines, parseKernelRun, runKernel } from "./results.ts";
 import { requireFeature } from "../helpers/features.ts";
 
 const REQUESTS = 5;
@@ -52,6 +52,33 @@ Deno.test("parseKernelRun reads kinds, quoted values and the VALIDATE JSON", () 
   assertEquals(lines[0].fields.version, "Linux version 6.1.0 (x) #1 SMP");
   assertEquals(JSON.parse(lines[1].fields.json), { ok: true, n: 1 });
   assertEquals(lines[2].fields.rows, "4");
+});
+
+Deno.test("lockupLines keeps a soft lockup's reports and call traces, nothing before them", async (t) => {
+  const log = [
+    "JA4K VALIDATE rc=0 json={} t=26.43",
+    '[    2.627664] Unstable clock detected, switching default tracing clock to "global"',
+    "[   64.626900] watchdog: BUG: soft lockup - CPU#0 stuck for 26s! [sh:101]\r",
+    "[   64.626950] Modules linked in: sch_ingress",
+    "[   64.627000] RIP: 0010:smp_call_function_many_cond+0x11e/0x3f0",
+    "[   64.627050] Call Trace:",
+    "[   64.627060]  <TASK>",
+    "[   64.627100]  text_poke_bp_batch+0x1a2/0x2c0",
+    "[   84.730699] watchdog: BUG: soft lockup - CPU#1 stuck for 44s! [deno:209]",
+  ].join("\n");
+  await t.step("a log with a lockup", () => {
+    assertEquals(lockupLines(log), [
+      "[   64.626900] watchdog: BUG: soft lockup - CPU#0 stuck for 26s! [sh:101]",
+      "[   64.627000] RIP: 0010:smp_call_function_many_cond+0x11e/0x3f0",
+      "[   64.627050] Call Trace:",
+      "[   64.627100]  text_poke_bp_batch+0x1a2/0x2c0",
+      "[   84.730699] watchdog: BUG: soft lockup - CPU#1 stuck for 44s! [deno:209]",
+    ]);
+  });
+  await t.step("a log without one", () => {
+    assertEquals(lockupLines(log.split("\n").slice(0, 2).join("\n")), []);
+    assertEquals(lockupLines(""), []);
+  });
 });
 
 Deno.test({

@@ -2,7 +2,7 @@
 # Boots one Debian kernel under QEMU (TCG) with a busybox initramfs and runs the agent's checks inside.
 #   tests/kernels/run.sh VERSION [--arch x86|arm64] [--requests N] [--methods "tracepoint kretprobe ..."]
 #                                [--idle N] [--no-perfbuf] [--timeout SECONDS] [--mem MiB] [--smp N]
-#                                [--agent js|source|bundle] [--env KEY=VALUE]...
+#                                [--agent js|source|bundle] [--env KEY=VALUE]... [--loglevel N]
 # VERSION: 5.10 (Debian 11), 6.1 (Debian 12), 6.12 (Debian 12 backport). Prints the guest's "JA4K" lines
 # without their prefix, then "log: FILE"; exits with the guest's result (124 on timeout, 125 if the guest never
 # reported). The full serial console log stays in tests/kernels/cache/VERSION[-arm64]/console.log.
@@ -14,7 +14,7 @@ export KERNELS_CACHE=${KERNELS_CACHE:-$HERE/cache}
 CACHE=$KERNELS_CACHE
 version=${1:?usage: run.sh VERSION [--requests N] [--methods LIST] [--idle N] [--no-perfbuf] [--timeout S]}
 shift
-requests=20 methods=all idle=64 perfbuf=1 timeout_s="" mem=3072 arch=x86 smp=2
+requests=20 methods=all idle=64 perfbuf=1 timeout_s="" mem=3072 arch=x86 smp=2 loglevel=3
 # --env: variables exported to the guest (and the agent), e.g. JA4EBPF_KRETPROBE_MAXACTIVE=1.
 envs=()
 while [ $# -gt 0 ]; do
@@ -26,6 +26,9 @@ while [ $# -gt 0 ]; do
     --timeout) timeout_s=$2; shift 2 ;;
     --mem) mem=$2; shift 2 ;;
     --smp) smp=$2; shift 2 ;;
+    # The guest console's log level: 3 prints errors only; 5 adds warnings and the call traces that come with
+    # a "soft lockup" or a "BUG" (for a failure to be diagnosed from console.log).
+    --loglevel) loglevel=$2; shift 2 ;;
     --arch) case $2 in
         x86 | x86_64 | amd64) arch=x86 ;;
         arm64 | aarch64) arch=arm64 ;;
@@ -74,7 +77,7 @@ set +e
 timeout --kill-after=10 "$timeout_s" "${qemu[@]}" -smp "$smp" -m "$mem" \
   -nographic -no-reboot -nic none \
   -kernel "$kdir/vmlinuz" -initrd "$work/initramfs.cpio" \
-  -append "console=$console loglevel=3 panic=-1 mitigations=off" </dev/null >"$log" 2>&1
+  -append "console=$console loglevel=$loglevel panic=-1 mitigations=off" </dev/null >"$log" 2>&1
 qrc=$?
 set -e
 t2=$(date +%s.%N)
