@@ -19,6 +19,7 @@ import { ServerKind } from "../../src/bpf/layout.gen.ts";
 import { curl } from "../helpers/clients.ts";
 import { delay, HarnessError, requireRoot, requireTool, waitUntil } from "../helpers/proc.ts";
 import { u32Key } from "../../src/bpf/object.ts";
+import { toHex } from "../../src/parse/bytes.ts";
 
 const NGINX = 33080;
 const NGINX_TLS = 33443;
@@ -312,8 +313,7 @@ Deno.test({
           [["127.0.0.1", NGINX_TLS, 0], ["127.0.0.1", NGINX_TLS, 8]],
           "PKT events: the two parts of the hello",
         );
-        const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
-        assertEquals(pkts.map((p) => hex(p.bytes)), hello);
+        assertEquals(pkts.map((p) => toHex(p.bytes)), hello);
         assertEquals(count(), 0, "the port's flow count after both closed");
       },
     );
