@@ -159,6 +159,12 @@ export interface TrafficOptions {
    * the heads rotate (a browser loading a page: document, scripts, images, each its own headers).
    */
   sameHead?: boolean;
+  /**
+   * Records the kernel never delivered (a full ring drops them, counted): the SYN (no JA4T will come), the
+   * close (the connection's state stays until evicted). How the agent fares when its input is incomplete.
+   */
+  lostSyn?: boolean;
+  lostClose?: boolean;
 }
 
 /** The benchmarks' traffic mixes, by name (bench/hotpath_bench.ts, bench/alloc.ts, bench/stages.ts). */
@@ -168,6 +174,10 @@ export const TRAFFIC_MODES: Record<string, TrafficOptions> = {
   repeat: { requestsPerConn: 100, tlsShare: 0, sameHead: true },
   close: { requestsPerConn: 1, tlsShare: 0 },
   tls: { requestsPerConn: 10, tlsShare: 1 },
+  /** close without the SYN records: no connection has a JA4T (rows must not wait for one) */
+  "close-nosyn": { requestsPerConn: 1, tlsShare: 0, lostSyn: true },
+  /** close without the close records: every connection stays tracked until evicted */
+  "close-noclose": { requestsPerConn: 1, tlsShare: 0, lostClose: true },
 };
 
 export class Traffic {
@@ -248,7 +258,7 @@ export class Traffic {
     const isn = (c * 2654435761) >>> 0;
     const [syn, sdv] = this.#rec(this.#syn, c);
     sdv.setUint32(SYN_EVENT.fields.seq.offset, isn, true);
-    out.push(syn);
+    if (!this.opts.lostSyn) out.push(syn);
     if (tls || this.opts.plainPkt) {
       // tc sends a plain-HTTP connection's first segment no more (nothing in it to fingerprint).
       const [pkt, pdv] = this.#rec(this.#pkt[tls ? 1 : 0], c);
@@ -265,7 +275,7 @@ export class Traffic {
     }
     const [close, cdv] = this.#rec(this.#close, c);
     cdv.setBigUint64(CLOSE_EVENT.fields[tls ? "pos_plaintext" : "pos_raw"].offset, BigInt(pos), true);
-    out.push(close);
+    if (!this.opts.lostClose) out.push(close);
     this.rows += this.opts.requestsPerConn;
     return this.opts.requestsPerConn;
   }

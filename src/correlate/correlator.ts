@@ -287,6 +287,18 @@ export class Correlator {
     return !(this.opts.expectJa4 && tls !== false && !c.plaintext && c.hello === null);
   }
 
+  /**
+   * Whether the connection's packet facts are all it will ever have. With ordered events (one ring buffer)
+   * they precede its requests: tc reports a SYN before the kernel answers it and a ClientHello before the
+   * server can read it, so a fact missing when a request arrives was lost (a full ring, a connection older
+   * than the agent, an interface without tc) and holding the row would only delay it and hold its memory —
+   * at the ring's overflow, when the agent is already behind, 50,000 rows of it. A request without a tuple
+   * still waits for the bind that supplies one.
+   */
+  #final(c: Conn): boolean {
+    return this.opts.orderedEvents && c.tuple !== null;
+  }
+
   /** Completes the request's row in place with the connection's facts (no copy). */
   #fill(c: Conn, pid: number, row: Row, ts: number): Row {
     const t = c.tuple, hello = c.hello;
@@ -493,7 +505,7 @@ export class Correlator {
     c.requests++;
     const safePid = Number.isInteger(pid) ? pid : 0;
     // Keep per-connection order: a request never overtakes an earlier held one.
-    if (c.held.length === 0 && (this.#complete(c, tls) || this.opts.holdMs === 0)) {
+    if (c.held.length === 0 && (this.#complete(c, tls) || this.opts.holdMs === 0 || this.#final(c))) {
       this.#s.rows_immediate++;
       this.#emit(c, safePid, req, ts, tls);
       return;
