@@ -150,7 +150,11 @@ export class Agent {
       // Decoded in place in the mapped ring: no view or DataView allocated per record.
       onRecordAt: (area, dv, off, len) => this.onRecordAt(area, dv, off, len),
       // Rows completed by a batch go out at its end, not at the next 100 ms tick (see ReaderOptions.onBatch).
-      onBatch: () => this.flushReady(),
+      // Per-CPU perf buffers: a batch is one poll of every CPU's buffer, after which late facts are in.
+      onBatch: () => {
+        if (!this.correlator.opts.orderedEvents) this.correlator.endOfRound();
+        this.flushReady();
+      },
     });
 
     // The tick looks for new workers by /proc unless the kernel follows forks (then it only releases held rows

@@ -95,7 +95,7 @@ export interface CorrelatorStats {
   rows_immediate: number;
   /** Held, then released early when the missing facts arrived. */
   rows_released_facts: number;
-  /** Held for holdMs, released without some facts. */
+  /** Held for holdMs (or, per-CPU buffers, a reader round after their own), released without some facts. */
   rows_released_timeout: number;
   /** Released because their connection was evicted or flushed. */
   rows_released_evicted: number;
@@ -135,6 +135,8 @@ interface Conn {
 
 interface Held {
   conn: Conn;
+  /** The reader's round (endOfRound calls) when the request arrived. */
+  round: number;
   pid: number;
   row: Row;
   /** false: a plain-HTTP connection (no ClientHello will come); true or undefined: waits for one. */
@@ -202,11 +204,13 @@ export class Correlator {
    * Closed connections by key and close time, in close order, to forget after closeLingerMs. Keys, not the
    * Conn objects: a connection evicted meanwhile is not kept alive by this queue.
    */
-  #closing: { key: ConnKey; at: number }[] = [];
+  #closing: { key: ConnKey; at: number; round: number }[] = [];
   #closingHead = 0;
   /** Rows released since the last tick. */
   #ready: Row[] = [];
   #now = 0;
+  /** Reader rounds ended so far (endOfRound). */
+  #round = 0;
   #s = ZERO_STATS();
 
   constructor(opts: Partial<CorrelatorOptions> = {}) {
@@ -512,6 +516,7 @@ export class Correlator {
     }
     const h: Held = {
       conn: c,
+      round: this.#round,
       pid: safePid,
       row: req,
       tls,
@@ -564,8 +569,22 @@ export class Correlator {
     }
     if (c.closedAt === 0) {
       c.closedAt = now;
-      this.#closing.push({ key: c.key, at: now });
+      this.#closing.push({ key: c.key, at: now, round: this.#round });
     }
+  }
+
+  /**
+   * The reader has read every buffer once more (per-CPU perf buffers: one poll). A fact is written before
+   * its connection's requests, on its own CPU's buffer: a reader that found the request in one round finds
+   * the fact in that round or the next, never later. Rows held through a whole round after their own were
+   * waiting for a fact that was lost (a full buffer, a connection older than the agent): they go now, not
+   * at the end of the hold, which at the buffers' overflow would keep tens of thousands of rows. Connections
+   * closed a whole round ago are forgotten for the same reason (no late event of theirs can still come).
+   */
+  endOfRound(): void {
+    this.#round++;
+    this.#releaseHeld(this.#now, this.#round - 2);
+    this.#forgetClosed(this.#now, this.#round - 2); // after their rows: nothing of theirs waits now
   }
 
   /**
@@ -582,11 +601,29 @@ export class Correlator {
   /** Advances time: releases rows whose hold expired and forgets idle/closed connections. */
   tick(now: number): Row[] {
     now = this.#clock(now);
-    // Held rows past their deadline ship without the missing facts.
+    this.#releaseHeld(now, -1);
+    this.#compactQueues();
+    this.#forgetClosed(now, -1);
+    // Idle connections: the LRU head is the least recently seen.
+    for (let n = this.#conns.oldest(); n !== undefined; n = this.#conns.oldest()) {
+      if (n.value.lastSeen + this.opts.idleTtlMs > now) break;
+      this.#evict(n.value);
+      this.#s.evicted_ttl++;
+    }
+    const out = this.#ready;
+    this.#ready = [];
+    return out;
+  }
+
+  /**
+   * Ships, without the missing facts, the held rows whose hold ended by `now` or that arrived in a reader
+   * round ≤ `round` (oldest first: the queue is in arrival order, so in deadline and round order too).
+   */
+  #releaseHeld(now: number, round: number): void {
     while (this.#heldHead < this.#heldQueue.length) {
       const h = this.#heldQueue[this.#heldHead];
       if (!h.done) {
-        if (h.deadline > now) break;
+        if (h.deadline > now && h.round > round) break;
         this.#release(h);
         h.conn.gaveUp = true;
         this.#s.rows_released_timeout++;
@@ -599,29 +636,25 @@ export class Correlator {
       }
       this.#heldHead++;
     }
-    this.#compactQueues();
-    // Closed connections past their linger; beyond maxConnections of them the oldest go early (they could
-    // not all be tracked anyway, and the queue stays bounded at any close rate).
+  }
+
+  /**
+   * Forgets closed connections past their linger, or closed in a reader round ≤ `round` (their late events are
+   * in); beyond maxConnections of them the oldest go early (they could not all be tracked anyway, and the
+   * queue stays bounded at any close rate).
+   */
+  #forgetClosed(now: number, round: number): void {
     while (this.#closingHead < this.#closing.length) {
-      const { key, at } = this.#closing[this.#closingHead];
+      const e = this.#closing[this.#closingHead];
       const over = this.#closing.length - this.#closingHead > this.opts.maxConnections;
-      if (!over && at + this.opts.closeLingerMs > now) break;
+      if (!over && e.at + this.opts.closeLingerMs > now && e.round > round) break;
       this.#closingHead++;
-      const conn = this.#conns.peek(key);
-      if (conn !== undefined && conn.closedAt === at) {
+      const conn = this.#conns.peek(e.key);
+      if (conn !== undefined && conn.closedAt === e.at) {
         this.#evict(conn);
         this.#s.evicted_closed++;
       }
     }
-    // Idle connections: the LRU head is the least recently seen.
-    for (let n = this.#conns.oldest(); n !== undefined; n = this.#conns.oldest()) {
-      if (n.value.lastSeen + this.opts.idleTtlMs > now) break;
-      this.#evict(n.value);
-      this.#s.evicted_ttl++;
-    }
-    const out = this.#ready;
-    this.#ready = [];
-    return out;
   }
 
   #compactQueues(): void {

@@ -383,3 +383,50 @@ Deno.test("correlator: with ordered events a request never waits for a fact that
     });
   }
 });
+
+Deno.test("correlator: per-CPU buffers, a fact and a close are late by one reader round at most", async (t) => {
+  // A fact is written before its connection's requests, each on its CPU's buffer: a poll that found the
+  // request finds the fact in the same poll or the next. Rows (and closed connections) wait for that round.
+  await t.step("a SYN one round late still reaches the row", () => {
+    const c = new Correlator({ host: "h", holdMs: 2000, orderedEvents: false });
+    c.onRequest(tup(1), 1, 5, req("/late"), T0, false);
+    c.endOfRound(); // the request's own round
+    assertEquals(c.stats().held, 1);
+    c.onSyn(tup(1), "ja4t_1", T0 + 1); // read in the next poll
+    assertEquals(c.tick(T0 + 2).map((r) => [r.path, r.ja4t]), [["/late", "ja4t_1"]]);
+    assertBalanced(c);
+  });
+  await t.step("a lost SYN: the row goes after the next round, long before the hold ends", () => {
+    const c = new Correlator({ host: "h", holdMs: 2000, orderedEvents: false });
+    c.onRequest(tup(1), 1, 5, req("/lost"), T0, false);
+    c.endOfRound();
+    assertEquals(c.takeReady(), [], "held through its own round");
+    c.onRequest(tup(2), 1, 6, req("/next"), T0 + 1, false); // arrives in the next round
+    c.endOfRound();
+    assertEquals(
+      c.takeReady().map((r) => [r.path, r.ja4t]),
+      [["/lost", ""]],
+      "out a round later, without JA4T",
+    );
+    assertEquals(c.stats().held, 1, "the next round's row still waits");
+    assertEquals(c.stats().rows_released_timeout, 1);
+    assertEquals(c.stats().rows_missing_ja4t, 1);
+    c.endOfRound();
+    assertEquals(c.takeReady().map((r) => r.path), ["/next"]);
+    assertBalanced(c);
+  });
+  await t.step("a closed connection is forgotten a round after its close, not after the linger", () => {
+    const c = new Correlator({ host: "h", holdMs: 2000, closeLingerMs: 5000, orderedEvents: false });
+    c.onSyn(tup(1), "ja4t_1", T0);
+    c.onRequest(tup(1), 1, 5, req("/a"), T0 + 1, false);
+    c.onClose(tup(1), 1, 5, T0 + 2);
+    c.endOfRound();
+    assertEquals(c.stats().connections, 1, "a request of it may still be in another CPU's buffer");
+    c.onRequest(tup(1), 1, 5, req("/b"), T0 + 3, false); // read after the close, written before it
+    c.endOfRound();
+    assertEquals(c.stats().connections, 0, "forgotten a round after the close");
+    assertEquals(c.queueLengths().closing, 0);
+    assertEquals(c.takeReady().map((r) => [r.path, r.ja4t]), [["/a", "ja4t_1"], ["/b", "ja4t_1"]]);
+    assertBalanced(c);
+  });
+});
