@@ -165,6 +165,11 @@ export interface TrafficOptions {
    */
   lostSyn?: boolean;
   lostClose?: boolean;
+  /**
+   * Every `synOnly`-th connection is a SYN and nothing else (a port scanner, a load balancer's TCP health
+   * check: connected, never read from, so no close record either).
+   */
+  synOnly?: number;
 }
 
 /** The benchmarks' traffic mixes, by name (bench/hotpath_bench.ts, bench/alloc.ts, bench/stages.ts). */
@@ -178,6 +183,8 @@ export const TRAFFIC_MODES: Record<string, TrafficOptions> = {
   "close-nosyn": { requestsPerConn: 1, tlsShare: 0, lostSyn: true },
   /** close without the close records: every connection stays tracked until evicted */
   "close-noclose": { requestsPerConn: 1, tlsShare: 0, lostClose: true },
+  /** close where every second connection is a SYN alone (scanners, TCP health checks) */
+  "close-scan": { requestsPerConn: 1, tlsShare: 0, synOnly: 2 },
 };
 
 export class Traffic {
@@ -259,6 +266,7 @@ export class Traffic {
     const [syn, sdv] = this.#rec(this.#syn, c);
     sdv.setUint32(SYN_EVENT.fields.seq.offset, isn, true);
     if (!this.opts.lostSyn) out.push(syn);
+    if (this.opts.synOnly && c % this.opts.synOnly === 0) return 0;
     if (tls || this.opts.plainPkt) {
       // tc sends a plain-HTTP connection's first segment no more (nothing in it to fingerprint).
       const [pkt, pdv] = this.#rec(this.#pkt[tls ? 1 : 0], c);

@@ -11,6 +11,7 @@ import type { Row, Tuple } from "../sink/row.ts";
 import { LruMap } from "../capture/lru.ts";
 import { type ConnKey, connKeyOf, normAddr } from "../capture/connkey.ts";
 import { NumMap } from "../capture/nummap.ts";
+import { PendingSyns } from "./pending_syns.ts";
 
 /**
  * Row.ts as `new Date(ts).toISOString()` (a non-finite ts as the epoch). Rows come in bursts within the same
@@ -110,6 +111,10 @@ export interface CorrelatorStats {
   evicted_closed: number;
   /** A SYN on a tuple already in use: the old connection's facts were replaced (port reuse). */
   tuple_reused: number;
+  /** Gauge: SYNs nothing else of their connection was seen after yet (no state made for them). */
+  syns_pending: number;
+  /** SYNs no request or ClientHello followed before the idle time, or before maxConnections newer SYNs. */
+  syns_unanswered: number;
 }
 
 /** A connection's state. */
@@ -172,6 +177,8 @@ const ZERO_STATS = (): CorrelatorStats => ({
   evicted_ttl: 0,
   evicted_closed: 0,
   tuple_reused: 0,
+  syns_pending: 0,
+  syns_unanswered: 0,
 });
 
 function validPort(p: unknown): p is number {
@@ -209,6 +216,8 @@ export class Correlator {
   /** Rows released since the last tick. */
   #ready: Row[] = [];
   #now = 0;
+  /** JA4Ts of connections not seen beyond their SYN: their state is made at their first request or hello. */
+  #syns: PendingSyns;
   /** Reader rounds ended so far (endOfRound). */
   #round = 0;
   #s = ZERO_STATS();
@@ -219,6 +228,7 @@ export class Correlator {
     if (!(this.opts.maxConnections >= 1)) throw new RangeError("maxConnections must be ≥ 1");
     if (!(this.opts.maxHeldRows >= 1)) throw new RangeError("maxHeldRows must be ≥ 1");
     if (!(this.opts.holdMs >= 0)) throw new RangeError("holdMs must be ≥ 0");
+    this.#syns = new PendingSyns(this.opts.maxConnections);
     this.#conns = new LruMap(this.opts.maxConnections, Infinity, (_k, c) => {
       this.#evict(c);
       this.#s.evicted_lru++;
@@ -250,6 +260,7 @@ export class Correlator {
       closedAt: 0,
       held: NO_HELD,
     };
+    if (tuple !== null) c.ja4t = this.#syns.take(key) ?? "";
     this.#conns.set(key, c); // evicts the least recently used past maxConnections
     return c;
   }
@@ -367,7 +378,8 @@ export class Correlator {
       return;
     }
     this.#s.syns++;
-    let c = this.#conns.peek(connKeyOf(tuple));
+    const key = connKeyOf(tuple);
+    let c = this.#conns.peek(key);
     if (
       c &&
       (c.ja4t !== "" && (c.hello !== null || c.requests > 0 || c.closedAt > 0) || c.hello !== null ||
@@ -379,7 +391,11 @@ export class Correlator {
       this.#evict(c);
       c = undefined;
     }
-    c ??= this.#connForTuple(tuple, now);
+    if (c === undefined) {
+      // Nothing else of it yet: no state until its first request or hello (a SYN alone costs a slot).
+      this.#syns.add(key, ja4t, now);
+      return;
+    }
     this.#touch(c, now);
     c.ja4t = ja4t;
     this.#recheck(c);
@@ -551,7 +567,11 @@ export class Correlator {
     const now = this.#clock(ts);
     this.#s.closes++;
     let c: Conn | undefined;
-    if (tuple !== null && validTuple(tuple)) c = this.#conns.peek(connKeyOf(tuple));
+    if (tuple !== null && validTuple(tuple)) {
+      const key = connKeyOf(tuple);
+      c = this.#conns.peek(key);
+      if (c === undefined) this.#syns.delete(key);
+    }
     const pidfd = Number.isInteger(pid) && Number.isInteger(fd) ? pidFdKey(pid, fd) : null;
     if (pidfd !== null) {
       const key = this.#bindings.get(pidfd);
@@ -604,6 +624,7 @@ export class Correlator {
     this.#releaseHeld(now, -1);
     this.#compactQueues();
     this.#forgetClosed(now, -1);
+    this.#syns.expire(now, this.opts.idleTtlMs);
     // Idle connections: the LRU head is the least recently seen.
     for (let n = this.#conns.oldest(); n !== undefined; n = this.#conns.oldest()) {
       if (n.value.lastSeen + this.opts.idleTtlMs > now) break;
@@ -699,6 +720,13 @@ export class Correlator {
   }
 
   stats(): CorrelatorStats {
-    return { ...this.#s, connections: this.#conns.size, bindings: this.#bindings.size, held: this.#held };
+    return {
+      ...this.#s,
+      connections: this.#conns.size,
+      bindings: this.#bindings.size,
+      held: this.#held,
+      syns_pending: this.#syns.size,
+      syns_unanswered: this.#syns.dropped,
+    };
   }
 }

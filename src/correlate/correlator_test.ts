@@ -430,3 +430,48 @@ Deno.test("correlator: per-CPU buffers, a fact and a close are late by one reade
     assertBalanced(c);
   });
 });
+
+Deno.test("correlator: a SYN alone makes no connection state; the first request takes its JA4T", async (t) => {
+  await t.step("SYN then request: one connection, with the JA4T", () => {
+    const c = new Correlator({ host: "h", orderedEvents: true });
+    c.onSyn(tup(1), "ja4t_1", T0);
+    assertEquals([c.stats().connections, c.stats().syns_pending], [0, 1], "a slot, no connection");
+    c.onRequest(tup(1), 1, 5, req("/a"), T0 + 1, false);
+    assertEquals([c.stats().connections, c.stats().syns_pending], [1, 0]);
+    assertEquals(c.takeReady().map((r) => r.ja4t), ["ja4t_1"]);
+    assertBalanced(c);
+  });
+  await t.step("SYN then ClientHello then request (TLS): both facts on the row", () => {
+    const c = new Correlator({ host: "h", orderedEvents: true });
+    c.onSyn(tup(2), "ja4t_2", T0);
+    c.onClientHello(tup(2), hello(2), T0 + 1);
+    c.onRequest(tup(2), 1, 6, req("/tls"), T0 + 2, true);
+    assertEquals(c.takeReady().map((r) => [r.ja4t, r.ja4]), [["ja4t_2", "t13d_ja4_2"]]);
+  });
+  await t.step("scanners: SYNs that nothing follows stay slots, dropped oldest first, counted", () => {
+    const c = new Correlator({ host: "h", orderedEvents: true, maxConnections: 1000 });
+    for (let i = 0; i < 5000; i++) c.onSyn(tup(100 + i), `scan_${i}`, T0 + i);
+    const s = c.stats();
+    assertEquals([s.connections, s.syns_pending, s.syns_unanswered, s.syns], [0, 1000, 4000, 5000]);
+    // The newest SYNs still reach their requests; a dropped one's request ships without JA4T.
+    c.onRequest(tup(100 + 4999), 1, 7, req("/late"), T0 + 5000, false);
+    c.onRequest(tup(100), 1, 8, req("/oldest"), T0 + 5001, false);
+    assertEquals(c.takeReady().map((r) => [r.path, r.ja4t]), [["/late", "scan_4999"], ["/oldest", ""]]);
+  });
+  await t.step("unanswered SYNs go after the idle time", () => {
+    const c = new Correlator({ host: "h", orderedEvents: true, idleTtlMs: 60_000 });
+    c.onSyn(tup(1), "ja4t_1", T0);
+    c.onSyn(tup(2), "ja4t_2", T0 + 30_000);
+    c.tick(T0 + 60_000);
+    assertEquals([c.stats().syns_pending, c.stats().syns_unanswered], [1, 1]);
+    c.tick(T0 + 90_000);
+    assertEquals([c.stats().syns_pending, c.stats().syns_unanswered], [0, 2]);
+  });
+  await t.step("per-CPU buffers: a request read before its SYN still gets the JA4T", () => {
+    const c = new Correlator({ host: "h", holdMs: 2000, orderedEvents: false });
+    c.onRequest(tup(3), 1, 9, req("/r"), T0, false);
+    c.onSyn(tup(3), "ja4t_3", T0 + 1);
+    assertEquals(c.tick(T0 + 2).map((r) => r.ja4t), ["ja4t_3"]);
+    assertEquals(c.stats().syns_pending, 0, "the connection existed: no slot");
+  });
+});

@@ -37,6 +37,7 @@ export class AgentMetrics {
   readonly clickhouseErrors: Counter;
   readonly clickhouseLatency: Histogram;
   readonly correlationConnections: Gauge;
+  readonly correlationPendingSyns: Gauge;
   readonly correlationHeld: Gauge;
   readonly correlationRows: Counter;
   readonly correlationEvictions: Counter;
@@ -103,6 +104,10 @@ export class AgentMetrics {
     );
     this.correlationConnections = r.gauge("ja4ebpf_correlation_connections", "connections tracked")
       .onCollect(() => this.correlationConnections.set(undefined, this.#correlator?.().connections ?? 0));
+    this.correlationPendingSyns = r.gauge(
+      "ja4ebpf_correlation_pending_syns",
+      "SYNs waiting for their connection's first request or ClientHello (no connection state yet)",
+    ).onCollect(() => this.correlationPendingSyns.set(undefined, this.#correlator?.().syns_pending ?? 0));
     this.correlationHeld = r.gauge("ja4ebpf_correlation_held_rows", "rows waiting for packet facts")
       .onCollect(() => this.correlationHeld.set(undefined, this.#correlator?.().held ?? 0));
     this.correlationRows = r.counter(
@@ -112,7 +117,7 @@ export class AgentMetrics {
     );
     this.correlationEvictions = r.counter(
       "ja4ebpf_correlation_evictions_total",
-      "connections forgotten, by reason (closed, ttl, lru)",
+      "connections forgotten, by reason (closed, ttl, lru; syn_only: a SYN nothing followed)",
       ["reason"],
     );
     this.correlationInvalid = r.counter(
@@ -147,6 +152,7 @@ export class AgentMetrics {
     this.correlationEvictions.setTotal({ reason: "closed" }, s.evicted_closed);
     this.correlationEvictions.setTotal({ reason: "ttl" }, s.evicted_ttl);
     this.correlationEvictions.setTotal({ reason: "lru" }, s.evicted_lru);
+    this.correlationEvictions.setTotal({ reason: "syn_only" }, s.syns_unanswered);
     this.correlationInvalid.setTotal(undefined, s.invalid_input);
   }
 
