@@ -158,6 +158,39 @@ async function drain(agent: RunningAgent, timeoutMs = 60_000): Promise<Map<strin
   return m;
 }
 
+/**
+ * `perSecond` TCP health checks against `port` (a load balancer's, or a port scanner's): connect, close, not a
+ * byte sent. The server never reads a byte from them, so the agent sees each one's SYN and nothing else.
+ */
+function healthChecks(port: number, perSecond: number): { stop(): Promise<number> } {
+  let done = 0, stopped = false;
+  const pending = new Set<Promise<void>>();
+  const one = async () => {
+    try {
+      const c = await Deno.connect({ hostname: "127.0.0.1", port });
+      c.close();
+      done++;
+    } catch { /* a refused or reset connect is a health check too */ }
+  };
+  const tickMs = 10;
+  let owed = 0;
+  const timer = setInterval(() => {
+    owed += perSecond * tickMs / 1000;
+    for (; owed >= 1 && pending.size < 256; owed--) {
+      const p = one().finally(() => pending.delete(p));
+      pending.add(p);
+    }
+  }, tickMs);
+  return {
+    async stop() {
+      if (!stopped) clearInterval(timer);
+      stopped = true;
+      await Promise.all(pending);
+      return done;
+    },
+  };
+}
+
 async function oneRun(
   ng: WebServer,
   mode: Mode,
@@ -172,6 +205,7 @@ async function oneRun(
     v8Flags: string;
     bpfStats: boolean;
     agentWarmup: number;
+    scan: number;
   },
   /** The earlier checkout whose agent runs instead (--base). */
   baseDir?: string,
@@ -204,14 +238,20 @@ async function oneRun(
       if (o.batch) batchPolicy(agent.pid);
     }
     const logFrom = (await Deno.stat(ng.accessLogPath).catch(() => ({ size: 0 }))).size;
-    const load = (duration: number) =>
-      wrk({
-        url,
-        threads: o.threads,
-        connections: o.connections,
-        duration,
-        headers: mode === "close" ? ["Connection: close"] : [],
-      });
+    const load = async (duration: number) => {
+      const scanner = o.scan > 0 ? healthChecks(port, o.scan) : undefined;
+      try {
+        return await wrk({
+          url,
+          threads: o.threads,
+          connections: o.connections,
+          duration,
+          headers: mode === "close" ? ["Connection: close"] : [],
+        });
+      } finally {
+        await scanner?.stop();
+      }
+    };
     let warmup: { requests: number; cpuUs: number; captured: number } | undefined;
     if (agent && o.agentWarmup > 0) {
       // Steady state is what a long-running agent costs: the same load first, drained, not counted.
@@ -680,6 +720,7 @@ async function main(): Promise<number> {
       "tls-probes": { type: "boolean", default: false },
       requests: { type: "string", default: "3000" },
       "agent-warmup": { type: "string", default: "8" },
+      scan: { type: "string", default: "0" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -695,7 +736,8 @@ async function main(): Promise<number> {
         "  --bpf-stats: kernel.bpf_stats_enabled during the runs with the agent; each BPF program's runs\n" +
         "    and ns per request\n" +
         "  --agent-warmup S: S seconds of the same load on each fresh agent before its measured run, not\n" +
-        "    counted (V8 compiles the hot path in the first seconds; reported apart as a one-time cost); 0: cold",
+        "    counted (V8 compiles the hot path in the first seconds; reported apart as a one-time cost); 0: cold\n" +
+        "  --scan N: N TCP health checks per second (connect, close, no byte) beside the load, in every run",
     );
     return 0;
   }
@@ -719,6 +761,7 @@ async function main(): Promise<number> {
     starve: values.starve === true,
     bpfStats: values["bpf-stats"] === true,
     agentWarmup: int("agent-warmup", values["agent-warmup"], 0),
+    scan: int("scan", values.scan, 0),
     batch: values.batch === true,
     base: values.base ?? "",
     // As packaged (scripts/agent-v8-flags); JA4EBPF_AGENT_MAIN=<other checkout>/src/main.ts with that
