@@ -86,10 +86,12 @@ ELF_MACHINE=$([ "$ARCH" = aarch64 ] && echo 183 || echo 62) # e_machine: EM_AARC
 # /sys/class/net; FFI (libbpf through pointers) is unscoped anyway. The boundary is the service user, its
 # capabilities and the systemd sandbox. Remote imports stay off (--no-remote --cached-only in the launcher).
 PERMS=(--allow-all)
-# The agent's V8 heap limits: one file for this build, scripts/run.sh and the benchmarks.
-V8FLAGS=--v8-flags=$(tr ' ' ',' <scripts/agent-v8-flags | tr -d '\n')
-# ... and its `deno run` flags (scripts/agent-deno-flags, comments dropped), for both kinds.
-read -r -a DENOFLAGS <<<"$(sed 's/#.*//' scripts/agent-deno-flags | tr -s ' \n' ' ')"
+# The agent's V8 heap limits and `deno run` flags, for both kinds (scripts/agent-flags.sh: one reading of the
+# files for this build, scripts/run.sh and the benchmarks).
+# shellcheck source=scripts/agent-flags.sh
+. scripts/agent-flags.sh
+V8FLAGS=--v8-flags=$AGENT_V8FLAGS
+DENOFLAGS=(${AGENT_DENOFLAGS[@]+"${AGENT_DENOFLAGS[@]}"})
 
 # e_machine of an ELF file (62 x86-64, 183 aarch64), empty if it is not ELF.
 elf_machine() {
@@ -225,7 +227,7 @@ OFFSET=0000000000
 PERMS="${PERMS[*]} $V8FLAGS${DENOFLAGS[*]+ ${DENOFLAGS[*]}}"
 EOF
     # scripts/agent-env; a value already set in the environment wins.
-    grep -E '^[A-Z_][A-Z0-9_]*=' scripts/agent-env | sed 's/^\([^=]*\)=\(.*\)$/export \1="${\1:-\2}"/'
+    agent_env | sed 's/^\([^=]*\)=\(.*\)$/export \1="${\1:-\2}"/'
     cat <<'EOF'
 self=$0
 case $self in */*) ;; *) self=$(command -v -- "$self") ;; esac

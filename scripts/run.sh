@@ -5,14 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DENO=$(bash scripts/setup.sh | tail -1)
 export DENO_NO_UPDATE_CHECK=1
-# The V8 heap limits the packaged agent runs with (one file for the build, this script and the benchmarks).
-V8FLAGS=$(tr ' ' ',' <scripts/agent-v8-flags | tr -d '\n')
-# ... and its environment (a value already set wins).
+# The packaged agent's V8 flags, `deno run` flags and environment (a value already set wins).
+# shellcheck source=scripts/agent-flags.sh
+. scripts/agent-flags.sh
 while IFS='=' read -r k v; do
-  case $k in '' | '#'*) continue ;; esac
   [ -n "${!k:-}" ] || export "$k=$v"
-done <scripts/agent-env
-# ... and its `deno run` flags (scripts/agent-deno-flags, comments dropped).
-DENOFLAGS=$(sed 's/#.*//' scripts/agent-deno-flags | tr -s ' \n' ' ')
-# shellcheck disable=SC2086 # DENOFLAGS is a list of flags
-exec "$DENO" run -A $DENOFLAGS --v8-flags="$V8FLAGS" src/main.ts run "$@"
+done < <(agent_env)
+exec "$DENO" run -A ${AGENT_DENOFLAGS[@]+"${AGENT_DENOFLAGS[@]}"} --v8-flags="$AGENT_V8FLAGS" src/main.ts run "$@"
