@@ -67,7 +67,8 @@ export async function runHotpath(mode: string, requests: number, perfbuf = false
     let t = threadNs();
     for (let i = 0; i < recs.length; i++) agent.onRecordAt(area, view, offs[i], recs[i].length);
     let t2 = threadNs();
-    if (perfbuf) agent.correlator.endOfRound(); // as the agent's onBatch does
+    // As the agent's onBatch does (optional: a checkout from before reader rounds, measured side by side).
+    if (perfbuf) (agent.correlator as { endOfRound?: () => void }).endOfRound?.();
     if (measure) st.onRecord += t2 - t;
     const rs = agent.correlator.tick(Date.now());
     t = threadNs();

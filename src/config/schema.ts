@@ -132,7 +132,8 @@ export const SCHEMA = {
       def: 2000,
       min: 0,
       max: 60000,
-      doc: "how long request facts wait for packet-side facts (JA4/JA4T) before the row is emitted",
+      doc:
+        "how long request facts wait for packet-side facts (JA4/JA4T) before the row is emitted (per-CPU perf buffers; with the ring buffer the facts precede the request)",
     },
     max_connections: {
       t: "int",

@@ -111,6 +111,8 @@ export interface CorrelatorStats {
   evicted_closed: number;
   /** A SYN on a tuple already in use: the old connection's facts were replaced (port reuse). */
   tuple_reused: number;
+  /** Connections found closed because their (pid, fd) carried another connection (their close record lost). */
+  evicted_fd_reused: number;
   /** Gauge: SYNs nothing else of their connection was seen after yet (no state made for them). */
   syns_pending: number;
   /** SYNs no request or ClientHello followed before the idle time, or before maxConnections newer SYNs. */
@@ -177,6 +179,7 @@ const ZERO_STATS = (): CorrelatorStats => ({
   evicted_ttl: 0,
   evicted_closed: 0,
   tuple_reused: 0,
+  evicted_fd_reused: 0,
   syns_pending: 0,
   syns_unanswered: 0,
 });
@@ -211,7 +214,7 @@ export class Correlator {
    * Closed connections by key and close time, in close order, to forget after closeLingerMs. Keys, not the
    * Conn objects: a connection evicted meanwhile is not kept alive by this queue.
    */
-  #closing: { key: ConnKey; at: number; round: number }[] = [];
+  #closing: { key: ConnKey; at: number; round: number; counted: boolean }[] = [];
   #closingHead = 0;
   /** Rows released since the last tick. */
   #ready: Row[] = [];
@@ -452,7 +455,13 @@ export class Correlator {
         prev.held = [];
         prev.heldDone = 0;
         this.#conns.delete(prev.key);
-      } else if (prev && prev.pidfd === pidfd) prev.pidfd = null;
+      } else if (prev && prev.pidfd === pidfd) {
+        // The fd now holds another connection, so the one it held was closed: its close record was lost (a
+        // full ring). Forgotten as at a close, not left for the LRU 65,536 connections later.
+        prev.pidfd = null;
+        this.#s.evicted_fd_reused++;
+        this.#closed(prev, this.#now, false);
+      }
     }
     if (c.pidfd !== null && c.pidfd !== pidfd && this.#bindings.get(c.pidfd) === c.key) {
       this.#bindings.delete(c.pidfd);
@@ -582,14 +591,22 @@ export class Correlator {
     }
     if (!c) return;
     if (c.pidfd === pidfd) c.pidfd = null;
+    this.#closed(c, now, true);
+  }
+
+  /**
+   * A closed connection: forgotten at once when nothing of it can still come (ordered events, no held rows),
+   * else after its linger. `counted`: an eviction now counts as closed (the caller counted an inferred one).
+   */
+  #closed(c: Conn, now: number, counted: boolean): void {
     if (this.opts.orderedEvents && c.held.length === c.heldDone) {
       this.#evict(c);
-      this.#s.evicted_closed++;
+      if (counted) this.#s.evicted_closed++;
       return;
     }
     if (c.closedAt === 0) {
       c.closedAt = now;
-      this.#closing.push({ key: c.key, at: now, round: this.#round });
+      this.#closing.push({ key: c.key, at: now, round: this.#round, counted });
     }
   }
 
@@ -673,7 +690,7 @@ export class Correlator {
       const conn = this.#conns.peek(e.key);
       if (conn !== undefined && conn.closedAt === e.at) {
         this.#evict(conn);
-        this.#s.evicted_closed++;
+        if (e.counted) this.#s.evicted_closed++;
       }
     }
   }

@@ -475,3 +475,34 @@ Deno.test("correlator: a SYN alone makes no connection state; the first request 
     assertEquals(c.stats().syns_pending, 0, "the connection existed: no slot");
   });
 });
+
+Deno.test("correlator: a (pid, fd) that carries a new connection closes the old one (its close record lost)", async (t) => {
+  for (const ordered of [true, false]) {
+    await t.step(
+      ordered ? "ordered events: forgotten at once" : "per-CPU buffers: forgotten a round later",
+      () => {
+        const c = new Correlator({ host: "h", orderedEvents: ordered });
+        c.onSyn(tup(1), "ja4t_1", T0);
+        c.onRequest(tup(1), 1, 5, req("/old"), T0 + 1, false);
+        // No close of fd 5 arrives (the ring was full); the next connection the process reads on fd 5:
+        c.onSyn(tup(2), "ja4t_2", T0 + 2);
+        c.onRequest(tup(2), 1, 5, req("/new"), T0 + 3, false);
+        assertEquals(c.stats().evicted_fd_reused, 1);
+        if (!ordered) {
+          assertEquals(c.stats().connections, 2, "a late event of the old one may still come this round");
+          c.endOfRound();
+          c.endOfRound();
+        }
+        assertEquals(
+          [c.stats().connections, c.stats().bindings],
+          [1, 1],
+          "only the new connection is tracked",
+        );
+        assertEquals(c.stats().evicted_closed, 0, "not counted as a close record");
+        const rows = [...c.takeReady(), ...c.tick(T0 + 4)];
+        assertEquals(rows.map((r) => [r.path, r.ja4t]), [["/old", "ja4t_1"], ["/new", "ja4t_2"]]);
+        assertBalanced(c);
+      },
+    );
+  }
+});

@@ -117,7 +117,7 @@ export class AgentMetrics {
     );
     this.correlationEvictions = r.counter(
       "ja4ebpf_correlation_evictions_total",
-      "connections forgotten, by reason (closed, ttl, lru; syn_only: a SYN nothing followed)",
+      "connections forgotten, by reason (closed, ttl, lru; syn_only: a SYN nothing followed; fd_reused: close lost)",
       ["reason"],
     );
     this.correlationInvalid = r.counter(
@@ -153,6 +153,7 @@ export class AgentMetrics {
     this.correlationEvictions.setTotal({ reason: "ttl" }, s.evicted_ttl);
     this.correlationEvictions.setTotal({ reason: "lru" }, s.evicted_lru);
     this.correlationEvictions.setTotal({ reason: "syn_only" }, s.syns_unanswered);
+    this.correlationEvictions.setTotal({ reason: "fd_reused" }, s.evicted_fd_reused);
     this.correlationInvalid.setTotal(undefined, s.invalid_input);
   }
 
