@@ -18,6 +18,7 @@ import { startNginx, type WebServer } from "../tests/helpers/servers.ts";
 import { wrk, type WrkResult } from "../tests/helpers/clients.ts";
 import { AGENT_V8_FLAGS, checkoutAgent, type RunningAgent, startAgent } from "../tests/helpers/agent.ts";
 import { delay, makeTempDir, requirePortsFree, requireRoot, requireTool } from "../tests/helpers/proc.ts";
+import { createNetns } from "../tests/helpers/netns.ts";
 import { httpsProbesBench } from "./https_probes.ts";
 import { batchPolicy, cpuSplitUs, starve } from "./proc_cpu.ts";
 import { enableBpfStats, type ProgCost, progCosts, progCounters } from "./bpf_stats.ts";
@@ -191,6 +192,16 @@ function healthChecks(port: number, perSecond: number): { stop(): Promise<number
   };
 }
 
+/** Where wrk runs: on the host (loopback), or in a network namespace behind a veth pair (--veth). */
+interface Client {
+  host: string;
+  netns?: string;
+}
+
+function clientUrl(c: Client, mode: Mode): string {
+  return mode === "https" ? `https://${c.host}:${TLS_PORT}/` : `http://${c.host}:${HTTP_PORT}/`;
+}
+
 async function oneRun(
   ng: WebServer,
   mode: Mode,
@@ -208,10 +219,11 @@ async function oneRun(
     scan: number;
   },
   /** The earlier checkout whose agent runs instead (--base). */
-  baseDir?: string,
+  baseDir: string | undefined,
+  client: Client,
 ): Promise<RunFigures> {
   const port = mode === "https" ? TLS_PORT : HTTP_PORT;
-  const url = mode === "https" ? ng.tlsUrl! : ng.url;
+  const url = clientUrl(client, mode);
   let agent: RunningAgent | undefined;
   const dir = withAgent ? await makeTempDir("ja4ebpf-capbench-") : "";
   try {
@@ -243,6 +255,7 @@ async function oneRun(
       try {
         return await wrk({
           url,
+          netns: client.netns,
           threads: o.threads,
           connections: o.connections,
           duration,
@@ -612,6 +625,8 @@ function section(
     workers?: number;
     modes?: Mode[];
     starve?: boolean;
+    veth?: boolean;
+    scan?: number;
     batch?: boolean;
     bpfStats?: boolean;
     base?: string;
@@ -625,6 +640,7 @@ function section(
       (o.modes ?? ["http", "https"]).join(",")
     }` +
     (o.starve ? " --starve" : "") + (o.batch ? " --batch" : "") + (o.bpfStats ? " --bpf-stats" : "") +
+    (o.veth ? " --veth" : "") + (o.scan ? ` --scan ${o.scan}` : "") +
     (o.base ? ` --base ${o.base}` : "") + ` --agent-warmup ${o.agentWarmup ?? 0}`;
   return `${HEADING}
 
@@ -643,7 +659,14 @@ request: SYN, request read and close for every request), **HTTPS** keep-alive.${
   }${
     o.batch ? " **Batch**: every agent thread under SCHED_BATCH (the unit's CPUSchedulingPolicy=batch)." : ""
   }
-Load: \`wrk -t${o.threads} -c${o.connections} -d${o.duration}s\` at full speed. wrk runs on the same 2 vCPUs as
+Load: \`wrk -t${o.threads} -c${o.connections} -d${o.duration}s\` at full speed${
+    o.veth
+      ? ", from a network namespace over a veth pair (the client's packets reach tc as from a NIC; on lo tc also " +
+        "runs for the server's replies)"
+      : ""
+  }${
+    o.scan ? `, beside ${o.scan} TCP health checks per second (connect, close, no byte)` : ""
+  }. wrk runs on the same 2 vCPUs as
 nginx and the agent, so the agent's CPU comes straight out of nginx's and wrk's share: on a 2-core box this is a
 worst case, not what a server with spare cores sees. Runs alternate without/with the agent in ABBA order; the
 agent is started fresh for each "with" run (\`run --config\`, file sink, metrics on, production defaults,
@@ -721,6 +744,7 @@ async function main(): Promise<number> {
       requests: { type: "string", default: "3000" },
       "agent-warmup": { type: "string", default: "8" },
       scan: { type: "string", default: "0" },
+      veth: { type: "boolean", default: false },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -737,7 +761,8 @@ async function main(): Promise<number> {
         "    and ns per request\n" +
         "  --agent-warmup S: S seconds of the same load on each fresh agent before its measured run, not\n" +
         "    counted (V8 compiles the hot path in the first seconds; reported apart as a one-time cost); 0: cold\n" +
-        "  --scan N: N TCP health checks per second (connect, close, no byte) beside the load, in every run",
+        "  --scan N: N TCP health checks per second (connect, close, no byte) beside the load, in every run\n" +
+        "  --veth: wrk in a network namespace behind a veth pair (packets arrive as from a NIC), not on lo",
     );
     return 0;
   }
@@ -762,6 +787,7 @@ async function main(): Promise<number> {
     bpfStats: values["bpf-stats"] === true,
     agentWarmup: int("agent-warmup", values["agent-warmup"], 0),
     scan: int("scan", values.scan, 0),
+    veth: values.veth === true,
     batch: values.batch === true,
     base: values.base ?? "",
     // As packaged (scripts/agent-v8-flags); JA4EBPF_AGENT_MAIN=<other checkout>/src/main.ts with that
@@ -799,7 +825,17 @@ async function main(): Promise<number> {
   const date = new Date().toISOString().slice(0, 16).replace("T", " ") + " UTC";
   console.error(`machine: ${facts}`);
 
-  await using ng = await startNginx({ port: HTTP_PORT, tlsPort: TLS_PORT, workers: o.workers, http2: false });
+  // --veth: wrk in a network namespace, its packets into nginx's over a veth pair as from a NIC: tc ingress then
+  // sees the client's packets only (on lo it sees both directions, the server's replies too).
+  await using ns = o.veth ? await createNetns("ja4bench") : undefined;
+  const client: Client = ns ? { host: ns.hostAddr, netns: ns.name } : { host: "127.0.0.1" };
+  await using ng = await startNginx({
+    port: HTTP_PORT,
+    tlsPort: TLS_PORT,
+    workers: o.workers,
+    http2: false,
+    ...(ns ? { hosts: ["127.0.0.1", ns.hostAddr] } : {}),
+  });
   const summaries: ModeSummary[] = [];
   const baseSummaries: ModeSummary[] = [];
   for (const mode of o.modes) {
@@ -807,7 +843,8 @@ async function main(): Promise<number> {
     if (pairs === 0) continue;
     // Warm-up (not counted): page cache, TLS session set-up paths, CPU frequency.
     await wrk({
-      url: mode === "https" ? ng.tlsUrl! : ng.url,
+      url: clientUrl(client, mode),
+      netns: client.netns,
       headers: mode === "close" ? ["Connection: close"] : [],
       threads: o.threads,
       connections: o.connections,
@@ -824,7 +861,7 @@ async function main(): Promise<number> {
       const order = p % 2 === 0 ? one : [...one].reverse();
       for (const v of order) {
         const on = v !== "off";
-        const r = await oneRun(ng, mode, on, o, v === "base" ? baseDir : undefined);
+        const r = await oneRun(ng, mode, on, o, v === "base" ? baseDir : undefined, client);
         runs.push(r);
         const a = r.agent;
         console.error(

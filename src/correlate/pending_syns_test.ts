@@ -49,6 +49,46 @@ Deno.test("PendingSyns: a SYN waits until taken, the oldest goes first, counted"
       assertEquals(p.size, 0);
     },
   );
+  await t.step(
+    "the ring starts small and doubles up to capacity, keeping order and every waiting key",
+    () => {
+      const p = new PendingSyns(16, 2);
+      assertEquals(p.slots, 2);
+      p.add(100, "x", 0);
+      assertEquals(p.take(100), "x"); // a taken slot the growth passes over
+      for (let k = 1; k <= 10; k++) p.add(k, `t${k}`, k);
+      p.add(100, "x2", 11); // taken before, waiting again in a later slot
+      assertEquals([p.slots, p.size, p.dropped], [16, 11, 0]);
+      for (let k = 11; k <= 16; k++) p.add(k, `t${k}`, k); // full at 16 slots: the oldest go now
+      assertEquals(p.slots, 16, "never past capacity");
+      assertEquals(p.take(100), "x2");
+      const got = Array.from({ length: 16 }, (_, i) => p.take(i + 1));
+      assertEquals(
+        got.filter((v) => v === undefined).length,
+        p.dropped,
+        "what is not there was dropped, counted",
+      );
+      assertEquals(got.slice(-10), Array.from({ length: 10 }, (_, i) => `t${i + 7}`), "the newest all there");
+    },
+  );
+  await t.step("growing a ring that has turned moves each waiting key's slot", () => {
+    const p = new PendingSyns(8, 2);
+    p.add(1, "t1", 0);
+    p.add(2, "t2", 10);
+    p.expire(5, 0); // 1 goes: the ring's oldest slot is free, and the next SYN turns the ring
+    p.add(3, "t3", 20); // slot 0 of 2
+    p.add(4, "t4", 30); // full: grows to 4, and 3 moves from slot 0 to slot 2
+    assertEquals([p.slots, p.dropped], [4, 1]);
+    assertEquals([p.take(1), p.take(2), p.take(3), p.take(4)], [undefined, "t2", "t3", "t4"]);
+  });
+  await t.step("SYNs answered in the order they came keep the ring at its first size", () => {
+    const p = new PendingSyns(65536, 64);
+    for (let k = 0; k < 10_000; k++) {
+      p.add(k, "t", k);
+      if (k >= 8) assertEquals(p.take(k - 8), "t"); // eight connections between SYN and request
+    }
+    assertEquals([p.slots, p.size, p.dropped], [64, 8, 0]);
+  });
   await t.step("a capacity below 1 is refused", () => {
     assertThrows(() => new PendingSyns(0), RangeError);
   });
