@@ -10,6 +10,7 @@
  */
 import { parseArgs } from "node:util";
 import { median } from "./median.ts";
+import { agentDenoFlags, agentV8Flags } from "../tests/helpers/agent.ts";
 
 const here = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const { values, positionals } = parseArgs({
@@ -32,12 +33,22 @@ const modes = values.modes!.split(",");
 const COLUMNS = ["onRecord", "tick", "sink", "total"] as const;
 type Stage = typeof COLUMNS[number];
 
-/** One run of a checkout's hot-path bench: ns/request per mode and stage. */
+/**
+ * One run of a checkout's hot-path bench: ns/request per mode and stage. With the V8 and `deno run` flags
+ * that checkout packages its agent with (heap limits decide how often V8 collects, so a run with V8's
+ * defaults measures another program).
+ */
 async function runOnce(tree: string): Promise<Map<string, Record<Stage, number>>> {
+  let v8 = "";
+  try {
+    v8 = agentV8Flags(`${tree}/scripts/agent-v8-flags`);
+  } catch { /* a checkout from before the file: V8's defaults, as it ran */ }
   const out = await new Deno.Command(Deno.execPath(), {
     args: [
       "run",
       "-A",
+      ...agentDenoFlags(`${tree}/scripts/agent-deno-flags`),
+      ...(v8 ? [`--v8-flags=${v8}`] : []),
       `${tree}/bench/hotpath_bench.ts`,
       `--modes=${values.modes}`,
       `--requests=${values.requests}`,
