@@ -1,6 +1,9 @@
 import { assertEquals } from "../testing/asserts.ts";
 import { newStats } from "../sink/sink.ts";
 import { AgentMetrics } from "./agent.ts";
+import { parsePrometheusText } from "./registry.ts";
+import { Correlator } from "../correlate/correlator.ts";
+import { emptyRow } from "../sink/row.ts";
 
 Deno.test("ledger follows the primary sink: replayed rows enter and leave the spool stage", () => {
   const m = new AgentMetrics();
@@ -43,4 +46,24 @@ Deno.test("kernel ring drops enter the ledger and /healthz", () => {
   assertEquals([m.rows.captured.get(), m.rows.dropped.get({ reason: "ringbuf_full" })], [1120, 120]);
   assertEquals(m.bpfDrops.get({ reason: "ringbuf" }), 130);
   assertEquals(m.health.check(Date.now()).healthy, false);
+});
+
+Deno.test("correlation metrics: SYNs nothing followed and connections whose close was lost are counted", () => {
+  const m = new AgentMetrics();
+  const c = new Correlator({ host: "h", orderedEvents: true, maxConnections: 4 });
+  m.watchCorrelator(() => c.stats());
+  const tup = (n: number) => ({ src: `10.0.0.${n}`, src_port: 40000 + n, dst: "10.0.0.100", dst_port: 80 });
+  for (let n = 1; n <= 6; n++) c.onSyn(tup(n), "ja4t", n); // 6 scanners' SYNs, 4 slots: 2 dropped
+  c.onRequest(tup(7), 1, 5, { ...emptyRow(), path: "/a" }, 10, false);
+  c.onRequest(tup(8), 1, 5, { ...emptyRow(), path: "/b" }, 11, false); // fd 5 again: tup(7)'s close was lost
+  const s = parsePrometheusText(m.render());
+  assertEquals(
+    [
+      s.get("ja4ebpf_correlation_pending_syns"),
+      s.get('ja4ebpf_correlation_evictions_total{reason="syn_only"}'),
+      s.get('ja4ebpf_correlation_evictions_total{reason="fd_reused"}'),
+      s.get("ja4ebpf_correlation_connections"),
+    ],
+    [4, 2, 1, 1],
+  );
 });
