@@ -42,6 +42,7 @@ export class AgentMetrics {
   readonly correlationRows: Counter;
   readonly correlationEvictions: Counter;
   readonly correlationInvalid: Counter;
+  readonly correlationMissing: Counter;
   /** The ring buffer's size and the most bytes a drain pass found unread (is capture.ring_size_mb enough?). */
   readonly ringSize: Gauge;
   readonly ringBacklogMax: Gauge;
@@ -120,6 +121,11 @@ export class AgentMetrics {
       "connections forgotten, by reason (closed, ttl, lru; syn_only: a SYN nothing followed; fd_reused: close lost)",
       ["reason"],
     );
+    this.correlationMissing = r.counter(
+      "ja4ebpf_correlation_rows_missing_total",
+      "rows shipped without a packet fact they should have had (fact: ja4t, ja4): its record lost or never sent",
+      ["fact"],
+    );
     this.correlationInvalid = r.counter(
       "ja4ebpf_correlation_invalid_inputs_total",
       "malformed correlator inputs",
@@ -155,6 +161,8 @@ export class AgentMetrics {
     this.correlationEvictions.setTotal({ reason: "syn_only" }, s.syns_unanswered);
     this.correlationEvictions.setTotal({ reason: "fd_reused" }, s.evicted_fd_reused);
     this.correlationInvalid.setTotal(undefined, s.invalid_input);
+    this.correlationMissing.setTotal({ fact: "ja4t" }, s.rows_missing_ja4t);
+    this.correlationMissing.setTotal({ fact: "ja4" }, s.rows_missing_ja4);
   }
 
   /** Records an insert: latency by outcome, failing streak for health, last success time. */

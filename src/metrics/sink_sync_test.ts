@@ -63,7 +63,9 @@ Deno.test("correlation metrics: SYNs nothing followed and connections whose clos
       s.get('ja4ebpf_correlation_evictions_total{reason="syn_only"}'),
       s.get('ja4ebpf_correlation_evictions_total{reason="fd_reused"}'),
       s.get("ja4ebpf_correlation_connections"),
+      s.get('ja4ebpf_correlation_rows_missing_total{fact="ja4t"}'),
+      s.get('ja4ebpf_correlation_rows_missing_total{fact="ja4"}'),
     ],
-    [4, 2, 1, 1],
+    [4, 2, 1, 1, 2, 0],
   );
 });
