@@ -3,6 +3,8 @@
  * default (the packaged V8 flags, `deno run` flags and environment from scripts/agent-flags.sh), one JSON line
  * per HTTP request on stdout. Against a real nginx on a port of its own: the agent finds the port from nginx's
  * sockets, the request comes out as one JSON line with its JA4H and JA4T, and SIGTERM ends it with exit 0.
+ * On the way, TCP health checks (connect, close, not a byte) show in /metrics as SYNs waiting in the pending
+ * ring, not as connection state.
  * Needs root and nginx.
  */
 import { assert, assertEquals, assertMatch } from "../../src/testing/asserts.ts";
@@ -76,6 +78,21 @@ Deno.test({
     ]);
     assertMatch(String(row.ja4h), /^ge11nn\d{2}[^_]{4}_[0-9a-f]{12}_0{12}_0{12}$/);
     assertMatch(String(row.ja4t), /^\d+_[\d-]+_\d+_\d+$/, "JA4T from the connection's SYN");
+
+    // TCP health checks: the agent sees each one's SYN and nothing else (nginx never reads a byte of them).
+    const metric = async (name: string) => {
+      const text = await (await fetch("http://127.0.0.1:9435/metrics")).text();
+      return Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1] ?? NaN);
+    };
+    const checks = 50;
+    for (let i = 0; i < checks; i++) (await Deno.connect({ hostname: "127.0.0.1", port: PORT })).close();
+    await waitUntil(
+      async () => await metric("ja4ebpf_correlation_pending_syns") >= checks,
+      10_000,
+      `${checks} SYNs alone in ja4ebpf_correlation_pending_syns`,
+    );
+    const conns = await metric("ja4ebpf_correlation_connections");
+    assert(conns <= 2, `a SYN alone makes no connection state: ${conns} connections tracked`);
   } finally {
     const st = await stopChild(child, "SIGTERM", 20_000);
     await lines.cancel();
