@@ -164,7 +164,7 @@ async function drain(agent: RunningAgent, timeoutMs = 60_000): Promise<Map<strin
  * byte sent. The server never reads a byte from them, so the agent sees each one's SYN and nothing else.
  */
 function healthChecks(port: number, perSecond: number): { stop(): Promise<number> } {
-  let done = 0, stopped = false;
+  let done = 0;
   const pending = new Set<Promise<void>>();
   const one = async () => {
     try {
@@ -184,8 +184,7 @@ function healthChecks(port: number, perSecond: number): { stop(): Promise<number
   }, tickMs);
   return {
     async stop() {
-      if (!stopped) clearInterval(timer);
-      stopped = true;
+      clearInterval(timer);
       await Promise.all(pending);
       return done;
     },

@@ -10,7 +10,7 @@
  */
 import { parseArgs } from "node:util";
 import { median } from "./median.ts";
-import { agentDenoFlags, agentV8Flags } from "../tests/helpers/agent.ts";
+import { checkoutAgent } from "../tests/helpers/agent.ts";
 
 const here = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const { values, positionals } = parseArgs({
@@ -39,16 +39,13 @@ type Stage = typeof COLUMNS[number];
  * defaults measures another program).
  */
 async function runOnce(tree: string): Promise<Map<string, Record<Stage, number>>> {
-  let v8 = "";
-  try {
-    v8 = agentV8Flags(`${tree}/scripts/agent-v8-flags`);
-  } catch { /* a checkout from before the file: V8's defaults, as it ran */ }
+  const { v8Flags, denoFlags } = checkoutAgent(tree); // none for a checkout from before the files: as it ran
   const out = await new Deno.Command(Deno.execPath(), {
     args: [
       "run",
       "-A",
-      ...agentDenoFlags(`${tree}/scripts/agent-deno-flags`),
-      ...(v8 ? [`--v8-flags=${v8}`] : []),
+      ...denoFlags,
+      ...(v8Flags ? [`--v8-flags=${v8Flags}`] : []),
       `${tree}/bench/hotpath_bench.ts`,
       `--modes=${values.modes}`,
       `--requests=${values.requests}`,

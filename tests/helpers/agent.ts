@@ -91,9 +91,9 @@ export interface AgentStartOptions {
   readyTimeoutMs?: number;
   /** Reuse this directory (config, rows file, spool) instead of a new temp dir (restart tests). */
   dir?: string;
-  /** V8 flags for the agent process (benchmarks use the packaged ones). */
   /** Environment beside NO_COLOR (default: this checkout's scripts/agent-env). */
   env?: Record<string, string>;
+  /** V8 flags for the agent process (benchmarks use the packaged ones). */
   v8Flags?: string;
   /** `deno run` flags (default: this checkout's scripts/agent-deno-flags; e.g. --cpu-prof for a profile). */
   denoFlags?: string[];

@@ -11,6 +11,7 @@ import { assert, assertEquals, assertMatch } from "../../src/testing/asserts.ts"
 import { HarnessError, requireRoot, stdoutLines, stopChild, waitUntil } from "../helpers/proc.ts";
 import { startNginx } from "../helpers/servers.ts";
 import { AGENT_DENO_FLAGS, AGENT_ENV, AGENT_V8_FLAGS } from "../helpers/agent.ts";
+import { parsePrometheusText } from "../../src/metrics/registry.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const PORT = 28180;
@@ -80,10 +81,8 @@ Deno.test({
     assertMatch(String(row.ja4t), /^\d+_[\d-]+_\d+_\d+$/, "JA4T from the connection's SYN");
 
     // TCP health checks: the agent sees each one's SYN and nothing else (nginx never reads a byte of them).
-    const metric = async (name: string) => {
-      const text = await (await fetch("http://127.0.0.1:9435/metrics")).text();
-      return Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1] ?? NaN);
-    };
+    const metric = async (name: string) =>
+      parsePrometheusText(await (await fetch("http://127.0.0.1:9435/metrics")).text()).get(name) ?? NaN;
     const checks = 50;
     for (let i = 0; i < checks; i++) (await Deno.connect({ hostname: "127.0.0.1", port: PORT })).close();
     await waitUntil(
