@@ -1,7 +1,7 @@
 /**
  * Synthetic BPF ring-buffer records, laid out by src/bpf/layout.gen.ts (a layout change moves them too):
- * per connection a SYN (and for TLS the ClientHello segment) from TC, request reads (recvfrom or SSL_read plaintext) of real
- * browser/curl heads, and a close. Shared by the pipeline and hot-path benchmarks.
+ * per connection (for TLS) the ClientHello segment from TC, request reads (recvfrom or SSL_read plaintext) of real
+ * browser/curl heads, the first carrying the connection's SYN as the kernel side folds it in, and a close. Shared by the pipeline and hot-path benchmarks.
  */
 import {
   CLOSE_EVENT,
@@ -13,7 +13,7 @@ import {
   type FieldLayout,
   Hook,
   PKT_EVENT,
-  SYN_EVENT,
+  SYN_FACTS,
 } from "../src/bpf/layout.gen.ts";
 
 const te = new TextEncoder();
@@ -139,11 +139,18 @@ function heads(): Uint8Array[] {
   return out;
 }
 
+/** The SYN facts' fields where they sit in a data event. */
+const SYN_AT = Object.fromEntries(
+  Object.entries(SYN_FACTS.fields).map((
+    [k, f],
+  ) => [k, { ...f, offset: DATA_EVENT.fields.syn.offset + f.offset }]),
+) as { [K in keyof typeof SYN_FACTS.fields]: FieldLayout };
 const SYN_OPTS = Uint8Array.from([2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7]);
 
 /**
- * Generates the events of connection after connection: SYN (TC), first payload (TC: a ClientHello or the
- * start of an HTTP request), REQUESTS_PER_CONN request reads (SSL_read plaintext or recvfrom), close.
+ * Generates the events of connection after connection: first payload (TC: a ClientHello, or with plainPkt
+ * the start of an HTTP request), REQUESTS_PER_CONN request reads (SSL_read plaintext or recvfrom; the first
+ * carries the connection's SYN), close.
  * Each record is a fresh copy of a prebuilt template (as the ring reader hands out copies) with the
  * per-connection fields patched in, so generating costs little next to the pipeline.
  */
@@ -160,14 +167,16 @@ export interface TrafficOptions {
    */
   sameHead?: boolean;
   /**
-   * Records the kernel never delivered (a full ring drops them, counted): the SYN (no JA4T will come), the
-   * close (the connection's state stays until evicted). How the agent fares when its input is incomplete.
+   * What the kernel never delivered: the SYN (tc missed it, or it aged out before the first read: no JA4T
+   * comes), the close (a full ring dropped it, counted: the connection's state stays until evicted). How the
+   * agent fares when its input is incomplete.
    */
   lostSyn?: boolean;
   lostClose?: boolean;
   /**
    * Every `synOnly`-th connection is a SYN and nothing else (a port scanner, a load balancer's TCP health
-   * check: connected, never read from, so no close record either).
+   * check: connected, never read from): the kernel keeps its SYN for a first read that never comes, so it
+   * sends no record at all; the mode shows that such connections cost user space nothing.
    */
   synOnly?: number;
 }
@@ -183,7 +192,7 @@ export const TRAFFIC_MODES: Record<string, TrafficOptions> = {
   "close-nosyn": { requestsPerConn: 1, tlsShare: 0, lostSyn: true },
   /** close without the close records: every connection stays tracked until evicted */
   "close-noclose": { requestsPerConn: 1, tlsShare: 0, lostClose: true },
-  /** close where every second connection is a SYN alone (scanners, TCP health checks) */
+  /** close where every second connection is a SYN alone (scanners, TCP health checks): no records for those */
   "close-scan": { requestsPerConn: 1, tlsShare: 0, synOnly: 2 },
 };
 
@@ -193,10 +202,10 @@ export class Traffic {
   readonly hello = clientHello("www.example.test");
   conn = 0;
   rows = 0;
-  readonly #syn: Uint8Array;
   readonly #pkt: [Uint8Array, Uint8Array];
-  /** [tls ? 1 : 0][head index] */
+  /** [tls ? 1 : 0][head index]; #first: the same as a connection's first read, carrying its SYN */
   readonly #data: Uint8Array[][];
+  readonly #first: Uint8Array[][];
   readonly #close: Uint8Array;
 
   constructor(opts: Partial<TrafficOptions> = {}) {
@@ -210,11 +219,6 @@ export class Traffic {
       daddr: Uint8Array.from([10, 0, 0, 1, ...new Array(12).fill(0)]),
       dport: 443,
     });
-    this.#syn = record(SYN_EVENT.size, hdr(EventKind.SYN, Hook.TC), [
-      [SYN_EVENT.fields.window, 64240],
-      [SYN_EVENT.fields.opt_len, SYN_OPTS.length],
-      [SYN_EVENT.fields.options, SYN_OPTS],
-    ]);
     const pkt = (first: Uint8Array) => {
       const r = record(PKT_EVENT.fields.data.offset + first.length, {
         ...hdr(EventKind.PKT, Hook.TC),
@@ -225,18 +229,32 @@ export class Traffic {
       return r;
     };
     this.#pkt = [pkt(this.heads[0].subarray(0, 64)), pkt(this.hello)];
-    this.#data = [false, true].map((tls) =>
-      this.heads.map((head) => {
-        const flags = EventFlags.LAST_CHUNK | (tls ? EventFlags.PLAINTEXT : 0);
-        const r = record(DATA_EVENT.fields.data.offset + head.length, {
-          ...hdr(EventKind.DATA, tls ? Hook.SSL_READ : Hook.TP_RECVFROM, flags),
-          data_len: head.length,
-          total: head.length,
-        });
-        r.set(head, DATA_EVENT.fields.data.offset);
-        return r;
-      })
-    );
+    const data = (withSyn: boolean) =>
+      [false, true].map((tls) =>
+        this.heads.map((head) => {
+          const flags = EventFlags.LAST_CHUNK | (tls ? EventFlags.PLAINTEXT : 0) |
+            (withSyn ? EventFlags.SYN : 0);
+          const r = record(
+            DATA_EVENT.fields.data.offset + head.length,
+            {
+              ...hdr(EventKind.DATA, tls ? Hook.SSL_READ : Hook.TP_RECVFROM, flags),
+              data_len: head.length,
+              total: head.length,
+            },
+            withSyn
+              ? [
+                [SYN_AT.window, 64240],
+                [SYN_AT.opt_len, SYN_OPTS.length],
+                [SYN_AT.options, SYN_OPTS],
+              ]
+              : [],
+          );
+          r.set(head, DATA_EVENT.fields.data.offset);
+          return r;
+        })
+      );
+    this.#data = data(false);
+    this.#first = data(true);
     this.#close = record(CLOSE_EVENT.size, hdr(EventKind.CLOSE, Hook.TP_CLOSE));
   }
 
@@ -263,9 +281,6 @@ export class Traffic {
     const c = this.conn++;
     const tls = (c % 100) < this.opts.tlsShare * 100;
     const isn = (c * 2654435761) >>> 0;
-    const [syn, sdv] = this.#rec(this.#syn, c);
-    sdv.setUint32(SYN_EVENT.fields.seq.offset, isn, true);
-    if (!this.opts.lostSyn) out.push(syn);
     if (this.opts.synOnly && c % this.opts.synOnly === 0) return 0;
     if (tls || this.opts.plainPkt) {
       // tc sends a plain-HTTP connection's first segment no more (nothing in it to fingerprint).
@@ -276,8 +291,13 @@ export class Traffic {
     let pos = 0;
     for (let k = 0; k < this.opts.requestsPerConn; k++) {
       const h = (this.opts.sameHead ? c : c + k) % this.heads.length;
-      const [rec, dv] = this.#rec(this.#data[tls ? 1 : 0][h], c);
+      const withSyn = k === 0 && !this.opts.lostSyn;
+      const [rec, dv] = this.#rec((withSyn ? this.#first : this.#data)[tls ? 1 : 0][h], c);
       dv.setBigUint64(DATA_EVENT.fields.pos.offset, BigInt(pos), true);
+      if (withSyn) {
+        dv.setUint32(SYN_AT.seq.offset, isn, true);
+        dv.setBigUint64(SYN_AT.ts_ns.offset, dv.getBigUint64(Hd.ts_ns.offset, true), true);
+      }
       out.push(rec);
       pos += this.heads[h].length;
     }

@@ -64,7 +64,6 @@ struct {
 
 union ja4_scratch_u {
 	struct ja4_data_event data;
-	struct ja4_syn_event syn;
 	struct ja4_pkt_event pkt;
 	struct ja4_close_event close;
 };
@@ -183,6 +182,19 @@ struct {
 	__type(key, struct ja4_conn_key);
 	__type(value, struct conn_val);
 } conn_pos SEC(".maps");
+
+/*
+ * Client SYNs tc saw, until the server's first read of the connection takes them into its event (the
+ * facts ride on the first chunk, JA4_F_SYN): no ring record per connection for them, and they are there
+ * at the first request whatever order the ring delivers in. SYNs nobody reads after (scanners, health
+ * checks, SYN floods) age out of the LRU and never reach user space.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, struct ja4_flow_key);
+	__type(value, struct ja4_syn_facts);
+} syn_facts SEC(".maps");
 
 /* Puts the enums into the object's BTF for scripts/gen-layout.ts; never read. */
 struct ja4_btf_enums {
@@ -496,6 +508,52 @@ static __always_inline int fill_task_hdr(struct ja4_event_hdr *h, __u8 kind, __u
 	return r;
 }
 
+/* ::ffff:0:0/96 */
+static __always_inline bool v4_mapped(const __u8 *a)
+{
+	__u64 hi;
+	__u32 mid;
+
+	__builtin_memcpy(&hi, a, 8);
+	__builtin_memcpy(&mid, a + 8, 4);
+	return hi == 0 && mid == bpf_htonl(0xffff);
+}
+
+/*
+ * The first read of a stream (`first`: no conn_pos entry yet) takes its connection's client SYN from
+ * syn_facts into the event (JA4_F_SYN); every other event has the field zeroed.
+ */
+static __always_inline void syn_take(struct ja4_data_event *ev, bool first)
+{
+	struct ja4_syn_facts *f;
+	struct ja4_flow_key k;
+
+	__builtin_memset(&ev->syn, 0, sizeof(ev->syn));
+	if (!first || ev->hdr.family == 0)
+		return;
+	k.family = ev->hdr.family;
+	k._pad0 = 0;
+	k.sport = ev->hdr.sport;
+	k.dport = ev->hdr.dport;
+	k._pad1 = 0;
+	__builtin_memcpy(k.saddr, ev->hdr.saddr, 16);
+	__builtin_memcpy(k.daddr, ev->hdr.daddr, 16);
+	if (k.family == JA4_AF_INET6 && v4_mapped(k.saddr) && v4_mapped(k.daddr)) {
+		/* a dual-stack socket's IPv4 client (::ffff:a.b.c.d): tc keyed its SYN as the IPv4 packet it was */
+		k.family = JA4_AF_INET;
+		__builtin_memcpy(k.saddr, k.saddr + 12, 4);
+		__builtin_memcpy(k.daddr, k.daddr + 12, 4);
+		__builtin_memset(k.saddr + 4, 0, 12);
+		__builtin_memset(k.daddr + 4, 0, 12);
+	}
+	f = bpf_map_lookup_elem(&syn_facts, &k);
+	if (!f)
+		return;
+	__builtin_memcpy(&ev->syn, f, sizeof(ev->syn));
+	bpf_map_delete_elem(&syn_facts, &k);
+	ev->hdr.flags |= JA4_F_SYN;
+}
+
 /* conn_pos value flags (raw stream only). Set by adding the bit once (atomic OR needs 5.12; an
  * add on a clear bit is the same, and BPF_XADD loads everywhere). */
 #define JA4_POS_TLS (1ULL << 63)  /* first byte at position 0 was 0x16: a TLS stream */
@@ -564,6 +622,7 @@ static __always_inline __u32 emit_chunks(void *ctx, struct ja4_data_event *ev, _
 			ev->hdr.flags |= JA4_F_LAST_CHUNK;
 		ev->hdr.data_len = n;
 		ja4_output(ctx, ev, offsetof(struct ja4_data_event, data) + n);
+		ev->hdr.flags &= ~JA4_F_SYN; /* the first chunk carries it */
 		copied += n;
 	}
 	return copied;
@@ -642,6 +701,7 @@ static __always_inline void handle_read(void *ctx, __u8 hook, __s32 fd, const vo
 		return;
 	if (fill_task_hdr(&ev->hdr, JA4_EV_DATA, hook, fd) > 0)
 		return; /* not a TCP socket */
+	syn_take(ev, cv == NULL);
 	if (budget > JA4_CAPTURE_MAX)
 		budget = JA4_CAPTURE_MAX;
 	ev->hdr.total = total > 0xffffffffULL ? 0xffffffff : (__u32)total;

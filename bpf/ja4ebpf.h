@@ -17,7 +17,7 @@
 /* What an event carries. */
 enum ja4_event_kind {
 	JA4_EV_DATA = 1,  /* bytes a traced server read from a socket (one chunk) */
-	JA4_EV_SYN = 2,   /* a client SYN seen by tc ingress */
+	/* 2 was a record per client SYN: its facts now ride on the connection's first read (JA4_F_SYN) */
 	JA4_EV_PKT = 3,   /* client->server payload bytes of a new connection, from tc */
 	JA4_EV_CLOSE = 4, /* a traced process closed a socket fd it had read from */
 };
@@ -46,6 +46,7 @@ enum ja4_event_flags {
 	JA4_F_NO_TUPLE = 4,    /* the 4-tuple could not be read (family == 0) */
 	JA4_F_LAST_CHUNK = 8,  /* last chunk of this syscall / call */
 	JA4_F_READ_FAILED = 16, /* probe-read of the bytes failed: data_len is 0 */
+	JA4_F_SYN = 32,        /* ja4_data_event.syn holds the client SYN tc saw (first chunk of a stream's first read) */
 };
 
 /* Server kinds: the value of traced_pids. */
@@ -137,16 +138,9 @@ struct ja4_event_hdr {
 	__u32 offset;       /* offset of data[0] within those `total` bytes */
 };
 
-/* JA4_EV_DATA: one chunk of bytes read by a traced server. */
-struct ja4_data_event {
-	struct ja4_event_hdr hdr;
-	__u64 pos;          /* stream position of data[0]: bytes of the stream before it */
-	__u8 data[JA4_CHUNK_MAX]; /* only hdr.data_len bytes are sent */
-};
-
-/* JA4_EV_SYN: a client SYN (JA4T inputs). */
-struct ja4_syn_event {
-	struct ja4_event_hdr hdr;
+/* The client SYN of a connection (JA4T inputs), as tc saw it. */
+struct ja4_syn_facts {
+	__u64 ts_ns;        /* bpf_ktime_get_ns() when tc saw the SYN */
 	__u32 seq;
 	__u16 window;
 	__u8 ttl;           /* TTL or hop limit */
@@ -156,6 +150,14 @@ struct ja4_syn_event {
 	__u8 tcp_flags;     /* byte 13 of the TCP header */
 	__u32 _pad0;
 	__u8 options[JA4_TCP_OPT_MAX];
+};
+
+/* JA4_EV_DATA: one chunk of bytes read by a traced server. */
+struct ja4_data_event {
+	struct ja4_event_hdr hdr;
+	__u64 pos;          /* stream position of data[0]: bytes of the stream before it */
+	struct ja4_syn_facts syn; /* valid when hdr.flags has JA4_F_SYN, zero otherwise */
+	__u8 data[JA4_CHUNK_MAX]; /* only hdr.data_len bytes are sent */
 };
 
 /* JA4_EV_PKT: client->server payload of a new connection, in segments. */
@@ -171,6 +173,17 @@ struct ja4_close_event {
 	struct ja4_event_hdr hdr;
 	__u64 pos_raw;       /* bytes seen on the raw stream */
 	__u64 pos_plaintext; /* bytes seen on the plaintext stream */
+};
+
+/* A client->server 4-tuple, oriented as the event header: the key of tc's flows and of syn_facts. */
+struct ja4_flow_key {
+	__u8 family;        /* enum ja4_family */
+	__u8 _pad0;
+	__u16 sport;
+	__u16 dport;
+	__u16 _pad1;
+	__u8 saddr[16];
+	__u8 daddr[16];
 };
 
 /* Key of conn_pos. */

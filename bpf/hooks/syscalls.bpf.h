@@ -65,6 +65,7 @@ static __always_inline void handle_readv(void *ctx, __u8 hook, __s32 fd, const s
 		return;
 	if (fill_task_hdr(&ev->hdr, JA4_EV_DATA, hook, fd) > 0)
 		return;
+	syn_take(ev, cv == NULL);
 	if (budget > JA4_CAPTURE_MAX)
 		budget = JA4_CAPTURE_MAX;
 	ev->hdr.total = total > 0xffffffffULL ? 0xffffffff : (__u32)total;
@@ -118,6 +119,7 @@ static __always_inline void handle_readv(void *ctx, __u8 hook, __s32 fd, const s
 		if (base + seg >= total)
 			ev->hdr.flags |= JA4_F_LAST_CHUNK;
 		ja4_output(ctx, ev, offsetof(struct ja4_data_event, data) + n);
+		ev->hdr.flags &= ~JA4_F_SYN; /* the first chunk carries it */
 		base += seg;
 		budget -= n;
 	}

@@ -48,16 +48,7 @@ struct tc_tcph {
 #define TC_RST 0x04
 #define TC_ACK 0x10
 
-/* A client->server flow whose SYN was seen. */
-struct flow_key {
-	__u8 family;
-	__u8 _pad0;
-	__u16 sport;
-	__u16 dport;
-	__u16 _pad1;
-	__u8 saddr[16];
-	__u8 daddr[16];
-};
+/* A client->server flow whose SYN was seen (key: struct ja4_flow_key, common.bpf.h). */
 struct flow_val {
 	__u32 isn;
 	__u32 end;  /* stream offset where the first TLS record ends (5 + its length); 0 = not known yet */
@@ -67,7 +58,7 @@ struct flow_val {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
-	__type(key, struct flow_key);
+	__type(key, struct ja4_flow_key);
 	__type(value, struct flow_val);
 } flows SEC(".maps");
 
@@ -95,7 +86,7 @@ static __always_inline void flow_ports_add(__u16 sport, __s32 d)
 }
 
 /* A client SYN: its flow starts, or restarts in place (a retransmitted SYN, the port reused). */
-static __always_inline void flow_start(const struct flow_key *fk, __u32 isn)
+static __always_inline void flow_start(const struct ja4_flow_key *fk, __u32 isn)
 {
 	struct flow_val nv = {.isn = isn}, *fv;
 
@@ -116,7 +107,7 @@ static __always_inline void flow_start(const struct flow_key *fk, __u32 isn)
 	}
 }
 
-static __always_inline void flow_end(const struct flow_key *fk)
+static __always_inline void flow_end(const struct ja4_flow_key *fk)
 {
 	if (!bpf_map_delete_elem(&flows, fk))
 		flow_ports_add(fk->sport, -1);
@@ -136,10 +127,10 @@ static __always_inline __u64 tc_nonzero_size(__u64 x, __u64 pow2)
 }
 
 _Static_assert((JA4_PKT_MAX & (JA4_PKT_MAX - 1)) == 0, "tc_nonzero_size needs a power of two");
-_Static_assert(__builtin_offsetof(struct ja4_syn_event, options) + 64 <= sizeof(union ja4_scratch_u),
+_Static_assert(__builtin_offsetof(struct ja4_data_event, syn.options) + 64 <= sizeof(union ja4_scratch_u),
 	       "a 64-byte options read stays in the scratch slot");
 
-static __always_inline void tc_fill_hdr(struct ja4_event_hdr *h, __u8 kind, const struct flow_key *fk)
+static __always_inline void tc_fill_hdr(struct ja4_event_hdr *h, __u8 kind, const struct ja4_flow_key *fk)
 {
 	h->kind = kind;
 	h->hook = JA4_HOOK_TC;
@@ -190,7 +181,7 @@ static __always_inline int tc_l2_len(struct __sk_buff *skb, __u32 l3_len, __u32 
 SEC("tc")
 int tc_ingress(struct __sk_buff *skb)
 {
-	struct flow_key fk = {};
+	struct ja4_flow_key fk = {};
 	struct tc_tcph th;
 	struct flow_val *fv;
 	__u32 ip_hlen, doff, payload, off, port, *live, budget = tc_capture_bytes;
@@ -275,31 +266,37 @@ int tc_ingress(struct __sk_buff *skb)
 	fk.sport = bpf_ntohs(th.source);
 
 	if ((th.flags & (TC_SYN | TC_ACK)) == TC_SYN) {
-		struct ja4_syn_event *ev = scratch_get(SCRATCH_TC);
+		/* built in the scratch slot: a 64-byte options read needs room past options[40] */
+		struct ja4_data_event *ev = scratch_get(SCRATCH_TC);
+		struct ja4_syn_facts *f;
 		__u32 opt_len = doff - sizeof(th);
 
 		flow_start(&fk, bpf_ntohl(th.seq));
 		if (!ev)
 			return JA4_TC_ACT_UNSPEC;
-		tc_fill_hdr(&ev->hdr, JA4_EV_SYN, &fk);
-		ev->seq = bpf_ntohl(th.seq);
-		ev->window = bpf_ntohs(th.window);
-		ev->ttl = ttl;
-		ev->ip_len = ip_len;
-		ev->ip_flags = ip_flags;
-		ev->tcp_flags = th.flags;
-		ev->_pad0 = 0;
-		ev->opt_len = 0;
-		__builtin_memset(ev->options, 0, sizeof(ev->options));
+		f = &ev->syn;
+		f->ts_ns = bpf_ktime_get_ns();
+		f->seq = bpf_ntohl(th.seq);
+		f->window = bpf_ntohs(th.window);
+		f->ttl = ttl;
+		f->ip_len = ip_len;
+		f->ip_flags = ip_flags;
+		f->tcp_flags = th.flags;
+		f->_pad0 = 0;
+		f->opt_len = 0;
+		__builtin_memset(f->options, 0, sizeof(f->options));
 		if (opt_len > 0 && opt_len <= JA4_TCP_OPT_MAX) {
-			/* [1, 64]: the scratch union has room past options[40]; exactly opt_len is read */
-			if (bpf_skb_load_bytes_relative(skb, ip_hlen + sizeof(th), ev->options,
+			/* [1, 64]: exactly opt_len is read */
+			if (bpf_skb_load_bytes_relative(skb, ip_hlen + sizeof(th), f->options,
 							tc_nonzero_size(opt_len, 64), BPF_HDR_START_NET))
 				count_drop(JA4_DROP_SKB_LOAD);
 			else
-				ev->opt_len = opt_len;
+				f->opt_len = opt_len;
 		}
-		ja4_output(skb, ev, sizeof(*ev));
+		/* for the server's first read of the connection (syn_take); a retransmitted SYN or a reused
+		 * port replaces what was there */
+		if (bpf_map_update_elem(&syn_facts, &fk, f, BPF_ANY))
+			count_drop(JA4_DROP_FLOW_FULL);
 		return JA4_TC_ACT_UNSPEC;
 	}
 

@@ -245,12 +245,9 @@ export class Agent {
         const server = this.follow.traced.get(ev.pid) ?? (ev.comm === "nginx" ? "nginx" : "apache");
         ev.server = server;
         ev.capture = ev.plaintext ? "ssl_uprobe" : this.methodOf(server);
+        // The connection's first read carries its client SYN: JA4T is there before its first request.
+        if (ev.hasSyn) this.correlator.onSyn(ev, this.packets.syn(ev), this.wallMs(ev.synTsNs));
         this.requests.push(ev);
-        return;
-      }
-      case EventKind.SYN: {
-        const j = this.packets.syn(ev);
-        this.correlator.onSyn(ev, j, this.wallMs(ev.tsNs));
         return;
       }
       case EventKind.PKT: {

@@ -119,7 +119,7 @@ Deno.test("KernelCapture: plan → load → probes → tc → reader on this ker
     );
 
     await t.step(
-      "startReader: a request to nginx arrives as its SYN (tc) and its head (recvfrom); each batch ends with onBatch",
+      "startReader: a request to nginx arrives as its head (recvfrom) carrying its SYN (tc); each batch ends with onBatch",
       async () => {
         let batches = 0, lastBatchAt = -1;
         kc.startReader({
@@ -134,8 +134,10 @@ Deno.test("KernelCapture: plan → load → probes → tc → reader on this ker
         const dec = new TextDecoder();
         await waitUntil(
           () =>
-            events.some((e) => e.type === "data" && dec.decode(e.bytes).startsWith("GET /kernel-capture ")) &&
-            events.some((e) => e.type === "syn"),
+            events.some((e) =>
+              e.type === "data" && dec.decode(e.bytes).startsWith("GET /kernel-capture ") &&
+              e.syn !== undefined && e.syn.window > 0 && e.syn.options.length > 0
+            ),
           5000,
           "the request's records",
         );

@@ -14,7 +14,7 @@ import {
   type FieldLayout,
   Hook,
   PKT_EVENT,
-  SYN_EVENT,
+  SYN_FACTS,
 } from "./layout.gen.ts";
 
 /** The capture method behind an event, from its hook id. */
@@ -84,10 +84,14 @@ export interface DataEvent extends EventHeader {
   plaintext: boolean;
   lastChunk: boolean;
   readFailed: boolean;
+  /** The connection's client SYN as tc saw it: on the first chunk of a stream's first read (JA4_F_SYN). */
+  syn?: SynFacts;
 }
 
-export interface SynEvent extends EventHeader {
-  type: "syn";
+/** A client SYN (JA4T inputs). */
+export interface SynFacts {
+  /** CLOCK_MONOTONIC ns when tc saw it. */
+  tsNs: bigint;
   seq: number;
   window: number;
   ttl: number;
@@ -110,7 +114,7 @@ export interface CloseEvent extends EventHeader {
   posPlaintext: number;
 }
 
-export type CaptureEvent = DataEvent | SynEvent | PacketEvent | CloseEvent;
+export type CaptureEvent = DataEvent | PacketEvent | CloseEvent;
 
 export class EventDecodeError extends Error {
   constructor(message: string, readonly reason: "short" | "kind" | "length") {
@@ -164,15 +168,20 @@ const rPid = reader(HDR_F.pid), rTid = reader(HDR_F.tid), rFd = reader(HDR_F.fd)
 const rSport = reader(HDR_F.sport), rDport = reader(HDR_F.dport);
 const rDataLen = reader(HDR_F.data_len), rTotal = reader(HDR_F.total), rOffset = reader(HDR_F.offset);
 const DATA_F = DATA_EVENT.fields,
-  SYN_F = SYN_EVENT.fields,
   PKT_F = PKT_EVENT.fields,
   CLOSE_F = CLOSE_EVENT.fields;
 const rDataPos = reader(DATA_F.pos);
-const rSynSeq = reader(SYN_F.seq), rSynWindow = reader(SYN_F.window), rSynTtl = reader(SYN_F.ttl);
-const rSynIpLen = reader(SYN_F.ip_len),
-  rSynIpFlags = reader(SYN_F.ip_flags),
-  rSynTcpFlags = reader(SYN_F.tcp_flags);
-const rSynOptLen = reader(SYN_F.opt_len);
+/** A field of the SYN facts inside a data event (their offsets are relative to the nested struct). */
+const synField = (f: FieldLayout): FieldLayout => ({ ...f, offset: DATA_F.syn.offset + f.offset });
+const SYN_F = SYN_FACTS.fields;
+const rSynSeq = reader(synField(SYN_F.seq)),
+  rSynWindow = reader(synField(SYN_F.window)),
+  rSynTtl = reader(synField(SYN_F.ttl));
+const rSynIpLen = reader(synField(SYN_F.ip_len)),
+  rSynIpFlags = reader(synField(SYN_F.ip_flags)),
+  rSynTcpFlags = reader(synField(SYN_F.tcp_flags));
+const rSynOptLen = reader(synField(SYN_F.opt_len)), rSynTs = reader(synField(SYN_F.ts_ns));
+const SYN_OPTIONS_AT = DATA_F.syn.offset + SYN_F.options.offset;
 const rPktSeq = reader(PKT_F.seq);
 const rPosRaw = reader(CLOSE_F.pos_raw), rPosPlaintext = reader(CLOSE_F.pos_plaintext);
 
@@ -259,7 +268,7 @@ export function decodeEvent(rec: Uint8Array): CaptureEvent {
     case EventKind.DATA: {
       need(rec, DATA_F.data.offset, "data");
       const dataLen = rDataLen(dv);
-      return {
+      const ev: DataEvent = {
         type: "data",
         ...header(rec, dv, family, flags),
         pos: rDataPos(dv),
@@ -268,21 +277,20 @@ export function decodeEvent(rec: Uint8Array): CaptureEvent {
         lastChunk: (flags & EventFlags.LAST_CHUNK) !== 0,
         readFailed: (flags & EventFlags.READ_FAILED) !== 0,
       };
-    }
-    case EventKind.SYN: {
-      need(rec, SYN_EVENT.size, "syn");
-      const optLen = Math.min(rSynOptLen(dv), SYN_F.options.size);
-      return {
-        type: "syn",
-        ...header(rec, dv, family, flags),
-        seq: rSynSeq(dv),
-        window: rSynWindow(dv),
-        ttl: rSynTtl(dv),
-        ipLen: rSynIpLen(dv),
-        ipFlags: rSynIpFlags(dv),
-        tcpFlags: rSynTcpFlags(dv),
-        options: rec.subarray(SYN_F.options.offset, SYN_F.options.offset + optLen),
-      };
+      if ((flags & EventFlags.SYN) !== 0) {
+        const optLen = Math.min(rSynOptLen(dv), SYN_F.options.size);
+        ev.syn = {
+          tsNs: dv.getBigUint64(DATA_F.syn.offset + SYN_F.ts_ns.offset, true),
+          seq: rSynSeq(dv),
+          window: rSynWindow(dv),
+          ttl: rSynTtl(dv),
+          ipLen: rSynIpLen(dv),
+          ipFlags: rSynIpFlags(dv),
+          tcpFlags: rSynTcpFlags(dv),
+          options: rec.subarray(SYN_OPTIONS_AT, SYN_OPTIONS_AT + optLen),
+        };
+      }
+      return ev;
     }
     case EventKind.PKT: {
       need(rec, PKT_F.data.offset, "pkt");
@@ -337,11 +345,16 @@ export class EventView {
   pos = 0;
   posRaw = 0;
   posPlaintext = 0;
-  /** SYN/PKT: TCP sequence number; SYN: window. */
+  /** PKT: TCP sequence number; DATA with `hasSyn`: the SYN's, and its window. */
   seq = 0;
   window = 0;
-  /** DATA/PKT payload, SYN options: a view into the record. */
+  /** DATA/PKT payload: a view into the record. */
   data: Uint8Array = EMPTY;
+  /** DATA: the record carries its connection's client SYN (window, seq, options, synTsNs). */
+  hasSyn = false;
+  /** With hasSyn: the SYN's TCP options (a view into the record) and when tc saw it (CLOCK_MONOTONIC ns). */
+  options: Uint8Array = EMPTY;
+  synTsNs = 0;
   plaintext = false;
   /** Set by the consumer before handing the view to the request tracker. */
   server = "";
@@ -385,6 +398,7 @@ export class EventView {
     this.plaintext = (flags & EventFlags.PLAINTEXT) !== 0;
     this.lostTo = undefined;
     this.#connKey = undefined;
+    this.hasSyn = false;
     switch (kind) {
       case EventKind.DATA: {
         if (!this.#payload(buf, dv, b, len, DATA_F.data.offset)) return false;
@@ -392,14 +406,14 @@ export class EventView {
         if ((flags & EventFlags.TRUNCATED) !== 0 && (flags & EventFlags.LAST_CHUNK) !== 0) {
           this.lostTo = this.pos - this.offset + this.total;
         }
-        return true;
-      }
-      case EventKind.SYN: {
-        if (len < SYN_EVENT.size) return this.#bad("short");
-        this.seq = rSynSeq(dv, b);
-        this.window = rSynWindow(dv, b);
-        const n = Math.min(rSynOptLen(dv, b), SYN_F.options.size);
-        this.data = buf.subarray(b + SYN_F.options.offset, b + SYN_F.options.offset + n);
+        this.hasSyn = (flags & EventFlags.SYN) !== 0;
+        if (this.hasSyn) {
+          this.seq = rSynSeq(dv, b);
+          this.window = rSynWindow(dv, b);
+          this.synTsNs = rSynTs(dv, b);
+          const n = Math.min(rSynOptLen(dv, b), SYN_F.options.size);
+          this.options = buf.subarray(b + SYN_OPTIONS_AT, b + SYN_OPTIONS_AT + n);
+        }
         return true;
       }
       case EventKind.PKT:
@@ -433,11 +447,6 @@ export class EventView {
       if (k >= 0) return k;
     }
     return textKey(this.src, this.src_port, this.dst, this.dst_port);
-  }
-
-  /** SYN: the TCP options (PacketTracker's name for them). */
-  get options(): Uint8Array {
-    return this.data;
   }
 
   /** PKT: the segment's payload (PacketTracker's name for it). */

@@ -10,7 +10,7 @@ import {
   Family,
   type FieldLayout,
   Hook,
-  SYN_EVENT,
+  SYN_FACTS,
 } from "./layout.gen.ts";
 
 // Records are built from the same generated layout the decoder reads, so a layout change moves both.
@@ -84,35 +84,57 @@ Deno.test("events: decode each kind from generated offsets", async (t) => {
     assertEquals([e.truncated, e.lastChunk, e.plaintext], [true, true, false]);
     assertEquals(new TextDecoder().decode(e.bytes), "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
   });
-  await t.step("syn, IPv6, options", () => {
+  // The SYN's fields sit inside the data event: their offsets are the nested struct's plus its own.
+  const synAt = (f: FieldLayout): FieldLayout => ({ ...f, offset: DATA_EVENT.fields.syn.offset + f.offset });
+  await t.step("data carrying its connection's SYN, IPv6, options", () => {
     const opts = Uint8Array.from([2, 4, 5, 0xb4, 1, 3, 3, 7]);
     const saddr = new Uint8Array(16);
     saddr[15] = 1;
-    const rec = record(SYN_EVENT.size, {
-      kind: EventKind.SYN,
-      hook: Hook.TC,
+    const rec = record(DATA_EVENT.fields.data.offset + HTTP.length, {
+      kind: EventKind.DATA,
+      hook: Hook.TP_RECVFROM,
       family: Family.INET6,
-      fd: -1,
+      flags: EventFlags.SYN | EventFlags.LAST_CHUNK,
+      fd: 5,
       saddr,
       daddr: Uint8Array.from([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1]),
       sport: 5555,
       dport: 443,
-    }, [[SYN_EVENT.fields.seq, 0xdeadbeef], [SYN_EVENT.fields.window, 65535], [SYN_EVENT.fields.ttl, 64], [
-      SYN_EVENT.fields.opt_len,
-      opts.length,
-    ], [SYN_EVENT.fields.options, opts]]);
+      data_len: HTTP.length,
+      total: HTTP.length,
+    }, [
+      [synAt(SYN_FACTS.fields.ts_ns), 77],
+      [synAt(SYN_FACTS.fields.seq), 0xdeadbeef],
+      [synAt(SYN_FACTS.fields.window), 65535],
+      [synAt(SYN_FACTS.fields.ttl), 64],
+      [synAt(SYN_FACTS.fields.opt_len), opts.length],
+      [synAt(SYN_FACTS.fields.options), opts],
+    ]);
+    rec.set(HTTP, DATA_EVENT.fields.data.offset);
     const e = decodeEvent(rec);
-    assert(e.type === "syn");
-    assertEquals([e.hook, e.fd, e.srcAddr, e.dstAddr, e.seq, e.window, e.ttl], [
-      "tc",
-      -1,
+    assert(e.type === "data" && e.syn);
+    assertEquals([e.fd, e.srcAddr, e.dstAddr, e.syn.tsNs, e.syn.seq, e.syn.window, e.syn.ttl], [
+      5,
       "::1",
       "2001:db8::1:0:0:1",
+      77n,
       0xdeadbeef,
       65535,
       64,
     ]);
-    assertEquals(e.options, opts);
+    assertEquals(e.syn.options, opts);
+    assertEquals(e.bytes, HTTP);
+    const view = new EventView();
+    assert(view.load(rec));
+    assertEquals([view.hasSyn, view.window, view.seq, view.synTsNs], [true, 65535, 0xdeadbeef, 77]);
+    assertEquals([view.options, view.data], [opts, HTTP]);
+    // Without the flag the same bytes carry no SYN (the kernel zeroes the field then).
+    rec[EVENT_HDR.fields.flags.offset] = EventFlags.LAST_CHUNK;
+    const plain = decodeEvent(rec);
+    assert(plain.type === "data");
+    assertEquals(plain.syn, undefined);
+    assert(view.load(rec));
+    assertEquals(view.hasSyn, false);
   });
   await t.step("close", () => {
     const rec = record(CLOSE_EVENT.size, { kind: EventKind.CLOSE, hook: Hook.TP_CLOSE, fd: 9 }, [
@@ -134,7 +156,11 @@ Deno.test("events: malformed records are typed errors and counted", async (t) =>
       record(DATA_EVENT.fields.data.offset + 10, { kind: EventKind.DATA, data_len: 11 }),
       "length",
     ],
-    ["syn cut short", record(SYN_EVENT.size - 1, { kind: EventKind.SYN }), "short"],
+    [
+      "data cut inside its header",
+      record(DATA_EVENT.fields.data.offset - 1, { kind: EventKind.DATA }),
+      "short",
+    ],
   ];
   const view = new EventView();
   for (const [name, rec, reason] of cases) {

@@ -46,11 +46,12 @@ export const CONN_KEY = {
 /** struct ja4_data_event */
 export const DATA_EVENT = {
   name: "ja4_data_event",
-  size: 4192,
+  size: 4256,
   fields: {
     hdr: { offset: 0, size: 88, kind: "struct", type: "ja4_event_hdr" },
     pos: { offset: 88, size: 8, kind: "u64" },
-    data: { offset: 96, size: 4096, kind: "array", elem: "u8", count: 4096 },
+    syn: { offset: 96, size: 64, kind: "struct", type: "ja4_syn_facts" },
+    data: { offset: 160, size: 4096, kind: "array", elem: "u8", count: 4096 },
   },
 } as const satisfies StructLayout;
 
@@ -78,6 +79,21 @@ export const EVENT_HDR = {
   },
 } as const satisfies StructLayout;
 
+/** struct ja4_flow_key */
+export const FLOW_KEY = {
+  name: "ja4_flow_key",
+  size: 40,
+  fields: {
+    family: { offset: 0, size: 1, kind: "u8" },
+    _pad0: { offset: 1, size: 1, kind: "u8" },
+    sport: { offset: 2, size: 2, kind: "u16" },
+    dport: { offset: 4, size: 2, kind: "u16" },
+    _pad1: { offset: 6, size: 2, kind: "u16" },
+    saddr: { offset: 8, size: 16, kind: "array", elem: "u8", count: 16 },
+    daddr: { offset: 24, size: 16, kind: "array", elem: "u8", count: 16 },
+  },
+} as const satisfies StructLayout;
+
 /** struct ja4_pkt_event */
 export const PKT_EVENT = {
   name: "ja4_pkt_event",
@@ -90,21 +106,21 @@ export const PKT_EVENT = {
   },
 } as const satisfies StructLayout;
 
-/** struct ja4_syn_event */
-export const SYN_EVENT = {
-  name: "ja4_syn_event",
-  size: 144,
+/** struct ja4_syn_facts */
+export const SYN_FACTS = {
+  name: "ja4_syn_facts",
+  size: 64,
   fields: {
-    hdr: { offset: 0, size: 88, kind: "struct", type: "ja4_event_hdr" },
-    seq: { offset: 88, size: 4, kind: "u32" },
-    window: { offset: 92, size: 2, kind: "u16" },
-    ttl: { offset: 94, size: 1, kind: "u8" },
-    opt_len: { offset: 95, size: 1, kind: "u8" },
-    ip_len: { offset: 96, size: 2, kind: "u16" },
-    ip_flags: { offset: 98, size: 1, kind: "u8" },
-    tcp_flags: { offset: 99, size: 1, kind: "u8" },
-    _pad0: { offset: 100, size: 4, kind: "u32" },
-    options: { offset: 104, size: 40, kind: "array", elem: "u8", count: 40 },
+    ts_ns: { offset: 0, size: 8, kind: "u64" },
+    seq: { offset: 8, size: 4, kind: "u32" },
+    window: { offset: 12, size: 2, kind: "u16" },
+    ttl: { offset: 14, size: 1, kind: "u8" },
+    opt_len: { offset: 15, size: 1, kind: "u8" },
+    ip_len: { offset: 16, size: 2, kind: "u16" },
+    ip_flags: { offset: 18, size: 1, kind: "u8" },
+    tcp_flags: { offset: 19, size: 1, kind: "u8" },
+    _pad0: { offset: 20, size: 4, kind: "u32" },
+    options: { offset: 24, size: 40, kind: "array", elem: "u8", count: 40 },
   },
 } as const satisfies StructLayout;
 
@@ -114,8 +130,9 @@ export const STRUCTS: readonly StructLayout[] = [
   CONN_KEY,
   DATA_EVENT,
   EVENT_HDR,
+  FLOW_KEY,
   PKT_EVENT,
-  SYN_EVENT,
+  SYN_FACTS,
 ];
 
 /** The .rodata config variables (map `.rodata`): write them into its initial value before load. */
@@ -165,13 +182,13 @@ export const EventFlags = {
   NO_TUPLE: 4,
   LAST_CHUNK: 8,
   READ_FAILED: 16,
+  SYN: 32,
 } as const;
 export type EventFlags = (typeof EventFlags)[keyof typeof EventFlags];
 
 /** enum ja4_event_kind */
 export const EventKind = {
   DATA: 1,
-  SYN: 2,
   PKT: 3,
   CLOSE: 4,
 } as const;

@@ -12,7 +12,7 @@ import {
   RODATA,
   type StructLayout,
   STRUCTS,
-  SYN_EVENT,
+  SYN_FACTS,
 } from "./layout.gen.ts";
 
 const OBJECT = new URL("../../dist/bpf/ja4ebpf.bpf.o", import.meta.url);
@@ -70,11 +70,12 @@ Deno.test("event layouts match the documented contract", async (t) => {
     ["header ts_ns offset (8-aligned u64)", EVENT_HDR.fields.ts_ns.offset % 8, 0],
     ["header comm length", EVENT_HDR.fields.comm.size, Limits.COMM_LEN],
     ["header saddr length", EVENT_HDR.fields.saddr.size, 16],
-    ["data event fixed part", DATA_EVENT.fields.data.offset, 96],
+    ["data event fixed part (header, pos, SYN facts)", DATA_EVENT.fields.data.offset, 160],
+    ["data event SYN facts", DATA_EVENT.fields.syn.size, SYN_FACTS.size],
     ["data event chunk", DATA_EVENT.fields.data.count, Limits.CHUNK_MAX],
     ["pkt event fixed part", PKT_EVENT.fields.data.offset, 96],
     ["pkt event bytes", PKT_EVENT.fields.data.count, Limits.PKT_MAX],
-    ["syn options", SYN_EVENT.fields.options.count, Limits.TCP_OPT_MAX],
+    ["syn options", SYN_FACTS.fields.options.count, Limits.TCP_OPT_MAX],
     ["capture max = chunk * chunks", Limits.CAPTURE_MAX, Limits.CHUNK_MAX * Limits.CHUNKS_MAX],
     ["drop reasons are 0..MAX-1", Object.keys(DropReason).length - 1, DropReason.MAX],
   ];

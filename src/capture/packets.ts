@@ -13,8 +13,8 @@ import { type AbsentConvention, ja4t } from "../fingerprint/ja4t.ts";
 import type { Tuple } from "../sink/row.ts";
 import { type ConnKey, connKeyOf, type Keyed } from "./connkey.ts";
 
-export interface SynFacts extends Keyed {
-  tsNs: number;
+/** What JA4T reads of a client SYN. */
+export interface SynFacts {
   window: number;
   options: Uint8Array;
 }
@@ -78,12 +78,12 @@ export class PacketTracker {
   }
 
   /**
-   * A client SYN: returns its JA4T. No flow starts here (the kernel orders segments from ISN + 1 itself, and
-   * plain-HTTP connections never send one); what a reused port left behind goes.
+   * A client SYN (carried by the server's first read of its connection, after any of its segments): returns
+   * its JA4T. No flow starts here (the kernel orders segments from ISN + 1 itself, and plain-HTTP connections
+   * never send one).
    */
   syn(f: SynFacts): string {
     this.s.syns++;
-    this.flows.delete(connKeyOf(f));
     return ja4t({ window: f.window, options: f.options }, { absent: this.opts.ja4tAbsent ?? "foxio" });
   }
 
@@ -91,9 +91,15 @@ export class PacketTracker {
   segment(f: SegmentFacts): HelloOut | undefined {
     this.s.segments++;
     const key = connKeyOf(f);
-    const got = this.flows.get(key);
-    if (typeof got === "number") return undefined; // finished
+    let got = this.flows.get(key);
     const rel = f.offset >>> 0;
+    if (typeof got === "number") {
+      // Finished. The kernel sends offset 0 only from a flow its SYN just started: on a tombstone, that is a
+      // new connection on a reused port (its close was not seen).
+      if (rel !== 0) return undefined;
+      this.flows.delete(key);
+      got = undefined;
+    }
     if (rel > 1 << 20) return undefined; // far beyond what we track
     const flow = got ?? this.newFlow(key, f.tsNs);
     flow.lastNs = f.tsNs;

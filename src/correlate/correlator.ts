@@ -43,7 +43,10 @@ export interface CorrelatorOptions {
   host: string;
   /** How long a request waits for missing packet facts before it ships without them (ms). */
   holdMs: number;
-  /** Whether SYNs are captured at all; when false rows never wait for JA4T. */
+  /**
+   * Whether SYNs are captured at all: rows without JA4T are counted then (rows_missing_ja4t). No row waits
+   * for one: the kernel side hands a connection's SYN over with its first read, before its first request.
+   */
   expectJa4t: boolean;
   /** Whether ClientHellos are captured at all; when false rows never wait for JA4. */
   expectJa4: boolean;
@@ -298,17 +301,16 @@ export class Correlator {
     c.heldDone = 0;
   }
 
-  /** Every expected packet fact is there (or known never to come). */
+  /** Every expected packet fact is there (or known never to come). JA4T came with the first read or never. */
   #complete(c: Conn, tls: boolean | undefined): boolean {
     if (c.gaveUp) return true;
-    if (this.opts.expectJa4t && c.ja4t === "") return false;
     return !(this.opts.expectJa4 && tls !== false && !c.plaintext && c.hello === null);
   }
 
   /**
    * Whether the connection's packet facts are all it will ever have. With ordered events (one ring buffer)
-   * they precede its requests: tc reports a SYN before the kernel answers it and a ClientHello before the
-   * server can read it, so a fact missing when a request arrives was lost (a full ring, a connection older
+   * they precede its requests: tc reports a ClientHello before the server can read it (and the SYN comes
+   * with the first read), so a fact missing when a request arrives was lost (a full ring, a connection older
    * than the agent, an interface without tc) and holding the row would only delay it and hold its memory —
    * at the ring's overflow, when the agent is already behind, 50,000 rows of it. A request without a tuple
    * still waits for the bind that supplies one.
@@ -373,7 +375,11 @@ export class Correlator {
     c.heldDone = 0;
   }
 
-  /** JA4T of the client's SYN. A SYN on a tuple with history starts a new connection (port reuse). */
+  /**
+   * JA4T of the connection's client SYN. The kernel side hands it over with the server's first read of the
+   * connection, before that read's requests and after the ClientHello tc saw: a connection on the tuple that
+   * already has requests, a close or a SYN is an earlier one (the port was reused).
+   */
   onSyn(tuple: Tuple, ja4t: string, ts: number): void {
     const now = this.#clock(ts);
     if (!validTuple(tuple) || typeof ja4t !== "string") {
@@ -383,19 +389,13 @@ export class Correlator {
     this.#s.syns++;
     const key = connKeyOf(tuple);
     let c = this.#conns.peek(key);
-    if (
-      c &&
-      (c.ja4t !== "" && (c.hello !== null || c.requests > 0 || c.closedAt > 0) || c.hello !== null ||
-        c.plaintext)
-    ) {
-      // On the packet side a SYN precedes the ClientHello, and a retransmitted SYN precedes any request:
-      // packet facts already there mean the port was reused. Requests alone mean the SYN came late.
+    if (c && (c.requests > 0 || c.closedAt > 0 || c.ja4t !== "")) {
       this.#s.tuple_reused++;
       this.#evict(c);
       c = undefined;
     }
     if (c === undefined) {
-      // Nothing else of it yet: no state until its first request or hello (a SYN alone costs a slot).
+      // Its first request follows at once and takes it (no state made here for it).
       this.#syns.add(key, ja4t, now);
       return;
     }

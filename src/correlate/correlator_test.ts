@@ -98,19 +98,21 @@ Deno.test("correlator joins per connection", async (t) => {
     assertBalanced(c);
   });
 
-  await t.step("request first: held, then released early when the facts arrive", () => {
-    const c = new Correlator({ holdMs: 2000 });
-    c.onRequest(tup(2), 1, 3, req("/early"), T0);
-    assertEquals(c.tick(T0 + 100).length, 0, "held while JA4T and JA4 are missing");
-    c.onSyn(tup(2), "syn2", T0 + 150);
-    assertEquals(c.tick(T0 + 160).length, 0, "still waiting for JA4");
-    c.onClientHello(tup(2), hello(2), T0 + 170);
-    const rows = c.tick(T0 + 171);
-    assertEquals(rows.map((r) => [r.path, r.ja4t, r.ja4]), [["/early", "syn2", "t13d_ja4_2"]]);
-    assertEquals(c.stats().rows_released_facts, 1);
-    assertEquals(c.stats().rows_released_timeout, 0);
-    assertBalanced(c);
-  });
+  await t.step(
+    "request before its ClientHello (per-CPU buffers): held, then released when it arrives",
+    () => {
+      const c = new Correlator({ holdMs: 2000 });
+      c.onSyn(tup(2), "syn2", T0); // with the first read
+      c.onRequest(tup(2), 1, 3, req("/early"), T0);
+      assertEquals(c.tick(T0 + 100).length, 0, "held while JA4 is missing");
+      c.onClientHello(tup(2), hello(2), T0 + 170);
+      const rows = c.tick(T0 + 171);
+      assertEquals(rows.map((r) => [r.path, r.ja4t, r.ja4]), [["/early", "syn2", "t13d_ja4_2"]]);
+      assertEquals(c.stats().rows_released_facts, 1);
+      assertEquals(c.stats().rows_released_timeout, 0);
+      assertBalanced(c);
+    },
+  );
 
   await t.step("facts never come: released after the hold, counted; later requests do not wait", () => {
     const c = new Correlator({ holdMs: 1500 });
@@ -132,9 +134,9 @@ Deno.test("correlator joins per connection", async (t) => {
 
   await t.step("keep-alive and pipelining: every request carries the facts, in order", () => {
     const c = new Correlator();
+    c.onSyn(tup(4), "syn4", T0);
     c.onRequest(tup(4), 9, 5, req("/p1"), T0);
     c.onRequest(tup(4), 9, 5, req("/p2"), T0 + 1);
-    c.onSyn(tup(4), "syn4", T0 + 2);
     c.onRequest(tup(4), 9, 5, req("/p3"), T0 + 3);
     c.onClientHello(tup(4), hello(4), T0 + 4);
     c.onRequest(tup(4), 9, 5, req("/p4"), T0 + 5);
@@ -173,14 +175,14 @@ Deno.test("correlator joins per connection", async (t) => {
         "t13d_ja4_7",
       ]]);
       c.onClose(null, 50, 12, T0 + 2);
-      // The fd number is reused for another connection that we have not bound yet.
+      // The fd number is reused for another connection that we have not bound yet (a read without a
+      // tuple carries no SYN either).
       c.onRequest(null, 50, 12, req("/reused"), T0 + 3);
       c.bind(tup(8), 50, 12, T0 + 4);
-      c.onSyn(tup(8), "syn8", T0 + 5);
       c.onClientHello(tup(8), hello(8), T0 + 6);
       const rows = c.tick(T0 + 7);
       assertEquals(rows.map((r) => [r.path, r.src_port, r.ja4t, r.ja4]), [
-        ["/reused", tup(8).src_port, "syn8", "t13d_ja4_8"],
+        ["/reused", tup(8).src_port, "", "t13d_ja4_8"],
       ]);
       assertBalanced(c);
     },
@@ -263,14 +265,12 @@ Deno.test("correlator: 120k connections of churn in one fake minute stay bounded
     const fd = 3 + (i % 500);
     const pid = 1000 + (i % 4);
     const nreq = 1 + (i % 3);
-    const packetsLate = rand() < 0.1; // requests overtake the packet events
+    const packetsLate = rand() < 0.1; // requests overtake the ClientHello (per-CPU buffers)
     const synMissed = rand() < 0.02; // connection predates the agent
     const neverClosed = rand() < 0.05; // close event lost: TTL must clean it up
-    const packets = () => {
-      if (!synMissed) c.onSyn(tu, `syn${i}`, now);
-      c.onClientHello(tu, hello(i), now);
-    };
+    const packets = () => c.onClientHello(tu, hello(i), now);
     if (!packetsLate) packets();
+    if (!synMissed) c.onSyn(tu, `syn${i}`, now); // with the first read
     for (let k = 0; k < nreq; k++) {
       c.onRequest(tu, pid, fd, req(`/c${i}/r${k}`), now);
       requests++;
@@ -333,8 +333,8 @@ Deno.test("correlator: with ordered events a closed connection is forgotten at o
 });
 
 Deno.test("correlator: with ordered events a request never waits for a fact that did not come first", async (t) => {
-  // tc reports a SYN before the kernel answers it and a ClientHello before the server can read it: in one
-  // ring a fact missing at the request was lost, and waiting for it only holds the row (and its memory).
+  // tc reports a ClientHello before the server can read it, and a SYN comes with the connection's first read:
+  // in one ring a fact missing at the request was lost, and waiting for it only holds the row (and its memory).
   const cases: {
     name: string;
     ordered: boolean;
@@ -348,12 +348,13 @@ Deno.test("correlator: with ordered events a request never waits for a fact that
     { name: "ordered, both lost", ordered: true, syn: false, hello: false, tls: true, held: false },
     { name: "ordered, all there", ordered: true, syn: true, hello: true, tls: true, held: false },
     {
-      name: "per-CPU buffers, SYN not yet seen",
+      // The SYN comes with the connection's first read or never: nothing to wait for.
+      name: "per-CPU buffers, SYN lost",
       ordered: false,
       syn: false,
       hello: false,
       tls: false,
-      held: true,
+      held: false,
     },
     {
       name: "per-CPU buffers, hello not yet seen",
@@ -387,26 +388,27 @@ Deno.test("correlator: with ordered events a request never waits for a fact that
 Deno.test("correlator: per-CPU buffers, a fact and a close are late by one reader round at most", async (t) => {
   // A fact is written before its connection's requests, each on its CPU's buffer: a poll that found the
   // request finds the fact in the same poll or the next. Rows (and closed connections) wait for that round.
-  await t.step("a SYN one round late still reaches the row", () => {
+  await t.step("a ClientHello one round late still reaches the row", () => {
     const c = new Correlator({ host: "h", holdMs: 2000, orderedEvents: false });
-    c.onRequest(tup(1), 1, 5, req("/late"), T0, false);
+    c.onSyn(tup(1), "ja4t_1", T0);
+    c.onRequest(tup(1), 1, 5, req("/late"), T0);
     c.endOfRound(); // the request's own round
     assertEquals(c.stats().held, 1);
-    c.onSyn(tup(1), "ja4t_1", T0 + 1); // read in the next poll
-    assertEquals(c.tick(T0 + 2).map((r) => [r.path, r.ja4t]), [["/late", "ja4t_1"]]);
+    c.onClientHello(tup(1), hello(1), T0 + 1); // read in the next poll
+    assertEquals(c.tick(T0 + 2).map((r) => [r.path, r.ja4t, r.ja4]), [["/late", "ja4t_1", "t13d_ja4_1"]]);
     assertBalanced(c);
   });
-  await t.step("a lost SYN: the row goes after the next round, long before the hold ends", () => {
+  await t.step("a lost ClientHello: the row goes after the next round, long before the hold ends", () => {
     const c = new Correlator({ host: "h", holdMs: 2000, orderedEvents: false });
-    c.onRequest(tup(1), 1, 5, req("/lost"), T0, false);
+    c.onRequest(tup(1), 1, 5, req("/lost"), T0);
     c.endOfRound();
     assertEquals(c.takeReady(), [], "held through its own round");
-    c.onRequest(tup(2), 1, 6, req("/next"), T0 + 1, false); // arrives in the next round
+    c.onRequest(tup(2), 1, 6, req("/next"), T0 + 1); // arrives in the next round
     c.endOfRound();
     assertEquals(
-      c.takeReady().map((r) => [r.path, r.ja4t]),
+      c.takeReady().map((r) => [r.path, r.ja4]),
       [["/lost", ""]],
-      "out a round later, without JA4T",
+      "out a round later, without JA4",
     );
     assertEquals(c.stats().held, 1, "the next round's row still waits");
     assertEquals(c.stats().rows_released_timeout, 1);
@@ -467,12 +469,18 @@ Deno.test("correlator: a SYN alone makes no connection state; the first request 
     c.tick(T0 + 90_000);
     assertEquals([c.stats().syns_pending, c.stats().syns_unanswered], [0, 2]);
   });
-  await t.step("per-CPU buffers: a request read before its SYN still gets the JA4T", () => {
-    const c = new Correlator({ host: "h", holdMs: 2000, orderedEvents: false });
-    c.onRequest(tup(3), 1, 9, req("/r"), T0, false);
+  await t.step("a SYN after its connection's ClientHello joins it (it comes with the first read)", () => {
+    const c = new Correlator({ host: "h", holdMs: 2000, orderedEvents: true });
+    c.onClientHello(tup(3), hello(3), T0);
     c.onSyn(tup(3), "ja4t_3", T0 + 1);
-    assertEquals(c.tick(T0 + 2).map((r) => r.ja4t), ["ja4t_3"]);
-    assertEquals(c.stats().syns_pending, 0, "the connection existed: no slot");
+    c.onRequest(tup(3), 1, 9, req("/r"), T0 + 1);
+    assertEquals(c.takeReady().map((r) => [r.ja4t, r.ja4]), [["ja4t_3", "t13d_ja4_3"]]);
+    assertEquals([c.stats().syns_pending, c.stats().tuple_reused], [0, 0], "the connection existed: no slot");
+    // The next first read on that tuple is another connection (the port reused, its close not seen).
+    c.onSyn(tup(3), "ja4t_3b", T0 + 2);
+    c.onRequest(tup(3), 1, 9, req("/r2"), T0 + 2, false);
+    assertEquals(c.takeReady().map((r) => [r.ja4t, r.ja4]), [["ja4t_3b", ""]]);
+    assertEquals(c.stats().tuple_reused, 1);
   });
 });
 

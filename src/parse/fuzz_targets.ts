@@ -19,7 +19,7 @@ import { decodePacket } from "./packet.ts";
 import { bytesSource, CaptureFormatError, CaptureReader } from "./pcap.ts";
 import { parseKeyLog, TlsDecryptor, type TlsKeyLog } from "./tls_decrypt.ts";
 import { decodeEvent, EventDecodeError } from "../bpf/events.ts";
-import { DATA_EVENT, EVENT_HDR, EventKind, PKT_EVENT, SYN_EVENT } from "../bpf/layout.gen.ts";
+import { DATA_EVENT, EVENT_HDR, EventFlags, EventKind, PKT_EVENT, SYN_FACTS } from "../bpf/layout.gen.ts";
 import { StreamAssembler } from "../capture/assembler.ts";
 import { TcpConnectionTable } from "../capture/tcp_reassembly.ts";
 import { OfflineFingerprinter } from "../offline/fingerprint_capture.ts";
@@ -130,9 +130,13 @@ function eventSeeds(http: Uint8Array, hello: Uint8Array): Uint8Array[] {
   data.b.set(http, DATA_EVENT.fields.data.offset);
   const pkt = rec(EventKind.PKT, PKT_EVENT.fields.data.offset + hello.length, hello.length);
   pkt.b.set(hello, PKT_EVENT.fields.data.offset);
-  const syn = rec(EventKind.SYN, SYN_EVENT.size, 0);
-  syn.dv.setUint8(SYN_EVENT.fields.opt_len.offset, 8);
-  syn.b.set([2, 4, 5, 0xb4, 1, 3, 3, 7], SYN_EVENT.fields.options.offset);
+  // A connection's first read, carrying its SYN.
+  const syn = rec(EventKind.DATA, DATA_EVENT.fields.data.offset + http.length, http.length);
+  syn.b.set(http, DATA_EVENT.fields.data.offset);
+  syn.dv.setUint8(H.flags.offset, EventFlags.SYN);
+  const synAt = DATA_EVENT.fields.syn.offset;
+  syn.dv.setUint8(synAt + SYN_FACTS.fields.opt_len.offset, 8);
+  syn.b.set([2, 4, 5, 0xb4, 1, 3, 3, 7], synAt + SYN_FACTS.fields.options.offset);
   const close = rec(EventKind.CLOSE, 104, 0);
   return [data.b, pkt.b, syn.b, close.b];
 }

@@ -7,7 +7,8 @@ import { embeddedObject } from "../../src/bpf/embedded.ts";
 import { type AttachHandle, BpfObject, type GlobalValue, u32Key } from "../../src/bpf/object.ts";
 import { type EventReader, PerfReader, RingReader } from "../../src/bpf/ringbuf.ts";
 import { type CaptureEvent, decodeEvent } from "../../src/bpf/events.ts";
-import { DropReason, ServerKind } from "../../src/bpf/layout.gen.ts";
+import { DropReason, Family, FLOW_KEY, ServerKind, SYN_FACTS } from "../../src/bpf/layout.gen.ts";
+import { formatIPv4, formatIPv6 } from "../../src/parse/addr.ts";
 import { SSL_UPROBES } from "../../src/bpf/plan.ts";
 import { ensureTracefs } from "../../src/bpf/tracefs.ts";
 import { libbpf } from "../../src/bpf/ffi.ts";
@@ -177,17 +178,48 @@ export function eventKey(e: CaptureEvent): string {
   ];
   const tail = [e.total, e.offset, e.flags];
   switch (e.type) {
-    case "data":
-      return [...h, ...tail, e.pos, hex(e.bytes)].join("|");
+    case "data": {
+      const s = e.syn;
+      const syn = s ? [s.seq, s.window, s.ttl, s.ipLen, s.ipFlags, s.tcpFlags, hex(s.options)] : [];
+      return [...h, ...tail, e.pos, hex(e.bytes), ...syn].join("|");
+    }
     case "close":
       return [...h, ...tail, e.posRaw, e.posPlaintext].join("|");
     case "pkt":
       return [...h, ...tail, e.seq, hex(e.bytes)].join("|");
-    case "syn":
-      return [...h, ...tail, e.seq, e.window, e.ttl, e.ipLen, e.ipFlags, e.tcpFlags, hex(e.options)].join(
-        "|",
-      );
   }
+}
+
+/** A client SYN tc keeps in syn_facts until the server's first read of its connection takes it. */
+export interface KeptSyn {
+  srcAddr: string;
+  srcPort: number;
+  dstAddr: string;
+  dstPort: number;
+  window: number;
+  options: Uint8Array;
+}
+
+/** Every SYN in the object's syn_facts map (decoded by the generated layouts). */
+export function keptSyns(obj: BpfObject): KeptSyn[] {
+  const map = obj.map("syn_facts"), K = FLOW_KEY.fields, V = SYN_FACTS.fields;
+  const addr = (b: Uint8Array, family: number, at: number) =>
+    family === Family.INET ? formatIPv4(b, at) : formatIPv6(b, at, "v4");
+  const out: KeptSyn[] = [];
+  for (const k of map.keys()) {
+    const v = map.lookup(k);
+    if (!v) continue; // taken meanwhile
+    const kd = new DataView(k.buffer), vd = new DataView(v.buffer), family = k[K.family.offset];
+    out.push({
+      srcAddr: addr(k, family, K.saddr.offset),
+      srcPort: kd.getUint16(K.sport.offset, true),
+      dstAddr: addr(k, family, K.daddr.offset),
+      dstPort: kd.getUint16(K.dport.offset, true),
+      window: vd.getUint16(V.window.offset, true),
+      options: v.slice(V.options.offset, V.options.offset + v[V.opt_len.offset]),
+    });
+  }
+  return out;
 }
 
 /** The agent's SSL uprobe pairs (SSL_UPROBES) on one libssl, each entry before its return probe. */

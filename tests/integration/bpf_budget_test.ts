@@ -2,10 +2,10 @@
  * What the BPF side stops sending once user space has what it needs (docs/bpf.md, `tc_ingress` and
  * "Raw TLS streams"), checked with real nginx traffic on loopback through the product's own loader and
  * reader:
- *  - `tc_ingress`: a keep-alive plain-HTTP connection costs one SYN event and no PKT event (its first
- *    segment is not TLS: nothing to fingerprint), however many requests follow; a TLS connection's PKT
- *    events cover exactly its first TLS record (the
- *    ClientHello) and nothing after it, although the client sends much more;
+ *  - `tc_ingress`: a keep-alive plain-HTTP connection costs no event at all — its SYN waits in syn_facts
+ *    for the server's first read, and its first segment is not TLS (nothing to fingerprint) — however many
+ *    requests follow; a TLS connection's PKT events cover exactly its first TLS record (the ClientHello) and
+ *    nothing after it, although the client sends much more, and its SYN rides on its first read;
  *  - the raw stream of a TLS connection (nginx `read()` tracepoint, Apache `apr_socket_recv` uprobe) is
  *    copied only until the plaintext starts: a handful of events for 20 requests, while `SSL_read` carries
  *    every request and the close event's raw position still counts every byte read.
@@ -13,7 +13,7 @@
  */
 import { assert, assertEquals, assertGreater } from "../../src/testing/asserts.ts";
 import type { CaptureEvent, CloseEvent, DataEvent, PacketEvent } from "../../src/bpf/events.ts";
-import { mappedLibrary, sslPairs, type TestAttach, TestLoader } from "../helpers/bpf.ts";
+import { keptSyns, mappedLibrary, sslPairs, type TestAttach, TestLoader } from "../helpers/bpf.ts";
 import { startApache, startNginx } from "../helpers/servers.ts";
 import { ServerKind } from "../../src/bpf/layout.gen.ts";
 import { curl } from "../helpers/clients.ts";
@@ -91,11 +91,14 @@ plain.close()
 const TLS_PATHS = Array.from({ length: 20 }, (_, i) => `/?tls-${i}`);
 
 /**
- * tc's view of one TLS connection: one SYN, then PKT events covering exactly [0, 5 + record length) of the
- * first record (the ClientHello), nothing past it. Returns the record's end and the PKT figures.
+ * tc's view of one TLS connection: its SYN on the server's first read (the raw one, at position 0), PKT
+ * events covering exactly [0, 5 + record length) of the first record (the ClientHello), nothing past it.
+ * Returns the record's end and the PKT figures.
  */
 function checkTcTls(conn: CaptureEvent[]): { recordEnd: number; segs: PacketEvent[]; hello: Uint8Array } {
-  assertEquals(conn.filter((e) => e.type === "syn").length, 1, "SYN events");
+  const withSyn = conn.filter(isData).filter((e) => e.syn !== undefined);
+  assertEquals(withSyn.map((e) => [e.plaintext, e.pos]), [[false, 0]], "events carrying the SYN");
+  assertGreater(withSyn[0].syn!.window, 0, "the SYN's window");
   const segs = segments(conn.filter(isPkt));
   assertGreater(segs.length, 0, "PKT events");
   const hello = segs[0].bytes;
@@ -208,35 +211,39 @@ Deno.test({
     await using nginx = await startNginx({ port: NGINX, tlsPort: NGINX_TLS, workers: 1 });
     const workers = nginx.pids().workers;
 
-    await t.step("tc_ingress: 50 keep-alive plain-HTTP requests → 1 SYN, no PKT", async () => {
-      await using l = TestLoader.open({
-        attach: [{ program: "tc_ingress", tc: "lo" }],
-        pids: workers,
-        listenPorts: [NGINX],
-      });
-      const paths = Array.from({ length: 50 }, (_, i) => `/ka-${i}`);
-      const port = await keepAliveCurl(paths.map((p) => `http://127.0.0.1:${NGINX}${p}`));
-      const log = await nginx.waitForRequests(50);
-      // The server got 50 requests on that connection in 50 segments (curl waits for each answer): a
-      // per-segment tc program would have sent ~50 PKT events.
-      assertEquals(
-        log.filter((e) => e.remotePort === port).map((e) => e.request.split(" ")[1]),
-        paths,
-        "access log of the keep-alive connection",
-      );
-      await delay(100);
-      l.detach();
-      l.drainAll();
-      assertEquals(l.drops(), {}, "drops");
-      assertEquals(l.decodeErrors, [], "records the decoder refused");
-      const conn = l.events.filter((e) => e.srcPort === port && e.dstPort === NGINX);
-      for (const e of conn) assertEquals(e.hook, "tc", `${e.type} event hook`);
-      assertEquals(conn.filter((e) => e.type === "syn").length, 1, "SYN events");
-      // The first segment is plain HTTP: tc sends nothing for it (user space would find nothing to
-      // fingerprint) and forgets the flow, so no later segment of the connection is sent either.
-      assertEquals(conn.filter(isPkt).length, 0, "PKT events for 50 plain-HTTP requests");
-      assertEquals(conn.length, 1, "events of the connection");
-    });
+    await t.step(
+      "tc_ingress: 50 keep-alive plain-HTTP requests → no event (the SYN kept), no PKT",
+      async () => {
+        await using l = TestLoader.open({
+          attach: [{ program: "tc_ingress", tc: "lo" }],
+          pids: workers,
+          listenPorts: [NGINX],
+        });
+        const paths = Array.from({ length: 50 }, (_, i) => `/ka-${i}`);
+        const port = await keepAliveCurl(paths.map((p) => `http://127.0.0.1:${NGINX}${p}`));
+        const log = await nginx.waitForRequests(50);
+        // The server got 50 requests on that connection in 50 segments (curl waits for each answer): a
+        // per-segment tc program would have sent ~50 PKT events.
+        assertEquals(
+          log.filter((e) => e.remotePort === port).map((e) => e.request.split(" ")[1]),
+          paths,
+          "access log of the keep-alive connection",
+        );
+        await delay(100);
+        l.detach();
+        l.drainAll();
+        assertEquals(l.drops(), {}, "drops");
+        assertEquals(l.decodeErrors, [], "records the decoder refused");
+        const conn = l.events.filter((e) => e.srcPort === port && e.dstPort === NGINX);
+        // The SYN waits in syn_facts for the server's first read (not attached here); the first segment is
+        // plain HTTP: tc sends nothing for it (user space would find nothing to fingerprint) and forgets the
+        // flow, so no later segment of the connection is sent either.
+        const kept = keptSyns(l.obj).filter((s) => s.srcPort === port && s.dstPort === NGINX);
+        assertEquals(kept.length, 1, "SYNs kept for the connection");
+        assertGreater(kept[0].options.length, 0, "the SYN's options");
+        assertEquals(conn.map((e) => e.type), [], "events of the connection");
+      },
+    );
 
     await t.step(
       "tc_ingress: a client port shared by a plain and a TLS connection keeps the TLS one's hello",
@@ -305,8 +312,14 @@ Deno.test({
         l.drainAll();
         assertEquals(l.drops(), {}, "drops");
         const mine = l.events.filter((e) => e.srcPort === sport);
-        const syns = mine.filter((e) => e.type === "syn").map((e) => `${e.srcAddr}>${e.dstPort}`).sort();
-        assertEquals(syns, [`127.0.0.1>${NGINX_TLS}`, `127.0.0.2>${NGINX}`], "one SYN per connection");
+        const syns = keptSyns(l.obj).filter((s) => s.srcPort === sport).map((s) =>
+          `${s.srcAddr}>${s.dstPort}`
+        );
+        assertEquals(
+          syns.sort(),
+          [`127.0.0.1>${NGINX_TLS}`, `127.0.0.2>${NGINX}`],
+          "one SYN kept per connection",
+        );
         const pkts = mine.filter(isPkt);
         assertEquals(
           pkts.map((p) => [p.srcAddr, p.dstPort, p.offset]),
