@@ -9,9 +9,11 @@
  *
  * Modes: keepalive = plain HTTP, 100 requests per connection (one DATA event per request; the heads rotate);
  * repeat = the same, each connection repeating one head (bots, API clients, load generators); close = plain HTTP,
- * one request per connection (SYN + first segment + DATA + close per request); tls = one TLS connection per
- * 10 requests (SYN + ClientHello segment + SSL_read plaintext + close); close-nosyn / close-noclose = close with
- * the SYN / close records lost (what a full ring drops). --perfbuf: delivered as per-CPU perf buffers would.
+ * one request per connection (DATA carrying the SYN + close per request); tls = one TLS connection per 10
+ * requests (ClientHello segment + SSL_read plaintext, the first carrying the SYN + close); close-nosyn /
+ * close-noclose = close without the SYN (tc missed it) / with the close records lost (what a full ring drops);
+ * close-scan = close with every second connection a SYN alone (no records at all). --perfbuf: delivered as
+ * per-CPU perf buffers would.
  */
 import { Agent } from "../src/agent/agent.ts";
 import type { AttachPlan } from "../src/bpf/plan.ts";

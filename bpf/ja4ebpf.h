@@ -86,7 +86,7 @@ enum ja4_drop_reason {
 	JA4_DROP_TRUNCATED = 5,    /* a call read more than max_capture bytes (not lost events: cut bytes) */
 	JA4_DROP_SCRATCH = 6,      /* per-CPU scratch lookup failed */
 	JA4_DROP_SKB_LOAD = 7,     /* bpf_skb_load_bytes failed */
-	JA4_DROP_FLOW_FULL = 8,    /* flow map update failed */
+	JA4_DROP_FLOW_FULL = 8,    /* flows or syn_facts update failed (tc) */
 	JA4_DROP_NO_STASH = 9,     /* a uretprobe without its entry (e.g. attached mid-call) */
 	JA4_DROP_SSL_NO_FD = 10,   /* SSL_read returned bytes but its fd was never learned */
 	JA4_DROP_FOLLOW_FULL = 11, /* traced_pids full: a forked/exec'd server process not added */
