@@ -224,6 +224,13 @@ export class Correlator {
   #now = 0;
   /** JA4Ts of connections not seen beyond their SYN: their state is made at their first request or hello. */
   #syns: PendingSyns;
+  /**
+   * The SYN the latest first read brought: its request follows at once (the same event) and takes it here,
+   * without the ring's index. A SYN not taken before the next one arrives moves to the ring.
+   */
+  #synKey: ConnKey | undefined = undefined;
+  #synJa4t = "";
+  #synAt = 0;
   /** Reader rounds ended so far (endOfRound). */
   #round = 0;
   #s = ZERO_STATS();
@@ -266,7 +273,12 @@ export class Correlator {
       closedAt: 0,
       held: NO_HELD,
     };
-    if (tuple !== null) c.ja4t = this.#syns.take(key) ?? "";
+    if (tuple !== null) {
+      if (key === this.#synKey) {
+        c.ja4t = this.#synJa4t;
+        this.#synKey = undefined;
+      } else c.ja4t = this.#syns.take(key) ?? "";
+    }
     this.#conns.set(key, c); // evicts the least recently used past maxConnections
     return c;
   }
@@ -286,6 +298,13 @@ export class Correlator {
       dst_port: t.dst_port,
     };
     return this.#newConn(key, own, now);
+  }
+
+  /** The SYN in hand, not taken by a request, into the ring (where it waits or ages out). */
+  #parkSyn(): void {
+    if (this.#synKey === undefined) return;
+    this.#syns.add(this.#synKey, this.#synJa4t, this.#synAt);
+    this.#synKey = undefined;
   }
 
   /** Forgets a connection; its held rows are released at once (never lost). */
@@ -396,7 +415,10 @@ export class Correlator {
     }
     if (c === undefined) {
       // Its first request follows at once and takes it (no state made here for it).
-      this.#syns.add(key, ja4t, now);
+      this.#parkSyn();
+      this.#synKey = key;
+      this.#synJa4t = ja4t;
+      this.#synAt = now;
       return;
     }
     this.#touch(c, now);
@@ -579,7 +601,10 @@ export class Correlator {
     if (tuple !== null && validTuple(tuple)) {
       const key = connKeyOf(tuple);
       c = this.#conns.peek(key);
-      if (c === undefined) this.#syns.delete(key);
+      if (c === undefined) {
+        if (key === this.#synKey) this.#synKey = undefined;
+        else this.#syns.delete(key);
+      }
     }
     const pidfd = Number.isInteger(pid) && Number.isInteger(fd) ? pidFdKey(pid, fd) : null;
     if (pidfd !== null) {
@@ -641,6 +666,7 @@ export class Correlator {
     this.#releaseHeld(now, -1);
     this.#compactQueues();
     this.#forgetClosed(now, -1);
+    this.#parkSyn();
     this.#syns.expire(now, this.opts.idleTtlMs);
     // Idle connections: the LRU head is the least recently seen.
     for (let n = this.#conns.oldest(); n !== undefined; n = this.#conns.oldest()) {
@@ -742,7 +768,7 @@ export class Correlator {
       connections: this.#conns.size,
       bindings: this.#bindings.size,
       held: this.#held,
-      syns_pending: this.#syns.size,
+      syns_pending: this.#syns.size + (this.#synKey === undefined ? 0 : 1),
       syns_unanswered: this.#syns.dropped,
     };
   }

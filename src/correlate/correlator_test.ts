@@ -454,12 +454,35 @@ Deno.test("correlator: a SYN alone makes no connection state; the first request 
     const c = new Correlator({ host: "h", orderedEvents: true, maxConnections: 1000 });
     for (let i = 0; i < 5000; i++) c.onSyn(tup(100 + i), `scan_${i}`, T0 + i);
     const s = c.stats();
-    assertEquals([s.connections, s.syns_pending, s.syns_unanswered, s.syns], [0, 1000, 4000, 5000]);
+    // 1000 in the ring, the newest in hand (a first read's SYN, taken by its request without the ring).
+    assertEquals([s.connections, s.syns_pending, s.syns_unanswered, s.syns], [0, 1001, 3999, 5000]);
     // The newest SYNs still reach their requests; a dropped one's request ships without JA4T.
     c.onRequest(tup(100 + 4999), 1, 7, req("/late"), T0 + 5000, false);
     c.onRequest(tup(100), 1, 8, req("/oldest"), T0 + 5001, false);
     assertEquals(c.takeReady().map((r) => [r.path, r.ja4t]), [["/late", "scan_4999"], ["/oldest", ""]]);
   });
+  await t.step(
+    "the SYN in hand: its request takes it; one not taken moves to the ring; a close drops it",
+    () => {
+      const c = new Correlator({ host: "h", orderedEvents: true });
+      c.onSyn(tup(1), "ja4t_1", T0);
+      c.onSyn(tup(2), "ja4t_2", T0); // tup(1)'s first read brought no request: its SYN waits in the ring
+      assertEquals(c.stats().syns_pending, 2);
+      c.onRequest(tup(2), 1, 5, req("/2"), T0 + 1, false);
+      c.onRequest(tup(1), 1, 6, req("/1"), T0 + 1, false);
+      assertEquals(c.takeReady().map((r) => [r.path, r.ja4t]), [["/2", "ja4t_2"], ["/1", "ja4t_1"]]);
+      assertEquals(c.stats().syns_pending, 0);
+      c.onSyn(tup(3), "ja4t_3", T0 + 2);
+      c.onClose(tup(3), 1, 7, T0 + 3);
+      assertEquals(c.stats().syns_pending, 0, "closed before its request");
+      c.onSyn(tup(4), "ja4t_4", T0 + 4);
+      c.tick(T0 + 5); // the tick parks it in the ring, where it ages like any other
+      assertEquals(c.stats().syns_pending, 1);
+      c.onRequest(tup(4), 1, 8, req("/4"), T0 + 6, false);
+      assertEquals(c.takeReady().map((r) => r.ja4t), ["ja4t_4"]);
+      assertBalanced(c);
+    },
+  );
   await t.step("unanswered SYNs go after the idle time", () => {
     const c = new Correlator({ host: "h", orderedEvents: true, idleTtlMs: 60_000 });
     c.onSyn(tup(1), "ja4t_1", T0);
