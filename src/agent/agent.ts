@@ -241,12 +241,13 @@ export class Agent {
   private dispatch(ev: EventView): void {
     switch (ev.kind) {
       case EventKind.DATA: {
+        // The connection's first read carries its client SYN: JA4T is there before its first request (and
+        // kept when the read's bytes could not be copied).
+        if (ev.hasSyn) this.correlator.onSyn(ev, this.packets.syn(ev), this.wallMs(ev.synTsNs));
         if (ev.readFailed) return;
         const server = this.follow.traced.get(ev.pid) ?? (ev.comm === "nginx" ? "nginx" : "apache");
         ev.server = server;
         ev.capture = ev.plaintext ? "ssl_uprobe" : this.methodOf(server);
-        // The connection's first read carries its client SYN: JA4T is there before its first request.
-        if (ev.hasSyn) this.correlator.onSyn(ev, this.packets.syn(ev), this.wallMs(ev.synTsNs));
         this.requests.push(ev);
         return;
       }

@@ -1,6 +1,6 @@
 import { assert, assertEquals } from "../testing/asserts.ts";
 import { DEFAULT_CONFIG } from "../config/config.ts";
-import { DATA_EVENT, EVENT_HDR, EventKind, Family, Hook } from "../bpf/layout.gen.ts";
+import { DATA_EVENT, EVENT_HDR, EventFlags, EventKind, Family, Hook, SYN_FACTS } from "../bpf/layout.gen.ts";
 import type { AttachPlan } from "../bpf/plan.ts";
 import { Agent } from "./agent.ts";
 
@@ -41,4 +41,57 @@ Deno.test("a server's capture method is not remembered while the plan has none (
   a.onRecord(rec(6));
   const rows = a.correlator.takeReady();
   assertEquals(rows.map((r) => [r.server, r.capture]), [["apache", ""], ["apache", "uprobe"]]);
+});
+
+Deno.test("a connection's first read carries its SYN: the row has JA4T, also when that read's copy failed", async (t) => {
+  const F = EVENT_HDR.fields, D = DATA_EVENT.fields, S = SYN_FACTS.fields;
+  const http = new TextEncoder().encode("GET /s HTTP/1.1\r\nHost: a\r\n\r\n");
+  const opts = Uint8Array.from([2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7]);
+  /** A read on fd (client port 40000 + fd) at stream position pos; syn: with the SYN's facts; failed: no bytes. */
+  const rec = (fd: number, pos: number, o: { syn?: boolean; failed?: boolean } = {}) => {
+    const body = o.failed ? new Uint8Array(0) : http;
+    const b = new Uint8Array(D.data.offset + body.length), dv = new DataView(b.buffer);
+    dv.setUint8(F.kind.offset, EventKind.DATA);
+    dv.setUint8(F.hook.offset, Hook.TP_RECVFROM);
+    dv.setUint8(F.family.offset, Family.INET);
+    dv.setUint8(
+      F.flags.offset,
+      EventFlags.LAST_CHUNK | (o.syn ? EventFlags.SYN : 0) | (o.failed ? EventFlags.READ_FAILED : 0),
+    );
+    dv.setUint32(F.pid.offset, 4242, true);
+    dv.setInt32(F.fd.offset, fd, true);
+    b.set([10, 0, 0, 2], F.saddr.offset);
+    b.set([10, 0, 0, 1], F.daddr.offset);
+    dv.setUint16(F.sport.offset, 40000 + fd, true);
+    dv.setUint16(F.dport.offset, 80, true);
+    dv.setUint32(F.data_len.offset, body.length, true);
+    dv.setUint32(F.total.offset, http.length, true);
+    dv.setBigUint64(D.pos.offset, BigInt(pos), true);
+    if (o.syn) {
+      dv.setUint16(D.syn.offset + S.window.offset, 64240, true);
+      dv.setUint8(D.syn.offset + S.opt_len.offset, opts.length);
+      b.set(opts, D.syn.offset + S.options.offset);
+    }
+    b.set(body, D.data.offset);
+    return b;
+  };
+  const agent = () => {
+    const a = new Agent(structuredClone(DEFAULT_CONFIG));
+    a.correlator.opts.orderedEvents = true; // as start() sets it for the ring buffer
+    a.plan = { hooks: [{ hook: "nginx", method: "tracepoint" }] } as unknown as AttachPlan;
+    return a;
+  };
+  const JA4T = "64240_2-4-8-1-3_1460_7";
+  await t.step("the SYN on the read of the request", () => {
+    const a = agent();
+    a.onRecord(rec(5, 0, { syn: true }));
+    a.onRecord(rec(6, 0)); // tc missed this one's SYN
+    assertEquals(a.correlator.takeReady().map((r) => [r.src_port, r.ja4t]), [[40005, JA4T], [40006, ""]]);
+  });
+  await t.step("the first read's copy failed: its SYN still reaches the next request", () => {
+    const a = agent();
+    a.onRecord(rec(7, 0, { syn: true, failed: true }));
+    a.onRecord(rec(7, http.length));
+    assertEquals(a.correlator.takeReady().map((r) => [r.path, r.ja4t]), [["/s", JA4T]]);
+  });
 });
