@@ -57,7 +57,12 @@ async function inspector(port: number) {
 
 const agent = await startAgent({
   metricsPort: 22437,
-  config: { capture: { ports: [PORT] }, metrics: { enabled: true } },
+  // No rotation of the rows file (as bench/capture_overhead.ts): its fsync would be most of the profile.
+  config: {
+    capture: { ports: [PORT] },
+    metrics: { enabled: true },
+    output: { file: { max_size_mb: 1048576, max_files: 1 } },
+  },
   v8Flags: AGENT_V8_FLAGS + ",--perf-basic-prof",
   // The inspector samples only between Profiler.start and stop: after the BPF load (V8's --cpu-prof samples
   // from the start, and its SIGPROF makes the verifier return EAGAIN).
