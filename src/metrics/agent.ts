@@ -48,6 +48,8 @@ export class AgentMetrics {
   readonly ringBacklogMax: Gauge;
   readonly rss: Gauge;
   readonly heap: Gauge;
+  /** Full collections the agent forced (src/agent/heap.ts). */
+  readonly heapCollections: Counter;
   readonly healthy: Gauge;
   readonly sinkLastSuccess: Gauge;
   readonly partialBatches: Counter;
@@ -63,6 +65,10 @@ export class AgentMetrics {
       .onCollect(() => this.rss.set(undefined, Deno.memoryUsage().rss));
     this.heap = r.gauge("ja4ebpf_heap_used_bytes", "V8 heap in use")
       .onCollect(() => this.heap.set(undefined, Deno.memoryUsage().heapUsed));
+    this.heapCollections = r.counter(
+      "ja4ebpf_heap_collections_total",
+      "full V8 collections the agent forced (one a minute when V8 exposes gc: the old generation kept near its live size)",
+    );
     this.ringSize = r.gauge("ja4ebpf_ring_size_bytes", "size of the BPF ring buffer (0: perf buffer)");
     this.ringBacklogMax = r.gauge(
       "ja4ebpf_ring_backlog_max_bytes",
