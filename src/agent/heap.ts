@@ -7,8 +7,8 @@
  * busy agent's old generation then fills with promoted garbage for many minutes: RSS +0.32 MiB/min from minute
  * 7 of a soak, past 100 MiB at minute 18, with the live heap after each collection flat at 12 MB (not a leak;
  * docs/performance.md). `--heap-growing-percent` does not bound it (the 8 MiB step and the young generation's
- * capacity stay). A forced collection every minute holds the old generation near its live size; one costs
- * ~10–20 ms of the main thread (the ring buffer holds seconds of records).
+ * capacity stay). A forced collection every minute holds the old generation near its live size; V8's own full
+ * collections of this heap took 11–47 ms of the main thread each (the ring buffer holds seconds of records).
  */
 
 /** `globalThis.gc` when V8 exposes it (`--expose-gc`, in the packaged V8 flags), else undefined. */
@@ -19,8 +19,6 @@ export function exposedGc(): (() => void) | undefined {
 
 export class HeapKeeper {
   #last: number;
-  /** Collections forced so far. */
-  forced = 0;
 
   /** `gc` undefined: never collects (a runtime without --expose-gc: V8 alone decides). */
   constructor(
@@ -36,7 +34,6 @@ export class HeapKeeper {
     if (this.gc === undefined || nowMs - this.#last < this.everyMs) return false;
     this.#last = nowMs;
     this.gc();
-    this.forced++;
     return true;
   }
 }
