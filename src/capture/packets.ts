@@ -6,7 +6,8 @@
  */
 import { StreamAssembler } from "./assembler.ts";
 import { LruMap } from "./lru.ts";
-import { HS_CLIENT_HELLO, parseClientHello, TlsHandshakeReader } from "../parse/tls.ts";
+import { HS_CLIENT_HELLO, parseClientHello, TlsHandshakeReader, wholeClientHello } from "../parse/tls.ts";
+import type { Parsed } from "../parse/errors.ts";
 import type { ClientHello } from "../parse/tls.ts";
 import { type Ja4, ja4 } from "../fingerprint/ja4.ts";
 import { type AbsentConvention, ja4t } from "../fingerprint/ja4t.ts";
@@ -101,13 +102,34 @@ export class PacketTracker {
       got = undefined;
     }
     if (rel > 1 << 20) return undefined; // far beyond what we track
+    if (got === undefined && rel === 0) {
+      // A connection's first segment holding its whole ClientHello (nearly every TLS connection), or not
+      // TLS at all: decided from these bytes alone, with no flow, assembler or reader made for it.
+      const b = f.bytes;
+      if (b.length >= 2 && !(b[0] === 0x16 && b[1] === 0x03)) {
+        this.s.not_tls++;
+        this.flows.set(key, f.tsNs);
+        return undefined;
+      }
+      const body = wholeClientHello(b);
+      if (body !== undefined) {
+        this.flows.set(key, f.tsNs);
+        return this.hello(f, key, parseClientHello(body));
+      }
+    }
     const flow = got ?? this.newFlow(key, f.tsNs);
     flow.lastNs = f.tsNs;
-    const asm = flow.asm ??= new StreamAssembler(64 * 1024);
+    // Offsets count from ISN + 1: the stream starts at 0 whichever segment tc reports first (reordered).
+    const asm = flow.asm ??= startedAtZero(new StreamAssembler(64 * 1024));
     const tls = flow.tls ??= new TlsHandshakeReader();
     const { out } = asm.push(rel, f.bytes);
     for (const piece of out) {
-      if (asm.stats.delivered === piece.length && !(piece[0] === 0x16 && piece[1] === 0x03)) {
+      // A first byte other than a handshake record's, or a second one other than 3 (a first segment of one
+      // byte, as DPI evasion tools split a hello, waits for the next).
+      if (
+        asm.stats.delivered === piece.length &&
+        (piece[0] !== 0x16 || (piece.length >= 2 && piece[1] !== 0x03))
+      ) {
         // Not TLS (plain HTTP on this port): nothing to fingerprint here.
         this.s.not_tls++;
         this.finish(key, flow);
@@ -127,22 +149,27 @@ export class PacketTracker {
       if (m.value.type !== HS_CLIENT_HELLO) continue;
       const ch = parseClientHello(m.value.body);
       this.finish(key, flow);
-      if (!ch.ok) {
-        this.s.parse_errors++;
-        return undefined;
-      }
-      this.s.hellos++;
-      return {
-        src: f.src,
-        src_port: f.src_port,
-        dst: f.dst,
-        dst_port: f.dst_port,
-        connKey: key,
-        tsNs: f.tsNs,
-        hello: ch.value,
-        fp: ja4(ch.value),
-      };
+      return this.hello(f, key, ch);
     }
+  }
+
+  /** A parsed ClientHello out (its flow already finished), or counted when it did not parse. */
+  private hello(f: SegmentFacts, key: ConnKey, ch: Parsed<ClientHello>): HelloOut | undefined {
+    if (!ch.ok) {
+      this.s.parse_errors++;
+      return undefined;
+    }
+    this.s.hellos++;
+    return {
+      src: f.src,
+      src_port: f.src_port,
+      dst: f.dst,
+      dst_port: f.dst_port,
+      connKey: key,
+      tsNs: f.tsNs,
+      hello: ch.value,
+      fp: ja4(ch.value),
+    };
   }
 
   /**
@@ -179,4 +206,9 @@ export class PacketTracker {
     this.flows.set(key, flow);
     return flow;
   }
+}
+
+function startedAtZero(asm: StreamAssembler): StreamAssembler {
+  asm.next = 0;
+  return asm;
 }

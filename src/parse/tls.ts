@@ -452,19 +452,28 @@ export class TlsHandshakeReader {
 }
 
 /**
+ * The body of the ClientHello when `bytes` start with one handshake record holding exactly one whole
+ * ClientHello (almost every hello: a view, not a copy); undefined otherwise (TlsHandshakeReader decides then).
+ * What the reader would produce from the same bytes.
+ */
+export function wholeClientHello(bytes: Uint8Array): Uint8Array | undefined {
+  if (bytes.length < 9 || bytes[0] !== CONTENT_HANDSHAKE || bytes[1] !== 3 || bytes[5] !== HS_CLIENT_HELLO) {
+    return undefined;
+  }
+  const rl = be16(bytes, 3);
+  if (rl > MAX_RECORD || 5 + rl > bytes.length || 4 + be24(bytes, 6) !== rl) return undefined;
+  return bytes.subarray(9, 5 + rl);
+}
+
+/**
  * Convenience for a buffer that starts at a TLS record header: returns the first handshake message's
  * ClientHello, NeedMore if the bytes are an incomplete prefix, or a typed error.
  */
 export function readClientHello(bytes: Uint8Array): Streamed<ClientHello> {
-  // Fast path (almost every hello): one handshake record holding exactly one whole ClientHello. Parsed in
-  // place — parseClientHello copies what it keeps — which skips the reader's set-up and the body copy.
-  if (bytes.length >= 9 && bytes[0] === CONTENT_HANDSHAKE && bytes[1] === 3 && bytes[5] === HS_CLIENT_HELLO) {
-    const rl = be16(bytes, 3);
-    const hl = be24(bytes, 6);
-    if (rl <= MAX_RECORD && 5 + rl <= bytes.length && 4 + hl === rl) {
-      return parseClientHello(bytes.subarray(9, 5 + rl));
-    }
-  }
+  // Fast path (almost every hello): parsed in place — parseClientHello copies what it keeps — which skips
+  // the reader's set-up and the body copy.
+  const body = wholeClientHello(bytes);
+  if (body !== undefined) return parseClientHello(body);
   const r = new TlsHandshakeReader();
   r.push(bytes);
   const m = r.next();
