@@ -1,7 +1,9 @@
 /**
  * Synthetic BPF ring-buffer records, laid out by src/bpf/layout.gen.ts (a layout change moves them too):
- * per connection (for TLS) the ClientHello segment from TC, request reads (recvfrom or SSL_read plaintext) of real
- * browser/curl heads, the first carrying the connection's SYN as the kernel side folds it in, and a close. Shared by the pipeline and hot-path benchmarks.
+ * per connection (for TLS) the ClientHello segment from TC and the raw reads of the handshake (the hello, then
+ * the client's Finished), request reads (recvfrom or SSL_read plaintext) of real browser/curl heads, the
+ * connection's first read carrying its SYN as the kernel side folds it in, and a close. Shared by the pipeline
+ * and hot-path benchmarks.
  */
 import {
   CLOSE_EVENT,
@@ -207,6 +209,12 @@ export class Traffic {
   readonly #data: Uint8Array[][];
   readonly #first: Uint8Array[][];
   readonly #close: Uint8Array;
+  /**
+   * A TLS connection's raw reads, as the kernel side copies them until SSL_read's plaintext begins: the
+   * ClientHello (the connection's first read, carrying its SYN), then the client's ChangeCipherSpec and
+   * encrypted Finished, after which user space stops looking.
+   */
+  readonly #rawTls: [Uint8Array, Uint8Array];
 
   constructor(opts: Partial<TrafficOptions> = {}) {
     this.opts = { requestsPerConn: 4, tlsShare: 0.5, ...opts };
@@ -255,6 +263,28 @@ export class Traffic {
       );
     this.#data = data(false);
     this.#first = data(true);
+    const raw = (bytes: Uint8Array, withSyn: boolean) => {
+      const r = record(
+        DATA_EVENT.fields.data.offset + bytes.length,
+        {
+          ...hdr(EventKind.DATA, Hook.TP_READ, EventFlags.LAST_CHUNK | (withSyn ? EventFlags.SYN : 0)),
+          data_len: bytes.length,
+          total: bytes.length,
+        },
+        withSyn
+          ? [
+            [SYN_AT.window, 64240],
+            [SYN_AT.opt_len, SYN_OPTS.length],
+            [SYN_AT.options, SYN_OPTS],
+          ]
+          : [],
+      );
+      r.set(bytes, DATA_EVENT.fields.data.offset);
+      return r;
+    };
+    // TLS 1.3: ChangeCipherSpec (middlebox compatibility) + the Finished as an application-data record.
+    const finished = Uint8Array.from([20, 3, 3, 0, 1, 1, 23, 3, 3, 0, 53, ...new Array(53).fill(0x5a)]);
+    this.#rawTls = [raw(this.hello, true), raw(finished, false)];
     this.#close = record(CLOSE_EVENT.size, hdr(EventKind.CLOSE, Hook.TP_CLOSE));
   }
 
@@ -288,10 +318,26 @@ export class Traffic {
       pdv.setUint32(PKT_EVENT.fields.seq.offset, (isn + 1) >>> 0, true);
       out.push(pkt);
     }
+    let rawPos = 0;
+    if (tls) {
+      // The raw stream's reads: the hello (with the SYN), then the client's Finished.
+      for (let i = 0; i < 2; i++) {
+        const [rec, dv] = this.#rec(this.#rawTls[i], c);
+        if (i === 0) {
+          if (this.opts.lostSyn) dv.setUint8(Hd.flags.offset, dv.getUint8(Hd.flags.offset) & ~EventFlags.SYN);
+          dv.setUint32(SYN_AT.seq.offset, isn, true);
+          dv.setBigUint64(SYN_AT.ts_ns.offset, dv.getBigUint64(Hd.ts_ns.offset, true), true);
+        }
+        dv.setBigUint64(DATA_EVENT.fields.pos.offset, BigInt(rawPos), true);
+        out.push(rec);
+        rawPos += this.#rawTls[i].length - DATA_EVENT.fields.data.offset;
+      }
+    }
     let pos = 0;
     for (let k = 0; k < this.opts.requestsPerConn; k++) {
       const h = (this.opts.sameHead ? c : c + k) % this.heads.length;
-      const withSyn = k === 0 && !this.opts.lostSyn;
+      // A TLS connection's SYN came with its first raw read.
+      const withSyn = k === 0 && !this.opts.lostSyn && !tls;
       const [rec, dv] = this.#rec((withSyn ? this.#first : this.#data)[tls ? 1 : 0][h], c);
       dv.setBigUint64(DATA_EVENT.fields.pos.offset, BigInt(pos), true);
       if (withSyn) {
@@ -302,7 +348,10 @@ export class Traffic {
       pos += this.heads[h].length;
     }
     const [close, cdv] = this.#rec(this.#close, c);
-    cdv.setBigUint64(CLOSE_EVENT.fields[tls ? "pos_plaintext" : "pos_raw"].offset, BigInt(pos), true);
+    if (tls) {
+      cdv.setBigUint64(CLOSE_EVENT.fields.pos_plaintext.offset, BigInt(pos), true);
+      cdv.setBigUint64(CLOSE_EVENT.fields.pos_raw.offset, BigInt(rawPos), true);
+    } else cdv.setBigUint64(CLOSE_EVENT.fields.pos_raw.offset, BigInt(pos), true);
     if (!this.opts.lostClose) out.push(close);
     this.rows += this.opts.requestsPerConn;
     return this.opts.requestsPerConn;

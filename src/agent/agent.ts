@@ -91,7 +91,12 @@ export class Agent {
         );
       },
       hello: (h) => this.onHello(h),
-    }, { maxStreams: cfg.capture.max_connections, maxHead: 64 * 1024 });
+    }, {
+      maxStreams: cfg.capture.max_connections,
+      maxHead: 64 * 1024,
+      // tc reports a ClientHello before the server reads it: the raw stream's copy need not be parsed again.
+      knownHello: (key) => this.correlator.hasHello(key),
+    });
     this.correlator = new Correlator({
       host: this.hostname,
       holdMs: cfg.capture.hold_ms,

@@ -79,6 +79,8 @@ export interface RequestTrackerStats {
   bytes: number;
   /** Request heads whose header block was parsed before (parsed and fingerprinted once). */
   head_cache_hits: number;
+  /** ClientHellos of raw TLS streams not parsed: the packet side had delivered the connection's (same bytes). */
+  hellos_known: number;
 }
 
 type Proto = "unknown" | "http1" | "h2" | "tls" | "other";
@@ -130,11 +132,22 @@ export class RequestTracker {
     evicted_bytes: 0,
     bytes: 0,
     head_cache_hits: 0,
+    hellos_known: 0,
   };
 
   constructor(
     private readonly sink: RequestSink,
-    private readonly opts: { maxStreams?: number; idleNs?: number; maxHead?: number; maxBytes?: number } = {},
+    private readonly opts: {
+      maxStreams?: number;
+      idleNs?: number;
+      maxHead?: number;
+      maxBytes?: number;
+      /**
+       * Whether the connection's ClientHello is already known (tc reported it before the server read it):
+       * a raw stream's first hello is then not parsed again.
+       */
+      knownHello?: (key: ConnKey) => boolean;
+    } = {},
   ) {
     this.streams = new LruMap(
       opts.maxStreams ?? 65536,
@@ -304,6 +317,11 @@ export class RequestTracker {
           break;
         }
         if (m.value.type !== HS_CLIENT_HELLO) continue;
+        if (tls.messages === 1 && this.opts.knownHello?.(st.connKey)) {
+          // The same bytes tc delivered (a second hello, after a HelloRetryRequest, is parsed).
+          this.s.hellos_known++;
+          continue;
+        }
         const ch = parseClientHello(m.value.body);
         if (!ch.ok) {
           this.s.parse_errors++;

@@ -3,6 +3,7 @@ import { type CapturedHello, type PayloadChunk, RequestTracker } from "./request
 import type { Row } from "../sink/row.ts";
 import { H2_FRAME, H2_PREFACE, h2Frame } from "../parse/http2.ts";
 import { hpackEncode } from "../../tests/helpers/hpack_encode.ts";
+import { concatBytes, fromHex } from "../parse/bytes.ts";
 
 const enc = (s: string) => new TextEncoder().encode(s);
 
@@ -100,7 +101,6 @@ Deno.test("RequestTracker", async (t) => {
           new URL("../fingerprint/testdata/local_small_mss_clienthello.json", import.meta.url),
         ),
       ).segments as string[];
-      const fromHex = (h: string) => Uint8Array.from(h.match(/../g)!.map((x) => parseInt(x, 16)));
       const http = enc(
         "GET /v1 HTTP/1.1\r\nHost: h\r\nUser-Agent: ua\r\n\r\nGET /v2 HTTP/1.1\r\nHost: h\r\n\r\n",
       );
@@ -173,4 +173,44 @@ Deno.test("RequestTracker", async (t) => {
       });
     }
   });
+  await t.step(
+    "a raw stream's ClientHello tc already delivered is not parsed again; a second one is",
+    async (t) => {
+      const vectors: { client_hex: string }[] = JSON.parse(
+        await Deno.readTextFile(new URL("../fingerprint/testdata/foxio_tls.json", import.meta.url)),
+      );
+      const hello = fromHex(vectors[0].client_hex);
+      // TLS 1.3 middlebox mode after a HelloRetryRequest: ChangeCipherSpec, then the second ClientHello.
+      const retry = concatBytes([Uint8Array.of(20, 3, 3, 0, 1, 1), hello]);
+      const raw = (fd: number, pos: number, data: Uint8Array): PayloadChunk => ({
+        ...chunk(fd, pos, ""),
+        data,
+      });
+      for (
+        const [name, known, reads, parsed, skipped] of [
+          ["not known: parsed", false, [hello], 1, 0],
+          ["known: skipped", true, [hello], 0, 1],
+          ["known, then a HelloRetryRequest's second hello: that one parsed", true, [hello, retry], 1, 1],
+        ] as const
+      ) {
+        await t.step(name, () => {
+          const asked: unknown[] = [];
+          const { rt, hellos } = tracker({ knownHello: (k) => (asked.push(k), known) });
+          let pos = 0;
+          for (const r of reads) {
+            rt.push(raw(7, pos, r));
+            pos += r.length;
+          }
+          assertEquals([hellos.length, rt.stats().hellos, rt.stats().hellos_known], [
+            parsed,
+            parsed,
+            skipped,
+          ]);
+          assertEquals(asked.length, 1, "asked for the first hello only");
+          assertEquals(typeof asked[0], "number", "by the connection's key");
+          if (parsed) assert(hellos[0].fp.ja4.startsWith("t13d"));
+        });
+      }
+    },
+  );
 });

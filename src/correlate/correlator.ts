@@ -440,6 +440,12 @@ export class Correlator {
     this.#recheck(c);
   }
 
+  /** Whether the connection's ClientHello facts are in (the request side need not parse its copy). */
+  hasHello(key: ConnKey): boolean {
+    const c = this.#conns.peek(key);
+    return c !== undefined && c.hello !== null;
+  }
+
   /** The packet side saw the connection's first client payload and it was not a TLS handshake. */
   onPlaintext(tuple: Tuple, ts: number): void {
     const now = this.#clock(ts);

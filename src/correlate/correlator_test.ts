@@ -86,6 +86,19 @@ Deno.test("correlator joins per connection", async (t) => {
     assertBalanced(c);
   });
 
+  await t.step("hasHello: true once the connection's ClientHello is in, false after it is forgotten", () => {
+    const c = new Correlator({ host: "web1", orderedEvents: true });
+    const k = connKeyOf(tup(2));
+    assertEquals(c.hasHello(k), false);
+    c.onSyn(tup(2), "64240_2-4-8-1-3_1460_7", T0);
+    c.onRequest(tup(2), 100, 7, req("/a"), T0, false);
+    assertEquals(c.hasHello(k), false, "a connection without a hello");
+    c.onClientHello(tup(2), hello(2), T0 + 1);
+    assertEquals(c.hasHello(k), true);
+    assertEquals(c.hasHello(connKeyOf(tup(3))), false, "another connection");
+    c.onClose(tup(2), 100, 7, T0 + 2);
+    assertEquals(c.hasHello(k), false);
+  });
   await t.step("takeReady: completed rows without advancing time; held rows stay held", () => {
     const c = new Correlator({ holdMs: 2000 });
     c.onSyn(tup(3), "64240_2-4-8-1-3_1460_7", T0);
