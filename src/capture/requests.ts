@@ -11,7 +11,7 @@ import { StreamAssembler } from "./assembler.ts";
 import { LruMap } from "./lru.ts";
 import { HeaderBlockCache, Http1RequestStream, type RequestHead } from "../parse/http1.ts";
 import { Http2RequestStream } from "../parse/http2.ts";
-import { HS_CLIENT_HELLO, parseClientHello, TlsHandshakeReader } from "../parse/tls.ts";
+import { HS_CLIENT_HELLO, parseClientHello, TlsHandshakeReader, wholeClientHello } from "../parse/tls.ts";
 import { type Ja4h, ja4h } from "../fingerprint/ja4h.ts";
 import { type Ja4, ja4 } from "../fingerprint/ja4.ts";
 import type { ClientHello } from "../parse/tls.ts";
@@ -261,6 +261,15 @@ export class RequestTracker {
       if (s[0] === 0x16 && s[1] === 0x03) {
         st.proto = "tls";
         st.tls = new TlsHandshakeReader();
+        // Nearly always the first read is one record holding the whole ClientHello: taken in place (the
+        // reader would copy its body first), and not parsed at all when tc already delivered it.
+        const body = wholeClientHello(bytes);
+        if (body !== undefined) {
+          st.tls.messages++;
+          this.clientHello(st, c, body, true);
+          bytes = bytes.subarray(body.byteOffset - bytes.byteOffset + body.length);
+          if (bytes.length === 0) return;
+        }
       } else if (s[0] === 0x50 && s[1] === 0x52 && s[2] === 0x49 && s[3] === 0x20) {
         // "PRI ": compared as bytes (a TextDecoder call per connection was ~4 % of the agent's CPU).
         st.proto = "h2";
@@ -317,37 +326,43 @@ export class RequestTracker {
           break;
         }
         if (m.value.type !== HS_CLIENT_HELLO) continue;
-        if (tls.messages === 1 && this.opts.knownHello?.(st.connKey)) {
-          // The same bytes tc delivered (a second hello, after a HelloRetryRequest, is parsed).
-          this.s.hellos_known++;
-          continue;
-        }
-        const ch = parseClientHello(m.value.body);
-        if (!ch.ok) {
-          this.s.parse_errors++;
-          continue;
-        }
-        this.s.hellos++;
-        const t: ConnTuple = st;
-        this.sink.hello({
-          src: t.src,
-          src_port: t.src_port,
-          dst: t.dst,
-          dst_port: t.dst_port,
-          connKey: t.connKey,
-          tsNs: c.tsNs,
-          pid: c.pid,
-          fd: c.fd,
-          hello: ch.value,
-          fp: ja4(ch.value),
-        });
-        // Only the first hello matters (a second one follows a HelloRetryRequest and is fingerprinted too).
+        this.clientHello(st, c, m.value.body, tls.messages === 1);
       }
       if (tls.encrypted || tls.failed) {
         st.proto = "other";
         st.tls = undefined;
       } else tls.ownBuffered(); // a record in pieces is kept: copy it out of the caller's bytes
     }
+  }
+
+  /**
+   * A ClientHello of a raw TLS stream, parsed and handed to the sink; the stream's first one is skipped when
+   * tc already delivered it (the same bytes). A second one (after a HelloRetryRequest) is fingerprinted too.
+   */
+  private clientHello(st: Stream, c: PayloadChunk, body: Uint8Array, first: boolean): void {
+    if (first && this.opts.knownHello?.(st.connKey)) {
+      this.s.hellos_known++;
+      return;
+    }
+    const ch = parseClientHello(body);
+    if (!ch.ok) {
+      this.s.parse_errors++;
+      return;
+    }
+    this.s.hellos++;
+    const t: ConnTuple = st;
+    this.sink.hello({
+      src: t.src,
+      src_port: t.src_port,
+      dst: t.dst,
+      dst_port: t.dst_port,
+      connKey: t.connKey,
+      tsNs: c.tsNs,
+      pid: c.pid,
+      fd: c.fd,
+      hello: ch.value,
+      fp: ja4(ch.value),
+    });
   }
 
   private request(st: Stream, c: PayloadChunk, head: RequestHead, truncated: boolean): void {

@@ -191,6 +191,9 @@ Deno.test("RequestTracker", async (t) => {
           ["not known: parsed", false, [hello], 1, 0],
           ["known: skipped", true, [hello], 0, 1],
           ["known, then a HelloRetryRequest's second hello: that one parsed", true, [hello, retry], 1, 1],
+          ["the same in one read", true, [concatBytes([hello, retry])], 1, 1],
+          ["the hello split over two reads", false, [hello.subarray(0, 100), hello.subarray(100)], 1, 0],
+          ["split, known", true, [hello.subarray(0, 100), hello.subarray(100)], 0, 1],
         ] as const
       ) {
         await t.step(name, () => {

@@ -197,10 +197,13 @@ export function parseClientHello(body: Uint8Array): Parsed<ClientHello> {
       case EXT_ALPN:
         if (len >= 2) {
           const le = Math.min(de, d + 2 + be16(body, d));
-          for (let q = d + 2; q < le;) {
-            const pl = body[q];
-            if (q + 1 + pl > le) break;
-            hello.alpn.push(body.slice(q + 1, q + 1 + pl));
+          // One copy of the list, the names views of it: a typed array costs ~1 µs to allocate here (Deno
+          // gives every one its own backing store), a view ~40 ns.
+          const list = body.slice(d + 2, le);
+          for (let q = 0; q < list.length;) {
+            const pl = list[q];
+            if (q + 1 + pl > list.length) break;
+            hello.alpn.push(list.subarray(q + 1, q + 1 + pl));
             q += 1 + pl;
           }
         }
