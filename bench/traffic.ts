@@ -17,6 +17,9 @@ import {
   PKT_EVENT,
   SYN_FACTS,
 } from "../src/bpf/layout.gen.ts";
+import { H2_FRAME, H2_PREFACE } from "../src/parse/http2.ts";
+import type { HeaderField } from "../src/parse/hpack.ts";
+import { hpackEncode } from "../tests/helpers/hpack_encode.ts";
 
 const te = new TextEncoder();
 
@@ -141,6 +144,57 @@ function heads(): Uint8Array[] {
   return out;
 }
 
+/**
+ * An HTTP/2 connection's reads as a browser sends them, `n` requests: the first read holds the preface,
+ * SETTINGS, WINDOW_UPDATE and the first request's HEADERS (its fields added to the HPACK table), each later
+ * read one HEADERS frame whose fields are indexed in that table but for its `:path` (a Huffman literal).
+ */
+function h2Reads(n: number): Uint8Array[] {
+  const frame = (type: number, flags: number, id: number, payload: Uint8Array | number[]) => [
+    ...[payload.length >> 16, (payload.length >> 8) & 255, payload.length & 255, type, flags],
+    ...[id >>> 24, (id >> 16) & 255, (id >> 8) & 255, id & 255],
+    ...payload,
+  ];
+  const path = (k: number) => `/shop/items/${1000 + k}?ref=home&page=${k}`;
+  const first: HeaderField[] = [
+    [":method", "GET"],
+    [":authority", "www.example.test"],
+    [":scheme", "https"],
+    [":path", path(0)],
+    ["user-agent", UAS[0]],
+    ["accept", "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"],
+    ["accept-encoding", "gzip, deflate, br, zstd"],
+    ["accept-language", "en-US,en;q=0.9,de;q=0.7"],
+  ];
+  // Added to the table in order, so the newest (accept-language) is 62 and :authority 67.
+  const END_HEADERS_STREAM = 0x5;
+  const reads: Uint8Array[] = [Uint8Array.from([
+    ...H2_PREFACE,
+    ...frame(H2_FRAME.SETTINGS, 0, 0, [0, 2, 0, 0, 0, 0, 0, 4, 0, 0x60, 0, 0]),
+    ...frame(H2_FRAME.WINDOW_UPDATE, 0, 0, [0, 0xef, 0, 1]),
+    ...frame(
+      H2_FRAME.HEADERS,
+      END_HEADERS_STREAM,
+      1,
+      hpackEncode(first, { huffman: true, indexing: "incremental" }),
+    ),
+  ])];
+  for (let k = 1; k < n; k++) {
+    const block = [
+      0x82, // :method GET (static)
+      0x80 | 67, // :authority
+      0x87, // :scheme https (static)
+      ...hpackEncode([[":path", path(k)]], { huffman: true, indexing: "without" }),
+      0x80 | 65, // user-agent
+      0x80 | 64,
+      0x80 | 63,
+      0x80 | 62,
+    ];
+    reads.push(Uint8Array.from(frame(H2_FRAME.HEADERS, END_HEADERS_STREAM, 1 + 2 * k, block)));
+  }
+  return reads;
+}
+
 /** The SYN facts' fields where they sit in a data event. */
 const SYN_AT = Object.fromEntries(
   Object.entries(SYN_FACTS.fields).map((
@@ -181,6 +235,8 @@ export interface TrafficOptions {
    * sends no record at all; the mode shows that such connections cost user space nothing.
    */
   synOnly?: number;
+  /** TLS connections speak HTTP/2 (a browser's usual HTTPS): the preface and HPACK header blocks. */
+  h2?: boolean;
 }
 
 /** The benchmarks' traffic mixes, by name (bench/hotpath_bench.ts, bench/alloc.ts, bench/stages.ts). */
@@ -190,6 +246,8 @@ export const TRAFFIC_MODES: Record<string, TrafficOptions> = {
   repeat: { requestsPerConn: 100, tlsShare: 0, sameHead: true },
   close: { requestsPerConn: 1, tlsShare: 0 },
   tls: { requestsPerConn: 10, tlsShare: 1 },
+  /** tls, in HTTP/2: each request a HEADERS frame, its fields indexed in the connection's HPACK table */
+  h2: { requestsPerConn: 10, tlsShare: 1, h2: true },
   /** close without the SYN records: no connection has a JA4T (rows must not wait for one) */
   "close-nosyn": { requestsPerConn: 1, tlsShare: 0, lostSyn: true },
   /** close without the close records: every connection stays tracked until evicted */
@@ -215,6 +273,8 @@ export class Traffic {
    * encrypted Finished, after which user space stops looking.
    */
   readonly #rawTls: [Uint8Array, Uint8Array];
+  /** h2: the SSL_read plaintext reads of a connection, in order (h2Reads). */
+  readonly #h2: Uint8Array[];
 
   constructor(opts: Partial<TrafficOptions> = {}) {
     this.opts = { requestsPerConn: 4, tlsShare: 0.5, ...opts };
@@ -285,6 +345,15 @@ export class Traffic {
     // TLS 1.3: ChangeCipherSpec (middlebox compatibility) + the Finished as an application-data record.
     const finished = Uint8Array.from([20, 3, 3, 0, 1, 1, 23, 3, 3, 0, 53, ...new Array(53).fill(0x5a)]);
     this.#rawTls = [raw(this.hello, true), raw(finished, false)];
+    this.#h2 = h2Reads(this.opts.requestsPerConn).map((bytes) => {
+      const r = record(DATA_EVENT.fields.data.offset + bytes.length, {
+        ...hdr(EventKind.DATA, Hook.SSL_READ, EventFlags.LAST_CHUNK | EventFlags.PLAINTEXT),
+        data_len: bytes.length,
+        total: bytes.length,
+      });
+      r.set(bytes, DATA_EVENT.fields.data.offset);
+      return r;
+    });
     this.#close = record(CLOSE_EVENT.size, hdr(EventKind.CLOSE, Hook.TP_CLOSE));
   }
 
@@ -338,14 +407,16 @@ export class Traffic {
       const h = (this.opts.sameHead ? c : c + k) % this.heads.length;
       // A TLS connection's SYN came with its first raw read.
       const withSyn = k === 0 && !this.opts.lostSyn && !tls;
-      const [rec, dv] = this.#rec((withSyn ? this.#first : this.#data)[tls ? 1 : 0][h], c);
+      const h2 = tls && this.opts.h2;
+      const tpl = h2 ? this.#h2[k] : (withSyn ? this.#first : this.#data)[tls ? 1 : 0][h];
+      const [rec, dv] = this.#rec(tpl, c);
       dv.setBigUint64(DATA_EVENT.fields.pos.offset, BigInt(pos), true);
       if (withSyn) {
         dv.setUint32(SYN_AT.seq.offset, isn, true);
         dv.setBigUint64(SYN_AT.ts_ns.offset, dv.getBigUint64(Hd.ts_ns.offset, true), true);
       }
       out.push(rec);
-      pos += this.heads[h].length;
+      pos += h2 ? tpl.length - DATA_EVENT.fields.data.offset : this.heads[h].length;
     }
     const [close, cdv] = this.#rec(this.#close, c);
     if (tls) {

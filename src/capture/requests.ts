@@ -288,9 +288,8 @@ export class RequestTracker {
       st.errorsSeen = errs;
     } else if (st.proto === "h2") {
       const h2 = st.h2!;
-      // The HTTP/2 stream keeps the chunks of a frame in pieces: give it bytes of its own (the caller's may
-      // be a view into the ring buffer).
-      for (const r of h2.push(bytes.slice())) {
+      // The HTTP/2 stream copies what it keeps past the call (the caller's bytes are a view into the ring).
+      for (const r of h2.push(bytes)) {
         const fp = ja4h({ method: r.method ?? "", version: "20", headers: r.headers });
         this.s.requests++;
         this.sink.request(

@@ -2,6 +2,7 @@ import { assert, assertEquals } from "../testing/asserts.ts";
 import fc from "fast-check";
 import { type HeaderField, HpackDecoder, huffmanDecode, huffmanEncode } from "./hpack.ts";
 import { hpackEncode } from "../../tests/helpers/hpack_encode.ts";
+import { HUFFMAN_CODES, HUFFMAN_EOS, HUFFMAN_LENGTHS } from "./huffman.ts";
 
 const hex = (s: string) =>
   Uint8Array.from((s.replace(/\s+/g, "").match(/../g) ?? []).map((h) => parseInt(h, 16)));
@@ -312,6 +313,65 @@ Deno.test("hpack: huffman round trip over all octets", () => {
     { numRuns: 500 },
   );
   assertEquals(huffmanDecode(hex("f1e3 c2e5 f23a 6ba0 ab90 f4ff")), enc.encode("www.example.com"));
+});
+
+/** RFC 7541 5.2 bit by bit, as the decoder read it before its nibble tables: the reference. */
+function huffmanBitByBit(src: Uint8Array): number[] | null {
+  const codes: Map<string, number> = new Map();
+  for (let sym = 0; sym <= HUFFMAN_EOS; sym++) {
+    codes.set(HUFFMAN_CODES[sym].toString(2).padStart(HUFFMAN_LENGTHS[sym], "0"), sym);
+  }
+  const out: number[] = [];
+  let pending = "";
+  for (const byte of src) {
+    for (let b = 7; b >= 0; b--) {
+      pending += (byte >> b) & 1;
+      const sym = codes.get(pending);
+      if (sym === undefined) continue;
+      if (sym === HUFFMAN_EOS) return null;
+      out.push(sym);
+      pending = "";
+    }
+  }
+  // Padding: fewer than 8 bits, all ones (a prefix of EOS).
+  return pending.length <= 7 && !pending.includes("0") ? out : null;
+}
+
+Deno.test("hpack: huffman decoding equals the bit-by-bit reading of RFC 7541, invalid input included", () => {
+  fc.assert(
+    fc.property(
+      fc.oneof(
+        fc.uint8Array({ maxLength: 48 }),
+        fc.uint8Array({ maxLength: 48 }).map((b) => huffmanEncode(b)),
+      ),
+      fc.uint8Array({ maxLength: 4 }),
+      (body, tail) => {
+        // Encoded strings with random bytes after them: bad padding, EOS, over-long padding.
+        for (const src of [body, new Uint8Array([...body, ...tail])]) {
+          const got = huffmanDecode(src);
+          const want = huffmanBitByBit(src);
+          if (want === null ? got !== null : got === null || got.join() !== want.join()) return false;
+        }
+        return true;
+      },
+    ),
+    { numRuns: 2000 },
+  );
+  // Hand-picked: EOS (30 ones) inside a string; padding of 11 ones, of exactly 8 ("&" is 11111000), of 7
+  // (the most allowed); a zero bit in the padding.
+  for (
+    const [src, ok] of [
+      ["ffff fffc", false],
+      ["1f ff", false],
+      ["f8 ff", false],
+      ["03 ff", true],
+      ["1e", false],
+      ["1f", true],
+    ] as const
+  ) {
+    assertEquals(huffmanDecode(hex(src)) !== null, ok, src);
+    assertEquals(huffmanBitByBit(hex(src)) !== null, ok, src);
+  }
 });
 
 const headerArb = fc.tuple(

@@ -148,6 +148,7 @@ export class Http2RequestStream {
     }
     try {
       this.consume(bytes, out);
+      this.own(bytes);
     } catch (e) {
       // A bug, not bad input: still never escape to the caller.
       Http2RequestStream.exceptions++;
@@ -354,6 +355,23 @@ export class Http2RequestStream {
     out.push(req);
   }
 
+  /**
+   * The bytes kept for the next push (an incomplete frame) that are still the caller's: copied, once, so the
+   * caller may reuse its buffer (a ring buffer) — and nothing is copied when every frame was whole.
+   */
+  private own(caller: Uint8Array): void {
+    const c = this.chunks;
+    if (c.length > 0 && c[c.length - 1].buffer === caller.buffer) {
+      this.chunks = [concatBytes(c, this.buffered)];
+    }
+    const b = this.block;
+    if (b !== undefined) {
+      for (let i = 0; i < b.parts.length; i++) {
+        if (b.parts[i].buffer === caller.buffer) b.parts[i] = b.parts[i].slice();
+      }
+    }
+  }
+
   private peek(n: number): Uint8Array {
     if (this.chunks.length > 0 && this.chunks[0].length >= n) return this.chunks[0].subarray(0, n);
     const all = concatBytes(this.chunks, this.buffered);
@@ -361,9 +379,12 @@ export class Http2RequestStream {
     return all.subarray(0, n);
   }
 
+  /**
+   * The next n bytes, a view valid during this push (a typed array costs ~1 µs to allocate: frames are
+   * handled in place, and only what outlives the push is copied, by own()).
+   */
   private take(n: number): Uint8Array {
-    // Copy so the caller's buffer (or our merged one) isn't pinned by a long-lived header block part.
-    const r = this.peek(n).slice();
+    const r = this.peek(n);
     this.discard(n);
     return r;
   }
