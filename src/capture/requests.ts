@@ -95,12 +95,35 @@ interface Stream extends ConnTuple {
   proto: Proto;
   h1?: Http1RequestStream;
   h2?: Http2RequestStream;
+  /** The last HTTP/2 request's method and fields, and what was derived from them (a browser repeats them). */
+  h2last: H2Memo | undefined;
   tls?: TlsHandshakeReader;
   sniff: Uint8Array;
   /** A gap or lost bytes hit the head being read: the next head out is marked truncated. */
   cut: boolean;
   lastNs: number;
   errorsSeen: number;
+}
+
+interface H2Memo {
+  method: string;
+  headers: [string, string][];
+  fp: Ja4h;
+  host: string;
+  ua: string;
+}
+
+/**
+ * The same fields in the same order: HPACK hands out one pair object per table entry, so the fields a
+ * connection repeats (indexed in its table) compare by identity, the rest by value.
+ */
+function sameFields(a: [string, string][], b: [string, string][]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) {
+    const x = a[i], y = b[i];
+    if (x !== y && (x[0] !== y[0] || x[1] !== y[1])) return false;
+  }
+  return true;
 }
 
 /** (pid, fd, plaintext) as one number: pid < 2^22, fd < 2^21, so the key stays below 2^44 (exact). */
@@ -207,6 +230,7 @@ export class RequestTracker {
         cut: false,
         lastNs: c.tsNs,
         errorsSeen: 0,
+        h2last: undefined,
       };
       node = this.streams.set(key, st);
     }
@@ -290,20 +314,21 @@ export class RequestTracker {
       const h2 = st.h2!;
       // The HTTP/2 stream copies what it keeps past the call (the caller's bytes are a view into the ring).
       for (const r of h2.push(bytes)) {
-        const fp = ja4h({ method: r.method ?? "", version: "20", headers: r.headers });
+        const method = r.method ?? "";
+        let m = st.h2last;
+        if (m === undefined || m.method !== method || !sameFields(m.headers, r.headers)) {
+          m = {
+            method,
+            headers: r.headers,
+            fp: ja4h({ method, version: "20", headers: r.headers }),
+            host: header(r.headers, "host"),
+            ua: header(r.headers, "user-agent"),
+          };
+          st.h2last = m;
+        }
         this.s.requests++;
         this.sink.request(
-          requestRow(
-            st,
-            c,
-            r.method ?? "",
-            r.path ?? "",
-            "20",
-            r.authority ?? header(r.headers, "host"),
-            header(r.headers, "user-agent"),
-            fp,
-            false,
-          ),
+          requestRow(st, c, method, r.path ?? "", "20", r.authority ?? m.host, m.ua, m.fp, false),
           c.fd,
           c.tsNs,
           c.plaintext,

@@ -4,6 +4,7 @@ import type { Row } from "../sink/row.ts";
 import { H2_FRAME, H2_PREFACE, h2Frame } from "../parse/http2.ts";
 import { hpackEncode } from "../../tests/helpers/hpack_encode.ts";
 import { concatBytes, fromHex } from "../parse/bytes.ts";
+import { ja4h } from "../fingerprint/ja4h.ts";
 
 const enc = (s: string) => new TextEncoder().encode(s);
 
@@ -68,6 +69,55 @@ Deno.test("RequestTracker", async (t) => {
     assertEquals(cached.rows, fresh);
     assertEquals(cached.rt.stats().head_cache_hits, 8);
     assertEquals(new Set(cached.rows.map((r) => r.ja4h.slice(0, 4))), new Set(["ge11", "po11", "ge10"]));
+  });
+  await t.step("HTTP/2: each request's JA4H, Host and User-Agent as a fresh computation gives them", () => {
+    const base: [string, string][] = [
+      ["user-agent", "Mozilla/5.0"],
+      ["accept", "text/html"],
+      ["accept-language", "en-US,en;q=0.9"],
+      ["cookie", "a=1; b=2"],
+    ];
+    // Request 1 adds :authority and its four fields to the table (indices 62..66, newest first); later
+    // requests refer to them by index (the same field objects) or send literals (equal values, new objects).
+    const first = hpackEncode([[":method", "GET"], [":authority", "h.example"], ...base], {
+      indexing: "incremental",
+    });
+    const indexed = Uint8Array.of(0x82, 0x80 | 66, 0x80 | 65, 0x80 | 64, 0x80 | 63, 0x80 | 62);
+    const blocks: [string, Uint8Array, [string, string][]][] = [
+      ["first", first, base],
+      ["all indexed: the same fields", indexed, base],
+      [
+        "the same values as literals",
+        hpackEncode([[":method", "GET"], [":authority", "h.example"], ...base]),
+        base,
+      ],
+      [
+        "another accept-language",
+        hpackEncode([[":method", "GET"], [":authority", "h.example"], base[0], base[1], [
+          "accept-language",
+          "de-DE",
+        ], base[3]]),
+        [base[0], base[1], ["accept-language", "de-DE"], base[3]],
+      ],
+      ["indexed again", indexed, base],
+      ["one field fewer", Uint8Array.of(0x82, 0x80 | 66, 0x80 | 65, 0x80 | 64, 0x80 | 63), base.slice(0, 3)],
+      ["POST, same fields", Uint8Array.of(0x83, 0x80 | 66, 0x80 | 65, 0x80 | 64, 0x80 | 63, 0x80 | 62), base],
+    ];
+    const { rt, rows } = tracker();
+    let pos = 0;
+    const push = (b: Uint8Array) => {
+      rt.push({ ...chunk(9, pos, ""), plaintext: true, data: b });
+      pos += b.length;
+    };
+    push(Uint8Array.from([...H2_PREFACE, ...h2Frame(H2_FRAME.SETTINGS, 0, 0, new Uint8Array(0))]));
+    blocks.forEach(([, block], i) => push(h2Frame(H2_FRAME.HEADERS, 0x5, 1 + 2 * i, block)));
+    assertEquals(rows.length, blocks.length);
+    blocks.forEach(([name, , fields], i) => {
+      const method = name.startsWith("POST") ? "POST" : "GET";
+      const want = ja4h({ method, version: "20", headers: fields });
+      assertEquals([rows[i].method, rows[i].ja4h, rows[i].ja4h_r], [method, want.ja4h, want.ja4h_r], name);
+      assertEquals([rows[i].host_header, rows[i].user_agent], ["h.example", "Mozilla/5.0"], name);
+    });
   });
   await t.step("buffered bytes of all streams stay under the global budget, evictions counted", () => {
     // 200 connections each send 1 KiB of an unfinished head: 200 KiB wanted, 64 KiB allowed.

@@ -102,7 +102,21 @@ interface Entry {
   /** RFC 7541 4.1 entry size: name octets + value octets + 32. */
   size: number;
   nameOctets: number;
+  /**
+   * The entry as a decoded field, made once: every indexed reference to it yields this same (never mutated)
+   * pair, so a consumer compares a request's fields with the last one's by identity, and nothing is allocated.
+   */
+  field: HeaderField;
 }
+
+/** The static table as entries (its strings are ASCII: octets = length). */
+const STATIC_ENTRIES: Entry[] = STATIC_TABLE.map(([name, value]) => ({
+  name,
+  value,
+  size: name.length + value.length + 32,
+  nameOctets: name.length,
+  field: [name, value],
+}));
 
 // Huffman decode tree: node n has children tree[2n] (bit 0) and tree[2n+1] (bit 1); a child value
 // >= 0 is a node index, < 0 is a leaf holding ~symbol. Built once from the RFC table.
@@ -210,23 +224,33 @@ export function huffmanEncode(src: Uint8Array): Uint8Array {
 }
 
 /** Result of reading an HPACK integer: value and the offset after it, or null when invalid/truncated. */
-function readInt(buf: Uint8Array, pos: number, prefixBits: number): [number, number] | null {
-  if (pos >= buf.length) return null;
+/** Where the integer readInt read ended (one module-wide slot instead of a result array per integer). */
+let intEnd = 0;
+
+/** An HPACK integer (RFC 7541 5.1) at `pos`, -1 when malformed or truncated; its end in `intEnd`. */
+function readInt(buf: Uint8Array, pos: number, prefixBits: number): number {
+  if (pos >= buf.length) return -1;
   const max = (1 << prefixBits) - 1;
   let v = buf[pos++] & max;
-  if (v < max) return [v, pos];
+  if (v < max) {
+    intEnd = pos;
+    return v;
+  }
   let shift = 0;
   for (;;) {
-    if (pos >= buf.length) return null;
+    if (pos >= buf.length) return -1;
     // Nothing legitimate needs more than 2^28 (five continuation bytes, zero padding included). Capping the
     // shift matters as much as the value: runs of 0x80 add nothing but once 2 ** shift reaches Infinity the
     // value turns NaN, which slips past the comparison below.
-    if (shift > 28) return null;
+    if (shift > 28) return -1;
     const b = buf[pos++];
     v += (b & 0x7f) * 2 ** shift;
     shift += 7;
-    if (v > 0x0fffffff) return null;
-    if ((b & 0x80) === 0) return [v, pos];
+    if (v > 0x0fffffff) return -1;
+    if ((b & 0x80) === 0) {
+      intEnd = pos;
+      return v;
+    }
   }
 }
 
@@ -291,51 +315,53 @@ export class HpackDecoder {
       const at = pos;
       if (b & 0x80) {
         // 6.1 Indexed header field.
-        const r = readInt(buf, pos, 7);
-        if (!r) return fail("malformed", "bad integer in indexed field", at);
-        pos = r[1];
-        const e = this.lookup(r[0]);
-        if (!e) return fail("malformed", `index ${r[0]} out of range`, at);
-        out.push([e[0], e[1]]);
-        listSize += e[2];
+        const index = readInt(buf, pos, 7);
+        if (index < 0) return fail("malformed", "bad integer in indexed field", at);
+        pos = intEnd;
+        const e = this.entry(index);
+        if (!e) return fail("malformed", `index ${index} out of range`, at);
+        out.push(e.field);
+        listSize += e.size;
         sawField = true;
       } else if ((b & 0xe0) === 0x20) {
         // 6.3 Dynamic table size update: only before the first field of a block.
-        const r = readInt(buf, pos, 5);
-        if (!r) return fail("malformed", "bad integer in table size update", at);
-        pos = r[1];
+        const size = readInt(buf, pos, 5);
+        if (size < 0) return fail("malformed", "bad integer in table size update", at);
+        pos = intEnd;
         if (sawField) return fail("malformed", "table size update after a header field", at);
-        if (r[0] > this.maxTableSize) {
-          return fail("oversize", `table size update ${r[0]} > ${this.maxTableSize}`, at);
+        if (size > this.maxTableSize) {
+          return fail("oversize", `table size update ${size} > ${this.maxTableSize}`, at);
         }
-        this.limit = r[0];
+        this.limit = size;
         this.evict(0);
       } else {
         // 6.2 Literal: with incremental indexing (01xxxxxx, 6-bit index), without indexing (0000xxxx)
         // or never indexed (0001xxxx), both with a 4-bit index.
         const incremental = (b & 0xc0) === 0x40;
-        const r = readInt(buf, pos, incremental ? 6 : 4);
-        if (!r) return fail("malformed", "bad integer in literal field", at);
-        pos = r[1];
+        const index = readInt(buf, pos, incremental ? 6 : 4);
+        if (index < 0) return fail("malformed", "bad integer in literal field", at);
+        pos = intEnd;
         let name: string, nameLen: number;
-        if (r[0] === 0) {
+        if (index === 0) {
           const s = this.readString(buf, pos);
-          if (!s.ok) return s;
-          [name, nameLen, pos] = s.value;
+          if (s === undefined) return this.stringError;
+          name = s;
+          nameLen = this.strOctets;
+          pos = this.strEnd;
         } else {
-          const e = this.lookup(r[0]);
-          if (!e) return fail("malformed", `name index ${r[0]} out of range`, at);
-          name = e[0];
-          nameLen = e[2] - 32 - e[3];
+          const e = this.entry(index);
+          if (!e) return fail("malformed", `name index ${index} out of range`, at);
+          name = e.name;
+          nameLen = e.nameOctets;
         }
-        const v = this.readString(buf, pos);
-        if (!v.ok) return v;
-        const [value, valueLen, next] = v.value;
-        pos = next;
-        out.push([name, value]);
-        const size = nameLen + valueLen + 32;
+        const value = this.readString(buf, pos);
+        if (value === undefined) return this.stringError;
+        pos = this.strEnd;
+        const field: HeaderField = [name, value];
+        out.push(field);
+        const size = nameLen + this.strOctets + 32;
         listSize += size;
-        if (incremental) this.insert({ name, value, size, nameOctets: nameLen });
+        if (incremental) this.insert({ name, value, size, nameOctets: nameLen, field });
         sawField = true;
       }
       if (listSize > this.maxHeaderListSize) {
@@ -345,38 +371,49 @@ export class HpackDecoder {
     return ok(out);
   }
 
-  /** [name, value, entrySize, valueOctets] for a 1-based index, or null. */
-  private lookup(index: number): [string, string, number, number] | null {
+  /** The entry at a 1-based index (static table, then dynamic), or null. */
+  private entry(index: number): Entry | null {
     if (index === 0) return null;
-    if (index <= STATIC_TABLE.length) {
-      const [n, v] = STATIC_TABLE[index - 1];
-      // Static table strings are ASCII: length == octets.
-      return [n, v, n.length + v.length + 32, v.length];
-    }
-    const i = this.entries.length - 1 - (index - STATIC_TABLE.length - 1);
-    if (i < this.start) return null;
-    const e = this.entries[i];
-    return [e.name, e.value, e.size, e.size - 32 - e.nameOctets];
+    if (index <= STATIC_ENTRIES.length) return STATIC_ENTRIES[index - 1];
+    const i = this.entries.length - 1 - (index - STATIC_ENTRIES.length - 1);
+    return i < this.start ? null : this.entries[i];
   }
 
-  private readString(buf: Uint8Array, pos: number): Parsed<[string, number, number]> {
-    if (pos >= buf.length) return fail("malformed", "string literal missing", pos);
+  /** readString's results besides the string: its octets, where it ended, or why it failed. */
+  private strOctets = 0;
+  private strEnd = 0;
+  private stringError: Parsed<never> = fail("malformed", "");
+
+  /** A string literal at `pos` (5.2); undefined on error (in `stringError`). */
+  private readString(buf: Uint8Array, pos: number): string | undefined {
+    if (pos >= buf.length) return this.strFail(fail("malformed", "string literal missing", pos));
     const huff = (buf[pos] & 0x80) !== 0;
-    const r = readInt(buf, pos, 7);
-    if (!r) return fail("malformed", "bad string length", pos);
-    const [len, start] = r;
-    if (start + len > buf.length) return fail("malformed", "string literal past end of block", pos);
+    const len = readInt(buf, pos, 7);
+    if (len < 0) return this.strFail(fail("malformed", "bad string length", pos));
+    const start = intEnd;
+    if (start + len > buf.length) {
+      return this.strFail(fail("malformed", "string literal past end of block", pos));
+    }
     // A single string can't exceed the list cap: refuse before Huffman-decoding it.
-    if (len > this.maxHeaderListSize) return fail("oversize", "string literal over header list cap", pos);
+    if (len > this.maxHeaderListSize) {
+      return this.strFail(fail("oversize", "string literal over header list cap", pos));
+    }
     let raw = buf.subarray(start, start + len);
     if (huff) {
       const need = Math.ceil((len * 8) / 5);
       if (huffScratch.length < need) huffScratch = new Uint8Array(Math.max(need, 2 * huffScratch.length));
       const n = huffmanDecodeInto(raw, huffScratch);
-      if (n < 0) return fail("malformed", "invalid Huffman string", pos);
+      if (n < 0) return this.strFail(fail("malformed", "invalid Huffman string", pos));
       raw = huffScratch.subarray(0, n);
     }
-    return ok([utf8.decode(raw), raw.length, start + len]);
+    this.strOctets = raw.length;
+    this.strEnd = start + len;
+    return utf8.decode(raw);
+  }
+
+  private strFail(e: Parsed<never>): undefined {
+    this.stringError = e;
+    return undefined;
   }
 
   private insert(e: Entry): void {
