@@ -123,7 +123,7 @@ const UAS = [
 ];
 
 /** Request heads as browsers send them (~300–600 bytes). */
-function heads(): Uint8Array[] {
+function heads(unique = false): Uint8Array[] {
   const out: Uint8Array[] = [];
   for (let i = 0; i < 16; i++) {
     const ua = UAS[i % UAS.length];
@@ -136,7 +136,7 @@ function heads(): Uint8Array[] {
       "Accept-Encoding: gzip, deflate, br",
       "Accept-Language: en-US,en;q=0.9,de;q=0.7",
     ];
-    if (i % 2) lines.push(`Cookie: session=${"ab12".repeat(8)}; theme=dark; consent=1`);
+    if (i % 2 || unique) lines.push(`Cookie: session=${"ab12".repeat(8)}; theme=dark; consent=1`);
     if (i % 3) lines.push("Referer: https://www.example.test/shop/");
     if (i % 5 === 4) lines.push("Content-Type: application/x-www-form-urlencoded", "Content-Length: 0");
     out.push(te.encode(lines.join("\r\n") + "\r\n\r\n"));
@@ -195,6 +195,8 @@ function h2Reads(n: number): Uint8Array[] {
   return reads;
 }
 
+const HEX_DIGITS = te.encode("0123456789abcdef");
+
 /** The SYN facts' fields where they sit in a data event. */
 const SYN_AT = Object.fromEntries(
   Object.entries(SYN_FACTS.fields).map((
@@ -237,6 +239,11 @@ export interface TrafficOptions {
   synOnly?: number;
   /** TLS connections speak HTTP/2 (a browser's usual HTTPS): the preface and HPACK header blocks. */
   h2?: boolean;
+  /**
+   * Every connection's heads carry a session cookie of its own (browsers of distinct users): no header
+   * block repeats across connections, so each connection's first head is parsed and fingerprinted anew.
+   */
+  uniqueCookie?: boolean;
 }
 
 /** The benchmarks' traffic mixes, by name (bench/hotpath_bench.ts, bench/alloc.ts, bench/stages.ts). */
@@ -254,10 +261,16 @@ export const TRAFFIC_MODES: Record<string, TrafficOptions> = {
   "close-noclose": { requestsPerConn: 1, tlsShare: 0, lostClose: true },
   /** close where every second connection is a SYN alone (scanners, TCP health checks): no records for those */
   "close-scan": { requestsPerConn: 1, tlsShare: 0, synOnly: 2 },
+  /** close where every connection has its own session cookie (no header block seen before) */
+  "close-unique": { requestsPerConn: 1, tlsShare: 0, uniqueCookie: true },
+  /** keep-alive, 10 requests per connection, each connection its own session cookie */
+  "keepalive-unique": { requestsPerConn: 10, tlsShare: 0, uniqueCookie: true },
 };
 
 export class Traffic {
-  readonly heads = heads();
+  readonly heads: Uint8Array[];
+  /** uniqueCookie: where each head's session value starts. */
+  readonly #cookieAt: number[];
   readonly opts: TrafficOptions;
   readonly hello = clientHello("www.example.test");
   conn = 0;
@@ -278,6 +291,14 @@ export class Traffic {
 
   constructor(opts: Partial<TrafficOptions> = {}) {
     this.opts = { requestsPerConn: 4, tlsShare: 0.5, ...opts };
+    this.heads = heads(this.opts.uniqueCookie);
+    const marker = te.encode("session=");
+    this.#cookieAt = this.heads.map((h) => {
+      for (let i = 0; i + marker.length <= h.length; i++) {
+        if (marker.every((b, j) => h[i + j] === b)) return i + marker.length;
+      }
+      return -1;
+    });
     const hdr = (kind: number, hook: number, flags = 0) => ({
       kind,
       hook,
@@ -410,6 +431,11 @@ export class Traffic {
       const h2 = tls && this.opts.h2;
       const tpl = h2 ? this.#h2[k] : (withSyn ? this.#first : this.#data)[tls ? 1 : 0][h];
       const [rec, dv] = this.#rec(tpl, c);
+      if (this.opts.uniqueCookie && !h2 && this.#cookieAt[h] >= 0) {
+        // The session value's first 8 characters: the connection's number in hex.
+        const at = DATA_EVENT.fields.data.offset + this.#cookieAt[h];
+        for (let i = 0; i < 8; i++) rec[at + i] = HEX_DIGITS[(c >>> (28 - 4 * i)) & 15];
+      }
       dv.setBigUint64(DATA_EVENT.fields.pos.offset, BigInt(pos), true);
       if (withSyn) {
         dv.setUint32(SYN_AT.seq.offset, isn, true);

@@ -96,6 +96,9 @@ export class Agent {
       maxHead: 64 * 1024,
       // tc reports a ClientHello before the server reads it: the raw stream's copy need not be parsed again.
       knownHello: (key) => this.correlator.hasHello(key),
+      // The raw and original-order JA4H forms only when they ship (the privacy filter blanks them otherwise);
+      // read per request, so a reload that turns them on applies at once.
+      fullJa4h: () => this.cfg.privacy.ship_raw_ja4h,
     });
     this.correlator = new Correlator({
       host: this.hostname,

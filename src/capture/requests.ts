@@ -105,6 +105,11 @@ interface Stream extends ConnTuple {
   errorsSeen: number;
 }
 
+/** A JA4H computed with its `ja4h` form only (the others are never "" when computed). */
+function lean(fp: Ja4h): boolean {
+  return fp.ja4h_o === "";
+}
+
 interface H2Memo {
   method: string;
   headers: [string, string][];
@@ -141,6 +146,7 @@ export const DEFAULT_MAX_BUFFERED_BYTES = 16 * 1024 * 1024;
 
 export class RequestTracker {
   private readonly streams: LruMap<number, Stream>;
+  private readonly fullJa4h: () => boolean;
   /** Header blocks seen before, shared by all HTTP/1 streams. */
   private readonly heads = new HeaderBlockCache();
   private readonly s: RequestTrackerStats = {
@@ -170,8 +176,14 @@ export class RequestTracker {
        * a raw stream's first hello is then not parsed again.
        */
       knownHello?: (key: ConnKey) => boolean;
+      /**
+       * Whether rows need JA4H's raw and original-order forms (privacy.ship_raw_ja4h, which a reload may
+       * turn on): when not, only `ja4h` is computed (default: all four).
+       */
+      fullJa4h?: () => boolean;
     } = {},
   ) {
+    this.fullJa4h = opts.fullJa4h ?? (() => true);
     this.streams = new LruMap(
       opts.maxStreams ?? 65536,
       opts.maxBytes ?? DEFAULT_MAX_BUFFERED_BYTES,
@@ -316,11 +328,14 @@ export class RequestTracker {
       for (const r of h2.push(bytes)) {
         const method = r.method ?? "";
         let m = st.h2last;
-        if (m === undefined || m.method !== method || !sameFields(m.headers, r.headers)) {
+        const full = this.fullJa4h();
+        if (
+          m === undefined || m.method !== method || !sameFields(m.headers, r.headers) || (full && lean(m.fp))
+        ) {
           m = {
             method,
             headers: r.headers,
-            fp: ja4h({ method, version: "20", headers: r.headers }),
+            fp: ja4h({ method, version: "20", headers: r.headers }, full),
             host: header(r.headers, "host"),
             ua: header(r.headers, "user-agent"),
           };
@@ -401,14 +416,16 @@ export class RequestTracker {
       }
       host = b.host;
       ua = b.ua!;
-      if (head.method === b.lastMethod && head.version === b.lastVersion) fp = b.last as Ja4h;
-      else {
+      const full = this.fullJa4h();
+      if (head.method === b.lastMethod && head.version === b.lastVersion && !(full && lean(b.last as Ja4h))) {
+        fp = b.last as Ja4h;
+      } else {
         // Another method or version with the same headers (a GET then a POST): its JA4H from the map, and
         // it becomes the block's last.
         const k = head.method + " " + head.version;
         let f = b.derived.get(k) as Ja4h | undefined;
-        if (f === undefined) {
-          f = ja4h(head);
+        if (f === undefined || (full && lean(f))) {
+          f = ja4h(head, full);
           b.derived.set(k, f);
         }
         b.lastMethod = head.method;
@@ -419,7 +436,7 @@ export class RequestTracker {
     } else {
       host = header(head.headers, "host");
       ua = header(head.headers, "user-agent");
-      fp = ja4h(head);
+      fp = ja4h(head, this.fullJa4h());
     }
     this.sink.request(
       requestRow(st, c, head.method, head.target, head.version, host, ua, fp, truncated),

@@ -119,6 +119,64 @@ Deno.test("RequestTracker", async (t) => {
       assertEquals([rows[i].host_header, rows[i].user_agent], ["h.example", "Mozilla/5.0"], name);
     });
   });
+  await t.step(
+    "JA4H's raw forms only while they ship: a reload turning them on applies to cached blocks too",
+    () => {
+      let full = false;
+      const { rt, rows } = tracker({ fullJa4h: () => full });
+      const head = "GET /a HTTP/1.1\r\nHost: h\r\nUser-Agent: ua\r\nCookie: b=2; a=1\r\n\r\n";
+      const h2 = Uint8Array.from([
+        ...H2_PREFACE,
+        ...h2Frame(H2_FRAME.SETTINGS, 0, 0, new Uint8Array(0)),
+        ...h2Frame(
+          H2_FRAME.HEADERS,
+          0x5,
+          1,
+          hpackEncode([[":method", "GET"], ["user-agent", "ua"], ["cookie", "a=1"]]),
+        ),
+      ]);
+      const want1 = ja4h({
+        method: "GET",
+        version: "11",
+        headers: [["Host", "h"], ["User-Agent", "ua"], ["Cookie", "b=2; a=1"]],
+      });
+      const want2 = ja4h({
+        method: "GET",
+        version: "20",
+        headers: [["user-agent", "ua"], ["cookie", "a=1"]],
+      });
+      const again = (id: number) =>
+        h2Frame(
+          H2_FRAME.HEADERS,
+          0x5,
+          id,
+          hpackEncode([[":method", "GET"], ["user-agent", "ua"], ["cookie", "a=1"]]),
+        );
+      let h2pos = 0;
+      for (const [i, on] of [[0, false], [1, false], [2, true], [3, true]] as const) {
+        full = on;
+        rt.push(chunk(20, i * head.length, head)); // one keep-alive connection, the same block each time
+        const h = i === 0 ? h2 : again(1 + 2 * i);
+        rt.push({ ...chunk(21, h2pos, ""), plaintext: true, data: h });
+        h2pos += h.length;
+      }
+      const h1rows = rows.filter((r) => r.http_version === "11"),
+        h2rows = rows.filter((r) => r.http_version === "20");
+      assertEquals(h1rows.map((r) => r.ja4h), new Array(4).fill(want1.ja4h));
+      assertEquals(h1rows.map((r) => [r.ja4h_r, r.ja4h_o, r.ja4h_ro]), [
+        ["", "", ""],
+        ["", "", ""],
+        [want1.ja4h_r, want1.ja4h_o, want1.ja4h_ro],
+        [want1.ja4h_r, want1.ja4h_o, want1.ja4h_ro],
+      ]);
+      assertEquals(h2rows.map((r) => [r.ja4h, r.ja4h_r]), [
+        [want2.ja4h, ""],
+        [want2.ja4h, ""],
+        [want2.ja4h, want2.ja4h_r],
+        [want2.ja4h, want2.ja4h_r],
+      ]);
+    },
+  );
   await t.step("buffered bytes of all streams stay under the global budget, evictions counted", () => {
     // 200 connections each send 1 KiB of an unfinished head: 200 KiB wanted, 64 KiB allowed.
     const { rt, rows } = tracker({ maxBytes: 64 * 1024 });

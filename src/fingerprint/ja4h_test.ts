@@ -137,6 +137,11 @@ Deno.test("ja4h against FoxIO's Python output (client bytes extracted from the F
       const s = new Http1RequestStream();
       const heads = s.push(fromHex(v.client_hex));
       const got = heads.map((x) => ja4h(x).ja4h);
+      // The form shipped under the default privacy settings, computed alone: the same value, nothing else.
+      assertEquals(
+        heads.map((x) => ja4h(x, false)),
+        got.map((j) => ({ ja4h: j, ja4h_r: "", ja4h_o: "", ja4h_ro: "" })),
+      );
       // Python lists some requests once per direction; every expected value must be among ours.
       for (const e of v.expected) {
         assertEquals(got.includes(e.JA4H), true, `${e.JA4H} not in ${got.join(" ")}`);

@@ -200,14 +200,18 @@ export function clearHash12Cache(): void {
   cache.clear();
 }
 
-/** JA4+ hash12: "000000000000" for the empty string, else the first 12 hex digits of SHA-256. */
-export function hash12(s: string): string {
+/**
+ * JA4+ hash12: "000000000000" for the empty string, else the first 12 hex digits of SHA-256. `memo` false:
+ * for inputs that will not come again (a user's cookie values), which would only churn the memo.
+ */
+export function hash12(s: string, memo = true): string {
   if (s.length === 0) return EMPTY12;
-  let v = cache.get(s);
+  let v = memo ? cache.get(s) : undefined;
   if (v === undefined) {
     const len = load(s);
     const h = sha256Words(block, len);
     v = hex12(h[0], h[1]);
+    if (!memo) return v;
     if (cache.size >= CACHE_MAX) cache.clear();
     cache.set(s, v);
   }
