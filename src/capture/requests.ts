@@ -423,10 +423,10 @@ export class RequestTracker {
         // Another method or version with the same headers (a GET then a POST): its JA4H from the map, and
         // it becomes the block's last.
         const k = head.method + " " + head.version;
-        let f = b.derived.get(k) as Ja4h | undefined;
+        let f = b.derived?.get(k) as Ja4h | undefined;
         if (f === undefined || (full && lean(f))) {
           f = ja4h(head, full);
-          b.derived.set(k, f);
+          (b.derived ??= new Map()).set(k, f);
         }
         b.lastMethod = head.method;
         b.lastVersion = head.version;

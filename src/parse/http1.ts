@@ -85,32 +85,47 @@ export function parseRequestHead(buf: Uint8Array, maxHead = MAX_HEAD): Streamed<
     return buf.length >= maxHead ? fail("oversize", `no end of head in ${maxHead} bytes`) : NEED_MORE;
   }
   if (end > maxHead) return fail("oversize", `head of ${end} bytes`);
-  const text = decoder.decode(buf.subarray(0, end));
-  const lines = text.split("\n");
-  // lines ends with "", "" (or "\r" variants) from the empty line.
-  const r = parseRequestLine(text, lines[0].length);
+  const r = parseHeadText(decoder.decode(buf.subarray(0, end)));
+  if (r.ok) r.value.headLength = end;
+  return r;
+}
+
+/**
+ * A whole head's text (through its empty line) parsed in place: each header line cut once into its name and
+ * its trimmed value (no array of lines, no copy of a line). The caller sets headLength (bytes, not text).
+ */
+function parseHeadText(text: string): Parsed<RequestHead> {
+  const lf = text.indexOf("\n");
+  const r = parseRequestLine(text, lf);
   if (!r.ok) return r;
   const headers: [string, string][] = [];
-  for (let i = 1; i < lines.length; i++) {
-    let line = lines[i];
-    if (line.endsWith("\r")) line = line.slice(0, -1);
-    if (line.length === 0) break;
-    const c0 = line.charCodeAt(0);
+  for (let pos = lf + 1; pos < text.length;) {
+    let nl = text.indexOf("\n", pos);
+    if (nl < 0) nl = text.length;
+    const e = nl > pos && text.charCodeAt(nl - 1) === 0x0d ? nl - 1 : nl;
+    if (e === pos) break; // the empty line
+    const c0 = text.charCodeAt(pos);
     if (c0 === 0x20 || c0 === 0x09) {
       // Obsolete line folding: continue the previous value.
       if (headers.length === 0) return fail("malformed", "continuation line before any header");
       const last = headers[headers.length - 1];
-      last[1] = last[1] + " " + trimOws(line);
-      continue;
+      last[1] = last[1] + " " + trimOws(text.slice(pos, e));
+    } else {
+      const colon = text.indexOf(":", pos);
+      if (colon <= pos || colon >= e) {
+        return fail(
+          "malformed",
+          `header line without a name: ${JSON.stringify(text.slice(pos, Math.min(e, pos + 32)))}`,
+        );
+      }
+      let a = colon + 1, b = e;
+      while (a < b && (text.charCodeAt(a) === 0x20 || text.charCodeAt(a) === 0x09)) a++;
+      while (b > a && (text.charCodeAt(b - 1) === 0x20 || text.charCodeAt(b - 1) === 0x09)) b--;
+      headers.push([text.slice(pos, colon), text.slice(a, b)]);
     }
-    const colon = line.indexOf(":");
-    if (colon <= 0) {
-      return fail("malformed", `header line without a name: ${JSON.stringify(line.slice(0, 32))}`);
-    }
-    headers.push([line.slice(0, colon), trimOws(line.slice(colon + 1))]);
+    pos = nl + 1;
   }
   r.value.headers = headers;
-  r.value.headLength = end;
   return r;
 }
 
@@ -181,10 +196,10 @@ export interface HeaderBlock {
   headers: [name: string, value: string][];
   framing: number | "chunked" | "malformed";
   /**
-   * The block's bytes (after the request line's LF, through the empty line), kept with the cache entry: a
-   * stream compares its next head against them (one byte loop) instead of decoding and hashing the head.
+   * The block's text (after the request line's LF, through the empty line), the cache's key: a stream
+   * compares its next head's block with its last one's first (a string comparison, no hash, no lookup).
    */
-  bytes: Uint8Array;
+  text: string;
   /** Host and User-Agent values, filled by the first head that needs them (typed fields: no map lookup). */
   host: string | undefined;
   ua: string | undefined;
@@ -195,26 +210,26 @@ export interface HeaderBlock {
   lastMethod: string;
   lastVersion: string;
   last: unknown;
-  /** Results for other (method, version) pairs, by `${method} ${version}`. */
-  derived: Map<string, unknown>;
+  /** Results for other (method, version) pairs, by `${method} ${version}` (made when first needed). */
+  derived: Map<string, unknown> | undefined;
 }
 
 /** A new block's derived state: nothing derived yet. */
 export function newHeaderBlock(
   headers: [string, string][],
   framing: number | "chunked" | "malformed",
-  bytes: Uint8Array,
+  text: string,
 ): HeaderBlock {
   return {
     headers,
     framing,
-    bytes,
+    text,
     host: undefined,
     ua: undefined,
     lastMethod: "",
     lastVersion: "",
     last: undefined,
-    derived: new Map(),
+    derived: undefined,
   };
 }
 
@@ -242,8 +257,7 @@ export class HeaderBlockCache {
 
   set(block: string, e: HeaderBlock): void {
     if (block.length > this.maxBlock) return;
-    // The key's characters and the entry's bytes both count against maxChars.
-    const cost = block.length + e.bytes.length;
+    const cost = block.length;
     if (this.#map.size >= this.maxEntries || this.#chars + cost > this.maxChars) {
       this.#map.clear();
       this.#chars = 0;
@@ -253,12 +267,12 @@ export class HeaderBlockCache {
   }
 
   /** Hits found by a stream comparing a head with its previous block (no lookup), counted in `hits` too. */
-  byteHits = 0;
+  lastHits = 0;
 
-  /** A stream's head matched its previous block byte for byte (no lookup needed): counted as a hit. */
+  /** A stream's head had its previous block (no lookup needed): counted as a hit. */
   countHit(): void {
     this.hits++;
-    this.byteHits++;
+    this.lastHits++;
   }
 }
 
@@ -271,31 +285,36 @@ export function parseRequestHeadCached(
   head: Uint8Array,
   cache: HeaderBlockCache,
   maxHead = MAX_HEAD,
+  last?: HeaderBlock,
 ): Streamed<RequestHead> {
   if (head.length > maxHead) return parseRequestHead(head, maxHead);
-  return cachedHead(head, 0, head.length, decoder.decode(head), cache, maxHead);
+  return cachedHead(head.length, decoder.decode(head), cache, last);
 }
 
 /**
- * The head b[p, end), `text` its UTF-8 decoding (the caller's, made once). A hit in the cache parses the
- * request line only; the bytes are read only on a miss.
+ * The head whose text is `text` (the caller's decoding, made once) and `bytes` long. Its block is compared
+ * with `last` (the stream's previous one: a keep-alive client repeats it), then looked up in the cache; a hit
+ * parses the request line only, a miss parses the text.
  */
 function cachedHead(
-  b: Uint8Array,
-  p: number,
-  end: number,
+  bytes: number,
   text: string,
   cache: HeaderBlockCache,
-  maxHead: number,
+  last: HeaderBlock | undefined,
 ): Streamed<RequestHead> {
   const lf = text.indexOf("\n");
   const block = text.slice(lf + 1);
-  const hit = cache.get(block);
+  let hit: HeaderBlock | undefined;
+  if (last !== undefined && block === last.text) {
+    hit = last;
+    cache.countHit();
+  } else hit = cache.get(block);
   if (hit === undefined) {
-    const r = parseRequestHead(b.subarray(p, end), maxHead);
+    const r = parseHeadText(text);
     if (r.ok) {
       const h = r.value;
-      h.block = newHeaderBlock(h.headers, bodyFraming(h), b.slice(b.indexOf(LF, p) + 1, end));
+      h.headLength = bytes;
+      h.block = newHeaderBlock(h.headers, bodyFraming(h), block);
       cache.set(block, h.block);
     }
     return r;
@@ -303,7 +322,7 @@ function cachedHead(
   const r = parseRequestLine(text, lf);
   if (r.ok) {
     r.value.headers = hit.headers;
-    r.value.headLength = end - p;
+    r.value.headLength = bytes;
     r.value.block = hit;
   }
   return r;
@@ -522,11 +541,8 @@ export class Http1RequestStream {
       if (p >= b.length) break;
       // Find the end of the head first, resuming where the last push stopped (linear in the bytes sent).
       let end = -1, text: string | undefined;
-      // A keep-alive client repeats its header block: compared with the previous head's, byte for byte.
-      let r = this.cache !== undefined && this.scan === 0 && this.#last !== undefined
-        ? this.#sameBlock(b, p, this.#last)
-        : undefined;
-      if (r === undefined && this.cache !== undefined && this.scan === 0) {
+      let r: Streamed<RequestHead> | undefined;
+      if (this.cache !== undefined && this.scan === 0) {
         // Fast path for a head that arrives whole (nearly always): decode once (native), then two native
         // searches of the text, instead of a byte-level search line by line. Text offsets are byte offsets
         // only for ASCII; otherwise (or when the head is not whole) the byte search below decides.
@@ -543,7 +559,7 @@ export class Http1RequestStream {
           }
         }
       }
-      if (r === undefined) {
+      {
         const from = Math.max(p, this.scan);
         if (end < 0) {
           end = headEnd(b, from, p + this.maxHead);
@@ -555,9 +571,9 @@ export class Http1RequestStream {
         }
         this.scan = 0;
         r = text !== undefined
-          ? cachedHead(b, p, end, text, this.cache!, this.maxHead)
+          ? cachedHead(end - p, text, this.cache!, this.#last)
           : end >= 0 && this.cache
-          ? parseRequestHeadCached(b.subarray(p, end), this.cache, this.maxHead)
+          ? parseRequestHeadCached(b.subarray(p, end), this.cache, this.maxHead, this.#last)
           : parseRequestHead(b.subarray(p, end < 0 ? b.length : end), this.maxHead);
       }
       if (!r.ok) {
@@ -586,30 +602,6 @@ export class Http1RequestStream {
     }
     this.keep(b, p);
     return out;
-  }
-
-  /**
-   * The head at b[p..] when its header block is byte for byte the stream's previous one (`last`): only the
-   * request line is decoded and parsed — no decoding of the whole head, no hashing of its text for the cache.
-   * The same result as the cache's: equal bytes after the first LF end at the same empty line and hold the same
-   * headers. undefined: not the same block, not whole yet, or a request line that does not parse (the full
-   * path then reports it).
-   */
-  #sameBlock(b: Uint8Array, p: number, last: HeaderBlock): Streamed<RequestHead> | undefined {
-    const want = last.bytes, n = want.length;
-    const lf = b.indexOf(LF, p);
-    const end = lf + 1 + n;
-    if (lf < p || end > b.length || end - p > this.maxHead) return undefined;
-    for (let i = 0, q = lf + 1; i < n; i++, q++) if (b[q] !== want[i]) return undefined;
-    const line = decoder.decode(b.subarray(p, lf + 1));
-    const r = parseRequestLine(line, line.length - 1);
-    if (!r.ok) return undefined;
-    r.value.headers = last.headers;
-    r.value.headLength = end - p;
-    r.value.block = last;
-    this.scanned += end - p;
-    this.cache!.countHit();
-    return r;
   }
 
   /**
