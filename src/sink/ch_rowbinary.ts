@@ -14,6 +14,7 @@
 import { columns, type Generation } from "./ch_schema.ts";
 import { emptyRow, type Row } from "./row.ts";
 import { formatIPv6 } from "../parse/addr.ts";
+import { parseV4 } from "../capture/connkey.ts";
 
 const utf8 = new TextEncoder();
 const utf8Decoder = new TextDecoder();
@@ -145,16 +146,33 @@ export function tsMillis(s: string): number {
 /** IPv6 text (or IPv4, mapped) → 16 bytes; "" and unparsable text → :: (the column default). */
 export function ipv6Bytes(s: string): Uint8Array {
   const out = new Uint8Array(16);
-  if (s === "") return out;
+  ipv6Into(s, out, 0);
+  return out;
+}
+
+/** ipv6Bytes written at `at` of `out` (whose 16 bytes there must be zero). */
+function ipv6Into(s: string, dst: Uint8Array, at: number): void {
+  const out = at === 0 && dst.length === 16 ? dst : dst.subarray(at, at + 16);
+  if (s === "") return;
   if (!s.includes(":")) {
-    const q = quad(s);
-    if (!q) return out;
+    // Dotted IPv4, read without a regex (a new client address per connection on a busy server).
+    const v = parseV4(s);
+    if (v < 0) {
+      const q = quad(s); // a form the agent does not write (leading zeros)
+      if (!q) return;
+      out[10] = out[11] = 0xff;
+      out.set(q, 12);
+      return;
+    }
     out[10] = out[11] = 0xff;
-    out.set(q, 12);
-    return out;
+    out[12] = v >>> 24;
+    out[13] = (v >>> 16) & 0xff;
+    out[14] = (v >>> 8) & 0xff;
+    out[15] = v & 0xff;
+    return;
   }
   const halves = s.split("::");
-  if (halves.length > 2) return out;
+  if (halves.length > 2) return;
   const groups = (h: string): number[] | undefined => {
     if (h === "") return [];
     const g: number[] = [];
@@ -170,15 +188,14 @@ export function ipv6Bytes(s: string): Uint8Array {
   };
   const head = groups(halves[0]);
   const tail = halves.length === 2 ? groups(halves[1]) : [];
-  if (!head || !tail) return out;
+  if (!head || !tail) return;
   const n = head.length + tail.length;
-  if (halves.length === 1 ? n !== 8 : n > 7) return out;
+  if (halves.length === 1 ? n !== 8 : n > 7) return;
   const all = [...head, ...new Array(8 - n).fill(0), ...tail];
   for (let i = 0; i < 8; i++) {
     out[2 * i] = all[i] >> 8;
     out[2 * i + 1] = all[i] & 0xff;
   }
-  return out;
 }
 
 /** Dotted IPv4 → its 4 bytes, or undefined. */
@@ -199,6 +216,33 @@ export function ipv6Text(b: Uint8Array): string {
 export class RowBinaryEncoder {
   #strs = new Map<string, Uint8Array>();
   #ips = new Map<string, Uint8Array>();
+  /**
+   * The cached values' bytes: views of one slab (a typed array of its own costs ~1 µs to allocate under
+   * Deno, a view ~40 ns; new client addresses and fingerprints come all the time). Full: the caches start over.
+   */
+  #slab: Uint8Array;
+  #slabPos = 0;
+
+  /** `slabBytes`: room for the caches' bytes (tests make it small to see them start over). */
+  constructor(slabBytes = 1024 * 1024) {
+    this.#slab = new Uint8Array(slabBytes);
+  }
+
+  /** `n` bytes of the slab, as a view; undefined when they cannot be kept. */
+  #reserve(n: number): Uint8Array | undefined {
+    const size = this.#slab.length;
+    if (n > size / 4) return undefined;
+    if (this.#slabPos + n > size) {
+      this.#strs.clear();
+      this.#ips.clear();
+      this.#lastS.fill("");
+      this.#lastB.fill(EMPTY);
+      this.#slabPos = 0;
+    }
+    const at = this.#slabPos;
+    this.#slabPos += n;
+    return this.#slab.subarray(at, at + n);
+  }
   /**
    * Per cached column, the last value and its bytes: rows of one connection or one client repeat them, and
    * comparing with the last one (the same string object, mostly) is cheaper than a hash lookup.
@@ -263,8 +307,13 @@ export class RowBinaryEncoder {
     let e = this.#strs.get(s);
     if (e === undefined) {
       if (this.#strs.size >= CACHE_ENTRIES) this.#strs.clear();
-      e = stringBytes(s);
-      this.#strs.set(s, e);
+      // Written into the batch, then kept: a copy in the slab.
+      const end = str(b, p, s);
+      const kept = this.#reserve(end - p);
+      if (kept === undefined) return end;
+      for (let i = 0; i < kept.length; i++) kept[i] = b[p + i];
+      this.#strs.set(s, kept);
+      e = kept;
     }
     this.#lastS[k] = s;
     this.#lastB[k] = e;
@@ -275,7 +324,13 @@ export class RowBinaryEncoder {
     let e = this.#ips.get(s);
     if (e === undefined) {
       if (this.#ips.size >= CACHE_ENTRIES) this.#ips.clear();
-      e = ipv6Bytes(s);
+      const kept = this.#reserve(16);
+      if (kept === undefined) e = ipv6Bytes(s);
+      else {
+        for (let i = 0; i < 16; i++) kept[i] = 0; // the slab is reused when it starts over
+        ipv6Into(s, kept, 0);
+        e = kept;
+      }
       this.#ips.set(s, e);
     }
     for (let i = 0; i < 16; i++) b[p + i] = e[i];

@@ -44,13 +44,12 @@ const ROW_FIXED = 512;
 
 /** Tails longer than this are encoded every time (a raw JA4H with many cookies, a huge User-Agent). */
 const TAIL_MAX_BYTES = 2048;
-/** User-Agents kept at most, and their tails' bytes: the memo starts over past either (a working set refills). */
+/** User-Agents kept at most: the memo starts over past it (a working set refills). */
 const TAIL_ENTRIES = 1024;
 /** Tails per User-Agent. */
 const TAIL_WAYS = 4;
-const TAIL_BYTES = 1024 * 1024;
 
-/** A row's fields after `path` (but the User-Agent, its key), and their bytes (`store` holds them). */
+/** A row's fields after `path` (but the User-Agent, its key), and their bytes (a view of the slab). */
 type Tail =
   & Pick<
     Row,
@@ -66,11 +65,18 @@ type Tail =
     | "tls_server_name"
     | "truncated"
   >
-  & { store: Uint8Array; bytes: Uint8Array };
+  & { bytes: Uint8Array };
 
 const NO_BYTES = new Uint8Array(0);
 /** #field call sites (each passes its own slot number). */
 const FIELD_SLOTS = 14;
+/**
+ * Where quoted values and tails are kept: one slab, each a view of it. A typed array of its own would cost
+ * ~1 µs to allocate under Deno (every one gets a backing store), and a busy server sees new values all the
+ * time (a user's cookie hash, a new User-Agent); a view costs ~40 ns. When the slab is full every memo starts
+ * over (values that repeat come back at once).
+ */
+const SLAB_BYTES = 2 * 1024 * 1024;
 
 export class JsonLinesEncoder {
   #buf: Uint8Array;
@@ -80,10 +86,37 @@ export class JsonLinesEncoder {
   /** Per #field slot: the value last written there (undefined: none yet) and its quoted bytes. */
   #lastValue: (string | undefined)[] = new Array(FIELD_SLOTS).fill(undefined);
   #lastQuoted: Uint8Array[] = new Array(FIELD_SLOTS).fill(NO_BYTES);
-  #tailBytes = 0;
+  #slab: Uint8Array;
+  #slabPos = 0;
 
-  constructor(initialBytes = 64 * 1024) {
+  /** `slabBytes`: room for the memos' bytes (tests make it small to see the memos start over). */
+  constructor(initialBytes = 64 * 1024, slabBytes = SLAB_BYTES) {
     this.#buf = new Uint8Array(initialBytes);
+    this.#slab = new Uint8Array(slabBytes);
+  }
+
+  /** `n` bytes of the slab, or undefined when they do not fit (then every memo has started over). */
+  #reserve(n: number): number | undefined {
+    const size = this.#slab.length;
+    if (n > size / 4) return undefined;
+    if (this.#slabPos + n > size) {
+      this.#quoted.clear();
+      this.#tails.clear();
+      this.#lastValue.fill(undefined);
+      this.#lastQuoted.fill(NO_BYTES);
+      this.#slabPos = 0;
+    }
+    const at = this.#slabPos;
+    this.#slabPos += n;
+    return at;
+  }
+
+  /** A copy of `b` in the slab (a view; `b` itself when it cannot be kept). */
+  #keep(b: Uint8Array): Uint8Array | undefined {
+    const at = this.#reserve(b.length);
+    if (at === undefined) return undefined;
+    this.#slab.set(b, at);
+    return this.#slab.subarray(at, at + b.length);
   }
 
   /** The rows' JSON lines; a view into the encoder's buffer, valid until the next call. */
@@ -155,18 +188,17 @@ export class JsonLinesEncoder {
     this.#tailFields(r);
     const n = this.#pos - from;
     if (n > TAIL_MAX_BYTES) return;
+    const kept = this.#keep(this.#buf.subarray(from, this.#pos));
+    if (kept === undefined) return;
+    // Looked up again: the slab may have started over, and every memo with it.
+    ways = this.#tails.get(r.user_agent);
     if (ways === undefined) {
-      if (this.#tails.size >= TAIL_ENTRIES || this.#tailBytes + n > TAIL_BYTES) {
-        this.#tails.clear();
-        this.#tailBytes = 0;
-      }
+      if (this.#tails.size >= TAIL_ENTRIES) this.#tails.clear();
       ways = [];
       this.#tails.set(r.user_agent, ways);
     }
-    const bytes = this.#buf.subarray(from, this.#pos);
     let t: Tail;
     if (ways.length < TAIL_WAYS) {
-      this.#tailBytes += n;
       t = {
         ja4h: r.ja4h,
         http_version: r.http_version,
@@ -179,22 +211,17 @@ export class JsonLinesEncoder {
         ja4t: r.ja4t,
         tls_server_name: r.tls_server_name,
         truncated: r.truncated,
-        store: bytes.slice(),
-        bytes: NO_BYTES,
+        bytes: kept,
       };
       ways.push(t);
     } else {
-      // All ways taken: replace the oldest, in place (no allocation while a few tails alternate).
+      // All ways taken: replace the oldest, in place.
       t = ways[0];
       ways.copyWithin(0, 1);
       ways[TAIL_WAYS - 1] = t;
       this.#fillTail(t, r);
-      if (t.store.length < n) {
-        this.#tailBytes += n - t.store.length;
-        t.store = bytes.slice();
-      } else t.store.set(bytes);
+      t.bytes = kept;
     }
-    t.bytes = t.store.subarray(0, n);
   }
 
   #fillTail(t: Tail, r: Row): void {
@@ -262,8 +289,15 @@ export class JsonLinesEncoder {
     let q = this.#quoted.get(s);
     if (q === undefined) {
       if (this.#quoted.size >= CACHE_ENTRIES) this.#quoted.clear();
-      q = utf8.encode(jsonString(s));
-      this.#quoted.set(s, q);
+      // Quoted straight into the row buffer, then kept: a copy in the slab.
+      const from = this.#pos;
+      this.#str(s);
+      const kept = this.#keep(this.#buf.subarray(from, this.#pos));
+      if (kept === undefined) return;
+      this.#quoted.set(s, kept);
+      this.#lastValue[slot] = s;
+      this.#lastQuoted[slot] = kept;
+      return;
     }
     this.#put(q);
     this.#lastValue[slot] = s;

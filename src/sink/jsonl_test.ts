@@ -66,7 +66,7 @@ Deno.test("JsonLinesEncoder: the bytes of jsonLines + UTF-8", async (t) => {
   }
 });
 
-Deno.test("JsonLinesEncoder: random rows, one encoder across batches (cache and buffer reuse)", () => {
+Deno.test("JsonLinesEncoder: random rows, one encoder across batches (cache and buffer reuse)", async (t) => {
   const alphabet = [
     "a",
     "Z",
@@ -85,23 +85,32 @@ Deno.test("JsonLinesEncoder: random rows, one encoder across batches (cache and 
   let seed = 7;
   const rnd = (n: number) => (seed = (seed * 1103515245 + 12345) % 2147483648) % n;
   const str = () => Array.from({ length: rnd(12) }, () => alphabet[rnd(alphabet.length)]).join("");
-  const enc = new JsonLinesEncoder(16);
-  for (let batch = 0; batch < 200; batch++) {
-    const rows = Array.from({ length: 1 + rnd(5) }, () =>
-      row({
-        ts: str(),
-        host: str(),
-        src: str(),
-        src_port: rnd(65536),
-        method: str(),
-        path: str(),
-        user_agent: str(),
-        ja4h_r: str(),
-        ja4: str(),
-        tls_server_name: str(),
-        truncated: rnd(2) === 1,
-      }));
-    assertEquals(enc.encode(rows), reference(rows), `batch ${batch}`);
+  // A slab of 1 KiB fills every few batches: the memos start over mid-row again and again.
+  for (const slab of [undefined, 1024]) {
+    await t.step(slab ? `memo slab of ${slab} bytes` : "default slab", () => {
+      const enc = new JsonLinesEncoder(16, slab);
+      // A few values recur (as User-Agents and fingerprints do), so memo hits happen across resets.
+      const pool = Array.from({ length: 6 }, str);
+      const val = () => rnd(3) === 0 ? str() : pool[rnd(pool.length)];
+      for (let batch = 0; batch < 300; batch++) {
+        const rows = Array.from({ length: 1 + rnd(5) }, () =>
+          row({
+            ts: str(),
+            host: val(),
+            src: str(),
+            src_port: rnd(65536),
+            method: val(),
+            path: str(),
+            user_agent: val(),
+            ja4h: val(),
+            ja4h_r: str(),
+            ja4: val(),
+            tls_server_name: val(),
+            truncated: rnd(2) === 1,
+          }));
+        assertEquals(enc.encode(rows), reference(rows), `batch ${batch}`);
+      }
+    });
   }
 });
 
