@@ -54,6 +54,34 @@ interface Cookie {
   pair: string;
 }
 
+/**
+ * The `;`-separated pieces of a Cookie value, trimmed, empty ones left out (as split(";") + trim()), each
+ * cut once at its first "=": one slice per piece (and one for its name) instead of a split array and a trim.
+ */
+export function cookiePieces(value: string, out: { name: string; pair: string }[]): void {
+  const end = value.length;
+  for (let from = 0; from <= end;) {
+    let semi = value.indexOf(";", from);
+    if (semi < 0) semi = end;
+    let a = from, b = semi;
+    while (a < b && isTrimmed(value.charCodeAt(a))) a++;
+    while (b > a && isTrimmed(value.charCodeAt(b - 1))) b--;
+    if (b > a) {
+      const pair = value.slice(a, b);
+      const eq = pair.indexOf("=");
+      out.push({ name: eq >= 0 ? pair.slice(0, eq) : pair, pair });
+    }
+    from = semi + 1;
+  }
+}
+
+/** What String.prototype.trim removes (ECMAScript WhiteSpace and LineTerminator). */
+function isTrimmed(c: number): boolean {
+  return c === 0x20 || (c >= 0x09 && c <= 0x0d) || c === 0xa0 || c === 0xfeff || c === 0x1680 ||
+    (c >= 0x2000 && c <= 0x200a) || c === 0x2028 || c === 0x2029 || c === 0x202f || c === 0x205f ||
+    c === 0x3000;
+}
+
 function byName(x: Cookie, y: Cookie): number {
   // Byte order (A-Z < _ < a-z); Array.prototype.sort is stable, so equal names keep wire order like Python.
   return x.name < y.name ? -1 : x.name > y.name ? 1 : 0;
@@ -70,24 +98,22 @@ export function ja4h(req: HttpRequestHead, full = true): Ja4h {
   let hasCookie = false;
   let hasReferer = false;
   let lang: string | undefined;
-  for (const [name, value] of req.headers) {
+  const headers = req.headers;
+  for (let i = 0; i < headers.length; i++) {
+    const name = headers[i][0], value = headers[i][1];
     if (name.length > 0 && name.charCodeAt(0) === 0x3a) continue; // HTTP/2 pseudo-header
-    const lower = name.toLowerCase();
-    if (lower === "cookie") {
+    // Only three names matter: compared by length first, lower-cased only then (no string per header).
+    const n = name.length;
+    if (n === 6 && name.toLowerCase() === "cookie") {
       hasCookie = true;
-      for (const piece of value.split(";")) {
-        const p = piece.trim();
-        if (p.length === 0) continue;
-        const eq = p.indexOf("=");
-        cookies.push({ name: eq >= 0 ? p.slice(0, eq) : p, pair: p });
-      }
+      cookiePieces(value, cookies);
       continue;
     }
-    if (lower === "referer") {
+    if (n === 7 && name.toLowerCase() === "referer") {
       hasReferer = true;
       continue;
     }
-    if (lang === undefined && lower === "accept-language") lang = value;
+    if (n === 15 && lang === undefined && name.toLowerCase() === "accept-language") lang = value;
     names.push(name);
   }
   const a = methodCode(req.method) + httpVersionCode(req.version) + (hasCookie ? "c" : "n") +

@@ -1,7 +1,8 @@
 import { assertEquals } from "../testing/asserts.ts";
 import { Http1RequestStream } from "../parse/http1.ts";
-import { acceptLanguageCode, type HttpRequestHead, ja4h, methodCode } from "./ja4h.ts";
+import { acceptLanguageCode, cookiePieces, type HttpRequestHead, ja4h, methodCode } from "./ja4h.ts";
 import { fromHex } from "../parse/bytes.ts";
+import fc from "fast-check";
 
 // Spec §3.8: http1-with-cookies.pcapng (FoxIO's numbers).
 const curl: HttpRequestHead = {
@@ -166,4 +167,21 @@ Deno.test("keep-alive connection with two requests (local capture)", async () =>
     assertEquals(ja4h(hd).ja4h, v.expected[0].JA4H);
     assertEquals(ja4h(hd).ja4h_ro, v.expected[0].JA4H_ro);
   }
+});
+
+Deno.test("cookiePieces: the pieces split(';') and trim() give, empty ones left out", () => {
+  const alphabet = ["a", "B", "=", ";", " ", "\t", "\u00a0", "\ufeff", "\u2003", "é", "x=1", ";;", " ; "];
+  fc.assert(
+    fc.property(fc.array(fc.constantFrom(...alphabet), { maxLength: 16 }), (parts) => {
+      const v = parts.join("");
+      const got: { name: string; pair: string }[] = [];
+      cookiePieces(v, got);
+      const want = v.split(";").map((p) => p.trim()).filter((p) => p.length > 0).map((pair) => {
+        const eq = pair.indexOf("=");
+        return { name: eq >= 0 ? pair.slice(0, eq) : pair, pair };
+      });
+      assertEquals(got, want, JSON.stringify(v));
+    }),
+    { numRuns: 2000 },
+  );
 });

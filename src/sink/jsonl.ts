@@ -286,7 +286,7 @@ export class JsonLinesEncoder {
     this.#put(name);
     if (s === this.#lastValue[slot]) return this.#put(this.#lastQuoted[slot]);
     if (s.length > CACHE_MAX_CHARS) return this.#str(s);
-    let q = this.#quoted.get(s);
+    const q = this.#quoted.get(s);
     if (q === undefined) {
       if (this.#quoted.size >= CACHE_ENTRIES) this.#quoted.clear();
       // Quoted straight into the row buffer, then kept: a copy in the slab.
