@@ -10,10 +10,12 @@
  * Modes: keepalive = plain HTTP, 100 requests per connection (one DATA event per request; the heads rotate);
  * repeat = the same, each connection repeating one head (bots, API clients, load generators); close = plain HTTP,
  * one request per connection (DATA carrying the SYN + close per request); tls = one TLS connection per 10
- * requests (ClientHello segment + SSL_read plaintext, the first carrying the SYN + close); close-nosyn /
- * close-noclose = close without the SYN (tc missed it) / with the close records lost (what a full ring drops);
- * close-scan = close with every second connection a SYN alone (no records at all). --perfbuf: delivered as
- * per-CPU perf buffers would.
+ * requests (tc's ClientHello segment, the raw reads of the handshake — the first carrying the SYN — SSL_read
+ * plaintext, close); close-nosyn / close-noclose = close without the SYN (tc missed it) / with the close
+ * records lost (what a full ring drops);
+ * close-scan = close with every second connection a SYN alone (no records at all); h2 = tls in HTTP/2 (HPACK as
+ * a browser sends it); close-unique / keepalive-unique = every connection its own session cookie (no header
+ * block repeats across connections). --perfbuf: delivered as per-CPU perf buffers would.
  */
 import { Agent } from "../src/agent/agent.ts";
 import type { AttachPlan } from "../src/bpf/plan.ts";
