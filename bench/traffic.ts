@@ -244,6 +244,8 @@ export interface TrafficOptions {
    * block repeats across connections, so each connection's first head is parsed and fingerprinted anew.
    */
   uniqueCookie?: boolean;
+  /** Clients and server on IPv6 (2001:db8::/32): connection keys are strings then, not numbers. */
+  ipv6?: boolean;
 }
 
 /** The benchmarks' traffic mixes, by name (bench/hotpath_bench.ts, bench/alloc.ts, bench/stages.ts). */
@@ -263,6 +265,8 @@ export const TRAFFIC_MODES: Record<string, TrafficOptions> = {
   "close-scan": { requestsPerConn: 1, tlsShare: 0, synOnly: 2 },
   /** close where every connection has its own session cookie (no header block seen before) */
   "close-unique": { requestsPerConn: 1, tlsShare: 0, uniqueCookie: true },
+  /** close over IPv6 */
+  "close-v6": { requestsPerConn: 1, tlsShare: 0, ipv6: true },
   /** keep-alive, 10 requests per connection, each connection its own session cookie */
   "keepalive-unique": { requestsPerConn: 10, tlsShare: 0, uniqueCookie: true },
 };
@@ -302,10 +306,12 @@ export class Traffic {
     const hdr = (kind: number, hook: number, flags = 0) => ({
       kind,
       hook,
-      family: Family.INET,
+      family: this.opts.ipv6 ? Family.INET6 : Family.INET,
       flags,
       comm: te.encode("nginx"),
-      daddr: Uint8Array.from([10, 0, 0, 1, ...new Array(12).fill(0)]),
+      daddr: this.opts.ipv6
+        ? Uint8Array.from([0x20, 0x01, 0x0d, 0xb8, ...new Array(11).fill(0), 1])
+        : Uint8Array.from([10, 0, 0, 1, ...new Array(12).fill(0)]),
       dport: 443,
     });
     const pkt = (first: Uint8Array) => {
@@ -387,8 +393,13 @@ export class Traffic {
     dv.setUint32(Hd.tid.offset, pid, true);
     dv.setInt32(Hd.fd.offset, 10 + (c % 4096), true);
     dv.setBigUint64(Hd.ts_ns.offset, BigInt(Math.round(performance.now() * 1e6)), true);
-    const a = Hd.saddr.offset;
-    r[a] = 10;
+    let a = Hd.saddr.offset;
+    if (this.opts.ipv6) {
+      // 2001:db8:1::(the same three bytes as the IPv4 client's last three, in the last four)
+      r.set([0x20, 0x01, 0x0d, 0xb8, 0, 1], a);
+      a += 12;
+      r[a] = 0;
+    } else r[a] = 10;
     r[a + 1] = 1 + (c >> 24 & 63);
     r[a + 2] = c >> 16 & 255;
     r[a + 3] = c >> 8 & 255;

@@ -54,6 +54,30 @@ Deno.test("parseKernelRun reads kinds, quoted values and the VALIDATE JSON", () 
   assertEquals(lines[2].fields.rows, "4");
 });
 
+Deno.test("console-lines.sh: a kernel message inside a report line is cut out and the line joined", async () => {
+  const consoleLog = [
+    "[    1.000000] Linux version 6.1.0-arm64",
+    'JA4K VALIDATE rc=0 json={  "ok": true,  "hooks": [    "tp_exit_readv[   85.982722] hrtimer: interrupt took 11557648 ns\r',
+    '",    "tp_sys_exit_recvfrom"  ]} t=86.1\r',
+    "[   86.500000] a message of its own line",
+    "JA4K METHOD method=raw_tp server=nginx sent=5 rows=5 t=90",
+  ].join("\n");
+  const p = new Deno.Command("sh", {
+    args: [new URL("./console-lines.sh", import.meta.url).pathname],
+    stdin: "piped",
+    stdout: "piped",
+  }).spawn();
+  const w = p.stdin.getWriter();
+  await w.write(new TextEncoder().encode(consoleLog + "\n"));
+  await w.close();
+  const lines = parseKernelRun(new TextDecoder().decode((await p.output()).stdout));
+  assertEquals(lines.map((l) => l.kind), ["VALIDATE", "METHOD"]);
+  assertEquals(JSON.parse(lines[0].fields.json), {
+    ok: true,
+    hooks: ["tp_exit_readv", "tp_sys_exit_recvfrom"],
+  });
+});
+
 Deno.test("lockupLines keeps a soft lockup's reports and call traces, nothing before them", async (t) => {
   const log = [
     "JA4K VALIDATE rc=0 json={} t=26.43",

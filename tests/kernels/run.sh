@@ -81,7 +81,7 @@ timeout --kill-after=10 "$timeout_s" "${qemu[@]}" -smp "$smp" -m "$mem" \
 qrc=$?
 set -e
 t2=$(date +%s.%N)
-tr -d '\r' <"$log" | sed -n 's/^.*JA4K //p'
+sh "$HERE/console-lines.sh" <"$log"
 echo "HOST kernel=$version arch=$arch initramfs_bytes=$(stat -c %s "$work/initramfs.cpio") build_s=$(awk "BEGIN {printf \"%.1f\", $t1 - $t0}") vm_s=$(awk "BEGIN {printf \"%.1f\", $t2 - $t1}") qemu_rc=$qrc"
 cp "$log" "$kdir/console.log"
 log=$kdir/console.log
