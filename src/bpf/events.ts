@@ -3,7 +3,7 @@
  * object's BTF): nothing here knows a byte position by heart. Malformed records are typed errors.
  */
 import { formatIPv4, formatIPv6 } from "../parse/addr.ts";
-import { type ConnKey, textKey, v4Key } from "../capture/connkey.ts";
+import { type ConnKey, textKey, v4Key, v6Key } from "../capture/connkey.ts";
 import {
   CLOSE_EVENT,
   DATA_EVENT,
@@ -446,6 +446,15 @@ export class EventView {
       const k = v4Key(s, this.src_port, d, this.dst_port);
       if (k >= 0) return k;
     }
+    if (s < 0 && this.family === Family.INET6) {
+      // IPv6 (not mapped): the groups as they are on the wire, as connKeyOf reads them from text.
+      const b = this.#buf, so = this.#base + HDR_F.saddr.offset, dof = this.#base + HDR_F.daddr.offset;
+      for (let i = 0; i < 8; i++) {
+        SRC6[i] = (b[so + 2 * i] << 8) | b[so + 2 * i + 1];
+        DST6[i] = (b[dof + 2 * i] << 8) | b[dof + 2 * i + 1];
+      }
+      return v6Key(SRC6, this.src_port, DST6, this.dst_port);
+    }
     return textKey(this.src, this.src_port, this.dst, this.dst_port);
   }
 
@@ -485,6 +494,9 @@ export class EventView {
 
 const EMPTY = new Uint8Array(0);
 const rTs = reader(HDR_F.ts_ns);
+/** An IPv6 key's groups (src, dst), filled per key. */
+const SRC6: number[] = [0, 0, 0, 0, 0, 0, 0, 0];
+const DST6: number[] = [0, 0, 0, 0, 0, 0, 0, 0];
 
 /** The IPv4 address at `o` (an IPv4-mapped IPv6 one too) as an unsigned number; -1 for other IPv6. */
 function v4At(b: Uint8Array, family: number, o: number): number {
@@ -519,9 +531,10 @@ function addrText(rec: Uint8Array, family: number, o: number): string {
     return s;
   }
   if (family === Family.INET6) {
-    // Key: the 16 bytes as a latin1-ish string of 8 code units (cheaper than formatting RFC 5952 text).
-    let k = "";
-    for (let i = 0; i < 16; i += 2) k += String.fromCharCode((rec[o + i] << 8) | rec[o + i + 1]);
+    // Key: the 16 bytes as 8 code units, made by one call (a flat string; concatenation made a cons string
+    // that every lookup flattened).
+    const g = (i: number) => (rec[o + i] << 8) | rec[o + i + 1];
+    const k = String.fromCharCode(g(0), g(2), g(4), g(6), g(8), g(10), g(12), g(14));
     let s = V6_TEXT.get(k);
     if (s === undefined) {
       if (V6_TEXT.size >= ADDR_CACHE_MAX) V6_TEXT.clear();

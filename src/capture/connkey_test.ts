@@ -1,6 +1,6 @@
 import { assert, assertEquals, assertNotEquals } from "../testing/asserts.ts";
 import fc from "fast-check";
-import { connKeyOf, MAX_ENDPOINTS, parseV4, v4Key } from "./connkey.ts";
+import { connKeyOf, MAX_ENDPOINTS, parseV4, parseV6, v4Key } from "./connkey.ts";
 import { EventView } from "../bpf/events.ts";
 import { CLOSE_EVENT, EVENT_HDR, EventKind, Family } from "../bpf/layout.gen.ts";
 
@@ -47,7 +47,7 @@ Deno.test("parseV4 takes canonical dotted quads (and IPv4-mapped IPv6) only", as
   }
 });
 
-Deno.test("connKeyOf: IPv4 tuples get numbers, IPv6 strings; mapped and plain IPv4 agree", () => {
+Deno.test("connKeyOf: IPv4 tuples get numbers, IPv6 short strings; mapped and plain IPv4 agree", () => {
   const t = { src: "10.0.0.7", src_port: 40000, dst: "10.0.0.1", dst_port: 22080 };
   const k = connKeyOf(t);
   assertEquals(typeof k, "number");
@@ -56,7 +56,15 @@ Deno.test("connKeyOf: IPv4 tuples get numbers, IPv6 strings; mapped and plain IP
   assertNotEquals(connKeyOf({ ...t, src_port: 40001 }), k);
   assertNotEquals(connKeyOf({ ...t, src: "10.0.0.8" }), k);
   const v6 = connKeyOf({ src: "FE80::7", src_port: 1, dst: "fe80::1", dst_port: 443 });
-  assertEquals(v6, "fe80::7|1|fe80::1|443");
+  assertEquals(typeof v6, "string");
+  // Any text form of the same addresses: the same key.
+  assertEquals(connKeyOf({ src: "fe80:0:0:0:0:0:0:7", src_port: 1, dst: "FE80::0:1", dst_port: 443 }), v6);
+  assertNotEquals(connKeyOf({ src: "fe80::8", src_port: 1, dst: "fe80::1", dst_port: 443 }), v6);
+  // Text that is no address keeps the text key.
+  assertEquals(
+    connKeyOf({ src: "fe80::7%eth0", src_port: 1, dst: "fe80::1", dst_port: 443 }),
+    "fe80::7%eth0|1|fe80::1|443",
+  );
   // A port out of range never aliases another tuple's number.
   assertEquals(typeof connKeyOf({ ...t, src_port: 70000 }), "string");
   // A key carried by the tuple wins (the EventView computes it once per event).
@@ -84,6 +92,80 @@ Deno.test("connKeyOf: distinct IPv4 tuples get distinct keys, text and bytes agr
         assert(view.load(closeRecord(src, sport, dst, dport, mapped)));
         assertEquals([view.src, view.src_port, view.dst, view.dst_port], [src, sport, dst, dport]);
         assertEquals(view.connKey, k);
+      },
+    ),
+    { numRuns: 2000 },
+  );
+});
+
+Deno.test("parseV6 reads IPv6 text into its eight groups, and nothing else", async (t) => {
+  const cases: [string, number[] | null][] = [
+    ["::", [0, 0, 0, 0, 0, 0, 0, 0]],
+    ["::1", [0, 0, 0, 0, 0, 0, 0, 1]],
+    ["2001:DB8::8:800:200C:417A", [0x2001, 0xdb8, 0, 0, 0x8, 0x800, 0x200c, 0x417a]],
+    ["1:2:3:4:5:6:7:8", [1, 2, 3, 4, 5, 6, 7, 8]],
+    ["1::", [1, 0, 0, 0, 0, 0, 0, 0]],
+    ["64:ff9b::192.0.2.33", [0x64, 0xff9b, 0, 0, 0, 0, 0xc000, 0x0221]],
+    ["::ffff:10.1.2.3", [0, 0, 0, 0, 0, 0xffff, 0x0a01, 0x0203]],
+    ["1:2:3:4:5:6:7:8:9", null],
+    ["1:2:3:4:5:6:7", null],
+    ["1::2::3", null],
+    ["12345::", null],
+    [":::", null],
+    ["1:::2", null],
+    ["g::1", null],
+    ["fe80::1%eth0", null],
+    ["::1.2.3", null],
+    ["10.1.2.3", null],
+    ["", null],
+  ];
+  for (const [text, want] of cases) {
+    await t.step(JSON.stringify(text), () => {
+      const out: number[] = [];
+      assertEquals(parseV6(text, out) ? out : null, want);
+    });
+  }
+});
+
+/** A CLOSE record for an IPv6 tuple given as group arrays. */
+function close6(s: readonly number[], sport: number, d: readonly number[], dport: number): Uint8Array {
+  const b = new Uint8Array(CLOSE_EVENT.size);
+  const dv = new DataView(b.buffer);
+  const f = EVENT_HDR.fields;
+  dv.setUint8(f.kind.offset, EventKind.CLOSE);
+  dv.setUint8(f.family.offset, Family.INET6);
+  s.forEach((g, i) => dv.setUint16(f.saddr.offset + 2 * i, g));
+  d.forEach((g, i) => dv.setUint16(f.daddr.offset + 2 * i, g));
+  dv.setUint16(f.sport.offset, sport, true);
+  dv.setUint16(f.dport.offset, dport, true);
+  return b;
+}
+
+Deno.test("connKeyOf: distinct IPv6 tuples get distinct keys, text (any form) and bytes agree", () => {
+  const view = new EventView();
+  const seen = new Map<number | string, string>();
+  const group = fc.integer({ min: 0, max: 0xffff });
+  fc.assert(
+    fc.property(
+      fc.array(group, { minLength: 8, maxLength: 8 }),
+      fc.integer({ min: 0, max: 65535 }),
+      fc.constantFrom([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1], [0xfe80, 0, 0, 0, 0, 0, 0, 0x1234]),
+      fc.constantFrom(80, 443),
+      (s, sport, d, dport) => {
+        // IPv4-mapped sources are IPv4 tuples (numbers): left to the IPv4 property.
+        fc.pre(!(s.slice(0, 5).every((g) => g === 0) && s[5] === 0xffff));
+        const full = (g: readonly number[]) =>
+          g.map((x) => x.toString(16).toUpperCase().padStart(4, "0")).join(":");
+        assert(view.load(close6(s, sport, d, dport)));
+        const k = view.connKey;
+        assertEquals(typeof k, "string");
+        // From the view's own text (RFC 5952, as rows carry it) and from the longest form.
+        assertEquals(connKeyOf({ src: view.src, src_port: sport, dst: view.dst, dst_port: dport }), k);
+        assertEquals(connKeyOf({ src: full(s), src_port: sport, dst: full(d), dst_port: dport }), k);
+        const id = `${full(s)}|${sport}|${full(d)}|${dport}`;
+        const before = seen.get(k);
+        if (before !== undefined) assertEquals(before, id, "two tuples share a key");
+        seen.set(k, id);
       },
     ),
     { numRuns: 2000 },
