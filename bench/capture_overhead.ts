@@ -15,7 +15,7 @@
  */
 import { parseArgs } from "node:util";
 import { startNginx, type WebServer } from "../tests/helpers/servers.ts";
-import { wrk, type WrkResult } from "../tests/helpers/clients.ts";
+import { h2load, wrk, type WrkResult } from "../tests/helpers/clients.ts";
 import { AGENT_V8_FLAGS, checkoutAgent, type RunningAgent, startAgent } from "../tests/helpers/agent.ts";
 import { delay, makeTempDir, requirePortsFree, requireRoot, requireTool } from "../tests/helpers/proc.ts";
 import { createNetns } from "../tests/helpers/netns.ts";
@@ -29,9 +29,15 @@ const METRICS_PORT = 22435;
 const DOC = new URL("../docs/performance.md", import.meta.url);
 const HEADING = "## Capture overhead (nginx + wrk)";
 
-/** http: plain HTTP keep-alive; close: plain HTTP, one connection per request; https: TLS keep-alive. */
-type Mode = "http" | "close" | "https";
-const MODES: readonly Mode[] = ["http", "close", "https"];
+/**
+ * http: plain HTTP keep-alive; close: plain HTTP, one connection per request; https: TLS keep-alive (HTTP/1.1,
+ * wrk); h2: HTTP/2 over TLS keep-alive (h2load, one stream at a time per connection).
+ */
+type Mode = "http" | "close" | "https" | "h2";
+const MODES: readonly Mode[] = ["http", "close", "https", "h2"];
+const isTls = (m: Mode) => m === "https" || m === "h2";
+/** The load generator of a mode: h2load speaks HTTP/2, wrk HTTP/1.1. */
+const loader = (m: Mode) => m === "h2" ? h2load : wrk;
 
 interface AgentFigures {
   /** utime+stime of the agent process over the load window (wrk + drain), µs. */
@@ -198,7 +204,7 @@ interface Client {
 }
 
 function clientUrl(c: Client, mode: Mode): string {
-  return mode === "https" ? `https://${c.host}:${TLS_PORT}/` : `http://${c.host}:${HTTP_PORT}/`;
+  return isTls(mode) ? `https://${c.host}:${TLS_PORT}/` : `http://${c.host}:${HTTP_PORT}/`;
 }
 
 async function oneRun(
@@ -221,7 +227,7 @@ async function oneRun(
   baseDir: string | undefined,
   client: Client,
 ): Promise<RunFigures> {
-  const port = mode === "https" ? TLS_PORT : HTTP_PORT;
+  const port = isTls(mode) ? TLS_PORT : HTTP_PORT;
   const url = clientUrl(client, mode);
   let agent: RunningAgent | undefined;
   const dir = withAgent ? await makeTempDir("ja4ebpf-capbench-") : "";
@@ -252,7 +258,7 @@ async function oneRun(
     const load = async (duration: number) => {
       const scanner = o.scan > 0 ? healthChecks(port, o.scan) : undefined;
       try {
-        return await wrk({
+        return await loader(mode)({
           url,
           netns: client.netns,
           threads: o.threads,
@@ -433,7 +439,7 @@ function runTable(s: ModeSummary): string {
     lines.push(
       `| ${s.mode} ${i + 1} | ${r.withAgent ? "on" : "off"} | ${fmt(r.wrk.requests)} | ${
         fmt(r.wrk.requestsPerSec)
-      } | ${fmt(r.logged)} | ${a ? fmt(a.rows) : ""} | ${a && s.mode === "https" ? fmt(a.rowsJa4) : ""} | ${
+      } | ${fmt(r.logged)} | ${a ? fmt(a.rows) : ""} | ${a && isTls(s.mode) ? fmt(a.rowsJa4) : ""} | ${
         a ? fmt(a.bpfDrops) : ""
       } | ${a ? fmt(a.rowsDropped) : ""} | ${a ? fmt(a.cpuUs / (r.measured ?? r.logged), 2) : ""} | ${
         a ? fmt(a.peakRssKb / 1024, 0) : ""
@@ -832,16 +838,19 @@ async function main(): Promise<number> {
     port: HTTP_PORT,
     tlsPort: TLS_PORT,
     workers: o.workers,
-    http2: false,
+    // HTTP/2 only for the h2 mode (wrk never asks for it; the https figures stay those of HTTP/1.1 alone).
+    http2: o.modes.includes("h2"),
+    // h2load does not reconnect after nginx's GOAWAY at keepalive_requests (1000): with h2, no limit.
+    ...(o.modes.includes("h2") ? { keepaliveRequests: 100_000_000 } : {}),
     ...(ns ? { hosts: ["127.0.0.1", ns.hostAddr] } : {}),
   });
   const summaries: ModeSummary[] = [];
   const baseSummaries: ModeSummary[] = [];
   for (const mode of o.modes) {
-    const pairs = mode === "https" ? o.httpsPairs : o.pairs;
+    const pairs = isTls(mode) ? o.httpsPairs : o.pairs;
     if (pairs === 0) continue;
     // Warm-up (not counted): page cache, TLS session set-up paths, CPU frequency.
-    await wrk({
+    await loader(mode)({
       url: clientUrl(client, mode),
       netns: client.netns,
       headers: mode === "close" ? ["Connection: close"] : [],

@@ -368,6 +368,57 @@ export function parseWrk(out: string): WrkResult {
   };
 }
 
+/**
+ * Parses h2load's report (nghttp2) into wrk's figures: "finished in Ns, R req/s", "requests: N total, …, S
+ * succeeded", "status codes: A 2xx, B 3xx, …" (non-2xx/3xx = the 4xx and 5xx). Throws without those lines.
+ */
+export function parseH2load(out: string): WrkResult {
+  const fin = /finished in ([\d.]+)(us|ms|s),\s+([\d.]+) req\/s/.exec(out);
+  const req =
+    /requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout/
+      .exec(out);
+  const codes = /status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx/.exec(out);
+  if (!fin || !req || !codes) throw new HarnessError(`unexpected h2load output:\n${out.slice(-1500)}`);
+  const unit = { us: 1e-6, ms: 1e-3, s: 1 }[fin[2] as "us" | "ms" | "s"];
+  return {
+    requestsPerSec: Number(fin[3]),
+    requests: Number(req[3]),
+    seconds: Number(fin[1]) * unit,
+    non2xx: Number(codes[3]) + Number(codes[4]),
+    socketErrors: { connect: Number(req[6]), read: Number(req[5]), write: 0, timeout: Number(req[7]) },
+    raw: out,
+  };
+}
+
+/**
+ * HTTP/2 load (over TLS, as browsers speak it) with nghttp2's h2load: `connections` clients for `duration`
+ * seconds, one stream at a time each (as wrk keeps one request in flight per connection).
+ */
+export async function h2load(opts: WrkOptions): Promise<WrkResult> {
+  const bin = requireTool("h2load", "nghttp2-client");
+  const threads = opts.threads ?? 1;
+  const connections = Math.max(opts.connections ?? 4, threads);
+  const duration = opts.duration ?? 2;
+  const r = await run(
+    [
+      bin,
+      "-t",
+      String(threads),
+      "-c",
+      String(connections),
+      "-m",
+      "1",
+      "-D",
+      String(duration),
+      ...(opts.headers ?? []).flatMap((h) => ["-H", h]),
+      opts.url,
+    ],
+    { netns: nsName(opts.netns), timeoutMs: duration * 1000 + 15_000 },
+  );
+  if (r.code !== 0) throw new HarnessError(`h2load exited ${r.code}: ${(r.stderr || r.stdout).slice(-1500)}`);
+  return parseH2load(r.stdout);
+}
+
 export async function wrk(opts: WrkOptions): Promise<WrkResult> {
   const bin = requireTool("wrk", "wrk");
   const threads = opts.threads ?? 1;

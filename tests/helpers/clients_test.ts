@@ -7,7 +7,7 @@ import {
   assertStringIncludes,
   assertThrows,
 } from "../../src/testing/asserts.ts";
-import { bigHeader, httpRequest, parseResponses, parseWrk } from "./clients.ts";
+import { bigHeader, httpRequest, parseH2load, parseResponses, parseWrk } from "./clients.ts";
 import { parseAccessLog } from "./servers.ts";
 import { makeCert } from "./certs.ts";
 import { HarnessError, requireTool, run, runOk } from "./proc.ts";
@@ -83,6 +83,26 @@ Transfer/sec:      3.35MB
   });
   await t.step("not a wrk report", () => {
     assertThrows(() => parseWrk("unable to connect to 127.0.0.1:1 Connection refused"), HarnessError);
+  });
+});
+
+Deno.test("parseH2load", async (t) => {
+  const report = `finished in 10.00s, 12345.60 req/s, 1.23MB/s
+requests: 123456 total, 123460 started, 123456 done, 123450 succeeded, 6 failed, 2 errored, 1 timeout
+status codes: 123450 2xx, 0 3xx, 4 4xx, 2 5xx
+traffic: 1.23MB (1234567) total, 100KB (102400) headers (space savings 90.00%), 400KB (409600) data
+`;
+  await t.step("full report", () => {
+    const w = parseH2load(report);
+    assertEquals([w.requestsPerSec, w.requests, w.seconds, w.non2xx], [12345.6, 123456, 10, 6]);
+    assertEquals(w.socketErrors, { connect: 2, read: 6, write: 0, timeout: 1 });
+  });
+  await t.step("milliseconds", () => {
+    const w = parseH2load(report.replace("10.00s", "250.00ms"));
+    assertEquals(w.seconds, 0.25);
+  });
+  await t.step("not an h2load report", () => {
+    assertThrows(() => parseH2load("starting benchmark...\nspawning thread #0"), HarnessError);
   });
 });
 
