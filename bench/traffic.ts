@@ -324,37 +324,12 @@ export class Traffic {
       return r;
     };
     this.#pkt = [pkt(this.heads[0].subarray(0, 64)), pkt(this.hello)];
-    const data = (withSyn: boolean) =>
-      [false, true].map((tls) =>
-        this.heads.map((head) => {
-          const flags = EventFlags.LAST_CHUNK | (tls ? EventFlags.PLAINTEXT : 0) |
-            (withSyn ? EventFlags.SYN : 0);
-          const r = record(
-            DATA_EVENT.fields.data.offset + head.length,
-            {
-              ...hdr(EventKind.DATA, tls ? Hook.SSL_READ : Hook.TP_RECVFROM, flags),
-              data_len: head.length,
-              total: head.length,
-            },
-            withSyn
-              ? [
-                [SYN_AT.window, 64240],
-                [SYN_AT.opt_len, SYN_OPTS.length],
-                [SYN_AT.options, SYN_OPTS],
-              ]
-              : [],
-          );
-          r.set(head, DATA_EVENT.fields.data.offset);
-          return r;
-        })
-      );
-    this.#data = data(false);
-    this.#first = data(true);
-    const raw = (bytes: Uint8Array, withSyn: boolean) => {
+    // A read of `bytes` by the hook, the connection's SYN folded in when `withSyn`.
+    const read = (bytes: Uint8Array, hook: number, flags: number, withSyn: boolean) => {
       const r = record(
         DATA_EVENT.fields.data.offset + bytes.length,
         {
-          ...hdr(EventKind.DATA, Hook.TP_READ, EventFlags.LAST_CHUNK | (withSyn ? EventFlags.SYN : 0)),
+          ...hdr(EventKind.DATA, hook, flags | EventFlags.LAST_CHUNK | (withSyn ? EventFlags.SYN : 0)),
           data_len: bytes.length,
           total: bytes.length,
         },
@@ -369,18 +344,21 @@ export class Traffic {
       r.set(bytes, DATA_EVENT.fields.data.offset);
       return r;
     };
+    const data = (withSyn: boolean) =>
+      [false, true].map((tls) =>
+        this.heads.map((head) =>
+          read(head, tls ? Hook.SSL_READ : Hook.TP_RECVFROM, tls ? EventFlags.PLAINTEXT : 0, withSyn)
+        )
+      );
+    this.#data = data(false);
+    this.#first = data(true);
+    const raw = (bytes: Uint8Array, withSyn: boolean) => read(bytes, Hook.TP_READ, 0, withSyn);
     // TLS 1.3: ChangeCipherSpec (middlebox compatibility) + the Finished as an application-data record.
     const finished = Uint8Array.from([20, 3, 3, 0, 1, 1, 23, 3, 3, 0, 53, ...new Array(53).fill(0x5a)]);
     this.#rawTls = [raw(this.hello, true), raw(finished, false)];
-    this.#h2 = h2Reads(this.opts.requestsPerConn).map((bytes) => {
-      const r = record(DATA_EVENT.fields.data.offset + bytes.length, {
-        ...hdr(EventKind.DATA, Hook.SSL_READ, EventFlags.LAST_CHUNK | EventFlags.PLAINTEXT),
-        data_len: bytes.length,
-        total: bytes.length,
-      });
-      r.set(bytes, DATA_EVENT.fields.data.offset);
-      return r;
-    });
+    this.#h2 = h2Reads(this.opts.requestsPerConn).map((bytes) =>
+      read(bytes, Hook.SSL_READ, EventFlags.PLAINTEXT, false)
+    );
     this.#close = record(CLOSE_EVENT.size, hdr(EventKind.CLOSE, Hook.TP_CLOSE));
   }
 

@@ -15,6 +15,7 @@ import { columns, type Generation } from "./ch_schema.ts";
 import { emptyRow, type Row } from "./row.ts";
 import { formatIPv6 } from "../parse/addr.ts";
 import { parseV4 } from "../capture/connkey.ts";
+import { Slab } from "./slab.ts";
 
 const utf8 = new TextEncoder();
 const utf8Decoder = new TextDecoder();
@@ -217,38 +218,23 @@ export class RowBinaryEncoder {
   #strs = new Map<string, Uint8Array>();
   #ips = new Map<string, Uint8Array>();
   /**
-   * The cached values' bytes: views of one slab (a typed array of its own costs ~1 µs to allocate under
-   * Deno, a view ~40 ns; new client addresses and fingerprints come all the time). Full: the caches start over.
-   */
-  #slab: Uint8Array;
-  #slabPos = 0;
-
-  /** `slabBytes`: room for the caches' bytes (tests make it small to see them start over). */
-  constructor(slabBytes = 1024 * 1024) {
-    this.#slab = new Uint8Array(slabBytes);
-  }
-
-  /** `n` bytes of the slab, as a view; undefined when they cannot be kept. */
-  #reserve(n: number): Uint8Array | undefined {
-    const size = this.#slab.length;
-    if (n > size / 4) return undefined;
-    if (this.#slabPos + n > size) {
-      this.#strs.clear();
-      this.#ips.clear();
-      this.#lastS.fill("");
-      this.#lastB.fill(EMPTY);
-      this.#slabPos = 0;
-    }
-    const at = this.#slabPos;
-    this.#slabPos += n;
-    return this.#slab.subarray(at, at + n);
-  }
-  /**
    * Per cached column, the last value and its bytes: rows of one connection or one client repeat them, and
    * comparing with the last one (the same string object, mostly) is cheaper than a hash lookup.
    */
   #lastS: string[] = new Array<string>(CACHED_COLUMNS).fill("");
   #lastB: Uint8Array[] = new Array<Uint8Array>(CACHED_COLUMNS).fill(EMPTY);
+  /** The cached values' bytes (src/sink/slab.ts). */
+  #slab: Slab;
+
+  /** `slabBytes`: room for the caches' bytes (tests make it small to see them start over). */
+  constructor(slabBytes = 1024 * 1024) {
+    this.#slab = new Slab(slabBytes, () => {
+      this.#strs.clear();
+      this.#ips.clear();
+      this.#lastS.fill("");
+      this.#lastB.fill(EMPTY);
+    });
+  }
 
   /** The most bytes `write` may take for this row (check room once per row, no check per value). */
   maxBytes(r: Row, id: Uint8Array): number {
@@ -309,9 +295,8 @@ export class RowBinaryEncoder {
       if (this.#strs.size >= CACHE_ENTRIES) this.#strs.clear();
       // Written into the batch, then kept: a copy in the slab.
       const end = str(b, p, s);
-      const kept = this.#reserve(end - p);
+      const kept = this.#slab.keep(b.subarray(p, end));
       if (kept === undefined) return end;
-      for (let i = 0; i < kept.length; i++) kept[i] = b[p + i];
       this.#strs.set(s, kept);
       e = kept;
     }
@@ -324,7 +309,7 @@ export class RowBinaryEncoder {
     let e = this.#ips.get(s);
     if (e === undefined) {
       if (this.#ips.size >= CACHE_ENTRIES) this.#ips.clear();
-      const kept = this.#reserve(16);
+      const kept = this.#slab.reserve(16);
       if (kept === undefined) e = ipv6Bytes(s);
       else {
         for (let i = 0; i < 16; i++) kept[i] = 0; // the slab is reused when it starts over

@@ -6,6 +6,7 @@
  * byte by byte when it is plain ASCII, and through JSON.stringify + UTF-8 otherwise.
  */
 import { jsonString, type Row } from "./row.ts";
+import { Slab } from "./slab.ts";
 
 const utf8 = new TextEncoder();
 const bytes = (s: string) => utf8.encode(s);
@@ -70,12 +71,7 @@ type Tail =
 const NO_BYTES = new Uint8Array(0);
 /** #field call sites (each passes its own slot number). */
 const FIELD_SLOTS = 14;
-/**
- * Where quoted values and tails are kept: one slab, each a view of it. A typed array of its own would cost
- * ~1 µs to allocate under Deno (every one gets a backing store), and a busy server sees new values all the
- * time (a user's cookie hash, a new User-Agent); a view costs ~40 ns. When the slab is full every memo starts
- * over (values that repeat come back at once).
- */
+/** Room for the memos' bytes (src/sink/slab.ts). */
 const SLAB_BYTES = 2 * 1024 * 1024;
 
 export class JsonLinesEncoder {
@@ -86,37 +82,17 @@ export class JsonLinesEncoder {
   /** Per #field slot: the value last written there (undefined: none yet) and its quoted bytes. */
   #lastValue: (string | undefined)[] = new Array(FIELD_SLOTS).fill(undefined);
   #lastQuoted: Uint8Array[] = new Array(FIELD_SLOTS).fill(NO_BYTES);
-  #slab: Uint8Array;
-  #slabPos = 0;
+  #slab: Slab;
 
   /** `slabBytes`: room for the memos' bytes (tests make it small to see the memos start over). */
   constructor(initialBytes = 64 * 1024, slabBytes = SLAB_BYTES) {
     this.#buf = new Uint8Array(initialBytes);
-    this.#slab = new Uint8Array(slabBytes);
-  }
-
-  /** `n` bytes of the slab, or undefined when they do not fit (then every memo has started over). */
-  #reserve(n: number): number | undefined {
-    const size = this.#slab.length;
-    if (n > size / 4) return undefined;
-    if (this.#slabPos + n > size) {
+    this.#slab = new Slab(slabBytes, () => {
       this.#quoted.clear();
       this.#tails.clear();
       this.#lastValue.fill(undefined);
       this.#lastQuoted.fill(NO_BYTES);
-      this.#slabPos = 0;
-    }
-    const at = this.#slabPos;
-    this.#slabPos += n;
-    return at;
-  }
-
-  /** A copy of `b` in the slab (a view; `b` itself when it cannot be kept). */
-  #keep(b: Uint8Array): Uint8Array | undefined {
-    const at = this.#reserve(b.length);
-    if (at === undefined) return undefined;
-    this.#slab.set(b, at);
-    return this.#slab.subarray(at, at + b.length);
+    });
   }
 
   /** The rows' JSON lines; a view into the encoder's buffer, valid until the next call. */
@@ -188,7 +164,7 @@ export class JsonLinesEncoder {
     this.#tailFields(r);
     const n = this.#pos - from;
     if (n > TAIL_MAX_BYTES) return;
-    const kept = this.#keep(this.#buf.subarray(from, this.#pos));
+    const kept = this.#slab.keep(this.#buf.subarray(from, this.#pos));
     if (kept === undefined) return;
     // Looked up again: the slab may have started over, and every memo with it.
     ways = this.#tails.get(r.user_agent);
@@ -292,7 +268,7 @@ export class JsonLinesEncoder {
       // Quoted straight into the row buffer, then kept: a copy in the slab.
       const from = this.#pos;
       this.#str(s);
-      const kept = this.#keep(this.#buf.subarray(from, this.#pos));
+      const kept = this.#slab.keep(this.#buf.subarray(from, this.#pos));
       if (kept === undefined) return;
       this.#quoted.set(s, kept);
       this.#lastValue[slot] = s;

@@ -390,55 +390,53 @@ export function parseH2load(out: string): WrkResult {
   };
 }
 
+/** Runs a load generator for `opts`: its binary, its arguments for threads, connections and seconds. */
+async function load(
+  tool: string,
+  pkg: string,
+  args: (threads: number, connections: number, seconds: number) => string[],
+  parse: (out: string) => WrkResult,
+  opts: WrkOptions,
+): Promise<WrkResult> {
+  const bin = requireTool(tool, pkg);
+  const threads = opts.threads ?? 1;
+  const connections = Math.max(opts.connections ?? 4, threads);
+  const duration = opts.duration ?? 2;
+  const r = await run(
+    [
+      bin,
+      ...args(threads, connections, duration),
+      ...(opts.headers ?? []).flatMap((h) => ["-H", h]),
+      opts.url,
+    ],
+    { netns: nsName(opts.netns), timeoutMs: duration * 1000 + 15_000 },
+  );
+  if (r.code !== 0) {
+    throw new HarnessError(`${tool} exited ${r.code}: ${(r.stderr || r.stdout).slice(-1500)}`);
+  }
+  return parse(r.stdout);
+}
+
 /**
  * HTTP/2 load (over TLS, as browsers speak it) with nghttp2's h2load: `connections` clients for `duration`
  * seconds, one stream at a time each (as wrk keeps one request in flight per connection).
  */
-export async function h2load(opts: WrkOptions): Promise<WrkResult> {
-  const bin = requireTool("h2load", "nghttp2-client");
-  const threads = opts.threads ?? 1;
-  const connections = Math.max(opts.connections ?? 4, threads);
-  const duration = opts.duration ?? 2;
-  const r = await run(
-    [
-      bin,
-      "-t",
-      String(threads),
-      "-c",
-      String(connections),
-      "-m",
-      "1",
-      "-D",
-      String(duration),
-      ...(opts.headers ?? []).flatMap((h) => ["-H", h]),
-      opts.url,
-    ],
-    { netns: nsName(opts.netns), timeoutMs: duration * 1000 + 15_000 },
+export function h2load(opts: WrkOptions): Promise<WrkResult> {
+  return load(
+    "h2load",
+    "nghttp2-client",
+    (t, c, d) => ["-t", `${t}`, "-c", `${c}`, "-m", "1", "-D", `${d}`],
+    parseH2load,
+    opts,
   );
-  if (r.code !== 0) throw new HarnessError(`h2load exited ${r.code}: ${(r.stderr || r.stdout).slice(-1500)}`);
-  return parseH2load(r.stdout);
 }
 
-export async function wrk(opts: WrkOptions): Promise<WrkResult> {
-  const bin = requireTool("wrk", "wrk");
-  const threads = opts.threads ?? 1;
-  const connections = Math.max(opts.connections ?? 4, threads);
-  const duration = opts.duration ?? 2;
-  const r = await run(
-    [
-      bin,
-      "-t",
-      String(threads),
-      "-c",
-      String(connections),
-      "-d",
-      `${duration}s`,
-      "--latency",
-      ...(opts.headers ?? []).flatMap((h) => ["-H", h]),
-      opts.url,
-    ],
-    { netns: nsName(opts.netns), timeoutMs: duration * 1000 + 15_000 },
+export function wrk(opts: WrkOptions): Promise<WrkResult> {
+  return load(
+    "wrk",
+    "wrk",
+    (t, c, d) => ["-t", `${t}`, "-c", `${c}`, "-d", `${d}s`, "--latency"],
+    parseWrk,
+    opts,
   );
-  if (r.code !== 0) throw new HarnessError(`wrk exited ${r.code}: ${(r.stderr || r.stdout).slice(-1500)}`);
-  return parseWrk(r.stdout);
 }
