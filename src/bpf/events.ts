@@ -3,6 +3,7 @@
  * object's BTF): nothing here knows a byte position by heart. Malformed records are typed errors.
  */
 import { formatIPv4, formatIPv6 } from "../parse/addr.ts";
+import { be16 } from "../parse/bytes.ts";
 import { type ConnKey, textKey, v4Key, v6Key } from "../capture/connkey.ts";
 import {
   CLOSE_EVENT,
@@ -450,8 +451,8 @@ export class EventView {
       // IPv6 (not mapped): the groups as they are on the wire, as connKeyOf reads them from text.
       const b = this.#buf, so = this.#base + HDR_F.saddr.offset, dof = this.#base + HDR_F.daddr.offset;
       for (let i = 0; i < 8; i++) {
-        SRC6[i] = (b[so + 2 * i] << 8) | b[so + 2 * i + 1];
-        DST6[i] = (b[dof + 2 * i] << 8) | b[dof + 2 * i + 1];
+        SRC6[i] = be16(b, so + 2 * i);
+        DST6[i] = be16(b, dof + 2 * i);
       }
       return v6Key(SRC6, this.src_port, DST6, this.dst_port);
     }
@@ -533,8 +534,16 @@ function addrText(rec: Uint8Array, family: number, o: number): string {
   if (family === Family.INET6) {
     // Key: the 16 bytes as 8 code units, made by one call (a flat string; concatenation made a cons string
     // that every lookup flattened).
-    const g = (i: number) => (rec[o + i] << 8) | rec[o + i + 1];
-    const k = String.fromCharCode(g(0), g(2), g(4), g(6), g(8), g(10), g(12), g(14));
+    const k = String.fromCharCode(
+      be16(rec, o),
+      be16(rec, o + 2),
+      be16(rec, o + 4),
+      be16(rec, o + 6),
+      be16(rec, o + 8),
+      be16(rec, o + 10),
+      be16(rec, o + 12),
+      be16(rec, o + 14),
+    );
     let s = V6_TEXT.get(k);
     if (s === undefined) {
       if (V6_TEXT.size >= ADDR_CACHE_MAX) V6_TEXT.clear();

@@ -36,7 +36,10 @@ export class StreamAssembler {
     return { delivered: this.delivered, skipped: this.skipped, gaps: this.gaps, duplicate: this.duplicate };
   }
 
-  constructor(private readonly maxPending = 64 * 1024) {}
+  /** `start`: where the stream begins, when known (else the first chunk's position fixes it). */
+  constructor(private readonly maxPending = 64 * 1024, start?: number) {
+    this.next = start;
+  }
 
   /**
    * The common case without an allocation: `len` bytes at `pos` are exactly the next ones and nothing is held

@@ -106,7 +106,7 @@ export class PacketTracker {
       // A connection's first segment holding its whole ClientHello (nearly every TLS connection), or not
       // TLS at all: decided from these bytes alone, with no flow, assembler or reader made for it.
       const b = f.bytes;
-      if (b.length >= 2 && !(b[0] === 0x16 && b[1] === 0x03)) {
+      if (notTls(b)) {
         this.s.not_tls++;
         this.flows.set(key, f.tsNs);
         return undefined;
@@ -120,16 +120,11 @@ export class PacketTracker {
     const flow = got ?? this.newFlow(key, f.tsNs);
     flow.lastNs = f.tsNs;
     // Offsets count from ISN + 1: the stream starts at 0 whichever segment tc reports first (reordered).
-    const asm = flow.asm ??= startedAtZero(new StreamAssembler(64 * 1024));
+    const asm = flow.asm ??= new StreamAssembler(64 * 1024, 0);
     const tls = flow.tls ??= new TlsHandshakeReader();
     const { out } = asm.push(rel, f.bytes);
     for (const piece of out) {
-      // A first byte other than a handshake record's, or a second one other than 3 (a first segment of one
-      // byte, as DPI evasion tools split a hello, waits for the next).
-      if (
-        asm.stats.delivered === piece.length &&
-        (piece[0] !== 0x16 || (piece.length >= 2 && piece[1] !== 0x03))
-      ) {
+      if (asm.stats.delivered === piece.length && notTls(piece)) {
         // Not TLS (plain HTTP on this port): nothing to fingerprint here.
         this.s.not_tls++;
         this.finish(key, flow);
@@ -208,7 +203,10 @@ export class PacketTracker {
   }
 }
 
-function startedAtZero(asm: StreamAssembler): StreamAssembler {
-  asm.next = 0;
-  return asm;
+/**
+ * A stream's first bytes that cannot start a TLS handshake record: a first byte other than 0x16, or a second
+ * one other than 3. One byte alone (DPI-evasion tools split a hello so) waits for the next.
+ */
+function notTls(b: Uint8Array): boolean {
+  return b.length >= 1 && (b[0] !== 0x16 || (b.length >= 2 && b[1] !== 0x03));
 }

@@ -11,7 +11,7 @@ import { StreamAssembler } from "./assembler.ts";
 import { LruMap } from "./lru.ts";
 import { HeaderBlockCache, Http1RequestStream, type RequestHead } from "../parse/http1.ts";
 import { Http2RequestStream } from "../parse/http2.ts";
-import { HS_CLIENT_HELLO, parseClientHello, TlsHandshakeReader, wholeClientHello } from "../parse/tls.ts";
+import { HS_CLIENT_HELLO, parseClientHello, TlsHandshakeReader } from "../parse/tls.ts";
 import { type Ja4h, ja4h } from "../fingerprint/ja4h.ts";
 import { type Ja4, ja4 } from "../fingerprint/ja4.ts";
 import type { ClientHello } from "../parse/tls.ts";
@@ -297,15 +297,6 @@ export class RequestTracker {
       if (s[0] === 0x16 && s[1] === 0x03) {
         st.proto = "tls";
         st.tls = new TlsHandshakeReader();
-        // Nearly always the first read is one record holding the whole ClientHello: taken in place (the
-        // reader would copy its body first), and not parsed at all when tc already delivered it.
-        const body = wholeClientHello(bytes);
-        if (body !== undefined) {
-          st.tls.messages++;
-          this.clientHello(st, c, body, true);
-          bytes = bytes.subarray(body.byteOffset - bytes.byteOffset + body.length);
-          if (bytes.length === 0) return;
-        }
       } else if (s[0] === 0x50 && s[1] === 0x52 && s[2] === 0x49 && s[3] === 0x20) {
         // "PRI ": compared as bytes (a TextDecoder call per connection was ~4 % of the agent's CPU).
         st.proto = "h2";

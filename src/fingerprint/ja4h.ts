@@ -49,7 +49,7 @@ export function acceptLanguageCode(value: string | undefined): string {
   return (v + "0000").slice(0, 4);
 }
 
-interface Cookie {
+export interface Cookie {
   name: string;
   pair: string;
 }
@@ -58,7 +58,7 @@ interface Cookie {
  * The `;`-separated pieces of a Cookie value, trimmed, empty ones left out (as split(";") + trim()), each
  * cut once at its first "=": one slice per piece (and one for its name) instead of a split array and a trim.
  */
-export function cookiePieces(value: string, out: { name: string; pair: string }[]): void {
+export function cookiePieces(value: string, out: Cookie[]): void {
   const end = value.length;
   for (let from = 0; from <= end;) {
     let semi = value.indexOf(";", from);
@@ -125,13 +125,12 @@ export function ja4h(req: HttpRequestHead, full = true): Ja4h {
   const sortedPairs = sorted.map((c) => c.pair).join(",");
   // Cookie values are a user's own: their hash is not kept in hash12's memo (it would never hit again).
   const d = hash12(sortedPairs, false);
-  if (!full) {
-    return { ja4h: a + "_" + b + "_" + hash12(sortedNames) + "_" + d, ja4h_r: "", ja4h_o: "", ja4h_ro: "" };
-  }
+  const main = a + "_" + b + "_" + hash12(sortedNames) + "_" + d;
+  if (!full) return { ja4h: main, ja4h_r: "", ja4h_o: "", ja4h_ro: "" };
   const origNames = cookies.map((c) => c.name).join(",");
   const origPairs = cookies.map((c) => c.pair).join(",");
   return {
-    ja4h: a + "_" + b + "_" + hash12(sortedNames) + "_" + d,
+    ja4h: main,
     ja4h_r: a + "_" + rawNames + "_" + sortedNames + "_" + sortedPairs,
     ja4h_o: a + "_" + b + "_" + hash12(origNames) + "_" +
       (origPairs === sortedPairs ? d : hash12(origPairs, false)),

@@ -1,6 +1,13 @@
 import { assertEquals } from "../testing/asserts.ts";
 import { Http1RequestStream } from "../parse/http1.ts";
-import { acceptLanguageCode, cookiePieces, type HttpRequestHead, ja4h, methodCode } from "./ja4h.ts";
+import {
+  acceptLanguageCode,
+  type Cookie,
+  cookiePieces,
+  type HttpRequestHead,
+  ja4h,
+  methodCode,
+} from "./ja4h.ts";
 import { fromHex } from "../parse/bytes.ts";
 import fc from "fast-check";
 
@@ -174,7 +181,7 @@ Deno.test("cookiePieces: the pieces split(';') and trim() give, empty ones left 
   fc.assert(
     fc.property(fc.array(fc.constantFrom(...alphabet), { maxLength: 16 }), (parts) => {
       const v = parts.join("");
-      const got: { name: string; pair: string }[] = [];
+      const got: Cookie[] = [];
       cookiePieces(v, got);
       const want = v.split(";").map((p) => p.trim()).filter((p) => p.length > 0).map((pair) => {
         const eq = pair.indexOf("=");

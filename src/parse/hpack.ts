@@ -97,22 +97,19 @@ export const DEFAULT_MAX_TABLE_SIZE = 65536;
 export const DEFAULT_MAX_HEADER_LIST_SIZE = 65536;
 
 interface Entry {
-  name: string;
-  value: string;
+  /**
+   * The entry as a decoded field [name, value], made once: every indexed reference to it yields this same
+   * (never mutated) pair, so a consumer compares a request's fields with the last one's by identity, and
+   * nothing is allocated.
+   */
+  field: HeaderField;
   /** RFC 7541 4.1 entry size: name octets + value octets + 32. */
   size: number;
   nameOctets: number;
-  /**
-   * The entry as a decoded field, made once: every indexed reference to it yields this same (never mutated)
-   * pair, so a consumer compares a request's fields with the last one's by identity, and nothing is allocated.
-   */
-  field: HeaderField;
 }
 
 /** The static table as entries (its strings are ASCII: octets = length). */
 const STATIC_ENTRIES: Entry[] = STATIC_TABLE.map(([name, value]) => ({
-  name,
-  value,
   size: name.length + value.length + 32,
   nameOctets: name.length,
   field: [name, value],
@@ -290,7 +287,7 @@ export class HpackDecoder {
   dynamicTable(): HeaderField[] {
     const out: HeaderField[] = [];
     for (let i = this.entries.length - 1; i >= this.start; i--) {
-      out.push([this.entries[i].name, this.entries[i].value]);
+      out.push([...this.entries[i].field]);
     }
     return out;
   }
@@ -351,7 +348,7 @@ export class HpackDecoder {
         } else {
           const e = this.entry(index);
           if (!e) return fail("malformed", `name index ${index} out of range`, at);
-          name = e.name;
+          name = e.field[0];
           nameLen = e.nameOctets;
         }
         const value = this.readString(buf, pos);
@@ -361,7 +358,7 @@ export class HpackDecoder {
         out.push(field);
         const size = nameLen + this.strOctets + 32;
         listSize += size;
-        if (incremental) this.insert({ name, value, size, nameOctets: nameLen, field });
+        if (incremental) this.insert({ field, size, nameOctets: nameLen });
         sawField = true;
       }
       if (listSize > this.maxHeaderListSize) {

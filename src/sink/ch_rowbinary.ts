@@ -147,23 +147,22 @@ export function tsMillis(s: string): number {
 /** IPv6 text (or IPv4, mapped) → 16 bytes; "" and unparsable text → :: (the column default). */
 export function ipv6Bytes(s: string): Uint8Array {
   const out = new Uint8Array(16);
-  ipv6Into(s, out, 0);
+  ipv6Into(s, out);
   return out;
 }
 
-/** ipv6Bytes written at `at` of `out` (whose 16 bytes there must be zero). */
-function ipv6Into(s: string, dst: Uint8Array, at: number): void {
-  const out = at === 0 && dst.length === 16 ? dst : dst.subarray(at, at + 16);
+/** ipv6Bytes written into `out` (16 bytes, all of them written). */
+function ipv6Into(s: string, out: Uint8Array): void {
+  for (let i = 0; i < 16; i++) out[i] = 0;
   if (s === "") return;
   if (!s.includes(":")) {
-    // Dotted IPv4, read without a regex (a new client address per connection on a busy server).
-    const v = parseV4(s);
+    // Dotted IPv4, read without a regex (a new client address per connection on a busy server); a form the
+    // agent does not write (leading zeros) through the regex.
+    let v = parseV4(s);
     if (v < 0) {
-      const q = quad(s); // a form the agent does not write (leading zeros)
+      const q = quad(s);
       if (!q) return;
-      out[10] = out[11] = 0xff;
-      out.set(q, 12);
-      return;
+      v = ((q[0] << 24) | (q[1] << 16) | (q[2] << 8) | q[3]) >>> 0;
     }
     out[10] = out[11] = 0xff;
     out[12] = v >>> 24;
@@ -312,8 +311,7 @@ export class RowBinaryEncoder {
       const kept = this.#slab.reserve(16);
       if (kept === undefined) e = ipv6Bytes(s);
       else {
-        for (let i = 0; i < 16; i++) kept[i] = 0; // the slab is reused when it starts over
-        ipv6Into(s, kept, 0);
+        ipv6Into(s, kept);
         e = kept;
       }
       this.#ips.set(s, e);
