@@ -22,6 +22,7 @@ import { createNetns } from "../tests/helpers/netns.ts";
 import { httpsProbesBench } from "./https_probes.ts";
 import { batchPolicy, cpuSplitUs, starve } from "./proc_cpu.ts";
 import { enableBpfStats, type ProgCost, progCosts, progCounters } from "./bpf_stats.ts";
+import { type ClickHouseServer, startClickHouse } from "../tests/helpers/clickhouse.ts";
 
 const HTTP_PORT = 22080;
 const TLS_PORT = 22443;
@@ -74,6 +75,8 @@ interface RunFigures {
   withAgent: boolean;
   /** With --base: the run was of the earlier checkout's agent. */
   base?: boolean;
+  /** With --clickhouse: the run's agent shipped its rows to ClickHouse instead of the file sink. */
+  ch?: boolean;
   wrk: WrkResult;
   /** Requests nginx logged during the run (with --agent-warmup, the warm-up's too: rows are counted over both). */
   logged: number;
@@ -141,6 +144,23 @@ async function countRows(path: string, port: number): Promise<{ rows: number; ja
   if (rest) line(rest);
   return out;
 }
+
+/** The same counts from the ClickHouse table a run's agent inserted into (once every row was acknowledged). */
+async function countRowsCh(
+  ch: ClickHouseServer,
+  table: string,
+  port: number,
+): Promise<{ rows: number; ja4: number; ja4h: number }> {
+  const t = await ch.query(
+    `SELECT count(), countIf(ja4 != ''), countIf(ja4h != '') FROM ${table} WHERE dst_port = ${port}`,
+  ).catch(() => "0\t0\t0"); // no table: the agent never shipped a row
+  const [rows, ja4, ja4h] = t.trim().split("\t").map(Number);
+  return { rows, ja4, ja4h };
+}
+
+/** Tables of the --clickhouse runs, one per run (counted by run, not by time). */
+const CH_DATABASE = "ja4bench";
+let chRuns = 0;
 
 function sumSeries(m: Map<string, number>, name: string): number {
   let s = 0;
@@ -226,6 +246,8 @@ async function oneRun(
   /** The earlier checkout whose agent runs instead (--base). */
   baseDir: string | undefined,
   client: Client,
+  /** --clickhouse: the agent ships to this server (its production sink: RowBinary, gzip, disk spool). */
+  ch?: ClickHouseServer,
 ): Promise<RunFigures> {
   const port = isTls(mode) ? TLS_PORT : HTTP_PORT;
   const url = clientUrl(client, mode);
@@ -233,6 +255,7 @@ async function oneRun(
   const dir = withAgent ? await makeTempDir("ja4ebpf-capbench-") : "";
   try {
     let readyMs = 0;
+    const chTable = ch ? `run${++chRuns}` : "";
     if (withAgent) {
       const t0 = performance.now();
       agent = await startAgent({
@@ -243,7 +266,12 @@ async function oneRun(
         config: {
           uprobes: { max_retries: 30, retry_interval_sec: 2 },
           capture: { hold_ms: 2000, ports: [HTTP_PORT, TLS_PORT] },
-          output: { file: { max_size_mb: 1048576, max_files: 1 }, clickhouse: { spool_dir: "" } },
+          output: ch
+            ? {
+              file: { path: "" },
+              clickhouse: { url: ch.url, database: CH_DATABASE, table: chTable, spool_dir: `${dir}/spool` },
+            }
+            : { file: { max_size_mb: 1048576, max_files: 1 }, clickhouse: { spool_dir: "" } },
           metrics: { enabled: true },
         },
         readyTimeoutMs: 90_000,
@@ -308,6 +336,7 @@ async function oneRun(
       otherAgents: others,
     };
     if (baseDir) fig.base = true;
+    if (ch) fig.ch = true;
     if (agent) {
       const m = await drain(agent);
       const split = cpuSplitUs(agent.pid);
@@ -316,7 +345,9 @@ async function oneRun(
       const peak = vmHwmKb(agent.pid);
       const exit = await agent.stop("SIGTERM", 30_000);
       if (exit.code !== 0) console.error(`agent exited ${exit.code}: ${agent.stderr().slice(-2000)}`);
-      const c = await countRows(agent.rowsPath, port);
+      const c = ch
+        ? await countRowsCh(ch, `${CH_DATABASE}.${chTable}`, port)
+        : await countRows(agent.rowsPath, port);
       fig.agent = {
         cpuUs: cpu,
         userUs,
@@ -511,7 +542,31 @@ function existsFile(p: string): boolean {
 }
 
 /** --base: this agent and the earlier one, measured in the same pairs. */
-function sideBySide(now: ModeSummary[], before: ModeSummary[]): string {
+/** What the third variant of each pair was: an earlier checkout (--base) or the ClickHouse sink (--clickhouse). */
+interface Third {
+  /** Row labels of sideBySide's two agents: [its `before`, its `now`]. */
+  names: [string, string];
+  intro: string;
+}
+
+const BASE_THIRD: Third = {
+  names: ["before", "after"],
+  intro:
+    `Side by side with an earlier version (\`--base\`: the agent of another checkout — its code, BPF object and
+V8 flags — run as a third variant in each pair, order reversed every other pair; "without" is the same pairs'
+runs without an agent):`,
+};
+
+const CH_THIRD: Third = {
+  names: ["file", "clickhouse"],
+  intro:
+    `Side by side, the file sink against the ClickHouse sink (\`--clickhouse\`: the same agent shipping its rows
+to clickhouse-server on loopback as in production — RowBinary, gzip, a disk spool, one table per run — as a
+third variant in each pair, order reversed every other pair; rows counted in ClickHouse once every row was
+acknowledged):`,
+};
+
+function sideBySide(now: ModeSummary[], before: ModeSummary[], third: Third = BASE_THIRD): string {
   const bpfNs = (s: ModeSummary) => {
     const on = s.runs.filter((r) => r.agent?.bpf);
     if (on.length === 0) return NaN;
@@ -524,7 +579,7 @@ function sideBySide(now: ModeSummary[], before: ModeSummary[]): string {
   for (const s of now) {
     const b = before.find((x) => x.mode === s.mode);
     if (!b) continue;
-    for (const [name, x] of [["before", b], ["after", s]] as const) {
+    for (const [name, x] of [[third.names[0], b], [third.names[1], s]] as const) {
       lines.push(
         `| ${s.mode} | ${name} | ${fmt(x.rpsOn)} | ${x.ratio.toFixed(3)} | ${fmt(x.agentUsPerReq, 2)} (${
           fmt(x.agentUserUsPerReq, 2)
@@ -536,7 +591,7 @@ function sideBySide(now: ModeSummary[], before: ModeSummary[]): string {
       );
     }
     lines.push(
-      `| ${s.mode} | **after / before** | ${(s.rpsOn / b.rpsOn).toFixed(2)}× | | **${
+      `| ${s.mode} | **${third.names[1]} / ${third.names[0]}** | ${(s.rpsOn / b.rpsOn).toFixed(2)}× | | **${
         (s.agentUsPerReq / b.agentUsPerReq).toFixed(2)
       }×** | ${
         s.warmupUsPerReq && b.warmupUsPerReq ? (s.warmupUsPerReq / b.warmupUsPerReq).toFixed(2) + "×" : ""
@@ -545,9 +600,7 @@ function sideBySide(now: ModeSummary[], before: ModeSummary[]): string {
       }× | ${(s.peakRssMb / b.peakRssMb).toFixed(2)}× | |`,
     );
   }
-  return `Side by side with an earlier version (\`--base\`: the agent of another checkout — its code, BPF object and
-V8 flags — run as a third variant in each pair, order reversed every other pair; "without" is the same pairs'
-runs without an agent):
+  return `${third.intro}
 
 ${lines.join("\n")}
 `;
@@ -750,6 +803,7 @@ async function main(): Promise<number> {
       "agent-warmup": { type: "string", default: "8" },
       scan: { type: "string", default: "0" },
       veth: { type: "boolean", default: false },
+      clickhouse: { type: "boolean", default: false },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -767,7 +821,9 @@ async function main(): Promise<number> {
         "  --agent-warmup S: S seconds of the same load on each fresh agent before its measured run, not\n" +
         "    counted (V8 compiles the hot path in the first seconds; reported apart as a one-time cost); 0: cold\n" +
         "  --scan N: N TCP health checks per second (connect, close, no byte) beside the load, in every run\n" +
-        "  --veth: wrk in a network namespace behind a veth pair (packets arrive as from a NIC), not on lo",
+        "  --veth: wrk in a network namespace behind a veth pair (packets arrive as from a NIC), not on lo\n" +
+        "  --clickhouse: also this agent shipping to ClickHouse (clickhouse-server started here) as a third\n" +
+        "    variant in each pair, and a side-by-side table of the file and ClickHouse sinks",
     );
     return 0;
   }
@@ -817,6 +873,7 @@ async function main(): Promise<number> {
   if (baseDir && !existsFile(`${baseDir}/src/main.ts`)) {
     throw new Error(`--base: no src/main.ts in ${baseDir}`);
   }
+  if (baseDir && values.clickhouse) throw new Error("--base and --clickhouse: one third variant at a time");
   requireTool("wrk", "wrk");
   requirePortsFree([METRICS_PORT]);
   let facts = await machineFacts();
@@ -844,83 +901,105 @@ async function main(): Promise<number> {
     ...(o.modes.includes("h2") ? { keepaliveRequests: 100_000_000 } : {}),
     ...(ns ? { hosts: ["127.0.0.1", ns.hostAddr] } : {}),
   });
-  const summaries: ModeSummary[] = [];
-  const baseSummaries: ModeSummary[] = [];
-  for (const mode of o.modes) {
-    const pairs = isTls(mode) ? o.httpsPairs : o.pairs;
-    if (pairs === 0) continue;
-    // Warm-up (not counted): page cache, TLS session set-up paths, CPU frequency.
-    await loader(mode)({
-      url: clientUrl(client, mode),
-      netns: client.netns,
-      headers: mode === "close" ? ["Connection: close"] : [],
-      threads: o.threads,
-      connections: o.connections,
-      duration: 3,
-    });
-    const runs: RunFigures[] = [];
-    for (let p = 0; p < pairs; p++) {
-      // off, this agent (, the earlier one with --base); reversed every other pair (ABBA / ABCCBA).
-      const one: ("off" | "on" | "base")[] = values["no-agent"]
-        ? ["off", "off"]
-        : baseDir
-        ? ["off", "on", "base"]
-        : ["off", "on"];
-      const order = p % 2 === 0 ? one : [...one].reverse();
-      for (const v of order) {
-        const on = v !== "off";
-        const r = await oneRun(ng, mode, on, o, v === "base" ? baseDir : undefined, client);
-        runs.push(r);
-        const a = r.agent;
-        console.error(
-          `${mode} pair ${p + 1} agent=${v === "base" ? "base" : on ? "on " : "off"} ${
-            fmt(r.wrk.requestsPerSec)
-          } req/s, ${fmt(r.wrk.requests)} wrk / ${fmt(r.logged)} logged` +
-            (a
-              ? `, ${fmt(a.rows)} rows (${
-                pct(a.rows / r.logged, 3)
-              }), bpf drops ${a.bpfDrops}, rows dropped ${a.rowsDropped}, agent ${
-                fmt(a.cpuUs / (r.measured ?? r.logged), 1)
-              } µs/req, RSS ${fmt(a.peakRssKb / 1024)} MiB, ready in ${fmt(a.readyMs)} ms`
-              : ""),
-        );
-        for (const c of a?.bpf ?? []) {
-          console.error(
-            `  bpf ${c.name.padEnd(16)} ${c.runsPerRequest.toFixed(2)} runs/req × ${fmt(c.nsPerRun)} ns = ${
-              fmt(c.nsPerRequest)
-            } ns/req`,
+  const ch = values.clickhouse ? await startClickHouse() : undefined;
+  try {
+    return await measure(ch);
+  } finally {
+    await ch?.close();
+  }
+
+  async function measure(ch: ClickHouseServer | undefined): Promise<number> {
+    const summaries: ModeSummary[] = [];
+    const baseSummaries: ModeSummary[] = [];
+    for (const mode of o.modes) {
+      const pairs = isTls(mode) ? o.httpsPairs : o.pairs;
+      if (pairs === 0) continue;
+      // Warm-up (not counted): page cache, TLS session set-up paths, CPU frequency.
+      await loader(mode)({
+        url: clientUrl(client, mode),
+        netns: client.netns,
+        headers: mode === "close" ? ["Connection: close"] : [],
+        threads: o.threads,
+        connections: o.connections,
+        duration: 3,
+      });
+      const runs: RunFigures[] = [];
+      for (let p = 0; p < pairs; p++) {
+        // off, this agent (, the earlier one with --base); reversed every other pair (ABBA / ABCCBA).
+        const one: ("off" | "on" | "base" | "ch")[] = values["no-agent"]
+          ? ["off", "off"]
+          : baseDir
+          ? ["off", "on", "base"]
+          : ch
+          ? ["off", "on", "ch"]
+          : ["off", "on"];
+        const order = p % 2 === 0 ? one : [...one].reverse();
+        for (const v of order) {
+          const on = v !== "off";
+          const r = await oneRun(
+            ng,
+            mode,
+            on,
+            o,
+            v === "base" ? baseDir : undefined,
+            client,
+            v === "ch" ? ch : undefined,
           );
-        }
-        if (a && (values.verbose || a.rows < r.logged)) {
-          console.error(`  ${a.readyLine.trim()}\n  counters ${JSON.stringify(a.counters)}`);
-          for (const w of a.warnings) console.error(`  ${w}`);
-        }
-        if (r.wrk.non2xx || Object.values(r.wrk.socketErrors).some((x) => x > 0)) {
+          runs.push(r);
+          const a = r.agent;
           console.error(
-            `  wrk: ${r.wrk.non2xx} non-2xx, socket errors ${JSON.stringify(r.wrk.socketErrors)}`,
+            `${mode} pair ${p + 1} agent=${v === "base" || v === "ch" ? v : on ? "on " : "off"} ${
+              fmt(r.wrk.requestsPerSec)
+            } req/s, ${fmt(r.wrk.requests)} wrk / ${fmt(r.logged)} logged` +
+              (a
+                ? `, ${fmt(a.rows)} rows (${
+                  pct(a.rows / r.logged, 3)
+                }), bpf drops ${a.bpfDrops}, rows dropped ${a.rowsDropped}, agent ${
+                  fmt(a.cpuUs / (r.measured ?? r.logged), 1)
+                } µs/req, RSS ${fmt(a.peakRssKb / 1024)} MiB, ready in ${fmt(a.readyMs)} ms`
+                : ""),
           );
+          for (const c of a?.bpf ?? []) {
+            console.error(
+              `  bpf ${c.name.padEnd(16)} ${c.runsPerRequest.toFixed(2)} runs/req × ${fmt(c.nsPerRun)} ns = ${
+                fmt(c.nsPerRequest)
+              } ns/req`,
+            );
+          }
+          if (a && (values.verbose || a.rows < r.logged)) {
+            console.error(`  ${a.readyLine.trim()}\n  counters ${JSON.stringify(a.counters)}`);
+            for (const w of a.warnings) console.error(`  ${w}`);
+          }
+          if (r.wrk.non2xx || Object.values(r.wrk.socketErrors).some((x) => x > 0)) {
+            console.error(
+              `  wrk: ${r.wrk.non2xx} non-2xx, socket errors ${JSON.stringify(r.wrk.socketErrors)}`,
+            );
+          }
         }
       }
+      if (!values["no-agent"]) {
+        summaries.push(summarize(mode, runs.filter((r) => !r.base && !r.ch)));
+        if (baseDir || ch) {
+          baseSummaries.push(summarize(mode, runs.filter((r) => !r.withAgent || r.base || r.ch)));
+        }
+      } else console.log(runs.map((r) => `${mode}: ${fmt(r.wrk.requestsPerSec)} req/s`).join("\n"));
     }
-    if (!values["no-agent"]) {
-      summaries.push(summarize(mode, runs.filter((r) => !r.base)));
-      if (baseDir) baseSummaries.push(summarize(mode, runs.filter((r) => !r.withAgent || r.base)));
-    } else console.log(runs.map((r) => `${mode}: ${fmt(r.wrk.requestsPerSec)} req/s`).join("\n"));
+    if (values["no-agent"]) return 0;
+    const loadEnd = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
+    facts += `; at the end: load average ${loadEnd}, other agents ${otherAgents()}`;
+    let text = section(date, facts, o, summaries);
+    if (baseDir) text += "\n" + sideBySide(summaries, baseSummaries);
+    if (ch) text += "\n" + sideBySide(baseSummaries, summaries, CH_THIRD);
+    console.log(text);
+    if (values.json) {
+      await Deno.writeTextFile(
+        values.json,
+        JSON.stringify({ date, facts, o, summaries, baseSummaries }, null, 1),
+      );
+    }
+    if (values["write-doc"]) await writeDoc(text);
+    return 0;
   }
-  if (values["no-agent"]) return 0;
-  const loadEnd = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
-  facts += `; at the end: load average ${loadEnd}, other agents ${otherAgents()}`;
-  let text = section(date, facts, o, summaries);
-  if (baseDir) text += "\n" + sideBySide(summaries, baseSummaries);
-  console.log(text);
-  if (values.json) {
-    await Deno.writeTextFile(
-      values.json,
-      JSON.stringify({ date, facts, o, summaries, baseSummaries }, null, 1),
-    );
-  }
-  if (values["write-doc"]) await writeDoc(text);
-  return 0;
 }
 
 if (import.meta.main) Deno.exit(await main());
