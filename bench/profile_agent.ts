@@ -16,6 +16,7 @@ import { startNginx } from "../tests/helpers/servers.ts";
 import { wrk } from "../tests/helpers/clients.ts";
 import { requireRoot } from "../tests/helpers/proc.ts";
 import { stageOf, stageTimes } from "./stages.ts";
+import { startClickHouse } from "../tests/helpers/clickhouse.ts";
 
 const PORT = 22280;
 
@@ -27,12 +28,15 @@ const { values } = parseArgs({
     warmup: { type: "string", default: "8" },
     // V8's sampler interrupts the agent with a signal every 500 µs: its own cost shows in perf's figures.
     "no-inspector": { type: "boolean", default: false },
+    // Rows to clickhouse-server (started here) instead of the file sink: the production pipeline's profile.
+    clickhouse: { type: "boolean", default: false },
     dir: { type: "string", default: new URL("./out/agent-prof", import.meta.url).pathname },
   },
 });
 requireRoot("the agent profile (the agent loads BPF programs)");
 await Deno.mkdir(values.dir!, { recursive: true });
 await using ng = await startNginx({ port: PORT, workers: 1 });
+const ch = values.clickhouse ? await startClickHouse() : undefined;
 
 /** A Chrome DevTools Protocol session over the agent's inspector WebSocket. */
 async function inspector(port: number) {
@@ -61,7 +65,9 @@ const agent = await startAgent({
   config: {
     capture: { ports: [PORT] },
     metrics: { enabled: true },
-    output: { file: { max_size_mb: 1048576, max_files: 1 } },
+    output: ch
+      ? { file: { path: "" }, clickhouse: { url: ch.url, database: "ja4prof", table: "requests" } }
+      : { file: { max_size_mb: 1048576, max_files: 1 } },
   },
   v8Flags: AGENT_V8_FLAGS + ",--perf-basic-prof",
   // The inspector samples only between Profiler.start and stop: after the BPF load (V8's --cpu-prof samples
@@ -111,6 +117,7 @@ cdp?.close();
 if (profile) await Deno.writeTextFile(`${values.dir}/agent.cpuprofile`, JSON.stringify(profile));
 await agent.stop("SIGTERM", 30_000);
 await agent.close();
+await ch?.close();
 const rep = new TextDecoder().decode(
   (await new Deno.Command("perf", {
     args: [
@@ -151,6 +158,14 @@ console.log(`wrk ${w.requests} requests (${values.mode}); ${total.toFixed(1)} % 
 console.log("| stage | share of agent CPU |\n| --- | ---: |");
 for (const [k, v] of [...stages].sort((a, b) => b[1] - a[1])) console.log(`| ${k} | ${v.toFixed(1)} % |`);
 console.log(rep.split("\n").filter((l) => /^\s+[\d.]+%/.test(l)).slice(0, 40).join("\n"));
+// By thread: the JS thread against V8's helpers (GC, compiles) and the runtime's pools (gzip, file I/O).
+const byThread = new TextDecoder().decode(
+  (await new Deno.Command("perf", {
+    args: ["report", "-i", data, "--stdio", "--no-children", "--sort", "comm", "-g", "none"],
+    stderr: "null",
+  }).output()).stdout,
+);
+console.log("\nby thread:\n" + byThread.split("\n").filter((l) => /^\s+[\d.]+%/.test(l)).join("\n"));
 
 // The JavaScript side from V8's own sampler (the native part stays opaque: the npm build of Deno is stripped).
 if (profile) {

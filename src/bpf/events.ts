@@ -130,7 +130,10 @@ type Reader = (dv: DataView, b?: number) => number;
 /**
  * One reader per field, chosen once from its layout kind (the per-record decode then does no switch).
  * u64/s64 are combined from two 32-bit halves: hi·2³² and lo are exact doubles, so their sum rounds once,
- * exactly as Number(bigint) does, without allocating a BigInt.
+ * exactly as Number(bigint) does, without allocating a BigInt. A u64 below 2³² is `lo` itself: in optimized
+ * code the product-and-sum is a float even when it is a small integer, and stream positions that came as
+ * small integers from one tier and boxed floats from another kept the request tracker's arithmetic in a
+ * deoptimization loop (tests/jit_test.ts).
  */
 function reader(f: FieldLayout): Reader {
   const o = f.offset;
@@ -148,7 +151,10 @@ function reader(f: FieldLayout): Reader {
     case "s32":
       return (dv, b = 0) => dv.getInt32(b + o, true);
     case "u64":
-      return (dv, b = 0) => dv.getUint32(b + o + 4, true) * 4294967296 + dv.getUint32(b + o, true);
+      return (dv, b = 0) => {
+        const hi = dv.getUint32(b + o + 4, true), lo = dv.getUint32(b + o, true);
+        return hi === 0 ? lo : hi * 4294967296 + lo;
+      };
     case "s64":
       return (dv, b = 0) => dv.getInt32(b + o + 4, true) * 4294967296 + dv.getUint32(b + o, true);
     default:
