@@ -336,7 +336,6 @@ async function oneRun(
       otherAgents: others,
     };
     if (baseDir) fig.base = true;
-    if (ch) fig.ch = true;
     if (agent) {
       const m = await drain(agent);
       const split = cpuSplitUs(agent.pid);
@@ -804,6 +803,7 @@ async function main(): Promise<number> {
       scan: { type: "string", default: "0" },
       veth: { type: "boolean", default: false },
       clickhouse: { type: "boolean", default: false },
+      sink: { type: "string", default: "file" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -822,6 +822,8 @@ async function main(): Promise<number> {
         "    counted (V8 compiles the hot path in the first seconds; reported apart as a one-time cost); 0: cold\n" +
         "  --scan N: N TCP health checks per second (connect, close, no byte) beside the load, in every run\n" +
         "  --veth: wrk in a network namespace behind a veth pair (packets arrive as from a NIC), not on lo\n" +
+        "  --sink file|clickhouse: where every agent's rows go (clickhouse: a server started here; with --base,\n" +
+        "    both versions ship to it)\n" +
         "  --clickhouse: also this agent shipping to ClickHouse (clickhouse-server started here) as a third\n" +
         "    variant in each pair, and a side-by-side table of the file and ClickHouse sinks",
     );
@@ -901,7 +903,10 @@ async function main(): Promise<number> {
     ...(o.modes.includes("h2") ? { keepaliveRequests: 100_000_000 } : {}),
     ...(ns ? { hosts: ["127.0.0.1", ns.hostAddr] } : {}),
   });
-  const ch = values.clickhouse ? await startClickHouse() : undefined;
+  if (values.sink !== "file" && values.sink !== "clickhouse") throw new Error("--sink: file or clickhouse");
+  const allCh = values.sink === "clickhouse";
+  if (allCh && values.clickhouse) throw new Error("--sink clickhouse and --clickhouse: one or the other");
+  const ch = values.clickhouse || allCh ? await startClickHouse() : undefined;
   try {
     return await measure(ch);
   } finally {
@@ -943,8 +948,9 @@ async function main(): Promise<number> {
             o,
             v === "base" ? baseDir : undefined,
             client,
-            v === "ch" ? ch : undefined,
+            v === "ch" || (on && allCh) ? ch : undefined,
           );
+          if (v === "ch") r.ch = true;
           runs.push(r);
           const a = r.agent;
           console.error(
@@ -979,7 +985,7 @@ async function main(): Promise<number> {
       }
       if (!values["no-agent"]) {
         summaries.push(summarize(mode, runs.filter((r) => !r.base && !r.ch)));
-        if (baseDir || ch) {
+        if (baseDir || values.clickhouse) {
           baseSummaries.push(summarize(mode, runs.filter((r) => !r.withAgent || r.base || r.ch)));
         }
       } else console.log(runs.map((r) => `${mode}: ${fmt(r.wrk.requestsPerSec)} req/s`).join("\n"));
@@ -989,7 +995,7 @@ async function main(): Promise<number> {
     facts += `; at the end: load average ${loadEnd}, other agents ${otherAgents()}`;
     let text = section(date, facts, o, summaries);
     if (baseDir) text += "\n" + sideBySide(summaries, baseSummaries);
-    if (ch) text += "\n" + sideBySide(baseSummaries, summaries, CH_THIRD);
+    if (values.clickhouse) text += "\n" + sideBySide(baseSummaries, summaries, CH_THIRD);
     console.log(text);
     if (values.json) {
       await Deno.writeTextFile(

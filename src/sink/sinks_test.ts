@@ -388,3 +388,33 @@ Deno.test("clickhouse sink without a server: one RowBinary batch per day, a rand
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("clickhouse sink: a batch compressed chunk by chunk decompresses to its rows, one row larger than a chunk", async () => {
+  const dir = await Deno.makeTempDir();
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const url = `http://127.0.0.1:${(l.addr as Deno.NetAddr).port}`;
+  l.close();
+  const prevLog = setLogSink(() => {});
+  try {
+    const sink = await ClickHouseSink.open({
+      config: { ...DEFAULT_CONFIG.output.clickhouse, url, spool_dir: dir },
+      retryMinMs: 60_000,
+    });
+    // ~1 MB of rows (four 256 KiB chunks), written in pieces as the agent's batches come; row 1500 carries a
+    // 400 kB path (a chunk of its own), and the last rows end in a chunk that is not full.
+    const rows = Array.from({ length: 3000 }, (_, i) => testRow(i, "c"));
+    rows[1500].path = "/" + "x".repeat(400_000);
+    for (let i = 0; i < rows.length; i += 128) sink.write(rows.slice(i, i + 128));
+    await sink.persist();
+    await sink.abandon();
+    const names = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.endsWith(".gz"));
+    assertEquals(names.length, 1, names.join());
+    const body = Deno.readFileSync(`${dir}/${names[0]}`);
+    assert(body.length < 200_000, `compressed to ${body.length} bytes`);
+    const { rows: got } = decodeRowBinary(await gunzipBytes(body), "legacy");
+    assertEquals(got, rows);
+  } finally {
+    setLogSink(prevLog);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
