@@ -156,7 +156,10 @@ function reader(f: FieldLayout): Reader {
         return hi === 0 ? lo : hi * 4294967296 + lo;
       };
     case "s64":
-      return (dv, b = 0) => dv.getInt32(b + o + 4, true) * 4294967296 + dv.getUint32(b + o, true);
+      return (dv, b = 0) => {
+        const hi = dv.getInt32(b + o + 4, true), lo = dv.getUint32(b + o, true);
+        return hi === 0 ? lo : hi * 4294967296 + lo;
+      };
     default:
       return () => {
         throw new EventDecodeError(`field at ${o} is not a number`, "kind");
