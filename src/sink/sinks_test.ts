@@ -339,7 +339,14 @@ Deno.test("spool: dead/ is capped (counted by the caller); a failed move leaves 
   }
 });
 
-Deno.test("clickhouse sink without a server: one RowBinary batch per day, a random id per batch", async () => {
+/**
+ * A ClickHouse sink whose server never answers (a port just closed), its spool in a temp dir: `fn` writes rows,
+ * persists and abandons; the batches stay in the spool for the test to read.
+ */
+async function offlineSink(
+  config: Partial<typeof DEFAULT_CONFIG.output.clickhouse>,
+  fn: (sink: ClickHouseSink, dir: string) => Promise<void>,
+): Promise<void> {
   const dir = await Deno.makeTempDir();
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const url = `http://127.0.0.1:${(l.addr as Deno.NetAddr).port}`;
@@ -347,9 +354,22 @@ Deno.test("clickhouse sink without a server: one RowBinary batch per day, a rand
   const prevLog = setLogSink(() => {});
   try {
     const sink = await ClickHouseSink.open({
-      config: { ...DEFAULT_CONFIG.output.clickhouse, url, spool_dir: dir, batch_rows: 50 },
+      config: { ...DEFAULT_CONFIG.output.clickhouse, url, spool_dir: dir, ...config },
       retryMinMs: 60_000,
     });
+    await fn(sink, dir);
+  } finally {
+    setLogSink(prevLog);
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** The spool's batch files, by name. */
+const spooled = (dir: string) =>
+  [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.endsWith(".gz")).sort();
+
+Deno.test("clickhouse sink without a server: one RowBinary batch per day, a random id per batch", async () => {
+  await offlineSink({ batch_rows: 50 }, async (sink, dir) => {
     const day = (d: number, i: number) => ({
       ...testRow(i, "d"),
       ts: `2026-01-${d}T10:00:00.${String(i).padStart(3, "0")}Z`,
@@ -359,7 +379,7 @@ Deno.test("clickhouse sink without a server: one RowBinary batch per day, a rand
     sink.write(rows);
     await sink.persist();
     await sink.abandon();
-    const names = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.endsWith(".gz")).sort();
+    const names = spooled(dir);
     assert(
       names.every((n) => /^\d{12}-legacy-2026-01-1[56]-\d+-[0-9a-f]{32}\.rowbinary\.gz$/.test(n)),
       names.join(),
@@ -383,23 +403,11 @@ Deno.test("clickhouse sink without a server: one RowBinary batch per day, a rand
       back.sort((a, b) => a.path.localeCompare(b.path)),
       rows.sort((a, b) => a.path.localeCompare(b.path)),
     );
-  } finally {
-    setLogSink(prevLog);
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("clickhouse sink: a batch compressed chunk by chunk decompresses to its rows, one row larger than a chunk", async () => {
-  const dir = await Deno.makeTempDir();
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const url = `http://127.0.0.1:${(l.addr as Deno.NetAddr).port}`;
-  l.close();
-  const prevLog = setLogSink(() => {});
-  try {
-    const sink = await ClickHouseSink.open({
-      config: { ...DEFAULT_CONFIG.output.clickhouse, url, spool_dir: dir },
-      retryMinMs: 60_000,
-    });
+  await offlineSink({}, async (sink, dir) => {
     // ~1 MB of rows (four 256 KiB chunks), written in pieces as the agent's batches come; row 1500 carries a
     // 400 kB path (a chunk of its own), and the last rows end in a chunk that is not full.
     const rows = Array.from({ length: 3000 }, (_, i) => testRow(i, "c"));
@@ -407,14 +415,11 @@ Deno.test("clickhouse sink: a batch compressed chunk by chunk decompresses to it
     for (let i = 0; i < rows.length; i += 128) sink.write(rows.slice(i, i + 128));
     await sink.persist();
     await sink.abandon();
-    const names = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.endsWith(".gz"));
+    const names = spooled(dir);
     assertEquals(names.length, 1, names.join());
     const body = Deno.readFileSync(`${dir}/${names[0]}`);
     assert(body.length < 200_000, `compressed to ${body.length} bytes`);
     const { rows: got } = decodeRowBinary(await gunzipBytes(body), "legacy");
     assertEquals(got, rows);
-  } finally {
-    setLogSink(prevLog);
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
