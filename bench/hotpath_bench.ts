@@ -4,7 +4,7 @@
  * → correlator input) → correlator tick (rows) → output sink (privacy filter + JSON lines into a discarding
  * writer). Reports CPU ns per request of the JS thread for each stage.
  *
- *   deno run -A bench/hotpath_bench.ts [--requests=200000] [--modes=keepalive,close,tls] [--perfbuf]
+ *   deno run -A bench/hotpath_bench.ts [--requests=200000] [--modes=keepalive,close,tls] [--perfbuf] [--rowbinary]
  *   deno run -A --cpu-prof --cpu-prof-dir=bench/out bench/hotpath_bench.ts --modes=close   # where it goes
  *
  * Modes: keepalive = plain HTTP, 100 requests per connection (one DATA event per request; the heads rotate);
@@ -15,13 +15,16 @@
  * records lost (what a full ring drops);
  * close-scan = close with every second connection a SYN alone (no records at all); h2 = tls in HTTP/2 (HPACK as
  * a browser sends it); close-unique / keepalive-unique = every connection its own session cookie (no header
- * block repeats across connections). --perfbuf: delivered as per-CPU perf buffers would.
+ * block repeats across connections). --perfbuf: delivered as per-CPU perf buffers would. --rowbinary: each
+ * batch's rows also encoded as the ClickHouse sink encodes them (RowBinaryEncoder, into one reused buffer; no
+ * server), in the sink stage.
  */
 import { Agent } from "../src/agent/agent.ts";
 import type { AttachPlan } from "../src/bpf/plan.ts";
 import { DEFAULT_CONFIG } from "../src/config/config.ts";
 import { setLogSink } from "../src/log.ts";
 import { openOutputs } from "../src/sink/mod.ts";
+import { RowBinaryEncoder, stringBytes } from "../src/sink/ch_rowbinary.ts";
 import { type RingBatch, ringBatch, Traffic, TRAFFIC_MODES } from "./traffic.ts";
 
 /** CPU ns of the calling (JS) thread. */
@@ -44,7 +47,12 @@ export interface HotpathResult {
  * `perfbuf`: events as the per-CPU perf buffers deliver them (kernels without ring buffers): not in one order,
  * so rows may wait for facts; each batch stands for one poll of the buffers.
  */
-export async function runHotpath(mode: string, requests: number, perfbuf = false): Promise<HotpathResult> {
+export async function runHotpath(
+  mode: string,
+  requests: number,
+  perfbuf = false,
+  rowbinary = false,
+): Promise<HotpathResult> {
   setLogSink(() => {});
   const cfg = structuredClone(DEFAULT_CONFIG);
   cfg.output.stdout = true;
@@ -61,6 +69,9 @@ export async function runHotpath(mode: string, requests: number, perfbuf = false
   });
   let rows = 0;
   const st = { onRecord: 0, tick: 0, sink: 0 };
+  const enc = rowbinary ? new RowBinaryEncoder() : undefined;
+  const batchId = stringBytes("0123456789abcdef0123456789abcdef");
+  let rb = new Uint8Array(1 << 20);
   let ring: RingBatch | undefined;
   const batch = (n: number, measure: boolean) => {
     const recs: Uint8Array[] = [];
@@ -78,6 +89,18 @@ export async function runHotpath(mode: string, requests: number, perfbuf = false
     t = threadNs();
     if (measure) st.tick += t - t2;
     out.write(rs);
+    if (enc) {
+      let p = 0;
+      for (const r of rs) {
+        // The bytes are not kept: a full buffer starts over.
+        const max = enc.maxBytes(r, batchId);
+        if (p + max > rb.length) {
+          p = 0;
+          if (max > rb.length) rb = new Uint8Array(max);
+        }
+        p = enc.write(r, "modern", rb, p, batchId);
+      }
+    }
     t2 = threadNs();
     if (measure) {
       st.sink += t2 - t;
@@ -113,7 +136,9 @@ if (import.meta.main) {
   const requests = Number(arg("requests", "200000"));
   const results: HotpathResult[] = [];
   for (const mode of arg("modes", "keepalive,close,tls").split(",")) {
-    results.push(await runHotpath(mode, requests, Deno.args.includes("--perfbuf")));
+    results.push(
+      await runHotpath(mode, requests, Deno.args.includes("--perfbuf"), Deno.args.includes("--rowbinary")),
+    );
   }
   console.log(
     "| mode | requests | rows | onRecord ns | tick ns | sink ns | total ns/request | RSS / peak MiB |",

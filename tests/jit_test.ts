@@ -34,8 +34,10 @@ Deno.test("deoptsByFunction counts a trace's bailouts by function", () => {
 });
 
 Deno.test("the per-request path settles: no function deopts in a loop", async (t) => {
-  for (const mode of ["keepalive", "close", "tls", "h2", "close-unique"]) {
-    await t.step(mode, async () => {
+  // keepalive+rowbinary: the ClickHouse sink's encoder as well (the production sink).
+  for (const variant of ["keepalive", "close", "tls", "h2", "close-unique", "keepalive+rowbinary"]) {
+    const [mode, extra] = variant.split("+");
+    await t.step(variant, async () => {
       const r = await new Deno.Command(Deno.execPath(), {
         args: [
           "run",
@@ -44,20 +46,24 @@ Deno.test("the per-request path settles: no function deopts in a loop", async (t
           BENCH,
           `--modes=${mode}`,
           "--requests=100000",
+          ...(extra ? [`--${extra}`] : []),
         ],
         stdout: "piped",
         stderr: "piped",
         env: { NO_COLOR: "1" },
       }).output();
       const text = new TextDecoder().decode(r.stdout);
-      assert(r.success, `hotpath_bench ${mode} failed: ${new TextDecoder().decode(r.stderr).slice(-2000)}`);
+      assert(
+        r.success,
+        `hotpath_bench ${variant} failed: ${new TextDecoder().decode(r.stderr).slice(-2000)}`,
+      );
       // The benchmark really ran (its table row), so an empty trace means no deopts, not no work.
       assert(
         new RegExp(`^\\| ${mode} \\| 100000 \\|`, "m").test(text),
         `no result row:\n${text.slice(-1500)}`,
       );
       const loops = [...deoptsByFunction(text)].filter(([, n]) => n > MAX_PER_FUNCTION);
-      assert(loops.length === 0, `deopt loops in ${mode}: ${JSON.stringify(loops)}`);
+      assert(loops.length === 0, `deopt loops in ${variant}: ${JSON.stringify(loops)}`);
     });
   }
 });
