@@ -6,6 +6,9 @@
  * peak RSS, and nginx's CPU per request (the BPF programs run in nginx's syscalls, so their cost lands there).
  *
  *   deno task bench-capture [--duration 30] [--pairs 3] [--https-pairs 3] [--write-doc]
+ *   deno task bench-capture --clickhouse …           (this agent shipping to ClickHouse: a third variant)
+ *   deno task bench-capture --sink clickhouse [--base DIR] …   (every agent shipping to ClickHouse)
+ *     (clickhouse-server started here; those runs' rows are counted in ClickHouse)
  *   deno task bench-capture --tls-probes [--duration 10] [--pairs 1] [--requests 3000] [--write-doc]
  *     (HTTPS: no agent / probes on the server's file / probes on libssl, plus a bystander TLS client:
  *     bench/https_probes.ts)
@@ -75,7 +78,7 @@ interface RunFigures {
   withAgent: boolean;
   /** With --base: the run was of the earlier checkout's agent. */
   base?: boolean;
-  /** With --clickhouse: the run's agent shipped its rows to ClickHouse instead of the file sink. */
+  /** The --clickhouse third variant: this agent shipping its rows to ClickHouse instead of the file sink. */
   ch?: boolean;
   wrk: WrkResult;
   /** Requests nginx logged during the run (with --agent-warmup, the warm-up's too: rows are counted over both). */
