@@ -14,7 +14,7 @@ import { reloadConfig } from "./reload.ts";
 import type { AttachPlan } from "../bpf/plan.ts";
 import { EventView, HOOK_METHODS } from "../bpf/events.ts";
 import { EventKind } from "../bpf/layout.gen.ts";
-import { type CapturedHello, RequestTracker } from "../capture/requests.ts";
+import { RequestTracker } from "../capture/requests.ts";
 import { type HelloOut, PacketTracker } from "../capture/packets.ts";
 import { processSockets, type ServerKind as Server } from "../capture/procfs.ts";
 import { ServerFollower } from "../capture/follow.ts";
@@ -275,7 +275,8 @@ export class Agent {
     }
   }
 
-  private onHello(h: CapturedHello | HelloOut): void {
+  /** A ClientHello from either side (tc's segment, or a raw TLS stream's read: a CapturedHello is a HelloOut). */
+  private onHello(h: HelloOut): void {
     this.correlator.onClientHello(
       h,
       { ja4: h.fp.ja4, ja4_r: h.fp.ja4_r, tls_server_name: h.hello.serverName ?? "" },

@@ -13,10 +13,10 @@ import { HeaderBlockCache, Http1RequestStream, type RequestHead } from "../parse
 import { Http2RequestStream } from "../parse/http2.ts";
 import { HS_CLIENT_HELLO, parseClientHello, TlsHandshakeReader } from "../parse/tls.ts";
 import { type Ja4h, ja4h } from "../fingerprint/ja4h.ts";
-import { type Ja4, ja4 } from "../fingerprint/ja4.ts";
-import type { ClientHello } from "../parse/tls.ts";
+import { ja4 } from "../fingerprint/ja4.ts";
 import type { Row, Tuple } from "../sink/row.ts";
 import { type ConnKey, connKeyOf, type Keyed } from "./connkey.ts";
+import type { HelloOut } from "./packets.ts";
 
 export type { Tuple };
 
@@ -41,14 +41,10 @@ export interface PayloadChunk extends Keyed {
   lostTo?: number | undefined;
 }
 
-export interface CapturedHello extends Tuple {
-  /** The connection's key, as the correlator looks it up. */
-  connKey: ConnKey;
-  tsNs: number;
+/** A ClientHello read from a raw TLS stream: the packet side's facts, and the socket that read it. */
+export interface CapturedHello extends HelloOut {
   pid: number;
   fd: number;
-  hello: ClientHello;
-  fp: Ja4;
 }
 
 /** Where the tracker delivers what it found, as it finds it (no result arrays per chunk). */
