@@ -4,7 +4,7 @@
  */
 import { formatIPv4, formatIPv6 } from "../parse/addr.ts";
 import { be16 } from "../parse/bytes.ts";
-import { type ConnKey, textKey, v4Key, v6Key } from "../capture/connkey.ts";
+import { type ConnKey, textKey, v4Key, v6KeyAt } from "../capture/connkey.ts";
 import {
   CLOSE_EVENT,
   DATA_EVENT,
@@ -458,12 +458,14 @@ export class EventView {
     }
     if (s < 0 && this.family === Family.INET6) {
       // IPv6 (not mapped): the groups as they are on the wire, as connKeyOf reads them from text.
-      const b = this.#buf, so = this.#base + HDR_F.saddr.offset, dof = this.#base + HDR_F.daddr.offset;
-      for (let i = 0; i < 8; i++) {
-        SRC6[i] = be16(b, so + 2 * i);
-        DST6[i] = be16(b, dof + 2 * i);
-      }
-      return v6Key(SRC6, this.src_port, DST6, this.dst_port);
+      const at = this.#base;
+      return v6KeyAt(
+        this.#buf,
+        at + HDR_F.saddr.offset,
+        this.src_port,
+        at + HDR_F.daddr.offset,
+        this.dst_port,
+      );
     }
     return textKey(this.src, this.src_port, this.dst, this.dst_port);
   }
@@ -504,9 +506,6 @@ export class EventView {
 
 const EMPTY = new Uint8Array(0);
 const rTs = reader(HDR_F.ts_ns);
-/** An IPv6 key's groups (src, dst), filled per key. */
-const SRC6: number[] = [0, 0, 0, 0, 0, 0, 0, 0];
-const DST6: number[] = [0, 0, 0, 0, 0, 0, 0, 0];
 
 /** The IPv4 address at `o` (an IPv4-mapped IPv6 one too) as an unsigned number; -1 for other IPv6. */
 function v4At(b: Uint8Array, family: number, o: number): number {

@@ -11,6 +11,7 @@
  * of their addresses' groups and ports (v6Key), the same from bytes and from any form of their text.
  */
 import type { Tuple } from "../sink/row.ts";
+import { be16 } from "../parse/bytes.ts";
 
 export type ConnKey = number | string;
 
@@ -114,8 +115,18 @@ function v6Groups(part: string, out: number[]): boolean {
   return true;
 }
 
+/** An IPv6 key's groups (src, dst), filled per key. */
 const SRC6: number[] = [0, 0, 0, 0, 0, 0, 0, 0];
 const DST6: number[] = [0, 0, 0, 0, 0, 0, 0, 0];
+
+/** v6Key of the 16-byte addresses at `so` and `dof` of `b` (network order, as a record carries them). */
+export function v6KeyAt(b: Uint8Array, so: number, srcPort: number, dof: number, dstPort: number): string {
+  for (let i = 0; i < 8; i++) {
+    SRC6[i] = be16(b, so + 2 * i);
+    DST6[i] = be16(b, dof + 2 * i);
+  }
+  return v6Key(SRC6, srcPort, DST6, dstPort);
+}
 
 /** "1.2.3.4" (or "::ffff:1.2.3.4") as an unsigned 32-bit number; -1 for anything else, or a non-canonical form. */
 export function parseV4(a: string): number {

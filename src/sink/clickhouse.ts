@@ -93,21 +93,28 @@ class Batch {
 
   #flush(): void {
     if (this.used === 0) return;
-    const chunk = this.bytes;
-    // The stream reads the chunk later: it goes back to the pool only then.
-    this.#z.write(chunk.subarray(0, this.used), () => {
-      if (chunk.length === CHUNK_BYTES && this.pool.length < POOL_CHUNKS) this.pool.push(chunk);
-    });
+    this.#hand(this.bytes, this.used);
     this.bytes = this.pool.pop() ?? new Uint8Array(CHUNK_BYTES);
     this.used = 0;
   }
 
+  /** The chunk's first `used` bytes to the stream; the chunk back to the pool once the stream has read them. */
+  #hand(chunk: Uint8Array, used: number): void {
+    const recycle = () => {
+      if (chunk.length === CHUNK_BYTES && this.pool.length < POOL_CHUNKS) this.pool.push(chunk);
+    };
+    if (used === 0) recycle();
+    else this.#z.write(chunk.subarray(0, used), recycle);
+  }
+
   /** The batch's gzip body (the batch takes no more rows). */
   async body(): Promise<Uint8Array> {
-    this.#flush();
+    // The last chunk, with no fresh one taken for rows that will not come.
+    this.#hand(this.bytes, this.used);
+    this.bytes = EMPTY_CHUNK;
+    this.used = 0;
     this.#z.end();
     await this.#ended;
-    if (this.bytes.length === CHUNK_BYTES && this.pool.length < POOL_CHUNKS) this.pool.push(this.bytes);
     if (this.#out.length === 1) return this.#out[0];
     const all = new Uint8Array(this.#outBytes);
     let at = 0;
@@ -121,6 +128,8 @@ class Batch {
 
 /** Chunks kept for reuse: a fresh one costs an allocation outside the heap freed only when V8 next collects. */
 const POOL_CHUNKS = 8;
+/** A sealed batch's chunk: none. */
+const EMPTY_CHUNK = new Uint8Array(0);
 
 export interface ClickHouseSinkOptions {
   config: ClickHouseConfig;
