@@ -89,6 +89,14 @@ struct {
 	__type(value, __u64);
 } drops SEC(".maps");
 
+/* Per-CPU counters indexed by enum ja4_stat. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, JA4_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
 /* tgid -> enum ja4_server_kind: filled by user space, kept current by the follow programs. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -204,6 +212,7 @@ struct ja4_btf_enums {
 	enum ja4_server_kind server;
 	enum ja4_stream stream;
 	enum ja4_drop_reason drop;
+	enum ja4_stat stat;
 	enum ja4_limits limits;
 	enum ja4_family family;
 	enum ja4_traced_bits traced;
@@ -219,21 +228,35 @@ static __always_inline void count_drop(__u32 reason)
 		*c += 1; /* per-CPU slot: no atomic needed */
 }
 
+static __always_inline void count_stat(__u32 stat)
+{
+	__u64 *c = bpf_map_lookup_elem(&stats, &stat);
+	if (c)
+		*c += 1;
+}
+
 /* Sends `size` bytes of `ev`; size must be verifier-bounded by the caller. */
 static __always_inline int ja4_output(void *ctx, void *ev, __u64 size)
 {
 	long err;
 	if (use_ringbuf) {
-		/* Wake the reader only when data backs up (1/16 of the ring): a wake-up per record puts a
-		 * scheduler round trip into the web server's system call. The reader polls with a short
-		 * timeout, so a trickle is read within that; under load it reads on its own timer. */
-		__u64 flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >=
-				      bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 16
-				  ? BPF_RB_FORCE_WAKEUP
-				  : BPF_RB_NO_WAKEUP;
+		/* Wake the reader when this record crosses a sixteenth of the ring, not per record: a wake-up is
+		 * an irq_work and a self-IPI in the web server's system call (a third of this program's time in
+		 * a VM when every record past the mark woke), and under load the reader drains on its own timer,
+		 * not in poll(2), so those wake-ups woke nobody. Once per sixteenth is what an idle reader needs
+		 * (a burst); a trickle below the mark waits for its poll timeout. Producers on two CPUs racing
+		 * past a mark may both wake, or neither: the next mark, or the reader's timer, covers it. */
+		__u64 step = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 16;
+		__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+		__u64 flags = BPF_RB_NO_WAKEUP;
+
+		if (step && avail / step != (avail + size + 8) / step)
+			flags = BPF_RB_FORCE_WAKEUP;
 		err = bpf_ringbuf_output(&events, ev, size, flags);
 		if (err)
 			count_drop(JA4_DROP_RINGBUF);
+		else if (flags == BPF_RB_FORCE_WAKEUP)
+			count_stat(JA4_STAT_RING_WAKEUP);
 	} else {
 		err = bpf_perf_event_output(ctx, &events_perf, BPF_F_CURRENT_CPU, ev, size);
 		if (err)

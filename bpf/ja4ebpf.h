@@ -95,6 +95,12 @@ enum ja4_drop_reason {
 	JA4_DROP_MAX = 13,
 };
 
+/* Index of the per-CPU `stats` counters: what the programs did that is not a loss. */
+enum ja4_stat {
+	JA4_STAT_RING_WAKEUP = 0, /* a record crossed a sixteenth of the ring: the reader was woken */
+	JA4_STAT_MAX = 1,
+};
+
 /* Compile-time limits (the rodata knobs may lower them, not raise them). */
 enum ja4_limits {
 	JA4_CHUNK_MAX = 4096,        /* bytes of data per JA4_EV_DATA event */

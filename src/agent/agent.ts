@@ -118,6 +118,7 @@ export class Agent {
       if (rd) {
         this.metrics.ringSize.set(undefined, rd.ringBytes);
         this.metrics.ringBacklogMax.set(undefined, rd.stats.maxBacklog);
+        if (rd.ringBytes) this.metrics.ringWakeups.setTotal(undefined, this.kernel.ringWakeups());
       }
     });
   }

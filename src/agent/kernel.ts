@@ -16,7 +16,7 @@ import {
   readPrograms,
 } from "../bpf/plan.ts";
 import { loadWithFallback } from "../bpf/load.ts";
-import { DropCounters, ListenPorts, TracedPids } from "../bpf/maps.ts";
+import { CpuCounters, ListenPorts, TracedPids } from "../bpf/maps.ts";
 import { ensureTracefs } from "../bpf/tracefs.ts";
 import { type AttachHandle, type BpfMap, possibleCpus } from "../bpf/object.ts";
 import {
@@ -26,7 +26,7 @@ import {
   type ReaderStats,
   RingReader,
 } from "../bpf/ringbuf.ts";
-import { DropReason, ServerKind } from "../bpf/layout.gen.ts";
+import { DropReason, ServerKind, Stat } from "../bpf/layout.gen.ts";
 import { APR_PROGRAMS, AprProbes, programsOf } from "../capture/apr_probes.ts";
 import type { ServerFollower } from "../capture/follow.ts";
 import type { ServerKind as Server } from "../capture/procfs.ts";
@@ -233,6 +233,11 @@ export class KernelCapture {
     this.reader.start();
   }
 
+  /** Times the BPF side woke the ring's reader (a record crossed a sixteenth of the ring), since load. */
+  ringWakeups(): number {
+    return Number(CpuCounters.of(this.map("stats"))?.total(Stat.RING_WAKEUP) ?? 0n);
+  }
+
   /** The reader's counters and the ring's size in bytes (undefined before startReader, 0 for perf buffers). */
   readerStats(): { stats: ReaderStats; ringBytes: number } | undefined {
     const r = this.reader;
@@ -352,7 +357,7 @@ export class KernelCapture {
    * the last read goes to `drop(reason, n)`.
    */
   readDrops(drop: (reason: string, n: number) => void): void {
-    const drops = DropCounters.of(this.map("drops"));
+    const drops = CpuCounters.of(this.map("drops"));
     if (!drops) return;
     for (const [code, name] of Object.entries(DROP_NAMES)) {
       const v = drops.total(Number(code));

@@ -94,6 +94,7 @@ Deno.test("KernelCapture: plan → load → probes → tc → reader on this ker
           return got;
         };
         read(); // whatever was counted before
+        const wakeups0 = kc.ringWakeups();
         // Until the 1 MiB ring overflows (a loaded machine may need more than one second of requests).
         const first: Record<string, number> = {};
         let requests = 0;
@@ -106,6 +107,14 @@ Deno.test("KernelCapture: plan → load → probes → tc → reader on this ker
           first.ringbuf ?? 0,
           0,
           `${requests} requests into a 1 MiB ring: ${JSON.stringify(first)}`,
+        );
+        // The reader is woken once per sixteenth of the ring a record crosses, not once per record past the
+        // first sixteenth: filling the ring (thousands of records) is at most 16 wake-ups, a few more where
+        // producers on two CPUs race past a mark.
+        const wakeups = kc.ringWakeups() - wakeups0;
+        assert(
+          wakeups >= 1 && wakeups <= 24,
+          `${wakeups} wake-ups filling a 1 MiB ring with ${requests} requests`,
         );
         // The ring is still full: the close events of wrk's last connections may be dropped a moment later.
         // Once nothing more is dropped a read reports nothing (a cumulative count would never get there).

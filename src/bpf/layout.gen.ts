@@ -240,6 +240,13 @@ export const ServerKind = {
 } as const;
 export type ServerKind = (typeof ServerKind)[keyof typeof ServerKind];
 
+/** enum ja4_stat */
+export const Stat = {
+  RING_WAKEUP: 0,
+  MAX: 1,
+} as const;
+export type Stat = (typeof Stat)[keyof typeof Stat];
+
 /** enum ja4_stream */
 export const Stream = {
   RAW: 0,

@@ -78,16 +78,19 @@ export class ListenPorts {
 
 const ON = new Uint8Array([1]), OFF = new Uint8Array([0]);
 
-/** drops: per-CPU u64 counters indexed by DropReason (u32); user space sums the CPUs. */
-export class DropCounters {
+/**
+ * drops (indexed by DropReason) and stats (by Stat): per-CPU u64 counters with a u32 index; user space sums
+ * the CPUs.
+ */
+export class CpuCounters {
   readonly map: BpfMap;
   constructor(map: BpfMap) {
     this.map = checkSizes(map, 4, 8);
   }
-  static of(map: BpfMap | undefined): DropCounters | undefined {
-    return map && new DropCounters(map);
+  static of(map: BpfMap | undefined): CpuCounters | undefined {
+    return map && new CpuCounters(map);
   }
-  total(reason: number): bigint {
-    return this.map.sumU64(u32Key(reason));
+  total(index: number): bigint {
+    return this.map.sumU64(u32Key(index));
   }
 }

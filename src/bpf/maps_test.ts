@@ -1,5 +1,5 @@
 import { assertEquals, assertThrows } from "../testing/asserts.ts";
-import { DropCounters, ListenPorts, TracedPids } from "./maps.ts";
+import { CpuCounters, ListenPorts, TracedPids } from "./maps.ts";
 import { makePlan, openPlanned } from "./plan.ts";
 import { embeddedObject } from "./embedded.ts";
 import { possibleCpus } from "./object.ts";
@@ -42,7 +42,7 @@ Deno.test("typed map helpers write the bytes the BPF programs read (real object,
   });
 
   await t.step("drops: the per-CPU counters of a reason are summed", () => {
-    const drops = new DropCounters(raw("drops"));
+    const drops = new CpuCounters(raw("drops"));
     assertEquals(drops.total(DropReason.SCRATCH), 0n);
     const v = new BigUint64Array(possibleCpus()).fill(3n);
     raw("drops").update(

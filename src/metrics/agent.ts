@@ -32,6 +32,7 @@ export class AgentMetrics {
   readonly events: Counter;
   /** Kernel-side drops read from the BPF counters map, by reason (ringbuf_full, chunk_cap, …). */
   readonly bpfDrops: Counter;
+  readonly ringWakeups: Counter;
   /** Parser failures, by parser (tls, http1, http2, tcp_options) and kind (invalid, oversize, …). */
   readonly parseErrors: Counter;
   readonly clickhouseErrors: Counter;
@@ -73,6 +74,10 @@ export class AgentMetrics {
     this.ringBacklogMax = r.gauge(
       "ja4ebpf_ring_backlog_max_bytes",
       "most bytes the reader found unread in the ring at once since start (near the size: records were lost)",
+    );
+    this.ringWakeups = r.counter(
+      "ja4ebpf_ring_wakeups_total",
+      "times the BPF side woke the ring's reader (a record crossed a sixteenth of the ring; under load the reader drains on its timer)",
     );
     this.events = r.counter("ja4ebpf_events_total", "events read from the BPF ring buffer, by hook", [
       "hook",
