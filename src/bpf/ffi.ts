@@ -60,6 +60,8 @@ const LIBBPF_SYMBOLS = {
   bpf_link__fd: { parameters: ["pointer"], result: "i32" },
   bpf_obj_get_info_by_fd: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   // The program of a tc filter found by handle (src/bpf/tc.ts: is that leftover ours?).
+  // libbpf 0.7+: runs a loaded program on given input (the tc program's benchmark and tests).
+  bpf_prog_test_run_opts: { parameters: ["i32", "buffer"], result: "i32", optional: true },
   bpf_prog_get_fd_by_id: { parameters: ["u32"], result: "i32" },
 
   bpf_map__name: { parameters: ["pointer"], result: "pointer" },

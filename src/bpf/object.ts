@@ -160,6 +160,24 @@ export class BpfProgram {
     return link;
   }
 
+  /**
+   * Runs the loaded program `repeat` times on `data` in the kernel (BPF_PROG_TEST_RUN: for tc programs an
+   * Ethernet frame, seen as at tc ingress). Returns its return value and the mean time of one run.
+   */
+  testRun(data: Uint8Array<ArrayBuffer>, repeat = 1): { retval: number; nsPerRun: number } {
+    const run = libbpf().bpf_prog_test_run_opts;
+    if (!run) throw new BpfError("bpf_prog_test_run_opts", 95, /* EOPNOTSUPP */ "libbpf older than 0.7");
+    // struct bpf_test_run_opts (libbpf/bpf.h): sz, data_in, data_out, data_size_in, data_size_out, ctx_in,
+    // ctx_out, ctx_size_in, ctx_size_out, retval, repeat, duration, flags, cpu, batch_size.
+    const o = new ArrayBuffer(80), dv = new DataView(o);
+    dv.setBigUint64(0, 80n, true);
+    dv.setBigUint64(8, BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(data))), true);
+    dv.setUint32(24, data.length, true);
+    dv.setInt32(60, repeat, true);
+    check("bpf_prog_test_run_opts", run(this.fd, new Uint8Array(o)), this.name);
+    return { retval: dv.getUint32(56, true), nsPerRun: dv.getUint32(64, true) };
+  }
+
   /** Attach as declared by the SEC() name (tracepoint/, tp_btf/, fexit/, kretsyscall/…). */
   attach(): Link {
     return this.#link(

@@ -1,7 +1,9 @@
 import { assert, assertEquals, assertMatch, assertRejects } from "../testing/asserts.ts";
 import { setLogSink } from "../log.ts";
 import { claimTc, PROBE_TC, TcHandleBusyError, tcQuery } from "../bpf/tc.ts";
-import { loadPrograms, progIdOfFd } from "../../tests/helpers/bpf.ts";
+import { keptSyns, loadPrograms, progIdOfFd } from "../../tests/helpers/bpf.ts";
+import { ACK, CLIENT, frame, PACKETS, PSH, SERVER, SYN } from "../../tests/helpers/frames.ts";
+import { ListenPorts } from "../bpf/maps.ts";
 import { requireRoot, run, runOk } from "../../tests/helpers/proc.ts";
 import { TcCapture } from "./tc_capture.ts";
 
@@ -176,4 +178,43 @@ Deno.test("TcCapture: claim and sweep, a filter per interface, interfaces that c
     fixed.release();
     obj.close();
   }
+});
+
+Deno.test("tc_ingress on frames (BPF_PROG_TEST_RUN): a watched port's SYN is kept, a plain connection's flow ends at its first byte, other packets leave nothing", async (t) => {
+  requireRoot("loading BPF programs");
+  using obj = loadPrograms(["tc_ingress"]);
+  const prog = obj.program("tc_ingress"), flows = obj.map("flows");
+  ListenPorts.of(obj.map("listen_ports"))!.add(SERVER);
+  const UNSPEC = 0xffffffff; // TC_ACT_UNSPEC (-1): tc_ingress only observes
+  const flowCount = () => [...flows.keys()].length;
+  await t.step("packets before any SYN: nothing kept", () => {
+    for (const [kind, pkt] of PACKETS.filter(([k]) => !k.startsWith("SYN"))) {
+      assertEquals(prog.testRun(pkt).retval, UNSPEC, kind);
+    }
+    assertEquals([keptSyns(obj).length, flowCount()], [0, 0]);
+  });
+  await t.step("a SYN to an unwatched port: nothing kept", () => {
+    prog.testRun(frame(CLIENT, 9999, SYN, 0, [2, 4, 5, 0xb4]));
+    assertEquals([keptSyns(obj).length, flowCount()], [0, 0]);
+  });
+  await t.step("the SYN: its facts for the first read, a flow for its first bytes", () => {
+    const [, syn] = PACKETS.find(([k]) => k.startsWith("SYN"))!;
+    assertEquals(prog.testRun(syn).retval, UNSPEC);
+    const kept = keptSyns(obj);
+    assertEquals(kept.map((s) => [s.srcAddr, s.srcPort, s.dstAddr, s.dstPort, s.window]), [[
+      "127.0.0.2",
+      CLIENT,
+      "127.0.0.1",
+      SERVER,
+      65535,
+    ]]);
+    assertEquals([...kept[0].options], [...syn.subarray(14 + 40, 14 + 40 + kept[0].options.length)]);
+    assertEquals(kept[0].options.length, 20);
+    assertEquals(flowCount(), 1);
+  });
+  await t.step("its first byte is plain text: the flow ends (no event: nothing to fingerprint)", () => {
+    prog.testRun(frame(CLIENT, SERVER, ACK | PSH, 80, [], 1001)); // seq = ISN + 1: stream offset 0
+    assertEquals(flowCount(), 0);
+    assertEquals(keptSyns(obj).length, 1, "the SYN's facts stay for the server's first read");
+  });
 });

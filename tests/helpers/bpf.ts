@@ -282,9 +282,10 @@ export function uprobeLinks(progFd: number): KernelUprobe[] {
 }
 
 /** The real object with only these programs loaded (nothing attached): for code that attaches them itself. */
-export function loadPrograms(names: readonly string[]): BpfObject {
+/** `names` of the object (default: the embedded one) loaded, nothing attached. */
+export function loadPrograms(names: readonly string[], bytes: Uint8Array = embeddedObject()): BpfObject {
   requireRoot("loading BPF programs");
-  const obj = BpfObject.openMem(embeddedObject());
+  const obj = BpfObject.openMem(bytes);
   try {
     for (const p of obj.programs()) p.autoload = names.includes(p.name);
     obj.setRingSize("events", 1 << 20);

@@ -1,0 +1,61 @@
+/**
+ * The tc program alone, per kind of packet, in the kernel without the network around it: BPF_PROG_TEST_RUN
+ * runs `tc_ingress` of the compiled object on a synthetic Ethernet frame `--repeat` times and reports the
+ * mean ns of one run (the kernel's own clock around the program; no tc or softirq machinery). With `--base DIR`
+ * the object of another checkout (DIR/dist/bpf/ja4ebpf.bpf.o) runs beside this one, alternating in rounds,
+ * and the table gains the ratio. Root.
+ *
+ *   deno run -A bench/tc_prog_bench.ts [--base DIR] [--rounds=5] [--repeat=200000]
+ *
+ * Every packet of every connection on a watched interface passes here (both directions on loopback), most
+ * of them for nothing: bare ACKs, the server's own segments, a keep-alive connection's later requests.
+ */
+import { parseArgs } from "node:util";
+import { BpfObject, type BpfProgram } from "../src/bpf/object.ts";
+import { ListenPorts } from "../src/bpf/maps.ts";
+import { loadPrograms } from "../tests/helpers/bpf.ts";
+import { PACKETS, SERVER } from "../tests/helpers/frames.ts";
+import { embeddedObject } from "../src/bpf/embedded.ts";
+import { median } from "./median.ts";
+
+/** The object's tc program loaded alone, SERVER watched. */
+function loadTc(bytes: Uint8Array): { obj: BpfObject; prog: BpfProgram } {
+  const obj = loadPrograms(["tc_ingress"], bytes);
+  ListenPorts.of(obj.map("listen_ports"))!.add(SERVER);
+  return { obj, prog: obj.program("tc_ingress") };
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: { base: { type: "string" }, rounds: { type: "string" }, repeat: { type: "string" } },
+  });
+  const rounds = Number(values.rounds ?? 5), repeat = Number(values.repeat ?? 200_000);
+  const variants: [string, Uint8Array][] = [["this tree", embeddedObject()]];
+  if (values.base) variants.push(["base", Deno.readFileSync(`${values.base}/dist/bpf/ja4ebpf.bpf.o`)]);
+  const loaded = variants.map(([name, bytes]) => ({ name, ...loadTc(bytes) }));
+  const ns = new Map<string, number[]>();
+  try {
+    for (let r = 0; r < rounds; r++) {
+      const order = r % 2 ? [...loaded].reverse() : loaded;
+      for (const [kind, pkt] of PACKETS) {
+        for (const v of order) {
+          const { nsPerRun } = v.prog.testRun(pkt, repeat);
+          const k = `${kind}\0${v.name}`;
+          ns.set(k, [...ns.get(k) ?? [], nsPerRun]);
+        }
+      }
+    }
+  } finally {
+    for (const v of loaded) v.obj.close();
+  }
+  const med = (kind: string, v: string) => median(ns.get(`${kind}\0${v}`)!);
+  console.log(`tc_ingress, BPF_PROG_TEST_RUN × ${repeat}, median of ${rounds} rounds (ns per run)\n`);
+  console.log(`| packet | ${loaded.map((v) => v.name).join(" | ")} |${values.base ? " this / base |" : ""}`);
+  console.log(`| --- | ${loaded.map(() => "---:").join(" | ")} |${values.base ? " ---: |" : ""}`);
+  for (const [kind] of PACKETS) {
+    const cells = loaded.map((v) => String(med(kind, v.name)));
+    const ratio = values.base ? ` ${(med(kind, "this tree") / med(kind, "base")).toFixed(2)} |` : "";
+    console.log(`| ${kind} | ${cells.join(" | ")} |${ratio}`);
+  }
+}
