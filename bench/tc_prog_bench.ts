@@ -11,7 +11,7 @@
  * of them for nothing: bare ACKs, the server's own segments, a keep-alive connection's later requests.
  */
 import { parseArgs } from "node:util";
-import { BpfObject, type BpfProgram } from "../src/bpf/object.ts";
+import type { BpfObject, BpfProgram } from "../src/bpf/object.ts";
 import { ListenPorts } from "../src/bpf/maps.ts";
 import { loadPrograms } from "../tests/helpers/bpf.ts";
 import { PACKETS, SERVER } from "../tests/helpers/frames.ts";
