@@ -4,7 +4,10 @@
  * The claim checked: RSS stays under the budget and does not grow after the first minute.
  *
  *   deno run -A bench/soak.ts [--minutes 20] [--budget-mib 100] [--connections 32] [--clickhouse] [--json FILE]
+ *                             [--base DIR] [--shared-runtime]
  *
+ * The agent runs on a copy of the runtime, as installed (its own executable); --shared-runtime runs it on this
+ * process's. --base DIR: another checkout's agent (its src/main.ts) instead of this one's.
  * --clickhouse: rows to clickhouse-server (started here) as in production — RowBinary, gzip, the disk spool —
  * instead of the file sink; rows are then also counted in ClickHouse.
  *
@@ -60,6 +63,8 @@ async function main(): Promise<number> {
       connections: { type: "string", default: "32" },
       json: { type: "string" },
       clickhouse: { type: "boolean", default: false },
+      "shared-runtime": { type: "boolean", default: false },
+      base: { type: "string" },
     },
   });
   requireRoot("the soak (the agent loads BPF programs)");
@@ -67,11 +72,19 @@ async function main(): Promise<number> {
   await using ng = await startNginx({ port: HTTP_PORT, workers: 1 });
   const ch = values.clickhouse ? await startClickHouse() : undefined;
   const spool = ch ? await makeTempDir("ja4ebpf-soak-spool-") : "";
+  // The agent on a runtime of its own, as installed: pages of an executable that another process maps too
+  // (this benchmark's runtime) count in the agent's RSS and cannot be returned to the page cache.
+  const runtimeDir = values["shared-runtime"] ? "" : await makeTempDir("ja4ebpf-soak-runtime-");
+  if (runtimeDir) {
+    await Deno.copyFile(Deno.execPath(), `${runtimeDir}/deno`);
+    await Deno.chmod(`${runtimeDir}/deno`, 0o755);
+  }
   try {
     return await soak();
   } finally {
     await ch?.close();
     if (spool) await Deno.remove(spool, { recursive: true }).catch(() => {});
+    if (runtimeDir) await Deno.remove(runtimeDir, { recursive: true }).catch(() => {});
   }
 
   async function soak(): Promise<number> {
@@ -89,6 +102,8 @@ async function main(): Promise<number> {
       },
       readyTimeoutMs: 90_000,
       v8Flags: AGENT_V8_FLAGS,
+      runtime: runtimeDir ? `${runtimeDir}/deno` : undefined,
+      main: values.base ? `${values.base}/src/main.ts` : undefined,
     });
     const samples: { t: number; rssMiB: number; anonMiB: number; fileMiB: number; shmemMiB: number }[] = [];
     const t0 = performance.now();

@@ -25,6 +25,7 @@ import type { Row } from "../sink/row.ts";
 import { AgentMetrics } from "../metrics/agent.ts";
 import { type MetricsServer, startMetricsServer } from "../metrics/server.ts";
 import { exposedGc, HeapKeeper } from "./heap.ts";
+import { pageOutExecutable } from "./pageout.ts";
 
 export interface AgentOptions {
   stdout?: SyncWriter;
@@ -61,6 +62,8 @@ export class Agent {
   /** A full collection a minute (src/agent/heap.ts): RSS flat under load that never lets V8's reducer run. */
   private readonly heapKeeper = new HeapKeeper(exposedGc());
   private ticks = 0;
+  /** When the executable's start-up pages go back to the page cache: 10 s after ready, and 10 minutes on. */
+  private pageOutAt: number[] = [];
   /** Wall-clock ms minus monotonic ms, estimated from events (smallest difference seen). */
   private clockOffsetMs: number | undefined;
   private clockReads = 0;
@@ -173,6 +176,7 @@ export class Agent {
     // and closed connections, which need no 100 ms precision); every wake-up of the agent costs CPU.
     this.timers.push(setInterval(() => this.tick(), this.follow.followActive ? 250 : 100));
     this.timers.push(setInterval(() => this.slowTick(), 1000));
+    this.pageOutAt = [Date.now() + 10_000, Date.now() + 600_000];
     log.info("ready", { ...this.kernel.describe(), ports: [...this.follow.ports].join(",") });
   }
 
@@ -330,6 +334,24 @@ export class Agent {
     this.kernel.readDrops((reason, n) => this.metrics.kernelDrop(reason, n));
     this.syncLedger();
     if (this.heapKeeper.tick(Date.now())) this.metrics.heapCollections.inc();
+    if (this.pageOutAt.length && Date.now() >= this.pageOutAt[0]) {
+      this.pageOutAt.shift();
+      this.pageOut();
+    }
+  }
+
+  private pageOut(): void {
+    try {
+      const r = pageOutExecutable();
+      const mib = (kb: number) => (kb / 1024).toFixed(1);
+      if (r.errno) log.debug("executable pages kept", { errno: r.errno });
+      else {log.info("executable pages returned", {
+          file_mib_before: mib(r.fileKbBefore),
+          file_mib_after: mib(r.fileKbAfter),
+        });}
+    } catch (e) {
+      log.debug("executable pages kept", { error: e instanceof Error ? e.message : String(e) });
+    }
   }
 
   /**

@@ -105,6 +105,7 @@ const LIBC_SYMBOLS = {
   vsnprintf: { parameters: ["buffer", "usize", "pointer", "pointer"], result: "i32" },
   mmap: { parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"], result: "pointer" },
   munmap: { parameters: ["pointer", "usize"], result: "i32" },
+  madvise: { parameters: ["pointer", "usize", "i32"], result: "i32" },
   poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
   // The same poll(2) on a worker thread: the ring reader's idle wait, so the event loop never blocks.
   poll_nb: { name: "poll", parameters: ["buffer", "u64", "i32"], result: "i32", nonblocking: true },
@@ -246,6 +247,14 @@ export function quietLibbpf<T>(fn: () => T): T {
   } finally {
     quiet--;
   }
+}
+
+/** madvise(2) advice: reclaim these pages now (Linux 5.4+; older kernels answer EINVAL). */
+export const MADV_PAGEOUT = 21;
+
+/** madvise(addr, len, advice): 0, or the errno. */
+export function madvise(addr: bigint, len: bigint, advice: number): number {
+  return libc().madvise(Deno.UnsafePointer.create(addr), len, advice) === 0 ? 0 : errno() || 22;
 }
 
 /** Current errno, read right after a failing call. */

@@ -97,6 +97,8 @@ export interface AgentStartOptions {
   v8Flags?: string;
   /** `deno run` flags (default: this checkout's scripts/agent-deno-flags; e.g. --cpu-prof for a profile). */
   denoFlags?: string[];
+  /** The runtime to run the agent with (default: this process's, Deno.execPath()). */
+  runtime?: string;
 }
 
 export interface AgentExit {
@@ -304,7 +306,7 @@ export async function startAgent(opts: AgentStartOptions = {}): Promise<RunningA
   await Deno.writeTextFile(configPath, stringify(cfg));
   const rowsPath = ((cfg.output as ConfigPatch).file as ConfigPatch).path as string;
 
-  const child = new Deno.Command(Deno.execPath(), {
+  const child = new Deno.Command(opts.runtime ?? Deno.execPath(), {
     args: [
       "run",
       "-A",

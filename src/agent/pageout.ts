@@ -1,0 +1,62 @@
+/**
+ * The executable's start-up pages handed back to the page cache.
+ *
+ * The runtime is one ~100 MB file. Starting the agent — loading and transpiling its modules, planning and
+ * probing the BPF hooks — runs code of it that a running agent never runs again, and each page of it that
+ * ran stays in the agent's resident set: 44–52 MiB of file pages under load, of which the steady state
+ * touches ~25 (docs/performance.md). MADV_PAGEOUT on the executable's read-only mappings drops them; what
+ * the agent still runs faults back in from the page cache within seconds (minor faults, once), and the rest
+ * stays out. Read-only and executable mappings only: they hold nothing but the file's bytes. Pages another
+ * process maps too (a second Deno process on the host) are left by the kernel.
+ */
+import { MADV_PAGEOUT, madvise } from "../bpf/ffi.ts";
+
+export interface Mapping {
+  start: bigint;
+  end: bigint;
+  perms: string;
+  path: string;
+}
+
+/** Lines of /proc/<pid>/maps: "start-end perms offset dev inode path". */
+export function parseMaps(text: string): Mapping[] {
+  const out: Mapping[] = [];
+  for (const line of text.split("\n")) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) (\S{4}) \S+ \S+ \d+\s+(.*)$/.exec(line);
+    if (m) out.push({ start: BigInt(`0x${m[1]}`), end: BigInt(`0x${m[2]}`), perms: m[3], path: m[4] });
+  }
+  return out;
+}
+
+/** The mappings of `exe` that hold only its file's bytes: readable, never writable. */
+export function readOnlyMappings(maps: Mapping[], exe: string): Mapping[] {
+  return maps.filter((m) => m.path === exe && m.perms[0] === "r" && m.perms[1] === "-");
+}
+
+export interface PageOutResult {
+  /** Resident file pages before and after, KiB (RssFile of /proc/self/status). */
+  fileKbBefore: number;
+  fileKbAfter: number;
+  mappings: number;
+  /** The errno of the first refusal (EINVAL before Linux 5.4), 0 when every mapping was advised. */
+  errno: number;
+}
+
+function rssFileKb(): number {
+  return Number(/RssFile:\s+(\d+) kB/.exec(Deno.readTextFileSync("/proc/self/status"))?.[1] ?? 0);
+}
+
+/** Pages out this process's executable (read-only mappings); what it still runs comes back on use. */
+export function pageOutExecutable(exe: string = Deno.execPath()): PageOutResult {
+  const maps = readOnlyMappings(parseMaps(Deno.readTextFileSync("/proc/self/maps")), exe);
+  const fileKbBefore = rssFileKb();
+  let err = 0;
+  for (const m of maps) {
+    const e = madvise(m.start, m.end - m.start, MADV_PAGEOUT);
+    if (e) {
+      err = e;
+      break;
+    }
+  }
+  return { fileKbBefore, fileKbAfter: rssFileKb(), mappings: maps.length, errno: err };
+}

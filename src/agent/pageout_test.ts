@@ -1,0 +1,59 @@
+import { assert, assertEquals, assertGreater } from "../testing/asserts.ts";
+import { parseMaps, readOnlyMappings } from "./pageout.ts";
+
+Deno.test("parseMaps / readOnlyMappings: the executable's mappings that hold only its bytes", async (t) => {
+  const maps = parseMaps([
+    "55f8419bd000-55f84354b000 r--p 00000000 fe:00 5309230                    /opt/ja4ebpf/deno",
+    "55f84354b000-55f8493e0000 r-xp 01b8e000 fe:00 5309230                    /opt/ja4ebpf/deno",
+    "55f8493e0000-55f8497ae000 r--p 07a23000 fe:00 5309230                    /opt/ja4ebpf/deno",
+    "55f8497ae000-55f8497e4000 rw-p 07df1000 fe:00 5309230                    /opt/ja4ebpf/deno",
+    "55f8497e4000-55f8497f4000 rw-p 00000000 00:00 0 ",
+    "7f0000000000-7f0000001000 r-xp 00000000 fe:00 77                         /usr/lib/libc.so.6",
+    "7f0000002000-7f0000003000 r--p 00000000 fe:00 78                         /opt/ja4ebpf/deno (deleted)",
+    "not a line",
+  ].join("\n"));
+  await t.step("every well-formed line, addresses as numbers", () => {
+    assertEquals(maps.length, 7);
+    assertEquals([maps[0].start, maps[0].end, maps[0].perms], [0x55f8419bd000n, 0x55f84354b000n, "r--p"]);
+    assertEquals(maps[4].path, "");
+  });
+  await t.step("the executable's read-only and executable mappings only", () => {
+    const ro = readOnlyMappings(maps, "/opt/ja4ebpf/deno");
+    assertEquals(ro.map((m) => m.perms), ["r--p", "r-xp", "r--p"]);
+    assertEquals(readOnlyMappings(maps, "/usr/lib/libc.so.6").length, 1);
+  });
+});
+
+Deno.test("pageOutExecutable: a runtime of its own gives back its start-up pages and goes on running", async () => {
+  // A copy of the runtime: no other process maps its pages (the kernel leaves pages another process maps).
+  const dir = await Deno.makeTempDir({ prefix: "ja4ebpf-pageout-" });
+  try {
+    const exe = `${dir}/deno`;
+    await Deno.copyFile(Deno.execPath(), exe);
+    await Deno.chmod(exe, 0o755);
+    const mod = new URL("./pageout.ts", import.meta.url).href;
+    const script = `import { pageOutExecutable } from ${JSON.stringify(mod)};
+const r = pageOutExecutable();
+// code that ran before runs again: its pages fault back in
+const again = [1, 2, 3].map((x) => JSON.stringify({ x })).join();
+console.log(JSON.stringify({ ...r, again }));`;
+    const out = await new Deno.Command(exe, {
+      args: ["eval", script],
+      env: { NO_COLOR: "1" },
+      stderr: "inherit",
+    }).output();
+    assert(out.success, `exit ${out.code}`);
+    const r = JSON.parse(new TextDecoder().decode(out.stdout));
+    if (r.errno === 22) return console.log("MADV_PAGEOUT: EINVAL (kernel older than 5.4): pages kept");
+    assertEquals(r.errno, 0);
+    assert(r.mappings >= 2, `${r.mappings} read-only mappings of the executable`);
+    assertGreater(
+      r.fileKbBefore - r.fileKbAfter,
+      5 * 1024,
+      `file pages ${r.fileKbBefore} → ${r.fileKbAfter} KiB`,
+    );
+    assertEquals(r.again, '{"x":1},{"x":2},{"x":3}');
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
