@@ -62,7 +62,10 @@ export class Agent {
   /** A full collection a minute (src/agent/heap.ts): RSS flat under load that never lets V8's reducer run. */
   private readonly heapKeeper = new HeapKeeper(exposedGc());
   private ticks = 0;
-  /** When the executable's start-up pages go back to the page cache: 10 s after ready, and 10 minutes on. */
+  /**
+   * When the executable's pages go back to the page cache once more (at ready, then after the first minute's
+   * one-time work — the sinks' first connections, V8's first full collections — and after ten minutes).
+   */
   private pageOutAt: number[] = [];
   /** Wall-clock ms minus monotonic ms, estimated from events (smallest difference seen). */
   private clockOffsetMs: number | undefined;
@@ -176,7 +179,8 @@ export class Agent {
     // and closed connections, which need no 100 ms precision); every wake-up of the agent costs CPU.
     this.timers.push(setInterval(() => this.tick(), this.follow.followActive ? 250 : 100));
     this.timers.push(setInterval(() => this.slowTick(), 1000));
-    this.pageOutAt = [Date.now() + 10_000, Date.now() + 600_000];
+    this.pageOut();
+    this.pageOutAt = [Date.now() + 60_000, Date.now() + 600_000];
     log.info("ready", { ...this.kernel.describe(), ports: [...this.follow.ports].join(",") });
   }
 
