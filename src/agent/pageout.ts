@@ -3,10 +3,10 @@
  *
  * The runtime is one ~100 MB file. Starting the agent — loading and transpiling its modules, planning and
  * probing the BPF hooks — runs code of it that a running agent never runs again, and each page of it that
- * ran stays in the agent's resident set: 44–52 MiB of file pages under load, of which the steady state
- * touches ~25 (docs/performance.md). MADV_PAGEOUT on the executable's read-only mappings at ready (and after one and ten minutes) drops them; what
- * the agent still runs faults back in from the page cache within seconds (minor faults, once), and the rest
- * stays out. Read-only and executable mappings only: they hold nothing but the file's bytes. Pages another
+ * ran stays in the agent's resident set: 44–57 MiB of file pages under load, of which the steady state
+ * touches ~30 (docs/performance.md). MADV_PAGEOUT on the executable's read-only mappings at ready (and
+ * after one and ten minutes) drops them; what the agent still runs faults back in from the page cache within
+ * seconds (minor faults, once), and the rest stays out. Read-only and executable mappings only: they hold nothing but the file's bytes. Pages another
  * process maps too (a second Deno process on the host) are left by the kernel.
  */
 import { MADV_PAGEOUT, madvise } from "../bpf/ffi.ts";
