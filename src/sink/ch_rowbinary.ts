@@ -14,7 +14,7 @@
 import { columns, type Generation } from "./ch_schema.ts";
 import { emptyRow, type Row } from "./row.ts";
 import { formatIPv6 } from "../parse/addr.ts";
-import { parseV4 } from "../capture/connkey.ts";
+import { parseV4, parseV6 } from "../capture/connkey.ts";
 import { Slab } from "./slab.ts";
 
 const utf8 = new TextEncoder();
@@ -171,32 +171,15 @@ function ipv6Into(s: string, out: Uint8Array): void {
     out[15] = v & 0xff;
     return;
   }
-  const halves = s.split("::");
-  if (halves.length > 2) return;
-  const groups = (h: string): number[] | undefined => {
-    if (h === "") return [];
-    const g: number[] = [];
-    const parts = h.split(":");
-    for (let i = 0; i < parts.length; i++) {
-      const x = parts[i];
-      const q = i === parts.length - 1 && x.includes(".") ? quad(x) : undefined;
-      if (q) g.push((q[0] << 8) | q[1], (q[2] << 8) | q[3]);
-      else if (/^[0-9a-fA-F]{1,4}$/.test(x)) g.push(parseInt(x, 16));
-      else return undefined;
-    }
-    return g;
-  };
-  const head = groups(halves[0]);
-  const tail = halves.length === 2 ? groups(halves[1]) : [];
-  if (!head || !tail) return;
-  const n = head.length + tail.length;
-  if (halves.length === 1 ? n !== 8 : n > 7) return;
-  const all = [...head, ...new Array(8 - n).fill(0), ...tail];
+  if (!parseV6(s, V6)) return;
   for (let i = 0; i < 8; i++) {
-    out[2 * i] = all[i] >> 8;
-    out[2 * i + 1] = all[i] & 0xff;
+    out[2 * i] = V6[i] >> 8;
+    out[2 * i + 1] = V6[i] & 0xff;
   }
 }
+
+/** parseV6's groups, per call. */
+const V6: number[] = new Array<number>(8).fill(0);
 
 /** Dotted IPv4 → its 4 bytes, or undefined. */
 function quad(t: string): number[] | undefined {

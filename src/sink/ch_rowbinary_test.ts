@@ -209,6 +209,8 @@ Deno.test("IPv6 text ↔ bytes", async (t) => {
     ["longest zero run", "2001:0:0:1:0:0:0:1", "2001:0:0:1::1"],
     ["single zero group stays", "2001:db8:0:1:1:1:1:1", "2001:db8:0:1:1:1:1:1"],
     ["loopback", "::1", "::1"],
+    ["upper-case hex", "2001:DB8::A", "2001:db8::a"],
+    ["a zone is not an address → ::", "fe80::1%eth0", ""],
     ["embedded IPv4", "64:ff9b::192.0.2.33", "64:ff9b::c000:221"],
     ["mapped written as IPv6", "::ffff:10.0.0.1", "10.0.0.1"],
     ["unparsable → ::", "not-an-address", ""],
