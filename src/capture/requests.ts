@@ -9,7 +9,13 @@
  */
 import { StreamAssembler } from "./assembler.ts";
 import { LruMap } from "./lru.ts";
-import { HeaderBlockCache, Http1RequestStream, type RequestHead } from "../parse/http1.ts";
+import {
+  type HeaderBlock,
+  HeaderBlockCache,
+  Http1RequestStream,
+  newHeaderBlock,
+  type RequestHead,
+} from "../parse/http1.ts";
 import { Http2RequestStream } from "../parse/http2.ts";
 import { HS_CLIENT_HELLO, parseClientHello, TlsHandshakeReader } from "../parse/tls.ts";
 import { type Ja4h, ja4h } from "../fingerprint/ja4h.ts";
@@ -91,8 +97,11 @@ interface Stream extends ConnTuple {
   proto: Proto;
   h1?: Http1RequestStream;
   h2?: Http2RequestStream;
-  /** The last HTTP/2 request's method and fields, and what was derived from them (a browser repeats them). */
-  h2last: H2Memo | undefined;
+  /**
+   * The last HTTP/2 request's fields as a header block, with what was derived from them (a browser repeats
+   * them): the memo an HTTP/1 head's block is, without the text.
+   */
+  h2last: HeaderBlock | undefined;
   tls?: TlsHandshakeReader;
   sniff: Uint8Array;
   /** A gap or lost bytes hit the head being read: the next head out is marked truncated. */
@@ -104,14 +113,6 @@ interface Stream extends ConnTuple {
 /** A JA4H computed with its `ja4h` form only (the others are never "" when computed). */
 function lean(fp: Ja4h): boolean {
   return fp.ja4h_o === "";
-}
-
-interface H2Memo {
-  method: string;
-  headers: [string, string][];
-  fp: Ja4h;
-  host: string;
-  ua: string;
 }
 
 /**
@@ -314,23 +315,14 @@ export class RequestTracker {
       // The HTTP/2 stream copies what it keeps past the call (the caller's bytes are a view into the ring).
       for (const r of h2.push(bytes)) {
         const method = r.method ?? "";
-        let m = st.h2last;
-        const full = this.fullJa4h();
-        if (
-          m === undefined || m.method !== method || !sameFields(m.headers, r.headers) || (full && lean(m.fp))
-        ) {
-          m = {
-            method,
-            headers: r.headers,
-            fp: ja4h({ method, version: "20", headers: r.headers }, full),
-            host: header(r.headers, "host"),
-            ua: header(r.headers, "user-agent"),
-          };
-          st.h2last = m;
+        let b = st.h2last;
+        if (b === undefined || !sameFields(b.headers, r.headers)) {
+          st.h2last = b = newHeaderBlock(r.headers, 0, "");
         }
+        const fp = this.fromBlock(b, method, "20");
         this.s.requests++;
         this.sink.request(
-          requestRow(st, c, method, r.path ?? "", "20", r.authority ?? m.host, m.ua, m.fp, false),
+          requestRow(st, c, method, r.path ?? "", "20", r.authority ?? b.host!, b.ua!, fp, false),
           c.fd,
           c.tsNs,
           c.plaintext,
@@ -391,35 +383,40 @@ export class RequestTracker {
     });
   }
 
+  /**
+   * The JA4H of a head with header block `b` (its Host and User-Agent filled in `b` on first use), computed
+   * once per block and (method, version): the last one in fields, others in `derived` (a GET then a POST).
+   */
+  private fromBlock(b: HeaderBlock, method: string, version: string): Ja4h {
+    if (b.host === undefined) {
+      b.host = header(b.headers, "host");
+      b.ua = header(b.headers, "user-agent");
+    }
+    const full = this.fullJa4h();
+    if (method === b.lastMethod && version === b.lastVersion && !(full && lean(b.last as Ja4h))) {
+      return b.last as Ja4h;
+    }
+    const k = method + " " + version;
+    let f = b.derived?.get(k) as Ja4h | undefined;
+    if (f === undefined || (full && lean(f))) {
+      f = ja4h({ method, version, headers: b.headers }, full);
+      (b.derived ??= new Map()).set(k, f);
+    }
+    b.lastMethod = method;
+    b.lastVersion = version;
+    b.last = f;
+    return f;
+  }
+
   private request(st: Stream, c: PayloadChunk, head: RequestHead, truncated: boolean): void {
     this.s.requests++;
     let host: string, ua: string, fp: Ja4h;
     const b = head.block;
     if (b !== undefined) {
       // A header block seen before: Host, User-Agent and the JA4H (per method and version) come from it.
-      if (b.host === undefined) {
-        b.host = header(head.headers, "host");
-        b.ua = header(head.headers, "user-agent");
-      }
-      host = b.host;
+      fp = this.fromBlock(b, head.method, head.version);
+      host = b.host!;
       ua = b.ua!;
-      const full = this.fullJa4h();
-      if (head.method === b.lastMethod && head.version === b.lastVersion && !(full && lean(b.last as Ja4h))) {
-        fp = b.last as Ja4h;
-      } else {
-        // Another method or version with the same headers (a GET then a POST): its JA4H from the map, and
-        // it becomes the block's last.
-        const k = head.method + " " + head.version;
-        let f = b.derived?.get(k) as Ja4h | undefined;
-        if (f === undefined || (full && lean(f))) {
-          f = ja4h(head, full);
-          (b.derived ??= new Map()).set(k, f);
-        }
-        b.lastMethod = head.method;
-        b.lastVersion = head.version;
-        b.last = f;
-        fp = f;
-      }
     } else {
       host = header(head.headers, "host");
       ua = header(head.headers, "user-agent");
