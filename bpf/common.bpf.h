@@ -105,7 +105,7 @@ struct {
 	__type(value, __u32);
 } traced_pids SEC(".maps");
 
-/* Server TCP ports that tc watches: index = port (host byte order), value 1 = watched. An array, not a
+/* Server TCP ports that tc watches: index = port (host byte order), value enum ja4_port_state. An array, not a
  * hash: tc looks up the destination port of every packet with a payload, and the verifier inlines an
  * array lookup (no helper call, no hash). One element per port, so no writer read-modify-writes a word
  * another port shares. */
@@ -213,6 +213,7 @@ struct ja4_btf_enums {
 	enum ja4_stream stream;
 	enum ja4_drop_reason drop;
 	enum ja4_stat stat;
+	enum ja4_port_state port;
 	enum ja4_limits limits;
 	enum ja4_family family;
 	enum ja4_traced_bits traced;
@@ -674,6 +675,17 @@ static __always_inline void raw_flag(__u32 tgid, __s32 fd, __u64 bit, __u64 need
 		__sync_fetch_and_add(&p->pos, bit);
 }
 
+/* A TLS stream on a port tc marked plain: tc follows that port's new connections to their first bytes again
+ * (their ClientHellos). The raw reads carry this one's hello. */
+static __always_inline void port_tls(__u16 dport)
+{
+	__u32 port = dport;
+	__u8 *st = bpf_map_lookup_elem(&listen_ports, &port);
+
+	if (st && *st == JA4_PORT_PLAIN)
+		*st = JA4_PORT_WATCHED;
+}
+
 /* The value of (tgid, fd, stream) in conn_pos, or NULL. */
 static __always_inline struct conn_val *conn_lookup(__u32 tgid, __s32 fd, __u32 stream)
 {
@@ -741,6 +753,7 @@ static __always_inline void handle_read(void *ctx, __u8 hook, __s32 fd, const vo
 
 			if (!bpf_probe_read_user(&first, 1, buf) && first == 0x16) {
 				raw_flag(tgid, fd, JA4_POS_TLS, 0);
+				port_tls(ev->hdr.dport);
 				v |= JA4_POS_TLS;
 			}
 		}

@@ -95,6 +95,13 @@ enum ja4_drop_reason {
 	JA4_DROP_MAX = 13,
 };
 
+/* listen_ports values. */
+enum ja4_port_state {
+	JA4_PORT_OFF = 0,
+	JA4_PORT_WATCHED = 1, /* tc keeps its clients' SYNs and follows each new connection to its first byte */
+	JA4_PORT_PLAIN = 2,   /* watched; its last new connection began in plain text: SYNs only, no flow */
+};
+
 /* Index of the per-CPU `stats` counters: what the programs did that is not a loss. */
 enum ja4_stat {
 	JA4_STAT_RING_WAKEUP = 0, /* a record crossed a sixteenth of the ring: the reader was woken */

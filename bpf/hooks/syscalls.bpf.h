@@ -79,6 +79,7 @@ static __always_inline void handle_readv(void *ctx, __u8 hook, __s32 fd, const s
 		if (!bpf_probe_read_user(&v0, sizeof(v0), &iov[0]) && v0.iov_len > 0 &&
 		    !bpf_probe_read_user(&first, 1, v0.iov_base) && first == 0x16) {
 			raw_flag(tgid, fd, JA4_POS_TLS, 0);
+			port_tls(ev->hdr.dport);
 			pv |= JA4_POS_TLS;
 		}
 	}

@@ -271,7 +271,10 @@ int tc_ingress(struct __sk_buff *skb)
 		struct ja4_syn_facts *f;
 		__u32 opt_len = doff - sizeof(th);
 
-		flow_start(&fk, bpf_ntohl(th.seq));
+		/* A port whose connections begin in plain text (HTTP): nothing to follow to a ClientHello, so no
+		 * flow to create here and delete at the first byte (two LRU updates per connection). */
+		if (*watched != JA4_PORT_PLAIN)
+			flow_start(&fk, bpf_ntohl(th.seq));
 		if (!ev)
 			return JA4_TC_ACT_UNSPEC;
 		f = &ev->syn;
@@ -334,6 +337,10 @@ int tc_ingress(struct __sk_buff *skb)
 				}
 				if (first != 0x16) {
 					flow_end(&fk);
+					/* plain text on this port: its next SYNs make no flow (a TLS stream on it, seen
+					 * by the raw reads, turns that back: port_tls) */
+					if (*watched == JA4_PORT_WATCHED)
+						*watched = JA4_PORT_PLAIN;
 					return JA4_TC_ACT_UNSPEC;
 				}
 			}

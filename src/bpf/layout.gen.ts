@@ -232,6 +232,14 @@ export const Limits = {
 } as const;
 export type Limits = (typeof Limits)[keyof typeof Limits];
 
+/** enum ja4_port_state */
+export const PortState = {
+  OFF: 0,
+  WATCHED: 1,
+  PLAIN: 2,
+} as const;
+export type PortState = (typeof PortState)[keyof typeof PortState];
+
 /** enum ja4_server_kind */
 export const ServerKind = {
   NGINX: 1,

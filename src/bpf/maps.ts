@@ -4,7 +4,7 @@
  * wrapped, so a change of the C declaration fails loudly instead of writing wrong bytes.
  */
 import { type BpfMap, u32Key } from "./object.ts";
-import { type ServerKind, TracedBits } from "./layout.gen.ts";
+import { PortState, type ServerKind, TracedBits } from "./layout.gen.ts";
 
 /** The map's key and value sizes, or a clear error naming the drift. */
 function checkSizes(map: BpfMap, key: number, value: number): BpfMap {
@@ -51,8 +51,10 @@ export class TracedPids {
 }
 
 /**
- * listen_ports: an array indexed by server TCP port (host order), 1 = tc reports SYNs and first bytes to
- * it, 0 = not watched (array elements cannot be deleted, only cleared).
+ * listen_ports: an array indexed by server TCP port (host order), a PortState: WATCHED = tc keeps its SYNs
+ * and reports first bytes, PLAIN = the same but its connections began in plain text so far (tc sets it, and
+ * takes it back when a TLS stream shows up there), OFF = not watched (array elements cannot be deleted, only
+ * cleared). `add` makes a port WATCHED.
  */
 export class ListenPorts {
   readonly map: BpfMap;
@@ -71,12 +73,13 @@ export class ListenPorts {
     if (was) this.map.update(u32Key(port), OFF);
     return was;
   }
+  /** Watched (PortState.WATCHED, or PLAIN: the BPF side saw its connections begin in plain text). */
   has(port: number): boolean {
-    return this.map.lookup(u32Key(port))?.[0] === 1;
+    return (this.map.lookup(u32Key(port))?.[0] ?? 0) !== 0;
   }
 }
 
-const ON = new Uint8Array([1]), OFF = new Uint8Array([0]);
+const ON = new Uint8Array([PortState.WATCHED]), OFF = new Uint8Array([PortState.OFF]);
 
 /**
  * drops (indexed by DropReason) and stats (by Stat): per-CPU u64 counters with a u32 index; user space sums

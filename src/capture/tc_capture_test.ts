@@ -4,6 +4,8 @@ import { claimTc, PROBE_TC, TcHandleBusyError, tcQuery } from "../bpf/tc.ts";
 import { keptSyns, loadPrograms, progIdOfFd } from "../../tests/helpers/bpf.ts";
 import { ACK, CLIENT, frame, PACKETS, PSH, SERVER, SYN } from "../../tests/helpers/frames.ts";
 import { ListenPorts } from "../bpf/maps.ts";
+import { u32Key } from "../bpf/object.ts";
+import { PortState } from "../bpf/layout.gen.ts";
 import { requireRoot, run, runOk } from "../../tests/helpers/proc.ts";
 import { TcCapture } from "./tc_capture.ts";
 
@@ -216,5 +218,29 @@ Deno.test("tc_ingress on frames (BPF_PROG_TEST_RUN): a watched port's SYN is kep
     prog.testRun(frame(CLIENT, SERVER, ACK | PSH, 80, [], 1001)); // seq = ISN + 1: stream offset 0
     assertEquals(flowCount(), 0);
     assertEquals(keptSyns(obj).length, 1, "the SYN's facts stay for the server's first read");
+    assertEquals(
+      obj.map("listen_ports").lookup(u32Key(SERVER))?.[0],
+      PortState.PLAIN,
+      "the port marked plain",
+    );
+    assert(ListenPorts.of(obj.map("listen_ports"))!.has(SERVER), "still watched");
   });
+  await t.step("the next SYN on the plain port: its facts kept, no flow made", () => {
+    prog.testRun(frame(CLIENT + 1, SERVER, SYN, 0, [2, 4, 5, 0xb4]));
+    assertEquals(keptSyns(obj).map((k) => k.srcPort).sort(), [CLIENT, CLIENT + 1]);
+    assertEquals(flowCount(), 0);
+  });
+  await t.step(
+    "a port made watched again (user space's add): SYNs make flows, a TLS first byte keeps it",
+    () => {
+      ListenPorts.of(obj.map("listen_ports"))!.add(SERVER);
+      prog.testRun(frame(CLIENT + 2, SERVER, SYN, 0, [2, 4, 5, 0xb4]));
+      assertEquals(flowCount(), 1);
+      const hello = frame(CLIENT + 2, SERVER, ACK | PSH, 60, [], 1001);
+      hello.set([0x16, 0x03, 0x01, 0x02, 0x00], 14 + 40); // a 512-byte TLS handshake record begins
+      prog.testRun(hello);
+      assertEquals(flowCount(), 1, "followed on to the end of the first record");
+      assertEquals(obj.map("listen_ports").lookup(u32Key(SERVER))?.[0], PortState.WATCHED);
+    },
+  );
 });
