@@ -14,7 +14,7 @@ import { parseArgs } from "node:util";
 import type { BpfObject, BpfProgram } from "../src/bpf/object.ts";
 import { ListenPorts } from "../src/bpf/maps.ts";
 import { loadPrograms } from "../tests/helpers/bpf.ts";
-import { PACKETS, SERVER } from "../tests/helpers/frames.ts";
+import { ACK, CLIENT, frame, PACKETS, PSH, SERVER, SYN } from "../tests/helpers/frames.ts";
 import { embeddedObject } from "../src/bpf/embedded.ts";
 import { median } from "./median.ts";
 
@@ -44,6 +44,31 @@ if (import.meta.main) {
           const k = `${kind}\0${v.name}`;
           ns.set(k, [...ns.get(k) ?? [], nsPerRun]);
         }
+      }
+    }
+  } catch (e) {
+    for (const v of loaded) v.obj.close();
+    throw e;
+  }
+  // New connections: each client port's SYN, then its first bytes (plain text), one run each — the two
+  // packets per connection that do more than look.
+  const CONN = "connection: SYN + first bytes (plain), new ports";
+  PACKETS.push([CONN, new Uint8Array()]);
+  const syn = frame(CLIENT, SERVER, SYN, 0, [2, 4, 5, 0xb4]),
+    first = frame(CLIENT, SERVER, ACK | PSH, 80, [], 1001);
+  const conns = Math.max(1, Math.floor(repeat / 20));
+  try {
+    for (let r = 0; r < rounds; r++) {
+      for (const v of r % 2 ? [...loaded].reverse() : loaded) {
+        let sum = 0;
+        for (let i = 0; i < conns; i++) {
+          const port = 20_000 + ((r * conns + i) % 40_000);
+          new DataView(syn.buffer).setUint16(34, port);
+          new DataView(first.buffer).setUint16(34, port);
+          sum += v.prog.testRun(syn).nsPerRun + v.prog.testRun(first).nsPerRun;
+        }
+        const k = `${CONN}\0${v.name}`;
+        ns.set(k, [...ns.get(k) ?? [], Math.round(sum / conns)]);
       }
     }
   } finally {
