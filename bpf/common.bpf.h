@@ -675,14 +675,14 @@ static __always_inline void raw_flag(__u32 tgid, __s32 fd, __u64 bit, __u64 need
 		__sync_fetch_and_add(&p->pos, bit);
 }
 
-/* A TLS stream on a port tc marked plain: tc follows that port's new connections to their first bytes again
- * (their ClientHellos). The raw reads carry this one's hello. */
+/* A TLS stream on a watched port: its count of plain connections in a row starts over, and a PLAIN port is
+ * followed to its connections' first bytes (ClientHellos) again. Written only when it changes. */
 static __always_inline void port_tls(__u16 dport)
 {
 	__u32 port = dport;
 	__u8 *st = bpf_map_lookup_elem(&listen_ports, &port);
 
-	if (st && *st == JA4_PORT_PLAIN)
+	if (st && *st > JA4_PORT_WATCHED)
 		*st = JA4_PORT_WATCHED;
 }
 
@@ -740,8 +740,13 @@ static __always_inline void handle_read(void *ctx, __u8 hook, __s32 fd, const vo
 	if (budget > JA4_CAPTURE_MAX)
 		budget = JA4_CAPTURE_MAX;
 	ev->hdr.total = total > 0xffffffffULL ? 0xffffffff : (__u32)total;
-	if (stream == JA4_STREAM_PLAINTEXT)
+	if (stream == JA4_STREAM_PLAINTEXT) {
 		ev->hdr.flags |= JA4_F_PLAINTEXT;
+		/* a TLS connection's first plaintext (nginx's raw reads are not traced: this is where the kernel
+		 * side learns that a port tc stopped following serves TLS) */
+		if (cv == NULL)
+			port_tls(ev->hdr.dport);
+	}
 	if (total > budget)
 		count_drop(JA4_DROP_TRUNCATED); /* the capture limit; the TLS cut below is intended */
 	v = advance_pos(tgid, fd, stream, total, cv);

@@ -95,11 +95,18 @@ enum ja4_drop_reason {
 	JA4_DROP_MAX = 13,
 };
 
-/* listen_ports values. */
+/*
+ * listen_ports values. A watched port counts its new connections that began in plain text in a row
+ * (WATCHED + n); after PLAIN_AFTER of them it is PLAIN: tc keeps its SYNs but no longer follows each new
+ * connection to its first byte (no flow: two LRU updates less per connection). A TLS stream on the port
+ * (tc's first byte, a raw read's, or an SSL_read's plaintext) makes it WATCHED again, as does user space
+ * adding it or a server's listen().
+ */
 enum ja4_port_state {
 	JA4_PORT_OFF = 0,
-	JA4_PORT_WATCHED = 1, /* tc keeps its clients' SYNs and follows each new connection to its first byte */
-	JA4_PORT_PLAIN = 2,   /* watched; its last new connection began in plain text: SYNs only, no flow */
+	JA4_PORT_WATCHED = 1,
+	JA4_PORT_PLAIN_AFTER = 64,
+	JA4_PORT_PLAIN = 255,
 };
 
 /* Index of the per-CPU `stats` counters: what the programs did that is not a loss. */

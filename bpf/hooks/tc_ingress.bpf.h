@@ -337,12 +337,16 @@ int tc_ingress(struct __sk_buff *skb)
 				}
 				if (first != 0x16) {
 					flow_end(&fk);
-					/* plain text on this port: its next SYNs make no flow (a TLS stream on it, seen
-					 * by the raw reads, turns that back: port_tls) */
-					if (*watched == JA4_PORT_WATCHED)
+					/* one more plain connection in a row: after JA4_PORT_PLAIN_AFTER the port's
+					 * SYNs make no flow (a race between CPUs miscounts by one, harmlessly) */
+					if (*watched < JA4_PORT_PLAIN_AFTER)
+						*watched += 1;
+					else if (*watched != JA4_PORT_PLAIN)
 						*watched = JA4_PORT_PLAIN;
 					return JA4_TC_ACT_UNSPEC;
 				}
+				if (*watched > JA4_PORT_WATCHED)
+					*watched = JA4_PORT_WATCHED; /* TLS: the count starts over */
 			}
 			n = payload;
 			if (n > budget - off)

@@ -236,7 +236,8 @@ export type Limits = (typeof Limits)[keyof typeof Limits];
 export const PortState = {
   OFF: 0,
   WATCHED: 1,
-  PLAIN: 2,
+  PLAIN_AFTER: 64,
+  PLAIN: 255,
 } as const;
 export type PortState = (typeof PortState)[keyof typeof PortState];
 

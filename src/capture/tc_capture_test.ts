@@ -214,33 +214,40 @@ Deno.test("tc_ingress on frames (BPF_PROG_TEST_RUN): a watched port's SYN is kep
     assertEquals(kept[0].options.length, 20);
     assertEquals(flowCount(), 1);
   });
+  const state = () => obj.map("listen_ports").lookup(u32Key(SERVER))?.[0];
   await t.step("its first byte is plain text: the flow ends (no event: nothing to fingerprint)", () => {
     prog.testRun(frame(CLIENT, SERVER, ACK | PSH, 80, [], 1001)); // seq = ISN + 1: stream offset 0
     assertEquals(flowCount(), 0);
     assertEquals(keptSyns(obj).length, 1, "the SYN's facts stay for the server's first read");
-    assertEquals(
-      obj.map("listen_ports").lookup(u32Key(SERVER))?.[0],
-      PortState.PLAIN,
-      "the port marked plain",
-    );
-    assert(ListenPorts.of(obj.map("listen_ports"))!.has(SERVER), "still watched");
+    assertEquals(state(), PortState.WATCHED + 1, "one plain connection in a row counted");
   });
-  await t.step("the next SYN on the plain port: its facts kept, no flow made", () => {
-    prog.testRun(frame(CLIENT + 1, SERVER, SYN, 0, [2, 4, 5, 0xb4]));
-    assertEquals(keptSyns(obj).map((k) => k.srcPort).sort(), [CLIENT, CLIENT + 1]);
-    assertEquals(flowCount(), 0);
+  await t.step(`after ${PortState.PLAIN_AFTER} plain connections in a row: SYNs kept, no flow made`, () => {
+    for (let i = 1; state() !== PortState.PLAIN && i < 100; i++) {
+      prog.testRun(frame(CLIENT + i, SERVER, SYN, 0, [2, 4, 5, 0xb4]));
+      assertEquals(flowCount(), 1, `connection ${i}: followed while the port is not plain yet`);
+      prog.testRun(frame(CLIENT + i, SERVER, ACK | PSH, 80, [], 1001));
+      assertEquals(flowCount(), 0);
+    }
+    assertEquals(state(), PortState.PLAIN);
+    assert(ListenPorts.of(obj.map("listen_ports"))!.has(SERVER), "still watched");
+    const before = keptSyns(obj).length;
+    prog.testRun(frame(CLIENT + 200, SERVER, SYN, 0, [2, 4, 5, 0xb4]));
+    assertEquals(keptSyns(obj).length, before + 1, "its SYN's facts kept");
+    assertEquals(flowCount(), 0, "no flow");
   });
   await t.step(
-    "a port made watched again (user space's add): SYNs make flows, a TLS first byte keeps it",
+    "made watched again (user space's add): SYNs make flows; a TLS first byte resets the count",
     () => {
       ListenPorts.of(obj.map("listen_ports"))!.add(SERVER);
-      prog.testRun(frame(CLIENT + 2, SERVER, SYN, 0, [2, 4, 5, 0xb4]));
-      assertEquals(flowCount(), 1);
-      const hello = frame(CLIENT + 2, SERVER, ACK | PSH, 60, [], 1001);
-      hello.set([0x16, 0x03, 0x01, 0x02, 0x00], 14 + 40); // a 512-byte TLS handshake record begins
-      prog.testRun(hello);
-      assertEquals(flowCount(), 1, "followed on to the end of the first record");
-      assertEquals(obj.map("listen_ports").lookup(u32Key(SERVER))?.[0], PortState.WATCHED);
+      for (const [port, first] of [[CLIENT + 300, 0x47], [CLIENT + 301, 0x16]]) {
+        prog.testRun(frame(port, SERVER, SYN, 0, [2, 4, 5, 0xb4]));
+        assertEquals(flowCount(), 1);
+        const data = frame(port, SERVER, ACK | PSH, 60, [], 1001);
+        data.set(first === 0x16 ? [0x16, 0x03, 0x01, 0x02, 0x00] : [first], 14 + 40); // "G…" / a 512-byte record
+        prog.testRun(data);
+      }
+      assertEquals(flowCount(), 1, "the TLS connection followed on to the end of its first record");
+      assertEquals(state(), PortState.WATCHED, "the plain one counted, the TLS one started the count over");
     },
   );
 });

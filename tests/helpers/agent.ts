@@ -196,6 +196,21 @@ function fdinfoIds(pid: number, key: "prog_id" | "map_id"): number[] {
   return [...ids].sort((a, b) => a - b);
 }
 
+/** The bytes of element `key` (a u32 index) of process `pid`'s BPF map `name` (read by bpftool), if it has one. */
+export function bpfMapElement(pid: number, name: string, key: number): number[] | undefined {
+  const tool = (args: string[]) => {
+    const r = new Deno.Command("bpftool", { args: ["-j", ...args], stderr: "null" }).outputSync();
+    return r.success ? JSON.parse(new TextDecoder().decode(r.stdout)) : undefined;
+  };
+  for (const id of fdinfoIds(pid, "map_id")) {
+    if (tool(["map", "show", "id", String(id)])?.name !== name) continue;
+    const k = [key & 0xff, (key >> 8) & 0xff, (key >> 16) & 0xff, key >>> 24].map(String);
+    const r = tool(["map", "lookup", "id", String(id), "key", ...k]);
+    return (r?.value as string[] | undefined)?.map((x) => parseInt(x, 16));
+  }
+  return undefined;
+}
+
 /** BPF program ids referenced by a process's fds (program fds and link fds both show `prog_id:`). */
 export function bpfProgIds(pid: number): number[] {
   return fdinfoIds(pid, "prog_id");

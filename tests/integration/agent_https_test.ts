@@ -13,12 +13,13 @@
 import { assert, assertEquals, assertGreater } from "../../src/testing/asserts.ts";
 import type { Row } from "../../src/sink/row.ts";
 import type { StreamRecord } from "../../src/offline/fingerprint_capture.ts";
-import { MAIN_TS, rowsSettled, type RunningAgent, startAgent } from "../helpers/agent.ts";
+import { bpfMapElement, MAIN_TS, rowsSettled, type RunningAgent, startAgent } from "../helpers/agent.ts";
+import { PortState } from "../../src/bpf/layout.gen.ts";
 import { type AccessEntry, startApache, startNginx } from "../helpers/servers.ts";
 import { startTcpdump, tsharkFields } from "../helpers/capture.ts";
 import { chromium, curl } from "../helpers/clients.ts";
 import { createNetns } from "../helpers/netns.ts";
-import { delay, HarnessError, makeTempDir, requireTool, runOk } from "../helpers/proc.ts";
+import { delay, HarnessError, makeTempDir, requireTool, runOk, waitUntil } from "../helpers/proc.ts";
 
 const NGINX = 26080;
 const NGINX_TLS = 26443;
@@ -446,6 +447,35 @@ Deno.test("agent HTTPS: nginx (h1, h2, Chromium over a veth) and Apache rows car
       );
       assertEquals(parseErrors(await agent.metrics(), 'parser="agent"'), 0, "no exception in event handling");
     });
+
+    await t.step(
+      `a TLS port after ${PortState.PLAIN_AFTER} plain connections in a row: tc stops following its connections; its next TLS connection brings that back`,
+      async () => {
+        const state = () => bpfMapElement(agent.pid, "listen_ports", NGINX_TLS)?.[0];
+        assertEquals(state(), PortState.WATCHED, "the bad input before was not that many in a row");
+        const plain = new TextEncoder().encode("GET / HTTP/1.0\r\n\r\n"); // nginx answers 400 and closes
+        for (let i = 0; i < PortState.PLAIN_AFTER + 2; i++) await sendRaw(NGINX_TLS, plain);
+        assertEquals(state(), PortState.PLAIN);
+        // nginx's raw reads are not traced: its plaintext probe's first read of the connection says TLS.
+        const first = await curlTls(["--http1.1", `${base}/after-plain-1`], curlKeys);
+        await waitUntil(() => state() === PortState.WATCHED, 10_000, "the port followed again");
+        const second = await curlTls(["--http1.1", `${base}/after-plain-2`], curlKeys);
+        const got = await agent.waitForRows(
+          (r) => r.path.startsWith("/after-plain-") && r.dst_port === NGINX_TLS,
+          2,
+          20_000,
+        );
+        const byPath = Object.fromEntries(got.map((r) => [r.path, r]));
+        assertEquals([byPath["/after-plain-1"].src_port, byPath["/after-plain-2"].src_port], [
+          first[0],
+          second[0],
+        ]);
+        assert(
+          /^t1[23]i/.test(byPath["/after-plain-2"].ja4),
+          `JA4 of the next connection: ${byPath["/after-plain-2"].ja4}`,
+        );
+      },
+    );
 
     assertEquals(
       await agent.stop("SIGTERM", 30_000),
