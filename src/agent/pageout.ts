@@ -10,27 +10,11 @@
  * process maps too (a second Deno process on the host) are left by the kernel.
  */
 import { MADV_PAGEOUT, madvise } from "../bpf/ffi.ts";
-
-export interface Mapping {
-  start: bigint;
-  end: bigint;
-  perms: string;
-  path: string;
-}
-
-/** Lines of /proc/<pid>/maps: "start-end perms offset dev inode path". */
-export function parseMaps(text: string): Mapping[] {
-  const out: Mapping[] = [];
-  for (const line of text.split("\n")) {
-    const m = /^([0-9a-f]+)-([0-9a-f]+) (\S{4}) \S+ \S+ \d+\s+(.*)$/.exec(line);
-    if (m) out.push({ start: BigInt(`0x${m[1]}`), end: BigInt(`0x${m[2]}`), perms: m[3], path: m[4] });
-  }
-  return out;
-}
+import { type MapLine, mapLines } from "../bpf/elf.ts";
 
 /** The mappings of `exe` that hold only its file's bytes: readable, never writable. */
-export function readOnlyMappings(maps: Mapping[], exe: string): Mapping[] {
-  return maps.filter((m) => m.path === exe && m.perms[0] === "r" && m.perms[1] === "-");
+export function readOnlyMappings(maps: MapLine[], exe: string): MapLine[] {
+  return maps.filter((m) => m.path === exe && !m.deleted && m.perms[0] === "r" && m.perms[1] === "-");
 }
 
 export interface PageOutResult {
@@ -48,7 +32,7 @@ function rssFileKb(): number {
 
 /** Pages out this process's executable (read-only mappings); what it still runs comes back on use. */
 export function pageOutExecutable(exe: string = Deno.execPath()): PageOutResult {
-  const maps = readOnlyMappings(parseMaps(Deno.readTextFileSync("/proc/self/maps")), exe);
+  const maps = readOnlyMappings(mapLines(Deno.readTextFileSync("/proc/self/maps")), exe);
   const fileKbBefore = rssFileKb();
   let err = 0;
   for (const m of maps) {

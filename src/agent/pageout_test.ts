@@ -1,8 +1,9 @@
 import { assert, assertEquals, assertGreater } from "../testing/asserts.ts";
-import { parseMaps, readOnlyMappings } from "./pageout.ts";
+import { readOnlyMappings } from "./pageout.ts";
+import { mapLines } from "../bpf/elf.ts";
 
-Deno.test("parseMaps / readOnlyMappings: the executable's mappings that hold only its bytes", async (t) => {
-  const maps = parseMaps([
+Deno.test("readOnlyMappings: the executable's mappings that hold only its bytes", async (t) => {
+  const maps = mapLines([
     "55f8419bd000-55f84354b000 r--p 00000000 fe:00 5309230                    /opt/ja4ebpf/deno",
     "55f84354b000-55f8493e0000 r-xp 01b8e000 fe:00 5309230                    /opt/ja4ebpf/deno",
     "55f8493e0000-55f8497ae000 r--p 07a23000 fe:00 5309230                    /opt/ja4ebpf/deno",
@@ -12,12 +13,13 @@ Deno.test("parseMaps / readOnlyMappings: the executable's mappings that hold onl
     "7f0000002000-7f0000003000 r--p 00000000 fe:00 78                         /opt/ja4ebpf/deno (deleted)",
     "not a line",
   ].join("\n"));
-  await t.step("every well-formed line, addresses as numbers", () => {
-    assertEquals(maps.length, 7);
+  await t.step("mapLines: every file mapping, addresses as numbers, a replaced file marked", () => {
+    assertEquals(maps.length, 6);
     assertEquals([maps[0].start, maps[0].end, maps[0].perms], [0x55f8419bd000n, 0x55f84354b000n, "r--p"]);
-    assertEquals(maps[4].path, "");
+    assertEquals(maps.map((m) => m.deleted), [false, false, false, false, false, true]);
+    assertEquals(maps[5].path, "/opt/ja4ebpf/deno");
   });
-  await t.step("the executable's read-only and executable mappings only", () => {
+  await t.step("the executable's read-only and executable mappings only (not a replaced file's)", () => {
     const ro = readOnlyMappings(maps, "/opt/ja4ebpf/deno");
     assertEquals(ro.map((m) => m.perms), ["r--p", "r-xp", "r--p"]);
     assertEquals(readOnlyMappings(maps, "/usr/lib/libc.so.6").length, 1);

@@ -318,20 +318,52 @@ export function makedev(major: number, minor: number): number {
     (major & 0xfffff000) * 2 ** 32;
 }
 
+/** One line of /proc/PID/maps that maps a file. */
+export interface MapLine {
+  start: bigint;
+  end: bigint;
+  /** "r-xp" */
+  perms: string;
+  dev: number;
+  inode: number;
+  /** Without the " (deleted)" suffix. */
+  path: string;
+  deleted: boolean;
+}
+
+/** The file mappings of /proc/PID/maps text, one per line (anonymous and pseudo mappings left out). */
+export function mapLines(text: string): MapLine[] {
+  const out: MapLine[] = [];
+  for (const line of text.split("\n")) {
+    // "7f…-7f… r-xp 00002000 fe:00 5595137    /usr/lib/x86_64-linux-gnu/libapr-1.so.0.7.2 (deleted)"
+    const m =
+      /^([0-9a-f]+)-([0-9a-f]+)\s+(\S+)\s+\S+\s+([0-9a-f]+):([0-9a-f]+)\s+(\d+)\s+(\/.*?)( \(deleted\))?$/
+        .exec(line);
+    if (!m) continue;
+    out.push({
+      start: BigInt(`0x${m[1]}`),
+      end: BigInt(`0x${m[2]}`),
+      perms: m[3],
+      dev: makedev(parseInt(m[4], 16), parseInt(m[5], 16)),
+      inode: Number(m[6]),
+      path: m[7],
+      deleted: m[8] !== undefined,
+    });
+  }
+  return out;
+}
+
 /** Parses /proc/PID/maps text: one entry per distinct (dev, inode, path) whose basename matches `name`. */
 export function parseMaps(pid: number, text: string, name: RegExp): MappedFile[] {
   const out: MappedFile[] = [];
   const seen = new Set<string>();
-  for (const line of text.split("\n")) {
-    // "7f…-7f… r-xp 00002000 fe:00 5595137    /usr/lib/x86_64-linux-gnu/libapr-1.so.0.7.2 (deleted)"
-    const m = /^([0-9a-f]+-[0-9a-f]+)\s+\S+\s+\S+\s+([0-9a-f]+):([0-9a-f]+)\s+(\d+)\s+(\/.*?)( \(deleted\))?$/
-      .exec(line);
-    if (!m || !name.test(m[5].slice(m[5].lastIndexOf("/") + 1))) continue;
-    const dev = makedev(parseInt(m[2], 16), parseInt(m[3], 16));
-    const key = `${dev}:${m[4]}:${m[5]}`;
+  for (const l of mapLines(text)) {
+    if (!name.test(l.path.slice(l.path.lastIndexOf("/") + 1))) continue;
+    const key = `${l.dev}:${l.inode}:${l.path}`;
     if (seen.has(key)) continue;
     seen.add(key);
-    out.push({ pid, path: m[5], deleted: m[6] !== undefined, dev, inode: Number(m[4]), range: m[1] });
+    const range = `${l.start.toString(16)}-${l.end.toString(16)}`;
+    out.push({ pid, path: l.path, deleted: l.deleted, dev: l.dev, inode: l.inode, range });
   }
   return out;
 }
