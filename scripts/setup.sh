@@ -22,7 +22,7 @@ pkgs=(clang llvm bpftool libbpf1 libbpf-dev linux-libc-dev curl iproute2 ca-cert
 # nghttp2-client: h2load, the HTTP/2 load of bench/capture_overhead.ts --modes h2.
 test_pkgs=(nginx-light apache2 tshark tcpdump wrk clickhouse-server qemu-system-x86 busybox-static rpm
   chromium libcap2-bin procps psmisc ethtool openssl python3 systemd gcc libc6-dev util-linux
-  qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+  qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross nghttp2-client)
 [ $want_test = 1 ] && pkgs+=("${test_pkgs[@]}")
 
 missing=()
