@@ -344,15 +344,19 @@ export class Agent {
     }
   }
 
+  /** The executable's pages back to the page cache (src/agent/pageout.ts); a kernel before 5.4 keeps them. */
   private pageOut(): void {
     try {
       const r = pageOutExecutable();
+      if (r.errno) {
+        log.debug("executable pages kept", { errno: r.errno });
+        return;
+      }
       const mib = (kb: number) => (kb / 1024).toFixed(1);
-      if (r.errno) log.debug("executable pages kept", { errno: r.errno });
-      else {log.info("executable pages returned", {
-          file_mib_before: mib(r.fileKbBefore),
-          file_mib_after: mib(r.fileKbAfter),
-        });}
+      log.info("executable pages returned", {
+        file_mib_before: mib(r.fileKbBefore),
+        file_mib_after: mib(r.fileKbAfter),
+      });
     } catch (e) {
       log.debug("executable pages kept", { error: e instanceof Error ? e.message : String(e) });
     }
