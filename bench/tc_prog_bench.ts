@@ -14,7 +14,7 @@ import { parseArgs } from "node:util";
 import type { BpfObject, BpfProgram } from "../src/bpf/object.ts";
 import { ListenPorts } from "../src/bpf/maps.ts";
 import { loadPrograms } from "../tests/helpers/bpf.ts";
-import { ACK, CLIENT, frame, PACKETS, PSH, SERVER, SYN } from "../tests/helpers/frames.ts";
+import { ACK, frame, PACKETS, PSH, SERVER, SYN } from "../tests/helpers/frames.ts";
 import { embeddedObject } from "../src/bpf/embedded.ts";
 import { median } from "./median.ts";
 
@@ -35,40 +35,29 @@ if (import.meta.main) {
   if (values.base) variants.push(["base", Deno.readFileSync(`${values.base}/dist/bpf/ja4ebpf.bpf.o`)]);
   const loaded = variants.map(([name, bytes]) => ({ name, ...loadTc(bytes) }));
   const ns = new Map<string, number[]>();
+  const add = (kind: string, v: string, x: number) =>
+    ns.set(`${kind}\0${v}`, [...ns.get(`${kind}\0${v}`) ?? [], x]);
+  // New connections: each client port's SYN, then its first bytes (plain text), one run each — the two
+  // packets per connection that do more than look.
+  const CONN = "connection: SYN + first bytes (plain), new ports";
+  const conns = Math.max(1, Math.floor(repeat / 20));
   try {
     for (let r = 0; r < rounds; r++) {
       const order = r % 2 ? [...loaded].reverse() : loaded;
       for (const [kind, pkt] of PACKETS) {
-        for (const v of order) {
-          const { nsPerRun } = v.prog.testRun(pkt, repeat);
-          const k = `${kind}\0${v.name}`;
-          ns.set(k, [...ns.get(k) ?? [], nsPerRun]);
-        }
+        for (const v of order) add(kind, v.name, v.prog.testRun(pkt, repeat).nsPerRun);
       }
     }
-  } catch (e) {
-    for (const v of loaded) v.obj.close();
-    throw e;
-  }
-  // New connections: each client port's SYN, then its first bytes (plain text), one run each — the two
-  // packets per connection that do more than look.
-  const CONN = "connection: SYN + first bytes (plain), new ports";
-  PACKETS.push([CONN, new Uint8Array()]);
-  const syn = frame(CLIENT, SERVER, SYN, 0, [2, 4, 5, 0xb4]),
-    first = frame(CLIENT, SERVER, ACK | PSH, 80, [], 1001);
-  const conns = Math.max(1, Math.floor(repeat / 20));
-  try {
+    // After the single packets, whose port stays watched: the new connections make a plain port of it.
     for (let r = 0; r < rounds; r++) {
       for (const v of r % 2 ? [...loaded].reverse() : loaded) {
         let sum = 0;
         for (let i = 0; i < conns; i++) {
           const port = 20_000 + ((r * conns + i) % 40_000);
-          new DataView(syn.buffer).setUint16(34, port);
-          new DataView(first.buffer).setUint16(34, port);
-          sum += v.prog.testRun(syn).nsPerRun + v.prog.testRun(first).nsPerRun;
+          sum += v.prog.testRun(frame(port, SERVER, SYN, 0, [2, 4, 5, 0xb4])).nsPerRun +
+            v.prog.testRun(frame(port, SERVER, ACK | PSH, 80, [], 1001)).nsPerRun;
         }
-        const k = `${CONN}\0${v.name}`;
-        ns.set(k, [...ns.get(k) ?? [], Math.round(sum / conns)]);
+        add(CONN, v.name, Math.round(sum / conns));
       }
     }
   } finally {
@@ -78,7 +67,7 @@ if (import.meta.main) {
   console.log(`tc_ingress, BPF_PROG_TEST_RUN × ${repeat}, median of ${rounds} rounds (ns per run)\n`);
   console.log(`| packet | ${loaded.map((v) => v.name).join(" | ")} |${values.base ? " this / base |" : ""}`);
   console.log(`| --- | ${loaded.map(() => "---:").join(" | ")} |${values.base ? " ---: |" : ""}`);
-  for (const [kind] of PACKETS) {
+  for (const kind of [...PACKETS.map(([k]) => k), CONN]) {
     const cells = loaded.map((v) => String(med(kind, v.name)));
     const ratio = values.base ? ` ${(med(kind, "this tree") / med(kind, "base")).toFixed(2)} |` : "";
     console.log(`| ${kind} | ${cells.join(" | ")} |${ratio}`);
