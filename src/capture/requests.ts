@@ -18,7 +18,7 @@ import {
 } from "../parse/http1.ts";
 import { Http2RequestStream } from "../parse/http2.ts";
 import { HS_CLIENT_HELLO, parseClientHello, TlsHandshakeReader } from "../parse/tls.ts";
-import { type Ja4h, ja4h } from "../fingerprint/ja4h.ts";
+import { type Ja4h, ja4h, JA4H_AB, ja4hCookieParts } from "../fingerprint/ja4h.ts";
 import { ja4 } from "../fingerprint/ja4.ts";
 import type { Row, Tuple } from "../sink/row.ts";
 import { type ConnKey, connKeyOf, type Keyed } from "./connkey.ts";
@@ -386,26 +386,54 @@ export class RequestTracker {
   /**
    * The JA4H of a head with header block `b` (its Host and User-Agent filled in `b` on first use), computed
    * once per block and (method, version): the last one in fields, others in `derived` (a GET then a POST).
+   * `cookie`: the head's Cookie value when the block holds it blanked (see HttpRequestHead.cookie).
    */
-  private fromBlock(b: HeaderBlock, method: string, version: string): Ja4h {
+  private fromBlock(b: HeaderBlock, method: string, version: string, cookie?: string): Ja4h {
     if (b.host === undefined) {
       b.host = header(b.headers, "host");
       b.ua = header(b.headers, "user-agent");
     }
     const full = this.fullJa4h();
+    let f: Ja4h | undefined;
     if (method === b.lastMethod && version === b.lastVersion && !(full && lean(b.last as Ja4h))) {
-      return b.last as Ja4h;
+      f = b.last as Ja4h;
+    } else {
+      const k = method + " " + version;
+      f = b.derived?.get(k) as Ja4h | undefined;
+      if (f === undefined || (full && lean(f))) {
+        f = ja4h({ method, version, headers: b.headers }, full);
+        (b.derived ??= new Map()).set(k, f);
+      }
+      b.lastMethod = method;
+      b.lastVersion = version;
+      b.last = f;
     }
-    const k = method + " " + version;
-    let f = b.derived?.get(k) as Ja4h | undefined;
-    if (f === undefined || (full && lean(f))) {
-      f = ja4h({ method, version, headers: b.headers }, full);
-      (b.derived ??= new Map()).set(k, f);
-    }
-    b.lastMethod = method;
-    b.lastVersion = version;
-    b.last = f;
-    return f;
+    return cookie === undefined ? f : this.withCookie(b, f, method, version, cookie, full);
+  }
+
+  /**
+   * A head of a block keyed without its Cookie value: the block's a and b parts with the head's own c and d
+   * (the block's last Cookie value and result kept: a keep-alive client repeats its cookie).
+   */
+  private withCookie(
+    b: HeaderBlock,
+    base: Ja4h,
+    method: string,
+    version: string,
+    cookie: string,
+    full: boolean,
+  ) {
+    if (cookie === b.lastCookie && base === b.lastCookieBase) return b.lastCookieFp as Ja4h;
+    const fp: Ja4h = full ? ja4h({ method, version, headers: b.headers, cookie }, true) : {
+      ja4h: base.ja4h.slice(0, JA4H_AB + 1) + ja4hCookieParts(cookie),
+      ja4h_r: "",
+      ja4h_o: "",
+      ja4h_ro: "",
+    };
+    b.lastCookie = cookie;
+    b.lastCookieBase = base;
+    b.lastCookieFp = fp;
+    return fp;
   }
 
   private request(st: Stream, c: PayloadChunk, head: RequestHead, truncated: boolean): void {
@@ -414,7 +442,7 @@ export class RequestTracker {
     const b = head.block;
     if (b !== undefined) {
       // A header block seen before: Host, User-Agent and the JA4H (per method and version) come from it.
-      fp = this.fromBlock(b, head.method, head.version);
+      fp = this.fromBlock(b, head.method, head.version, head.cookie);
       host = b.host!;
       ua = b.ua!;
     } else {

@@ -50,7 +50,7 @@ Deno.test("RequestTracker", async (t) => {
     assert(rows[0].ja4h.startsWith("ge11nn02"));
     assertEquals(rt.stats().bytes, 0);
   });
-  await t.step("repeated header blocks: parsed once, rows identical to a fresh parse", () => {
+  await t.step("repeated header blocks: parsed at most twice, rows identical to a fresh parse", () => {
     const heads = [
       "GET /1 HTTP/1.1\r\nHost: h\r\nUser-Agent: ua\r\nCookie: b=2; a=1\r\nAccept-Language: de-DE\r\n\r\n",
       "POST /2 HTTP/1.1\r\nHost: h\r\nUser-Agent: ua\r\nCookie: b=2; a=1\r\nAccept-Language: de-DE\r\n\r\n",
@@ -67,9 +67,44 @@ Deno.test("RequestTracker", async (t) => {
       fresh.push(f.rows[0]);
     }
     assertEquals(cached.rows, fresh);
-    assertEquals(cached.rt.stats().head_cache_hits, 8);
+    // Parsed twice: first as a block keyed without its Cookie value, then (its text again) under its text.
+    assertEquals(cached.rt.stats().head_cache_hits, 7);
     assertEquals(new Set(cached.rows.map((r) => r.ja4h.slice(0, 4))), new Set(["ge11", "po11", "ge10"]));
   });
+  await t.step(
+    "heads differing in Cookie and Referer values share a block, each row has its own JA4H",
+    async (t) => {
+      const head = (m: string, cookie: string, ref: string) =>
+        `${m} /p HTTP/1.1\r\nHost: h\r\nUser-Agent: ua\r\nCookie: ${cookie}\r\nReferer: ${ref}\r\n\r\n`;
+      // Three users, two methods: a repeat (the block's last cookie), a new value, new names, a reordering.
+      const heads = [
+        head("GET", "sid=1; theme=dark", "https://h/a"),
+        head("GET", "sid=1; theme=dark", "https://h/b"),
+        head("POST", "sid=1; theme=dark", "https://h/b"),
+        head("GET", "sid=2; theme=dark", "https://h/c"),
+        head("GET", "theme=light; sid=3; x=1", "https://h/c"),
+        head("GET", "sid=1; theme=dark", "https://h/d"),
+      ];
+      for (const full of [false, true]) {
+        await t.step(full ? "raw forms shipped" : "default", () => {
+          const cached = tracker({ fullJa4h: () => full }), fresh: Row[] = [];
+          let pos = 0;
+          heads.forEach((h, i) => {
+            // The first three on one keep-alive connection, the rest one connection each.
+            cached.rt.push(i < 3 ? chunk(7, pos, h) : chunk(8 + i, 0, h));
+            pos += h.length;
+            const f = tracker({ fullJa4h: () => full });
+            f.rt.push(chunk(i < 3 ? 7 : 8 + i, 0, h));
+            fresh.push(f.rows[0]);
+          });
+          assertEquals(cached.rows, fresh);
+          // All but the first and the third (the second's text again: parsed into a block of its own).
+          assertEquals(cached.rt.stats().head_cache_hits, 4);
+          assertEquals(new Set(cached.rows.map((r) => r.ja4h)).size, 4);
+        });
+      }
+    },
+  );
   await t.step("HTTP/2: each request's JA4H, Host and User-Agent as a fresh computation gives them", () => {
     const base: [string, string][] = [
       ["user-agent", "Mozilla/5.0"],

@@ -12,6 +12,11 @@ export interface HttpRequestHead {
   /** "10", "11", "20" (HTTP/2), "30" (HTTP/3); "HTTP/1.1" is accepted too. */
   version: "10" | "11" | "20" | "30" | string;
   headers: [name: string, value: string][];
+  /**
+   * The Cookie line's value, when `headers` holds it blanked: a cached header block shared by heads that
+   * differ only in their cookies (src/parse/http1.ts) carries each head's own value here.
+   */
+  cookie?: string;
 }
 
 export interface Ja4h {
@@ -48,6 +53,9 @@ export function acceptLanguageCode(value: string | undefined): string {
   v = v.replaceAll("-", "").toLowerCase().slice(0, 4);
   return (v + "0000").slice(0, 4);
 }
+
+/** Length of JA4H's a and b parts with the "_" between them: what a header block fixes whatever its cookies. */
+export const JA4H_AB = 25;
 
 export interface Cookie {
   name: string;
@@ -106,7 +114,7 @@ export function ja4h(req: HttpRequestHead, full = true): Ja4h {
     const n = name.length;
     if (n === 6 && name.toLowerCase() === "cookie") {
       hasCookie = true;
-      cookiePieces(value, cookies);
+      cookiePieces(req.cookie ?? value, cookies);
       continue;
     }
     if (n === 7 && name.toLowerCase() === "referer") {
@@ -120,13 +128,12 @@ export function ja4h(req: HttpRequestHead, full = true): Ja4h {
     (hasReferer ? "r" : "n") + count2(names.length) + acceptLanguageCode(lang);
   const rawNames = names.join(",");
   const b = names.length === 0 ? EMPTY_HEADERS_HASH : hash12(rawNames);
+  if (!full) return { ja4h: a + "_" + b + "_" + cookieHashes(cookies), ja4h_r: "", ja4h_o: "", ja4h_ro: "" };
   const sorted = cookies.length > 1 ? cookies.slice().sort(byName) : cookies;
   const sortedNames = sorted.map((c) => c.name).join(",");
   const sortedPairs = sorted.map((c) => c.pair).join(",");
-  // Cookie values are a user's own: their hash is not kept in hash12's memo (it would never hit again).
   const d = hash12(sortedPairs, false);
   const main = a + "_" + b + "_" + hash12(sortedNames) + "_" + d;
-  if (!full) return { ja4h: main, ja4h_r: "", ja4h_o: "", ja4h_ro: "" };
   const origNames = cookies.map((c) => c.name).join(",");
   const origPairs = cookies.map((c) => c.pair).join(",");
   return {
@@ -136,4 +143,29 @@ export function ja4h(req: HttpRequestHead, full = true): Ja4h {
       (origPairs === sortedPairs ? d : hash12(origPairs, false)),
     ja4h_ro: a + "_" + rawNames + "_" + origNames + "_" + origPairs,
   };
+}
+
+/**
+ * JA4H's c and d parts, "c_d", for the pieces of a request's Cookie lines: the hashes of the sorted names and
+ * of the sorted name=value pairs. Cookie values are a user's own: their hash is not kept in hash12's memo (it
+ * would never hit again); the names' is.
+ */
+function cookieHashes(cookies: Cookie[]): string {
+  if (cookies.length === 0) return EMPTY_COOKIES;
+  if (cookies.length > 1) cookies.sort(byName);
+  let names = cookies[0].name, pairs = cookies[0].pair;
+  for (let i = 1; i < cookies.length; i++) {
+    names += "," + cookies[i].name;
+    pairs += "," + cookies[i].pair;
+  }
+  return hash12(names) + "_" + hash12(pairs, false);
+}
+
+const EMPTY_COOKIES = hash12("") + "_" + hash12("");
+
+/** JA4H's "c_d" for one Cookie line's value (the default, cookie-value-free form of ja4h, parts c and d). */
+export function ja4hCookieParts(value: string): string {
+  const cookies: Cookie[] = [];
+  cookiePieces(value, cookies);
+  return cookieHashes(cookies);
 }

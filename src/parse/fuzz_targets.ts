@@ -284,15 +284,23 @@ export function http1Target(pushes: Uint8Array[]): string[] {
 
 const fuzzHeadCache = new HeaderBlockCache(64, 64 * 1024);
 
+/**
+ * A head as JA4H and the rows see it: a cached block keeps no Referer value, and a head's Cookie value is in
+ * `cookie` when its block was keyed without it.
+ */
 function headText(h: RequestHead): string {
+  const cookie = h.cookie;
   return JSON.stringify([
     h.method,
     h.target,
     h.version,
     h.versionText,
-    h.headers,
+    h.headers.map((
+      [n, v],
+    ) => [n, n === "Referer" ? "" : n === "Cookie" && cookie !== undefined ? cookie : v]),
     h.headLength,
     ja4h(h).ja4h_ro,
+    ja4h(h).ja4h,
   ]);
 }
 

@@ -31,7 +31,11 @@ export interface RequestHead extends HttpRequestHead {
   headers: [name: string, value: string][];
   /** Bytes of the head including the final empty line. */
   headLength: number;
-  /** The cached header block (shared by every head with the same header lines: never mutate `headers`). */
+  /**
+   * The cached header block (shared by every head with the same header lines but for their Cookie and Referer
+   * values: never mutate `headers`). Its Cookie and Referer values are blank when it was keyed without them;
+   * the head's own Cookie value is then `cookie`.
+   */
   block?: HeaderBlock;
 }
 
@@ -183,7 +187,16 @@ function parseRequestLine(text: string, lf: number): Parsed<RequestHead> {
   const target = text.slice(sp1 + 1, sp2).trim();
   if (target.length === 0) return fail("malformed", "empty request target", sp1);
   // Every field set here, in one order: one object shape for every head.
-  return ok({ method, target, version, versionText, headers: NO_HEADERS, headLength: 0, block: undefined });
+  return ok({
+    method,
+    target,
+    version,
+    versionText,
+    headers: NO_HEADERS,
+    headLength: 0,
+    block: undefined,
+    cookie: undefined,
+  });
 }
 
 /**
@@ -212,6 +225,19 @@ export interface HeaderBlock {
   last: unknown;
   /** Results for other (method, version) pairs, by `${method} ${version}` (made when first needed). */
   derived: Map<string, unknown> | undefined;
+  /**
+   * A block keyed without its Cookie value: the last head's value, the caller's result for it and what that
+   * was derived from (a keep-alive client sends its cookie again).
+   */
+  lastCookie: string | undefined;
+  lastCookieBase: unknown;
+  lastCookieFp: unknown;
+  /**
+   * A block keyed without its Cookie and Referer values: the whole block text of its last head, and the block
+   * of a head that repeated it (values and all; found through this one, kept nowhere else).
+   */
+  lastWhole: string | undefined;
+  twin: HeaderBlock | undefined;
 }
 
 /** A new block's derived state: nothing derived yet. */
@@ -230,6 +256,11 @@ export function newHeaderBlock(
     lastVersion: "",
     last: undefined,
     derived: undefined,
+    lastCookie: undefined,
+    lastCookieBase: undefined,
+    lastCookieFp: undefined,
+    lastWhole: undefined,
+    twin: undefined,
   };
 }
 
@@ -248,22 +279,26 @@ export class HeaderBlockCache {
     return this.#map.size;
   }
 
-  get(block: string): HeaderBlock | undefined {
-    const e = this.#map.get(block);
-    if (e === undefined) this.misses++;
-    else this.hits++;
-    return e;
+  /** The block cached under `key` (the caller counts hits and misses: one head may take two lookups). */
+  get(key: string): HeaderBlock | undefined {
+    return this.#map.get(key);
   }
 
+  /** `block` is the key; a block keyed without cut values costs the whole text it keeps too (lastWhole). */
   set(block: string, e: HeaderBlock): void {
     if (block.length > this.maxBlock) return;
-    const cost = block.length;
+    const cost = block.length + (e.lastWhole?.length ?? 0);
     if (this.#map.size >= this.maxEntries || this.#chars + cost > this.maxChars) {
       this.#map.clear();
       this.#chars = 0;
     }
     this.#map.set(block, e);
     this.#chars += cost;
+  }
+
+  /** Text kept by a cached block beyond its key (a twin's); the next set starts over when over budget. */
+  charge(chars: number): void {
+    this.#chars += chars;
   }
 
   /** Hits found by a stream comparing a head with its previous block (no lookup), counted in `hits` too. */
@@ -292,9 +327,11 @@ export function parseRequestHeadCached(
 }
 
 /**
- * The head whose text is `text` (the caller's decoding, made once) and `bytes` long. Its block is compared
- * with `last` (the stream's previous one: a keep-alive client repeats it), then looked up in the cache; a hit
- * parses the request line only, a miss parses the text.
+ * The head whose text is `text` (the caller's decoding, made once) and `bytes` long. Its block's text is
+ * compared with `last`'s (the stream's previous block: a keep-alive client repeats it); then it is looked up
+ * in the cache by its key (blockKey): its text without its Cookie and Referer values, when it has them. A hit
+ * parses the request line only, a miss parses the text. A head whose whole text a cut block's last head had
+ * too (a load generator, a client replaying a request) gets a block of its own, the cut block's `twin`.
  */
 function cachedHead(
   bytes: number,
@@ -303,29 +340,147 @@ function cachedHead(
   last: HeaderBlock | undefined,
 ): Streamed<RequestHead> {
   const lf = text.indexOf("\n");
-  const block = text.slice(lf + 1);
-  let hit: HeaderBlock | undefined;
-  if (last !== undefined && block === last.text) {
-    hit = last;
+  const whole = text.slice(lf + 1);
+  if (last !== undefined && whole === last.text) {
     cache.countHit();
-  } else hit = cache.get(block);
-  if (hit === undefined) {
-    const r = parseHeadText(text);
-    if (r.ok) {
-      const h = r.value;
-      h.headLength = bytes;
-      h.block = newHeaderBlock(h.headers, bodyFraming(h), block);
-      cache.set(block, h.block);
-    }
-    return r;
+    return fromBlock(text, lf, bytes, last, undefined);
   }
+  const key = blockKey(text, lf);
+  if (key === undefined) {
+    const hit = cache.get(whole);
+    if (hit === undefined) return parsed(text, bytes, cache, whole, undefined);
+    cache.hits++;
+    return fromBlock(text, lf, bytes, hit, undefined);
+  }
+  const again = last !== undefined && key === last.text;
+  const hit = again ? last : cache.get(key);
+  if (hit === undefined) return parsed(text, bytes, cache, key, whole);
+  const twin = hit.twin !== undefined && hit.twin.text === whole ? hit.twin : undefined;
+  if (twin === undefined) {
+    if (hit.lastWhole === whole) {
+      // The cut block's last head's text again: parsed into its twin.
+      const r = parsed(text, bytes, cache, whole, undefined, false);
+      if (r.ok) {
+        hit.twin = r.value.block;
+        cache.charge(whole.length);
+      }
+      return r;
+    }
+    hit.lastWhole = whole;
+  }
+  if (again) cache.countHit();
+  else cache.hits++;
+  return twin !== undefined
+    ? fromBlock(text, lf, bytes, twin, undefined)
+    : fromBlock(text, lf, bytes, hit, cutCookie);
+}
+
+/** A head of a cached block: its request line parsed, the rest from the block. */
+function fromBlock(
+  text: string,
+  lf: number,
+  bytes: number,
+  b: HeaderBlock,
+  cookie: string | undefined,
+): Streamed<RequestHead> {
   const r = parseRequestLine(text, lf);
   if (r.ok) {
-    r.value.headers = hit.headers;
+    r.value.headers = b.headers;
     r.value.headLength = bytes;
-    r.value.block = hit;
+    r.value.block = b;
+    r.value.cookie = cookie;
   }
   return r;
+}
+
+/**
+ * A head parsed whole, its block cached under `key` (unless not `keep`: a twin, the caller keeps it): its text, or
+ * (`whole` given) its text without the values blockKey cut, which the block's own header list then holds
+ * blank.
+ */
+function parsed(
+  text: string,
+  bytes: number,
+  cache: HeaderBlockCache,
+  key: string,
+  whole: string | undefined,
+  keep = true,
+): Streamed<RequestHead> {
+  cache.misses++;
+  const r = parseHeadText(text);
+  if (r.ok) {
+    const h = r.value;
+    h.headLength = bytes;
+    if (whole !== undefined && cutCookie !== undefined && !oneCookie(h.headers, cutCookie)) {
+      // Not the one Cookie line the key was cut around: a block of its own, not cached.
+      h.block = newHeaderBlock(h.headers, bodyFraming(h), whole);
+      return r;
+    }
+    if (whole !== undefined) {
+      h.cookie = cutCookie;
+      blankCut(h.headers, cutCookie !== undefined, cutReferer);
+    }
+    h.block = newHeaderBlock(h.headers, bodyFraming(h), key);
+    h.block.lastWhole = whole;
+    if (keep) cache.set(key, h.block);
+  }
+  return r;
+}
+
+/** The value of the Cookie line blockKey cut from its last key (undefined: none cut); whether a Referer was. */
+let cutCookie: string | undefined;
+let cutReferer = false;
+
+/**
+ * A head's cache key: its header block (the text after the request line) without the values of its Cookie
+ * and Referer lines. Browsers send one build's header lines request after request, but a cookie is a user's
+ * and a referer a page's: keyed by the whole text, nearly every head of real traffic would miss (and its
+ * block, kept for nothing, would outlive the young generation). JA4H takes from a Referer only that it is
+ * there, and the Cookie value goes with each head (`cookie`). The first line spelled as browsers send it is
+ * cut; a block whose Cookie is not that line alone (another Cookie line, a continuation) is never cached under
+ * such a key (see parsed), so a hit on one is a head with that one Cookie line. undefined when there is
+ * nothing to cut. Sets cutCookie and cutReferer.
+ */
+function blockKey(text: string, lf: number): string | undefined {
+  const c = text.indexOf("\nCookie:", lf);
+  const r = text.indexOf("\nReferer:", lf);
+  cutCookie = undefined;
+  cutReferer = r >= 0;
+  if (c < 0 && r < 0) return undefined;
+  const cv = c + 8, rv = r + 9; // where the values start
+  const ce = c < 0 ? -1 : lineEnd(text, cv), re = r < 0 ? -1 : lineEnd(text, rv);
+  if (c >= 0) cutCookie = trimOws(text.slice(cv, ce));
+  if (r < 0) return text.slice(lf + 1, cv) + text.slice(ce);
+  if (c < 0) return text.slice(lf + 1, rv) + text.slice(re);
+  return c < r
+    ? text.slice(lf + 1, cv) + text.slice(ce, rv) + text.slice(re)
+    : text.slice(lf + 1, rv) + text.slice(re, cv) + text.slice(ce);
+}
+
+/** Where the line holding `from` ends (its CR or LF). */
+function lineEnd(text: string, from: number): number {
+  const nl = text.indexOf("\n", from);
+  return nl < 0 ? text.length : text.charCodeAt(nl - 1) === 0x0d && nl - 1 >= from ? nl - 1 : nl;
+}
+
+/** Is `value` the value of the head's only Cookie header (whatever its case), spelled "Cookie"? */
+function oneCookie(headers: [string, string][], value: string): boolean {
+  let found = false;
+  for (let i = 0; i < headers.length; i++) {
+    const [n, v] = headers[i];
+    if (n.length !== 6 || n.toLowerCase() !== "cookie") continue;
+    if (found || n !== "Cookie" || v !== value) return false;
+    found = true;
+  }
+  return found;
+}
+
+/** Blanks the cut values in a block's own header list: the block is shared, its first head's values are not. */
+function blankCut(headers: [string, string][], cookie: boolean, referer: boolean): void {
+  for (let i = 0; i < headers.length; i++) {
+    const n = headers[i][0];
+    if ((cookie && n === "Cookie") || (referer && n === "Referer")) headers[i] = [n, ""];
+  }
 }
 
 /** Does the line starting at `p` look like a request line ("TOKEN SP ... HTTP/1.x")? undefined = line incomplete. */

@@ -1,5 +1,6 @@
 import { assert, assertEquals } from "../testing/asserts.ts";
 import { bodyFraming, HeaderBlockCache, Http1RequestStream, parseRequestHead } from "./http1.ts";
+import { ja4h } from "../fingerprint/ja4h.ts";
 
 const enc = (s: string) => new TextEncoder().encode(s);
 
@@ -168,14 +169,46 @@ Deno.test("Http1RequestStream", async (t) => {
           "GET /z HTTP/1.1\r\n" + A,
         ], 2], // the bad head's block is found too (then its request line fails)
         ["bare LF", ["GET / HTTP/1.0\nHost: h\n\n", "GET /2 HTTP/1.0\nHost: h\n\n"], 1],
+        // A cookie is a user's and a referer a page's: the block is keyed without their values.
+        ["Cookie and Referer values differ", [
+          "GET /a HTTP/1.1\r\nHost: h\r\nCookie: s=1; a=b\r\nReferer: https://h/x\r\n\r\n",
+          "GET /b HTTP/1.1\r\nHost: h\r\nCookie: s=2;a=b\r\nReferer: https://h/y\r\n\r\n",
+          "GET /c HTTP/1.1\r\nHost: h\r\nCookie:  b=1 \r\nReferer:\r\n\r\n",
+        ], 2],
+        ["Referer before Cookie, first after the request line, bare LF", [
+          "GET /a HTTP/1.1\nReferer: /1\nHost: h\nCookie: s=1\n\n",
+          "GET /b HTTP/1.1\nReferer: /2\nHost: h\nCookie: s=2\n\n",
+        ], 1],
+        ["two Cookie lines stay in the key", [
+          "GET /a HTTP/1.1\r\nCookie: s=1\r\nCookie: t=1\r\n\r\n",
+          "GET /b HTTP/1.1\r\nCookie: s=2\r\nCookie: t=1\r\n\r\n",
+        ], 0],
+        ["a lower-case cookie stays in the key", [
+          "GET /a HTTP/1.1\r\ncookie: s=1\r\nReferer: /1\r\n\r\n",
+          "GET /b HTTP/1.1\r\ncookie: s=2\r\nReferer: /2\r\n\r\n",
+          "GET /c HTTP/1.1\r\ncookie: s=2\r\nReferer: /3\r\n\r\n",
+        ], 1],
+        ["a Cookie continued on the next line stays in the key", [
+          "GET /a HTTP/1.1\r\nCookie: s=1\r\n t=1\r\n\r\n",
+          "GET /b HTTP/1.1\r\nCookie: s=1\r\n t=2\r\n\r\n",
+        ], 0],
         ["empty block", [
           "GET / HTTP/1.1\r\n\r\n",
           "GET /2 HTTP/1.1\r\n\r\n",
           "GET /3 HTTP/1.1\r\nHost: h\r\n\r\n",
         ], 1],
       ];
+      // As JA4H sees a head: a cached block keeps no Referer value, and a head's Cookie value is `cookie`
+      // when its block was keyed without it.
       const view = (s: Http1RequestStream, bytes: Uint8Array[]) =>
-        bytes.flatMap((b) => s.push(b)).map((h) => [h.method, h.target, h.version, h.headers, h.headLength]);
+        bytes.flatMap((b) => s.push(b)).map((h) => [
+          h.method,
+          h.target,
+          h.version,
+          h.headers.map(([n, v]) => [n, n === "Referer" ? "" : n === "Cookie" ? h.cookie ?? v : v]),
+          h.headLength,
+          ja4h(h),
+        ]);
       for (const [name, heads, lastHits] of cases) {
         await t.step(name, () => {
           for (const split of ["one push per head", "all in one push", "one byte per push"]) {

@@ -12,7 +12,7 @@
  * The batch id (String) closes every row; the caller passes its bytes once per batch.
  */
 import { columns, type Generation } from "./ch_schema.ts";
-import { emptyRow, type Row } from "./row.ts";
+import { emptyRow, type Row, userJa4h } from "./row.ts";
 import { formatIPv6 } from "../parse/addr.ts";
 import { parseV4, parseV6 } from "../capture/connkey.ts";
 import { Slab } from "./slab.ts";
@@ -256,7 +256,7 @@ export class RowBinaryEncoder {
     p = this.#cached(b, p, r.http_version, 6);
     p = this.#cached(b, p, r.host_header, 7);
     p = this.#cached(b, p, r.user_agent, 8);
-    p = this.#cached(b, p, r.ja4h, 9);
+    p = userJa4h(r.ja4h) ? str(b, p, r.ja4h) : this.#cached(b, p, r.ja4h, 9);
     p = str(b, p, r.ja4h_r);
     p = str(b, p, r.ja4h_o);
     p = str(b, p, r.ja4h_ro);

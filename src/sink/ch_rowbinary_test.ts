@@ -154,6 +154,10 @@ Deno.test("RowBinary: decode(encode(rows)) = rows, both generations, repeated va
       user_agent: i % 7 ? "Mozilla/5.0 ü" : "",
       path: `/p/${i}/ü`,
       ja4h_r: i % 2 ? "" : `raw,${i}`,
+      // Every fourth a user's own JA4H (cookie flag): written out, not cached.
+      ...(i % 4
+        ? {}
+        : { ja4h: `ge11cr05enus_4e59edc1297a_4da5efaf0cbd_${(i * 7919).toString(16).padStart(12, "0")}` }),
       truncated: i % 5 === 0,
       pid: i * 1000,
     });

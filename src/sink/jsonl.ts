@@ -5,7 +5,7 @@
  * row (addresses, Host, User-Agent, fingerprints) are kept as their quoted UTF-8 bytes; the rest is written
  * byte by byte when it is plain ASCII, and through JSON.stringify + UTF-8 otherwise.
  */
-import { jsonString, type Row } from "./row.ts";
+import { jsonString, type Row, userJa4h } from "./row.ts";
 import { Slab } from "./slab.ts";
 
 const utf8 = new TextEncoder();
@@ -145,6 +145,8 @@ export class JsonLinesEncoder {
    * in one copy instead of a dozen lookups. Keyed by User-Agent, not JA4H: many builds share one JA4H.
    */
   #tail(r: Row): void {
+    // A user's own JA4H makes the tail the user's too: written out, not kept.
+    if (userJa4h(r.ja4h)) return this.#tailFields(r);
     let ways = this.#tails.get(r.user_agent);
     if (ways !== undefined) {
       for (let i = 0; i < ways.length; i++) {
@@ -218,7 +220,10 @@ export class JsonLinesEncoder {
     if (r.http_version !== "") this.#field(6, F_VERSION, r.http_version);
     if (r.host_header !== "") this.#field(7, F_HOST_HEADER, r.host_header);
     if (r.user_agent !== "") this.#field(8, F_UA, r.user_agent);
-    if (r.ja4h !== "") this.#field(9, F_JA4H, r.ja4h);
+    if (userJa4h(r.ja4h)) {
+      this.#put(F_JA4H);
+      this.#str(r.ja4h);
+    } else if (r.ja4h !== "") this.#field(9, F_JA4H, r.ja4h);
     if (r.ja4h_r !== "") {
       this.#put(F_JA4H_R);
       this.#str(r.ja4h_r);

@@ -59,6 +59,14 @@ Deno.test("JsonLinesEncoder: the bytes of jsonLines + UTF-8", async (t) => {
     ]],
     ["a long value (not cached)", [row({ user_agent: "u".repeat(5000), path: "/" + "p".repeat(70000) })]],
     ["the same row twice (cached values)", [typical, typical]],
+    // A JA4H with cookies is a user's own: written out, neither cached nor kept as a tail.
+    ["users' own JA4Hs between memo hits", [
+      { ...typical, ja4h: "ge11cr06enus_4e59edc1297a_4da5efaf0cbd_1c2b3d4e5f60" },
+      typical,
+      { ...typical, ja4h: "ge11cr06enus_4e59edc1297a_4da5efaf0cbd_99aa88bb77cc" },
+      { ...typical, ja4h: "ge11cr06enus_4e59edc1297a_4da5efaf0cbd_1c2b3d4e5f60" },
+      typical,
+    ]],
   ];
   const enc = new JsonLinesEncoder(64);
   for (const [name, rows] of cases) {

@@ -101,6 +101,15 @@ export function emptyRow(): Row {
 // deno-lint-ignore no-control-regex -- control characters are exactly what JSON must escape
 const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
 
+/**
+ * Is this JA4H a user's own: its c and d parts hash a Cookie (the fifth character, JA4H's cookie flag, is "c")?
+ * Such a value seldom comes again on another connection, so the encoders write it out instead of keeping its
+ * bytes in their caches (where each would only push out a value that does repeat).
+ */
+export function userJa4h(ja4h: string): boolean {
+  return ja4h.charCodeAt(4) === 0x63;
+}
+
 /** A JSON string literal, equal to JSON.stringify(s), without the call for the common plain string. */
 export function jsonString(s: string): string {
   return NEEDS_ESCAPE.test(s) ? JSON.stringify(s) : '"' + s + '"';
