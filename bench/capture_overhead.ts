@@ -18,7 +18,7 @@
  */
 import { parseArgs } from "node:util";
 import { startNginx, type WebServer } from "../tests/helpers/servers.ts";
-import { h2load, wrk, type WrkResult } from "../tests/helpers/clients.ts";
+import { browserScript, h2load, wrk, type WrkResult } from "../tests/helpers/clients.ts";
 import { AGENT_V8_FLAGS, checkoutAgent, type RunningAgent, startAgent } from "../tests/helpers/agent.ts";
 import { delay, makeTempDir, requirePortsFree, requireRoot, requireTool } from "../tests/helpers/proc.ts";
 import { createNetns } from "../tests/helpers/netns.ts";
@@ -34,11 +34,14 @@ const DOC = new URL("../docs/performance.md", import.meta.url);
 const HEADING = "## Capture overhead (nginx + wrk)";
 
 /**
- * http: plain HTTP keep-alive; close: plain HTTP, one connection per request; https: TLS keep-alive (HTTP/1.1,
- * wrk); h2: HTTP/2 over TLS keep-alive (h2load, one stream at a time per connection).
+ * http: plain HTTP keep-alive; close: plain HTTP, one connection per request; browser: the same with a
+ * browser's header lines, each request with its own session cookie and referer (as new visitors arrive, the
+ * case no memo of whole header blocks helps); https: TLS keep-alive (HTTP/1.1, wrk); h2: HTTP/2 over TLS
+ * keep-alive (h2load, one stream at a time per connection).
  */
-type Mode = "http" | "close" | "https" | "h2";
-const MODES: readonly Mode[] = ["http", "close", "https", "h2"];
+type Mode = "http" | "close" | "browser" | "https" | "h2";
+const MODES: readonly Mode[] = ["http", "close", "browser", "https", "h2"];
+
 const isTls = (m: Mode) => m === "https" || m === "h2";
 /** The load generator of a mode: h2load speaks HTTP/2, wrk HTTP/1.1. */
 const loader = (m: Mode) => m === "h2" ? h2load : wrk;
@@ -296,6 +299,7 @@ async function oneRun(
           connections: o.connections,
           duration,
           headers: mode === "close" ? ["Connection: close"] : [],
+          script: mode === "browser" ? await browserScript() : undefined,
         });
       } finally {
         await scanner?.stop();

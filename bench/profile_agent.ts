@@ -5,7 +5,7 @@
  * Not V8's own --cpu-prof: its SIGPROF sampling interrupts the BPF verifier at load (EAGAIN, retried until
  * libbpf gives up), so the agent cannot start under it.
  *
- *   deno run -A bench/profile_agent.ts [--mode close|http] [--seconds 10] [--warmup 8] [--dir bench/out/agent-prof]
+ *   deno run -A bench/profile_agent.ts [--mode close|http|browser] [--seconds 10] [--warmup 8] [--dir bench/out/agent-prof]
  *
  * --warmup: seconds of the same load before sampling starts, so that the profile is of the steady state (V8
  * compiles the hot path during the agent's first seconds under load).
@@ -13,7 +13,7 @@
 import { parseArgs } from "node:util";
 import { AGENT_DENO_FLAGS, AGENT_V8_FLAGS, startAgent } from "../tests/helpers/agent.ts";
 import { startNginx } from "../tests/helpers/servers.ts";
-import { wrk } from "../tests/helpers/clients.ts";
+import { browserScript, wrk } from "../tests/helpers/clients.ts";
 import { requireRoot } from "../tests/helpers/proc.ts";
 import { stageOf, stageTimes } from "./stages.ts";
 import { startClickHouse } from "../tests/helpers/clickhouse.ts";
@@ -75,6 +75,7 @@ const agent = await startAgent({
   denoFlags: [...AGENT_DENO_FLAGS, ...(values["no-inspector"] ? [] : ["--inspect=127.0.0.1:9339"])],
   readyTimeoutMs: 90_000,
 });
+const script = values.mode === "browser" ? await browserScript() : undefined;
 const load = (seconds: number) =>
   wrk({
     url: ng.url,
@@ -82,6 +83,7 @@ const load = (seconds: number) =>
     connections: 32,
     duration: seconds,
     headers: values.mode === "close" ? ["Connection: close"] : [],
+    script,
   });
 if (Number(values.warmup) > 0) await load(Number(values.warmup));
 const cdp = values["no-inspector"] ? undefined : await inspector(9339);

@@ -336,6 +336,8 @@ export interface WrkOptions {
   netns?: NsRef;
   /** Extra request headers, e.g. "Connection: close" (one connection per request). */
   headers?: string[];
+  /** wrk only: a Lua script (`-s`), e.g. one whose request() makes each request. */
+  script?: string;
 }
 
 export interface WrkResult {
@@ -407,6 +409,7 @@ async function load(
       bin,
       ...args(threads, connections, duration),
       ...(opts.headers ?? []).flatMap((h) => ["-H", h]),
+      ...(opts.script ? ["-s", opts.script] : []),
       opts.url,
     ],
     { netns: nsName(opts.netns), timeoutMs: duration * 1000 + 15_000 },
@@ -429,6 +432,37 @@ export function h2load(opts: WrkOptions): Promise<WrkResult> {
     parseH2load,
     opts,
   );
+}
+
+/**
+ * wrk's request() for browser-like load: Chrome's header lines in its order, a session cookie of its own per
+ * request (a counter and a random part) and a referer per page.
+ */
+const BROWSER_LUA = String.raw`
+local n = 0
+local ua = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36"
+request = function()
+  n = n + 1
+  local sid = string.format("%08x%08x%08x", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff), n)
+  return "GET /shop/items/" .. (n % 500) .. "?ref=home HTTP/1.1\r\n" ..
+    "Host: localhost\r\nConnection: close\r\nsec-ch-ua: \"Chromium\";v=\"124\"\r\nsec-ch-ua-mobile: ?0\r\n" ..
+    "Upgrade-Insecure-Requests: 1\r\nUser-Agent: " .. ua .. "\r\n" ..
+    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8\r\n" ..
+    "Sec-Fetch-Site: same-origin\r\nSec-Fetch-Mode: navigate\r\nSec-Fetch-Dest: document\r\n" ..
+    "Referer: http://localhost/shop/page/" .. (n % 97) .. "\r\n" ..
+    "Accept-Encoding: gzip, deflate, br\r\nAccept-Language: en-US,en;q=0.9,de;q=0.7\r\n" ..
+    "Cookie: session=" .. sid .. "; theme=dark; consent=1\r\n\r\n"
+end
+`;
+let browserLua: string | undefined;
+/** BROWSER_LUA in a file of its own (removed at exit), for WrkOptions.script. */
+export async function browserScript(): Promise<string> {
+  if (browserLua === undefined) {
+    browserLua = await Deno.makeTempFile({ prefix: "ja4ebpf-browser-", suffix: ".lua" });
+    await Deno.writeTextFile(browserLua, BROWSER_LUA);
+    globalThis.addEventListener("unload", () => Deno.removeSync(browserLua!));
+  }
+  return browserLua;
 }
 
 export function wrk(opts: WrkOptions): Promise<WrkResult> {
