@@ -246,7 +246,12 @@ export interface TrafficOptions {
   uniqueCookie?: boolean;
   /** Clients and server on IPv6 (2001:db8::/32): connection keys are strings then, not numbers. */
   ipv6?: boolean;
+  /** Every request the one short head a load generator sends (wrk's, as the live benchmarks send it). */
+  toolHead?: boolean;
 }
+
+/** wrk's request head with `-H "Connection: close"` against the live benchmarks' nginx. */
+const TOOL_HEAD = "GET / HTTP/1.1\r\nHost: 127.0.0.1:22080\r\nConnection: close\r\n\r\n";
 
 /** The benchmarks' traffic mixes, by name (bench/hotpath_bench.ts, bench/alloc.ts, bench/stages.ts). */
 export const TRAFFIC_MODES: Record<string, TrafficOptions> = {
@@ -269,6 +274,8 @@ export const TRAFFIC_MODES: Record<string, TrafficOptions> = {
   "close-v6": { requestsPerConn: 1, tlsShare: 0, ipv6: true },
   /** keep-alive, 10 requests per connection, each connection its own session cookie */
   "keepalive-unique": { requestsPerConn: 10, tlsShare: 0, uniqueCookie: true },
+  /** close, every connection wrk's one short head (a load generator, a health check, a bot flood) */
+  "close-tool": { requestsPerConn: 1, tlsShare: 0, toolHead: true },
 };
 
 export class Traffic {
@@ -295,7 +302,7 @@ export class Traffic {
 
   constructor(opts: Partial<TrafficOptions> = {}) {
     this.opts = { requestsPerConn: 4, tlsShare: 0.5, ...opts };
-    this.heads = heads(this.opts.uniqueCookie);
+    this.heads = this.opts.toolHead ? [te.encode(TOOL_HEAD)] : heads(this.opts.uniqueCookie);
     const marker = te.encode("session=");
     this.#cookieAt = this.heads.map((h) => {
       for (let i = 0; i + marker.length <= h.length; i++) {

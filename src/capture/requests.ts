@@ -18,7 +18,7 @@ import {
 } from "../parse/http1.ts";
 import { Http2RequestStream } from "../parse/http2.ts";
 import { HS_CLIENT_HELLO, parseClientHello, TlsHandshakeReader } from "../parse/tls.ts";
-import { type Ja4h, ja4h, JA4H_AB, ja4hCookieParts } from "../fingerprint/ja4h.ts";
+import { type Ja4h, ja4h, JA4H_AB, ja4hWithCookie } from "../fingerprint/ja4h.ts";
 import { ja4 } from "../fingerprint/ja4.ts";
 import type { Row, Tuple } from "../sink/row.ts";
 import { type ConnKey, connKeyOf, type Keyed } from "./connkey.ts";
@@ -425,7 +425,7 @@ export class RequestTracker {
   ) {
     if (cookie === b.lastCookie && base === b.lastCookieBase) return b.lastCookieFp as Ja4h;
     const fp: Ja4h = full ? ja4h({ method, version, headers: b.headers, cookie }, true) : {
-      ja4h: base.ja4h.slice(0, JA4H_AB + 1) + ja4hCookieParts(cookie),
+      ja4h: ja4hWithCookie(base.ja4h.slice(0, JA4H_AB + 1), cookie),
       ja4h_r: "",
       ja4h_o: "",
       ja4h_ro: "",

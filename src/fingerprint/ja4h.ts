@@ -57,6 +57,9 @@ export function acceptLanguageCode(value: string | undefined): string {
 /** Length of JA4H's a and b parts with the "_" between them: what a header block fixes whatever its cookies. */
 export const JA4H_AB = 25;
 
+// JA4H strings are built with join: V8 makes a concatenation of 13 characters or more a rope (ConsString),
+// and the sinks' encoders, which read a value a character at a time, pay for a rope at every character.
+
 export interface Cookie {
   name: string;
   pair: string;
@@ -128,12 +131,12 @@ export function ja4h(req: HttpRequestHead, full = true): Ja4h {
     (hasReferer ? "r" : "n") + count2(names.length) + acceptLanguageCode(lang);
   const rawNames = names.join(",");
   const b = names.length === 0 ? EMPTY_HEADERS_HASH : hash12(rawNames);
-  if (!full) return { ja4h: a + "_" + b + "_" + cookieHashes(cookies), ja4h_r: "", ja4h_o: "", ja4h_ro: "" };
+  if (!full) return { ja4h: [a, b, cookieHashes(cookies)].join("_"), ja4h_r: "", ja4h_o: "", ja4h_ro: "" };
   const sorted = cookies.length > 1 ? cookies.slice().sort(byName) : cookies;
   const sortedNames = sorted.map((c) => c.name).join(",");
   const sortedPairs = sorted.map((c) => c.pair).join(",");
   const d = hash12(sortedPairs, false);
-  const main = a + "_" + b + "_" + hash12(sortedNames) + "_" + d;
+  const main = [a, b, hash12(sortedNames), d].join("_");
   const origNames = cookies.map((c) => c.name).join(",");
   const origPairs = cookies.map((c) => c.pair).join(",");
   return {
@@ -158,14 +161,17 @@ function cookieHashes(cookies: Cookie[]): string {
     names += "," + cookies[i].name;
     pairs += "," + cookies[i].pair;
   }
-  return hash12(names) + "_" + hash12(pairs, false);
+  return hash12(names) + "_" + hash12(pairs, false); // a rope: the caller joins it into the JA4H
 }
 
 const EMPTY_COOKIES = hash12("") + "_" + hash12("");
 
-/** JA4H's "c_d" for one Cookie line's value (the default, cookie-value-free form of ja4h, parts c and d). */
-export function ja4hCookieParts(value: string): string {
+/**
+ * The JA4H whose a and b parts with their "_" are `ab` (JA4H_AB + 1 characters of another head's JA4H) and
+ * whose c and d parts hash this Cookie value.
+ */
+export function ja4hWithCookie(ab: string, cookie: string): string {
   const cookies: Cookie[] = [];
-  cookiePieces(value, cookies);
-  return cookieHashes(cookies);
+  cookiePieces(cookie, cookies);
+  return [ab, cookieHashes(cookies)].join("");
 }

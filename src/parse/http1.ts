@@ -309,6 +309,28 @@ export class HeaderBlockCache {
     this.hits++;
     this.lastHits++;
   }
+
+  /**
+   * The last short head that came twice in a row (on any stream), as bytes, and its parse: a load generator,
+   * a health check or a bot flood sends one head byte for byte, and its next copy is then found by one
+   * comparison of bytes, before any decoding (see Http1RequestStream.push). `lastText`: the previous head.
+   */
+  repeatBytes: Uint8Array = NO_BYTES;
+  repeatResult: Streamed<RequestHead> | undefined;
+  lastText = "";
+  /** Heads found as repeatBytes (counted in `hits` and `lastHits` too). */
+  repeats = 0;
+}
+
+/** Heads up to this long may become HeaderBlockCache.repeatBytes (a bot's or a tool's; a browser's are longer). */
+const REPEAT_MAX = 256;
+
+/** b[p, p + m.length) equals m. */
+function startsWith(b: Uint8Array, p: number, m: Uint8Array): boolean {
+  const n = m.length;
+  if (b.length - p < n) return false;
+  for (let i = 0; i < n; i++) if (b[p + i] !== m[i]) return false;
+  return true;
 }
 
 /**
@@ -697,7 +719,18 @@ export class Http1RequestStream {
       // Find the end of the head first, resuming where the last push stopped (linear in the bytes sent).
       let end = -1, text: string | undefined;
       let r: Streamed<RequestHead> | undefined;
-      if (this.cache !== undefined && this.scan === 0) {
+      const cache = this.cache;
+      if (
+        cache !== undefined && this.scan === 0 && cache.repeatResult !== undefined &&
+        startsWith(b, p, cache.repeatBytes)
+      ) {
+        // The short head last sent twice in a row, once more: its parse again, without decoding.
+        end = p + cache.repeatBytes.length;
+        r = cache.repeatResult;
+        cache.repeats++;
+        cache.countHit();
+        this.scanned += end - p;
+      } else if (cache !== undefined && this.scan === 0) {
         // Fast path for a head that arrives whole (nearly always): decode once (native), then two native
         // searches of the text, instead of a byte-level search line by line. Text offsets are byte offsets
         // only for ASCII; otherwise (or when the head is not whole) the byte search below decides.
@@ -714,7 +747,7 @@ export class Http1RequestStream {
           }
         }
       }
-      {
+      if (r === undefined) {
         const from = Math.max(p, this.scan);
         if (end < 0) {
           end = headEnd(b, from, p + this.maxHead);
@@ -725,11 +758,18 @@ export class Http1RequestStream {
           break;
         }
         this.scan = 0;
-        r = text !== undefined
-          ? cachedHead(end - p, text, this.cache!, this.#last)
-          : end >= 0 && this.cache
-          ? parseRequestHeadCached(b.subarray(p, end), this.cache, this.maxHead, this.#last)
-          : parseRequestHead(b.subarray(p, end < 0 ? b.length : end), this.maxHead);
+        if (text !== undefined) {
+          r = cachedHead(end - p, text, cache!, this.#last);
+          if (r.ok && text.length <= REPEAT_MAX && text === cache!.lastText) {
+            cache!.repeatBytes = b.slice(p, end);
+            cache!.repeatResult = r;
+          }
+          cache!.lastText = text;
+        } else {
+          r = end >= 0 && cache
+            ? parseRequestHeadCached(b.subarray(p, end), cache, this.maxHead, this.#last)
+            : parseRequestHead(b.subarray(p, end < 0 ? b.length : end), this.maxHead);
+        }
       }
       if (!r.ok) {
         if (r.needMore) break;

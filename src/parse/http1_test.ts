@@ -1,5 +1,11 @@
 import { assert, assertEquals } from "../testing/asserts.ts";
-import { bodyFraming, HeaderBlockCache, Http1RequestStream, parseRequestHead } from "./http1.ts";
+import {
+  bodyFraming,
+  HeaderBlockCache,
+  Http1RequestStream,
+  parseRequestHead,
+  type RequestHead,
+} from "./http1.ts";
 import { ja4h } from "../fingerprint/ja4h.ts";
 
 const enc = (s: string) => new TextEncoder().encode(s);
@@ -226,6 +232,42 @@ Deno.test("Http1RequestStream", async (t) => {
           }
         });
       }
+    },
+  );
+  await t.step(
+    "a short head repeated byte for byte is found without decoding, parsed as a fresh head",
+    () => {
+      const cache = new HeaderBlockCache();
+      const tool = "GET /health HTTP/1.1\r\nHost: h\r\nUser-Agent: probe/1\r\n\r\n";
+      const post = "POST /f HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n";
+      // Each entry: one connection's pushes (a fresh stream), as one connection per request sends them.
+      const conns: string[][] = [
+        [tool], // first sight
+        [tool], // twice in a row: kept as bytes
+        [tool], // found as bytes
+        [tool + tool], // pipelined: both found, each its own length
+        ["GET /health HTTP/1.1\r\nHost: h\r\nUser-Agent: probe/2\r\n\r\n"], // one byte differs
+        [tool.slice(0, 20), tool.slice(20)], // split: the second push is no head start
+        [post + "abcde"],
+        [post + "abcde"], // kept as bytes
+        [post + "abc", "deGET /y HTTP/1.1\r\n\r\n"], // found as bytes; its body still skipped
+      ];
+      const view = (h: RequestHead) => [h.method, h.target, h.version, h.headers, h.headLength, ja4h(h).ja4h];
+      const got = conns.map((pushes) => {
+        const s = new Http1RequestStream({ cache });
+        return pushes.flatMap((b) => s.push(enc(b))).map(view);
+      });
+      const want = conns.map((pushes) => {
+        const s = new Http1RequestStream();
+        return pushes.flatMap((b) => s.push(enc(b))).map(view);
+      });
+      assertEquals(got, want);
+      assertEquals(want.flat().map((v) => v[1]), [
+        ...["/health", "/health", "/health", "/health", "/health", "/health", "/health"],
+        ...["/f", "/f", "/f", "/y"],
+      ]);
+      // The third and both pipelined /health heads, and the third POST.
+      assertEquals(cache.repeats, 4);
     },
   );
   await t.step("hostile 1-byte segments: work stays linear in the bytes sent", async (t) => {

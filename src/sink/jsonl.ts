@@ -66,7 +66,15 @@ type Tail =
     | "tls_server_name"
     | "truncated"
   >
-  & { bytes: Uint8Array };
+  & {
+    bytes: Uint8Array;
+    /**
+     * A user's tail (its JA4H hashes a Cookie, see userJa4h): it serves every row whose other fields match,
+     * whatever its JA4H: `bytes` end before the JA4H value, which is written out, and `rest` follows it.
+     */
+    user: boolean;
+    rest: Uint8Array;
+  };
 
 const NO_BYTES = new Uint8Array(0);
 /** #field call sites (each passes its own slot number). */
@@ -83,6 +91,9 @@ export class JsonLinesEncoder {
   #lastValue: (string | undefined)[] = new Array(FIELD_SLOTS).fill(undefined);
   #lastQuoted: Uint8Array[] = new Array(FIELD_SLOTS).fill(NO_BYTES);
   #slab: Slab;
+  /** Where #tailFields wrote a user's JA4H value: [from, to) of #buf. */
+  #ja4hFrom = 0;
+  #ja4hTo = 0;
 
   /** `slabBytes`: room for the memos' bytes (tests make it small to see the memos start over). */
   constructor(initialBytes = 64 * 1024, slabBytes = SLAB_BYTES) {
@@ -142,22 +153,26 @@ export class JsonLinesEncoder {
    * one build on one site. Up to TAIL_WAYS tails are kept per User-Agent (one build sends a few header sets:
    * with and without a cookie, a referer, another method), each with its values; a row whose values are all
    * the same (=== on each: the rows share the strings of one header block and one connection) gets its bytes
-   * in one copy instead of a dozen lookups. Keyed by User-Agent, not JA4H: many builds share one JA4H.
+   * in one copy instead of a dozen lookups. Keyed by User-Agent, not JA4H: many builds share one JA4H. A
+   * user's JA4H (cookies) is each user's own: a user's tail matches on the other fields, its JA4H written out.
    */
   #tail(r: Row): void {
-    // A user's own JA4H makes the tail the user's too: written out, not kept.
-    if (userJa4h(r.ja4h)) return this.#tailFields(r);
+    const user = userJa4h(r.ja4h);
     let ways = this.#tails.get(r.user_agent);
     if (ways !== undefined) {
       for (let i = 0; i < ways.length; i++) {
         const t = ways[i];
         if (
-          t.ja4h === r.ja4h && t.http_version === r.http_version && t.host_header === r.host_header &&
-          t.ja4h_r === r.ja4h_r && t.ja4h_o === r.ja4h_o && t.ja4h_ro === r.ja4h_ro && t.ja4 === r.ja4 &&
-          t.ja4_r === r.ja4_r && t.ja4t === r.ja4t && t.tls_server_name === r.tls_server_name &&
-          t.truncated === r.truncated
+          t.user === user && (user || t.ja4h === r.ja4h) && t.http_version === r.http_version &&
+          t.host_header === r.host_header && t.ja4h_r === r.ja4h_r && t.ja4h_o === r.ja4h_o &&
+          t.ja4h_ro === r.ja4h_ro && t.ja4 === r.ja4 && t.ja4_r === r.ja4_r && t.ja4t === r.ja4t &&
+          t.tls_server_name === r.tls_server_name && t.truncated === r.truncated
         ) {
           this.#put(t.bytes);
+          if (user) {
+            this.#str(r.ja4h);
+            this.#put(t.rest);
+          }
           return;
         }
       }
@@ -166,8 +181,15 @@ export class JsonLinesEncoder {
     this.#tailFields(r);
     const n = this.#pos - from;
     if (n > TAIL_MAX_BYTES) return;
-    const kept = this.#slab.keep(this.#buf.subarray(from, this.#pos));
+    // A user's tail is kept without its JA4H value: the bytes before it and after it, in one piece of the slab.
+    const cut = user ? this.#ja4hTo - this.#ja4hFrom : 0;
+    const kept = this.#slab.reserve(n - cut);
     if (kept === undefined) return;
+    const head = user ? this.#ja4hFrom - from : n;
+    kept.set(this.#buf.subarray(from, from + head));
+    if (user) kept.set(this.#buf.subarray(this.#ja4hTo, this.#pos), head);
+    const bytes = user ? kept.subarray(0, head) : kept;
+    const rest = user ? kept.subarray(head) : NO_BYTES;
     // Looked up again: the slab may have started over, and every memo with it.
     ways = this.#tails.get(r.user_agent);
     if (ways === undefined) {
@@ -189,7 +211,9 @@ export class JsonLinesEncoder {
         ja4t: r.ja4t,
         tls_server_name: r.tls_server_name,
         truncated: r.truncated,
-        bytes: kept,
+        bytes,
+        user,
+        rest,
       };
       ways.push(t);
     } else {
@@ -198,7 +222,9 @@ export class JsonLinesEncoder {
       ways.copyWithin(0, 1);
       ways[TAIL_WAYS - 1] = t;
       this.#fillTail(t, r);
-      t.bytes = kept;
+      t.bytes = bytes;
+      t.user = user;
+      t.rest = rest;
     }
   }
 
@@ -221,8 +247,11 @@ export class JsonLinesEncoder {
     if (r.host_header !== "") this.#field(7, F_HOST_HEADER, r.host_header);
     if (r.user_agent !== "") this.#field(8, F_UA, r.user_agent);
     if (userJa4h(r.ja4h)) {
+      // A user's own: written out, not cached; where its value lies is kept for #tail.
       this.#put(F_JA4H);
+      this.#ja4hFrom = this.#pos;
       this.#str(r.ja4h);
+      this.#ja4hTo = this.#pos;
     } else if (r.ja4h !== "") this.#field(9, F_JA4H, r.ja4h);
     if (r.ja4h_r !== "") {
       this.#put(F_JA4H_R);

@@ -99,6 +99,8 @@ export interface AgentStartOptions {
   denoFlags?: string[];
   /** The runtime to run the agent with (default: this process's, Deno.execPath()). */
   runtime?: string;
+  /** A file the agent's stdout goes to (V8's --trace-gc prints there); default: discarded. */
+  stdoutPath?: string;
 }
 
 export interface AgentExit {
@@ -334,9 +336,13 @@ export async function startAgent(opts: AgentStartOptions = {}): Promise<RunningA
     ],
     env: { ...(opts.env ?? AGENT_ENV), NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
     stdin: "null",
-    stdout: "null",
+    stdout: opts.stdoutPath ? "piped" : "null",
     stderr: "piped",
   }).spawn();
+  if (opts.stdoutPath) {
+    const f = await Deno.open(opts.stdoutPath, { write: true, create: true, truncate: true });
+    child.stdout.pipeTo(f.writable).catch(() => {});
+  }
   let err = "";
   const waiters: { re: RegExp; resolve: (l: string) => void }[] = [];
   const check = () => {
