@@ -21,9 +21,10 @@ import { delay, HarnessError, requireRoot, requireTool, waitUntil } from "../hel
 import { u32Key } from "../../src/bpf/object.ts";
 import { toHex } from "../../src/parse/bytes.ts";
 
-const NGINX = 33080;
-const NGINX_TLS = 33443;
-const APACHE = 33081;
+// Below the ephemeral range (32768–60999): a client socket elsewhere in the suite never holds these.
+const NGINX = 29580;
+const NGINX_TLS = 29543;
+const APACHE = 29581;
 // Apache's TLS port: the nginx one, once nginx has stopped.
 const APACHE_TLS = NGINX_TLS;
 
