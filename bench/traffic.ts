@@ -244,6 +244,11 @@ export interface TrafficOptions {
    * block repeats across connections, so each connection's first head is parsed and fingerprinted anew.
    */
   uniqueCookie?: boolean;
+  /**
+   * With uniqueCookie: a visitor's cookie serves this many consecutive connections (a page and its
+   * subresources over a browser's parallel connections, each with other header lines), not one.
+   */
+  connsPerVisitor?: number;
   /** Clients and server on IPv6 (2001:db8::/32): connection keys are strings then, not numbers. */
   ipv6?: boolean;
   /** Every request the one short head a load generator sends (wrk's, as the live benchmarks send it). */
@@ -274,6 +279,8 @@ export const TRAFFIC_MODES: Record<string, TrafficOptions> = {
   "close-v6": { requestsPerConn: 1, tlsShare: 0, ipv6: true },
   /** keep-alive, 10 requests per connection, each connection its own session cookie */
   "keepalive-unique": { requestsPerConn: 10, tlsShare: 0, uniqueCookie: true },
+  /** close-unique where a visitor's cookie comes on 8 consecutive connections, each with other header lines */
+  "close-visitor": { requestsPerConn: 1, tlsShare: 0, uniqueCookie: true, connsPerVisitor: 8 },
   /** close, every connection wrk's one short head (a load generator, a health check, a bot flood) */
   "close-tool": { requestsPerConn: 1, tlsShare: 0, toolHead: true },
 };
@@ -428,9 +435,10 @@ export class Traffic {
       const tpl = h2 ? this.#h2[k] : (withSyn ? this.#first : this.#data)[tls ? 1 : 0][h];
       const [rec, dv] = this.#rec(tpl, c);
       if (this.opts.uniqueCookie && !h2 && this.#cookieAt[h] >= 0) {
-        // The session value's first 8 characters: the connection's number in hex.
+        // The session value's first 8 characters: the connection's (or its visitor's) number in hex.
         const at = DATA_EVENT.fields.data.offset + this.#cookieAt[h];
-        for (let i = 0; i < 8; i++) rec[at + i] = HEX_DIGITS[(c >>> (28 - 4 * i)) & 15];
+        const v = Math.floor(c / (this.opts.connsPerVisitor ?? 1));
+        for (let i = 0; i < 8; i++) rec[at + i] = HEX_DIGITS[(v >>> (28 - 4 * i)) & 15];
       }
       dv.setBigUint64(DATA_EVENT.fields.pos.offset, BigInt(pos), true);
       if (withSyn) {

@@ -171,7 +171,22 @@ const EMPTY_COOKIES = hash12("") + "_" + hash12("");
  * whose c and d parts hash this Cookie value.
  */
 export function ja4hWithCookie(ab: string, cookie: string): string {
-  const cookies: Cookie[] = [];
-  cookiePieces(cookie, cookies);
-  return [ab, cookieHashes(cookies)].join("");
+  let cd = cookieMemo.get(cookie);
+  if (cd === undefined) {
+    const cookies: Cookie[] = [];
+    cookiePieces(cookie, cookies);
+    cd = cookieHashes(cookies);
+    if (cookieMemo.size >= COOKIE_MEMO_MAX) cookieMemo.clear();
+    cookieMemo.set(cookie, cd);
+  }
+  return [ab, cd].join("");
 }
+
+/**
+ * JA4H's "c_d" by Cookie value, for the last few hundred values: a visitor's browser sends its cookie with
+ * every request of a page, over several connections and with other header lines (other blocks), and a long
+ * cookie costs a SHA-256 block per 64 bytes. Small, and emptied when full, so a stream of new visitors' values
+ * dies young. In memory only, as the request itself is.
+ */
+const COOKIE_MEMO_MAX = 512;
+const cookieMemo = new Map<string, string>();

@@ -6,6 +6,8 @@ import {
   cookiePieces,
   type HttpRequestHead,
   ja4h,
+  JA4H_AB,
+  ja4hWithCookie,
   methodCode,
 } from "./ja4h.ts";
 import { fromHex } from "../parse/bytes.ts";
@@ -191,4 +193,37 @@ Deno.test("cookiePieces: the pieces split(';') and trim() give, empty ones left 
     }),
     { numRuns: 2000 },
   );
+});
+
+Deno.test("ja4hWithCookie: a block's a and b parts with a head's own cookie, as ja4h gives the whole head", async (t) => {
+  const head = (cookie: string): HttpRequestHead => ({
+    method: "GET",
+    version: "11",
+    headers: [["Host", "h"], ["User-Agent", "ua"], ["Cookie", cookie], ["Accept-Language", "de-DE"]],
+  });
+  const ab = ja4h(head("")).ja4h.slice(0, JA4H_AB + 1);
+  const cases: [string, string][] = [
+    ["one pair", "sid=1"],
+    ["sorted by name", "theme=dark; sid=2; a=1"],
+    ["empty pieces and spaces", " ;a=1;; b=2 ; "],
+    ["a piece without =", "flag; x=y=z"],
+    [
+      "long (several SHA-256 blocks)",
+      Array.from({ length: 40 }, (_, i) => `c${i}=${"v".repeat(i)}`).join("; "),
+    ],
+  ];
+  for (const [name, cookie] of cases) {
+    await t.step(name, () => {
+      const want = ja4h(head(cookie)).ja4h;
+      assertEquals(ja4hWithCookie(ab, cookie), want);
+      assertEquals(ja4hWithCookie(ab, cookie), want, "again (from the memo)");
+    });
+  }
+  await t.step("past the memo's size: every value still its own", () => {
+    for (let i = 0; i < 1200; i++) {
+      const cookie = `sid=${i}; theme=${i % 3}`;
+      assertEquals(ja4hWithCookie(ab, cookie), ja4h(head(cookie)).ja4h, cookie);
+    }
+    assertEquals(ja4hWithCookie(ab, "sid=7; theme=1"), ja4h(head("sid=7; theme=1")).ja4h);
+  });
 });
