@@ -4,10 +4,12 @@
  * The claim checked: RSS stays under the budget and does not grow after the first minute.
  *
  *   deno run -A bench/soak.ts [--minutes 20] [--budget-mib 100] [--connections 32] [--clickhouse] [--json FILE]
- *                             [--base DIR] [--shared-runtime]
+ *                             [--base DIR] [--shared-runtime] [--browser]
  *
  * The agent runs on a copy of the runtime, as installed (its own executable); --shared-runtime runs it on this
- * process's. --base DIR: another checkout's agent (its src/main.ts) instead of this one's.
+ * process's. --base DIR: another checkout's agent (its src/main.ts) instead of this one's. --browser: each
+ * request a browser's header lines with its own session cookie and referer (tests/helpers/clients.ts
+ * browserScript), as new visitors send them, instead of wrk's one short head.
  * --clickhouse: rows to clickhouse-server (started here) as in production — RowBinary, gzip, the disk spool —
  * instead of the file sink; rows are then also counted in ClickHouse.
  *
@@ -20,7 +22,7 @@
 import { parseArgs } from "node:util";
 import { AGENT_DENO_FLAGS, AGENT_V8_FLAGS, startAgent } from "../tests/helpers/agent.ts";
 import { startNginx } from "../tests/helpers/servers.ts";
-import { wrk } from "../tests/helpers/clients.ts";
+import { browserScript, wrk } from "../tests/helpers/clients.ts";
 import { delay, makeTempDir, requireRoot } from "../tests/helpers/proc.ts";
 import { startClickHouse } from "../tests/helpers/clickhouse.ts";
 
@@ -65,6 +67,7 @@ async function main(): Promise<number> {
       clickhouse: { type: "boolean", default: false },
       "shared-runtime": { type: "boolean", default: false },
       base: { type: "string" },
+      browser: { type: "boolean", default: false },
     },
   });
   requireRoot("the soak (the agent loads BPF programs)");
@@ -134,6 +137,7 @@ async function main(): Promise<number> {
         connections: Number(values.connections),
         duration: 60,
         headers: ["Connection: close"],
+        script: values.browser ? await browserScript() : undefined,
       });
       requests += w.requests;
       const last = samples.at(-1)?.rssMiB ?? 0;
