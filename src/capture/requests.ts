@@ -422,7 +422,7 @@ export class RequestTracker {
     version: string,
     cookie: string,
     full: boolean,
-  ) {
+  ): Ja4h {
     if (cookie === b.lastCookie && base === b.lastCookieBase) return b.lastCookieFp as Ja4h;
     const fp: Ja4h = full ? ja4h({ method, version, headers: b.headers, cookie }, true) : {
       ja4h: ja4hWithCookie(base.ja4h.slice(0, JA4H_AB + 1), cookie),

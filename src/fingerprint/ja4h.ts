@@ -150,8 +150,8 @@ export function ja4h(req: HttpRequestHead, full = true): Ja4h {
 
 /**
  * JA4H's c and d parts, "c_d", for the pieces of a request's Cookie lines: the hashes of the sorted names and
- * of the sorted name=value pairs. Cookie values are a user's own: their hash is not kept in hash12's memo (it
- * would never hit again); the names' is.
+ * of the sorted name=value pairs. The values' hash stays out of hash12's memo (shared with the lists that
+ * repeat for every client: a user's values would push them out); ja4hWithCookie keeps a few hundred apart.
  */
 function cookieHashes(cookies: Cookie[]): string {
   if (cookies.length === 0) return EMPTY_COOKIES;
