@@ -14,7 +14,7 @@ import { parseArgs } from "node:util";
 import type { BpfObject, BpfProgram } from "../src/bpf/object.ts";
 import { ListenPorts } from "../src/bpf/maps.ts";
 import { loadPrograms } from "../tests/helpers/bpf.ts";
-import { ACK, frame, PACKETS, PSH, SERVER, SYN } from "../tests/helpers/frames.ts";
+import { ACK, frame, MSS_ONLY, PACKETS, PSH, SERVER, SYN } from "../tests/helpers/frames.ts";
 import { embeddedObject } from "../src/bpf/embedded.ts";
 import { median } from "./median.ts";
 
@@ -54,7 +54,7 @@ if (import.meta.main) {
         let sum = 0;
         for (let i = 0; i < conns; i++) {
           const port = 20_000 + ((r * conns + i) % 40_000);
-          sum += v.prog.testRun(frame(port, SERVER, SYN, 0, [2, 4, 5, 0xb4])).nsPerRun +
+          sum += v.prog.testRun(frame(port, SERVER, SYN, 0, MSS_ONLY)).nsPerRun +
             v.prog.testRun(frame(port, SERVER, ACK | PSH, 80, [], 1001)).nsPerRun;
         }
         add(CONN, v.name, Math.round(sum / conns));

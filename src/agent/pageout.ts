@@ -6,8 +6,9 @@
  * ran stays in the agent's resident set: 44–57 MiB of file pages under load, of which the steady state
  * touches ~30 (docs/performance.md). MADV_PAGEOUT on the executable's read-only mappings at ready (and
  * after one and ten minutes) drops them; what the agent still runs faults back in from the page cache within
- * seconds (minor faults, once), and the rest stays out. Read-only and executable mappings only: they hold nothing but the file's bytes. Pages another
- * process maps too (a second Deno process on the host) are left by the kernel.
+ * seconds (minor faults, once), and the rest stays out. Read-only and executable mappings only: they hold
+ * nothing but the file's bytes. Pages another process maps too (a second Deno process on the host) are left
+ * by the kernel.
  */
 import { MADV_PAGEOUT, madvise } from "../bpf/ffi.ts";
 import { type MapLine, mapLines } from "../bpf/elf.ts";

@@ -2,7 +2,17 @@ import { assert, assertEquals, assertMatch, assertRejects } from "../testing/ass
 import { setLogSink } from "../log.ts";
 import { claimTc, PROBE_TC, TcHandleBusyError, tcQuery } from "../bpf/tc.ts";
 import { keptSyns, loadPrograms, progIdOfFd } from "../../tests/helpers/bpf.ts";
-import { ACK, CLIENT, frame, PACKETS, PSH, SERVER, SYN } from "../../tests/helpers/frames.ts";
+import {
+  ACK,
+  CLIENT,
+  frame,
+  MSS_ONLY,
+  OPTIONS_AT,
+  PACKETS,
+  PSH,
+  SERVER,
+  SYN,
+} from "../../tests/helpers/frames.ts";
 import { ListenPorts } from "../bpf/maps.ts";
 import { u32Key } from "../bpf/object.ts";
 import { PortState } from "../bpf/layout.gen.ts";
@@ -196,7 +206,7 @@ Deno.test("tc_ingress on frames (BPF_PROG_TEST_RUN): a watched port's SYN is kep
     assertEquals([keptSyns(obj).length, flowCount()], [0, 0]);
   });
   await t.step("a SYN to an unwatched port: nothing kept", () => {
-    prog.testRun(frame(CLIENT, 9999, SYN, 0, [2, 4, 5, 0xb4]));
+    prog.testRun(frame(CLIENT, 9999, SYN, 0, MSS_ONLY));
     assertEquals([keptSyns(obj).length, flowCount()], [0, 0]);
   });
   await t.step("the SYN: its facts for the first read, a flow for its first bytes", () => {
@@ -210,7 +220,7 @@ Deno.test("tc_ingress on frames (BPF_PROG_TEST_RUN): a watched port's SYN is kep
       SERVER,
       65535,
     ]]);
-    assertEquals([...kept[0].options], [...syn.subarray(14 + 40, 14 + 40 + kept[0].options.length)]);
+    assertEquals([...kept[0].options], [...syn.subarray(OPTIONS_AT, OPTIONS_AT + kept[0].options.length)]);
     assertEquals(kept[0].options.length, 20);
     assertEquals(flowCount(), 1);
   });
@@ -223,7 +233,7 @@ Deno.test("tc_ingress on frames (BPF_PROG_TEST_RUN): a watched port's SYN is kep
   });
   await t.step(`after ${PortState.PLAIN_AFTER} plain connections in a row: SYNs kept, no flow made`, () => {
     for (let i = 1; state() !== PortState.PLAIN && i < 100; i++) {
-      prog.testRun(frame(CLIENT + i, SERVER, SYN, 0, [2, 4, 5, 0xb4]));
+      prog.testRun(frame(CLIENT + i, SERVER, SYN, 0, MSS_ONLY));
       assertEquals(flowCount(), 1, `connection ${i}: followed while the port is not plain yet`);
       prog.testRun(frame(CLIENT + i, SERVER, ACK | PSH, 80, [], 1001));
       assertEquals(flowCount(), 0);
@@ -231,7 +241,7 @@ Deno.test("tc_ingress on frames (BPF_PROG_TEST_RUN): a watched port's SYN is kep
     assertEquals(state(), PortState.PLAIN);
     assert(ListenPorts.of(obj.map("listen_ports"))!.has(SERVER), "still watched");
     const before = keptSyns(obj).length;
-    prog.testRun(frame(CLIENT + 200, SERVER, SYN, 0, [2, 4, 5, 0xb4]));
+    prog.testRun(frame(CLIENT + 200, SERVER, SYN, 0, MSS_ONLY));
     assertEquals(keptSyns(obj).length, before + 1, "its SYN's facts kept");
     assertEquals(flowCount(), 0, "no flow");
   });
@@ -240,10 +250,10 @@ Deno.test("tc_ingress on frames (BPF_PROG_TEST_RUN): a watched port's SYN is kep
     () => {
       ListenPorts.of(obj.map("listen_ports"))!.add(SERVER);
       for (const [port, first] of [[CLIENT + 300, 0x47], [CLIENT + 301, 0x16]]) {
-        prog.testRun(frame(port, SERVER, SYN, 0, [2, 4, 5, 0xb4]));
+        prog.testRun(frame(port, SERVER, SYN, 0, MSS_ONLY));
         assertEquals(flowCount(), 1);
         const data = frame(port, SERVER, ACK | PSH, 60, [], 1001);
-        data.set(first === 0x16 ? [0x16, 0x03, 0x01, 0x02, 0x00] : [first], 14 + 40); // "G…" / a 512-byte record
+        data.set(first === 0x16 ? [0x16, 0x03, 0x01, 0x02, 0x00] : [first], OPTIONS_AT); // "G…" / a 512-byte record
         prog.testRun(data);
       }
       assertEquals(flowCount(), 1, "the TLS connection followed on to the end of its first record");

@@ -8,6 +8,7 @@
  * prints `00` for each absent part, MSS with at least two digits and a zero shift as `00`.
  */
 import { parseTcpOptions, TCPOPT_MSS, TCPOPT_WSCALE, type TcpOption } from "../parse/tcp_options.ts";
+import { bytesAt } from "../parse/bytes.ts";
 
 export type AbsentConvention = "rust" | "foxio";
 export const JA4T_ABSENT_DEFAULT: AbsentConvention = "rust";
@@ -67,7 +68,7 @@ function fromBytes(window: number, area: Uint8Array, foxio: boolean): string {
   const m = memo.get(h);
   if (
     m !== undefined && m.window === window && m.mss === mss && m.ws === ws && m.foxio === foxio &&
-    m.kinds.length === k && sameBytes(m.kinds, kindsScratch, k)
+    m.kinds.length === k && bytesAt(kindsScratch, 0, m.kinds)
   ) return m.fp;
   let kinds = "";
   for (let i = 0; i < k; i++) kinds += i === 0 ? String(kindsScratch[i]) : "-" + kindsScratch[i];
@@ -75,11 +76,6 @@ function fromBytes(window: number, area: Uint8Array, foxio: boolean): string {
   if (memo.size >= MEMO_MAX) memo.clear();
   memo.set(h, { window, mss, ws, kinds: kindsScratch.slice(0, k), foxio, fp });
   return fp;
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array, n: number): boolean {
-  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return false;
-  return true;
 }
 
 function format(

@@ -3,6 +3,14 @@
  * checked the length first (a read past the end would give NaN-free garbage, not an exception).
  */
 
+/** Whether b[p, p + m.length) equals m (false when b ends before). A loop: shorter than a native call costs. */
+export function bytesAt(b: Uint8Array, p: number, m: Uint8Array): boolean {
+  const n = m.length;
+  if (b.length - p < n) return false;
+  for (let i = 0; i < n; i++) if (b[p + i] !== m[i]) return false;
+  return true;
+}
+
 /** Big-endian unsigned 16-bit read at `o`. */
 export function be16(b: Uint8Array, o: number): number {
   return (b[o]! << 8) | b[o + 1]!;

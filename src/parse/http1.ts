@@ -15,6 +15,7 @@ import {
   type Streamed,
 } from "./errors.ts";
 import type { HttpRequestHead } from "../fingerprint/ja4h.ts";
+import { bytesAt } from "./bytes.ts";
 
 /** Largest request head accepted, terminator included. */
 export const MAX_HEAD = 64 * 1024;
@@ -324,14 +325,6 @@ export class HeaderBlockCache {
 
 /** Heads up to this long may become HeaderBlockCache.repeatBytes (a bot's or a tool's; a browser's are longer). */
 const REPEAT_MAX = 256;
-
-/** b[p, p + m.length) equals m. */
-function startsWith(b: Uint8Array, p: number, m: Uint8Array): boolean {
-  const n = m.length;
-  if (b.length - p < n) return false;
-  for (let i = 0; i < n; i++) if (b[p + i] !== m[i]) return false;
-  return true;
-}
 
 /**
  * parseRequestHead for a buffer that holds exactly one whole head (its end already found), through the cache:
@@ -722,7 +715,7 @@ export class Http1RequestStream {
       const cache = this.cache;
       if (
         cache !== undefined && this.scan === 0 && cache.repeatResult !== undefined &&
-        startsWith(b, p, cache.repeatBytes)
+        bytesAt(b, p, cache.repeatBytes)
       ) {
         // The short head last sent twice in a row, once more: its parse again, without decoding.
         end = p + cache.repeatBytes.length;

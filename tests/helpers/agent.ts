@@ -198,21 +198,6 @@ function fdinfoIds(pid: number, key: "prog_id" | "map_id"): number[] {
   return [...ids].sort((a, b) => a - b);
 }
 
-/** The bytes of element `key` (a u32 index) of process `pid`'s BPF map `name` (read by bpftool), if it has one. */
-export function bpfMapElement(pid: number, name: string, key: number): number[] | undefined {
-  const tool = (args: string[]) => {
-    const r = new Deno.Command("bpftool", { args: ["-j", ...args], stderr: "null" }).outputSync();
-    return r.success ? JSON.parse(new TextDecoder().decode(r.stdout)) : undefined;
-  };
-  for (const id of fdinfoIds(pid, "map_id")) {
-    if (tool(["map", "show", "id", String(id)])?.name !== name) continue;
-    const k = [key & 0xff, (key >> 8) & 0xff, (key >> 16) & 0xff, key >>> 24].map(String);
-    const r = tool(["map", "lookup", "id", String(id), "key", ...k]);
-    return (r?.value as string[] | undefined)?.map((x) => parseInt(x, 16));
-  }
-  return undefined;
-}
-
 /** BPF program ids referenced by a process's fds (program fds and link fds both show `prog_id:`). */
 export function bpfProgIds(pid: number): number[] {
   return fdinfoIds(pid, "prog_id");
@@ -303,14 +288,19 @@ export async function tracedPids(agentPid: number): Promise<Map<number, number>>
   return new Map(dump.map((e) => [u32Of(e.key), tracedKind(u32Of(e.value))]));
 }
 
+/** The bytes of element `key` (a u32 index) of the map `name` the agent's process holds, read with bpftool. */
+export async function agentMapElement(agentPid: number, name: string, key: number): Promise<number[]> {
+  const id = await agentMapId(agentPid, name);
+  const k = [key & 0xff, (key >> 8) & 0xff, (key >> 16) & 0xff, key >>> 24].map(String);
+  const got = JSON.parse(
+    await runOk([requireTool("bpftool", "bpftool"), "-j", "map", "lookup", "id", String(id), "key", ...k]),
+  ) as { value: string[] };
+  return got.value.map((x) => parseInt(x, 16));
+}
+
 /** Whether `port` is in the agent's listen_ports (the server ports whose SYNs and first bytes tc reports). */
 export async function listensOn(agentPid: number, port: number): Promise<boolean> {
-  const id = await agentMapId(agentPid, "listen_ports");
-  const key = [port & 0xff, port >> 8, 0, 0].map(String);
-  const got = JSON.parse(
-    await runOk([requireTool("bpftool", "bpftool"), "-j", "map", "lookup", "id", String(id), "key", ...key]),
-  ) as { value: string[] };
-  return Number(got.value[0]) === 1;
+  return (await agentMapElement(agentPid, "listen_ports", port))[0] === 1;
 }
 
 export async function startAgent(opts: AgentStartOptions = {}): Promise<RunningAgent> {

@@ -281,8 +281,10 @@ export function uprobeLinks(progFd: number): KernelUprobe[] {
   return out;
 }
 
-/** The real object with only these programs loaded (nothing attached): for code that attaches them itself. */
-/** `names` of the object (default: the embedded one) loaded, nothing attached. */
+/**
+ * The real object (default: the embedded one) with only the programs `names` loaded, nothing attached: for
+ * code that attaches them itself, or runs them (BPF_PROG_TEST_RUN).
+ */
 export function loadPrograms(names: readonly string[], bytes: Uint8Array = embeddedObject()): BpfObject {
   requireRoot("loading BPF programs");
   const obj = BpfObject.openMem(bytes);

@@ -4,6 +4,10 @@
  */
 export const SERVER = 8080, CLIENT = 40_000;
 export const FIN = 0x01, SYN = 0x02, PSH = 0x08, ACK = 0x10;
+/** Where a frame's TCP options begin (Ethernet, IPv4 and TCP headers), and its payload when it has none. */
+export const OPTIONS_AT = 14 + 20 + 20;
+/** TCP options of a short SYN: MSS 1460 alone. */
+export const MSS_ONLY = [2, 4, 5, 0xb4];
 
 /** An Ethernet + IPv4 + TCP frame from 127.0.0.2:sport to 127.0.0.1:dport; `payload` bytes of plain text. */
 export function frame(

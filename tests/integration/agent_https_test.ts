@@ -13,7 +13,7 @@
 import { assert, assertEquals, assertGreater } from "../../src/testing/asserts.ts";
 import type { Row } from "../../src/sink/row.ts";
 import type { StreamRecord } from "../../src/offline/fingerprint_capture.ts";
-import { bpfMapElement, MAIN_TS, rowsSettled, type RunningAgent, startAgent } from "../helpers/agent.ts";
+import { agentMapElement, MAIN_TS, rowsSettled, type RunningAgent, startAgent } from "../helpers/agent.ts";
 import { PortState } from "../../src/bpf/layout.gen.ts";
 import { type AccessEntry, startApache, startNginx } from "../helpers/servers.ts";
 import { startTcpdump, tsharkFields } from "../helpers/capture.ts";
@@ -451,14 +451,14 @@ Deno.test("agent HTTPS: nginx (h1, h2, Chromium over a veth) and Apache rows car
     await t.step(
       `a TLS port after ${PortState.PLAIN_AFTER} plain connections in a row: tc stops following its connections; its next TLS connection brings that back`,
       async () => {
-        const state = () => bpfMapElement(agent.pid, "listen_ports", NGINX_TLS)?.[0];
-        assertEquals(state(), PortState.WATCHED, "the bad input before was not that many in a row");
+        const state = async () => (await agentMapElement(agent.pid, "listen_ports", NGINX_TLS))[0];
+        assertEquals(await state(), PortState.WATCHED, "the bad input before was not that many in a row");
         const plain = new TextEncoder().encode("GET / HTTP/1.0\r\n\r\n"); // nginx answers 400 and closes
         for (let i = 0; i < PortState.PLAIN_AFTER + 2; i++) await sendRaw(NGINX_TLS, plain);
-        assertEquals(state(), PortState.PLAIN);
+        assertEquals(await state(), PortState.PLAIN);
         // nginx's raw reads are not traced: its plaintext probe's first read of the connection says TLS.
         const first = await curlTls(["--http1.1", `${base}/after-plain-1`], curlKeys);
-        await waitUntil(() => state() === PortState.WATCHED, 10_000, "the port followed again");
+        await waitUntil(async () => (await state()) === PortState.WATCHED, 10_000, "the port followed again");
         const second = await curlTls(["--http1.1", `${base}/after-plain-2`], curlKeys);
         const got = await agent.waitForRows(
           (r) => r.path.startsWith("/after-plain-") && r.dst_port === NGINX_TLS,
