@@ -87,14 +87,7 @@ export class Agent {
         this.metrics.rows.capture(1);
         // A plaintext (SSL_read) request is TLS; HTTP parsed from the raw socket stream is a plain-HTTP
         // connection, so its row need not wait for a ClientHello that will never come.
-        this.correlator.onRequest(
-          conn.src_port !== 0 ? conn : null,
-          row.pid,
-          fd,
-          row,
-          this.wallMs(tsNs),
-          tls,
-        );
+        this.correlator.onStreamRequest(conn, row.pid, fd, row, this.wallMs(tsNs), tls);
       },
       hello: (h) => this.onHello(h),
     }, {
@@ -105,6 +98,7 @@ export class Agent {
       // The raw and original-order JA4H forms only when they ship (the privacy filter blanks them otherwise);
       // read per request, so a reload that turns them on applies at once.
       fullJa4h: () => this.cfg.privacy.ship_raw_ja4h,
+      gone: (facts) => this.correlator.streamGone(facts),
     });
     this.correlator = new Correlator({
       host: this.hostname,
@@ -276,11 +270,13 @@ export class Agent {
         if (h) this.onHello(h);
         return;
       }
-      case EventKind.CLOSE:
-        this.requests.close(ev.pid, ev.fd);
+      case EventKind.CLOSE: {
+        // The record's positions say which of the connection's streams were ever read from.
+        const facts = this.requests.close(ev.pid, ev.fd, ev.posRaw !== 0, ev.posPlaintext !== 0);
         if (ev.src_port) this.packets.close(ev);
-        this.correlator.onClose(ev.src_port ? ev : null, ev.pid, ev.fd, this.wallMs(ev.tsNs));
+        this.correlator.onClose(ev.src_port ? ev : null, ev.pid, ev.fd, this.wallMs(ev.tsNs), facts);
         return;
+      }
     }
   }
 

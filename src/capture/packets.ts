@@ -172,7 +172,8 @@ export class PacketTracker {
    * payload segment — tc does not send one — so it would otherwise wait for the idle expiry).
    */
   close(t: Keyed): void {
-    this.flows.delete(connKeyOf(t));
+    // Ports whose connections begin in plain text make no flows (the kernel side's JA4_PORT_PLAIN).
+    if (this.flows.size !== 0) this.flows.delete(connKeyOf(t));
   }
 
   /** Forgets flows idle for longer than idleNs (default 30 s). */

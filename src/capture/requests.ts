@@ -45,6 +45,8 @@ export interface PayloadChunk extends Keyed {
   data: Uint8Array;
   /** The call read more than was copied: bytes [pos + data.length, lostTo) are missing. */
   lostTo?: number | undefined;
+  /** The chunk is its connection's first read (it carries the client's SYN): a stream held for (pid, fd) is an earlier connection's. */
+  hasSyn?: boolean;
 }
 
 /** A ClientHello read from a raw TLS stream: the packet side's facts, and the socket that read it. */
@@ -87,8 +89,12 @@ export interface RequestTrackerStats {
 
 type Proto = "unknown" | "http1" | "h2" | "tls" | "other";
 
-/** A stream's tuple with its connection key (src/capture/connkey.ts), made once per stream. */
-export type ConnTuple = Tuple & { readonly connKey: ConnKey };
+/**
+ * A stream's tuple with its connection key (src/capture/connkey.ts), made once per stream, and a slot the
+ * sink may keep its own state of the connection in (the correlator does, for plain-HTTP connections): it
+ * lives as long as the stream, and goes with it.
+ */
+export type ConnTuple = Tuple & { readonly connKey: ConnKey; facts: unknown };
 
 /** A stream is its own tuple (the tuple's fields are the stream's: no tuple object per connection). */
 interface Stream extends ConnTuple {
@@ -178,14 +184,25 @@ export class RequestTracker {
        * turn on): when not, only `ja4h` is computed (default: all four).
        */
       fullJa4h?: () => boolean;
+      /** A stream with something in its slot (`ConnTuple.facts`) went without its close: evicted, idle, or its fd reused. */
+      gone?: (facts: unknown) => void;
     } = {},
   ) {
     this.fullJa4h = opts.fullJa4h ?? (() => true);
     this.streams = new LruMap(
       opts.maxStreams ?? 65536,
       opts.maxBytes ?? DEFAULT_MAX_BUFFERED_BYTES,
-      (_k, _st, why) => why === "count" ? this.s.evicted_lru++ : this.s.evicted_bytes++,
+      (_k, st, why) => {
+        if (why === "count") this.s.evicted_lru++;
+        else this.s.evicted_bytes++;
+        this.#gone(st);
+      },
     );
+  }
+
+  /** A stream went without its close: what the sink kept in its slot goes with it (the sink is told). */
+  #gone(st: Stream): void {
+    if (st.facts !== undefined) this.opts.gone?.(st.facts);
   }
 
   stats(): RequestTrackerStats {
@@ -197,10 +214,20 @@ export class RequestTracker {
     };
   }
 
-  /** The connection (pid, fd) was closed: its stream state goes. */
-  close(pid: number, fd: number): void {
-    this.streams.delete(streamKey(pid, fd, false));
-    this.streams.delete(streamKey(pid, fd, true));
+  /**
+   * The connection (pid, fd) was closed: its stream state goes. Returns what the sink kept in its raw
+   * stream's slot (`facts`), if anything. `raw` / `plaintext`: whether the kernel side read anything of that
+   * stream (the close record's positions); a stream nothing was read of was never made here.
+   */
+  close(pid: number, fd: number, raw = true, plaintext = true): unknown {
+    let facts: unknown;
+    if (raw) {
+      const key = streamKey(pid, fd, false);
+      facts = this.streams.peek(key)?.facts;
+      this.streams.delete(key);
+    }
+    if (plaintext) this.streams.delete(streamKey(pid, fd, true));
+    return facts;
   }
 
   /** Drops streams idle for longer than idleNs (default 5 min) as of `nowNs`. */
@@ -211,6 +238,7 @@ export class RequestTracker {
       if (nowNs - n.value.lastNs <= idle) break;
       this.streams.delete(n.key);
       this.s.evicted_idle++;
+      this.#gone(n.value);
     }
   }
 
@@ -219,10 +247,14 @@ export class RequestTracker {
     let node = this.streams.node(key); // most recently used now
     let st = node?.value;
     if (
-      st && (st.src_port !== c.src_port || st.src !== c.src || c.pos < (st.asm.next ?? 0) - 65536)
+      st &&
+      (c.hasSyn === true || st.src_port !== c.src_port || st.src !== c.src ||
+        c.pos < (st.asm.next ?? 0) - 65536)
     ) {
-      // The fd was reused for another connection without a close event reaching us.
+      // The fd was reused for another connection without a close event reaching us (a first read says so
+      // even when the new connection has the old one's tuple).
       this.streams.delete(key);
+      this.#gone(st);
       st = undefined;
     }
     if (!st) {
@@ -240,6 +272,7 @@ export class RequestTracker {
         lastNs: c.tsNs,
         errorsSeen: 0,
         h2last: undefined,
+        facts: undefined,
       };
       node = this.streams.set(key, st);
     }

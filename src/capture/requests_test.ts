@@ -359,4 +359,35 @@ Deno.test("RequestTracker", async (t) => {
       }
     },
   );
+  await t.step(
+    "the sink's slot: kept with the stream, returned at its close, gone with a new connection",
+    () => {
+      const slots: unknown[] = [], gone: unknown[] = [];
+      const rt = new RequestTracker({
+        request: (_r, _fd, _ts, _tls, conn) => {
+          slots.push(conn.facts);
+          conn.facts ??= { n: slots.length };
+        },
+        hello: () => {},
+      }, { gone: (f) => gone.push(f), maxStreams: 2 });
+      const head = "GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+      rt.push(chunk(3, 0, head));
+      rt.push(chunk(3, head.length, head));
+      assertEquals(slots, [undefined, { n: 1 }], "the second request of the connection finds it");
+      // A first read (it carries the SYN) on the same fd and the same client port: the old connection's close
+      // was lost, and its stream (with its slot) goes.
+      rt.push({ ...chunk(3, 0, head), hasSyn: true });
+      assertEquals(slots[2], undefined, "a new connection starts without it");
+      assertEquals(gone, [{ n: 1 }], "the sink is told the old one went");
+      assertEquals(rt.close(100, 3), { n: 3 }, "close returns it");
+      assertEquals(rt.stats().streams, 0);
+      rt.push(chunk(4, 0, head));
+      assertEquals(rt.close(100, 4, false, true), undefined, "nothing read of the raw stream: not looked up");
+      assertEquals(rt.stats().streams, 1, "kept: the kernel said it read nothing of it");
+      assertEquals(rt.close(100, 4), { n: 4 });
+      assertEquals(rt.stats().streams, 0);
+      for (const fd of [5, 6, 7]) rt.push(chunk(fd, 0, head)); // one more than maxStreams
+      assertEquals(gone, [{ n: 1 }, { n: 5 }], "evicted: told too; a close is not a going");
+    },
+  );
 });

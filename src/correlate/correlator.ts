@@ -12,6 +12,7 @@ import { LruMap } from "../capture/lru.ts";
 import { type ConnKey, connKeyOf, normAddr } from "../capture/connkey.ts";
 import { NumMap } from "../capture/nummap.ts";
 import { PendingSyns } from "./pending_syns.ts";
+import type { ConnTuple } from "../capture/requests.ts";
 
 /**
  * Row.ts as `new Date(ts).toISOString()` (a non-finite ts as the epoch). Rows come in bursts within the same
@@ -80,7 +81,9 @@ export const DEFAULT_CORRELATOR_OPTIONS: CorrelatorOptions = {
 
 /** Counters; all monotonic except the three gauges (connections, bindings, held). */
 export interface CorrelatorStats {
-  /** Gauges. */
+  /**
+   * Gauges. `connections` counts those whose state rides on their request stream too (onStreamRequest).
+   */
   connections: number;
   bindings: number;
   held: number;
@@ -120,6 +123,8 @@ export interface CorrelatorStats {
   syns_pending: number;
   /** SYNs no request or ClientHello followed before the idle time, or before maxConnections newer SYNs. */
   syns_unanswered: number;
+  /** Connections whose state rode on their request stream (onStreamRequest), not in the maps. */
+  on_streams: number;
 }
 
 /** A connection's state. */
@@ -141,6 +146,8 @@ interface Conn {
   closedAt: number;
   /** Held rows of this connection, oldest first. */
   held: Held[];
+  /** Kept in its request stream's slot (onStreamRequest), not in the maps. */
+  onStream: boolean;
 }
 
 interface Held {
@@ -185,6 +192,7 @@ const ZERO_STATS = (): CorrelatorStats => ({
   evicted_fd_reused: 0,
   syns_pending: 0,
   syns_unanswered: 0,
+  on_streams: 0,
 });
 
 function validPort(p: unknown): p is number {
@@ -231,6 +239,8 @@ export class Correlator {
   #synKey: ConnKey | undefined = undefined;
   #synJa4t = "";
   #synAt = 0;
+  /** Connections whose state is in their stream's slot now (onStreamRequest), not in the maps. */
+  #onStreams = 0;
   /** Reader rounds ended so far (endOfRound). */
   #round = 0;
   #s = ZERO_STATS();
@@ -258,7 +268,8 @@ export class Correlator {
     this.#conns.get(c.key);
   }
 
-  #newConn(key: ConnKey, tuple: Tuple | null, now: number): Conn {
+  /** A connection's state, with the SYN taken for it; in the maps unless `onStream` (see onStreamRequest). */
+  #newConn(key: ConnKey, tuple: Tuple | null, now: number, onStream = false): Conn {
     const c: Conn = {
       key,
       tuple,
@@ -272,6 +283,7 @@ export class Correlator {
       lastSeen: now,
       closedAt: 0,
       held: NO_HELD,
+      onStream: false,
     };
     if (tuple !== null) {
       if (key === this.#synKey) {
@@ -279,8 +291,14 @@ export class Correlator {
         this.#synKey = undefined;
       } else c.ja4t = this.#syns.take(key) ?? "";
     }
-    this.#conns.set(key, c); // evicts the least recently used past maxConnections
+    if (onStream) c.onStream = true;
+    else this.#conns.set(key, c); // evicts the least recently used past maxConnections
     return c;
+  }
+
+  /** The tuple's own copy, addresses normalized (field by field: the tuple passed may be a whole row). */
+  #ownTuple(t: Tuple): Tuple {
+    return { src: normAddr(t.src), src_port: t.src_port, dst: normAddr(t.dst), dst_port: t.dst_port };
   }
 
   #connForTuple(t: Tuple, now: number): Conn {
@@ -290,14 +308,7 @@ export class Correlator {
       this.#touch(c, now);
       return c;
     }
-    // Field by field: the tuple passed may be a whole row.
-    const own: Tuple = {
-      src: normAddr(t.src),
-      src_port: t.src_port,
-      dst: normAddr(t.dst),
-      dst_port: t.dst_port,
-    };
-    return this.#newConn(key, own, now);
+    return this.#newConn(key, this.#ownTuple(t), now);
   }
 
   /** The SYN in hand, not taken by a request, into the ring (where it waits or ages out). */
@@ -500,6 +511,45 @@ export class Correlator {
   }
 
   /**
+   * A request of a stream the request tracker keeps: as onRequest, but a plain-HTTP connection's state rides
+   * in the stream's slot (`st.facts`) instead of the maps when nothing but its stream will look for it —
+   * ordered events (its SYN came with its first read, no ClientHello will come), and no state yet for its
+   * tuple or its (pid, fd). Its rows go out at once; its later requests find it in the slot without a lookup,
+   * and its close (onClose with the slot's value) or its stream's eviction forgets it. With one connection per
+   * request this saves a connection's inserts and deletes in two maps; with keep-alive, a lookup per request.
+   */
+  onStreamRequest(st: ConnTuple, pid: number, fd: number, req: Row, ts: number, tls: boolean): void {
+    const own = st.facts as Conn | undefined;
+    if (own !== undefined) {
+      const now = this.#clock(ts);
+      this.#s.requests++;
+      own.lastSeen = now;
+      own.requests++;
+      this.#s.rows_immediate++;
+      this.#emit(own, pid, req, ts, tls);
+      return;
+    }
+    const tuple = st.src_port !== 0 ? st : null;
+    if (
+      tls || !this.opts.orderedEvents || tuple === null || !validTuple(tuple) || !Number.isInteger(pid) ||
+      !Number.isInteger(fd) || fd < 0 || this.#conns.peek(st.connKey) !== undefined ||
+      this.#bindings.get(pidFdKey(pid, fd)) !== undefined
+    ) {
+      this.onRequest(tuple, pid, fd, req, ts, tls);
+      return;
+    }
+    const now = this.#clock(ts);
+    this.#s.requests++;
+    this.#s.on_streams++;
+    this.#onStreams++;
+    const c = this.#newConn(st.connKey, this.#ownTuple(st), now, true);
+    c.requests = 1;
+    st.facts = c;
+    this.#s.rows_immediate++;
+    this.#emit(c, pid, req, ts, tls);
+  }
+
+  /**
    * One HTTP request: `req` is its row with the request-side fields filled; the correlator completes it in
    * place with the connection's facts and emits it. `tuple` may be null when the request side only knows
    * (pid, fd); the connection is then found through an earlier bind() or request with a tuple on the same
@@ -553,6 +603,7 @@ export class Correlator {
           lastSeen: now,
           closedAt: 0,
           held: NO_HELD,
+          onStream: false,
         };
         this.#emit(lone, Number.isInteger(pid) ? pid : 0, req, ts, tls);
         return;
@@ -596,13 +647,25 @@ export class Correlator {
     }
   }
 
+  /** A request stream went without its close (evicted, idle, its fd reused): what onStreamRequest kept in its slot. */
+  streamGone(facts: unknown): void {
+    if ((facts as Conn).onStream === true) this.#onStreams--;
+  }
+
   /**
    * The socket was closed (by pid/fd, by tuple, or both). The (pid, fd) binding goes at once (fds are
-   * reused); the connection lingers for late events, then is forgotten.
+   * reused); the connection lingers for late events, then is forgotten. `streamFacts`: what onStreamRequest
+   * left in the closed stream's slot.
    */
-  onClose(tuple: Tuple | null, pid: number, fd: number, ts: number): void {
+  onClose(tuple: Tuple | null, pid: number, fd: number, ts: number, streamFacts?: unknown): void {
     const now = this.#clock(ts);
     this.#s.closes++;
+    if ((streamFacts as Conn | undefined)?.onStream === true) {
+      // Its state rode on its stream, which the tracker dropped: nothing of it is in the maps.
+      this.#onStreams--;
+      this.#s.evicted_closed++;
+      return;
+    }
     let c: Conn | undefined;
     if (tuple !== null && validTuple(tuple)) {
       const key = connKeyOf(tuple);
@@ -771,7 +834,7 @@ export class Correlator {
   stats(): CorrelatorStats {
     return {
       ...this.#s,
-      connections: this.#conns.size,
+      connections: this.#conns.size + this.#onStreams,
       bindings: this.#bindings.size,
       held: this.#held,
       syns_pending: this.#syns.size + (this.#synKey === undefined ? 0 : 1),

@@ -1,5 +1,6 @@
 import { assert, assertEquals, assertGreater } from "../testing/asserts.ts";
 import { Correlator, type HelloFacts, type Tuple } from "./correlator.ts";
+import type { ConnTuple } from "../capture/requests.ts";
 import { connKeyOf } from "../capture/connkey.ts";
 import { emptyRow, type Row } from "../sink/row.ts";
 
@@ -548,5 +549,68 @@ Deno.test("correlator: a (pid, fd) that carries a new connection closes the old 
         assertBalanced(c);
       },
     );
+  }
+});
+
+Deno.test("correlator: a plain-HTTP connection's state rides on its request stream", async (t) => {
+  const stream = (n: number): ConnTuple => ({
+    ...tup(n, 80),
+    connKey: connKeyOf(tup(n, 80)),
+    facts: undefined,
+  });
+  const rowsOf = (rs: Row[]) =>
+    rs.map((r) => [r.ts, r.src, r.src_port, r.dst_port, r.pid, r.path, r.ja4t, r.ja4]);
+
+  await t.step("the same rows as through the maps, and nothing in them", () => {
+    const lean = new Correlator({ host: "h", orderedEvents: true });
+    const maps = new Correlator({ host: "h", orderedEvents: true });
+    const st = stream(1);
+    for (const c of [lean, maps]) c.onSyn(tup(1, 80), "syn1", T0);
+    for (let i = 0; i < 3; i++) {
+      lean.onStreamRequest(st, 100, 7, req(`/${i}`), T0 + i, false);
+      maps.onRequest(tup(1, 80), 100, 7, req(`/${i}`), T0 + i, false);
+    }
+    assertEquals(rowsOf(lean.takeReady()), rowsOf(maps.takeReady()));
+    assertEquals([lean.stats().connections, lean.stats().bindings], [1, 0], "counted, and in no map");
+    assertEquals([maps.stats().connections, maps.stats().bindings], [1, 1]);
+    assertEquals([lean.stats().on_streams, lean.stats().rows_immediate], [1, 3]);
+    assert(st.facts !== undefined, "kept in the slot");
+    lean.onClose(tup(1, 80), 100, 7, T0 + 9, st.facts);
+    assertEquals([lean.stats().closes, lean.stats().evicted_closed, lean.stats().connections], [1, 1, 0]);
+    assertBalanced(lean);
+  });
+
+  await t.step("a stream that goes without its close takes the connection with it", () => {
+    const c = new Correlator({ host: "h", orderedEvents: true });
+    const st = stream(5);
+    c.onStreamRequest(st, 100, 7, req("/a"), T0, false);
+    assertEquals(c.stats().connections, 1);
+    c.streamGone(st.facts);
+    assertEquals(c.stats().connections, 0);
+    c.onClose(tup(5, 80), 100, 7, T0 + 1); // its close, late: nothing left to find
+    assertEquals(c.stats().connections, 0);
+  });
+
+  for (
+    const [name, ordered, tls, before] of [
+      ["TLS plaintext (its row may wait for a ClientHello)", true, true, undefined],
+      ["per-CPU buffers (a fact may still come)", false, false, undefined],
+      ["its tuple has state already (a ClientHello came first)", true, false, "hello"],
+      ["its (pid, fd) is bound to another connection", true, false, "bound"],
+    ] as const
+  ) {
+    await t.step(`through the maps: ${name}`, () => {
+      const c = new Correlator({ host: "h", orderedEvents: ordered });
+      const st = stream(2);
+      if (before === "hello") c.onClientHello(tup(2, 80), hello(2), T0);
+      if (before === "bound") c.onRequest(tup(3, 80), 100, 7, req("/other"), T0, false);
+      c.onStreamRequest(st, 100, 7, req("/a"), T0 + 1, tls);
+      assertEquals(st.facts, undefined);
+      assertEquals(c.stats().on_streams, 0);
+      // "bound": the other connection was closed (its fd carries this one now), and forgotten.
+      assertEquals(c.stats().connections, 1);
+      c.tick(T0 + 5000);
+      assertBalanced(c);
+    });
   }
 });
