@@ -18,6 +18,7 @@ import { RequestTracker } from "../capture/requests.ts";
 import { type HelloOut, PacketTracker } from "../capture/packets.ts";
 import { processSockets, type ServerKind as Server } from "../capture/procfs.ts";
 import { ServerFollower } from "../capture/follow.ts";
+import { useLibcryptoSha256 } from "../bpf/sha256.ts";
 import { Correlator } from "../correlate/correlator.ts";
 import { openOutputs, type OutputSink } from "../sink/mod.ts";
 import type { SyncWriter } from "../sink/stdout.ts";
@@ -77,6 +78,9 @@ export class Agent {
   /** The running start(), which stop() waits for before tearing down. */
   private starting?: Promise<void>;
   private hostname = Deno.hostname();
+
+  /** Where JA4+'s SHA-256 comes from: libcrypto's file name, or "typescript". */
+  private readonly sha256 = useLibcryptoSha256() ?? "typescript";
 
   constructor(readonly cfg: Config, private readonly opts: AgentOptions = {}) {
     this.follow = new ServerFollower(cfg.uprobes.servers as Server[], cfg.capture.ports);
@@ -175,7 +179,11 @@ export class Agent {
     this.timers.push(setInterval(() => this.slowTick(), 1000));
     this.pageOut();
     this.pageOutAt = [Date.now() + 60_000, Date.now() + 600_000];
-    log.info("ready", { ...this.kernel.describe(), ports: [...this.follow.ports].join(",") });
+    log.info("ready", {
+      ...this.kernel.describe(),
+      ports: [...this.follow.ports].join(","),
+      sha256: this.sha256,
+    });
   }
 
   /** The attach plan start() made (--validate's comparison); benches set one instead of starting. */

@@ -1,6 +1,7 @@
 /**
- * The one FFI symbol table: libbpf (1.x, `libbpf.so.1`, falling back to `libbpf.so.0`) and the few libc
- * calls the ring reader needs. Opened lazily so commands that never touch BPF run without libbpf.
+ * The one FFI symbol table: libbpf (1.x, `libbpf.so.1`, falling back to `libbpf.so.0`), the few libc
+ * calls the ring reader needs, and libcrypto's SHA-256 block function. Opened lazily so commands that never
+ * touch BPF run without libbpf.
  * Only src/bpf/ uses it. Conventions: libbpf 1.x returns NULL or a negative errno and also sets errno;
  * u64/usize travel as BigInt; pointers are objects or null.
  */
@@ -126,7 +127,18 @@ const LIBC_SYMBOLS = {
   },
 } as const satisfies Deno.ForeignLibraryInterface;
 
+/**
+ * OpenSSL's SHA-256 block function, for JA4+'s hashes (src/fingerprint/sha.ts): with the CPU's SHA extensions
+ * several times faster than SHA-256 in JavaScript. The low-level calls (in OpenSSL 1.1 and 3, deprecated in 3
+ * but exported): the one-shot SHA256() of OpenSSL 3 fetches a provider on every call.
+ */
+const LIBCRYPTO_SYMBOLS = {
+  SHA256_Init: { parameters: ["buffer"], result: "i32" },
+  SHA256_Update: { parameters: ["buffer", "buffer", "usize"], result: "i32" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
 export type Libbpf = Deno.DynamicLibrary<typeof LIBBPF_SYMBOLS>["symbols"];
+export type Libcrypto = Deno.DynamicLibrary<typeof LIBCRYPTO_SYMBOLS>["symbols"];
 export type Libc = Deno.DynamicLibrary<typeof LIBC_SYMBOLS>["symbols"];
 
 let bpfLib: Deno.DynamicLibrary<typeof LIBBPF_SYMBOLS> | undefined;
@@ -140,6 +152,24 @@ export class LibbpfMissingError extends Error {
     super(`cannot open libbpf (tried ${tried.join(", ")}): ${cause}`);
     this.name = "LibbpfMissingError";
   }
+}
+
+let cryptoLib: Deno.DynamicLibrary<typeof LIBCRYPTO_SYMBOLS> | null | undefined;
+let libcryptoSoname = "";
+
+/** OpenSSL's libcrypto (3, else 1.1), opened once; null where neither is there (or FFI is not allowed). */
+export function libcrypto(): { symbols: Libcrypto; soname: string } | null {
+  if (cryptoLib === undefined) {
+    cryptoLib = null;
+    for (const name of ["libcrypto.so.3", "libcrypto.so.1.1"]) {
+      try {
+        cryptoLib = Deno.dlopen(name, LIBCRYPTO_SYMBOLS);
+        libcryptoSoname = name;
+        break;
+      } catch { /* the next, or none */ }
+    }
+  }
+  return cryptoLib ? { symbols: cryptoLib.symbols, soname: libcryptoSoname } : null;
 }
 
 export function libc(): Libc {

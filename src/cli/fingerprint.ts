@@ -5,6 +5,7 @@ import { fingerprintCapture, type OfflineStats, type StreamRecord } from "../off
 import type { AbsentConvention } from "../fingerprint/ja4t.ts";
 import { parseKeyLog, type TlsKeyLog } from "../parse/tls_decrypt.ts";
 import { log } from "../log.ts";
+import { useLibcryptoSha256 } from "../bpf/sha256.ts";
 
 const USAGE =
   `Usage: ja4ebpf fingerprint --pcap FILE [--keylog FILE] [--json] [--with-raw] [--ja4t-absent foxio|rust]
@@ -90,6 +91,7 @@ function run(args: string[]): number {
     throw e;
   }
   const { reader, file } = opened;
+  useLibcryptoSha256(); // where libcrypto opens: JA4+'s hashes at several times the speed
   const out = new LineWriter();
   let stats: OfflineStats;
   try {

@@ -4,9 +4,12 @@
  *
  * Measured on the target machine with `deno bench` (bench/fingerprint_bench.ts, "hash12" groups): the small
  * pure-TS SHA-256 below takes ~0.4–0.6 µs for a one-block input and ~0.7 µs for two blocks (typical JA4
- * lists), node:crypto's createHash ~0.7 µs and ~1.9 µs (its per-call object set-up dominates). So the pure
- * version is used; node:crypto stays as the cross-check in tests and the benchmark. Both are synchronous.
- * hash12 also memoises (see below): the same lists recur across clients, and a hit skips SHA-256 entirely.
+ * lists), node:crypto's createHash ~0.7 µs and ~1.9 µs (its per-call object set-up dominates). OpenSSL's
+ * block function through FFI, called once per message on the padded bytes (src/bpf/sha256.ts), ~0.26 µs for
+ * two blocks and ~1.3 µs for nine (the TypeScript rounds: ~0.75 and ~3.4): the commands that fingerprint
+ * install it (setSha256Blocks) where libcrypto is there; these rounds are the fallback, and the cross-check.
+ * node:crypto stays as a second cross-check in tests and the benchmark. All are synchronous. hash12 also
+ * memoises (see below): the same lists recur across clients, and a hit skips SHA-256 entirely.
  */
 const K = new Int32Array([
   0x428a2f98,
@@ -116,16 +119,21 @@ function compress(m: Uint8Array, off: number): void {
   H[7] = (H[7] + h) | 0;
 }
 
+/**
+ * The 8 state words after compressing the `total` bytes (a multiple of 64) of a padded message from the
+ * initial state: another implementation of the rounds (src/bpf/sha256.ts: OpenSSL's, which uses the CPU's
+ * SHA instructions). The words may be a shared buffer.
+ */
+export type Sha256Blocks = (msg: Uint8Array, total: number) => Int32Array;
+let blocks: Sha256Blocks | undefined;
+
+/** Compresses with `f` from now on (undefined: this module's TypeScript rounds). */
+export function setSha256Blocks(f: Sha256Blocks | undefined): void {
+  blocks = f;
+}
+
 /** SHA-256 of bytes; returns the 8 state words (shared buffer: copy if you keep it). */
-function sha256Words(msg: Uint8Array, len: number): Int32Array {
-  H[0] = 0x6a09e667;
-  H[1] = 0xbb67ae85 | 0;
-  H[2] = 0x3c6ef372;
-  H[3] = 0xa54ff53a | 0;
-  H[4] = 0x510e527f;
-  H[5] = 0x9b05688c | 0;
-  H[6] = 0x1f83d9ab;
-  H[7] = 0x5be0cd19;
+function sha256Words(msg: Uint8Array, len: number, native = true): Int32Array {
   // msg has room for padding (callers pass our scratch `block`).
   const total = (((len + 8) >> 6) + 1) << 6;
   msg[len] = 0x80;
@@ -136,6 +144,15 @@ function sha256Words(msg: Uint8Array, len: number): Int32Array {
   msg[total - 2] = (bits >>> 8) & 0xff;
   msg[total - 1] = bits & 0xff;
   msg[total - 5] = Math.floor(bits / 0x100000000) & 0xff;
+  if (native && blocks !== undefined) return blocks(msg, total);
+  H[0] = 0x6a09e667;
+  H[1] = 0xbb67ae85 | 0;
+  H[2] = 0x3c6ef372;
+  H[3] = 0xa54ff53a | 0;
+  H[4] = 0x510e527f;
+  H[5] = 0x9b05688c | 0;
+  H[6] = 0x1f83d9ab;
+  H[7] = 0x5be0cd19;
   for (let off = 0; off < total; off += 64) compress(msg, off);
   return H;
 }
@@ -224,6 +241,6 @@ export const EMPTY12 = "000000000000";
 export function hash12Pure(s: string): string {
   if (s.length === 0) return EMPTY12;
   const len = load(s);
-  const h = sha256Words(block, len);
+  const h = sha256Words(block, len, false);
   return hex12(h[0], h[1]);
 }
