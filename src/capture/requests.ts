@@ -45,7 +45,10 @@ export interface PayloadChunk extends Keyed {
   data: Uint8Array;
   /** The call read more than was copied: bytes [pos + data.length, lostTo) are missing. */
   lostTo?: number | undefined;
-  /** The chunk is its connection's first read (it carries the client's SYN): a stream held for (pid, fd) is an earlier connection's. */
+  /**
+   * The chunk is its connection's first read (it carries the client's SYN): a stream held for (pid, fd) is an
+   * earlier connection's.
+   */
   hasSyn?: boolean;
 }
 
@@ -184,7 +187,10 @@ export class RequestTracker {
        * turn on): when not, only `ja4h` is computed (default: all four).
        */
       fullJa4h?: () => boolean;
-      /** A stream with something in its slot (`ConnTuple.facts`) went without its close: evicted, idle, or its fd reused. */
+      /**
+       * A stream with something in its slot (`ConnTuple.facts`) went without its close: evicted, idle, or its
+       * fd reused.
+       */
       gone?: (facts: unknown) => void;
     } = {},
   ) {
