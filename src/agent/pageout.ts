@@ -1,5 +1,5 @@
 /**
- * The executable's start-up pages handed back to the page cache.
+ * The executable's (and its libraries') start-up pages handed back to the page cache.
  *
  * The runtime is one ~100 MB file. Starting the agent — loading and transpiling its modules, planning and
  * probing the BPF hooks — runs code of it that a running agent never runs again, and each page of it that
@@ -15,7 +15,23 @@ import { type MapLine, mapLines } from "../bpf/elf.ts";
 
 /** The mappings of `exe` that hold only its file's bytes: readable, never writable. */
 export function readOnlyMappings(maps: MapLine[], exe: string): MapLine[] {
-  return maps.filter((m) => m.path === exe && !m.deleted && m.perms[0] === "r" && m.perms[1] === "-");
+  return maps.filter((m) => m.path === exe && readOnly(m));
+}
+
+function readOnly(m: MapLine): boolean {
+  return !m.deleted && m.perms[0] === "r" && m.perms[1] === "-";
+}
+
+/** A shared library's file name: libcrypto.so.3, libbpf.so.1.1.2, libelf-0.188.so, ld-linux-x86-64.so.2. */
+const LIBRARY = /^\/.*\.so(\.[0-9.]+)?$/;
+
+/**
+ * What the agent hands back: the read-only mappings of its executable and of the shared libraries it
+ * opened (libbpf and libelf run at start-up; libcrypto's start-up ran its initialisers, ~1 MiB of it, where
+ * the agent uses one function).
+ */
+export function pageOutMappings(maps: MapLine[], exe: string): MapLine[] {
+  return maps.filter((m) => (m.path === exe || LIBRARY.test(m.path)) && readOnly(m));
 }
 
 export interface PageOutResult {
@@ -31,9 +47,12 @@ function rssFileKb(): number {
   return Number(/RssFile:\s+(\d+) kB/.exec(Deno.readTextFileSync("/proc/self/status"))?.[1] ?? 0);
 }
 
-/** Pages out this process's executable (read-only mappings); what it still runs comes back on use. */
+/**
+ * Pages out this process's executable and shared libraries (read-only mappings, pageOutMappings); what it
+ * still runs comes back on use.
+ */
 export function pageOutExecutable(exe: string = Deno.execPath()): PageOutResult {
-  const maps = readOnlyMappings(mapLines(Deno.readTextFileSync("/proc/self/maps")), exe);
+  const maps = pageOutMappings(mapLines(Deno.readTextFileSync("/proc/self/maps")), exe);
   const fileKbBefore = rssFileKb();
   let err = 0;
   for (const m of maps) {

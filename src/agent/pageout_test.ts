@@ -1,5 +1,5 @@
 import { assert, assertEquals, assertGreater } from "../testing/asserts.ts";
-import { readOnlyMappings } from "./pageout.ts";
+import { pageOutMappings, readOnlyMappings } from "./pageout.ts";
 import { mapLines } from "../bpf/elf.ts";
 
 Deno.test("readOnlyMappings: the executable's mappings that hold only its bytes", async (t) => {
@@ -23,6 +23,31 @@ Deno.test("readOnlyMappings: the executable's mappings that hold only its bytes"
     const ro = readOnlyMappings(maps, "/opt/ja4ebpf/deno");
     assertEquals(ro.map((m) => m.perms), ["r--p", "r-xp", "r--p"]);
     assertEquals(readOnlyMappings(maps, "/usr/lib/libc.so.6").length, 1);
+  });
+  await t.step("with the shared libraries' read-only mappings, not their data or anything else", () => {
+    const more = mapLines([
+      "7f1000000000-7f1000100000 r--p 00000000 fe:00 90                         /usr/lib/libcrypto.so.3",
+      "7f1000100000-7f1000200000 r-xp 00100000 fe:00 90                         /usr/lib/libcrypto.so.3",
+      "7f1000200000-7f1000210000 rw-p 00200000 fe:00 90                         /usr/lib/libcrypto.so.3",
+      "7f1000300000-7f1000301000 r-xp 00000000 fe:00 91                         /usr/lib/libelf-0.188.so",
+      "7f1000400000-7f1000401000 r--p 00000000 fe:00 92                         /usr/lib/ld-linux-x86-64.so.2",
+      "7f1000500000-7f1000d00000 r--s 00000000 00:0e 1062                       anon_inode:bpf-map",
+      "7f1000e00000-7f1000e01000 r--p 00000000 fe:00 93                         /var/cache/ja4ebpf/deps.sqlite",
+      "7f1000f00000-7f1000f01000 r--p 00000000 fe:00 94                         /usr/lib/libgone.so.1 (deleted)",
+    ].join("\n"));
+    const picked = pageOutMappings([...maps, ...more], "/opt/ja4ebpf/deno").map((m) =>
+      `${m.path} ${m.perms}`
+    );
+    assertEquals(picked, [
+      "/opt/ja4ebpf/deno r--p",
+      "/opt/ja4ebpf/deno r-xp",
+      "/opt/ja4ebpf/deno r--p",
+      "/usr/lib/libc.so.6 r-xp",
+      "/usr/lib/libcrypto.so.3 r--p",
+      "/usr/lib/libcrypto.so.3 r-xp",
+      "/usr/lib/libelf-0.188.so r-xp",
+      "/usr/lib/ld-linux-x86-64.so.2 r--p",
+    ]);
   });
 });
 
