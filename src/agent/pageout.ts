@@ -13,11 +13,7 @@
 import { MADV_PAGEOUT, madvise } from "../bpf/ffi.ts";
 import { type MapLine, mapLines } from "../bpf/elf.ts";
 
-/** The mappings of `exe` that hold only its file's bytes: readable, never writable. */
-export function readOnlyMappings(maps: MapLine[], exe: string): MapLine[] {
-  return maps.filter((m) => m.path === exe && readOnly(m));
-}
-
+/** A mapping that holds only its file's bytes: readable, never writable, of a file not replaced since. */
 function readOnly(m: MapLine): boolean {
   return !m.deleted && m.perms[0] === "r" && m.perms[1] === "-";
 }

@@ -1,8 +1,8 @@
 import { assert, assertEquals, assertGreater } from "../testing/asserts.ts";
-import { pageOutMappings, readOnlyMappings } from "./pageout.ts";
+import { pageOutMappings } from "./pageout.ts";
 import { mapLines } from "../bpf/elf.ts";
 
-Deno.test("readOnlyMappings: the executable's mappings that hold only its bytes", async (t) => {
+Deno.test("pageOutMappings: the mappings that hold only their files' bytes", async (t) => {
   const maps = mapLines([
     "55f8419bd000-55f84354b000 r--p 00000000 fe:00 5309230                    /opt/ja4ebpf/deno",
     "55f84354b000-55f8493e0000 r-xp 01b8e000 fe:00 5309230                    /opt/ja4ebpf/deno",
@@ -20,9 +20,13 @@ Deno.test("readOnlyMappings: the executable's mappings that hold only its bytes"
     assertEquals(maps[5].path, "/opt/ja4ebpf/deno");
   });
   await t.step("the executable's read-only and executable mappings only (not a replaced file's)", () => {
-    const ro = readOnlyMappings(maps, "/opt/ja4ebpf/deno");
-    assertEquals(ro.map((m) => m.perms), ["r--p", "r-xp", "r--p"]);
-    assertEquals(readOnlyMappings(maps, "/usr/lib/libc.so.6").length, 1);
+    const ro = pageOutMappings(maps, "/opt/ja4ebpf/deno");
+    assertEquals(ro.filter((m) => m.path === "/opt/ja4ebpf/deno").map((m) => m.perms), [
+      "r--p",
+      "r-xp",
+      "r--p",
+    ]);
+    assertEquals(ro.filter((m) => m.path === "/usr/lib/libc.so.6").length, 1);
   });
   await t.step("with the shared libraries' read-only mappings, not their data or anything else", () => {
     const more = mapLines([

@@ -154,20 +154,31 @@ export class LibbpfMissingError extends Error {
   }
 }
 
+/** The first of `names` that opens, with its name; else the last error's message. */
+function openFirst<S extends Deno.ForeignLibraryInterface>(
+  names: string[],
+  symbols: S,
+): { lib: Deno.DynamicLibrary<S>; soname: string } | { error: string } {
+  let error = "";
+  for (const name of names) {
+    try {
+      return { lib: Deno.dlopen(name, symbols), soname: name };
+    } catch (e) {
+      error = e instanceof Error ? e.message : String(e);
+    }
+  }
+  return { error };
+}
+
 let cryptoLib: Deno.DynamicLibrary<typeof LIBCRYPTO_SYMBOLS> | null | undefined;
 let libcryptoSoname = "";
 
 /** OpenSSL's libcrypto (3, else 1.1), opened once; null where neither is there (or FFI is not allowed). */
 export function libcrypto(): { symbols: Libcrypto; soname: string } | null {
   if (cryptoLib === undefined) {
-    cryptoLib = null;
-    for (const name of ["libcrypto.so.3", "libcrypto.so.1.1"]) {
-      try {
-        cryptoLib = Deno.dlopen(name, LIBCRYPTO_SYMBOLS);
-        libcryptoSoname = name;
-        break;
-      } catch { /* the next, or none */ }
-    }
+    const r = openFirst(["libcrypto.so.3", "libcrypto.so.1.1"], LIBCRYPTO_SYMBOLS);
+    cryptoLib = "lib" in r ? r.lib : null;
+    if ("lib" in r) libcryptoSoname = r.soname;
   }
   return cryptoLib ? { symbols: cryptoLib.symbols, soname: libcryptoSoname } : null;
 }
@@ -181,17 +192,10 @@ export function libc(): Libc {
 export function libbpf(): Libbpf {
   if (bpfLib) return bpfLib.symbols;
   const tried = ["libbpf.so.1", "libbpf.so.0"];
-  let lastErr = "";
-  for (const name of tried) {
-    try {
-      bpfLib = Deno.dlopen(name, LIBBPF_SYMBOLS);
-      libbpfSoname = name;
-      break;
-    } catch (e) {
-      lastErr = e instanceof Error ? e.message : String(e);
-    }
-  }
-  if (!bpfLib) throw new LibbpfMissingError(tried, lastErr);
+  const r = openFirst(tried, LIBBPF_SYMBOLS);
+  if ("error" in r) throw new LibbpfMissingError(tried, r.error);
+  bpfLib = r.lib;
+  libbpfSoname = r.soname;
   installPrint(bpfLib.symbols);
   return bpfLib.symbols;
 }

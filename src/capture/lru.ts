@@ -99,12 +99,17 @@ export class LruMap<K, V> {
   }
 
   delete(key: K): boolean {
+    return this.take(key) !== undefined;
+  }
+
+  /** Deletes the entry and returns its node (undefined: there was none): one lookup where get + delete are two. */
+  take(key: K): LruNode<K, V> | undefined {
     const n = this.#map.get(key);
-    if (n === undefined) return false;
+    if (n === undefined) return undefined;
     this.#unlink(n);
     this.#map.delete(key);
     this.#bytes -= n.bytes;
-    return true;
+    return n;
   }
 
   /** The least recently used entry, or undefined. */

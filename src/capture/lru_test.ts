@@ -28,6 +28,17 @@ Deno.test("LruMap", async (t) => {
     assertEquals(m.size, 0);
     assertEquals(m.bytes, 0);
   });
+  await t.step("take deletes and hands back the entry: its value and bytes, the list relinked", () => {
+    const m = new LruMap<string, number>(10, 1000);
+    m.set("a", 1, 10);
+    m.set("b", 2, 20);
+    m.set("c", 3, 30);
+    assertEquals([m.take("b")?.value, m.take("b"), m.take("zz")], [2, undefined, undefined]);
+    assertEquals([m.size, m.bytes], [2, 40]);
+    assertEquals([...m.entries()].map(([k]) => k), ["a", "c"]);
+    assertEquals(m.delete("a"), true);
+    assertEquals(m.delete("a"), false);
+  });
   await t.step("delete and re-insert at scale stay O(1): no iteration over deleted keys", () => {
     // The old Map-order LRU re-inserted on every touch and evicted with keys().next(), which walks V8's
     // deleted-entry holes. Count evictions and check the order instead of timing.

@@ -226,12 +226,7 @@ export class RequestTracker {
    * stream (the close record's positions); a stream nothing was read of was never made here.
    */
   close(pid: number, fd: number, raw = true, plaintext = true): unknown {
-    let facts: unknown;
-    if (raw) {
-      const key = streamKey(pid, fd, false);
-      facts = this.streams.peek(key)?.facts;
-      this.streams.delete(key);
-    }
+    const facts = raw ? this.streams.take(streamKey(pid, fd, false))?.value.facts : undefined;
     if (plaintext) this.streams.delete(streamKey(pid, fd, true));
     return facts;
   }
