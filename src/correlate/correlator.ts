@@ -210,6 +210,11 @@ function pidFdKey(pid: number, fd: number): number {
   return pid * 2147483648 + (fd & 0x7fffffff);
 }
 
+/** A request's (pid, fd) as its key, or null when it names no socket. */
+function requestPidFd(pid: number, fd: number): number | null {
+  return Number.isInteger(pid) && Number.isInteger(fd) && fd >= 0 ? pidFdKey(pid, fd) : null;
+}
+
 export class Correlator {
   readonly opts: CorrelatorOptions;
   /** LRU order: Map iteration order is insertion order, and every touch re-inserts. */
@@ -530,10 +535,10 @@ export class Correlator {
       return;
     }
     const tuple = st.src_port !== 0 ? st : null;
+    const pidfd = requestPidFd(pid, fd);
     if (
-      tls || !this.opts.orderedEvents || tuple === null || !validTuple(tuple) || !Number.isInteger(pid) ||
-      !Number.isInteger(fd) || fd < 0 || this.#conns.peek(st.connKey) !== undefined ||
-      this.#bindings.get(pidFdKey(pid, fd)) !== undefined
+      tls || !this.opts.orderedEvents || tuple === null || !validTuple(tuple) || pidfd === null ||
+      this.#conns.peek(st.connKey) !== undefined || this.#bindings.get(pidfd) !== undefined
     ) {
       this.onRequest(tuple, pid, fd, req, ts, tls);
       return;
@@ -569,7 +574,7 @@ export class Correlator {
       return;
     }
     this.#s.requests++;
-    const pidfd = Number.isInteger(pid) && Number.isInteger(fd) && fd >= 0 ? pidFdKey(pid, fd) : null;
+    const pidfd = requestPidFd(pid, fd);
     let c: Conn | undefined;
     if (tuple !== null && validTuple(tuple)) {
       c = this.#connForTuple(tuple, now);
