@@ -4,12 +4,13 @@
  * The claim checked: RSS stays under the budget and does not grow after the first minute.
  *
  *   deno run -A bench/soak.ts [--minutes 20] [--budget-mib 100] [--connections 32] [--clickhouse] [--json FILE]
- *                             [--base DIR] [--shared-runtime] [--browser]
+ *                             [--base DIR] [--shared-runtime] [--browser] [--v8-flags F,F] [--agent-stdout FILE]
  *
  * The agent runs on a copy of the runtime, as installed (its own executable); --shared-runtime runs it on this
  * process's. --base DIR: another checkout's agent (its src/main.ts) instead of this one's. --browser: each
  * request a browser's header lines with its own session cookie and referer (tests/helpers/clients.ts
- * browserScript), as new visitors send them, instead of wrk's one short head.
+ * browserScript), as new visitors send them, instead of wrk's one short head. --v8-flags: added to the shipped
+ * ones (e.g. --trace-gc-nvp, whose lines go to --agent-stdout's file; bench/gc_trace.ts sums them).
  * --clickhouse: rows to clickhouse-server (started here) as in production — RowBinary, gzip, the disk spool —
  * instead of the file sink; rows are then also counted in ClickHouse.
  *
@@ -68,6 +69,8 @@ async function main(): Promise<number> {
       "shared-runtime": { type: "boolean", default: false },
       base: { type: "string" },
       browser: { type: "boolean", default: false },
+      "v8-flags": { type: "string", default: "" },
+      "agent-stdout": { type: "string" },
     },
   });
   requireRoot("the soak (the agent loads BPF programs)");
@@ -104,7 +107,8 @@ async function main(): Promise<number> {
         metrics: { enabled: true },
       },
       readyTimeoutMs: 90_000,
-      v8Flags: AGENT_V8_FLAGS,
+      v8Flags: AGENT_V8_FLAGS + (values["v8-flags"] ? "," + values["v8-flags"] : ""),
+      stdoutPath: values["agent-stdout"],
       runtime: runtimeDir ? `${runtimeDir}/deno` : undefined,
       main: values.base ? `${values.base}/src/main.ts` : undefined,
     });
@@ -180,7 +184,7 @@ async function main(): Promise<number> {
       /** Full collections the agent forced (src/agent/heap.ts; 0 when its V8 flags do not expose gc). */
       heapCollections: metrics.get("ja4ebpf_heap_collections_total") ?? 0,
       budgetMiB: budget,
-      v8Flags: AGENT_V8_FLAGS,
+      v8Flags: AGENT_V8_FLAGS + (values["v8-flags"] ? "," + values["v8-flags"] : ""),
       denoFlags: AGENT_DENO_FLAGS.join(" "),
       samples: samples.length,
     };

@@ -3,6 +3,7 @@ import { Http1RequestStream } from "../parse/http1.ts";
 import {
   acceptLanguageCode,
   type Cookie,
+  cookieMemoSize,
   cookiePieces,
   type HttpRequestHead,
   ja4h,
@@ -225,5 +226,17 @@ Deno.test("ja4hWithCookie: a block's a and b parts with a head's own cookie, as 
       assertEquals(ja4hWithCookie(ab, cookie), ja4h(head(cookie)).ja4h, cookie);
     }
     assertEquals(ja4hWithCookie(ab, "sid=7; theme=1"), ja4h(head("sid=7; theme=1")).ja4h);
+  });
+  await t.step("a value enters the memo when it comes a second time, not the first", () => {
+    for (let i = 0; i < 3; i++) {
+      const cookie = `visitor=${i}-${"f".repeat(40)}`;
+      const before = cookieMemoSize();
+      assertEquals(ja4hWithCookie(ab, cookie), ja4h(head(cookie)).ja4h, "first");
+      assertEquals(cookieMemoSize(), before, "seen once: not kept");
+      assertEquals(ja4hWithCookie(ab, cookie), ja4h(head(cookie)).ja4h, "second");
+      assertEquals(cookieMemoSize(), before + 1, "seen twice: kept");
+      assertEquals(ja4hWithCookie(ab, cookie), ja4h(head(cookie)).ja4h, "third, from the memo");
+      assertEquals(cookieMemoSize(), before + 1);
+    }
   });
 });
