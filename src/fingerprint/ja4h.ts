@@ -4,7 +4,7 @@
  * `:path`, …) are left out as Python and Wireshark do (Rust counts them).
  */
 import { count2 } from "./common.ts";
-import { hash12 } from "./sha.ts";
+import { hash12, hash12Written, messageBlock } from "./sha.ts";
 
 /** The input of ja4h: method, version code and header lines in wire order, names as sent. */
 export interface HttpRequestHead {
@@ -173,15 +173,93 @@ const EMPTY_COOKIES = hash12("") + "_" + hash12("");
 export function ja4hWithCookie(ab: string, cookie: string): string {
   let cd = cookieMemo.get(cookie);
   if (cd === undefined) {
-    const cookies: Cookie[] = [];
-    cookiePieces(cookie, cookies);
-    cd = cookieHashes(cookies);
+    cd = cookieCd(cookie);
     if (seenBefore(cd)) {
       if (cookieMemo.size >= COOKIE_MEMO_MAX) cookieMemo.clear();
       cookieMemo.set(cookie, cd);
     }
   }
   return [ab, cd].join("");
+}
+
+/** A Cookie value's pieces (at most COOKIE_PIECES): trimmed [from, to), the name ending at `eq`. */
+const COOKIE_PIECES = 64;
+const pieceFrom = new Int32Array(COOKIE_PIECES);
+const pieceTo = new Int32Array(COOKIE_PIECES);
+const pieceEq = new Int32Array(COOKIE_PIECES);
+const pieceOrder = new Int32Array(COOKIE_PIECES);
+
+/**
+ * cookieHashes of a Cookie value's pieces without an object or a string per piece: the pieces found as
+ * offsets, sorted by name in place (stable, as Array.prototype.sort), the names joined for hash12's memo
+ * (they repeat for every visitor of a site) and the name=value pairs written as bytes straight into the
+ * SHA-256 block. Values with more pieces or a non-ASCII character take cookieHashes.
+ */
+function cookieCd(value: string): string {
+  let n = 0;
+  const end = value.length;
+  for (let from = 0; from <= end;) {
+    let semi = value.indexOf(";", from);
+    if (semi < 0) semi = end;
+    let a = from, b = semi;
+    while (a < b && isTrimmed(value.charCodeAt(a))) a++;
+    while (b > a && isTrimmed(value.charCodeAt(b - 1))) b--;
+    if (b > a) {
+      if (n === COOKIE_PIECES) return cookieHashesOf(value);
+      let eq = value.indexOf("=", a);
+      if (eq < 0 || eq > b) eq = b;
+      pieceFrom[n] = a;
+      pieceTo[n] = b;
+      pieceEq[n] = eq;
+      pieceOrder[n] = n;
+      n++;
+    }
+    from = semi + 1;
+  }
+  if (n === 0) return EMPTY_COOKIES;
+  for (let i = 1; i < n; i++) {
+    const k = pieceOrder[i];
+    let j = i - 1;
+    while (j >= 0 && nameAfter(value, pieceOrder[j], k)) {
+      pieceOrder[j + 1] = pieceOrder[j];
+      j--;
+    }
+    pieceOrder[j + 1] = k;
+  }
+  let names = value.slice(pieceFrom[pieceOrder[0]], pieceEq[pieceOrder[0]]);
+  for (let i = 1; i < n; i++) names += "," + value.slice(pieceFrom[pieceOrder[i]], pieceEq[pieceOrder[i]]);
+  const c = hash12(names); // before the block is written: hash12 loads its input into the same block
+  let total = n - 1;
+  for (let i = 0; i < n; i++) total += pieceTo[i] - pieceFrom[i];
+  const buf = messageBlock(total);
+  let at = 0;
+  for (let i = 0; i < n; i++) {
+    if (i > 0) buf[at++] = 0x2c; // ","
+    const p = pieceOrder[i];
+    for (let x = pieceFrom[p], to = pieceTo[p]; x < to; x++) {
+      const ch = value.charCodeAt(x);
+      if (ch > 0x7f) return cookieHashesOf(value); // UTF-8 bytes: through the string
+      buf[at++] = ch;
+    }
+  }
+  return c + "_" + hash12Written(at);
+}
+
+/** Whether piece i's name sorts after piece k's (UTF-16 code units, as `<` on the name strings). */
+function nameAfter(value: string, i: number, k: number): boolean {
+  const ai = pieceFrom[i], li = pieceEq[i] - ai, ak = pieceFrom[k], lk = pieceEq[k] - ak;
+  const m = li < lk ? li : lk;
+  for (let x = 0; x < m; x++) {
+    const d = value.charCodeAt(ai + x) - value.charCodeAt(ak + x);
+    if (d !== 0) return d > 0;
+  }
+  return li > lk;
+}
+
+function cookieHashesOf(value: string): string {
+  const cookies: Cookie[] = [];
+  cookiePieces(value, cookies);
+  return cookieHashes(cookies);
 }
 
 /**

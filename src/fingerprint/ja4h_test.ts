@@ -227,6 +227,34 @@ Deno.test("ja4hWithCookie: a block's a and b parts with a head's own cookie, as 
     }
     assertEquals(ja4hWithCookie(ab, "sid=7; theme=1"), ja4h(head("sid=7; theme=1")).ja4h);
   });
+  await t.step("any value, as ja4h gives it (pieces, names sorted, non-ASCII, more than 64 pieces)", () => {
+    const piece = fc.constantFrom(
+      "a",
+      "b",
+      "ab",
+      "a=1",
+      "a=2",
+      "b=",
+      "=x",
+      "B=1",
+      "_=1",
+      "é=ü",
+      "k=€",
+      " ",
+      "\t",
+      "=",
+      "x=y=z",
+    );
+    fc.assert(
+      fc.property(fc.array(piece, { maxLength: 80 }), fc.constantFrom(";", "; ", " ;"), (parts, sep) => {
+        const cookie = parts.join(sep);
+        assertEquals(ja4hWithCookie(ab, cookie), ja4h(head(cookie)).ja4h, JSON.stringify(cookie));
+      }),
+      { numRuns: 400 },
+    );
+    const many = Array.from({ length: 70 }, (_, i) => `n${70 - i}=${i}`).join("; ");
+    assertEquals(ja4hWithCookie(ab, many), ja4h(head(many)).ja4h, "70 pieces");
+  });
   await t.step("a value enters the memo when it comes a second time, not the first", () => {
     for (let i = 0; i < 3; i++) {
       const cookie = `visitor=${i}-${"f".repeat(40)}`;

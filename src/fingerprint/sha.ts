@@ -237,6 +237,23 @@ export function hash12(s: string, memo = true): string {
 
 export const EMPTY12 = "000000000000";
 
+/**
+ * The scratch block with room for an `n`-byte message, for a caller that writes the message's bytes itself
+ * (no string of it made) and then calls hash12Written. Any other call of this module may replace the block:
+ * write between the two calls only.
+ */
+export function messageBlock(n: number): Uint8Array {
+  ensure(n + 72);
+  return block;
+}
+
+/** hash12 of the first `len` bytes the caller wrote into messageBlock's block (not memoised). */
+export function hash12Written(len: number): string {
+  if (len === 0) return EMPTY12;
+  const h = sha256Words(block, len);
+  return hex12(h[0], h[1]);
+}
+
 /** hash12 always through the pure-TS SHA-256 (for tests and the benchmark). */
 export function hash12Pure(s: string): string {
   if (s.length === 0) return EMPTY12;
