@@ -37,6 +37,9 @@ export interface ReaderStats {
   maxBacklog: number;
 }
 
+/** RingReader calls onBatch every this many records of a drain pass too (a power of 2). */
+export const MID_BATCH_RECORDS = 256;
+
 export interface ReaderOptions {
   /**
    * Receives each record's bytes: a copy (safe to keep), or with `views` a view into the mapped ring, valid
@@ -49,9 +52,11 @@ export interface ReaderOptions {
    */
   onRecordAt?: (area: Uint8Array, dv: DataView, offset: number, length: number) => void;
   /**
-   * Called after each drain pass that consumed records (both readers): the consumer hands on what the batch
-   * produced while it is young (rows kept until a 100 ms timer outlive V8's young generation and are
-   * promoted, copied and later swept: most of the agent's GC work).
+   * Called after each drain pass that consumed records (both readers), and by RingReader every
+   * MID_BATCH_RECORDS records within one: the consumer hands on what the batch produced while it is young
+   * (rows kept until a 100 ms timer outlive V8's young generation and are promoted, copied and later swept:
+   * most of the agent's GC work; a pass of thousands of records allocates more than the young generation
+   * holds, and its first rows lived through a scavenge in the middle of it).
    */
   onBatch?: () => void;
   /** Hand out views instead of copies (RingReader only): no allocation per record; the consumer copies what it keeps. */
@@ -244,7 +249,7 @@ export class RingReader implements EventReader {
         }
       }
       cons += (len + HDR + 7) & ~7;
-      n++;
+      if ((++n & (MID_BATCH_RECORDS - 1)) === 0) this.#opts.onBatch?.();
     }
     if (n > 0) {
       // Payloads were copied (or their views used) above: only now may the producer reuse the space.

@@ -1,6 +1,6 @@
 import { assert, assertEquals, assertGreater } from "../testing/asserts.ts";
 import { BpfObject, u32Key } from "./object.ts";
-import { batchIntervalMs, PerfReader, RingReader } from "./ringbuf.ts";
+import { batchIntervalMs, MID_BATCH_RECORDS, PerfReader, RingReader } from "./ringbuf.ts";
 import { probeTestObject, requireRoot } from "../../tests/fixtures/bpf/fixture.ts";
 import { getppidTimes } from "../../tests/fixtures/bpf/trigger.ts";
 
@@ -59,6 +59,23 @@ Deno.test("RingReader: every event of a real trigger arrives, in order, with no 
     assertGreater(r.stats.polls, 0, "went idle in poll(2) at least once");
     assertEquals(batchEnds, r.stats.batches, "onBatch after every batch");
     assertEquals(seenAtBatchEnd, 3000, "the last batch end saw every record");
+  } finally {
+    await r.close();
+    o.close();
+  }
+});
+
+Deno.test("RingReader: a long drain pass calls onBatch every MID_BATCH_RECORDS records and at its end", async () => {
+  const o = await loaded(1);
+  let seen = 0;
+  const at: number[] = [];
+  const r = new RingReader(o.map("rb"), { onRecord: () => seen++, onBatch: () => at.push(seen) });
+  try {
+    // 700 records (72 bytes each) wait in the 64 KiB ring; one pass takes them all.
+    getppidTimes(700);
+    assertEquals(r.drain(), 700);
+    assertEquals(at, [MID_BATCH_RECORDS, 2 * MID_BATCH_RECORDS, 700]);
+    assertEquals(r.stats.batches, 1, "still one batch");
   } finally {
     await r.close();
     o.close();
