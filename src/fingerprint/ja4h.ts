@@ -74,9 +74,7 @@ export function cookiePieces(value: string, out: Cookie[]): void {
   for (let from = 0; from <= end;) {
     let semi = value.indexOf(";", from);
     if (semi < 0) semi = end;
-    let a = from, b = semi;
-    while (a < b && isTrimmed(value.charCodeAt(a))) a++;
-    while (b > a && isTrimmed(value.charCodeAt(b - 1))) b--;
+    const a = trimmedFrom(value, from, semi), b = trimmedTo(value, a, semi);
     if (b > a) {
       const pair = value.slice(a, b);
       const eq = pair.indexOf("=");
@@ -84,6 +82,18 @@ export function cookiePieces(value: string, out: Cookie[]): void {
     }
     from = semi + 1;
   }
+}
+
+/** Where value[a, b) starts once trimmed (as String.prototype.trim). */
+function trimmedFrom(value: string, a: number, b: number): number {
+  while (a < b && isTrimmed(value.charCodeAt(a))) a++;
+  return a;
+}
+
+/** Where value[a, b) ends once trimmed (a: its trimmed start). */
+function trimmedTo(value: string, a: number, b: number): number {
+  while (b > a && isTrimmed(value.charCodeAt(b - 1))) b--;
+  return b;
 }
 
 /** What String.prototype.trim removes (ECMAScript WhiteSpace and LineTerminator). */
@@ -201,9 +211,7 @@ function cookieCd(value: string): string {
   for (let from = 0; from <= end;) {
     let semi = value.indexOf(";", from);
     if (semi < 0) semi = end;
-    let a = from, b = semi;
-    while (a < b && isTrimmed(value.charCodeAt(a))) a++;
-    while (b > a && isTrimmed(value.charCodeAt(b - 1))) b--;
+    const a = trimmedFrom(value, from, semi), b = trimmedTo(value, a, semi);
     if (b > a) {
       if (n === COOKIE_PIECES) return cookieHashesOf(value);
       let eq = value.indexOf("=", a);
