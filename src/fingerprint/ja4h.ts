@@ -70,30 +70,31 @@ export interface Cookie {
  * cut once at its first "=": one slice per piece (and one for its name) instead of a split array and a trim.
  */
 export function cookiePieces(value: string, out: Cookie[]): void {
-  const end = value.length;
-  for (let from = 0; from <= end;) {
-    let semi = value.indexOf(";", from);
-    if (semi < 0) semi = end;
-    const a = trimmedFrom(value, from, semi), b = trimmedTo(value, a, semi);
-    if (b > a) {
-      const pair = value.slice(a, b);
-      const eq = pair.indexOf("=");
-      out.push({ name: eq >= 0 ? pair.slice(0, eq) : pair, pair });
+  for (let from = 0; from <= value.length;) {
+    from = piece(value, from);
+    if (pieceB > pieceA) {
+      const pair = value.slice(pieceA, pieceB);
+      out.push({ name: pieceEqAt === pieceB ? pair : pair.slice(0, pieceEqAt - pieceA), pair });
     }
-    from = semi + 1;
   }
 }
 
-/** Where value[a, b) starts once trimmed (as String.prototype.trim). */
-function trimmedFrom(value: string, a: number, b: number): number {
-  while (a < b && isTrimmed(value.charCodeAt(a))) a++;
-  return a;
-}
+/** The last piece found by `piece`: value[pieceA, pieceB), trimmed; its name ends at pieceEqAt (≤ pieceB). */
+let pieceA = 0, pieceB = 0, pieceEqAt = 0;
 
-/** Where value[a, b) ends once trimmed (a: its trimmed start). */
-function trimmedTo(value: string, a: number, b: number): number {
+/** Finds the piece starting at `from` (sets pieceA, pieceB, pieceEqAt; empty: pieceB ≤ pieceA); the next from. */
+function piece(value: string, from: number): number {
+  let semi = value.indexOf(";", from);
+  if (semi < 0) semi = value.length;
+  let a = from, b = semi;
+  while (a < b && isTrimmed(value.charCodeAt(a))) a++;
   while (b > a && isTrimmed(value.charCodeAt(b - 1))) b--;
-  return b;
+  let eq = b > a ? value.indexOf("=", a) : b;
+  if (eq < 0 || eq > b) eq = b;
+  pieceA = a;
+  pieceB = b;
+  pieceEqAt = eq;
+  return semi + 1;
 }
 
 /** What String.prototype.trim removes (ECMAScript WhiteSpace and LineTerminator). */
@@ -207,22 +208,16 @@ const pieceOrder = new Int32Array(COOKIE_PIECES);
  */
 function cookieCd(value: string): string {
   let n = 0;
-  const end = value.length;
-  for (let from = 0; from <= end;) {
-    let semi = value.indexOf(";", from);
-    if (semi < 0) semi = end;
-    const a = trimmedFrom(value, from, semi), b = trimmedTo(value, a, semi);
-    if (b > a) {
+  for (let from = 0; from <= value.length;) {
+    from = piece(value, from);
+    if (pieceB > pieceA) {
       if (n === COOKIE_PIECES) return cookieHashesOf(value);
-      let eq = value.indexOf("=", a);
-      if (eq < 0 || eq > b) eq = b;
-      pieceFrom[n] = a;
-      pieceTo[n] = b;
-      pieceEq[n] = eq;
+      pieceFrom[n] = pieceA;
+      pieceTo[n] = pieceB;
+      pieceEq[n] = pieceEqAt;
       pieceOrder[n] = n;
       n++;
     }
-    from = semi + 1;
   }
   if (n === 0) return EMPTY_COOKIES;
   for (let i = 1; i < n; i++) {
