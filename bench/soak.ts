@@ -74,6 +74,7 @@ async function main(): Promise<number> {
     },
   });
   requireRoot("the soak (the agent loads BPF programs)");
+  const v8Flags = AGENT_V8_FLAGS + (values["v8-flags"] ? "," + values["v8-flags"] : "");
   const minutes = Number(values.minutes), budget = Number(values["budget-mib"]);
   await using ng = await startNginx({ port: HTTP_PORT, workers: 1 });
   const ch = values.clickhouse ? await startClickHouse() : undefined;
@@ -107,7 +108,7 @@ async function main(): Promise<number> {
         metrics: { enabled: true },
       },
       readyTimeoutMs: 90_000,
-      v8Flags: AGENT_V8_FLAGS + (values["v8-flags"] ? "," + values["v8-flags"] : ""),
+      v8Flags,
       stdoutPath: values["agent-stdout"],
       runtime: runtimeDir ? `${runtimeDir}/deno` : undefined,
       main: values.base ? `${values.base}/src/main.ts` : undefined,
@@ -184,7 +185,7 @@ async function main(): Promise<number> {
       /** Full collections the agent forced (src/agent/heap.ts; 0 when its V8 flags do not expose gc). */
       heapCollections: metrics.get("ja4ebpf_heap_collections_total") ?? 0,
       budgetMiB: budget,
-      v8Flags: AGENT_V8_FLAGS + (values["v8-flags"] ? "," + values["v8-flags"] : ""),
+      v8Flags,
       denoFlags: AGENT_DENO_FLAGS.join(" "),
       samples: samples.length,
     };
