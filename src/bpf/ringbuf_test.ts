@@ -57,7 +57,9 @@ Deno.test("RingReader: every event of a real trigger arrives, in order, with no 
     assertEquals(r.stats.records, 3000);
     assertEquals(r.stats.bytes, 3000 * 64);
     assertGreater(r.stats.polls, 0, "went idle in poll(2) at least once");
-    assertEquals(batchEnds, r.stats.batches, "onBatch after every batch");
+    // After every pass, and within a pass every MID_BATCH_RECORDS records (a reader that fell behind).
+    assert(batchEnds >= r.stats.batches, `onBatch ${batchEnds} times for ${r.stats.batches} batches`);
+    assert(batchEnds <= r.stats.batches + Math.floor(3000 / MID_BATCH_RECORDS), "no more than that");
     assertEquals(seenAtBatchEnd, 3000, "the last batch end saw every record");
   } finally {
     await r.close();
