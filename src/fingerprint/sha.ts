@@ -225,9 +225,7 @@ export function hash12(s: string, memo = true): string {
   if (s.length === 0) return EMPTY12;
   let v = memo ? cache.get(s) : undefined;
   if (v === undefined) {
-    const len = load(s);
-    const h = sha256Words(block, len);
-    v = hex12(h[0], h[1]);
+    v = hash12Written(load(s));
     if (!memo) return v;
     if (cache.size >= CACHE_MAX) cache.clear();
     cache.set(s, v);
